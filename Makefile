@@ -1,0 +1,29 @@
+# One virtual environment (.venv) holds the backend, the server, the test tools and the bpy module.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test addon-zip bench-cpu clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" "numpy>=1.26,<2"
+	$(BIN)/pip install -q -e ".[dev,blender]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/python -m viewneti_backend.demo --out outputs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+addon-zip: setup
+	$(BIN)/python -m blender_addon.build --out dist
+
+clean:
+	rm -rf $(VENV) outputs dist .pytest_cache

@@ -1,0 +1,182 @@
+"""Images: PNG bytes <-> image datablocks, and the one camera background slot the add-on owns.
+
+Main thread only (bpy). The PNG helpers at the top are pure and also used off the main thread.
+"""
+
+import os
+import struct
+import tempfile
+import zlib
+
+import bpy
+
+OWNER_KEY = "viewneti"  # custom property marking images made by the add-on
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# -- pure PNG helpers ------------------------------------------------------------------------
+
+
+def png_size(data):
+    """(width, height) from a PNG's IHDR, or None if the bytes are not a PNG."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def encode_png(width, height, rgba, flip=True):
+    """8-bit RGBA PNG from ``width*height*4`` bytes; `flip` turns Blender's bottom-up rows top-down."""
+    stride = width * 4
+    rows = [bytes(rgba[y * stride:(y + 1) * stride]) for y in range(height)]
+    if flip:
+        rows.reverse()
+    raw = b"".join(b"\x00" + row for row in rows)
+
+    def chunk(tag, payload):
+        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+
+
+def _linear_to_srgb(x):
+    x = min(1.0, max(0.0, x))
+    return 12.92 * x if x <= 0.0031308 else 1.055 * x ** (1 / 2.4) - 0.055
+
+
+# -- datablocks ------------------------------------------------------------------------------
+
+
+def store_png(name, data):
+    """Create or update the packed image `name` from PNG bytes; no temp file, identity kept.
+
+    Updating in place (rather than replacing the datablock) keeps every user of the image (camera
+    background, texture nodes) pointing at the newest render.
+    """
+    size = png_size(data)
+    if size is None:
+        raise ValueError("not a PNG image")
+    image = bpy.data.images.get(name)
+    if image is not None and (image.library is not None or image.source not in {"FILE", "GENERATED"}):
+        image = None  # linked or a sequence: never overwrite someone else's image
+        name = name + ".live"
+    if image is None:
+        image = bpy.data.images.new(name, width=size[0], height=size[1])
+        image[OWNER_KEY] = "still"
+    image.pack(data=data, data_len=len(data))
+    image.source = "FILE"
+    image.file_format = "PNG"
+    image.buffers_free()  # decode the new packed bytes on next use (size and pixels update)
+    return image
+
+
+def owned(image):
+    return image is not None and OWNER_KEY in image
+
+
+def background_slot(camera_data, create=True):
+    """The add-on's background slot on a camera: reuse the one showing an image of ours."""
+    for bg in camera_data.background_images:
+        if owned(bg.image):
+            return bg
+    if not create:
+        return None
+    bg = camera_data.background_images.new()
+    bg.alpha = 1.0
+    bg.display_depth = "BACK"
+    bg.frame_method = "FIT"
+    return bg
+
+
+def set_camera_background(camera_data, image):
+    """Show `image` behind the camera (visible when looking through it; never in renders)."""
+    bg = background_slot(camera_data)
+    bg.source = "IMAGE"
+    bg.image = image
+    bg.show_background_image = True
+    camera_data.show_background_images = True
+    return bg
+
+
+def clear_camera_background(camera_data):
+    """Remove the add-on's slot from a camera; the images themselves stay in the file."""
+    bg = background_slot(camera_data, create=False)
+    if bg is None:
+        return False
+    camera_data.background_images.remove(bg)
+    return True
+
+
+def load_image_sequence(first_path, frame_first, frame_last, name):
+    """Load ``frame_NNNNNN.png`` files as one image sequence datablock (reloading an existing one)."""
+    image = bpy.data.images.get(name)
+    if image is not None and owned(image) and image.library is None:
+        image.filepath = first_path
+        image.source = "SEQUENCE"
+        image.reload()
+    else:
+        image = bpy.data.images.load(first_path, check_existing=False)
+        image.name = name
+        image.source = "SEQUENCE"
+        image[OWNER_KEY] = "sequence"
+    image[OWNER_KEY + "_frames"] = [int(frame_first), int(frame_last)]
+    return image
+
+
+def set_camera_sequence_background(camera_data, image, frame_first, frame_last):
+    """Show a sequence so that scene frame f displays file ``frame_f``.
+
+    Blender picks file number ``f - frame_start + 1 + frame_offset``; with frame_start = first
+    and frame_offset = first - 1 that is f itself, for f in [first, last].
+    """
+    bg = set_camera_background(camera_data, image)
+    user = bg.image_user
+    user.frame_start = int(frame_first)
+    user.frame_offset = int(frame_first) - 1
+    user.frame_duration = int(frame_last) - int(frame_first) + 1
+    user.use_cyclic = False
+    user.use_auto_refresh = True
+    return bg
+
+
+def image_to_png_bytes(image):
+    """Encoded bytes of an image datablock for upload: original file bytes when possible.
+
+    Packed or on-disk PNG/JPEG bytes go as they are (no colour management round trip); anything
+    else (generated, float, edited) is encoded from its pixels, float buffers converted to sRGB.
+    """
+    if image.packed_file is not None and image.file_format in {"PNG", "JPEG"} and not image.is_dirty:
+        return bytes(image.packed_file.data)
+    path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
+    if path and os.path.isfile(path) and not image.is_dirty and image.file_format in {"PNG", "JPEG"}:
+        with open(path, "rb") as handle:
+            return handle.read()
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ValueError(f"Image '{image.name}' has no pixels: load or generate it first.")
+    pixels = [0.0] * (width * height * 4)
+    image.pixels.foreach_get(pixels)
+    if image.is_float:
+        out = bytearray()
+        for i in range(0, len(pixels), 4):
+            r, g, b, a = pixels[i:i + 4]
+            out += bytes(int(round(255 * v)) for v in (_linear_to_srgb(r), _linear_to_srgb(g), _linear_to_srgb(b), min(1.0, max(0.0, a))))
+    else:
+        out = bytes(int(round(255 * min(1.0, max(0.0, v)))) for v in pixels)
+    return encode_png(width, height, out)
+
+
+def read_image_file(path):
+    """Bytes of a reference image on disk (paths may be relative to the .blend)."""
+    path = bpy.path.abspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Reference image not found: {path}")
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def default_output_dir(blend_filepath):
+    """``//viewneti_frames/`` next to a saved .blend, else a temp folder (unsaved files have no //)."""
+    if blend_filepath:
+        return bpy.path.abspath("//viewneti_frames/")
+    return os.path.join(tempfile.gettempdir(), "viewneti_frames")

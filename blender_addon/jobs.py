@@ -1,0 +1,316 @@
+"""Long-running backend jobs (camera-path sequences, reference inversion) as poll-driven state machines.
+
+A worker thread submits the job, follows its Server-Sent Events stream (reconnecting when the
+stream stalls: the server replays the state on connect) and does the blocking side work that needs
+no bpy: downloading frames and writing them atomically. Everything the UI needs is handed to the
+main thread through a queue and applied by `poll()`, which the timer (or a headless test) calls.
+"""
+
+import base64
+import binascii
+import os
+import queue
+import threading
+import time
+import uuid
+
+from .client import BackendError, BackendUnavailable
+
+TERMINAL = ("done", "error", "cancelled", "interrupted")
+FRAME_PATTERN = "frame_{:06d}.png"
+
+
+class Job:
+    """Common life cycle: pending -> submitting -> running -> done | error | cancelled | interrupted."""
+
+    kind = ""
+
+    def __init__(self, client, request, stream_timeout=30.0, max_reconnects=5):
+        self.client = client
+        self.request = request
+        self.stream_timeout = stream_timeout
+        self.max_reconnects = max_reconnects
+        self.state = "pending"
+        self.job_id = ""
+        self.step = 0
+        self.total = 0
+        self.loss = None
+        self.eta_s = None
+        self.message = ""
+        self.result = None
+        self.started_at = None
+        self._updates = queue.Queue()
+        self._cancel = threading.Event()
+        self._stop = threading.Event()
+        self._stream = None
+        self._thread = None
+
+    # -- main thread -------------------------------------------------------------------------
+
+    @property
+    def finished(self):
+        return self.state in TERMINAL
+
+    @property
+    def cancelling(self):
+        return self._cancel.is_set() and not self.finished
+
+    @property
+    def progress(self):
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+    def start(self):
+        self.state = "submitting"
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"viewneti-{self.kind}", daemon=True)
+        self._thread.start()
+        return self
+
+    def cancel(self):
+        """Ask the server to stop the job; returns at once, the job ends `cancelled` via `poll()`."""
+        if self.finished or self._cancel.is_set():
+            return
+        self._cancel.set()
+        self.message = "Cancelling…"
+        if self.job_id:
+            threading.Thread(target=self._send_cancel, name="viewneti-cancel", daemon=True).start()
+
+    def stop(self):
+        """Stop following the job without touching it on the server (add-on unloading)."""
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    def poll(self):
+        """Apply what the worker reported; True if anything changed (redraw the panel)."""
+        changed = False
+        while True:
+            try:
+                name, data = self._updates.get_nowait()
+            except queue.Empty:
+                return changed
+            changed = True
+            self._apply(name, data)
+
+    def wait(self, timeout=None, interval=0.02):
+        """Blocking poll loop for headless Blender, where timers never fire."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            self.poll()
+            if self.finished or (deadline is not None and time.monotonic() > deadline):
+                break
+            time.sleep(interval)
+        self.poll()
+        return self.finished
+
+    def _apply(self, name, data):
+        if name == "submitted":
+            self.job_id = data.get("job_id", "")
+            self.total = int(data.get("total") or self.total or 0)
+            if self.state == "submitting":
+                self.state = "running"
+        elif name == "progress":
+            if self.state in ("submitting", "pending"):
+                self.state = "running"
+            self.step = int(data.get("step", self.step))
+            self.total = int(data.get("total") or self.total)
+            self.loss = data.get("loss", self.loss)
+            self.eta_s = data.get("eta_s", self.eta_s)
+        elif name == "done":
+            self.state = "done"
+            self.result = data.get("result")
+            self.step = self.total or self.step
+            self.message = "Done"
+        elif name == "error":
+            self.state = "error"
+            self.message = str(data.get("error") or "The job failed: see the backend's log.")
+        elif name == "cancelled":
+            self.state = "cancelled"
+            self.message = "Cancelled"
+        elif name == "interrupted":
+            self.state = "interrupted"
+            self.message = "The backend restarted while the job ran: start it again."
+
+    # -- worker thread -----------------------------------------------------------------------
+
+    def _post(self, name, data=None):
+        self._updates.put((name, data or {}))
+
+    def _send_cancel(self):
+        try:
+            self.client.cancel(self.job_id)
+        except BackendError as exc:
+            self._post("error", {"error": f"Could not cancel the job: {exc}"})
+
+    def _run(self):
+        try:
+            info = self._submit()
+            job_id = info.get("job_id")
+            if not job_id:
+                raise BackendError("The backend accepted the job but returned no job id: check its version.")
+            self.job_id = job_id  # read by cancel() on the main thread; a str assignment is atomic
+            self._post("submitted", info)
+            if self._cancel.is_set():
+                self._send_cancel()
+            self._follow(job_id)
+        except BackendError as exc:
+            self._post("error", {"error": str(exc)})
+        except Exception as exc:  # never let a worker die silently: the panel shows it
+            self._post("error", {"error": f"ViewNeTI add-on error ({type(exc).__name__}: {exc}); please report it."})
+
+    def _follow(self, job_id):
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._stream = self.client.events(job_id, timeout=self.stream_timeout)
+                for event in self._stream:
+                    if self._stop.is_set():
+                        return
+                    failures = 0
+                    if self._handle(event.event, event.data if isinstance(event.data, dict) else {}):
+                        return
+            except BackendUnavailable:
+                failures += 1
+                if failures > self.max_reconnects:
+                    raise
+            except (OSError, ValueError):
+                failures += 1  # the stream stalled or broke: reconnect, the server replays the state
+                if failures > self.max_reconnects:
+                    raise BackendUnavailable(
+                        "Lost the connection to the backend while following the job; "
+                        "check that the backend is still running."
+                    ) from None
+            finally:
+                if self._stream is not None:
+                    self._stream.close()
+                    self._stream = None
+            if self._stop.is_set():
+                return
+            # the stream ended without a terminal event: ask for the state before reconnecting
+            state = self.client.job(job_id)
+            if state.get("state") in TERMINAL:
+                self._handle_state(state)
+                return
+            time.sleep(min(2.0, 0.1 * (1 + failures)))
+
+    def _handle_state(self, state):
+        name = state["state"]
+        if name == "done":
+            self._handle("done", {"result": state.get("result")})
+        elif name == "error":
+            self._handle("error", {"error": state.get("error")})
+        else:
+            self._handle(name, {})
+
+    def _handle(self, name, data):
+        """Worker-side handling of one event; True when the job is over."""
+        if name in ("progress", "done", "error", "cancelled", "interrupted"):
+            self._post(name, data)
+        return name in TERMINAL
+
+    def _submit(self):
+        raise NotImplementedError
+
+
+class SequenceJob(Job):
+    """Render many cameras; every frame is written as ``frame_NNNNNN.png`` into `output_dir` on arrival."""
+
+    kind = "sequence"
+
+    def __init__(self, client, request, output_dir, **kwargs):
+        super().__init__(client, request, **kwargs)
+        self.output_dir = output_dir
+        frames = request.get("frames") or list(range(len(request["cameras"])))
+        self.frames = [int(f) for f in frames]
+        self.total = len(self.frames)
+        self.written = {}  # frame number -> path, main-thread view
+        self._seen = set()  # worker-side: frames already written (events replay on reconnect)
+
+    def frame_path(self, frame):
+        return os.path.join(self.output_dir, FRAME_PATTERN.format(frame))
+
+    def _submit(self):
+        os.makedirs(self.output_dir, exist_ok=True)
+        return self.client.submit_sequence(self.request)
+
+    def _handle(self, name, data):
+        if name == "frame":
+            frame = int(data.get("frame", data.get("index", 0)))
+            if frame not in self._seen:
+                url = data.get("url") or f"/v1/jobs/{self.job_id}/frames/{frame}"
+                path = self.frame_path(frame)
+                write_atomic(path, self.client.get_bytes(url))
+                self._seen.add(frame)
+                self._post("frame", {"frame": frame, "path": path})
+            return False
+        if name == "done" and not self._cancel.is_set():
+            # a replayed stream may have skipped frame events: make sure every frame is on disk
+            for frame in self.frames:
+                if frame not in self._seen:
+                    path = self.frame_path(frame)
+                    write_atomic(path, self.client.frame(self.job_id, frame))
+                    self._seen.add(frame)
+                    self._post("frame", {"frame": frame, "path": path})
+        return super()._handle(name, data)
+
+    def _apply(self, name, data):
+        if name == "frame":
+            self.written[data["frame"]] = data["path"]
+            self.step = max(self.step, len(self.written))
+            return
+        super()._apply(name, data)
+        if name == "done":
+            self.message = f"{len(self.written)} frames written to {self.output_dir}"
+        elif name == "cancelled":
+            self.message = f"Cancelled: {len(self.written)} frames kept in {self.output_dir}"
+
+
+class InvertJob(Job):
+    """Fit a new object token to reference image(s) + camera(s); previews arrive as PNG bytes."""
+
+    kind = "invert"
+
+    def __init__(self, client, request, **kwargs):
+        super().__init__(client, request, **kwargs)
+        self.total = int(request.get("steps") or 0)
+        self.name = request.get("name", "")
+        self.preview_png = None
+        self.preview_step = 0
+        self.preview_serial = 0  # bumps on every new preview so the UI knows to refresh
+
+    def _submit(self):
+        return self.client.submit_invert(self.request)
+
+    def _handle(self, name, data):
+        if name == "preview":
+            try:
+                png = base64.b64decode(data.get("png_base64", ""), validate=True)
+            except (binascii.Error, ValueError):
+                return False  # a broken preview is not worth failing the job for
+            self._post("preview", {"step": data.get("step", 0), "png": png})
+            return False
+        return super()._handle(name, data)
+
+    def _apply(self, name, data):
+        if name == "preview":
+            self.preview_png = data["png"]
+            self.preview_step = int(data.get("step", 0))
+            self.preview_serial += 1
+            return
+        super()._apply(name, data)
+        if name == "done":
+            self.message = f"New object '{self.name}' is ready"
+
+
+def write_atomic(path, data):
+    """Write a file so that readers see either nothing or all of it (temp file + rename)."""
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.part")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

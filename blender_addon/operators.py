@@ -1,0 +1,266 @@
+"""Operators: thin wrappers that validate, start work through `runtime` and report.
+
+None of them blocks the UI: network work runs on threads and lands through the timer. When Blender
+runs headless (``bpy.app.background``) there is no timer, so the same work runs to completion inside
+`execute`. Failures go to the panel's status line and a WARNING report (an ERROR report would raise
+in scripts); no exception leaves an operator.
+"""
+
+import bpy
+
+from . import images, runtime
+
+
+def _active_camera(context):
+    camera = context.scene.camera if context.scene else None
+    return camera if camera is not None and camera.type == "CAMERA" else None
+
+
+def _fail(op, scene, exc):
+    runtime.report_error(scene, exc)
+    op.report({"WARNING"}, scene.viewneti.status_message)
+    return {"CANCELLED"}
+
+
+def _done(op, scene, error):
+    """Result of an operator whose work may already be finished (headless) or still running (UI)."""
+    if error is not None:
+        op.report({"WARNING"}, str(error))
+        return {"CANCELLED"}
+    return {"FINISHED"}
+
+
+class VIEWNETI_OT_refresh_status(bpy.types.Operator):
+    """Ask the backend for its status and the list of object tokens"""
+
+    bl_idname = "viewneti.refresh_status"
+    bl_label = "Refresh"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            error = runtime.refresh_backend(scene)
+        except Exception as exc:
+            return _fail(self, scene, exc)
+        return _done(self, scene, error)
+
+
+class VIEWNETI_OT_render_view(bpy.types.Operator):
+    """Render what the model sees from the active camera and show it behind the camera"""
+
+    bl_idname = "viewneti.render_view"
+    bl_label = "Render View"
+
+    @classmethod
+    def poll(cls, context):
+        if _active_camera(context) is None:
+            cls.poll_message_set("The scene has no active camera: select one and press Ctrl+Numpad 0")
+            return False
+        return True
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            error = runtime.render_view(scene, _active_camera(context))
+        except Exception as exc:
+            return _fail(self, scene, exc)
+        return _done(self, scene, error)
+
+
+class VIEWNETI_OT_toggle_live(bpy.types.Operator):
+    """Re-render whenever the active camera stops moving (latest pose wins)"""
+
+    bl_idname = "viewneti.toggle_live"
+    bl_label = "Live"
+
+    @classmethod
+    def poll(cls, context):
+        if not runtime.live_running() and _active_camera(context) is None:
+            cls.poll_message_set("The scene has no active camera: select one and press Ctrl+Numpad 0")
+            return False
+        return True
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            if runtime.live_running():
+                runtime.stop_live()
+                runtime.set_status(scene, "Live stopped")
+            else:
+                runtime.start_live(scene)
+        except Exception as exc:
+            return _fail(self, scene, exc)
+        return {"FINISHED"}
+
+
+class VIEWNETI_OT_render_path(bpy.types.Operator):
+    """Render every frame of the active camera's path to numbered PNGs and show them as a sequence"""
+
+    bl_idname = "viewneti.render_path"
+    bl_label = "Render Camera Path"
+
+    @classmethod
+    def poll(cls, context):
+        if _active_camera(context) is None:
+            cls.poll_message_set("The scene has no active camera: select one and press Ctrl+Numpad 0")
+            return False
+        if runtime.job_running():
+            cls.poll_message_set("A ViewNeTI job is running: wait for it or cancel it")
+            return False
+        return True
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            job = runtime.start_sequence(scene, _active_camera(context))
+            runtime.set_status(scene, f"Rendering {job.total} frames to {job.output_dir}…")
+            if bpy.app.background:
+                runtime.run_job_blocking(scene, job, timeout=runtime.prefs().timeout * max(1, job.total))
+                if job.state != "done":
+                    self.report({"WARNING"}, job.message)
+                    return {"CANCELLED"}
+        except Exception as exc:
+            return _fail(self, scene, exc)
+        return {"FINISHED"}
+
+
+class VIEWNETI_OT_invert_reference(bpy.types.Operator):
+    """Fit a new object token to the reference image seen from its camera (takes a while; cancellable)"""
+
+    bl_idname = "viewneti.invert_reference"
+    bl_label = "Invert Reference"
+
+    @classmethod
+    def poll(cls, context):
+        settings = context.scene.viewneti
+        if runtime.job_running():
+            cls.poll_message_set("A ViewNeTI job is running: wait for it or cancel it")
+            return False
+        if settings.invert_camera is None:
+            cls.poll_message_set("Pick the camera that took the reference image")
+            return False
+        if settings.invert_source == "IMAGE" and settings.invert_image is None:
+            cls.poll_message_set("Pick the reference image")
+            return False
+        if settings.invert_source == "FILE" and not settings.invert_filepath:
+            cls.poll_message_set("Pick the reference image file")
+            return False
+        if not settings.invert_name.strip():
+            cls.poll_message_set("Give the new object a name")
+            return False
+        return True
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            job = runtime.start_invert(scene)
+            runtime.set_status(scene, f"Inverting '{job.name}' ({job.total} steps)…")
+            if bpy.app.background:
+                runtime.run_job_blocking(scene, job, timeout=max(runtime.prefs().timeout, job.total * 10.0))
+                if job.state != "done":
+                    self.report({"WARNING"}, job.message)
+                    return {"CANCELLED"}
+        except Exception as exc:
+            return _fail(self, scene, exc)
+        return {"FINISHED"}
+
+
+class VIEWNETI_OT_cancel_job(bpy.types.Operator):
+    """Stop the running job on the backend; frames already written are kept"""
+
+    bl_idname = "viewneti.cancel_job"
+    bl_label = "Cancel"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        if not runtime.job_running():
+            cls.poll_message_set("No ViewNeTI job is running")
+            return False
+        return True
+
+    def execute(self, context):
+        try:
+            runtime.cancel_job()
+        except Exception as exc:
+            return _fail(self, context.scene, exc)
+        return {"FINISHED"}
+
+
+class VIEWNETI_OT_clear_background(bpy.types.Operator):
+    """Remove the ViewNeTI background from the active camera (the images stay in the file)"""
+
+    bl_idname = "viewneti.clear_background"
+    bl_label = "Clear Background"
+    bl_options = {"REGISTER", "UNDO"}  # edits camera data synchronously: undoable
+
+    @classmethod
+    def poll(cls, context):
+        camera = _active_camera(context)
+        if camera is None or images.background_slot(camera.data, create=False) is None:
+            cls.poll_message_set("The active camera shows no ViewNeTI background")
+            return False
+        return True
+
+    def execute(self, context):
+        images.clear_camera_background(_active_camera(context).data)
+        return {"FINISHED"}
+
+
+class VIEWNETI_OT_start_backend(bpy.types.Operator):
+    """Start a local backend with the command set in the add-on preferences"""
+
+    bl_idname = "viewneti.start_backend"
+    bl_label = "Start Backend"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        if runtime.backend_running():
+            cls.poll_message_set("The backend started from Blender is running")
+            return False
+        if not runtime.prefs(context).backend_command.strip():
+            cls.poll_message_set("Set the backend's start command in the add-on preferences")
+            return False
+        return True
+
+    def execute(self, context):
+        try:
+            runtime.start_backend(context.scene)
+        except Exception as exc:
+            return _fail(self, context.scene, exc)
+        return {"FINISHED"}
+
+
+class VIEWNETI_OT_stop_backend(bpy.types.Operator):
+    """Stop the backend that was started from Blender (frees its GPU memory)"""
+
+    bl_idname = "viewneti.stop_backend"
+    bl_label = "Stop Backend"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        if not runtime.backend_running():
+            cls.poll_message_set("No backend was started from Blender")
+            return False
+        return True
+
+    def execute(self, context):
+        runtime.stop_backend()
+        runtime.set_status(context.scene, "Backend stopped", "DOWN")
+        return {"FINISHED"}
+
+
+CLASSES = (
+    VIEWNETI_OT_refresh_status,
+    VIEWNETI_OT_render_view,
+    VIEWNETI_OT_toggle_live,
+    VIEWNETI_OT_render_path,
+    VIEWNETI_OT_invert_reference,
+    VIEWNETI_OT_cancel_job,
+    VIEWNETI_OT_clear_background,
+    VIEWNETI_OT_start_backend,
+    VIEWNETI_OT_stop_backend,
+)

@@ -1,0 +1,227 @@
+"""Add-on preferences and the two property groups: ``Scene.viewneti`` and ``Camera.viewneti``.
+
+Settings and job state live on the scene (saved with the file, one place for the panel to read);
+per-camera data (last image, own seed) lives on the camera datablock so it follows the camera.
+"""
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from .client import DEFAULT_URL
+
+
+def _is_camera(_self, obj):
+    return obj.type == "CAMERA"
+
+
+def _live_settings_changed(self, context):
+    # settings are part of what live mode renders: make it re-render even if the camera is still
+    from . import runtime
+
+    runtime.invalidate_live()
+
+
+class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
+    """Where the backend is and how to start one; per user, not per file."""
+
+    bl_idname = __package__
+
+    backend_url: StringProperty(
+        name="Backend URL",
+        description="Address of the ViewNeTI render service (python -m server)",
+        default=DEFAULT_URL,
+    )
+    token: StringProperty(
+        name="Access Token",
+        description="Only for a backend started with --token (needed off 127.0.0.1)",
+        subtype="PASSWORD",
+        default="",
+    )
+    timeout: FloatProperty(
+        name="Timeout",
+        description="Seconds to wait for one render or request before giving up",
+        default=120.0,
+        min=1.0,
+        max=3600.0,
+        subtype="TIME_ABSOLUTE",
+        unit="TIME_ABSOLUTE",
+    )
+    live_debounce: FloatProperty(
+        name="Live Delay",
+        description="Live mode renders once the camera has been still for this long",
+        default=0.25,
+        min=0.0,
+        max=5.0,
+        subtype="TIME_ABSOLUTE",
+        unit="TIME_ABSOLUTE",
+    )
+    backend_command: StringProperty(
+        name="Start Command",
+        description=(
+            "Command that starts a local backend, e.g. '/path/to/.venv/bin/python -m server --port {port}'; "
+            "{port} is taken from the Backend URL. Leave empty if you start the backend yourself"
+        ),
+        default="",
+    )
+    backend_workdir: StringProperty(
+        name="Working Folder",
+        description="Folder to start the backend in (the project checkout); empty = current folder",
+        subtype="DIR_PATH",
+        default="",
+    )
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        col = layout.column()
+        col.prop(self, "backend_url")
+        col.prop(self, "token")
+        col.prop(self, "timeout")
+        col.prop(self, "live_debounce")
+        col.separator()
+        col.prop(self, "backend_command")
+        col.prop(self, "backend_workdir")
+
+
+class VIEWNETI_ObjectItem(bpy.types.PropertyGroup):
+    """One object token known to the backend (mirrors GET /v1/objects)."""
+
+    # `name` is inherited from PropertyGroup and used by prop_search
+    builtin: BoolProperty(name="Built-in", default=False)
+    steps: IntProperty(name="Steps", default=0)
+
+
+class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
+    """Render settings, backend status and the state of the running job, for one scene."""
+
+    # what to render
+    anchor: PointerProperty(
+        name="Anchor",
+        type=bpy.types.Object,
+        description="The subject: poses are taken relative to it and its scale sets the distance unit. Empty = world origin",
+        update=_live_settings_changed,
+    )
+    object_name: StringProperty(
+        name="Object",
+        description="Object token to render (empty = the backend's default object)",
+        default="",
+        update=_live_settings_changed,
+    )
+    objects: CollectionProperty(type=VIEWNETI_ObjectItem)
+    seed: IntProperty(name="Seed", default=0, min=0, max=2**31 - 1, update=_live_settings_changed)
+    steps: IntProperty(
+        name="Steps", description="Denoising steps", default=30, min=1, max=150, update=_live_settings_changed
+    )
+    guidance: FloatProperty(
+        name="Guidance", description="Classifier-free guidance scale", default=7.5, min=0.0, max=30.0,
+        update=_live_settings_changed,
+    )
+    resolution: IntProperty(
+        name="Resolution",
+        description="Long side of the rendered image in pixels; the short side follows the scene's output aspect",
+        default=512,
+        min=16,
+        max=2048,
+        step=8,
+        update=_live_settings_changed,
+    )
+    live: BoolProperty(name="Live", description="Re-render when the active camera moves", default=False)
+
+    # camera path
+    use_scene_range: BoolProperty(name="Scene Frame Range", default=True)
+    frame_start: IntProperty(name="Start", default=1, min=0)
+    frame_end: IntProperty(name="End", default=250, min=0)
+    frame_step: IntProperty(name="Step", default=1, min=1)
+    output_dir: StringProperty(
+        name="Output Folder",
+        description="Where numbered PNGs go (frame_000001.png ...); empty = //viewneti_frames/ (temp folder if unsaved)",
+        subtype="DIR_PATH",
+        default="//viewneti_frames/",
+    )
+
+    # reference inversion
+    invert_source: EnumProperty(
+        name="Reference",
+        items=(
+            ("FILE", "File", "An image file on disk"),
+            ("IMAGE", "Image", "An image datablock in this file"),
+        ),
+        default="FILE",
+    )
+    invert_filepath: StringProperty(name="Image File", subtype="FILE_PATH", default="")
+    invert_image: PointerProperty(name="Image", type=bpy.types.Image)
+    invert_camera: PointerProperty(
+        name="Camera", type=bpy.types.Object, poll=_is_camera, description="The camera that took the reference"
+    )
+    invert_name: StringProperty(
+        name="Name", description="Name of the new object token (letters, digits, _ and -)", default="my_object"
+    )
+    invert_steps: IntProperty(name="Steps", default=300, min=1, max=100000)
+    invert_preview_every: IntProperty(
+        name="Preview Every", description="Steps between previews (0 = none)", default=50, min=0
+    )
+
+    # backend status (written by the add-on)
+    backend_state: EnumProperty(
+        name="Backend",
+        items=(
+            ("UNKNOWN", "Not Checked", ""),
+            ("OK", "Connected", ""),
+            ("DOWN", "Not Reachable", ""),
+            ("ERROR", "Error", ""),
+        ),
+        default="UNKNOWN",
+    )
+    backend_info: StringProperty(name="Backend Info", default="")
+    status_message: StringProperty(name="Status", default="")
+    last_timings: StringProperty(name="Last Timings", default="")
+
+    # job state (written by the add-on; survives redraws and reloads as a record of the last job)
+    job_kind: StringProperty(default="")
+    job_id: StringProperty(default="")
+    job_state: StringProperty(default="")
+    job_step: IntProperty(default=0)
+    job_total: IntProperty(default=0)
+    job_loss: FloatProperty(default=0.0)
+    job_eta: FloatProperty(default=0.0)
+    job_message: StringProperty(default="")
+
+    @property
+    def job_running(self):
+        return self.job_state in {"submitting", "running", "cancelling"}
+
+
+class VIEWNETI_CameraSettings(bpy.types.PropertyGroup):
+    """Per-camera data: the last images shown behind it and an optional own seed."""
+
+    image: PointerProperty(name="Last Render", type=bpy.types.Image)
+    sequence: PointerProperty(name="Last Sequence", type=bpy.types.Image)
+    use_seed: BoolProperty(name="Own Seed", description="Use this camera's seed instead of the scene's", default=False)
+    seed: IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
+    last_object: StringProperty(name="Last Object", default="")
+
+
+CLASSES = (
+    VIEWNETI_AddonPreferences,
+    VIEWNETI_ObjectItem,
+    VIEWNETI_SceneSettings,
+    VIEWNETI_CameraSettings,
+)
+
+
+def register_properties():
+    bpy.types.Scene.viewneti = PointerProperty(type=VIEWNETI_SceneSettings)
+    bpy.types.Camera.viewneti = PointerProperty(type=VIEWNETI_CameraSettings)
+
+
+def unregister_properties():
+    del bpy.types.Camera.viewneti
+    del bpy.types.Scene.viewneti

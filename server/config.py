@@ -1,0 +1,66 @@
+"""Server configuration: one immutable record built from the command line (see ``__main__``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_BODY_MB = 64.0
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("VIEWNETI_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.local/share/viewneti").expanduser()
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for addresses that only this machine can reach (127.0.0.0/8, ::1, "localhost")."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything, so treat it as public
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    model: str | None = None
+    view_mapper: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    token: str | None = None
+    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1024 * 1024)
+    # Operational caps on top of the contract's limits (a small machine may want lower ones).
+    max_size: int = 2048
+    max_steps: int = 150
+    max_queued_jobs: int = 64
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    def check_bind(self) -> None:
+        """Refuse a non-loopback bind without a token: anyone on the network could drive the GPU."""
+        if not is_loopback_host(self.host) and not self.token:
+            raise SystemExit(
+                f"refusing to listen on {self.host!r} without an access token: any machine that can reach "
+                "this address could use the server. Pass --token SECRET (or set VIEWNETI_TOKEN) and send "
+                "'Authorization: Bearer SECRET' from clients, or bind to 127.0.0.1."
+            )

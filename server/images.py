@@ -1,0 +1,84 @@
+"""Safe image decoding for uploads (inversion references) and PNG encoding of results.
+
+Limits are checked before any pixel is decoded: the encoded size, then the header's width x height
+(PIL reads only the header in ``Image.open``), then the pixels are loaded with PIL's own
+decompression-bomb guard turned into an error. Only PNG, JPEG and WebP are accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+from PIL import Image
+
+from .errors import ApiError
+
+ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
+
+# PIL's own guard applies to every decode in the process: anything above this raises
+# DecompressionBombError (we check the header first, so this is a second line of defence).
+Image.MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def decode_base64_image(data: str, *, what: str, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Decode one base64 image (a ``data:image/...;base64,`` prefix is accepted) into RGB, or raise ApiError."""
+    if not isinstance(data, str) or not data:
+        raise ApiError(400, f"{what}: expected a base64-encoded PNG, JPEG or WebP string")
+    if data.startswith("data:"):
+        _, _, data = data.partition(",")
+    # base64 is 4/3 of the raw size: reject before allocating the decoded bytes.
+    if len(data) > (max_bytes * 4) // 3 + 8:
+        raise ApiError(413, f"{what}: the encoded image is larger than {max_bytes // (1024 * 1024)} MB: "
+                            "downscale it or save it as JPEG")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{what}: not valid base64: encode the image file's bytes with standard base64") from None
+    if len(raw) > max_bytes:
+        raise ApiError(413, f"{what}: the image file is larger than {max_bytes // (1024 * 1024)} MB")
+    return decode_image_bytes(raw, what=what, max_pixels=max_pixels)
+
+
+def decode_image_bytes(raw: bytes, *, what: str, max_pixels: int) -> Image.Image:
+    side = int(max_pixels ** 0.5)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw), formats=sorted(ALLOWED_FORMATS))
+            fmt = img.format
+            w, h = img.size
+            if fmt not in ALLOWED_FORMATS:
+                raise ApiError(400, f"{what}: unsupported format {fmt}; send PNG, JPEG or WebP")
+            if w < 1 or h < 1:
+                raise ApiError(400, f"{what}: the image is empty ({w}x{h})")
+            if w * h > max_pixels or w > side or h > side:
+                raise ApiError(413, f"{what}: the image is {w}x{h} pixels, more than the limit of "
+                                    f"{side}x{side}: downscale it")
+            img.load()
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            out = img.convert("RGB")
+    except ApiError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(413, f"{what}: the image decompresses to too many pixels (decompression bomb?): "
+                            "send a normal image of at most 4096x4096") from None
+    except Image.UnidentifiedImageError:
+        raise ApiError(400, f"{what}: not a PNG, JPEG or WebP image (could not identify the file)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        raise ApiError(400, f"{what}: the image could not be decoded ({type(exc).__name__}: {exc}); "
+                            "re-save it as PNG or JPEG") from None
+    return out
+
+
+def encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def png_base64(img: Image.Image) -> str:
+    return base64.b64encode(encode_png(img)).decode("ascii")

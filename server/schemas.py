@@ -1,0 +1,141 @@
+"""Request and response models of the v1 contract (server/API.md); they generate the OpenAPI schema.
+
+Field limits here are the contract's; semantic checks that JSON Schema cannot express (a rigid pose,
+sizes the loaded model supports, known objects) are done by the handlers with messages that say what
+to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**31 - 1
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+Row = Annotated[list[float], Field(min_length=4, max_length=4)]
+Size = Annotated[int, Field(ge=16, le=2048, multiple_of=8)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image")]
+Steps = Annotated[int, Field(ge=1, le=150, description="denoising steps")]
+Guidance = Annotated[float, Field(ge=0.0, le=30.0, allow_inf_nan=False, description="classifier-free guidance scale")]
+ObjectName = Annotated[str, Field(min_length=1, max_length=64, description="object token (GET /v1/objects); default: the model's default object")]
+
+
+class CameraIn(BaseModel):
+    """A pinhole camera in Blender's convention, relative to the anchor (see API.md, Conventions)."""
+
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "camera_to_anchor": [[1, 0, 0, 0], [0, 0, -1, -4], [0, 1, 0, 0], [0, 0, 0, 1]],
+        "fov_y_deg": 39.6, "width": 64, "height": 64}})
+
+    camera_to_anchor: Annotated[list[Row], Field(min_length=4, max_length=4, description=(
+        "4x4 row-major camera-to-anchor matrix (Blender convention: camera looks down -Z, +Y up); "
+        "finite, bottom row [0,0,0,1], orthonormal rotation with det +1"))]
+    fov_y_deg: Annotated[float, Field(gt=0.0, lt=180.0, description="vertical field of view in degrees")] = 39.6
+    width: Size = 512
+    height: Size = 512
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"camera_to_anchor": self.camera_to_anchor, "fov_y_deg": self.fov_y_deg,
+                "width": self.width, "height": self.height}
+
+
+class RenderRequest(BaseModel):
+    camera: CameraIn
+    object: ObjectName | None = None
+    seed: Seed = 0
+    steps: Steps = 30
+    guidance: Guidance = 7.5
+    session: Annotated[str | None, Field(max_length=128, description=(
+        "live-mode key: a newer render of the same session supersedes an older one (409 for the older)"))] = None
+
+
+class SequenceRequest(BaseModel):
+    cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=10000)]
+    frames: Annotated[list[int] | None, Field(min_length=1, max_length=10000, description=(
+        "frame numbers used in file names (one per camera, unique, 0..9999999); default 0..N-1"))] = None
+    object: ObjectName | None = None
+    seed: Seed = 0
+    steps: Steps = 30
+    guidance: Guidance = 7.5
+
+
+class InvertRequest(BaseModel):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="name of the new object token (must not exist yet)")]
+    images: Annotated[list[str], Field(min_length=1, max_length=16, description=(
+        "base64-encoded PNG, JPEG or WebP files (each <= 20 MB encoded, <= 4096x4096)"))]
+    cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=16, description="the camera of each image")]
+    steps: Annotated[int, Field(ge=1, le=100000, description="optimisation steps")] = 300
+    seed: Seed = 0
+    preview_every: Annotated[int, Field(ge=0, le=100000, description="send a preview every N steps (0: none)")] = 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------------
+class ErrorOut(BaseModel):
+    error: str
+
+
+class HealthOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: str
+    api: str
+    version: str
+    base_model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    view_mapper: str | None = None
+    default_object: str | None = None
+    queue_depth: int
+    native_size: int | None = None
+    max_size: int | None = None
+    max_steps: int | None = None
+
+
+class ObjectOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    builtin: bool = False
+    base_model: str | None = None
+    created: str | None = None
+    steps: int | None = None
+
+
+class ObjectsOut(BaseModel):
+    objects: list[ObjectOut]
+
+
+JobState = Literal["queued", "running", "done", "error", "cancelled", "interrupted"]
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    job_id: str
+    kind: Literal["sequence", "invert"]
+    state: JobState
+    step: int
+    total: int
+    loss: float | None = None
+    eta_s: float | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    frames_done: list[int] = []
+    created: str | None = None
+    updated: str | None = None
+
+
+class JobsOut(BaseModel):
+    jobs: list[JobOut]
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    kind: Literal["sequence", "invert"]
+    total: int
+
+
+class CancelOut(BaseModel):
+    job_id: str
+    state: Literal["cancelling", "cancelled"]

@@ -1,0 +1,175 @@
+"""Loading the frozen backbone: any Stable-Diffusion-architecture diffusers model, hub id or local folder.
+
+The embedded toy model and real SD 2 weights go through the same code path
+(``from_pretrained`` on each component). The scheduler's ``prediction_type`` (epsilon or v) is
+read here and used by training and sampling alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .attention import install_per_layer_processors
+from .errors import InputError
+from .text_conditioning import TextConditioner
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device '{device}': use cpu, cuda or cuda:N ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Frozen parts run in bf16 on CUDA (fp16 if bf16 is unsupported), fp32 on CPU, unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "", "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype '{dtype}': use one of float32, float16, bfloat16")
+    return DTYPES[dtype]
+
+
+@dataclass
+class BaseModel:
+    """The frozen parts of a Stable-Diffusion-architecture pipeline, ready for ViewNeTI conditioning."""
+
+    name: str
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype
+    num_layers: int  # cross-attention layers, in call order
+    text: TextConditioner
+    fingerprint: str
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def native_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+    def noise_scheduler(self):
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.scheduler_config)
+
+    def sampling_scheduler(self, name: str = "dpmsolver++"):
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+        if name in ("dpmsolver++", "dpm++", "dpmsolver"):
+            return DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
+        if name == "ddim":
+            return DDIMScheduler.from_config(self.scheduler_config)
+        if name == "euler":
+            return EulerDiscreteScheduler.from_config(self.scheduler_config)
+        raise InputError(f"unknown sampler '{name}': use dpmsolver++, ddim or euler")
+
+
+def _is_local(model: str) -> bool:
+    return os.path.isdir(model)
+
+
+def model_fingerprint(text_encoder: torch.nn.Module, unet: torch.nn.Module) -> str:
+    """A short hash that identifies a base model across dtypes/devices (object tokens remember it)."""
+    table = text_encoder.get_input_embeddings().weight
+    rows = table[: min(256, table.shape[0])].detach().to(torch.bfloat16).float().sum(dim=1).cpu().numpy()
+    conv = unet.conv_in.weight.detach().to(torch.bfloat16).float().sum().item()
+    payload = {
+        "vocab": int(table.shape[0]), "dim": int(table.shape[1]),
+        "rows": np.round(rows, 1).tolist(), "conv_in": round(conv, 1),
+        "unet": [int(c) for c in unet.config.block_out_channels],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_base_model(model: str | os.PathLike, device: str | None = None, dtype: str | torch.dtype | None = None,
+                    local_files_only: bool | None = None) -> BaseModel:
+    """Load tokenizer, text encoder, UNet, VAE and scheduler config from a hub id or a local folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model = str(model)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    local = _is_local(model)
+    if not local and (model.startswith((".", "/", "~")) or os.sep in model and model.count("/") > 1):
+        raise InputError(f"model folder '{model}' does not exist: pass a diffusers folder or a hub id such as stabilityai/stable-diffusion-2-1")
+    if local:
+        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (Path(model) / s).is_dir()]
+        if missing:
+            raise InputError(
+                f"'{model}' is not a Stable-Diffusion-architecture diffusers folder: missing subfolder(s) {', '.join(missing)}"
+            )
+    kw = {"local_files_only": local_files_only}
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dt, **kw)
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dt, **kw)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dt, **kw)
+        from diffusers import DDPMScheduler
+
+        scheduler_config = dict(DDPMScheduler.load_config(model, subfolder="scheduler", **kw))
+    except (OSError, ValueError, EnvironmentError) as exc:
+        hint = " (offline: HF_HUB_OFFLINE is set, so only cached or local models load)" if local_files_only else ""
+        raise InputError(f"cannot load a Stable-Diffusion-architecture model from '{model}'{hint}: {exc}") from None
+    if len(tokenizer) < 300:
+        raise InputError(f"the tokenizer of '{model}' has only {len(tokenizer)} entries: it did not load correctly")
+    for module in (text_encoder, unet, vae):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(dev)
+    seq_len = int(min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings))
+    num_layers = install_per_layer_processors(unet, seq_len)
+    text = TextConditioner(tokenizer, text_encoder)
+    if unet.config.cross_attention_dim != text.embedding_dim:
+        raise InputError(f"'{model}': UNet cross_attention_dim {unet.config.cross_attention_dim} != text width {text.embedding_dim}")
+    return BaseModel(
+        name=model if not local else Path(model).resolve().name,
+        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
+        scheduler_config={k: v for k, v in scheduler_config.items() if not k.startswith("_")},
+        device=dev, dtype=dt, num_layers=num_layers, text=text,
+        fingerprint=model_fingerprint(text_encoder, unet),
+    )

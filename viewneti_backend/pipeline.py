@@ -1,0 +1,193 @@
+"""Rendering: camera poses + an object token -> images, through a frozen SD-architecture model.
+
+The fast path: all (timestep, layer) encodings of a view in one batched text-encoder call, cached
+per (object, pose, schedule) and reused across seeds; classifier-free guidance and several views
+batched into one UNet call per step; SDPA attention. Same seed -> same image, whether a view is
+rendered alone or in a batch (every view starts from the seed's noise).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .attention import pack_layer_encodings, pack_plain_encoding
+from .base_model import BaseModel
+from .camera_features import CameraParameterization, parameterization_from_config
+from .cameras import Camera
+from .errors import Cancelled, InputError
+from .mapper import NeTIMapper
+from .text_conditioning import OBJECT_PROMPT, VIEW_OBJECT_PROMPT, Injection
+
+
+def encode_conditions(base: BaseModel, input_ids: torch.Tensor, timesteps: torch.Tensor, layers: torch.Tensor,
+                      object_mapper: NeTIMapper | None, view_mapper: NeTIMapper | None = None,
+                      camera_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched text-encoder pass for N (prompt, t, l[, camera]) rows -> keys, values [N, S, D]."""
+    injections: dict[int, Injection] = {}
+    if object_mapper is not None:
+        word, bypass = object_mapper(timesteps, layers)
+        injections[base.text.object_token_id] = Injection(word, bypass, object_mapper.config.alpha)
+    if view_mapper is not None:
+        word, bypass = view_mapper(timesteps, layers, camera_features)
+        injections[base.text.view_token_id] = Injection(word, bypass, view_mapper.config.alpha)
+    return base.text.encode(input_ids.to(base.device), injections)
+
+
+def layer_grid(timesteps: torch.Tensor, num_layers: int, repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ordered (repeat, t, l): t and l index tensors of length repeats * T * L."""
+    t = timesteps.long().repeat_interleave(num_layers).repeat(repeats)
+    l = torch.arange(num_layers, device=timesteps.device).repeat(len(timesteps) * repeats)
+    return t, l
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+class ViewNeTIPipeline:
+    """Frozen backbone + a view-mapper + object tokens -> novel views."""
+
+    def __init__(self, base: BaseModel, view_mapper: NeTIMapper | None = None, *, sampler: str = "dpmsolver++",
+                 cache_size: int = 16):
+        self.base = base
+        self.view_mapper = view_mapper.to(base.device).eval() if view_mapper is not None else None
+        self.camera_param: CameraParameterization | None = None
+        if view_mapper is not None:
+            if view_mapper.config.num_layers != base.num_layers or view_mapper.config.embedding_dim != base.text.embedding_dim:
+                raise InputError(
+                    f"view-mapper was built for {view_mapper.config.num_layers} layers x {view_mapper.config.embedding_dim} dims, "
+                    f"the model has {base.num_layers} x {base.text.embedding_dim}: use a view-mapper trained for this model"
+                )
+            self.camera_param = parameterization_from_config(view_mapper.config.camera_parameterization)
+        self.sampler = sampler
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._uncond: torch.Tensor | None = None
+
+    # -- conditioning ----------------------------------------------------------------------------
+    def _uncond_packed(self) -> torch.Tensor:
+        if self._uncond is None:
+            with torch.no_grad():
+                plain = self.base.text.encode_plain([""])
+            self._uncond = pack_plain_encoding(plain, self.base.num_layers)
+        return self._uncond
+
+    def prompt(self, with_view: bool) -> str:
+        t = self.base.text
+        return VIEW_OBJECT_PROMPT.format(view=t.view_token, object=t.object_token) if with_view else OBJECT_PROMPT.format(object=t.object_token)
+
+    @torch.no_grad()
+    def view_encodings(self, cameras: Sequence[Camera], object_mapper: NeTIMapper, timesteps: torch.Tensor,
+                       with_view: bool = True, cache_key: str | None = None) -> torch.Tensor:
+        """Packed per-layer encodings for every camera and step: [T, B, 2*L*S, D]; cached per pose."""
+        if with_view and self.view_mapper is None:
+            raise InputError("no view-mapper is loaded: load one (--view-mapper) or render without view control")
+        tkey = tuple(int(t) for t in timesteps)
+        okey = cache_key or f"id{id(object_mapper)}"
+        keys = [(okey, with_view, tkey, cam.camera_to_anchor.round(9).tobytes() if with_view else b"", round(cam.fov_y_deg, 6) if with_view else 0)
+                for cam in cameras]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            uniq = list(dict.fromkeys(keys[i] for i in missing))
+            first = {k: next(i for i in missing if keys[i] == k) for k in uniq}
+            cams = [cameras[first[k]] for k in uniq]
+            b, n_t, n_l = len(cams), len(timesteps), self.base.num_layers
+            t, l = layer_grid(timesteps.to(self.base.device), n_l, b)
+            ids = self.base.text.token_ids(self.prompt(with_view)).expand(len(t), -1)
+            feats = None
+            if with_view:
+                feats = self.camera_param.features(cams).to(self.base.device).repeat_interleave(n_t * n_l, dim=0)
+            k, v = encode_conditions(self.base, ids, t, l, object_mapper, self.view_mapper if with_view else None, feats)
+            s, d = k.shape[1], k.shape[2]
+            k = k.view(b * n_t, n_l, s, d)
+            v = v.view(b * n_t, n_l, s, d)
+            packed = pack_layer_encodings(k, v).view(b, n_t, 2 * n_l * s, d)
+            for j, key in enumerate(uniq):
+                self._cache[key] = packed[j]
+        out = []
+        for key in keys:
+            self._cache.move_to_end(key)
+            out.append(self._cache[key])
+        while len(self._cache) > max(self.cache_size, len(set(keys))):
+            self._cache.popitem(last=False)
+        return torch.stack(out, dim=1)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # -- sampling ----------------------------------------------------------------------------------
+    def initial_latents(self, seed: int, batch: int, height: int, width: int, sigma: float) -> torch.Tensor:
+        f, c = self.base.vae_scale_factor, self.base.latent_channels
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        noise = torch.randn(1, c, height // f, width // f, generator=gen, dtype=torch.float32)
+        return (noise.expand(batch, -1, -1, -1) * sigma).to(self.base.device, self.base.dtype).contiguous()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        images = self.base.vae.decode(latents.to(self.base.dtype) / self.base.scaling_factor).sample
+        return to_pil(images)
+
+    @torch.no_grad()
+    def __call__(self, cameras: Sequence[Camera], object_mapper: NeTIMapper, *, seed: int = 0, steps: int = 30,
+                 guidance: float = 7.5, with_view: bool = True, object_key: str | None = None,
+                 should_stop: Callable[[], bool] | None = None, on_step: Callable[[int, int], None] | None = None,
+                 timings: dict | None = None, output: str = "pil"):
+        if not cameras:
+            raise InputError("no cameras given")
+        width, height = cameras[0].width, cameras[0].height
+        if any((c.width, c.height) != (width, height) for c in cameras):
+            raise InputError("all cameras of one render call must have the same width and height")
+        if steps < 1:
+            raise InputError(f"steps must be at least 1, got {steps}")
+        sync = (lambda: torch.cuda.synchronize(self.base.device)) if self.base.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        scheduler = self.base.sampling_scheduler(self.sampler)
+        scheduler.set_timesteps(steps, device=self.base.device)
+        timesteps = scheduler.timesteps
+        cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key).to(self.base.dtype)
+        b = len(cameras)
+        use_cfg = guidance != 1.0
+        if use_cfg:
+            uncond = self._uncond_packed().to(self.base.dtype).expand(b, -1, -1)
+        sync()
+        t1 = time.perf_counter()
+        latents = self.initial_latents(seed, b, height, width, float(scheduler.init_noise_sigma))
+        for i, t in enumerate(timesteps):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped at step {i} of {steps}")
+            model_in = torch.cat([latents, latents]) if use_cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            ehs = torch.cat([uncond, cond[i]]) if use_cfg else cond[i]
+            pred = self.base.unet(model_in, t, encoder_hidden_states=ehs, return_dict=False)[0]
+            if use_cfg:
+                pred_u, pred_c = pred.chunk(2)
+                pred = pred_u + guidance * (pred_c - pred_u)
+            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(i + 1, steps)
+        sync()
+        t2 = time.perf_counter()
+        result = latents if output == "latent" else self.decode(latents)
+        sync()
+        t3 = time.perf_counter()
+        if timings is not None:
+            timings.update(encode=(t1 - t0) * 1e3, denoise=(t2 - t1) * 1e3, decode=(t3 - t2) * 1e3)
+        return result
+
+
+def images_to_tensor(images: Sequence[Image.Image], width: int, height: int) -> torch.Tensor:
+    """PIL images -> [N, 3, H, W] in [-1, 1] (bicubic resize to the given size)."""
+    arrs = []
+    for im in images:
+        im = im.convert("RGB")
+        if im.size != (width, height):
+            im = im.resize((width, height), Image.BICUBIC)
+        arrs.append(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,99 @@
+"""Tiny random-weight Stable-Diffusion-architecture pipelines for tests and CPU smoke runs.
+
+They are saved as ordinary diffusers folders and loaded back through the same loader users use,
+so tests exercise the real loading path without any download.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+TEST_WORDS = ["a", "photo", "of", "the", "view", "object", "seen", "from", "left", "right", "front", "back",
+              "above", "red", "green", "blue", "box", "sphere", "cube", "on", "with", "rendering"]
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP/GPT-2's reversible byte -> printable unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write_clip_tokenizer(folder: str | Path, words: list[str], model_max_length: int = 77) -> Path:
+    """Write a CLIP-compatible BPE tokenizer (vocab.json + merges.txt) whose given words are single tokens.
+
+    Vocabulary: every byte symbol with and without ``</w>``, the two special tokens, and for each
+    word the chain of left-to-right merges that builds ``word</w>``. Unknown words still tokenize
+    (into pieces), as with CLIP's own vocabulary.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for s in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(s, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        chars = list(word)
+        parts = chars[:-1] + [chars[-1] + "</w>"]
+        cur = parts[0]
+        for nxt in parts[1:]:
+            if (cur, nxt) not in merges:
+                merges.append((cur, nxt))
+            cur = cur + nxt
+            vocab.setdefault(cur, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length, "do_lower_case": True,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>", "errors": "replace"}))
+    return folder
+
+
+def build_tiny_pipeline(folder: str | Path, *, prediction_type: str = "v_prediction", sample_size: int = 64,
+                        text_width: int = 32, seed: int = 0, words: list[str] | None = None) -> Path:
+    """Save a random-weight SD-architecture pipeline (UNet, VAE, CLIP text encoder, tokenizer, scheduler)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    write_clip_tokenizer(folder / "tokenizer", words or TEST_WORDS)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(16, 32),
+                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=sample_size)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=text_width, attention_head_dim=4, norm_num_groups=8)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False, steps_offset=1)
+    for name, module in (("text_encoder", text_encoder), ("vae", vae), ("unet", unet)):
+        module.save_pretrained(folder / name, safe_serialization=True)
+    scheduler.save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None], "requires_safety_checker": False}))
+    return folder

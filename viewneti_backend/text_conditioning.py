@@ -1,0 +1,145 @@
+"""Text conditioning: placeholder-token injection and the textual bypass on a frozen CLIP text encoder.
+
+For each prompt the mapper's word embedding replaces the placeholder token's input embedding
+(before position embeddings); after the last transformer block the bypass is added at the
+placeholder position as ``h + alpha * |h| * b / |b|``. The final LayerNorm is applied to both
+sequences: the plain one feeds cross-attention *keys*, the bypassed one the *values*.
+
+Every (timestep, layer) pair has its own mapper output and therefore its own encoding; callers
+pass all of them at once so the text encoder runs as one batched call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+VIEW_TOKEN = "<view>"
+OBJECT_TOKEN = "<object>"
+VIEW_OBJECT_PROMPT = "{view}. A photo of a {object}"
+OBJECT_PROMPT = "A photo of a {object}"
+
+# Prompts for mode 0 (object only, plain textual inversion); written for this project.
+OBJECT_TEMPLATES = [
+    "a photo of a {object}",
+    "a rendering of a {object}",
+    "a photo of the {object}",
+    "a close-up photo of a {object}",
+    "a bright photo of the {object}",
+    "a good photo of a {object}",
+    "a photo of one {object}",
+    "a cropped photo of the {object}",
+]
+
+
+@dataclass
+class Injection:
+    """Mapper output for one placeholder token, one row per prompt in the batch."""
+
+    word: torch.Tensor  # [N, D], already rescaled to the reference norm
+    bypass: torch.Tensor | None  # [N, D] or None for no bypass
+    alpha: float
+
+
+def _text_transformer(text_encoder: nn.Module) -> nn.Module:
+    # transformers 5 exposes embeddings/encoder/final_layer_norm on CLIPTextModel itself; 4.x nests them.
+    return getattr(text_encoder, "text_model", text_encoder)
+
+
+class TextConditioner:
+    """Owns the tokenizer + frozen text encoder and turns (prompt, injections) into key/value encodings."""
+
+    def __init__(self, tokenizer, text_encoder: nn.Module, view_token: str = VIEW_TOKEN, object_token: str = OBJECT_TOKEN):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.view_token, self.object_token = view_token, object_token
+        missing = [t for t in (view_token, object_token) if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_tokens(missing)
+        self.view_token_id = tokenizer.convert_tokens_to_ids(view_token)
+        self.object_token_id = tokenizer.convert_tokens_to_ids(object_token)
+        tm = _text_transformer(text_encoder)
+        self._table = tm.embeddings.token_embedding
+        self.max_length = int(getattr(tokenizer, "model_max_length", 77) or 77)
+        if self.max_length > tm.embeddings.position_embedding.weight.shape[0]:
+            self.max_length = tm.embeddings.position_embedding.weight.shape[0]
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self._table.weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self._table.weight.device
+
+    def reference_norm(self, word: str) -> float:
+        """|E[word]| for a word that the tokenizer keeps as one token ("view", "object")."""
+        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise InputError(f"reference word '{word}' is not a single token in this tokenizer ({ids}); pick another")
+        return float(self._table.weight[ids[0]].float().norm())
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        out = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
+        return out["input_ids"].to(self.device)
+
+    def token_ids(self, prompt: str) -> torch.Tensor:
+        """Cached token ids of one prompt, shape [1, S]."""
+        if prompt not in self._cache:
+            self._cache[prompt] = self.tokenize([prompt])
+        return self._cache[prompt]
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        vocab = self._table.weight.shape[0]
+        # Placeholder ids lie past the frozen table (it is never resized): look up row 0, then overwrite.
+        return self._table(input_ids.clamp(max=vocab - 1))
+
+    def _transformer(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """CLIP blocks on given input embeddings; returns hidden states *before* the final LayerNorm."""
+        tm = _text_transformer(self.text_encoder)
+        hidden = tm.embeddings(inputs_embeds=inputs_embeds)
+        try:
+            from transformers.masking_utils import create_causal_mask
+
+            mask = create_causal_mask(config=tm.config, inputs_embeds=hidden, attention_mask=None, cache=None)
+            return tm.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
+        except ImportError:  # transformers 4.x
+            s = hidden.shape[1]
+            causal = torch.full((s, s), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype).triu(1)
+            return tm.encoder(inputs_embeds=hidden, causal_attention_mask=causal[None, None]).last_hidden_state
+
+    def encode(self, input_ids: torch.Tensor, injections: dict[int, Injection] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode N prompts; returns (keys_states, values_states), each [N, S, D] after the final LayerNorm."""
+        tm = _text_transformer(self.text_encoder)
+        x = self._embed(input_ids)
+        injections = injections or {}
+        for token_id, inj in injections.items():
+            mask = (input_ids == token_id)
+            counts = mask.sum(dim=1)
+            if not torch.all(counts == 1):
+                raise InputError(f"each prompt must contain the placeholder token {self.tokenizer.convert_ids_to_tokens(token_id)} exactly once")
+            x = torch.where(mask[..., None], inj.word.to(x.dtype)[:, None, :], x)
+        h = self._transformer(x)
+        h_bypass = h
+        for token_id, inj in injections.items():
+            if inj.bypass is None or inj.alpha == 0:
+                continue
+            mask = (input_ids == token_id)[..., None]
+            b = inj.bypass.float()
+            direction = (b / b.norm(dim=-1, keepdim=True).clamp_min(1e-12))[:, None, :]
+            added = inj.alpha * h.float().norm(dim=-1, keepdim=True) * direction
+            h_bypass = h_bypass + torch.where(mask, added, torch.zeros_like(added)).to(h.dtype)
+        ln = tm.final_layer_norm
+        keys = ln(h)
+        values = keys if h_bypass is h else ln(h_bypass)
+        return keys, values
+
+    def encode_plain(self, prompts: list[str]) -> torch.Tensor:
+        """Ordinary CLIP encoding (what a stock pipeline feeds the UNet), [N, S, D]."""
+        keys, _ = self.encode(self.tokenize(prompts))
+        return keys

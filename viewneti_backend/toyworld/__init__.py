@@ -1,0 +1,17 @@
+"""The toy world: a procedural renderer, captions, a CLIP-compatible tokenizer and a tiny
+Stable-Diffusion-architecture text-to-image prior trained on the renderer's images.
+
+Everything uses the project's camera convention (:mod:`viewneti_backend.cameras`): Blender's,
++Z up, cameras look down their local -Z with +Y up, poses are camera_to_anchor 4x4 matrices, and
+the anchor is the world origin (the centre of the object's footprint on the ground plane z=0).
+"""
+
+from .renderer import (  # noqa: F401
+    ToyObject,
+    Primitive,
+    orbit_cameras,
+    random_cameras,
+    render,
+)
+
+WEIGHTS_DIR_NAME = "weights"
