@@ -125,7 +125,7 @@ def camera_fov_y_deg(camera_data, frame_width, frame_height):
 
 
 def _round_size(x):
-    x = int(round(x / SIZE_MULTIPLE)) * SIZE_MULTIPLE
+    x = int(math.floor(x / SIZE_MULTIPLE + 0.5)) * SIZE_MULTIPLE  # half up, not to even
     return max(MIN_SIZE, min(MAX_SIZE, x))
 
 

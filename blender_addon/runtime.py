@@ -158,7 +158,7 @@ def fetch_backend(client):
     return client.health(timeout=min(client.timeout, 10.0)), client.objects()
 
 
-def apply_backend(scene, info, objects):
+def apply_backend(scene, info, objects, announce=True):
     settings = scene.viewneti
     settings.backend_state = "OK"
     settings.backend_info = (
@@ -172,11 +172,12 @@ def apply_backend(scene, info, objects):
         item.steps = int(entry.get("steps") or 0)
     if not settings.object_name and info.get("default_object"):
         settings.object_name = info["default_object"]
-    settings.status_message = f"Connected to {info.get('base_model', 'backend')} ({len(objects)} objects)"
+    if announce:
+        settings.status_message = f"Connected to {info.get('base_model', 'backend')} ({len(objects)} objects)"
     tag_redraw()
 
 
-def refresh_backend(scene):
+def refresh_backend(scene, announce=True):
     """Check the backend and reload the object list (async in the UI, inline headless)."""
     scene_name = scene.name
     client = make_client()
@@ -188,9 +189,10 @@ def refresh_backend(scene):
         if error is not None:
             report_error(target, error)
         else:
-            apply_backend(target, *value)
+            apply_backend(target, *value, announce=announce)
 
-    set_status(scene, "Checking backend…")
+    if announce:
+        set_status(scene, "Checking backend…")
     return run_async(lambda: fetch_backend(client), done)
 
 
@@ -505,7 +507,7 @@ def finish_job(scene, job):
             item.steps = int(entry.get("steps") or job.total)
         settings.object_name = name
         set_status(scene, f"New object '{name}' is ready and selected")
-        refresh_backend(scene)
+        refresh_backend(scene, announce=False)
 
 
 def run_job_blocking(scene, job, timeout):

@@ -83,33 +83,40 @@ class ViewNeTIPipeline:
         t = self.base.text
         return VIEW_OBJECT_PROMPT.format(view=t.view_token, object=t.object_token) if with_view else OBJECT_PROMPT.format(object=t.object_token)
 
+    def _compute_packed(self, cameras: Sequence[Camera], object_mapper: NeTIMapper, timesteps: torch.Tensor,
+                        with_view: bool) -> torch.Tensor:
+        """All T x L encodings of every camera in one text-encoder call -> [B, T, 2*L*S, D]."""
+        b, n_t, n_l = len(cameras), len(timesteps), self.base.num_layers
+        t, l = layer_grid(timesteps.to(self.base.device), n_l, b)
+        ids = self.base.text.token_ids(self.prompt(with_view)).expand(len(t), -1)
+        feats = None
+        if with_view:
+            feats = self.camera_param.features(cameras).to(self.base.device).repeat_interleave(n_t * n_l, dim=0)
+        k, v = encode_conditions(self.base, ids, t, l, object_mapper, self.view_mapper if with_view else None, feats)
+        s, d = k.shape[1], k.shape[2]
+        packed = pack_layer_encodings(k.view(b * n_t, n_l, s, d), v.view(b * n_t, n_l, s, d))
+        return packed.view(b, n_t, 2 * n_l * s, d)
+
     @torch.no_grad()
     def view_encodings(self, cameras: Sequence[Camera], object_mapper: NeTIMapper, timesteps: torch.Tensor,
-                       with_view: bool = True, cache_key: str | None = None) -> torch.Tensor:
-        """Packed per-layer encodings for every camera and step: [T, B, 2*L*S, D]; cached per pose."""
+                       with_view: bool = True, cache_key: str | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Packed per-layer encodings for every camera and step: [T, B, 2*L*S, D].
+
+        Cached per (object, pose, schedule) so live re-renders and other seeds skip the text encoder;
+        ``use_cache=False`` for mappers that are still changing (training previews).
+        """
         if with_view and self.view_mapper is None:
             raise InputError("no view-mapper is loaded: load one (--view-mapper) or render without view control")
+        if not use_cache or cache_key is None:
+            return self._compute_packed(cameras, object_mapper, timesteps, with_view).transpose(0, 1)
         tkey = tuple(int(t) for t in timesteps)
-        okey = cache_key or f"id{id(object_mapper)}"
-        keys = [(okey, with_view, tkey, cam.camera_to_anchor.round(9).tobytes() if with_view else b"", round(cam.fov_y_deg, 6) if with_view else 0)
-                for cam in cameras]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
-        if missing:
-            uniq = list(dict.fromkeys(keys[i] for i in missing))
-            first = {k: next(i for i in missing if keys[i] == k) for k in uniq}
-            cams = [cameras[first[k]] for k in uniq]
-            b, n_t, n_l = len(cams), len(timesteps), self.base.num_layers
-            t, l = layer_grid(timesteps.to(self.base.device), n_l, b)
-            ids = self.base.text.token_ids(self.prompt(with_view)).expand(len(t), -1)
-            feats = None
-            if with_view:
-                feats = self.camera_param.features(cams).to(self.base.device).repeat_interleave(n_t * n_l, dim=0)
-            k, v = encode_conditions(self.base, ids, t, l, object_mapper, self.view_mapper if with_view else None, feats)
-            s, d = k.shape[1], k.shape[2]
-            k = k.view(b * n_t, n_l, s, d)
-            v = v.view(b * n_t, n_l, s, d)
-            packed = pack_layer_encodings(k, v).view(b, n_t, 2 * n_l * s, d)
-            for j, key in enumerate(uniq):
+        keys = [(cache_key, with_view, tkey, cam.camera_to_anchor.round(9).tobytes() if with_view else b"",
+                 round(cam.fov_y_deg, 6) if with_view else 0) for cam in cameras]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if todo:
+            first = {k: keys.index(k) for k in todo}
+            packed = self._compute_packed([cameras[first[k]] for k in todo], object_mapper, timesteps, with_view)
+            for j, key in enumerate(todo):
                 self._cache[key] = packed[j]
         out = []
         for key in keys:
@@ -118,6 +125,11 @@ class ViewNeTIPipeline:
         while len(self._cache) > max(self.cache_size, len(set(keys))):
             self._cache.popitem(last=False)
         return torch.stack(out, dim=1)
+
+    def forget(self, cache_key: str) -> None:
+        """Drop cached encodings of one object (it was deleted or re-trained)."""
+        for key in [k for k in self._cache if k[0] == cache_key]:
+            del self._cache[key]
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -136,7 +148,7 @@ class ViewNeTIPipeline:
 
     @torch.no_grad()
     def __call__(self, cameras: Sequence[Camera], object_mapper: NeTIMapper, *, seed: int = 0, steps: int = 30,
-                 guidance: float = 7.5, with_view: bool = True, object_key: str | None = None,
+                 guidance: float = 7.5, with_view: bool = True, object_key: str | None = None, use_cache: bool = True,
                  should_stop: Callable[[], bool] | None = None, on_step: Callable[[int, int], None] | None = None,
                  timings: dict | None = None, output: str = "pil"):
         if not cameras:
@@ -151,7 +163,7 @@ class ViewNeTIPipeline:
         scheduler = self.base.sampling_scheduler(self.sampler)
         scheduler.set_timesteps(steps, device=self.base.device)
         timesteps = scheduler.timesteps
-        cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key).to(self.base.dtype)
+        cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key, use_cache).to(self.base.dtype)
         b = len(cameras)
         use_cfg = guidance != 1.0
         if use_cfg:

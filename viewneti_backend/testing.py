@@ -97,3 +97,30 @@ def build_tiny_pipeline(folder: str | Path, *, prediction_type: str = "v_predict
         "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
         "feature_extractor": [None, None], "requires_safety_checker": False}))
     return folder
+
+
+def build_tiny_viewneti_model(folder: str | Path, *, steps: int = 2, seed: int = 0) -> Path:
+    """A tiny random pipeline plus a bundled view-mapper and two built-in objects, trained (mode 3) for a
+    few steps on random images: a complete, loadable ViewNeTI model for tests of the engine and server."""
+    import numpy as np
+    from PIL import Image
+
+    from .base_model import load_base_model
+    from .cameras import Camera, orbit_pose
+    from .data import Scene
+    from .training import TrainConfig, Trainer
+
+    folder = Path(folder)
+    build_tiny_pipeline(folder, seed=seed)
+    base = load_base_model(folder, device="cpu")
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for name in ("thing_a", "thing_b"):
+        images = [Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)) for _ in range(4)]
+        scenes.append(Scene(name, images, [Camera(orbit_pose(a, 20, 4), 40, 64, 64) for a in (0, 90, 180, 270)]))
+    trainer = Trainer(TrainConfig(mode=3, steps=steps, batch_size=2, grad_accum=1, seed=seed), base, scenes, device="cpu")
+    result = trainer.train(progress=False)
+    result.view_mapper.save_pretrained(folder / "viewneti" / "view_mapper")
+    for name, mapper in result.object_mappers.items():
+        mapper.save_pretrained(folder / "viewneti" / "objects" / name)
+    return folder

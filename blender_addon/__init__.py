@@ -1,0 +1,31 @@
+"""ViewNeTI for Blender: novel views from the active camera's pose, rendered by a local backend.
+
+Registration only: nothing touches the network or the disk here. The add-on talks to the backend
+over HTTP (see server/API.md) and never imports it.
+"""
+
+try:
+    import bpy
+except ImportError:  # imported outside Blender, e.g. by `python -m blender_addon.build`
+    bpy = None
+
+if bpy is not None:
+    from . import operators, panel, properties, runtime
+
+    _register_classes, _unregister_classes = bpy.utils.register_classes_factory(
+        properties.CLASSES + operators.CLASSES + panel.CLASSES
+    )
+
+    def register():
+        _register_classes()
+        properties.register_properties()
+        if runtime.on_load_pre not in bpy.app.handlers.load_pre:
+            bpy.app.handlers.load_pre.append(runtime.on_load_pre)
+
+    def unregister():
+        runtime.shutdown(cancel_job=True)
+        runtime.stop_backend()
+        if runtime.on_load_pre in bpy.app.handlers.load_pre:
+            bpy.app.handlers.load_pre.remove(runtime.on_load_pre)
+        properties.unregister_properties()
+        _unregister_classes()

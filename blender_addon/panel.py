@@ -1,0 +1,191 @@
+"""Sidebar panels (3D Viewport > N > ViewNeTI). Drawing only reads properties: no network, no writes."""
+
+import textwrap
+
+import bpy
+
+from . import camera_pose, runtime
+
+STATE_ICONS = {"OK": "CHECKMARK", "DOWN": "ERROR", "ERROR": "ERROR", "UNKNOWN": "QUESTION"}
+
+
+def _wrapped(layout, text, context, icon="NONE"):
+    """Long status messages tell the user what to do: wrap them instead of clipping them."""
+    width = max(20, int((context.region.width if context.region else 300) / 7))
+    lines = textwrap.wrap(text, width) or [""]
+    col = layout.column(align=True)
+    col.scale_y = 0.8
+    for i, line in enumerate(lines):
+        col.label(text=line, icon=icon if i == 0 else "BLANK1")
+
+
+def _job_box(layout, settings, kind):
+    """Progress, numbers and Cancel for the running job of this kind (or how the last one ended)."""
+    if settings.job_kind != kind or not settings.job_state:
+        return
+    box = layout.box()
+    if settings.job_running:
+        total = max(1, settings.job_total)
+        unit = "frames" if kind == "sequence" else "steps"
+        text = f"{settings.job_step}/{settings.job_total} {unit}"
+        if settings.job_state == "cancelling":
+            text = "Cancelling… " + text
+        row = box.row(align=True)
+        row.progress(factor=settings.job_step / total, type="BAR", text=text)
+        row.operator("viewneti.cancel_job", text="", icon="CANCEL")
+        details = []
+        if kind == "invert" and settings.job_step:
+            details.append(f"loss {settings.job_loss:.4f}")
+        if settings.job_eta > 0:
+            details.append(f"ETA {settings.job_eta:.0f} s")
+        if details:
+            box.label(text=" · ".join(details))
+    elif settings.job_message:
+        icon = "CHECKMARK" if settings.job_state == "done" else "INFO"
+        box.label(text=settings.job_message, icon=icon)
+
+
+class VIEWNETI_PT_main(bpy.types.Panel):
+    """Backend status and connection."""
+
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "ViewNeTI"
+    bl_label = "ViewNeTI"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.viewneti
+        box = layout.box()
+        row = box.row()
+        row.label(text=settings.bl_rna.properties["backend_state"].enum_items[settings.backend_state].name,
+                  icon=STATE_ICONS.get(settings.backend_state, "QUESTION"))
+        row.operator("viewneti.refresh_status", text="", icon="FILE_REFRESH")
+        if settings.backend_state == "OK" and settings.backend_info:
+            box.label(text=settings.backend_info)
+        message = settings.status_message
+        if not message and settings.backend_state == "UNKNOWN":
+            message = f"Press Refresh to connect to {runtime.prefs(context).backend_url}"
+        if message:
+            _wrapped(box, message, context)
+        if runtime.backend_running():
+            box.operator("viewneti.stop_backend", icon="X")
+        elif settings.backend_state != "OK" and runtime.prefs(context).backend_command.strip():
+            box.operator("viewneti.start_backend", icon="PLAY")
+
+
+class VIEWNETI_PT_view(bpy.types.Panel):
+    """What to render and how; Live and Render View."""
+
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "ViewNeTI"
+    bl_label = "View"
+    bl_parent_id = "VIEWNETI_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        scene = context.scene
+        settings = scene.viewneti
+        col = layout.column()
+        col.prop(settings, "anchor")
+        col.prop_search(settings, "object_name", settings, "objects", icon="OBJECT_DATA")
+        camera = scene.camera if scene.camera is not None and scene.camera.type == "CAMERA" else None
+        if camera is not None and camera.data.viewneti.use_seed:
+            row = col.row(align=True)
+            row.prop(camera.data.viewneti, "seed", text=f"Seed ({camera.name})")
+            row.prop(camera.data.viewneti, "use_seed", text="", icon="CAMERA_DATA")
+        else:
+            row = col.row(align=True)
+            row.prop(settings, "seed")
+            if camera is not None:
+                row.prop(camera.data.viewneti, "use_seed", text="", icon="CAMERA_DATA")
+        col.prop(settings, "steps")
+        col.prop(settings, "guidance")
+        col.prop(settings, "resolution")
+        try:
+            width, height = camera_pose.render_size(*camera_pose.scene_frame_size(scene.render), settings.resolution)
+            col.label(text=f"{width} × {height} px (scene aspect)")
+        except ValueError:
+            pass
+
+        layout.use_property_split = False
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        live = runtime.live_running()
+        row.operator("viewneti.toggle_live", text="Live", icon="PAUSE" if live else "PLAY", depress=live)
+        row.operator("viewneti.render_view", icon="RENDER_STILL")
+        row = layout.row()
+        if settings.last_timings:
+            row.label(text=f"Last render: {settings.last_timings}", icon="TIME")
+        row.operator("viewneti.clear_background", text="", icon="TRASH")
+
+
+class VIEWNETI_PT_path(bpy.types.Panel):
+    """Frame range and output folder for Render Camera Path."""
+
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "ViewNeTI"
+    bl_label = "Camera Path"
+    bl_parent_id = "VIEWNETI_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        scene = context.scene
+        settings = scene.viewneti
+        col = layout.column()
+        col.prop(settings, "use_scene_range")
+        sub = col.column(align=True)
+        if settings.use_scene_range:
+            sub.enabled = False
+            sub.prop(scene, "frame_start", text="Start")
+            sub.prop(scene, "frame_end", text="End")
+            sub.prop(scene, "frame_step", text="Step")
+        else:
+            sub.prop(settings, "frame_start")
+            sub.prop(settings, "frame_end")
+            sub.prop(settings, "frame_step")
+        col.prop(settings, "output_dir")
+        layout.operator("viewneti.render_path", icon="RENDER_ANIMATION")
+        _job_box(layout, settings, "sequence")
+
+
+class VIEWNETI_PT_invert(bpy.types.Panel):
+    """Reference image + its camera -> a new object token."""
+
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "ViewNeTI"
+    bl_label = "Invert Reference"
+    bl_parent_id = "VIEWNETI_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.viewneti
+        layout.row().prop(settings, "invert_source", expand=True)
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        col = layout.column()
+        if settings.invert_source == "FILE":
+            col.prop(settings, "invert_filepath")
+        else:
+            col.template_ID(settings, "invert_image", open="image.open")
+        col.prop(settings, "invert_camera")
+        col.prop(settings, "invert_name")
+        col.prop(settings, "invert_steps")
+        col.prop(settings, "invert_preview_every")
+        layout.operator("viewneti.invert_reference", icon="IMAGE_REFERENCE")
+        _job_box(layout, settings, "invert")
+        preview = bpy.data.images.get(f"ViewNeTI preview {settings.invert_name.strip()}")
+        if preview is not None and settings.job_kind == "invert" and settings.job_running:
+            layout.template_icon(icon_value=preview.preview_ensure().icon_id, scale=6.0)
+
+
+CLASSES = (VIEWNETI_PT_main, VIEWNETI_PT_view, VIEWNETI_PT_path, VIEWNETI_PT_invert)

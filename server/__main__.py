@@ -1,0 +1,136 @@
+"""``viewneti-server`` / ``python -m server``: run the ViewNeTI render service.
+
+Development hook (not for users): the environment variable ``VIEWNETI_SERVER_ENGINE=module:callable``
+replaces ``Engine.load`` by ``callable(**load_kwargs)``; the server's own tests use it to run against
+a fake engine while the real one is being built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import DEFAULT_HOST, DEFAULT_MAX_BODY_MB, DEFAULT_PORT, ServerConfig, default_data_dir
+
+DESCRIPTION = """\
+Run the ViewNeTI render service: an HTTP API (contract: server/API.md, schema at /openapi.json,
+interactive docs at /docs) in front of one worker that owns the model. The Blender add-on talks to it.
+
+The model loads in the background after start; GET /v1/health answers 503 until it is ready.
+Without --model the embedded toy-world model is used (runs on a CPU, no download).
+"""
+
+EPILOG = """\
+data directory:
+  <data-dir>/objects/   the token library: objects created by inversion (kept across restarts)
+  <data-dir>/jobs/<id>/ one folder per job: job.json (state), request.json, frame_NNNNNN.png
+
+security:
+  The server binds 127.0.0.1 by default, reachable from this machine only. To listen on any other
+  address you must set an access token (--token or VIEWNETI_TOKEN); clients then send
+  'Authorization: Bearer <token>' with every request. Without a token it refuses to start.
+
+examples:
+  viewneti-server                                  # toy model, http://127.0.0.1:7860
+  viewneti-server --model stabilityai/stable-diffusion-2-1 --view-mapper ./mappers/dtu --device cuda
+  VIEWNETI_TOKEN=s3cret viewneti-server --host 0.0.0.0 --port 8080
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="viewneti-server", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", metavar="ID_OR_DIR", default=None,
+                   help="diffusers model: a Hugging Face hub id or a local folder with a Stable-Diffusion-"
+                        "architecture pipeline (default: the embedded toy-world model)")
+    m.add_argument("--view-mapper", metavar="DIR", default=None,
+                   help="folder of a pretrained view-mapper checkpoint (default: the one bundled with the model, if any)")
+    m.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    m.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the frozen model parts (default: float16 on GPU, float32 on CPU)")
+    n = p.add_argument_group("network")
+    n.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default {DEFAULT_HOST}; any other address requires --token)")
+    n.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    n.add_argument("--token", default=None,
+                   help="access token that clients must send as 'Authorization: Bearer <token>' (default: "
+                        "$VIEWNETI_TOKEN; required for non-loopback --host). Prefer the environment variable: "
+                        "command lines are visible to other users")
+    s = p.add_argument_group("storage and limits")
+    s.add_argument("--data-dir", type=Path, default=None,
+                   help=f"where the object library and jobs are kept (default: $VIEWNETI_DATA_DIR or {default_data_dir()})")
+    s.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
+                   help=f"largest request body accepted, in MB; larger ones get 413 (default {DEFAULT_MAX_BODY_MB:g})")
+    s.add_argument("--max-size", type=int, default=2048,
+                   help="largest image side a render may request (default 2048, or the model's limit if lower)")
+    s.add_argument("--max-steps", type=int, default=150, help="most denoising steps a render may request (default 150)")
+    s.add_argument("--max-jobs", type=int, default=64, help="most queued/running jobs; more get 429 (default 64)")
+    o = p.add_argument_group("logging")
+    o.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log verbosity; 'info' logs one line per request (default info)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    token = args.token or os.environ.get("VIEWNETI_TOKEN") or None
+    if args.max_body_mb <= 0:
+        raise SystemExit("--max-body-mb must be positive")
+    return ServerConfig(
+        data_dir=(args.data_dir or default_data_dir()).expanduser().resolve(),
+        host=args.host, port=args.port, model=args.model, view_mapper=args.view_mapper,
+        device=args.device, dtype=args.dtype, token=token,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_size=max(16, min(2048, args.max_size)), max_steps=max(1, min(150, args.max_steps)),
+        max_queued_jobs=max(1, args.max_jobs),
+    )
+
+
+def engine_factory_for(config: ServerConfig) -> Callable[[], Any]:
+    kwargs = dict(model=config.model, view_mapper=config.view_mapper, device=config.device, dtype=config.dtype,
+                  library_dir=config.objects_dir)
+    hook = os.environ.get("VIEWNETI_SERVER_ENGINE")
+
+    def factory() -> Any:
+        if hook:
+            mod, _, attr = hook.partition(":")
+            return getattr(importlib.import_module(mod), attr)(**kwargs)
+        from viewneti_backend.engine import Engine  # heavy import: only in the worker, after the server is up
+
+        return Engine.load(**kwargs)
+
+    return factory
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    config.check_bind()
+    setup_logging(args.log_level)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"cannot create the data directory {config.data_dir}: {exc} (use --data-dir)") from None
+
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(config, engine_factory_for(config))
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=3, server_header=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The FastAPI application: routes of the v1 contract (server/API.md) wired to the worker and job store.
+
+``create_app(config, engine_factory)`` builds it; the engine is created by ``engine_factory()`` on the
+worker thread at startup, and ``GET /v1/health`` answers 503 until it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from typing import Any, Callable
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+import viewneti_backend
+from viewneti_backend.cameras import Camera, CameraError
+
+from . import API_VERSION
+from .auth import BearerTokenMiddleware
+from .config import ServerConfig
+from .errors import ApiError, install_exception_handlers
+from .events import EventHub, job_event_stream
+from .images import decode_base64_image, encode_png
+from .jobs import JobStore
+from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .schemas import (CameraIn, CancelOut, ErrorOut, HealthOut, InvertRequest, JobCreated, JobOut, JobsOut, ObjectsOut,
+                      RenderRequest, SequenceRequest)
+from .worker import ClientGone, RenderTask, Worker
+
+log = logging.getLogger("viewneti.server")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+try:  # the library's own rule, when present; the contract's pattern is checked in any case
+    from viewneti_backend.tokens import validate_token_name as _library_validate_name
+except ImportError:  # pragma: no cover - older library
+    _library_validate_name = None
+
+
+def validate_name(name: str, what: str = "object name") -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ApiError(400, f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter "
+                            "or digit (no paths, dots or spaces)")
+    if _library_validate_name is not None:
+        _library_validate_name(name)
+    return name
+
+
+def parse_camera(cam: CameraIn, what: str, config: ServerConfig, max_size: int) -> Camera:
+    try:
+        camera = Camera.from_json(cam.to_wire())
+    except CameraError as exc:
+        raise ApiError(400, f"{what}: {exc}") from None
+    if camera.width > max_size or camera.height > max_size:
+        raise ApiError(422, f"{what}: {camera.width}x{camera.height} is larger than this server allows "
+                            f"({max_size} per side, see GET /v1/health max_size): request a smaller image")
+    return camera
+
+
+_ERR = {"model": ErrorOut}
+_COMMON = {400: _ERR, 401: _ERR, 413: _ERR, 422: _ERR, 503: _ERR}
+
+
+def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastAPI:
+    hub = EventHub()
+    store = JobStore(config.jobs_dir, hub)
+    worker = Worker(engine_factory, store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        hub.bind(asyncio.get_running_loop())
+        config.objects_dir.mkdir(parents=True, exist_ok=True)
+        store.load()
+        worker.start()
+        log.info("ViewNeTI server: data dir %s; loading the model in the background", config.data_dir)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(worker.stop)
+
+    app = FastAPI(
+        title="ViewNeTI render service",
+        version=viewneti_backend.__version__,
+        description="Novel views of a frozen Stable-Diffusion-architecture model steered by ViewNeTI tokens. "
+                    "The contract is server/API.md.",
+        lifespan=lifespan,
+    )
+    app.state.config, app.state.worker, app.state.store, app.state.hub = config, worker, store, hub
+    install_exception_handlers(app)
+    # add_middleware wraps: the last added is the outermost.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(BearerTokenMiddleware, token=config.token)
+    app.add_middleware(RequestContextMiddleware)
+
+    r = APIRouter(prefix="/v1")
+
+    def max_size() -> int:
+        return min(config.max_size, int(worker.info.get("max_size") or config.max_size))
+
+    def check_object(name: str | None) -> str | None:
+        if name is None:
+            return None
+        validate_name(name)
+        if not worker.has_object(name):
+            raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
+        return name
+
+    def check_steps(steps: int) -> int:
+        if steps > config.max_steps:
+            raise ApiError(422, f"steps={steps} is more than this server allows ({config.max_steps}): use fewer steps")
+        return steps
+
+    # -- health and library --------------------------------------------------------------------------
+    @r.get("/health", response_model=HealthOut, responses={503: _ERR})
+    async def health() -> Any:
+        if worker.state != "ready":
+            try:
+                worker.ready_or_raise()
+            except ApiError as exc:
+                return JSONResponse({"error": exc.message, "status": worker.state}, status_code=503)
+        info = worker.info
+        return {
+            "status": "ok", "api": API_VERSION,
+            "version": str(info.get("version") or viewneti_backend.__version__),
+            "base_model": info.get("base_model"), "device": info.get("device"), "dtype": info.get("dtype"),
+            "view_mapper": info.get("view_mapper"), "default_object": info.get("default_object"),
+            "queue_depth": worker.queue_depth(), "native_size": info.get("native_size"),
+            "max_size": max_size(), "max_steps": config.max_steps,
+        }
+
+    @r.get("/objects", response_model=ObjectsOut, responses={503: _ERR})
+    async def list_objects() -> Any:
+        worker.ready_or_raise()
+        return {"objects": worker.objects}
+
+    @r.delete("/objects/{name:path}", status_code=204, responses={**_COMMON, 404: _ERR})
+    async def delete_object(name: str) -> Response:
+        validate_name(name)
+        worker.ready_or_raise()
+        if not worker.has_object(name):
+            raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
+        await asyncio.wrap_future(worker.submit_call(lambda engine: engine.delete_object(name)))
+        return Response(status_code=204)
+
+    # -- live render ---------------------------------------------------------------------------------
+    @r.post("/render", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "the rendered view (PNG)"},
+                       **_COMMON, 404: _ERR, 409: _ERR})
+    async def render(body: RenderRequest, request: Request) -> Response:
+        t_arrival = getattr(request.state, "t_arrival", time.perf_counter())
+        camera = parse_camera(body.camera, "camera", config, max_size())
+        check_steps(body.steps)
+        worker.ready_or_raise()
+        obj = check_object(body.object)
+        task = RenderTask([camera], obj, body.seed, body.steps, body.guidance, session=body.session,
+                          request_id=getattr(request.state, "request_id", None))
+        fut = asyncio.wrap_future(worker.submit_render(task))
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        try:
+            await asyncio.wait({fut, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not fut.done():  # the client left: free the worker
+            worker.abandon(task, ClientGone())
+            fut.cancel()
+            return Response(status_code=499)
+        images = fut.result()
+        img = images[0]
+        if img.size != (camera.width, camera.height):
+            log.warning("engine returned %s for a %dx%d request; resizing", img.size, camera.width, camera.height)
+            img = img.resize((camera.width, camera.height))
+        t_png = time.perf_counter()
+        png = await run_in_threadpool(encode_png, img)
+        t_end = time.perf_counter()
+        timings = {
+            "queue": round(((task.started_at or t_end) - task.enqueued_at) * 1000.0, 2),
+            **{k: round(float(v), 2) for k, v in task.timings.items()},
+            "png": round((t_end - t_png) * 1000.0, 2),
+            "total": round((t_end - t_arrival) * 1000.0, 2),
+        }
+        request.state.timings = timings
+        return Response(png, media_type="image/png",
+                        headers={"X-Seed": str(body.seed), "X-Timings-Ms": json.dumps(timings, separators=(",", ":"))})
+
+    # -- jobs ----------------------------------------------------------------------------------------
+    def check_job_capacity() -> None:
+        if len(store.active()) >= config.max_queued_jobs:
+            raise ApiError(429, f"too many active jobs ({config.max_queued_jobs}): wait for some to finish or "
+                                "cancel them (POST /v1/jobs/{id}/cancel)")
+
+    @r.post("/jobs/sequence", status_code=202, response_model=JobCreated,
+            responses={**_COMMON, 404: _ERR, 429: _ERR})
+    async def create_sequence(body: SequenceRequest, request: Request) -> Any:
+        ms = max_size()
+        cameras = [parse_camera(c, f"cameras[{i}]", config, ms) for i, c in enumerate(body.cameras)]
+        check_steps(body.steps)
+        frames = body.frames if body.frames is not None else list(range(len(cameras)))
+        if len(frames) != len(cameras):
+            raise ApiError(422, f"frames has {len(frames)} entries but cameras has {len(cameras)}: send one frame "
+                                "number per camera, or leave frames out")
+        if len(set(frames)) != len(frames):
+            raise ApiError(422, "frames must be unique (they name the output files)")
+        bad = [f for f in frames if not 0 <= f <= 9_999_999]
+        if bad:
+            raise ApiError(422, f"frame numbers must be between 0 and 9999999, got {bad[0]}")
+        worker.ready_or_raise()
+        obj = check_object(body.object)
+        check_job_capacity()
+        runtime = {"cameras": cameras, "frames": frames, "object": obj, "seed": body.seed, "steps": body.steps,
+                   "guidance": body.guidance}
+        request_record = {"kind": "sequence", "cameras": [c.to_wire() for c in body.cameras], "frames": frames,
+                          "object": obj, "seed": body.seed, "steps": body.steps, "guidance": body.guidance}
+        job = await run_in_threadpool(store.create, "sequence", len(cameras), request_record,
+                                      request_id=getattr(request.state, "request_id", None), runtime=runtime)
+        worker.submit_job(job)
+        return {"job_id": job.job_id, "kind": job.kind, "total": job.total}
+
+    @r.post("/jobs/invert", status_code=202, response_model=JobCreated,
+            responses={**_COMMON, 409: _ERR, 429: _ERR})
+    async def create_invert(body: InvertRequest, request: Request) -> Any:
+        validate_name(body.name, "name")
+        if len(body.images) != len(body.cameras):
+            raise ApiError(422, f"{len(body.images)} images but {len(body.cameras)} cameras: send one camera per image")
+        ms = max(max_size(), 4096)
+        cameras = [parse_camera(c, f"cameras[{i}]", config, ms) for i, c in enumerate(body.cameras)]
+        worker.ready_or_raise()
+        if worker.has_object(body.name):
+            raise ApiError(409, f"an object named {body.name!r} already exists: pick another name or delete it first "
+                                f"(DELETE /v1/objects/{body.name})")
+        if any(j.kind == "invert" and j.name == body.name for j in store.active()):
+            raise ApiError(409, f"an inversion for {body.name!r} is already queued or running: pick another name")
+        check_job_capacity()
+
+        def decode_all() -> list:
+            return [decode_base64_image(s, what=f"images[{i}]", max_bytes=config.max_image_bytes,
+                                        max_pixels=config.max_image_pixels) for i, s in enumerate(body.images)]
+
+        images = await run_in_threadpool(decode_all)
+        runtime = {"images": images, "cameras": cameras, "seed": body.seed, "preview_every": body.preview_every}
+        request_record = {"kind": "invert", "name": body.name, "cameras": [c.to_wire() for c in body.cameras],
+                          "steps": body.steps, "seed": body.seed, "preview_every": body.preview_every,
+                          "image_sizes": [list(im.size) for im in images]}
+        job = await run_in_threadpool(store.create, "invert", body.steps, request_record, name=body.name,
+                                      request_id=getattr(request.state, "request_id", None), runtime=runtime)
+        worker.submit_job(job)
+        return {"job_id": job.job_id, "kind": job.kind, "total": job.total}
+
+    @r.get("/jobs", response_model=JobsOut)
+    async def list_jobs() -> Any:
+        return {"jobs": [j.public() for j in store.list()]}
+
+    @r.get("/jobs/{job_id}", response_model=JobOut, responses={404: _ERR})
+    async def get_job(job_id: str) -> Any:
+        return store.get(job_id).public()
+
+    @r.post("/jobs/{job_id}/cancel", status_code=202, response_model=CancelOut, responses={404: _ERR, 409: _ERR})
+    async def cancel_job(job_id: str) -> Any:
+        job = store.get(job_id)
+        state = await run_in_threadpool(worker.cancel_job, job)
+        return {"job_id": job.job_id, "state": state}
+
+    @r.get("/jobs/{job_id}/frames/{frame}", response_class=FileResponse,
+           responses={200: {"content": {"image/png": {}}}, 404: _ERR})
+    async def get_frame(job_id: str, frame: int) -> Any:
+        job = store.get(job_id)
+        path = store.frame_path(job, frame)
+        if path is None:
+            raise ApiError(404, f"frame {frame} of job {job_id} is not rendered (yet): watch the job's events "
+                                "for 'frame' or check frames_done in GET /v1/jobs/{id}")
+        return FileResponse(path, media_type="image/png")
+
+    @r.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+           responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}, 404: _ERR})
+    async def job_events(job_id: str) -> StreamingResponse:
+        job = store.get(job_id)
+        stream = job_event_stream(job.job_id, hub, lambda: store.snapshot_events(job))
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    app.include_router(r)
+    return app
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,331 @@
+"""The one worker thread that owns the engine, and the priority queue in front of it.
+
+Engine methods are not thread-safe, so every engine call happens on this thread. Order of work:
+pending renders (and small library calls such as deletes) first, in arrival order; then the oldest
+active job, one unit at a time (a sequence frame, or a whole inversion), so that live renders
+interleave with long sequences.
+
+Live supersede: a render carries an optional session key. A newer render of the same session fails
+the older one with ``Superseded`` (HTTP 409): at once if it is still queued, or at the next
+denoising step (through the engine's ``should_stop``) if it is in flight. So the GPU is never busy
+with a stale pose.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from viewneti_backend.errors import Cancelled, InputError
+
+from .errors import ApiError, NotReady, ShuttingDown, Superseded
+from .images import encode_png, png_base64
+from .jobs import Job, JobStore
+
+log = logging.getLogger("viewneti.server")
+
+
+class ClientGone(ApiError):
+    def __init__(self) -> None:
+        super().__init__(499, "the client closed the connection before the render finished")
+
+
+@dataclass(eq=False)
+class RenderTask:
+    cameras: list[Any]
+    object_name: str | None
+    seed: int
+    steps: int
+    guidance: float
+    session: str | None = None
+    request_id: str | None = None
+    future: Future = field(default_factory=Future)
+    stop: threading.Event = field(default_factory=threading.Event)
+    stop_error: Exception | None = None
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
+    finished_at: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class CallTask:
+    """Run ``fn(engine)`` on the worker thread at render priority (library edits)."""
+
+    fn: Callable[[Any], Any]
+    future: Future = field(default_factory=Future)
+
+
+def _fail(future: Future, exc: BaseException) -> None:
+    if not future.done():
+        try:
+            future.set_exception(exc)
+        except Exception:  # InvalidStateError: raced with completion
+            pass
+
+
+class Worker:
+    def __init__(self, engine_factory: Callable[[], Any], store: JobStore, *, name: str = "viewneti-worker") -> None:
+        self._engine_factory = engine_factory
+        self._store = store
+        self._cv = threading.Condition()
+        self._tasks: deque[RenderTask | CallTask] = deque()
+        self._jobs: deque[Job] = deque()
+        self._sessions: dict[str, RenderTask] = {}
+        self._current: RenderTask | CallTask | Job | None = None
+        self._stopping = False
+        self.engine: Any = None
+        self.state = "loading"  # loading | ready | failed | stopped
+        self.load_error: str | None = None
+        self.info: dict[str, Any] = {}
+        self.objects: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # -- public API (any thread) ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current step: queued renders fail with 503, active jobs end ``interrupted``."""
+        with self._cv:
+            self._stopping = True
+            tasks, self._tasks = list(self._tasks), deque()
+            queued_jobs = [j for j in self._jobs if j is not self._current]
+            self._cv.notify_all()
+        for t in tasks:
+            _fail(t.future, ShuttingDown())
+        for j in queued_jobs:
+            if not j.terminal:
+                self._store.set_state(j, "interrupted", error="the server shut down before this job ran")
+        self._thread.join(timeout)
+        self.state = "stopped"
+
+    def ready_or_raise(self) -> None:
+        if self._stopping:
+            raise ShuttingDown()
+        if self.state == "loading":
+            raise NotReady("the model is still loading: retry in a few seconds (GET /v1/health says when it is ready)")
+        if self.state == "failed":
+            raise NotReady(f"the model failed to load: {self.load_error}. Fix the server's --model/--view-mapper "
+                           "options and restart it")
+
+    def has_object(self, name: str) -> bool:
+        return any(o.get("name") == name for o in self.objects)
+
+    def queue_depth(self) -> int:
+        with self._cv:
+            return len(self._tasks) + len(self._jobs) + (1 if isinstance(self._current, (RenderTask, CallTask)) else 0)
+
+    def submit_render(self, task: RenderTask) -> Future:
+        superseded: RenderTask | None = None
+        with self._cv:
+            self.ready_or_raise()
+            if task.session is not None:
+                prev = self._sessions.get(task.session)
+                if prev is not None and not prev.future.done():
+                    superseded = prev
+                self._sessions[task.session] = task
+            self._tasks.append(task)
+            self._cv.notify_all()
+        if superseded is not None:
+            self.abandon(superseded, Superseded(task.session or ""))
+        return task.future
+
+    def abandon(self, task: RenderTask, exc: ApiError) -> None:
+        """Fail a render that is no longer wanted: drop it if queued, cut it at its next step if running."""
+        with self._cv:
+            if task in self._tasks:
+                self._tasks.remove(task)
+                self._forget_session(task)
+                queued = True
+            else:
+                queued = False
+                if task.stop_error is None:
+                    task.stop_error = exc
+                task.stop.set()
+        if queued:
+            _fail(task.future, exc)
+
+    def submit_call(self, fn: Callable[[Any], Any]) -> Future:
+        task = CallTask(fn)
+        with self._cv:
+            self.ready_or_raise()
+            self._tasks.append(task)
+            self._cv.notify_all()
+        return task.future
+
+    def submit_job(self, job: Job) -> None:
+        with self._cv:
+            self.ready_or_raise()
+            self._jobs.append(job)
+            self._cv.notify_all()
+
+    def cancel_job(self, job: Job) -> str:
+        with self._cv:
+            if job.terminal:
+                raise ApiError(409, f"job {job.job_id} is already {job.state}: nothing to cancel")
+            job.cancel.set()
+            if job.state == "queued" and job is not self._current and job in self._jobs:
+                self._jobs.remove(job)
+                cancel_now = True
+            else:
+                cancel_now = False
+        if cancel_now:
+            self._store.set_state(job, "cancelled")
+            return "cancelled"
+        return "cancelling"
+
+    # -- the thread ----------------------------------------------------------------------------------
+    def _forget_session(self, task: RenderTask) -> None:
+        if task.session is not None and self._sessions.get(task.session) is task:
+            del self._sessions[task.session]
+
+    def _run(self) -> None:
+        try:
+            t0 = time.perf_counter()
+            engine = self._engine_factory()
+            info = dict(engine.info())
+            objects = list(engine.list_objects())
+        except BaseException as exc:  # noqa: BLE001 - reported through /v1/health
+            log.exception("the model failed to load")
+            with self._cv:
+                self.state, self.load_error = "failed", f"{type(exc).__name__}: {exc}"
+                tasks, self._tasks = list(self._tasks), deque()
+                jobs, self._jobs = list(self._jobs), deque()
+            for t in tasks:
+                _fail(t.future, NotReady(f"the model failed to load: {self.load_error}"))
+            for j in jobs:
+                self._store.set_state(j, "error", error=f"the model failed to load: {self.load_error}")
+            return
+        with self._cv:
+            self.engine, self.info, self.objects = engine, info, objects
+            self.state = "ready"
+        log.info("model ready in %.1fs: %s", time.perf_counter() - t0,
+                 ", ".join(f"{k}={v}" for k, v in info.items()))
+        while True:
+            with self._cv:
+                while not self._stopping and not self._tasks and not self._jobs:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                if self._tasks:
+                    item: RenderTask | CallTask | Job = self._tasks.popleft()
+                else:
+                    item = self._jobs[0]
+                self._current = item
+            try:
+                if isinstance(item, RenderTask):
+                    self._run_render(item)
+                elif isinstance(item, CallTask):
+                    self._run_call(item)
+                else:
+                    self._run_job_unit(item)
+            except BaseException:  # noqa: BLE001 - the worker must survive anything
+                log.exception("unexpected error in the worker loop")
+            finally:
+                with self._cv:
+                    self._current = None
+
+    def _run_render(self, task: RenderTask) -> None:
+        task.started_at = time.perf_counter()
+
+        def should_stop() -> bool:
+            return task.stop.is_set() or self._stopping
+
+        try:
+            if should_stop():
+                raise Cancelled("stopped before it started")
+            images = self.engine.render(task.cameras, task.object_name, task.seed, task.steps, task.guidance,
+                                        should_stop=should_stop, timings=task.timings)
+            task.finished_at = time.perf_counter()
+            if not task.future.done():
+                task.future.set_result(images)
+        except Cancelled:
+            _fail(task.future, task.stop_error or ShuttingDown())
+        except BaseException as exc:  # noqa: BLE001 - goes back to the request handler
+            _fail(task.future, exc)
+        finally:
+            with self._cv:
+                self._forget_session(task)
+
+    def _run_call(self, task: CallTask) -> None:
+        try:
+            result = task.fn(self.engine)
+            self.objects = list(self.engine.list_objects())
+            task.future.set_result(result)
+        except BaseException as exc:  # noqa: BLE001
+            _fail(task.future, exc)
+
+    # -- jobs ----------------------------------------------------------------------------------------
+    def _finish_job(self, job: Job, state: str, **fields: Any) -> None:
+        with self._cv:
+            if job in self._jobs:
+                self._jobs.remove(job)
+        job.runtime.pop("images", None)  # free the decoded references
+        self._store.set_state(job, state, **fields)
+
+    def _run_job_unit(self, job: Job) -> None:
+        def should_stop() -> bool:
+            return job.cancel.is_set() or self._stopping
+
+        try:
+            if job.state == "queued":
+                job.runtime["t_start"] = time.perf_counter()
+                self._store.set_state(job, "running")
+            if should_stop():
+                raise Cancelled()
+            if job.kind == "sequence":
+                self._sequence_frame(job, should_stop)
+            else:
+                self._invert(job, should_stop)
+        except Cancelled:
+            if job.cancel.is_set():
+                self._finish_job(job, "cancelled")
+            else:
+                self._finish_job(job, "interrupted", error="the server shut down while this job was running; submit it again")
+        except InputError as exc:
+            self._finish_job(job, "error", error=str(exc))
+        except ApiError as exc:
+            self._finish_job(job, "error", error=exc.message)
+        except BaseException as exc:  # noqa: BLE001
+            log.exception("job %s failed", job.job_id)
+            self._finish_job(job, "error", error=f"internal error ({type(exc).__name__}: {exc}); see the server log")
+
+    def _sequence_frame(self, job: Job, should_stop: Callable[[], bool]) -> None:
+        rt = job.runtime
+        i = len(job.frames_done)
+        cams, frames = rt["cameras"], rt["frames"]
+        images = self.engine.render([cams[i]], rt["object"], rt["seed"], rt["steps"], rt["guidance"],
+                                    should_stop=should_stop)
+        png = encode_png(images[0])
+        done = i + 1
+        elapsed = time.perf_counter() - rt["t_start"]
+        eta = elapsed / done * (job.total - done)
+        self._store.frame_done(job, i, frames[i], png, eta_s=round(eta, 2))
+        if done >= job.total:
+            self._finish_job(job, "done", result={"frames": list(job.frames_done)}, eta_s=0.0)
+
+    def _invert(self, job: Job, should_stop: Callable[[], bool]) -> None:
+        rt = job.runtime
+
+        def on_progress(p: dict[str, Any]) -> None:
+            step = int(p.get("step", 0))
+            loss = p.get("loss")
+            eta = p.get("eta_s")
+            self._store.progress(job, step, loss=None if loss is None else float(loss),
+                                 eta_s=None if eta is None else float(eta))
+            preview = p.get("preview")
+            if preview is not None:
+                self._store.preview(job, step, png_base64(preview))
+
+        result = self.engine.invert(rt["images"], rt["cameras"], job.name, job.total, seed=rt["seed"],
+                                    on_progress=on_progress, should_stop=should_stop,
+                                    preview_every=rt["preview_every"])
+        self.objects = list(self.engine.list_objects())
+        job.step = job.total
+        self._finish_job(job, "done", result=dict(result), eta_s=0.0)

@@ -1,0 +1,139 @@
+"""Fixtures for the Blender add-on tests: headless bpy, the installed extension, the real server.
+
+bpy lives in one process for the whole session, so the add-on is installed once (from the built
+zip, as a user would) and every test starts from a fresh default file (`scene`).
+Set VIEWNETI_TEST_SERVER_URL to run the end-to-end tests against an already running backend
+instead of starting one.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+# must be set before bpy is imported anywhere: keep Blender's user config out of $HOME
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="viewneti-blender-user-"))
+
+ROOT = Path(__file__).resolve().parents[2]
+ADDON_ID = "viewneti"
+PACKAGE = f"bl_ext.user_default.{ADDON_ID}"
+
+try:
+    import bpy  # noqa: F401
+except ImportError:  # `make setup` installs it; without it there is nothing to test here
+    collect_ignore_glob = ["test_*.py"]
+    bpy = None
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+# -- the add-on ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def addon_zip(tmp_path_factory):
+    from blender_addon import build
+
+    return build.build(str(tmp_path_factory.mktemp("dist")))
+
+
+@pytest.fixture(scope="session")
+def addon(addon_zip):
+    """The add-on installed from its zip as a user extension, enabled; yields its module."""
+    result = bpy.ops.extensions.package_install_files(
+        filepath=addon_zip, repo="user_default", enable_on_install=True
+    )
+    assert result == {"FINISHED"}
+    assert PACKAGE in bpy.context.preferences.addons
+    yield sys.modules[PACKAGE]
+
+
+def addon_prefs():
+    return bpy.context.preferences.addons[PACKAGE].preferences
+
+
+@pytest.fixture
+def scene(addon):
+    """A fresh factory-default file with the add-on enabled; returns its scene."""
+    import addon_utils
+
+    if PACKAGE not in bpy.context.preferences.addons:  # a failed test may have disabled it
+        addon_utils.enable(PACKAGE, default_set=True)
+    bpy.ops.wm.read_homefile(use_factory_startup=True)
+    scene = bpy.context.scene
+    scene.viewneti.resolution = 64
+    scene.viewneti.steps = 4
+    yield scene
+    addon.runtime.shutdown(cancel_job=True)
+
+
+# -- the real server -------------------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _health(url, timeout=2.0):
+    with urllib.request.urlopen(url + "/v1/health", timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    """URL of a real ViewNeTI server (python -m server), started for the session."""
+    external = os.environ.get("VIEWNETI_TEST_SERVER_URL")
+    if external:
+        _health(external.rstrip("/"))
+        yield external.rstrip("/")
+        return
+    data_dir = tmp_path_factory.mktemp("server-data")
+    log_path = data_dir / "server.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(data_dir)],
+            cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                _health(url)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server did not answer /v1/health within 120 s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def live_scene(scene, server_url):
+    """`scene` with the add-on pointed at the real server and the object list loaded."""
+    addon_prefs().backend_url = server_url
+    addon_prefs().timeout = 120.0
+    assert bpy.ops.viewneti.refresh_status() == {"FINISHED"}, scene.viewneti.status_message
+    assert scene.viewneti.backend_state == "OK"
+    return scene

@@ -1,0 +1,81 @@
+"""Acceptance 1: the built zip installs as an extension, enables, and enable/disable leaves no residue."""
+
+import os
+import socket
+import subprocess
+import sys
+import zipfile
+
+import addon_utils
+import bpy
+import pytest
+
+from conftest import PACKAGE, ROOT
+
+pytestmark = pytest.mark.blender
+
+
+def _our_types():
+    return sorted(name for name in dir(bpy.types) if name.startswith("VIEWNETI_"))
+
+
+def _our_handlers():
+    return [h for h in bpy.app.handlers.load_pre if getattr(h, "__module__", "").startswith(PACKAGE)]
+
+
+def test_zip_layout(addon_zip):
+    with zipfile.ZipFile(addon_zip) as archive:
+        names = archive.namelist()
+    assert os.path.basename(addon_zip) == "viewneti-0.1.0.zip"
+    assert "blender_manifest.toml" in names and "__init__.py" in names  # manifest at the zip root
+    assert not any("__pycache__" in n or n.endswith(".pyc") or n == "build.py" for n in names)
+
+
+def test_build_cli_runs_without_bpy(tmp_path):
+    """`python -m blender_addon.build` must work where bpy cannot be imported (CI, make addon-zip)."""
+    code = (
+        "import runpy, sys; sys.modules['bpy'] = None; "  # makes `import bpy` fail
+        "sys.argv = ['build', '--out', sys.argv[1]]; runpy.run_module('blender_addon.build', run_name='__main__')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert (tmp_path / "viewneti-0.1.0.zip").is_file(), out.stderr
+
+
+def test_installed_and_enabled(addon):
+    assert addon.__name__ == PACKAGE
+    assert PACKAGE in bpy.context.preferences.addons
+    assert bpy.context.preferences.addons[PACKAGE].preferences.backend_url == "http://127.0.0.1:7860"
+    assert "VIEWNETI_PT_main" in _our_types() and "VIEWNETI_OT_render_view" in _our_types()
+    assert bpy.context.scene.viewneti.steps == 30
+    assert bpy.data.cameras[0].viewneti.use_seed is False
+
+
+def test_register_unregister_twice_leaves_no_residue(addon, monkeypatch):
+    connects = []
+    real_connect = socket.socket.connect
+
+    def spy(sock, address):
+        connects.append(address)
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", spy)
+    user_dir = bpy.utils.extension_path_user(PACKAGE, create=False)
+    expected_types = _our_types()
+    for _ in range(2):
+        addon_utils.disable(PACKAGE, default_set=True)
+        assert _our_types() == []
+        assert "viewneti" not in bpy.types.Scene.bl_rna.properties
+        assert "viewneti" not in bpy.types.Camera.bl_rna.properties
+        assert not hasattr(bpy.types.Scene, "viewneti")
+        assert _our_handlers() == []
+        assert not bpy.app.timers.is_registered(addon.runtime._tick)
+
+        addon_utils.enable(PACKAGE, default_set=True)
+        assert _our_types() == expected_types
+        assert "viewneti" in bpy.types.Scene.bl_rna.properties
+        assert len(_our_handlers()) == 1
+        assert not bpy.app.timers.is_registered(sys.modules[PACKAGE].runtime._tick)
+    assert connects == []  # nothing touches the network at register time
+    assert not os.path.exists(user_dir)  # ... nor writes user data

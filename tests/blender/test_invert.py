@@ -1,0 +1,86 @@
+"""Acceptance 5: Invert Reference against the real server: progress lands in the scene, the new
+object is listed and selected and renders; cancel stops the job and adds nothing."""
+
+import time
+import uuid
+
+import bpy
+import pytest
+
+from conftest import PACKAGE
+
+pytestmark = pytest.mark.blender
+
+
+def reference_render(scene):
+    """A reference image with its camera: one render of the built-in object (a packed PNG)."""
+    assert bpy.ops.viewneti.render_view() == {"FINISHED"}, scene.viewneti.status_message
+    return scene.camera.data.viewneti.image
+
+
+def test_invert_from_image_datablock_then_render_the_new_object(live_scene):
+    runtime = __import__(PACKAGE, fromlist=["runtime"]).runtime
+    scene = live_scene
+    settings = scene.viewneti
+    settings.invert_source = "IMAGE"
+    settings.invert_image = reference_render(scene)
+    settings.invert_camera = scene.camera
+    settings.invert_name = name = f"mug_{uuid.uuid4().hex[:6]}"
+    settings.invert_steps = 8
+    settings.invert_preview_every = 4
+
+    seen_steps = []
+    real_sync = runtime.sync_job
+
+    def spy(scene_, job):
+        real_sync(scene_, job)
+        seen_steps.append((scene_.viewneti.job_state, scene_.viewneti.job_step, scene_.viewneti.job_total))
+
+    runtime.sync_job = spy
+    try:
+        assert bpy.ops.viewneti.invert_reference() == {"FINISHED"}, settings.status_message
+    finally:
+        runtime.sync_job = real_sync
+    assert any(state == "running" and 0 < step < total for state, step, total in seen_steps) or any(
+        state == "running" and step for state, step, _ in seen_steps
+    ), seen_steps
+    assert settings.job_state == "done" and settings.job_step == settings.job_total == 8
+    assert settings.job_loss > 0
+    assert name in settings.objects and settings.object_name == name
+    assert name in [o["name"] for o in runtime.make_client().objects()]
+    assert bpy.data.images.get(f"ViewNeTI preview {name}") is not None
+
+    scene.camera.location.z += 1.0
+    bpy.context.view_layer.update()
+    assert bpy.ops.viewneti.render_view() == {"FINISHED"}, settings.status_message
+    assert scene.camera.data.viewneti.last_object == name
+
+
+def test_invert_from_file_can_be_cancelled(live_scene, tmp_path):
+    runtime = __import__(PACKAGE, fromlist=["runtime"]).runtime
+    scene = live_scene
+    settings = scene.viewneti
+    png = tmp_path / "reference.png"
+    png.write_bytes(bytes(reference_render(scene).packed_file.data))
+    settings.invert_source = "FILE"
+    settings.invert_filepath = str(png)
+    settings.invert_camera = scene.camera
+    settings.invert_name = name = f"cancelled_{uuid.uuid4().hex[:6]}"
+    settings.invert_steps = 5000
+
+    job = runtime.start_invert(scene)
+    deadline = time.monotonic() + 120
+    while settings.job_step < 2:
+        runtime.job_step()
+        assert not job.finished, job.message
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert settings.job_total == 5000 and settings.job_state == "running"
+    runtime.cancel_job()
+    while runtime.SESSION.job is job:
+        runtime.job_step()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert settings.job_state == "cancelled"
+    assert name not in [o["name"] for o in runtime.make_client().objects()]
+    assert name not in settings.objects

@@ -1,0 +1,116 @@
+"""A fake Engine with the real interface, for fast tests of the server's queue/supersede/SSE logic.
+
+Deterministic images from (seed, pose, object); every denoising or inversion step sleeps
+``VIEWNETI_FAKE_STEP_S`` seconds (default 0.01) and polls ``should_stop``. The token library is a
+folder of JSON files written atomically. Selected by the server's development hook:
+``VIEWNETI_SERVER_ENGINE=fake_engine:load`` with this folder on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from viewneti_backend.errors import Cancelled, InputError, NotFoundError
+
+BUILTIN = "toy_000"
+
+
+class FakeEngine:
+    def __init__(self, library_dir: str | Path | None = None, step_s: float | None = None) -> None:
+        self.library_dir = Path(library_dir) if library_dir else None
+        if self.library_dir:
+            self.library_dir.mkdir(parents=True, exist_ok=True)
+        self.step_s = float(os.environ.get("VIEWNETI_FAKE_STEP_S", "0.01")) if step_s is None else step_s
+        load_s = float(os.environ.get("VIEWNETI_FAKE_LOAD_S", "0"))
+        if load_s:
+            time.sleep(load_s)
+
+    @classmethod
+    def load(cls, model=None, view_mapper=None, device=None, dtype=None, library_dir=None) -> "FakeEngine":
+        if model is not None and model != "fake":
+            raise InputError(f"fake engine: unknown model {model!r}")
+        return cls(library_dir)
+
+    def info(self) -> dict:
+        return {"version": "0.1.0", "base_model": "fake-prior", "device": "cpu", "dtype": "float32",
+                "view_mapper": "fake-view-mapper", "default_object": BUILTIN, "native_size": 64, "max_size": 2048}
+
+    def _custom(self) -> list[dict]:
+        if not self.library_dir:
+            return []
+        out = []
+        for p in sorted(self.library_dir.glob("*.json")):
+            out.append(json.loads(p.read_text()))
+        return out
+
+    def list_objects(self) -> list[dict]:
+        return [{"name": BUILTIN, "builtin": True, "base_model": "fake-prior", "created": None, "steps": 0}] + self._custom()
+
+    def has_object(self, name: str) -> bool:
+        return any(o["name"] == name for o in self.list_objects())
+
+    def delete_object(self, name: str) -> None:
+        if name == BUILTIN:
+            raise InputError(f"{name!r} is built into the model and cannot be deleted")
+        if not self.has_object(name):
+            raise NotFoundError(f"unknown object {name!r}")
+        (self.library_dir / f"{name}.json").unlink()
+
+    def render(self, cameras, object_name, seed, steps, guidance, *, should_stop=None, on_step=None, timings=None):
+        obj = object_name or BUILTIN
+        if not self.has_object(obj):
+            raise NotFoundError(f"unknown object {obj!r}")
+        t0 = time.perf_counter()
+        for i in range(steps):
+            if should_stop is not None and should_stop():
+                raise Cancelled("stopped")
+            time.sleep(self.step_s)
+            if on_step:
+                on_step(i + 1, steps)
+        t1 = time.perf_counter()
+        out = []
+        for cam in cameras:
+            h = hashlib.sha256()
+            h.update(np.ascontiguousarray(cam.camera_to_anchor, dtype=np.float64).tobytes())
+            h.update(f"{seed}|{obj}|{steps}|{guidance}|{cam.fov_y_deg}".encode())
+            rng = np.random.default_rng(int.from_bytes(h.digest()[:8], "little"))
+            arr = rng.integers(0, 256, size=(cam.height, cam.width, 3), dtype=np.uint8)
+            out.append(Image.fromarray(arr, "RGB"))
+        if timings is not None:
+            timings.update({"encode": 0.1, "denoise": (t1 - t0) * 1000.0, "decode": 0.1})
+        return out
+
+    def invert(self, images, cameras, name, steps, *, seed=0, on_progress=None, should_stop=None, preview_every=0):
+        if self.has_object(name):
+            raise InputError(f"an object named {name!r} already exists")
+        t0 = time.perf_counter()
+        for i in range(steps):
+            if should_stop is not None and should_stop():
+                raise Cancelled("stopped")
+            time.sleep(self.step_s)
+            if on_progress:
+                step = i + 1
+                preview = None
+                if preview_every and step % preview_every == 0:
+                    preview = Image.new("RGB", (32, 32), (step % 256, 0, 0))
+                el = time.perf_counter() - t0
+                on_progress({"step": step, "total": steps, "loss": 1.0 / step, "eta_s": el / step * (steps - step),
+                             "preview": preview})
+        entry = {"name": name, "builtin": False, "base_model": "fake-prior",
+                 "created": datetime.now(timezone.utc).isoformat(), "steps": steps}
+        tmp = self.library_dir / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, self.library_dir / f"{name}.json")
+        return entry
+
+
+def load(**kwargs) -> FakeEngine:
+    return FakeEngine.load(**kwargs)

@@ -1,0 +1,150 @@
+"""Sequence and inversion jobs against the real server: events, frames, cancel, the new token."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from srvutil import STEPS, png_array, png_b64, read_events, render_body, wait_job, wire_camera
+
+INVERT_STEPS = 12
+
+
+def test_sequence_job_writes_frames_and_streams_events(client):
+    cams = [wire_camera(azimuth=a) for a in (0.0, 45.0, 90.0)]
+    r = client.post("/v1/jobs/sequence", json={"cameras": cams, "frames": [10, 11, 12], "seed": 4, "steps": STEPS})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["kind"] == "sequence" and job["total"] == 3
+    events = read_events(client, job["job_id"])
+    names = [e[0] for e in events]
+    assert names[-1] == "done", events
+    frames = [d for n, d in events if n == "frame"]
+    assert [f["frame"] for f in frames] == [10, 11, 12]
+    steps = [d["step"] for n, d in events if n == "progress"]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 3
+    assert events[-1][1]["result"]["frames"] == [10, 11, 12]
+    # frames are downloadable and equal to the live render of the same camera and seed
+    for f, cam in zip(frames, cams):
+        fr = client.get(f["url"])
+        assert fr.status_code == 200 and fr.headers["content-type"] == "image/png"
+        live = client.post("/v1/render", json=render_body(camera=cam, seed=4))
+        assert np.array_equal(png_array(fr.content), png_array(live.content))
+    st = client.get(f"/v1/jobs/{job['job_id']}").json()
+    assert st["state"] == "done" and st["frames_done"] == [10, 11, 12] and st["step"] == 3
+    assert client.get(f"/v1/jobs/{job['job_id']}/frames/13").status_code == 404
+    # a late subscriber gets the replay of the finished job
+    replay = read_events(client, job["job_id"])
+    assert [n for n, _ in replay].count("frame") == 3 and replay[-1][0] == "done"
+    # listed newest first
+    assert client.get("/v1/jobs").json()["jobs"][0]["job_id"] == job["job_id"]
+
+
+@pytest.fixture(scope="module")
+def inverted(client):
+    """One finished inversion, shared by the tests below."""
+    name = f"inv_{int(time.time() * 1000) % 10**8}"
+    body = {"name": name, "images": [png_b64((64, 64))], "cameras": [wire_camera(azimuth=20.0)],
+            "steps": INVERT_STEPS, "seed": 0, "preview_every": 4}
+    r = client.post("/v1/jobs/invert", json=body)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["kind"] == "invert" and job["total"] == INVERT_STEPS
+    events = read_events(client, job["job_id"])
+    return name, job, events
+
+
+def test_inversion_progress_events_arrive_in_order(inverted):
+    name, job, events = inverted
+    assert events[-1][0] == "done", events[-5:]
+    progress = [d for n, d in events if n == "progress"]
+    steps = [d["step"] for d in progress]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps), steps
+    assert steps[-1] == INVERT_STEPS
+    assert all(d["total"] == INVERT_STEPS for d in progress)
+    assert any(d.get("loss") is not None for d in progress)
+    previews = [d for n, d in events if n == "preview"]
+    assert previews and all(d["png_base64"] for d in previews)
+    assert events[-1][1]["result"]["name"] == name
+
+
+def test_finished_inversion_token_is_listed_and_renders(client, inverted):
+    name, job, _ = inverted
+    names = [o["name"] for o in client.get("/v1/objects").json()["objects"]]
+    assert name in names
+    r = client.post("/v1/render", json=render_body(object=name, seed=2))
+    assert r.status_code == 200, r.text
+    st = client.get(f"/v1/jobs/{job['job_id']}").json()
+    assert st["state"] == "done" and st["result"]["name"] == name
+    # the same name again: conflict
+    again = client.post("/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()],
+                                                  "steps": 2})
+    assert again.status_code == 409 and "already exists" in again.json()["error"]
+    # cancelling a finished job is a conflict
+    assert client.post(f"/v1/jobs/{job['job_id']}/cancel").status_code == 409
+
+
+def test_cancel_stops_inversion_within_a_step(client):
+    name = f"cancelme_{int(time.time() * 1000) % 10**8}"
+    r = client.post("/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()],
+                                              "steps": 100000, "preview_every": 0})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    # wait for a few steps, measuring the step time
+    events = read_events(client, job_id, stop_after="progress")
+    t_prev, step_prev = time.monotonic(), None
+    while True:
+        st = client.get(f"/v1/jobs/{job_id}").json()
+        if st["step"] >= 3:
+            break
+        time.sleep(0.02)
+    t_a, s_a = time.monotonic(), st["step"]
+    time.sleep(0.5)
+    st = client.get(f"/v1/jobs/{job_id}").json()
+    step_s = 0.5 / max(1, st["step"] - s_a)
+    t0 = time.monotonic()
+    c = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert c.status_code == 202 and c.json()["state"] in ("cancelling", "cancelled")
+    final = wait_job(client, job_id, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert final["state"] == "cancelled", final
+    assert elapsed < max(2.0, 3 * step_s + 1.0), (elapsed, step_s)
+    assert final["step"] < 100000
+    names = [o["name"] for o in client.get("/v1/objects").json()["objects"]]
+    assert name not in names
+    # the stream of a cancelled job ends with 'cancelled'
+    assert read_events(client, job_id)[-1][0] == "cancelled"
+    assert events[0][0] == "progress"
+    del t_prev, step_prev, t_a
+
+
+def test_cancel_a_queued_job_and_unknown_jobs(client):
+    # a long sequence keeps the worker busy; a second job stays queued and is cancelled at once
+    cams = [wire_camera(azimuth=float(a)) for a in range(0, 360, 10)]
+    first = client.post("/v1/jobs/sequence", json={"cameras": cams, "steps": STEPS}).json()["job_id"]
+    second = client.post("/v1/jobs/sequence", json={"cameras": cams[:2], "steps": STEPS}).json()["job_id"]
+    c = client.post(f"/v1/jobs/{second}/cancel")
+    assert c.status_code == 202
+    assert wait_job(client, second, timeout=60)["state"] == "cancelled"
+    assert client.get(f"/v1/jobs/{second}").json()["frames_done"] == []
+    client.post(f"/v1/jobs/{first}/cancel")
+    assert wait_job(client, first, timeout=120)["state"] == "cancelled"
+    for path in ("/v1/jobs/0123456789abcdef0123456789abcdef", "/v1/jobs/..%2f..%2fetc", "/v1/jobs/nope/events"):
+        r = client.get(path)
+        assert r.status_code == 404 and "error" in r.json(), path
+    assert client.post("/v1/jobs/0123456789abcdef0123456789abcdef/cancel").status_code == 404
+
+
+def test_live_render_is_served_while_a_sequence_runs(client):
+    cams = [wire_camera(azimuth=float(a)) for a in range(0, 360, 15)]
+    job_id = client.post("/v1/jobs/sequence", json={"cameras": cams, "steps": STEPS}).json()["job_id"]
+    read_events(client, job_id, stop_after="frame")
+    t0 = time.monotonic()
+    r = client.post("/v1/render", json=render_body(seed=9))
+    assert r.status_code == 200
+    assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "running", "render should jump the job queue"
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    assert wait_job(client, job_id, timeout=120)["state"] == "cancelled"
+    del t0

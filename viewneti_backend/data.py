@@ -1,0 +1,141 @@
+"""Datasets: nerfstudio/Blender-NeRF ``transforms.json`` scenes, the DTU Rectified layout, image folders.
+
+Everything becomes a :class:`Scene`: images + their anchor-relative cameras (+ optional masks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .cameras import Camera, dtu_projection_to_camera, read_dtu_projection, read_transforms_json
+from .errors import InputError
+from .tokens import validate_token_name
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+# DTU protocol (RegNeRF / pixelNeRF convention, 0-indexed camera ids).
+DTU_TRAIN_VIEWS = [25, 22, 28, 40, 44, 48, 0, 8, 13]
+DTU_EXCLUDED_VIEWS = [3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 36, 37, 38, 39]
+DTU_TEST_VIEWS = [1, 2, 9, 10, 11, 12, 14, 15, 23, 24, 26, 27, 29, 30, 31, 32, 33, 34, 35, 41, 42, 43, 45, 46, 47]
+DTU_TEST_SCANS = [8, 21, 30, 31, 34, 38, 40, 41, 45, 55, 63, 82, 103, 110, 114]
+DTU_PIXELNERF_EXCLUDED_SCANS = [1, 2, 7, 25, 26, 27, 29, 39, 51, 54, 56, 57, 58, 73, 83, 111, 112, 113, 115, 116, 117]
+DTU_PRETRAIN_SCANS = [s for s in range(3, 129) if s not in DTU_TEST_SCANS + DTU_PIXELNERF_EXCLUDED_SCANS]
+
+
+@dataclass
+class Scene:
+    name: str
+    images: list[Image.Image]
+    cameras: list[Camera] | None  # None for mode 0 (no poses)
+    masks: list[np.ndarray] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise InputError(f"scene '{self.name}' has no images")
+        if self.cameras is not None and len(self.cameras) != len(self.images):
+            raise InputError(f"scene '{self.name}': {len(self.images)} images but {len(self.cameras)} cameras: give one camera per image")
+
+    def subset(self, indices: Sequence[int]) -> "Scene":
+        bad = [i for i in indices if not 0 <= i < len(self.images)]
+        if bad:
+            raise InputError(f"scene '{self.name}' has {len(self.images)} views; view indices {bad} do not exist")
+        return Scene(self.name, [self.images[i] for i in indices],
+                     None if self.cameras is None else [self.cameras[i] for i in indices],
+                     None if self.masks is None else [self.masks[i] for i in indices], dict(self.meta))
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+def load_transforms_scene(path: str | Path, views: Sequence[int] | None = None, name: str | None = None) -> Scene:
+    """A scene folder with ``transforms.json`` (or the file itself); image sizes fill in w/h if absent."""
+    path = Path(path)
+    tj = path / "transforms.json" if path.is_dir() else path
+    root = tj.parent
+    frames = read_transforms_json(tj)
+    if views is not None:
+        bad = [i for i in views if not 0 <= i < len(frames)]
+        if bad:
+            raise InputError(f"{tj} has {len(frames)} frames; view indices {bad} do not exist")
+        frames = [frames[i] for i in views]
+    images, cameras, masks = [], [], []
+    for fr in frames:
+        file = root / fr.file_path
+        if not file.suffix and not file.exists():
+            file = next((file.with_suffix(s) for s in (".png", ".jpg") if file.with_suffix(s).exists()), file)
+        img = _open_rgb(file)
+        cam = fr.camera
+        if (cam.width, cam.height) != img.size:
+            from .cameras import fov_y_from_fov_x
+
+            # Blender-NeRF gives camera_angle_x only: re-derive fov_y with the real aspect.
+            fov_y = cam.fov_y_deg if cam.width == img.size[0] else fov_y_from_fov_x(cam.fov_x_deg, *img.size)
+            cam = Camera(cam.camera_to_anchor, fov_y, img.size[0], img.size[1])
+        images.append(img)
+        cameras.append(cam)
+        if fr.mask_path:
+            with Image.open(root / fr.mask_path) as m:
+                masks.append(np.asarray(m.convert("L")) > 127)
+    return Scene(name or root.name, images, cameras, masks if len(masks) == len(images) else None)
+
+
+def load_scene_collection(root: str | Path, limit: int | None = None) -> list[Scene]:
+    """Every sub-folder of ``root`` holding a ``transforms.json`` is one scene (mode 3)."""
+    root = Path(root)
+    dirs = sorted(p for p in root.iterdir() if (p / "transforms.json").is_file()) if root.is_dir() else []
+    if not dirs:
+        raise InputError(f"{root} holds no scene folders with a transforms.json: mode 3 needs one folder per scene")
+    scenes = []
+    for d in dirs[:limit]:
+        validate_token_name(d.name)
+        scenes.append(load_transforms_scene(d))
+    return scenes
+
+
+def load_image_folder(path: str | Path, name: str | None = None) -> Scene:
+    """Mode 0: a plain folder of images of one object, no cameras."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
+    if not files:
+        raise InputError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return Scene(name or path.name, [_open_rgb(f) for f in files], None)
+
+
+def load_dtu_scene(root: str | Path, scan: int, views: Sequence[int] | None = None, lighting: int = 3,
+                   size: tuple[int, int] = (512, 384)) -> Scene:
+    """DTU "Rectified" + "Calibration/cal18" layout; cameras from the raw 3x4 projection matrices.
+
+    The anchor is DTU's world frame; images are resized (bicubic) to ``size`` (W, H).
+    """
+    root = Path(root)
+    views = list(views) if views is not None else DTU_TRAIN_VIEWS + DTU_TEST_VIEWS
+    images, cameras = [], []
+    for cam_id in views:
+        img_path = root / "Rectified" / f"scan{scan}" / f"rect_{cam_id + 1:03d}_{lighting}_r5000.png"
+        cal_path = root / "Calibration" / "cal18" / f"pos_{cam_id + 1:03d}.txt"
+        if not img_path.is_file() or not cal_path.is_file():
+            raise InputError(f"DTU files missing for scan {scan}, camera {cam_id}: expected {img_path} and {cal_path}")
+        cam = dtu_projection_to_camera(read_dtu_projection(cal_path), 1600, 1200)
+        images.append(_open_rgb(img_path).resize(size, Image.BICUBIC))
+        cameras.append(cam.with_size(*size))
+    return Scene(f"scan{scan}", images, cameras, meta={"dtu_views": views})
+
+
+def dtu_calibration_cameras(root: str | Path) -> list[Camera]:
+    """All 64 cal18 cameras (the population ViewNeTI's dtu-12d min-max statistics come from)."""
+    cal = Path(root) / "Calibration" / "cal18"
+    files = sorted(cal.glob("pos_*.txt"))
+    if not files:
+        raise InputError(f"no DTU calibration files in {cal}")
+    return [dtu_projection_to_camera(read_dtu_projection(f), 1600, 1200) for f in files]

@@ -1,0 +1,176 @@
+"""The engine: one loaded model + view-mapper + token library, with render and invert.
+
+This is what the server's single GPU worker owns (and what the CLI uses). Not thread-safe by
+design: exactly one thread calls it.
+
+A model folder may carry a ``viewneti/`` sub-folder with a bundled view-mapper
+(``viewneti/view_mapper``) and built-in object tokens (``viewneti/objects/<name>``); the embedded
+toy world ships that way, and the same layout works for SD 2 folders.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .base_model import BaseModel, load_base_model
+from .cameras import MAX_SIZE, Camera
+from .data import Scene
+from .errors import InputError
+from .mapper import NeTIMapper
+from .pipeline import ViewNeTIPipeline
+from .tokens import ObjectLibrary, validate_token_name
+from .training import Trainer, TrainConfig
+
+BUNDLE_DIR = "viewneti"
+
+
+def embedded_model_dir() -> Path:
+    """The toy-world model shipped inside the package (the default when no model is configured)."""
+    return Path(__file__).resolve().parent / "toyworld" / "weights"
+
+
+def resolve_model(model: str | os.PathLike | None) -> str:
+    if model:
+        return str(model)
+    env = os.environ.get("VIEWNETI_MODEL")
+    if env:
+        return env
+    path = embedded_model_dir()
+    if not (path / "model_index.json").is_file():
+        raise InputError(f"the embedded toy model is missing at {path}: reinstall the package, or pass --model")
+    return str(path)
+
+
+def bundled_view_mapper(model: str) -> Path | None:
+    path = Path(model) / BUNDLE_DIR / "view_mapper"
+    return path if path.is_dir() else None
+
+
+class Engine:
+    """Render novel views and invert reference images with one frozen base model."""
+
+    def __init__(self, base: BaseModel, view_mapper: NeTIMapper | None, library: ObjectLibrary, *,
+                 model: str, view_mapper_name: str | None, train_long_side: int = 512):
+        self.base = base
+        self.pipeline = ViewNeTIPipeline(base, view_mapper)
+        self.library = library
+        self.model = model
+        self.view_mapper_name = view_mapper_name
+        self.train_long_side = train_long_side
+
+    @classmethod
+    def load(cls, model: str | None = None, view_mapper: str | None = None, device: str | None = None,
+             dtype: str | None = None, library_dir: str | Path | None = None) -> "Engine":
+        model = resolve_model(model)
+        base = load_base_model(model, device=device, dtype=dtype)
+        vm_path = Path(view_mapper) if view_mapper else bundled_view_mapper(model)
+        vm = None
+        if vm_path is not None:
+            vm = NeTIMapper.from_pretrained(vm_path, expect_fingerprint=base.fingerprint, device=base.device)
+            vm.requires_grad_(False).eval()
+        builtin = [Path(model) / BUNDLE_DIR / "objects"] if Path(model).is_dir() else []
+        library = ObjectLibrary(library_dir, builtin)
+        name = None if vm_path is None else (vm_path.parent.parent.name + "/" + vm_path.name if vm_path.name == "view_mapper" else vm_path.name)
+        return cls(base, vm, library, model=model, view_mapper_name=name)
+
+    # -- information -------------------------------------------------------------------------------
+    @property
+    def default_object(self) -> str | None:
+        names = self.library.names()
+        return names[0] if names else None
+
+    def info(self) -> dict:
+        return {
+            "version": __version__, "base_model": self.base.name, "device": str(self.base.device),
+            "dtype": str(self.base.dtype).replace("torch.", ""), "view_mapper": self.view_mapper_name,
+            "default_object": self.default_object, "native_size": self.base.native_size, "max_size": MAX_SIZE,
+            "prediction_type": self.base.prediction_type, "cross_attention_layers": self.base.num_layers,
+        }
+
+    def list_objects(self) -> list[dict]:
+        return self.library.list()
+
+    def has_object(self, name: str) -> bool:
+        return self.library.exists(name)
+
+    def delete_object(self, name: str) -> None:
+        self.library.delete(name)
+        self.pipeline.forget(name)
+
+    def object_mapper(self, name: str | None) -> tuple[str, NeTIMapper]:
+        name = name or self.default_object
+        if name is None:
+            raise InputError("no object tokens are available: invert a reference image first (POST /v1/jobs/invert)")
+        return name, self.library.load(name, device=self.base.device, expect_fingerprint=self.base.fingerprint)
+
+    # -- rendering ---------------------------------------------------------------------------------
+    def render(self, cameras: Sequence[Camera], object_name: str | None = None, seed: int = 0, steps: int = 30,
+               guidance: float = 7.5, *, with_view: bool = True, should_stop: Callable[[], bool] | None = None,
+               on_step: Callable[[int, int], None] | None = None, timings: dict | None = None) -> list[Image.Image]:
+        """Novel views of an object; cameras of different sizes are rendered in per-size batches."""
+        name, mapper = self.object_mapper(object_name)
+        with_view = with_view and self.pipeline.view_mapper is not None
+        out: list[Image.Image | None] = [None] * len(cameras)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, cam in enumerate(cameras):
+            groups.setdefault((cam.width, cam.height), []).append(i)
+        for idxs in groups.values():
+            images = self.pipeline([cameras[i] for i in idxs], mapper, seed=seed, steps=steps, guidance=guidance,
+                                   with_view=with_view, object_key=name, should_stop=should_stop, on_step=on_step,
+                                   timings=timings)
+            for i, im in zip(idxs, images):
+                out[i] = im
+        return out  # type: ignore[return-value]
+
+    # -- inversion (ViewNeTI mode 5) ----------------------------------------------------------------
+    def training_size(self, image: Image.Image) -> tuple[int, int]:
+        """Long side = min(native, 512) (the paper trains SD 2 at 512x384), aspect kept, multiples of 8."""
+        long_side = min(self.base.native_size, self.train_long_side)
+        w, h = image.size
+        scale = long_side / max(w, h)
+        return max(8, round(w * scale / 8) * 8), max(8, round(h * scale / 8) * 8)
+
+    def invert(self, images: Sequence[Image.Image], cameras: Sequence[Camera], name: str, steps: int, *, seed: int = 0,
+               on_progress: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+               preview_every: int = 0, config: TrainConfig | None = None) -> dict:
+        """Fit a new object token to reference image(s) with the frozen view-mapper; saved only when done."""
+        validate_token_name(name)
+        if self.library.exists(name):
+            raise InputError(f"an object named '{name}' already exists: choose another name or delete it first")
+        if self.pipeline.view_mapper is None:
+            raise InputError("inversion needs a view-mapper: start the engine with one (--view-mapper)")
+        if not images or len(images) != len(cameras):
+            raise InputError(f"give one camera per reference image ({len(images)} images, {len(cameras)} cameras)")
+        width, height = self.training_size(images[0])
+        cfg = config or TrainConfig(mode=5, steps=steps, seed=seed, width=width, height=height)
+        cfg.mode, cfg.steps = 5, steps
+        cams = [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in cameras]
+        scene = Scene(name, [im.convert("RGB") for im in images], cams)
+        trainer = Trainer(cfg, self.base, [scene], view_mapper=self.pipeline.view_mapper, device=str(self.base.device)
+                          if self.base.device.type == "cpu" else None)
+        t0 = time.perf_counter()
+        preview_cam = cams[0]
+
+        def report(step: int, total: int, loss: float) -> None:
+            if on_progress is None:
+                return
+            elapsed = time.perf_counter() - t0
+            event = {"step": step, "total": total, "loss": loss, "eta_s": elapsed / step * (total - step), "preview": None}
+            if preview_every and (step % preview_every == 0 or step == total):
+                mapper = trainer.object_mappers[0].eval()
+                event["preview"] = self.pipeline([preview_cam], mapper, seed=seed, steps=20, use_cache=False)[0]
+                mapper.train()
+            on_progress(event)
+
+        trainer.train(on_step=report, should_stop=should_stop, progress=False)  # Cancelled propagates: nothing saved
+        mapper = trainer.object_mappers[0].eval().requires_grad_(False)
+        entry = self.library.save(name, mapper, steps=steps)
+        self.pipeline.forget(name)
+        return entry

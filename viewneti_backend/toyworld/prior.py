@@ -1,0 +1,448 @@
+"""The toy prior: a tiny text-to-image model with Stable Diffusion's architecture, trained on toy renders.
+
+Components (all standard diffusers / transformers classes, saved as a StableDiffusionPipeline folder):
+``UNet2DConditionModel`` (cross-attention down/mid/up blocks, linear projections like SD 2),
+``AutoencoderKL`` (4 latent channels, x4 down-sampling: 64x64 images <-> 16x16 latents),
+``CLIPTextModel`` (CLIP text transformer, 77 positions) with the toy ``CLIPTokenizer`` (tokenizer.py),
+and a ``DDPMScheduler`` configured like SD 2.1 (v-prediction, scaled-linear betas 0.00085 -> 0.012,
+1000 steps); any diffusers scheduler (DPMSolverMultistep, DDIM, ...) can be built from its config.
+
+Training (:func:`train_prior`): renders are made on the fly (random objects x random views, on the
+GPU when there is one), the VAE is trained first (L1 + MSE + a small KL), then the UNet jointly with
+the text encoder (v-prediction MSE with min-SNR weighting, 10% empty captions for classifier-free
+guidance, EMA weights are the ones saved). bf16 autocast on CUDA.
+
+Object seeds: training objects use seeds ``[0, n_objects)``; seeds from :data:`HELDOUT_SEED_START`
+on are never seen by the prior (use them for held-out benchmarks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .captions import caption
+from .renderer import DEFAULT_FOV_Y_DEG, CameraSampler, ToyObject, index_packed, orbit_poses_torch, pack_objects, render_packed
+from .tokenizer import load_tokenizer, write_tokenizer
+
+HELDOUT_SEED_START = 1_000_000
+PRIOR_FORMAT = "viewneti-toy-prior"
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class PriorArchitecture:
+    image_size: int = 64
+    latent_channels: int = 4
+    vae_channels: tuple[int, ...] = (32, 64, 64)  # len-1 down-samplings: x4
+    vae_layers_per_block: int = 1
+    vae_norm_groups: int = 16
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_layers_per_block: int = 2
+    unet_heads: tuple[int, ...] = (2, 4, 4)  # diffusers' "attention_head_dim" (= number of heads)
+    unet_norm_groups: int = 32
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 512
+
+    @classmethod
+    def tiny(cls) -> "PriorArchitecture":
+        """A very small variant for CPU tests."""
+        return cls(
+            image_size=32, vae_channels=(16, 32), vae_norm_groups=8, unet_channels=(32, 32), unet_layers_per_block=1,
+            unet_heads=(2, 2), unet_norm_groups=8, text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64,
+        )
+
+
+@dataclass
+class PriorTrainConfig:
+    arch: PriorArchitecture = field(default_factory=PriorArchitecture)
+    n_objects: int = 20000  # training objects: seeds [0, n_objects)
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    supersample: int = 2  # anti-aliased renders
+    # camera distribution (see renderer.CameraSampler)
+    elevation_range: tuple[float, float] = (10.0, 50.0)
+    radius_range: tuple[float, float] = (3.2, 4.0)
+    fov_y_deg: float = DEFAULT_FOV_Y_DEG
+    # captions
+    p_view: float = 0.3  # fraction of captions with a coarse view phrase
+    cfg_drop: float = 0.1  # fraction of empty captions (classifier-free guidance)
+    # VAE
+    vae_steps: int = 2000
+    vae_batch: int = 64
+    vae_lr: float = 4e-4
+    vae_kl_weight: float = 1e-6
+    vae_object_weight: float = 2.0  # extra loss weight on object pixels (they are a small part of the image)
+    vae_max_minutes: float | None = None
+    # UNet + text encoder
+    unet_steps: int = 8000
+    unet_batch: int = 256
+    unet_lr: float = 3e-4
+    text_lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 300
+    ema_decay: float = 0.9995
+    min_snr_gamma: float | None = 5.0
+    unet_max_minutes: float | None = None
+    grad_clip: float = 1.0
+    log_every: int = 100
+    progress: bool = True
+
+    @classmethod
+    def tiny(cls) -> "PriorTrainConfig":
+        """Seconds on a CPU: for tests."""
+        return cls(
+            arch=PriorArchitecture.tiny(), n_objects=16, supersample=1, vae_steps=3, vae_batch=4,
+            unet_steps=3, unet_batch=4, warmup_steps=1, log_every=1, progress=False,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# Components
+# ------------------------------------------------------------------------------------------------
+def scheduler_config() -> dict[str, Any]:
+    """SD 2.1's noise schedule (v-prediction)."""
+    return dict(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="v_prediction", clip_sample=False, steps_offset=1,
+        timestep_spacing="leading", variance_type="fixed_small",
+    )
+
+
+def build_components(arch: PriorArchitecture, tokenizer_dir: str | Path) -> dict[str, Any]:
+    """Fresh (randomly initialised) unet, vae, text_encoder, plus tokenizer and scheduler."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: PLC0415
+    from transformers import CLIPTextConfig, CLIPTextModel  # noqa: PLC0415
+
+    tokenizer_dir = Path(tokenizer_dir)
+    if not (tokenizer_dir / "vocab.json").exists():
+        write_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    nb = len(arch.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * nb, up_block_types=("UpDecoderBlock2D",) * nb,
+        block_out_channels=tuple(arch.vae_channels), layers_per_block=arch.vae_layers_per_block,
+        latent_channels=arch.latent_channels, norm_num_groups=arch.vae_norm_groups, sample_size=arch.image_size,
+        scaling_factor=1.0,
+    )
+    latent_size = arch.image_size // 2 ** (nb - 1)
+    nu = len(arch.unet_channels)
+    down = ("CrossAttnDownBlock2D",) * (nu - 1) + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (nu - 1)
+    unet = UNet2DConditionModel(
+        sample_size=latent_size, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
+        down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=tuple(arch.unet_channels), layers_per_block=arch.unet_layers_per_block,
+        cross_attention_dim=arch.text_hidden, attention_head_dim=tuple(arch.unet_heads),
+        use_linear_projection=True, norm_num_groups=arch.unet_norm_groups,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=arch.text_hidden, intermediate_size=arch.text_intermediate,
+        num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads, max_position_embeddings=77,
+        hidden_act="gelu", projection_dim=arch.text_hidden,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = DDPMScheduler(**scheduler_config())
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def save_prior(components: dict[str, Any], out_dir: str | Path, *, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:
+    """Write a StableDiffusionPipeline folder (safetensors, ``dtype`` storage) loadable offline with from_pretrained."""
+    from diffusers import StableDiffusionPipeline  # noqa: PLC0415
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe = StableDiffusionPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+        unet=components["unet"], scheduler=components["scheduler"], safety_checker=None, feature_extractor=None,
+        image_encoder=None, requires_safety_checker=False,
+    )
+    orig = {k: next(components[k].parameters()).dtype for k in ("unet", "vae", "text_encoder")}
+    pipe.to(dtype=dtype)
+    try:
+        pipe.save_pretrained(out_dir, safe_serialization=True)
+    finally:
+        for k, dt in orig.items():
+            components[k].to(dtype=dt)
+    # the toy tokenizer files (vocab.json + merges.txt), readable by transformers 4.x and 5.x
+    tok_dir = out_dir / "tokenizer"
+    for f in tok_dir.glob("*"):
+        f.unlink()
+    write_tokenizer(tok_dir)
+    info = {"format": PRIOR_FORMAT, "heldout_seed_start": HELDOUT_SEED_START, **(extra or {})}
+    (out_dir / "toyworld.json").write_text(json.dumps(info, indent=1, default=str))
+    return out_dir
+
+
+def load_prior(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, scheduler: str | None = "dpm"):
+    """Load the prior as a ``StableDiffusionPipeline`` (offline). ``scheduler="dpm"`` swaps in a
+    DPMSolverMultistepScheduler built from the saved config; ``None`` keeps the saved DDPMScheduler."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline  # noqa: PLC0415
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+    if scheduler == "dpm":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data on the fly
+# ------------------------------------------------------------------------------------------------
+class RenderStream:
+    """Random (object, view) renders with captions; everything on ``device``."""
+
+    def __init__(self, cfg: PriorTrainConfig, device: torch.device, seed_offset: int = 0):
+        self.cfg = cfg
+        self.device = device
+        self.objects = [ToyObject.from_seed(s) for s in range(cfg.n_objects)]
+        self.packed = pack_objects(self.objects, device)
+        self.sampler = CameraSampler(tuple(cfg.elevation_range), tuple(cfg.radius_range), cfg.fov_y_deg)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset)
+        self.rng = random.Random(cfg.seed * 1000 + seed_offset)
+
+    def next(self, batch: int, with_captions: bool = True) -> dict[str, Any]:
+        idx = torch.randint(0, len(self.objects), (batch,), generator=self.gen)
+        p = self.sampler.sample_params(batch, self.gen)
+        poses = orbit_poses_torch(p["azimuth"], p["elevation"], p["radius"]).to(self.device)
+        size = self.cfg.arch.image_size
+        with torch.no_grad():
+            rgb, mask = render_packed(index_packed(self.packed, idx.to(self.device)), poses, self.cfg.fov_y_deg, size, size, supersample=self.cfg.supersample, chunk=256)
+        out = {"image": rgb.permute(0, 3, 1, 2) * 2.0 - 1.0, "mask": mask[:, None].float(), "index": idx, **p}
+        if with_captions:
+            caps = [
+                caption(self.objects[int(i)], float(a), float(e), self.rng, p_view=self.cfg.p_view)
+                for i, a, e in zip(idx, p["azimuth"], p["elevation"])
+            ]
+            out["caption"] = ["" if self.rng.random() < self.cfg.cfg_drop else c for c in caps]
+        return out
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        prog = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+
+    return f
+
+
+class EMA:
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params = list(params)
+        self.shadow = [p.detach().clone().float() for p in self.params]
+        self.decay = decay
+        self.step = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.step += 1
+        d = min(self.decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s.to(p.dtype))
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+def train_vae(vae, stream: RenderStream, cfg: PriorTrainConfig, device: torch.device, log: Callable[[str], None] = print) -> dict[str, float]:
+    vae.to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(200, cfg.vae_steps // 10), cfg.vae_steps))
+    t0 = time.time()
+    hist: list[float] = []
+    bar = tqdm(range(cfg.vae_steps), desc="vae", disable=not cfg.progress, mininterval=5)
+    step = 0
+    for step in bar:
+        b = stream.next(cfg.vae_batch, with_captions=False)
+        x, m = b["image"], b["mask"]
+        with _autocast(device):
+            post = vae.encode(x).latent_dist
+            z = post.sample()
+            rec = vae.decode(z).sample
+        rec = rec.float()
+        w = 1.0 + cfg.vae_object_weight * m
+        l1 = ((rec - x).abs() * w).mean()
+        l2 = (((rec - x) ** 2) * w).mean()
+        kl = post.kl().float().mean() / x[0].numel()
+        loss = l1 + l2 + cfg.vae_kl_weight * kl * x[0].numel() / z[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        hist.append(float(l1))
+        if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
+            msg = f"vae step {step} l1 {np.mean(hist[-cfg.log_every:]):.4f} l2 {float(l2):.4f} kl {float(kl):.4f} ({time.time() - t0:.0f}s)"
+            bar.set_postfix_str(msg) if cfg.progress else log(msg)
+            if not cfg.progress:
+                pass
+        if cfg.vae_max_minutes is not None and time.time() - t0 > 60 * cfg.vae_max_minutes:
+            log(f"vae: time budget reached at step {step}")
+            break
+    vae.eval()
+    # SD-style latent scaling: unit variance latents
+    with torch.no_grad(), _autocast(device):
+        zs = torch.cat([vae.encode(stream.next(min(256, 4 * cfg.vae_batch), with_captions=False)["image"]).latent_dist.sample().float() for _ in range(2)])
+    scaling = float(1.0 / zs.std().clamp_min(1e-6))
+    vae.register_to_config(scaling_factor=scaling)
+    res = {"vae_steps": step + 1, "vae_l1": float(np.mean(hist[-50:])), "vae_seconds": time.time() - t0, "scaling_factor": scaling}
+    log(f"vae done: {res}")
+    return res
+
+
+def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids.to(device))[0]
+
+
+def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrainConfig, device: torch.device, log: Callable[[str], None] = print) -> dict[str, float]:
+    unet, vae, te, tok, noise_sched = (components[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+    unet.to(device).train()
+    te.to(device).train()
+    vae.to(device).eval().requires_grad_(False)
+    params = [{"params": list(unet.parameters()), "lr": cfg.unet_lr}, {"params": list(te.parameters()), "lr": cfg.text_lr}]
+    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
+    ema = EMA(list(unet.parameters()) + list(te.parameters()), cfg.ema_decay)
+    acp = noise_sched.alphas_cumprod.to(device)
+    snr = acp / (1 - acp)
+    sf = float(vae.config.scaling_factor)
+    t0 = time.time()
+    hist: list[float] = []
+    bar = tqdm(range(cfg.unet_steps), desc="unet", disable=not cfg.progress, mininterval=5)
+    step = 0
+    for step in bar:
+        b = stream.next(cfg.unet_batch)
+        with torch.no_grad(), _autocast(device):
+            lat = vae.encode(b["image"]).latent_dist.sample().float() * sf
+        noise = torch.randn_like(lat)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (lat.shape[0],), device=device)
+        noisy = noise_sched.add_noise(lat, noise, t)
+        target = noise_sched.get_velocity(lat, noise, t) if noise_sched.config.prediction_type == "v_prediction" else noise
+        with _autocast(device):
+            cond = encode_text(tok, te, b["caption"], device)
+            pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        err = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
+        if cfg.min_snr_gamma:
+            s = snr[t]
+            w = torch.clamp(s, max=cfg.min_snr_gamma) / (s + 1) if noise_sched.config.prediction_type == "v_prediction" else torch.clamp(s, max=cfg.min_snr_gamma) / s
+            loss = (err * w).mean()
+        else:
+            loss = err.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        ema.update()
+        hist.append(float(err.mean()))
+        if step % cfg.log_every == 0 or step == cfg.unet_steps - 1:
+            msg = f"unet step {step} mse {np.mean(hist[-cfg.log_every:]):.4f} lr {sched.get_last_lr()[0]:.2e} ({time.time() - t0:.0f}s)"
+            bar.set_postfix_str(msg) if cfg.progress else log(msg)
+        if cfg.unet_max_minutes is not None and time.time() - t0 > 60 * cfg.unet_max_minutes:
+            log(f"unet: time budget reached at step {step}")
+            break
+    ema.copy_to()
+    unet.eval()
+    te.eval()
+    res = {"unet_steps": step + 1, "unet_mse": float(np.mean(hist[-200:])), "unet_seconds": time.time() - t0}
+    log(f"unet done: {res}")
+    return res
+
+
+def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the toy prior end to end and save it as a diffusers folder in ``out_dir``.
+
+    ``resume_from``: a saved prior folder; its VAE is kept (``vae_steps`` is ignored) and the UNet and
+    text encoder continue training from its (EMA) weights.
+    Returns the metrics (also written to ``out_dir/toyworld.json``).
+    """
+    cfg = config
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    if resume_from is not None:
+        pipe = load_prior(resume_from, "cpu", torch.float32, scheduler=None)
+        comps = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer, "scheduler": pipe.scheduler}
+        prev = json.loads((Path(resume_from) / "toyworld.json").read_text()).get("metrics", {})
+        metrics: dict[str, Any] = {k: v for k, v in prev.items() if k.startswith("vae") or k == "scaling_factor"}
+        metrics["resumed_unet_steps"] = prev.get("unet_steps", 0) + prev.get("resumed_unet_steps", 0)
+    else:
+        comps = build_components(cfg.arch, out_dir / "tokenizer")
+        metrics = {}
+    n_params = {k: sum(p.numel() for p in comps[k].parameters()) for k in ("unet", "vae", "text_encoder")}
+    log(f"device {device}; parameters {n_params}")
+    stream = RenderStream(cfg, device)
+    if resume_from is None:
+        metrics.update(train_vae(comps["vae"], stream, cfg, device, log))
+    metrics.update(train_unet(comps, stream, cfg, device, log))
+    metrics["parameters"] = n_params
+    metrics["total_seconds"] = time.time() - t0
+    metrics["device"] = str(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
+    for k in ("unet", "vae", "text_encoder"):
+        comps[k].to("cpu")
+    save_prior(comps, out_dir, extra={"metrics": metrics, "config": cfg.to_json()})
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling helpers
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample(pipe, prompts: list[str], *, seed: int = 0, steps: int = 25, guidance: float = 4.0, negative: str | None = None) -> np.ndarray:
+    """Sample images (uint8 [N, H, W, 3]) from the prior, one per prompt, each from ``seed``."""
+    gens = [torch.Generator(device="cpu").manual_seed(seed) for _ in prompts]
+    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np",
+               negative_prompt=[negative] * len(prompts) if negative else None)
+    return (np.clip(out.images, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def image_grid(images: np.ndarray | list[np.ndarray], cols: int) -> np.ndarray:
+    images = list(images)
+    h, w, c = images[0].shape
+    rows = math.ceil(len(images) / cols)
+    grid = np.full((rows * h, cols * w, c), 255, dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, cc = divmod(i, cols)
+        grid[r * h:(r + 1) * h, cc * w:(cc + 1) * w] = im
+    return grid

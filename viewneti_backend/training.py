@@ -1,0 +1,365 @@
+"""Training the mappers (ViewNeTI modes 0, 2, 3, 4, 5) on a frozen backbone, through ``accelerate``.
+
+| mode | trains | data |
+|------|--------|------|
+| 0 | object-mapper | image folder, object-only templates (textual inversion) |
+| 2 | view- + object-mapper from scratch | one scene with cameras |
+| 3 | one shared view-mapper + one object-mapper per scene | many scenes (pretraining) |
+| 4 | pretrained view-mapper (fine-tuned) + new object-mapper | one scene |
+| 5 | new object-mapper; pretrained view-mapper frozen | one scene, 1-3 views (single-image NVS) |
+
+Loss: MSE between the UNet's prediction and its target (noise or velocity, from the scheduler's
+``prediction_type``). Frozen parts run in bf16/fp16 on GPU, mappers stay fp32; nothing frozen gets
+a gradient. Checkpoints are safetensors + JSON; ``resume`` continues from the saved step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .attention import pack_layer_encodings
+from .augment import AUGMENTATIONS, augment_batch
+from .base_model import BaseModel, load_base_model
+from .camera_features import DEFAULT_PARAMETERIZATION, CameraParameterization, make_parameterization, parameterization_from_config
+from .data import Scene
+from .errors import Cancelled, InputError
+from .mapper import MapperConfig, NeTIMapper
+from .pipeline import encode_conditions, images_to_tensor
+from .text_conditioning import OBJECT_PROMPT, OBJECT_TEMPLATES, VIEW_OBJECT_PROMPT
+
+MODES = (0, 2, 3, 4, 5)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the paper's (lr 1e-3 scaled by batch x accumulation -> 9e-3)."""
+
+    mode: int = 5
+    steps: int = 3000
+    batch_size: int = 3
+    grad_accum: int = 3
+    lr: float = 1e-3
+    scale_lr: bool = True
+    weight_decay: float = 1e-2
+    augmentation: int | None = None  # None -> 7 for modes 2/4/5, 5 for mode 3, 7 for mode 0
+    width: int | None = None  # training resolution; None -> the model's native size (square)
+    height: int | None = None
+    camera_parameterization: str = DEFAULT_PARAMETERIZATION
+    save_every: int = 0  # 0 -> only at the end
+    seed: int = 0
+    mixed_precision: str | None = None  # None -> bf16 on CUDA when supported, else no
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {MODES} (mode 1 is unused in ViewNeTI), got {self.mode}")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise InputError("steps, batch_size and grad_accum must be positive")
+
+    @property
+    def uses_view(self) -> bool:
+        return self.mode != 0
+
+    @property
+    def augmentation_key(self) -> int:
+        if self.augmentation is not None:
+            return self.augmentation
+        return 5 if self.mode == 3 else 7
+
+
+class TrainableMappers(nn.Module):
+    """The mappers of one run; one module so DDP sees them all (per-scene object-mappers in mode 3)."""
+
+    def __init__(self, view: NeTIMapper | None, objects: Sequence[NeTIMapper]):
+        super().__init__()
+        self.view = view
+        self.objects = nn.ModuleList(objects)
+
+    def forward(self, timesteps, layers, camera, scene: int):
+        obj = self.objects[scene](timesteps, layers)
+        view = self.view(timesteps, layers, camera) if self.view is not None and camera is not None else None
+        return obj, view
+
+
+def new_mapper(base: BaseModel, kind: str, camera_param: CameraParameterization | None = None, token: str | None = None) -> NeTIMapper:
+    is_view = kind == "view"
+    cfg = MapperConfig(
+        kind=kind, token=token or (base.text.view_token if is_view else base.text.object_token),
+        embedding_dim=base.text.embedding_dim, num_layers=base.num_layers,
+        num_train_timesteps=base.num_train_timesteps,
+        camera_dim=camera_param.dim if is_view else 0,
+        camera_parameterization=camera_param.to_config() if is_view else None,
+        norm_target=base.text.reference_norm("view" if is_view else "object"),
+        super_word="view" if is_view else "object",
+        base_model=base.name, base_model_fingerprint=base.fingerprint,
+    )
+    return NeTIMapper(cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer state <-> safetensors (never pickle)
+# ------------------------------------------------------------------------------------------------
+def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{idx}.{key}"] = t.detach().cpu().contiguous()
+    save_file(tensors, str(path), metadata={"param_groups": json.dumps(sd["param_groups"])})
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+    tensors = load_file(str(path))
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = t
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    view_mapper: NeTIMapper | None
+    object_mappers: dict[str, NeTIMapper]
+    losses: list[float] = field(default_factory=list)
+    step: int = 0
+    output_dir: Path | None = None
+
+
+class Trainer:
+    """Runs one ViewNeTI training mode. Works in-process (engine inversion) and under ``accelerate launch``."""
+
+    def __init__(self, config: TrainConfig, base: BaseModel | str, scenes: Sequence[Scene], *,
+                 view_mapper: NeTIMapper | str | None = None, output_dir: str | Path | None = None,
+                 device: str | None = None, accelerator=None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.config = c = config
+        if not scenes:
+            raise InputError("no training scenes given")
+        if c.mode != 3 and len(scenes) != 1:
+            raise InputError(f"mode {c.mode} trains on exactly one scene, got {len(scenes)}: use mode 3 for many")
+        if c.uses_view and any(s.cameras is None for s in scenes):
+            raise InputError(f"mode {c.mode} needs a camera per image: use a transforms.json or DTU scene, or mode 0 for plain images")
+        if c.mode in (4, 5) and view_mapper is None:
+            raise InputError(f"mode {c.mode} starts from a pretrained view-mapper: pass --view-mapper (a mode-3 result)")
+        mp = c.mixed_precision
+        if mp is None:
+            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() and device != "cpu" else "no"
+        self.accelerator = accelerator or Accelerator(
+            gradient_accumulation_steps=c.grad_accum, mixed_precision=mp, cpu=device == "cpu",
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=c.mode == 3)])
+        acc = self.accelerator
+        frozen_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
+        self.base = load_base_model(base, device=str(acc.device), dtype=frozen_dtype) if isinstance(base, (str, os.PathLike)) else base
+        b = self.base
+        self.scenes = list(scenes)
+        self.width = c.width or b.native_size
+        self.height = c.height or b.native_size
+        self.output_dir = Path(output_dir) if output_dir else None
+
+        # Mappers: view (new / pretrained / frozen) and one object-mapper per scene.
+        if isinstance(view_mapper, (str, os.PathLike)):
+            view_mapper = NeTIMapper.from_pretrained(view_mapper, expect_fingerprint=b.fingerprint)
+        if c.mode in (4, 5):
+            self.camera_param = parameterization_from_config(view_mapper.config.camera_parameterization)
+            self.view_mapper = view_mapper.to(acc.device)
+        elif c.uses_view:
+            all_cams = [cam.with_size(self.width, self.height) for s in self.scenes for cam in s.cameras]
+            self.camera_param = make_parameterization(c.camera_parameterization).fit(all_cams)
+            self.view_mapper = new_mapper(b, "view", self.camera_param).to(acc.device)
+        else:
+            self.camera_param, self.view_mapper = None, None
+        torch.manual_seed(c.seed)
+        self.object_mappers = [new_mapper(b, "object").to(acc.device) for _ in self.scenes]
+        train_view = c.mode in (2, 3, 4)
+        if self.view_mapper is not None:
+            self.view_mapper.requires_grad_(train_view)
+        self.frozen_view = self.view_mapper if (self.view_mapper is not None and not train_view) else None
+        self.mappers = TrainableMappers(self.view_mapper if train_view else None, self.object_mappers)
+        params = [p for p in self.mappers.parameters() if p.requires_grad]
+        lr = c.lr * (c.batch_size * c.grad_accum * acc.num_processes if c.scale_lr else 1)
+        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=c.weight_decay)
+        self.mappers, self.optimizer = acc.prepare(self.mappers, self.optimizer)
+        self.noise_scheduler = b.noise_scheduler()
+        self.augmentation = AUGMENTATIONS.get(c.augmentation_key)
+        # Images resized once; augmentation happens per micro-batch on these.
+        self.scene_tensors = [images_to_tensor(s.images, self.width, self.height) for s in self.scenes]
+        self.scene_features = [
+            self.camera_param.features([cam.with_size(self.width, self.height) for cam in s.cameras]) if self.camera_param else None
+            for s in self.scenes
+        ]
+        self.step = 0
+        self.losses: list[float] = []
+
+    # -- one micro-batch ---------------------------------------------------------------------------
+    def _sample_batch(self, gen: torch.Generator, rng: random.Random):
+        c = self.config
+        scene = rng.randrange(len(self.scenes)) if c.mode == 3 else 0
+        n = self.scene_tensors[scene].shape[0]
+        idx = torch.randint(0, n, (c.batch_size,), generator=gen)
+        images = augment_batch(self.scene_tensors[scene][idx], self.augmentation, gen)
+        feats = self.scene_features[scene][idx] if self.scene_features[scene] is not None else None
+        if c.uses_view:
+            prompts = [VIEW_OBJECT_PROMPT.format(view=self.base.text.view_token, object=self.base.text.object_token)] * c.batch_size
+        else:
+            prompts = [rng.choice(OBJECT_TEMPLATES).format(object=self.base.text.object_token) for _ in range(c.batch_size)]
+        return scene, images, feats, prompts
+
+    def loss_on(self, scene: int, images: torch.Tensor, feats: torch.Tensor | None, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+        b, acc = self.base, self.accelerator
+        dev = acc.device
+        bs, n_l = images.shape[0], b.num_layers
+        with torch.no_grad():
+            latents = b.vae.encode(images.to(dev, b.dtype)).latent_dist.sample(generator=None) * b.scaling_factor
+            latents = latents.float()
+        noise = torch.randn(latents.shape, generator=gen).to(dev)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bs,), generator=gen).to(dev)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        target = noise if b.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, t)
+        t_rep = t.repeat_interleave(n_l)
+        l_rep = torch.arange(n_l, device=dev).repeat(bs)
+        cam_rep = feats.to(dev).repeat_interleave(n_l, dim=0) if feats is not None else None
+        ids = b.text.tokenize(prompts).repeat_interleave(n_l, dim=0)
+        obj, view = self.mappers(t_rep, l_rep, cam_rep if self.config.mode != 5 else None, scene)
+        from .text_conditioning import Injection
+
+        inj = {b.text.object_token_id: Injection(obj[0], obj[1], self.object_mappers[scene].config.alpha)}
+        view_mapper = self.view_mapper
+        if view is None and self.frozen_view is not None and cam_rep is not None:
+            with torch.no_grad():
+                view = self.frozen_view(t_rep, l_rep, cam_rep)
+        if view is not None:
+            inj[b.text.view_token_id] = Injection(view[0], view[1], view_mapper.config.alpha)
+        with acc.autocast():
+            keys, values = b.text.encode(ids, inj)
+            s, d = keys.shape[1:]
+            ehs = pack_layer_encodings(keys.view(bs, n_l, s, d), values.view(bs, n_l, s, d))
+            pred = b.unet(noisy.to(b.dtype), t, encoder_hidden_states=ehs.to(b.dtype), return_dict=False)[0]
+        return F.mse_loss(pred.float(), target.float())
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def train(self, *, on_step: Callable[[int, int, float], None] | None = None,
+              should_stop: Callable[[], bool] | None = None, progress: bool = True) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        c, acc = self.config, self.accelerator
+        self.mappers.train()
+        gen = torch.Generator().manual_seed(c.seed * 1000003 + self.step + acc.process_index)
+        rng = random.Random(c.seed * 7919 + self.step + acc.process_index)
+        bar = tqdm(total=c.steps, initial=self.step, disable=not (progress and acc.is_main_process), desc=f"mode {c.mode}", unit="step")
+        t0, start_step = time.perf_counter(), self.step
+        while self.step < c.steps:
+            running = 0.0
+            for _ in range(c.grad_accum):
+                if should_stop is not None and should_stop():
+                    bar.close()
+                    raise Cancelled(f"training stopped at step {self.step} of {c.steps}")
+                with acc.accumulate(self.mappers):
+                    scene, images, feats, prompts = self._sample_batch(gen, rng)
+                    loss = self.loss_on(scene, images, feats, prompts, gen)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                running += float(loss.detach()) / c.grad_accum
+            self.step += 1
+            self.losses.append(running)
+            bar.update(1)
+            if self.step % max(1, c.log_every) == 0 or self.step == c.steps:
+                bar.set_postfix(loss=f"{sum(self.losses[-c.log_every:]) / len(self.losses[-c.log_every:]):.4f}")
+            if on_step is not None:
+                on_step(self.step, c.steps, running)
+            if self.output_dir and c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
+                self.save_checkpoint()
+        bar.close()
+        self.elapsed_s = time.perf_counter() - t0
+        self.steps_run = self.step - start_step
+        if self.output_dir:
+            self.save_checkpoint()
+            self.save_final()
+        return self.result()
+
+    def result(self) -> TrainResult:
+        names = [s.name for s in self.scenes]
+        return TrainResult(self.view_mapper, dict(zip(names, self.object_mappers)), self.losses, self.step, self.output_dir)
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def _save_mappers(self, folder: Path) -> None:
+        if self.view_mapper is not None:
+            self.view_mapper.save_pretrained(folder / "view_mapper")
+        for scene, mapper in zip(self.scenes, self.object_mappers):
+            mapper.config.extra = {**mapper.config.extra, "steps": self.step, "scene": scene.name}
+            mapper.save_pretrained(folder / "objects" / scene.name)
+
+    def save_checkpoint(self) -> Path | None:
+        """``checkpoint-<step>/``: mappers + optimizer (safetensors) + trainer_state.json; written atomically."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process or self.output_dir is None:
+            return None
+        final = self.output_dir / f"checkpoint-{self.step:06d}"
+        tmp = self.output_dir / f".checkpoint-{self.step:06d}.tmp"
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self._save_mappers(tmp)
+        save_optimizer(self.optimizer, tmp / "optimizer.safetensors")
+        (tmp / "trainer_state.json").write_text(json.dumps({
+            "step": self.step, "config": asdict(self.config), "losses": self.losses,
+            "scenes": [s.name for s in self.scenes], "base_model": self.base.name,
+            "base_model_fingerprint": self.base.fingerprint}, indent=1))
+        from .mapper import replace_directory
+
+        replace_directory(tmp, final)
+        return final
+
+    def save_final(self) -> None:
+        if self.accelerator.is_main_process and self.output_dir is not None:
+            self._save_mappers(self.output_dir)
+
+    def resume(self, checkpoint: str | Path) -> int:
+        """Load mappers + optimizer from ``checkpoint-<step>/`` (or the latest one in a run folder)."""
+        path = Path(checkpoint)
+        if not (path / "trainer_state.json").is_file():
+            found = sorted(path.glob("checkpoint-*")) if path.is_dir() else []
+            if not found:
+                raise InputError(f"no checkpoint found at {path}: pass a checkpoint-<step> folder or a run folder holding one")
+            path = found[-1]
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state["scenes"] != [s.name for s in self.scenes]:
+            raise InputError(f"checkpoint {path} was trained on scenes {state['scenes']}, not {[s.name for s in self.scenes]}")
+        if self.view_mapper is not None and (path / "view_mapper").is_dir():
+            self.view_mapper.load_state_dict(NeTIMapper.from_pretrained(path / "view_mapper").state_dict())
+        for scene, mapper in zip(self.scenes, self.object_mappers):
+            mapper.load_state_dict(NeTIMapper.from_pretrained(path / "objects" / scene.name).state_dict())
+        load_optimizer(self.optimizer, path / "optimizer.safetensors")
+        self.step = int(state["step"])
+        self.losses = list(state.get("losses", []))
+        return self.step
+
+
+def default_steps_hint(mode: int) -> int:
+    return {0: 3000, 2: 3000, 3: 50000, 4: 3000, 5: 3000}[mode]
