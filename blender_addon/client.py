@@ -7,7 +7,6 @@ text tells the user what to do, because that text ends up verbatim in the panel.
 
 import http.client
 import json
-import socket
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -200,7 +199,7 @@ class Client:
                 "(python -m server --port PORT, or Start Backend in the panel) "
                 "or fix the URL in the add-on preferences."
             ) from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             conn.close()
             raise BackendUnavailable(
                 f"The backend at {self.base_url} did not answer within {timeout:g} s. It may be "
@@ -242,12 +241,14 @@ class Client:
                 body,
             )
         if status == 503:
-            return BackendError(
-                f"The backend is not ready (503): {message or 'model still loading or shutting down'}. "
-                "Try again in a moment.",
-                status,
-                body,
-            )
+            state = body.get("status")
+            if state == "failed":
+                text = f"The backend could not load its model: {message or 'see its log'}"
+            elif state == "loading":
+                text = "The backend is still loading its model: try again in a moment."
+            else:
+                text = f"The backend is not ready (503): {message or 'it may be shutting down'}. Try again in a moment."
+            return BackendError(text, status, body)
         if status >= 500:
             return BackendError(
                 f"The backend failed (HTTP {status}): {message or 'no details'}. "
@@ -263,7 +264,7 @@ class Client:
             payload = response.read()
             headers = {k.lower(): v for k, v in response.getheaders()}
             return response.status, headers, payload
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise BackendUnavailable(
                 f"The backend at {self.base_url} stopped answering mid-response. Try again."
             ) from None

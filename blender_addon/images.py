@@ -33,41 +33,49 @@ def encode_png(width, height, rgba, flip=True):
     raw = b"".join(b"\x00" + row for row in rows)
 
     def chunk(tag, payload):
-        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload) & 0xFFFFFFFF)
+        crc = zlib.crc32(tag + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", crc)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
     return PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
+def _clamp(x):
+    return min(1.0, max(0.0, x))
+
+
 def _linear_to_srgb(x):
-    x = min(1.0, max(0.0, x))
+    x = _clamp(x)
     return 12.92 * x if x <= 0.0031308 else 1.055 * x ** (1 / 2.4) - 0.055
 
 
 # -- datablocks ------------------------------------------------------------------------------
 
 
-def store_png(name, data):
-    """Create or update the packed image `name` from PNG bytes; no temp file, identity kept.
+def store_png(name, data, image=None):
+    """Create or update a packed image from PNG bytes; no temp file, datablock identity kept.
 
-    Updating in place (rather than replacing the datablock) keeps every user of the image (camera
-    background, texture nodes) pointing at the newest render.
+    `image` (e.g. the camera's last render) is updated in place when it is one of ours, so every
+    user of it (camera background, texture nodes) shows the newest render. Otherwise an image of
+    ours called `name` is reused, or a new one is made; a user's own image is never overwritten.
     """
     size = png_size(data)
     if size is None:
         raise ValueError("not a PNG image")
-    image = bpy.data.images.get(name)
-    if image is not None and (image.library is not None or image.source not in {"FILE", "GENERATED"}):
-        image = None  # linked or a sequence: never overwrite someone else's image
-        name = name + ".live"
-    if image is None:
-        image = bpy.data.images.new(name, width=size[0], height=size[1])
-        image[OWNER_KEY] = "still"
+    if not _updatable(image):
+        image = bpy.data.images.get(name)
+        if not _updatable(image):
+            image = bpy.data.images.new(name, width=size[0], height=size[1])
+            image[OWNER_KEY] = "still"
     image.pack(data=data, data_len=len(data))
     image.source = "FILE"
     image.file_format = "PNG"
     image.buffers_free()  # decode the new packed bytes on next use (size and pixels update)
     return image
+
+
+def _updatable(image):
+    return owned(image) and image.library is None and image.source in {"FILE", "GENERATED"}
 
 
 def owned(image):
@@ -119,6 +127,11 @@ def load_image_sequence(first_path, frame_first, frame_last, name):
         image.name = name
         image.source = "SEQUENCE"
         image[OWNER_KEY] = "sequence"
+    if bpy.data.filepath:  # keep the project movable: frames next to the .blend stay relative
+        try:
+            image.filepath = bpy.path.relpath(first_path)
+        except ValueError:  # another drive (Windows): keep it absolute
+            pass
     image[OWNER_KEY + "_frames"] = [int(frame_first), int(frame_last)]
     return image
 
@@ -139,40 +152,47 @@ def set_camera_sequence_background(camera_data, image, frame_first, frame_last):
     return bg
 
 
-def image_to_png_bytes(image):
+def image_to_png_bytes(image, use_file=True):
     """Encoded bytes of an image datablock for upload: original file bytes when possible.
 
     Packed or on-disk PNG/JPEG bytes go as they are (no colour management round trip); anything
     else (generated, float, edited) is encoded from its pixels, float buffers converted to sRGB.
     """
-    if image.packed_file is not None and image.file_format in {"PNG", "JPEG"} and not image.is_dirty:
-        return bytes(image.packed_file.data)
-    path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
-    if path and os.path.isfile(path) and not image.is_dirty and image.file_format in {"PNG", "JPEG"}:
-        with open(path, "rb") as handle:
-            return handle.read()
+    if use_file and not image.is_dirty and image.source == "FILE" and image.file_format in {"PNG", "JPEG"}:
+        if image.packed_file is not None:
+            return bytes(image.packed_file.data)
+        path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
+        if path and os.path.isfile(path):
+            with open(path, "rb") as handle:
+                return handle.read()
     width, height = image.size
     if width == 0 or height == 0:
         raise ValueError(f"Image '{image.name}' has no pixels: load or generate it first.")
     pixels = [0.0] * (width * height * 4)
     image.pixels.foreach_get(pixels)
-    if image.is_float:
-        out = bytearray()
-        for i in range(0, len(pixels), 4):
-            r, g, b, a = pixels[i:i + 4]
-            out += bytes(int(round(255 * v)) for v in (_linear_to_srgb(r), _linear_to_srgb(g), _linear_to_srgb(b), min(1.0, max(0.0, a))))
-    else:
-        out = bytes(int(round(255 * min(1.0, max(0.0, v)))) for v in pixels)
-    return encode_png(width, height, out)
+    if image.is_float:  # float buffers hold linear values; PNG wants sRGB (alpha stays linear)
+        values = (_linear_to_srgb(v) if i % 4 != 3 else _clamp(v) for i, v in enumerate(pixels))
+    else:  # byte buffers already hold display values
+        values = (_clamp(v) for v in pixels)
+    return encode_png(width, height, bytes(int(v * 255 + 0.5) for v in values))
 
 
 def read_image_file(path):
-    """Bytes of a reference image on disk (paths may be relative to the .blend)."""
+    """Upload bytes of a reference image on disk: PNG/JPEG as they are, other formats via Blender."""
     path = bpy.path.abspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"Reference image not found: {path}")
     with open(path, "rb") as handle:
-        return handle.read()
+        data = handle.read()
+    if data.startswith((PNG_SIGNATURE, b"\xff\xd8\xff")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        return data  # formats the backend decodes itself: send the original bytes
+    image = bpy.data.images.load(path, check_existing=False)  # EXR, TIFF, WebP...: let Blender decode
+    try:
+        if image.size[0] == 0:
+            raise ValueError(f"Blender cannot read the reference image {path}: use a PNG or JPEG.")
+        return image_to_png_bytes(image, use_file=False)
+    finally:
+        bpy.data.images.remove(image)
 
 
 def default_output_dir(blend_filepath):

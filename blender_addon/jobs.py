@@ -8,6 +8,7 @@ main thread through a queue and applied by `poll()`, which the timer (or a headl
 
 import base64
 import binascii
+import http.client
 import os
 import queue
 import threading
@@ -154,12 +155,24 @@ class Job:
             if self._cancel.is_set():
                 self._send_cancel()
             self._follow(job_id)
-        except BackendError as exc:
-            self._post("error", {"error": str(exc)})
         except Exception as exc:  # never let a worker die silently: the panel shows it
-            self._post("error", {"error": f"ViewNeTI add-on error ({type(exc).__name__}: {exc}); please report it."})
+            if isinstance(exc, BackendError):
+                message = str(exc)
+            else:
+                message = f"ViewNeTI add-on error ({type(exc).__name__}: {exc}); please report it."
+            self._post("error", {"error": message})
+            if self.job_id and not self._stop.is_set():
+                try:  # nobody follows the job any more: do not let it occupy the GPU
+                    self.client.cancel(self.job_id)
+                except BackendError:
+                    pass
 
     def _follow(self, job_id):
+        """Read the event stream until a terminal event; a stream that stalls or breaks is reopened.
+
+        Silence is normal (a job queued behind a long one sends nothing), so a stalled stream only
+        triggers a state check; only a backend that stops answering that check ends the job here.
+        """
         failures = 0
         while not self._stop.is_set():
             try:
@@ -167,32 +180,29 @@ class Job:
                 for event in self._stream:
                     if self._stop.is_set():
                         return
-                    failures = 0
                     if self._handle(event.event, event.data if isinstance(event.data, dict) else {}):
                         return
-            except BackendUnavailable:
-                failures += 1
-                if failures > self.max_reconnects:
-                    raise
-            except (OSError, ValueError):
-                failures += 1  # the stream stalled or broke: reconnect, the server replays the state
-                if failures > self.max_reconnects:
-                    raise BackendUnavailable(
-                        "Lost the connection to the backend while following the job; "
-                        "check that the backend is still running."
-                    ) from None
+            except (BackendUnavailable, OSError, ValueError, http.client.HTTPException):
+                pass  # stalled or broken: the state check below decides what to do
             finally:
                 if self._stream is not None:
                     self._stream.close()
                     self._stream = None
             if self._stop.is_set():
                 return
-            # the stream ended without a terminal event: ask for the state before reconnecting
-            state = self.client.job(job_id)
+            try:
+                state = self.client.job(job_id)
+            except BackendUnavailable:
+                failures += 1
+                if failures > self.max_reconnects:
+                    raise
+                time.sleep(min(5.0, 0.5 * failures))
+                continue
+            failures = 0
             if state.get("state") in TERMINAL:
                 self._handle_state(state)
                 return
-            time.sleep(min(2.0, 0.1 * (1 + failures)))
+            time.sleep(0.2)  # still running: reopen the stream (the server replays the state)
 
     def _handle_state(self, state):
         name = state["state"]

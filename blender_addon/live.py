@@ -58,10 +58,6 @@ class LiveController:
         self._changed_at = self._clock()
         return True
 
-    def invalidate(self):
-        """Forget the last key so the next `observe` renders even if nothing moved (settings changed)."""
-        self._last_key = None
-
     def tick(self):
         """Start a due request and return finished results, newest-only. Never blocks."""
         finished = []

@@ -61,6 +61,7 @@ class VIEWNETI_PT_main(bpy.types.Panel):
         row.label(text=settings.bl_rna.properties["backend_state"].enum_items[settings.backend_state].name,
                   icon=STATE_ICONS.get(settings.backend_state, "QUESTION"))
         row.operator("viewneti.refresh_status", text="", icon="FILE_REFRESH")
+        box.prop(runtime.prefs(context), "backend_url", text="")
         if settings.backend_state == "OK" and settings.backend_info:
             box.label(text=settings.backend_info)
         message = settings.status_message

@@ -22,13 +22,6 @@ def _is_camera(_self, obj):
     return obj.type == "CAMERA"
 
 
-def _live_settings_changed(self, context):
-    # settings are part of what live mode renders: make it re-render even if the camera is still
-    from . import runtime
-
-    runtime.invalidate_live()
-
-
 class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
     """Where the backend is and how to start one; per user, not per file."""
 
@@ -106,23 +99,23 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     anchor: PointerProperty(
         name="Anchor",
         type=bpy.types.Object,
-        description="The subject: poses are taken relative to it and its scale sets the distance unit. Empty = world origin",
-        update=_live_settings_changed,
+        description=(
+            "The subject: poses are taken relative to it and its scale sets the distance unit. "
+            "Empty = world origin"
+        ),
     )
     object_name: StringProperty(
         name="Object",
         description="Object token to render (empty = the backend's default object)",
         default="",
-        update=_live_settings_changed,
     )
     objects: CollectionProperty(type=VIEWNETI_ObjectItem)
-    seed: IntProperty(name="Seed", default=0, min=0, max=2**31 - 1, update=_live_settings_changed)
+    seed: IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
     steps: IntProperty(
-        name="Steps", description="Denoising steps", default=30, min=1, max=150, update=_live_settings_changed
+        name="Steps", description="Denoising steps", default=30, min=1, max=150
     )
     guidance: FloatProperty(
-        name="Guidance", description="Classifier-free guidance scale", default=7.5, min=0.0, max=30.0,
-        update=_live_settings_changed,
+        name="Guidance", description="Classifier-free guidance scale", default=7.5, min=0.0, max=30.0
     )
     resolution: IntProperty(
         name="Resolution",
@@ -131,7 +124,6 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         min=16,
         max=2048,
         step=8,
-        update=_live_settings_changed,
     )
     live: BoolProperty(name="Live", description="Re-render when the active camera moves", default=False)
 
@@ -142,7 +134,10 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     frame_step: IntProperty(name="Step", default=1, min=1)
     output_dir: StringProperty(
         name="Output Folder",
-        description="Where numbered PNGs go (frame_000001.png ...); empty = //viewneti_frames/ (temp folder if unsaved)",
+        description=(
+            "Where numbered PNGs go (frame_000001.png ...); "
+            "empty = //viewneti_frames/ (a temp folder if the file is unsaved)"
+        ),
         subtype="DIR_PATH",
         default="//viewneti_frames/",
     )

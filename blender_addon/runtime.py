@@ -19,7 +19,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import camera_pose, images
-from .client import DEFAULT_URL, BackendError, BackendUnavailable, Client
+from .client import DEFAULT_URL, BackendError, BackendUnavailable, Client, Superseded
 from .jobs import InvertJob, SequenceJob
 from .live import LiveController
 
@@ -42,7 +42,6 @@ class _Session:
         self.backend_proc = None
         self.backend_log = ""
         self.backend_scene = ""
-        self.backend_started_at = 0.0
         self.backend_next_check = 0.0
         self.backend_checking = False
 
@@ -77,6 +76,8 @@ def make_client(context=None):
 
 def set_status(scene, message, state=None):
     settings = scene.viewneti
+    if settings.status_message == message and (state is None or settings.backend_state == state):
+        return  # live mode reports every tick: do not redraw for nothing
     settings.status_message = message
     if state is not None:
         settings.backend_state = state
@@ -87,8 +88,10 @@ def report_error(scene, exc):
     """Turn any failure into the panel's status line; the state says whether the backend is up."""
     if isinstance(exc, BackendUnavailable):
         set_status(scene, str(exc), "DOWN")
-    elif isinstance(exc, (BackendError, ValueError)):
-        set_status(scene, str(exc), "ERROR" if scene.viewneti.backend_state != "OK" else "OK")
+    elif isinstance(exc, BackendError):  # it answered, so it is up; a wrong version is still an error
+        set_status(scene, str(exc), "OK" if scene.viewneti.backend_state == "OK" else "ERROR")
+    elif isinstance(exc, ValueError):  # bad input on our side (camera, paths): the backend is not involved
+        set_status(scene, str(exc))
     else:
         set_status(scene, f"ViewNeTI add-on error ({type(exc).__name__}: {exc}); please report it.", "ERROR")
 
@@ -225,7 +228,7 @@ def image_name(camera_obj):
 
 def apply_render(scene, camera_obj, request, result):
     """Pack the PNG into the camera's image and show it as the camera background."""
-    image = images.store_png(image_name(camera_obj), result.png)
+    image = images.store_png(image_name(camera_obj), result.png, camera_obj.data.viewneti.image)
     images.set_camera_background(camera_obj.data, image)
     cam_settings = camera_obj.data.viewneti
     cam_settings.image = image
@@ -249,8 +252,8 @@ def render_view(scene, camera_obj):
     def done(result, error):
         target = _scene(scene_name)
         camera = bpy.data.objects.get(camera_name)
-        if target is None or camera is None:
-            return
+        if target is None or camera is None or isinstance(error, Superseded):
+            return  # superseded: a newer render of this session (live or a second click) replaces it
         if error is not None:
             report_error(target, error)
         else:
@@ -284,11 +287,6 @@ def stop_live():
     if scene is not None:
         scene.viewneti.live = False
     SESSION.live_scene = ""
-
-
-def invalidate_live():
-    if SESSION.live is not None:
-        SESSION.live.invalidate()
 
 
 def live_step():
@@ -345,6 +343,8 @@ def path_frames(scene):
         start, end, step = settings.frame_start, settings.frame_end, settings.frame_step
     if end < start:
         raise ValueError(f"The frame range {start}–{end} is empty: make End ≥ Start.")
+    if start < 0:
+        raise ValueError("Frame numbers name the files, so they must be ≥ 0: move the range to start at 0 or later.")
     return list(range(start, end + 1, max(1, step)))
 
 
@@ -558,9 +558,10 @@ def start_backend(scene):
                 start_new_session=os.name == "posix",
             )
         except OSError as exc:
-            raise ValueError(f"Could not start the backend ({exc}): check the start command in the preferences.") from None
+            raise ValueError(
+                f"Could not start the backend ({exc}): check the start command in the preferences."
+            ) from None
     SESSION.backend_scene = scene.name
-    SESSION.backend_started_at = time.monotonic()
     SESSION.backend_next_check = 0.0
     set_status(scene, f"Starting the backend (log: {SESSION.backend_log})…", "UNKNOWN")
     ensure_timer()
@@ -604,8 +605,12 @@ def backend_step():
     def done(value, error):
         SESSION.backend_checking = False
         target = _scene(SESSION.backend_scene)
-        if target is not None and error is None:
+        if target is None:
+            return
+        if error is None:
             apply_backend(target, *value)
+        elif not isinstance(error, BackendUnavailable):  # refused = still booting; anything else matters
+            report_error(target, error)
 
     run_async(lambda: fetch_backend(client), done)
 

@@ -259,6 +259,17 @@ class Trainer:
             pred = b.unet(noisy.to(b.dtype), t, encoder_hidden_states=ehs.to(b.dtype), return_dict=False)[0]
         return F.mse_loss(pred.float(), target.float())
 
+    @torch.no_grad()
+    def evaluate_loss(self, batches: int = 4, seed: int = 1234) -> float:
+        """Mean loss on a fixed set of (scene, images, t, noise) without augmentation: a stable progress measure."""
+        gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+        aug, self.augmentation = self.augmentation, None
+        try:
+            losses = [float(self.loss_on(*self._sample_batch(gen, rng), gen)) for _ in range(batches)]
+        finally:
+            self.augmentation = aug
+        return sum(losses) / len(losses)
+
     # -- loop ----------------------------------------------------------------------------------------
     def train(self, *, on_step: Callable[[int, int, float], None] | None = None,
               should_stop: Callable[[], bool] | None = None, progress: bool = True) -> TrainResult:

@@ -8,11 +8,11 @@ instead of starting one.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,15 +21,14 @@ import pytest
 # must be set before bpy is imported anywhere: keep Blender's user config out of $HOME
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="viewneti-blender-user-"))
 
-ROOT = Path(__file__).resolve().parents[2]
-ADDON_ID = "viewneti"
-PACKAGE = f"bl_ext.user_default.{ADDON_ID}"
-
 try:
     import bpy  # noqa: F401
 except ImportError:  # `make setup` installs it; without it there is nothing to test here
     collect_ignore_glob = ["test_*.py"]
     bpy = None
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from addon_testutil import PACKAGE, ROOT, addon_prefs, free_port  # noqa: E402
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -56,10 +55,6 @@ def addon(addon_zip):
     yield sys.modules[PACKAGE]
 
 
-def addon_prefs():
-    return bpy.context.preferences.addons[PACKAGE].preferences
-
-
 @pytest.fixture
 def scene(addon):
     """A fresh factory-default file with the add-on enabled; returns its scene."""
@@ -76,12 +71,6 @@ def scene(addon):
 
 
 # -- the real server -------------------------------------------------------------------------
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _health(url, timeout=2.0):
@@ -115,6 +104,13 @@ def server_url(tmp_path_factory):
             try:
                 _health(url)
                 break
+            except urllib.error.HTTPError as exc:  # 503 while loading; "failed" will not get better
+                body = json.loads(exc.read() or b"{}")
+                if body.get("status") == "failed":
+                    pytest.fail(f"the server could not load its model: {body.get('error')}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not ready within 120 s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.25)
             except OSError:
                 if time.monotonic() > deadline:
                     pytest.fail(f"server did not answer /v1/health within 120 s:\n{log_path.read_text()[-3000:]}")

@@ -10,7 +10,7 @@ import addon_utils
 import bpy
 import pytest
 
-from conftest import PACKAGE, ROOT
+from addon_testutil import PACKAGE, ROOT
 
 pytestmark = pytest.mark.blender
 
@@ -31,6 +31,13 @@ def test_zip_layout(addon_zip):
     assert not any("__pycache__" in n or n.endswith(".pyc") or n == "build.py" for n in names)
 
 
+def test_blender_validates_the_zip(addon_zip):
+    """Blender's own extension validator (shipped inside bpy) accepts the manifest and the archive."""
+    tool = os.path.join(bpy.utils.system_resource("SCRIPTS"), "addons_core", "bl_pkg", "cli", "blender_ext.py")
+    out = subprocess.run([sys.executable, tool, "validate", addon_zip], capture_output=True, text=True)
+    assert out.returncode == 0 and "Success" in out.stdout, out.stdout + out.stderr
+
+
 def test_build_cli_runs_without_bpy(tmp_path):
     """`python -m blender_addon.build` must work where bpy cannot be imported (CI, make addon-zip)."""
     code = (
@@ -43,13 +50,13 @@ def test_build_cli_runs_without_bpy(tmp_path):
     assert (tmp_path / "viewneti-0.1.0.zip").is_file(), out.stderr
 
 
-def test_installed_and_enabled(addon):
+def test_installed_and_enabled(addon, scene):
     assert addon.__name__ == PACKAGE
     assert PACKAGE in bpy.context.preferences.addons
     assert bpy.context.preferences.addons[PACKAGE].preferences.backend_url == "http://127.0.0.1:7860"
     assert "VIEWNETI_PT_main" in _our_types() and "VIEWNETI_OT_render_view" in _our_types()
-    assert bpy.context.scene.viewneti.steps == 30
-    assert bpy.data.cameras[0].viewneti.use_seed is False
+    assert scene.viewneti.resolution == 64 and scene.viewneti.object_name == ""
+    assert scene.camera.data.viewneti.use_seed is False
 
 
 def test_register_unregister_twice_leaves_no_residue(addon, monkeypatch):

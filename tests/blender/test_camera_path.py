@@ -7,7 +7,7 @@ import time
 import bpy
 import pytest
 
-from conftest import PACKAGE
+from addon_testutil import addon_module
 
 pytestmark = pytest.mark.blender
 
@@ -49,12 +49,12 @@ def test_path_writes_numbered_frames_and_sequence_background(live_scene, tmp_pat
         assert bg.image_user.frame_current == frame
         assert os.path.basename(image.filepath_from_user(image_user=bg.image_user)) == f"frame_{frame:06d}.png"
     # different poses give different frames
-    sizes = {open(tmp_path / "frames" / f, "rb").read() for f in files}
-    assert len(sizes) == 5
+    contents = {(tmp_path / "frames" / f).read_bytes() for f in files}
+    assert len(contents) == 5
 
 
 def test_cancel_midway_keeps_written_frames_and_leaves_no_partial_files(live_scene, tmp_path):
-    runtime = __import__(PACKAGE, fromlist=["runtime"]).runtime
+    runtime = addon_module("runtime")
     scene = live_scene
     keyframe_orbit(scene, 1, 400)
     scene.viewneti.steps = 20

@@ -14,7 +14,7 @@ from blender_addon.client import (
     Superseded,
     parse_sse,
 )
-from conftest import free_port
+from addon_testutil import free_port
 
 pytestmark = pytest.mark.blender
 
@@ -100,7 +100,8 @@ def test_error_body_is_parsed(stub):
 
 def test_superseded_is_its_own_error(stub):
     url, routes = stub
-    routes["/v1/render"] = (409, jbody({"error": "superseded by a newer request", "superseded": True}), "application/json")
+    body = jbody({"error": "superseded by a newer request", "superseded": True})
+    routes["/v1/render"] = (409, body, "application/json")
     with pytest.raises(Superseded):
         Client(url).render({"camera": {}})
 
@@ -137,3 +138,14 @@ def test_event_stream_over_http(stub):
     )
     events = list(Client(url).events("j1", timeout=5))
     assert [e.event for e in events] == ["progress", "done"]
+
+
+def test_backend_that_failed_to_load_says_so(stub):
+    url, routes = stub
+    body = jbody({"error": "the embedded toy model is missing", "status": "failed"})
+    routes["/v1/health"] = (503, body, "application/json")
+    with pytest.raises(BackendError, match="could not load its model: the embedded toy model is missing"):
+        Client(url).health()
+    routes["/v1/health"] = (503, jbody({"error": "loading", "status": "loading"}), "application/json")
+    with pytest.raises(BackendError, match="still loading"):
+        Client(url).health()

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import bpy
 import pytest
 
-from conftest import PACKAGE, addon_prefs, free_port
+from addon_testutil import addon_module, addon_prefs, free_port
 
 pytestmark = pytest.mark.blender
 
@@ -46,7 +46,7 @@ def test_server_down_gives_a_clear_message(down_scene, tmp_path):
 
 
 def test_timer_tick_never_raises(down_scene, monkeypatch):
-    runtime = __import__(PACKAGE, fromlist=["runtime"]).runtime
+    runtime = addon_module("runtime")
 
     def broken():
         raise RuntimeError("bug in a step")

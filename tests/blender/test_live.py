@@ -8,7 +8,7 @@ import pytest
 
 from blender_addon.client import RenderResult, Superseded
 from blender_addon.live import LiveController
-from conftest import PACKAGE
+from addon_testutil import addon_module, addon_prefs
 
 pytestmark = pytest.mark.blender
 
@@ -121,7 +121,7 @@ def test_errors_are_reported_not_raised():
 
 def test_live_step_with_a_slow_backend_keeps_the_ui_tick_short(scene, monkeypatch):
     """The bpy shell: one tick reads the camera, starts the render off-thread, later shows it."""
-    runtime = __import__(PACKAGE, fromlist=["runtime"]).runtime
+    runtime = addon_module("runtime")
     from blender_addon.images import encode_png
 
     release = threading.Event()
@@ -135,14 +135,14 @@ def test_live_step_with_a_slow_backend_keeps_the_ui_tick_short(scene, monkeypatc
             return RenderResult(encode_png(w, h, bytes([200, 30, 30, 255]) * (w * h)), seed=request["seed"])
 
     monkeypatch.setattr(runtime, "make_client", lambda context=None: SlowClient())
-    bpy.context.preferences.addons[PACKAGE].preferences.live_debounce = 0.0
+    addon_prefs().live_debounce = 0.0
     runtime.start_live(scene)
     try:
         camera = scene.camera
         runtime.live_step()  # observes the pose and starts the render
         wait_for(lambda: sent)
         worst = 0.0
-        for i in range(20):
+        for _ in range(20):
             camera.location.x += 0.05
             bpy.context.view_layer.update()
             start = time.perf_counter()

@@ -36,7 +36,7 @@ def test_render_view_sets_packed_background_and_survives_reload(live_scene, tmp_
     assert len(camera.data.background_images) == 1  # the slot is reused, not appended
     second = pixels(image)
     assert len(second) == len(first)
-    assert max(abs(a - b) for a, b in zip(first, second)) > 0.02
+    assert max(abs(a - b) for a, b in zip(first, second, strict=True)) > 0.02
 
     path = str(tmp_path / "scene.blend")
     bpy.ops.wm.save_as_mainfile(filepath=path)

@@ -7,6 +7,7 @@ model. For quick iterations on the server alone, ``VIEWNETI_TEST_FAKE_ENGINE=1``
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,33 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from srvutil import ServerProcess  # noqa: E402
+import srvutil  # noqa: E402
+from srvutil import USE_FAKE, ServerProcess  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_model(tmp_path_factory) -> str | None:
+    """The model the test servers load: the embedded toy model, or (until its weights are built) a tiny
+    random ViewNeTI model made by ``viewneti_backend.testing`` and passed through VIEWNETI_MODEL."""
+    if USE_FAKE:
+        yield None
+        return
+    from viewneti_backend.engine import embedded_model_dir
+
+    if (embedded_model_dir() / "model_index.json").is_file() and not os.environ.get("VIEWNETI_TEST_TINY_MODEL"):
+        yield None
+        return
+    from viewneti_backend.testing import build_tiny_viewneti_model
+
+    folder = build_tiny_viewneti_model(tmp_path_factory.mktemp("tiny") / "model")
+    srvutil.EXTRA_ENV["VIEWNETI_MODEL"] = str(folder)
+    yield str(folder)
+    srvutil.EXTRA_ENV.pop("VIEWNETI_MODEL", None)
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> ServerProcess:
-    srv = ServerProcess(tmp_path_factory.mktemp("srv") / "data").start()
+def server(tmp_path_factory, test_model) -> ServerProcess:
+    srv = ServerProcess(tmp_path_factory.mktemp("srv") / "data", args=["--max-body-mb", "8"]).start()
     yield srv
     srv.stop()
 
@@ -33,7 +55,7 @@ def client(server) -> httpx.Client:
 
 
 @pytest.fixture
-def make_server(tmp_path):
+def make_server(tmp_path, test_model):
     """Start extra servers (own data dirs) for restart/kill/auth tests; all stopped at the end."""
     started: list[ServerProcess] = []
 

@@ -35,10 +35,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+# Filled by the session fixture in conftest.py (e.g. VIEWNETI_MODEL while the embedded model is missing).
+EXTRA_ENV: dict[str, str] = {}
+
+
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
+    # One torch thread: the test machine has 2 cores shared with the test process itself, and
+    # oversubscribed OpenMP threads make a tiny model many times slower.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(EXTRA_ENV)
     env.pop("VIEWNETI_TOKEN", None)
     if USE_FAKE:
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])

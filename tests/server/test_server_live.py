@@ -8,7 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from srvutil import STEPS, render_body
 
-SLOW_STEPS = 150  # a render long enough to keep the worker busy while other requests queue
+
+
+def slow_steps(client, target_s: float = 3.0) -> int:
+    """Steps for a render that keeps the worker busy for about ``target_s`` (measured, not assumed)."""
+    t0 = time.monotonic()
+    assert client.post("/v1/render", json=render_body(steps=8, seed=99)).status_code == 200
+    per_step = (time.monotonic() - t0) / 8
+    return max(10, min(150, int(target_s / per_step)))
 
 
 def _post(client, body, results, i, delay=0.0):
@@ -19,12 +26,11 @@ def _post(client, body, results, i, delay=0.0):
     results[i] = (r, time.monotonic() - t0)
 
 
-def _occupy_worker(server, seconds_hint_session="blocker"):
+def _occupy_worker(server, session="blocker"):
     """Start a slow render from another session and return (thread, results) once it is in flight."""
     results = {}
     c = server.client()
-    t = threading.Thread(target=_post, args=(c, render_body(steps=SLOW_STEPS, session=seconds_hint_session, size=128),
-                                             results, 0))
+    t = threading.Thread(target=_post, args=(c, render_body(steps=slow_steps(c), session=session), results, 0))
     t.start()
     # wait until the worker has taken it (queue_depth counts the in-flight render)
     deadline = time.monotonic() + 30
@@ -40,7 +46,7 @@ def test_newer_render_of_a_session_supersedes_queued_ones(server):
     clients = [server.client() for _ in range(5)]
     results: dict[int, tuple] = {}
     threads = [threading.Thread(target=_post, args=(clients[i], render_body(azimuth=10.0 * i, session="live-A"),
-                                                    results, i, 0.15 * i)) for i in range(5)]
+                                                    results, i, 0.1 * i)) for i in range(5)]
     for t in threads:
         t.start()
     for t in threads:
@@ -64,13 +70,14 @@ def test_newer_render_of_a_session_supersedes_queued_ones(server):
 
 def test_in_flight_render_is_cut_at_the_next_step(server):
     c1, c2 = server.client(), server.client()
+    steps = slow_steps(c1)
     # How long does the slow render take when it is not interrupted?
     t0 = time.monotonic()
-    full = c1.post("/v1/render", json=render_body(steps=SLOW_STEPS, size=128, session="cut-probe"))
+    full = c1.post("/v1/render", json=render_body(steps=steps, session="cut-probe"))
     full_s = time.monotonic() - t0
     assert full.status_code == 200
     results = {}
-    t = threading.Thread(target=_post, args=(c1, render_body(steps=SLOW_STEPS, size=128, session="live-B"), results, 0))
+    t = threading.Thread(target=_post, args=(c1, render_body(steps=steps, session="live-B"), results, 0))
     t.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and c2.get("/v1/health").json()["queue_depth"] < 1:

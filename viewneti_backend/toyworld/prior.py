@@ -22,6 +22,7 @@ import json
 import math
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,7 +94,7 @@ class PriorTrainConfig:
     unet_steps: int = 8000
     unet_batch: int = 256
     unet_lr: float = 3e-4
-    text_lr: float = 1e-4
+    text_lr: float = 2e-4
     weight_decay: float = 0.01
     warmup_steps: int = 300
     ema_decay: float = 0.9995
@@ -177,13 +178,19 @@ def save_prior(components: dict[str, Any], out_dir: str | Path, *, dtype: torch.
         unet=components["unet"], scheduler=components["scheduler"], safety_checker=None, feature_extractor=None,
         image_encoder=None, requires_safety_checker=False,
     )
+    from diffusers.utils import logging as dlogging  # noqa: PLC0415
+
     orig = {k: next(components[k].parameters()).dtype for k in ("unet", "vae", "text_encoder")}
-    pipe.to(dtype=dtype)
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
     try:
+        for k in orig:
+            components[k].to(dtype=dtype)
         pipe.save_pretrained(out_dir, safe_serialization=True)
     finally:
         for k, dt in orig.items():
             components[k].to(dtype=dt)
+        dlogging.set_verbosity(level)
     # the toy tokenizer files (vocab.json + merges.txt), readable by transformers 4.x and 5.x
     tok_dir = out_dir / "tokenizer"
     for f in tok_dir.glob("*"):
@@ -199,7 +206,9 @@ def load_prior(folder: str | Path, device: str | torch.device = "cpu", dtype: to
     DPMSolverMultistepScheduler built from the saved config; ``None`` keeps the saved DDPMScheduler."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline  # noqa: PLC0415
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # diffusers >= 0.36 prefers dtype= (older ones only know torch_dtype)
+        pipe = StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
     if scheduler == "dpm":
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -248,11 +257,20 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
+def _progress(step: int, steps: int, t0: float, budget_s: float | None) -> float:
+    """Training progress in [0, 1]: by steps, or by wall time when a time budget is set (whichever is further)."""
+    prog = step / max(1, steps)
+    if budget_s is not None:
+        prog = max(prog, (time.time() - t0) / budget_s)
+    return prog
+
+
+def _lr_lambda(warmup: int, _unused: float = 1.0) -> Callable[[int, float], float]:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% over the training progress."""
+
+    def f(step: int, prog: float) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        prog = (step - warmup) / max(1, total - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
 
     return f
@@ -283,12 +301,19 @@ class EMA:
 def train_vae(vae, stream: RenderStream, cfg: PriorTrainConfig, device: torch.device, log: Callable[[str], None] = print) -> dict[str, float]:
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(200, cfg.vae_steps // 10), cfg.vae_steps))
+    budget = None if cfg.vae_max_minutes is None else 60.0 * cfg.vae_max_minutes
+    lr_at = _lr_lambda(min(200, cfg.vae_steps // 10), 1.0)
     t0 = time.time()
-    hist: list[float] = []
+    hist: list[torch.Tensor] = []
     bar = tqdm(range(cfg.vae_steps), desc="vae", disable=not cfg.progress, mininterval=5)
     step = 0
     for step in bar:
+        prog = _progress(step, cfg.vae_steps, t0, budget)
+        if prog >= 1.0:
+            log(f"vae: time budget reached at step {step}")
+            break
+        for g in opt.param_groups:
+            g["lr"] = cfg.vae_lr * lr_at(step, prog)
         b = stream.next(cfg.vae_batch, with_captions=False)
         x, m = b["image"], b["mask"]
         with _autocast(device):
@@ -299,29 +324,26 @@ def train_vae(vae, stream: RenderStream, cfg: PriorTrainConfig, device: torch.de
         w = 1.0 + cfg.vae_object_weight * m
         l1 = ((rec - x).abs() * w).mean()
         l2 = (((rec - x) ** 2) * w).mean()
-        kl = post.kl().float().mean() / x[0].numel()
-        loss = l1 + l2 + cfg.vae_kl_weight * kl * x[0].numel() / z[0].numel()
+        kl = post.kl().float().mean() / z[0].numel()  # per latent element
+        loss = l1 + l2 + cfg.vae_kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
         opt.step()
-        sched.step()
-        hist.append(float(l1))
+        hist.append(l1.detach())
         if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
-            msg = f"vae step {step} l1 {np.mean(hist[-cfg.log_every:]):.4f} l2 {float(l2):.4f} kl {float(kl):.4f} ({time.time() - t0:.0f}s)"
-            bar.set_postfix_str(msg) if cfg.progress else log(msg)
-            if not cfg.progress:
-                pass
-        if cfg.vae_max_minutes is not None and time.time() - t0 > 60 * cfg.vae_max_minutes:
-            log(f"vae: time budget reached at step {step}")
-            break
+            recent = float(torch.stack(hist[-cfg.log_every:]).mean())
+            msg = f"vae step {step} l1 {recent:.4f} l2 {float(l2.detach()):.4f} kl {float(kl.detach()):.4f} ({time.time() - t0:.0f}s)"
+            log(msg)
+    else:
+        step = cfg.vae_steps
     vae.eval()
     # SD-style latent scaling: unit variance latents
     with torch.no_grad(), _autocast(device):
         zs = torch.cat([vae.encode(stream.next(min(256, 4 * cfg.vae_batch), with_captions=False)["image"]).latent_dist.sample().float() for _ in range(2)])
     scaling = float(1.0 / zs.std().clamp_min(1e-6))
     vae.register_to_config(scaling_factor=scaling)
-    res = {"vae_steps": step + 1, "vae_l1": float(np.mean(hist[-50:])), "vae_seconds": time.time() - t0, "scaling_factor": scaling}
+    res = {"vae_steps": step, "vae_l1": float(torch.stack(hist[-50:]).mean()), "vae_seconds": time.time() - t0, "scaling_factor": scaling}
     log(f"vae done: {res}")
     return res
 
@@ -338,30 +360,41 @@ def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrain
     vae.to(device).eval().requires_grad_(False)
     params = [{"params": list(unet.parameters()), "lr": cfg.unet_lr}, {"params": list(te.parameters()), "lr": cfg.text_lr}]
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    budget = None if cfg.unet_max_minutes is None else 60.0 * cfg.unet_max_minutes
+    lr_at = _lr_lambda(cfg.warmup_steps, 1.0)
     ema = EMA(list(unet.parameters()) + list(te.parameters()), cfg.ema_decay)
     acp = noise_sched.alphas_cumprod.to(device)
     snr = acp / (1 - acp)
     sf = float(vae.config.scaling_factor)
+    v_pred = noise_sched.config.prediction_type == "v_prediction"
     t0 = time.time()
-    hist: list[float] = []
+    hist: list[torch.Tensor] = []
     bar = tqdm(range(cfg.unet_steps), desc="unet", disable=not cfg.progress, mininterval=5)
     step = 0
     for step in bar:
+        prog = _progress(step, cfg.unet_steps, t0, budget)
+        if prog >= 1.0:
+            log(f"unet: time budget reached at step {step}")
+            break
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * lr_at(step, prog)
         b = stream.next(cfg.unet_batch)
         with torch.no_grad(), _autocast(device):
             lat = vae.encode(b["image"]).latent_dist.sample().float() * sf
         noise = torch.randn_like(lat)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (lat.shape[0],), device=device)
-        noisy = noise_sched.add_noise(lat, noise, t)
-        target = noise_sched.get_velocity(lat, noise, t) if noise_sched.config.prediction_type == "v_prediction" else noise
+        a = acp[t].sqrt()[:, None, None, None]
+        s1 = (1 - acp[t]).sqrt()[:, None, None, None]
+        noisy = a * lat + s1 * noise
+        target = a * noise - s1 * lat if v_pred else noise
         with _autocast(device):
             cond = encode_text(tok, te, b["caption"], device)
             pred = unet(noisy, t, encoder_hidden_states=cond).sample
         err = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
         if cfg.min_snr_gamma:
-            s = snr[t]
-            w = torch.clamp(s, max=cfg.min_snr_gamma) / (s + 1) if noise_sched.config.prediction_type == "v_prediction" else torch.clamp(s, max=cfg.min_snr_gamma) / s
+            sn = snr[t]
+            w = torch.clamp(sn, max=cfg.min_snr_gamma) / ((sn + 1) if v_pred else sn)
             loss = (err * w).mean()
         else:
             loss = err.mean()
@@ -369,19 +402,17 @@ def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrain
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), cfg.grad_clip)
         opt.step()
-        sched.step()
         ema.update()
-        hist.append(float(err.mean()))
+        hist.append(err.detach().mean())
         if step % cfg.log_every == 0 or step == cfg.unet_steps - 1:
-            msg = f"unet step {step} mse {np.mean(hist[-cfg.log_every:]):.4f} lr {sched.get_last_lr()[0]:.2e} ({time.time() - t0:.0f}s)"
-            bar.set_postfix_str(msg) if cfg.progress else log(msg)
-        if cfg.unet_max_minutes is not None and time.time() - t0 > 60 * cfg.unet_max_minutes:
-            log(f"unet: time budget reached at step {step}")
-            break
+            recent = float(torch.stack(hist[-cfg.log_every:]).mean())
+            log(f"unet step {step} mse {recent:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s)")
+    else:
+        step = cfg.unet_steps
     ema.copy_to()
     unet.eval()
     te.eval()
-    res = {"unet_steps": step + 1, "unet_mse": float(np.mean(hist[-200:])), "unet_seconds": time.time() - t0}
+    res = {"unet_steps": step, "unet_mse": float(torch.stack(hist[-200:]).mean()), "unet_seconds": time.time() - t0}
     log(f"unet done: {res}")
     return res
 
@@ -446,3 +477,67 @@ def image_grid(images: np.ndarray | list[np.ndarray], cols: int) -> np.ndarray:
         r, cc = divmod(i, cols)
         grid[r * h:(r + 1) * h, cc * w:(cc + 1) * w] = im
     return grid
+
+
+VIEW_COLUMNS = ((0.0, "front"), (90.0, "right"), (180.0, "back"), (270.0, "left"))
+
+
+def sanity_grid(pipe, out_png: str | Path | None = None, *, seeds: list[int] | None = None, steps: int = 25, guidance: float = 4.0, sample_seed: int = 0) -> np.ndarray:
+    """One row per held-out object: ground-truth renders from the front/right/back/left, then samples for
+    its caption without a view phrase and with "seen from the front/right/back/left, from slightly above"."""
+    from .captions import describe  # noqa: PLC0415
+    from .renderer import Camera, orbit_pose, render, to_uint8  # noqa: PLC0415
+
+    seeds = seeds if seeds is not None else [HELDOUT_SEED_START + i for i in range(6)]
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    tiles = []
+    for s in seeds:
+        obj = ToyObject.from_seed(s)
+        cams = [Camera(orbit_pose(az, 30.0, 3.6), DEFAULT_FOV_Y_DEG, size, size) for az, _ in VIEW_COLUMNS]
+        rgb, _ = render(obj, cams, supersample=2)
+        text = describe(obj)
+        prompts = [text] + [f"{text}, seen from the {name}, from slightly above" for _, name in VIEW_COLUMNS]
+        tiles += list(to_uint8(rgb)) + list(sample(pipe, prompts, seed=sample_seed + s, steps=steps, guidance=guidance))
+    grid = image_grid(tiles, cols=4 + 1 + len(VIEW_COLUMNS))
+    if out_png is not None:
+        from PIL import Image  # noqa: PLC0415
+
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(out_png)
+    return grid
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m viewneti_backend.toyworld.prior --out DIR [--vae-minutes M --unet-minutes M ...]``:
+    the script that trained the shipped prior (see the report / README for the exact command)."""
+    import argparse  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description="Train the toy-world prior (a tiny Stable-Diffusion-architecture model).")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--resume", default=None, help="continue UNet/text-encoder training from this prior folder (keeps its VAE)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--n-objects", type=int, default=PriorTrainConfig.n_objects)
+    ap.add_argument("--vae-steps", type=int, default=PriorTrainConfig.vae_steps)
+    ap.add_argument("--unet-steps", type=int, default=PriorTrainConfig.unet_steps)
+    ap.add_argument("--vae-minutes", type=float, default=None)
+    ap.add_argument("--unet-minutes", type=float, default=None)
+    ap.add_argument("--unet-batch", type=int, default=PriorTrainConfig.unet_batch)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="tiny architecture and steps (tests)")
+    ap.add_argument("--grid", default=None, help="write a sanity grid PNG here after training")
+    a = ap.parse_args(argv)
+    cfg = PriorTrainConfig.tiny() if a.tiny else PriorTrainConfig()
+    if not a.tiny:
+        cfg.n_objects, cfg.vae_steps, cfg.unet_steps, cfg.unet_batch = a.n_objects, a.vae_steps, a.unet_steps, a.unet_batch
+        cfg.vae_max_minutes, cfg.unet_max_minutes = a.vae_minutes, a.unet_minutes
+    cfg.device, cfg.seed, cfg.progress = a.device, a.seed, False
+    metrics = train_prior(cfg, a.out, resume_from=a.resume, log=lambda m: print(m, flush=True))
+    print(json.dumps(metrics, indent=1), flush=True)
+    if a.grid:
+        dev = _device(a.device)
+        pipe = load_prior(a.out, dev, torch.float32)
+        sanity_grid(pipe, a.grid, steps=25)
+        print(f"grid written to {a.grid}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

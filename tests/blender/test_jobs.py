@@ -1,0 +1,140 @@
+"""Job state machines against a scripted client: reconnects, dedupe, backend loss, early cancel."""
+
+import base64
+import os
+import threading
+
+import pytest
+
+from blender_addon.client import BackendUnavailable, SSEEvent
+from blender_addon.images import encode_png
+from blender_addon.jobs import InvertJob, SequenceJob
+
+pytestmark = pytest.mark.blender
+
+PNG = encode_png(2, 2, bytes(16))
+
+
+class ScriptedClient:
+    """`streams` is a list of event lists; an Exception instance in a list is raised at that point."""
+
+    def __init__(self, streams, states=("running",), total=3):
+        self.streams = list(streams)
+        self.states = list(states)
+        self.total = total
+        self.cancelled = []
+        self.downloads = []
+        self.submitted = threading.Event()
+        self.gate = None
+
+    def submit_sequence(self, request):
+        return self._submit()
+
+    def submit_invert(self, request):
+        return self._submit()
+
+    def _submit(self):
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.submitted.set()
+        return {"job_id": "j1", "total": self.total}
+
+    def events(self, job_id, timeout=None):
+        script = self.streams.pop(0) if self.streams else [BackendUnavailable("down")]
+
+        def gen():
+            for item in script:
+                if isinstance(item, Exception):
+                    raise item
+                yield SSEEvent(*item)
+
+        if script and isinstance(script[0], BackendUnavailable):
+            raise script[0]
+        return Stream(gen())
+
+    def job(self, job_id):
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        if isinstance(state, Exception):
+            raise state
+        return {"state": state}
+
+    def get_bytes(self, url):
+        self.downloads.append(url)
+        return PNG
+
+    def frame(self, job_id, frame):
+        return self.get_bytes(f"/v1/jobs/{job_id}/frames/{frame}")
+
+    def cancel(self, job_id):
+        self.cancelled.append(job_id)
+        return {"state": "cancelling"}
+
+
+class Stream:
+    def __init__(self, it):
+        self.it = it
+
+    def __iter__(self):
+        return self.it
+
+    def close(self):
+        pass
+
+
+def frame_event(i, f):
+    return ("frame", {"index": i, "frame": f, "url": f"/v1/jobs/j1/frames/{f}"})
+
+
+def test_sequence_survives_a_stalled_stream_and_writes_each_frame_once(tmp_path):
+    client = ScriptedClient([
+        [frame_event(0, 10), ("progress", {"step": 1, "total": 3}), TimeoutError("stalled")],
+        # the server replays the state on reconnect: frame 10 again, then the rest
+        [frame_event(0, 10), frame_event(1, 11), frame_event(2, 12), ("done", {"result": {}})],
+    ])
+    request = {"cameras": [{}, {}, {}], "frames": [10, 11, 12]}
+    job = SequenceJob(client, request, str(tmp_path)).start()
+    assert job.wait(5)
+    assert job.state == "done" and job.step == 3
+    assert sorted(os.listdir(tmp_path)) == ["frame_000010.png", "frame_000011.png", "frame_000012.png"]
+    assert len(client.downloads) == 3  # replayed frame 10 not fetched twice
+
+
+def test_sequence_fetches_frames_the_stream_skipped(tmp_path):
+    client = ScriptedClient([[("done", {"result": {}})]])
+    job = SequenceJob(client, {"cameras": [{}, {}], "frames": [1, 2]}, str(tmp_path)).start()
+    assert job.wait(5) and job.state == "done"
+    assert sorted(job.written) == [1, 2]
+
+
+def test_losing_the_backend_ends_the_job_with_a_message(tmp_path):
+    down = BackendUnavailable("No ViewNeTI backend is running at http://x")
+    client = ScriptedClient([[("progress", {"step": 1, "total": 3}), ConnectionResetError()]], states=[down])
+    job = InvertJob(client, {"name": "a", "steps": 3}, max_reconnects=2)
+    job.start()
+    assert job.wait(20)
+    assert job.state == "error" and "No ViewNeTI backend" in job.message
+
+
+def test_cancel_before_the_server_answered_is_sent_after_submit(tmp_path):
+    client = ScriptedClient([[("cancelled", {})]])
+    client.gate = threading.Event()
+    job = InvertJob(client, {"name": "a", "steps": 3}).start()
+    job.cancel()  # no job id yet
+    assert job.cancelling and client.cancelled == []
+    client.gate.set()
+    assert job.wait(5)
+    assert job.state == "cancelled" and client.cancelled == ["j1"]
+
+
+def test_invert_previews_progress_and_result():
+    preview = base64.b64encode(PNG).decode()
+    client = ScriptedClient([[
+        ("progress", {"step": 1, "total": 3, "loss": 0.5, "eta_s": 2.0}),
+        ("preview", {"step": 1, "png_base64": preview}),
+        ("preview", {"step": 2, "png_base64": "not base64!"}),  # ignored, not fatal
+        ("done", {"result": {"name": "a", "steps": 3}}),
+    ]])
+    job = InvertJob(client, {"name": "a", "steps": 3}).start()
+    assert job.wait(5)
+    assert job.state == "done" and job.result["name"] == "a"
+    assert job.preview_png == PNG and job.preview_serial == 1 and job.loss == 0.5

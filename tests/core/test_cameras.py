@@ -1,0 +1,144 @@
+"""The camera convention and its conversions: hand-worked cases and property-based round trips."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from viewneti_backend.camera_features import Dtu12d, AnchorPose13d, parameterization_from_config
+from viewneti_backend.cameras import (
+    Camera, CameraError, TransformsFrame, blender_c2w_to_opencv_w2c, camera_to_anchor, decompose_projection,
+    dtu_projection_to_camera, intrinsics_from_fov, look_at, opencv_w2c_to_blender_c2w, orbit_pose, pose_to_orbit,
+    read_transforms_json, write_transforms_json,
+)
+
+angles = st.floats(-179.0, 179.0)
+elevations = st.floats(-80.0, 80.0)
+radii = st.floats(0.5, 20.0)
+
+
+def test_front_view_hand_worked():
+    # Azimuth 0 = Blender's front view: camera on -Y looking at +Y, right = +X, up = +Z, looking down local -Z.
+    m = orbit_pose(0.0, 0.0, 4.0)
+    np.testing.assert_allclose(m[:3, 3], [0, -4, 0], atol=1e-12)
+    np.testing.assert_allclose(m[:3, 0], [1, 0, 0], atol=1e-12)  # camera +X = world +X
+    np.testing.assert_allclose(m[:3, 1], [0, 0, 1], atol=1e-12)  # camera +Y (up) = world +Z
+    np.testing.assert_allclose(-m[:3, 2], [0, 1, 0], atol=1e-12)  # looks down its -Z, towards +Y
+
+
+def test_side_and_top_views_hand_worked():
+    m = orbit_pose(90.0, 0.0, 2.0)  # counter-clockwise seen from above: camera on +X
+    np.testing.assert_allclose(m[:3, 3], [2, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(-m[:3, 2], [-1, 0, 0], atol=1e-12)
+    top = orbit_pose(0.0, 90.0, 3.0)
+    np.testing.assert_allclose(top[:3, 3], [0, 0, 3], atol=1e-9)
+    np.testing.assert_allclose(-top[:3, 2], [0, 0, -1], atol=1e-9)
+
+
+def test_opencv_hand_worked():
+    # Blender camera at the origin looking down -Z; in OpenCV that camera looks down +Z with y down:
+    # the world point (0, 0, -5) is 5 units in front, (0, 1, -5) is above the centre -> smaller pixel row.
+    w2c = blender_c2w_to_opencv_w2c(np.eye(4))
+    p = w2c @ np.array([0, 1, -5, 1.0])
+    assert p[2] == pytest.approx(5.0) and p[1] == pytest.approx(-1.0)
+    k = intrinsics_from_fov(90.0, 100, 100)
+    uv = k @ p[:3]
+    assert uv[0] / uv[2] == pytest.approx(50.0) and uv[1] / uv[2] == pytest.approx(40.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(angles, elevations, radii)
+def test_orbit_roundtrip(az, el, r):
+    m = orbit_pose(az, el, r)
+    a2, e2, r2 = pose_to_orbit(m)
+    assert r2 == pytest.approx(r, rel=1e-9)
+    assert e2 == pytest.approx(el, abs=1e-6)
+    if abs(el) < 89:
+        assert math.cos(math.radians(a2 - az)) == pytest.approx(1.0, abs=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(angles, elevations, radii, st.floats(10, 120), st.integers(2, 64), st.integers(2, 64))
+def test_opencv_and_projection_roundtrip(az, el, r, fov, w8, h8):
+    cam = Camera(orbit_pose(az, el, r, target=(0.1, -0.2, 0.3)), fov, w8 * 8, h8 * 8).validated()
+    w2c = cam.world_to_camera_cv()
+    np.testing.assert_allclose(opencv_w2c_to_blender_c2w(w2c), cam.camera_to_anchor, atol=1e-9)
+    p = cam.projection_matrix() * -2.5  # projective scale (and sign) is free
+    k, w2c_back = decompose_projection(p)
+    np.testing.assert_allclose(k, cam.intrinsics(), rtol=1e-7, atol=1e-6)
+    np.testing.assert_allclose(w2c_back, w2c, atol=1e-7)
+    back = dtu_projection_to_camera(cam.projection_matrix(), cam.width, cam.height)
+    np.testing.assert_allclose(back.camera_to_anchor, cam.camera_to_anchor, atol=1e-7)
+    assert back.fov_y_deg == pytest.approx(fov, rel=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(angles, elevations, radii, st.floats(0.5, 3.0))
+def test_anchor_relative_pose(az, el, r, scale):
+    anchor = np.eye(4)
+    anchor[:3, :3] = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]]) * scale  # rotated 90 deg about Z, scaled
+    anchor[:3, 3] = [5, -2, 1]
+    rel = orbit_pose(az, el, r)
+    world = anchor @ rel
+    back = camera_to_anchor(world, anchor)
+    np.testing.assert_allclose(back[:3, 3], rel[:3, 3], atol=1e-8)  # distances normalised by the anchor scale
+    np.testing.assert_allclose(back[:3, :3] / np.linalg.norm(back[:3, :3], axis=0), rel[:3, :3], atol=1e-8)
+
+
+def test_transforms_json_roundtrip(tmp_path):
+    cams = [Camera(orbit_pose(a, 20, 4), 40, 64, 48) for a in (0, 120, 240)]
+    write_transforms_json(tmp_path / "transforms.json", [TransformsFrame(f"images/{i}.png", c) for i, c in enumerate(cams)])
+    frames = read_transforms_json(tmp_path / "transforms.json")
+    for f, c in zip(frames, cams):
+        np.testing.assert_allclose(f.camera.camera_to_anchor, c.camera_to_anchor, atol=1e-12)
+        assert f.camera.fov_y_deg == pytest.approx(40.0)
+        assert (f.camera.width, f.camera.height) == (64, 48)
+
+
+def test_blender_nerf_camera_angle_x(tmp_path):
+    data = {"camera_angle_x": math.radians(60), "frames": [{"file_path": "a", "transform_matrix": orbit_pose(0, 0, 3).tolist()}]}
+    (tmp_path / "transforms.json").write_text(json.dumps(data))
+    fr = read_transforms_json(tmp_path / "transforms.json")[0]
+    assert fr.camera.fov_x_deg == pytest.approx(60.0)
+
+
+@pytest.mark.parametrize("matrix, message", [
+    ([[float("nan")] * 4] * 4, "NaN"),
+    (np.diag([2.0, 2.0, 2.0, 1.0]).tolist(), "not orthonormal"),
+    (np.diag([1.0, 1.0, -1.0, 1.0]).tolist(), "reflection"),
+    ([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]], "bottom row"),
+    ([[1, 0, 0], [0, 1, 0], [0, 0, 1]], "4x4"),
+    ("not a matrix", "4x4"),
+])
+def test_bad_poses_are_rejected_with_a_reason(matrix, message):
+    with pytest.raises(CameraError, match=message):
+        Camera.from_json({"camera_to_anchor": matrix, "fov_y_deg": 40, "width": 64, "height": 64})
+
+
+@pytest.mark.parametrize("fov, w, h, message", [(0, 64, 64, "fov_y_deg"), (180, 64, 64, "fov_y_deg"),
+                                                (40, 8, 64, "width"), (40, 64, 4096, "height"), (40, 60, 64, "multiple of 8")])
+def test_bad_intrinsics_are_rejected(fov, w, h, message):
+    with pytest.raises(CameraError, match=message):
+        Camera(np.eye(4), fov, w, h).validated()
+
+
+def test_look_at_straight_down_is_valid():
+    m = look_at((0, 0, 5), (0, 0, 0))
+    Camera(m, 40, 64, 64).validated()
+    np.testing.assert_allclose(-m[:3, 2], [0, 0, -1], atol=1e-12)
+
+
+def test_parameterisations_store_their_statistics():
+    cams = [Camera(orbit_pose(a, e, 4), 40, 64, 64) for a in range(0, 360, 45) for e in (10, 40)]
+    for p in (Dtu12d().fit(cams), AnchorPose13d().fit(cams)):
+        f = p.features(cams).numpy()
+        assert f.shape == (len(cams), p.dim)
+        assert f.min() >= -1 - 1e-9 and f.max() <= 1 + 1e-9
+        restored = parameterization_from_config(json.loads(json.dumps(p.to_config())))
+        np.testing.assert_array_equal(restored.features(cams).numpy(), f)
+    # dtu-12d: entries are rounded to 1e-4 like the reference's token strings
+    raw = Dtu12d().fit(cams).raw(cams[:1])
+    np.testing.assert_array_equal(raw, np.round(raw, 4))

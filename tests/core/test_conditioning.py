@@ -1,0 +1,114 @@
+"""Text conditioning: injection identities, per-layer routing, batched == sequential."""
+
+import numpy as np
+import pytest
+import torch
+
+from viewneti_backend.attention import PerLayerCrossAttnProcessor, cross_attention_layer_names, pack_layer_encodings
+from viewneti_backend.mapper import FourierFeatures, MapperConfig, NeTIMapper
+from viewneti_backend.pipeline import encode_conditions, layer_grid
+from viewneti_backend.text_conditioning import Injection
+
+
+def test_known_word_with_zero_bypass_equals_plain_prompt(tiny_base):
+    text = tiny_base.text
+    ids_placeholder = text.tokenize([f"a photo of a {text.object_token}"])
+    ids_plain = text.tokenize(["a photo of a box"])
+    box_id = tiny_base.tokenizer("box", add_special_tokens=False)["input_ids"]
+    assert len(box_id) == 1
+    word = text._table.weight[box_id[0]][None].clone()
+    keys, values = text.encode(ids_placeholder, {text.object_token_id: Injection(word, torch.zeros_like(word), 5.0)})
+    plain = tiny_base.text_encoder(ids_plain).last_hidden_state
+    torch.testing.assert_close(keys, plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(values, plain, rtol=0, atol=1e-6)
+
+
+def test_bypass_only_changes_values_at_the_placeholder(tiny_base):
+    text = tiny_base.text
+    ids = text.tokenize([f"a photo of a {text.object_token}"])
+    word = torch.randn(1, text.embedding_dim)
+    keys0, values0 = text.encode(ids, {text.object_token_id: Injection(word, None, 5.0)})
+    keys, values = text.encode(ids, {text.object_token_id: Injection(word, torch.randn(1, text.embedding_dim), 5.0)})
+    torch.testing.assert_close(keys, keys0)
+    pos = int((ids[0] == text.object_token_id).nonzero())
+    diff = (values - values0).abs().sum(-1)[0]
+    assert diff[pos] > 1e-3
+    assert torch.all(diff[:pos] == 0) and torch.all(diff[pos + 1:] == 0)
+
+
+def test_mapper_word_embedding_has_reference_norm(tiny_base):
+    cfg = MapperConfig("object", "<object>", tiny_base.text.embedding_dim, tiny_base.num_layers,
+                       norm_target=tiny_base.text.reference_norm("object"))
+    mapper = NeTIMapper(cfg)
+    word, bypass = mapper(torch.tensor([0, 500, 999]), torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(word.norm(dim=-1), torch.full((3,), cfg.norm_target))
+    assert bypass.shape == (3, tiny_base.text.embedding_dim)
+
+
+def test_fourier_matrix_matches_reference_seeding_and_does_not_touch_global_rng():
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    ff = FourierFeatures([0.03, 2.0] + [0.5] * 12, 64, seed=0)
+    after = torch.rand(3)
+    torch.testing.assert_close(before, after)  # global RNG untouched
+    torch.manual_seed(0)
+    expected = torch.randn(32, 14) * torch.tensor([0.03, 2.0] + [0.5] * 12)
+    torch.testing.assert_close(ff.B, expected)
+
+
+def test_each_cross_attention_layer_receives_its_own_encoding(tiny_base):
+    unet, n_l = tiny_base.unet, tiny_base.num_layers
+    names = cross_attention_layer_names(unet)
+    modules = dict(unet.named_modules())
+    seen: list[tuple[int, float]] = []
+    originals = {}
+    for name in names:
+        proc = modules[name].processor
+        assert isinstance(proc, PerLayerCrossAttnProcessor)
+        originals[name] = proc.split
+
+        def spy(ehs, proc=proc, orig=proc.split):
+            k, v = orig(ehs)
+            seen.append((proc.layer_index, float(k[0, 0, 0]), float(v[0, 0, 0])))
+            return k, v
+
+        proc.split = spy
+    try:
+        s, d = 77, tiny_base.text.embedding_dim
+        keys = torch.arange(n_l, dtype=torch.float32)[None, :, None, None].expand(1, n_l, s, d).clone()
+        values = keys + 100
+        ehs = pack_layer_encodings(keys, values)
+        with torch.no_grad():
+            unet(torch.randn(1, 4, 16, 16), 10, encoder_hidden_states=ehs)
+    finally:
+        for name in names:
+            modules[name].processor.split = originals[name]
+    # call order == layer index, and layer l got slice l of keys and of values
+    assert [i for i, _, _ in seen] == list(range(n_l))
+    assert [(k, v) for _, k, v in seen] == [(float(i), float(i) + 100) for i in range(n_l)]
+
+
+def test_batched_encodings_equal_sequential(tiny_model_dir, tiny_base):
+    mapper_o = NeTIMapper.from_pretrained(tiny_model_dir / "viewneti" / "objects" / "thing_a")
+    mapper_v = NeTIMapper.from_pretrained(tiny_model_dir / "viewneti" / "view_mapper")
+    text = tiny_base.text
+    timesteps = torch.tensor([999, 666, 333, 1])
+    t, l = layer_grid(timesteps, tiny_base.num_layers)
+    cams = torch.rand(len(t), mapper_v.config.camera_dim) * 2 - 1
+    ids = text.token_ids(f"{text.view_token}. A photo of a {text.object_token}")
+    with torch.no_grad():
+        k_b, v_b = encode_conditions(tiny_base, ids.expand(len(t), -1), t, l, mapper_o, mapper_v, cams)
+        for i in range(len(t)):
+            k_s, v_s = encode_conditions(tiny_base, ids, t[i:i + 1], l[i:i + 1], mapper_o, mapper_v, cams[i:i + 1])
+            torch.testing.assert_close(k_b[i:i + 1], k_s, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(v_b[i:i + 1], v_s, rtol=1e-5, atol=1e-5)
+    # distinct (t, l) really give distinct encodings
+    assert not torch.allclose(v_b[0], v_b[1])
+
+
+def test_placeholder_must_appear_exactly_once(tiny_base):
+    text = tiny_base.text
+    ids = text.tokenize(["a photo of a box"])
+    with pytest.raises(ValueError, match="exactly once"):
+        text.encode(ids, {text.object_token_id: Injection(torch.zeros(1, text.embedding_dim), None, 5.0)})

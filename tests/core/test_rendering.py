@@ -1,0 +1,150 @@
+"""Rendering, persistence and errors through the engine (the server's and CLI's entry point)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from viewneti_backend.base_model import load_base_model
+from viewneti_backend.cameras import Camera, orbit_pose
+from viewneti_backend.engine import Engine
+from viewneti_backend.errors import Cancelled, IncompatibleModelError, InputError, NotFoundError
+from viewneti_backend.mapper import NeTIMapper
+from viewneti_backend.testing import build_tiny_pipeline
+
+
+def cam(az=0.0, el=20.0, size=64):
+    return Camera(orbit_pose(az, el, 4.0), 40.0, size, size)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tmp_path_factory):
+    return Engine.load(str(tiny_model_dir), library_dir=tmp_path_factory.mktemp("library"))
+
+
+def arr(img):
+    return np.asarray(img, dtype=np.int16)
+
+
+def test_render_size_determinism_and_view_dependence(engine):
+    a = engine.render([cam(0)], None, seed=3, steps=6, guidance=7.5)[0]
+    b = engine.render([cam(0)], None, seed=3, steps=6, guidance=7.5)[0]
+    c = engine.render([cam(120)], None, seed=3, steps=6, guidance=7.5)[0]
+    d = engine.render([cam(0)], None, seed=4, steps=6, guidance=7.5)[0]
+    assert a.size == (64, 64)
+    assert np.array_equal(arr(a), arr(b))
+    assert np.abs(arr(a) - arr(c)).max() > 0
+    assert np.abs(arr(a) - arr(d)).max() > 0
+    wide = engine.render([Camera(orbit_pose(0, 20, 4), 40, 96, 64)], None, seed=3, steps=4)[0]
+    assert wide.size == (96, 64)
+
+
+def test_batch_of_views_matches_single_renders(engine):
+    cams = [cam(0), cam(90), cam(180)]
+    batch = engine.render(cams, None, seed=1, steps=5)
+    for c, img in zip(cams, batch):
+        single = engine.render([c], None, seed=1, steps=5)[0]
+        assert np.abs(arr(single) - arr(img)).max() <= 2  # same maths; float batching noise only
+
+
+def test_render_can_be_stopped_at_a_step_boundary(engine):
+    calls = []
+    with pytest.raises(Cancelled):
+        engine.render([cam(0)], None, steps=10, should_stop=lambda: len(calls) >= 3, on_step=lambda i, n: calls.append(i))
+    assert calls == [1, 2, 3]
+
+
+def test_timings_are_reported(engine):
+    timings = {}
+    engine.render([cam(0)], None, steps=3, timings=timings)
+    assert set(timings) >= {"encode", "denoise", "decode"}
+
+
+def test_invert_saves_a_token_that_renders_and_survives_reload(engine, tiny_model_dir):
+    ref = engine.render([cam(30)], None, seed=0, steps=5)[0]
+    events = []
+    entry = engine.invert([ref], [cam(30)], "my_obj", steps=4, on_progress=events.append, preview_every=2)
+    assert entry["name"] == "my_obj" and not entry["builtin"] and entry["steps"] == 4
+    assert [e["step"] for e in events] == [1, 2, 3, 4]
+    assert all(e["loss"] > 0 and e["eta_s"] >= 0 for e in events)
+    assert events[1]["preview"] is not None and events[0]["preview"] is None
+    img = engine.render([cam(200)], "my_obj", seed=0, steps=5)[0]
+    # reload from disk: same token, same image
+    fresh = Engine.load(str(tiny_model_dir), library_dir=engine.library.user_dir)
+    assert "my_obj" in [o["name"] for o in fresh.list_objects()]
+    again = fresh.render([cam(200)], "my_obj", seed=0, steps=5)[0]
+    assert np.array_equal(arr(img), arr(again))
+    with pytest.raises(InputError, match="already exists"):
+        engine.invert([ref], [cam(30)], "my_obj", steps=1)
+    engine.delete_object("my_obj")
+    assert not engine.has_object("my_obj")
+
+
+def test_cancelled_inversion_writes_nothing(engine):
+    ref = Image.new("RGB", (64, 64), "red")
+    steps = []
+    with pytest.raises(Cancelled):
+        engine.invert([ref], [cam(0)], "never", steps=50, on_progress=lambda e: steps.append(e["step"]),
+                      should_stop=lambda: len(steps) >= 2)
+    assert len(steps) == 2
+    assert not engine.has_object("never")
+    assert not any(p.name.startswith((".never", "never")) for p in engine.library.user_dir.iterdir())
+
+
+def test_mapper_save_load_gives_identical_renders(engine, tmp_path):
+    mapper = engine.library.load("thing_a")
+    mapper.save_pretrained(tmp_path / "copy")
+    loaded = NeTIMapper.from_pretrained(tmp_path / "copy")
+    for k, v in mapper.state_dict().items():
+        assert torch.equal(v.cpu(), loaded.state_dict()[k])
+    assert loaded.config == mapper.config
+    a = engine.pipeline([cam(10)], mapper, seed=2, steps=5)[0]
+    b = engine.pipeline([cam(10)], loaded, seed=2, steps=5)[0]
+    assert np.array_equal(arr(a), arr(b))
+
+
+def test_token_from_another_base_model_fails_clearly(tiny_model_dir, tmp_path):
+    other = build_tiny_pipeline(tmp_path / "other", seed=7)
+    base = load_base_model(other, device="cpu")
+    with pytest.raises(IncompatibleModelError, match="trained against base model"):
+        NeTIMapper.from_pretrained(tiny_model_dir / "viewneti" / "objects" / "thing_a", expect_fingerprint=base.fingerprint)
+
+
+def test_fingerprint_is_stable_across_dtypes(tiny_model_dir, tiny_base):
+    bf16 = load_base_model(tiny_model_dir, device="cpu", dtype="bfloat16")
+    assert bf16.fingerprint == tiny_base.fingerprint
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda e: e.render([cam(0)], "nope", steps=2), NotFoundError, "unknown object"),
+    (lambda e: e.render([cam(0)], "../etc", steps=2), InputError, "invalid object name"),
+    (lambda e: e.render([cam(0), cam(0, size=96)][:1], None, steps=0), InputError, "steps"),
+    (lambda e: e.invert([Image.new("RGB", (8, 8))], [], "x", 1), InputError, "one camera per"),
+    (lambda e: e.invert([Image.new("RGB", (8, 8))], [cam(0)], "a/b", 1), InputError, "invalid object name"),
+    (lambda e: e.delete_object("thing_a"), InputError, "built-in"),
+])
+def test_bad_inputs_raise_clear_errors(engine, call, error, message):
+    with pytest.raises(error, match=message):
+        call(engine)
+
+
+def test_model_loading_errors_are_clear(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_base_model(str(tmp_path / "missing"), device="cpu")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "unet").mkdir()
+    with pytest.raises(InputError, match="not a Stable-Diffusion-architecture"):
+        load_base_model(str(tmp_path / "half"), device="cpu")
+    with pytest.raises(InputError, match="unknown dtype"):
+        load_base_model(str(tmp_path / "half"), device="cpu", dtype="float8")
+
+
+def test_epsilon_prediction_models_are_supported(tmp_path):
+    folder = build_tiny_pipeline(tmp_path / "eps", prediction_type="epsilon")
+    base = load_base_model(folder, device="cpu")
+    assert base.prediction_type == "epsilon"
+    from viewneti_backend.training import Trainer, TrainConfig
+    from tests.core.test_training import toy_scene
+
+    trainer = Trainer(TrainConfig(mode=0, steps=2, batch_size=1, grad_accum=1), base, [toy_scene("a", 0)], device="cpu")
+    assert trainer.train(progress=False).step == 2

@@ -1,0 +1,150 @@
+"""Training modes 0/2/3/4/5: loss falls on a fixed tiny problem, frozen parts stay frozen, resume, accelerate."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from viewneti_backend.cameras import Camera, TransformsFrame, orbit_pose, write_transforms_json
+from viewneti_backend.data import Scene, load_scene_collection, load_transforms_scene
+from viewneti_backend.errors import InputError
+from viewneti_backend.mapper import NeTIMapper
+from viewneti_backend.training import Trainer, TrainConfig, load_optimizer, save_optimizer
+
+AZIMUTHS = (0, 90, 180, 270)
+
+
+def toy_scene(name: str, seed: int) -> Scene:
+    """A coloured square that moves with the camera azimuth: a fixed, learnable tiny problem."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros((64, 64, 3), np.uint8)
+    base[16:48, 16:48] = rng.integers(0, 255, 3)
+    images = [Image.fromarray(np.roll(base, 8 * i, axis=1)) for i in range(len(AZIMUTHS))]
+    return Scene(name, images, [Camera(orbit_pose(a, 20, 4), 40, 64, 64) for a in AZIMUTHS])
+
+
+def write_scene(folder: Path, scene: Scene) -> Path:
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i, (img, cam) in enumerate(zip(scene.images, scene.cameras)):
+        img.save(folder / "images" / f"{i:03d}.png")
+        frames.append(TransformsFrame(f"images/{i:03d}.png", cam))
+    write_transforms_json(folder / "transforms.json", frames)
+    return folder
+
+
+def make_trainer(mode, base, model_dir, out=None, steps=20, **kw):
+    scenes = [toy_scene("a", 0), toy_scene("b", 1)] if mode == 3 else [toy_scene("a", 0)]
+    vm = model_dir / "viewneti" / "view_mapper" if mode in (4, 5) else None
+    cfg = TrainConfig(mode=mode, steps=steps, batch_size=2, grad_accum=1, augmentation=0, lr=3e-3, **kw)
+    return Trainer(cfg, base, scenes, view_mapper=vm, output_dir=out, device="cpu")
+
+
+@pytest.mark.parametrize("mode", [0, 2, 3, 4, 5])
+def test_each_mode_lowers_the_loss(mode, tiny_base, tiny_model_dir):
+    trainer = make_trainer(mode, tiny_base, tiny_model_dir)
+    before = trainer.evaluate_loss()
+    result = trainer.train(progress=False)
+    after = trainer.evaluate_loss()
+    assert result.step == 20 and len(result.losses) == 20
+    assert after < before - 0.005, f"mode {mode}: fixed-problem loss {before:.4f} -> {after:.4f}"
+
+
+def test_mode5_leaves_the_view_mapper_bit_identical(tiny_base, tiny_model_dir):
+    original = NeTIMapper.from_pretrained(tiny_model_dir / "viewneti" / "view_mapper").state_dict()
+    trainer = make_trainer(5, tiny_base, tiny_model_dir, steps=5)
+    assert all(not p.requires_grad for p in trainer.view_mapper.parameters())
+    trainer.train(progress=False)
+    for k, v in trainer.view_mapper.state_dict().items():
+        assert torch.equal(v.cpu(), original[k]), k
+        # no gradient was ever accumulated on the frozen mapper
+    assert all(p.grad is None for p in trainer.view_mapper.parameters())
+    # the frozen text-encoder table gets no gradient either
+    assert tiny_base.text_encoder.get_input_embeddings().weight.grad is None
+
+
+def test_mode4_trains_the_view_mapper(tiny_base, tiny_model_dir):
+    original = NeTIMapper.from_pretrained(tiny_model_dir / "viewneti" / "view_mapper").state_dict()
+    trainer = make_trainer(4, tiny_base, tiny_model_dir, steps=3)
+    trainer.train(progress=False)
+    assert any(not torch.equal(v.cpu(), original[k]) for k, v in trainer.view_mapper.state_dict().items())
+
+
+def test_checkpoint_and_resume_continue_from_the_saved_step(tiny_base, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    first = make_trainer(2, tiny_base, tiny_model_dir, out=out, steps=4, save_every=2)
+    first.train(progress=False)
+    assert (out / "checkpoint-000002" / "trainer_state.json").is_file()
+    assert (out / "checkpoint-000004" / "optimizer.safetensors").is_file()
+    assert (out / "view_mapper" / "mapper.safetensors").is_file() and (out / "objects" / "a").is_dir()
+    assert not list(out.glob(".*tmp*"))  # no half-written checkpoint left behind
+
+    resumed = make_trainer(2, tiny_base, tiny_model_dir, out=out, steps=6)
+    assert resumed.resume(out) == 4  # latest checkpoint in the run folder
+    for k, v in resumed.object_mappers[0].state_dict().items():
+        assert torch.equal(v, first.object_mappers[0].state_dict()[k])
+    result = resumed.train(progress=False)
+    assert result.step == 6 and len(result.losses) == 6
+    assert result.losses[:4] == first.losses
+    state = json.loads((out / "checkpoint-000006" / "trainer_state.json").read_text())
+    assert state["step"] == 6
+
+
+def test_optimizer_state_roundtrips_through_safetensors(tmp_path):
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.sum().backward()
+    opt.step()
+    save_optimizer(opt, tmp_path / "o.safetensors")
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone())], lr=0.5)
+    load_optimizer(opt2, tmp_path / "o.safetensors")
+    assert opt2.param_groups[0]["lr"] == 0.1
+    torch.testing.assert_close(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_bad_training_inputs_fail_clearly(tiny_base, tiny_model_dir):
+    with pytest.raises(InputError, match="mode must be one of"):
+        TrainConfig(mode=1)
+    with pytest.raises(InputError, match="pretrained view-mapper"):
+        Trainer(TrainConfig(mode=5, steps=1), tiny_base, [toy_scene("a", 0)], device="cpu")
+    with pytest.raises(InputError, match="exactly one scene"):
+        Trainer(TrainConfig(mode=2, steps=1), tiny_base, [toy_scene("a", 0), toy_scene("b", 1)], device="cpu")
+    no_cams = Scene("x", toy_scene("a", 0).images, None)
+    with pytest.raises(InputError, match="camera per image"):
+        Trainer(TrainConfig(mode=2, steps=1), tiny_base, [no_cams], device="cpu")
+
+
+def test_transforms_scene_collection_loads(tmp_path):
+    for name, seed in (("s1", 0), ("s2", 1)):
+        write_scene(tmp_path / "scenes" / name, toy_scene(name, seed))
+    scenes = load_scene_collection(tmp_path / "scenes")
+    assert [s.name for s in scenes] == ["s1", "s2"]
+    one = load_transforms_scene(tmp_path / "scenes" / "s1", views=[1, 3])
+    assert len(one.images) == 2
+    np.testing.assert_allclose(one.cameras[0].camera_to_anchor, orbit_pose(90, 20, 4), atol=1e-9)
+    with pytest.raises(InputError, match="do not exist"):
+        load_transforms_scene(tmp_path / "scenes" / "s1", views=[9])
+
+
+def test_mode3_under_accelerate_launch_with_two_cpu_processes(tiny_model_dir, tmp_path):
+    for name, seed in (("s1", 0), ("s2", 1), ("s3", 2)):
+        write_scene(tmp_path / "scenes" / name, toy_scene(name, seed))
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "viewneti_backend.cli", "train", "--mode", "3",
+           "--model", str(tiny_model_dir), "--data", str(tmp_path / "scenes"), "--steps", "3", "--batch-size", "1",
+           "--grad-accum", "2", "--out", str(out), "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = json.loads((out / "checkpoint-000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["scenes"] == ["s1", "s2", "s3"]
+    for name in ("s1", "s2", "s3"):
+        NeTIMapper.from_pretrained(out / "objects" / name)
+    NeTIMapper.from_pretrained(out / "view_mapper")

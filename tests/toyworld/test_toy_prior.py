@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from viewneti_backend.toyworld.prior import PriorTrainConfig, load_prior, sample, train_prior
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "viewneti_backend" / "toyworld" / "weights" / "prior"
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prior")
+    metrics = train_prior(PriorTrainConfig.tiny(), out, log=lambda s: None)
+    return out, metrics
+
+
+def test_tiny_training_end_to_end(tiny_prior):
+    out, metrics = tiny_prior
+    assert metrics["vae_steps"] == 3 and metrics["unet_steps"] == 3
+    assert np.isfinite(metrics["unet_mse"]) and np.isfinite(metrics["vae_l1"])
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    for sub in ("unet", "vae", "text_encoder"):
+        assert list((out / sub).glob("*.safetensors")), sub
+    sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction" and sched["beta_schedule"] == "scaled_linear"
+    assert sched["beta_start"] == 0.00085 and sched["beta_end"] == 0.012 and sched["num_train_timesteps"] == 1000
+
+
+def test_loads_as_stable_diffusion_pipeline_and_samples(tiny_prior):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    out, _ = tiny_prior
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True)
+    assert pipe.text_encoder.config.eos_token_id == pipe.tokenizer.eos_token_id
+    pipe = load_prior(out)
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    ims = sample(pipe, ["a red box", ""], steps=2, guidance=3.0)
+    assert ims.shape == (2, 32, 32, 3) and ims.dtype == np.uint8
+
+
+def test_resume_keeps_the_vae(tiny_prior, tmp_path):
+    out, _ = tiny_prior
+    m = train_prior(PriorTrainConfig.tiny(), tmp_path / "p2", resume_from=out, log=lambda s: None)
+    assert m["resumed_unet_steps"] == 3 and "vae_l1" in m
+    a = load_prior(out).vae.state_dict()
+    b = load_prior(tmp_path / "p2").vae.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not (WEIGHTS / "model_index.json").exists(), reason="shipped prior not trained yet")
+def test_shipped_prior_is_small_and_loads():
+    size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
+    assert size <= 26 * 2**20, f"{size / 2**20:.1f} MiB"
+    pipe = load_prior(WEIGHTS)
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 64
+    n_cross = sum(1 for name, _ in pipe.unet.named_modules() if name.endswith("attn2"))
+    assert n_cross >= 7
+    ims = sample(pipe, ["a red box with a blue sphere on its left side"], steps=4)
+    assert ims.shape == (1, 64, 64, 3)

@@ -1,0 +1,298 @@
+"""The ``viewneti`` command line: train, invert, render, eval, info (and the toy world's tools).
+
+Every model argument takes a hub id (e.g. ``stabilityai/stable-diffusion-2-1``) or a local diffusers
+folder; without one, the embedded toy-world model is used. Cameras follow Blender's convention
+(+Z up, camera looks down -Z, +Y up; 4x4 camera-to-anchor matrices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _views(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--views takes comma-separated integers, got '{text}'") from None
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="hub id or local diffusers folder of an SD-architecture model (default: the embedded toy world, or $VIEWNETI_MODEL)")
+    g.add_argument("--view-mapper", help="folder of a pretrained view-mapper (default: the one bundled with the model)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype of the frozen parts (default: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--library", help="folder of user object tokens (default: $VIEWNETI_DATA_DIR/objects or ~/.local/share/viewneti/objects)")
+
+
+def default_library() -> Path:
+    root = os.environ.get("VIEWNETI_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".local", "share", "viewneti")
+    return Path(root) / "objects"
+
+
+def _engine(args):
+    from .engine import Engine
+
+    return Engine.load(args.model, args.view_mapper, args.device, args.dtype, args.library or default_library())
+
+
+def _cameras_from_args(args, native: int):
+    from .cameras import Camera, orbit_pose
+
+    size = args.size or native
+    if args.cameras:
+        data = json.loads(Path(args.cameras).read_text())
+        return [Camera.from_json(c) for c in (data["cameras"] if isinstance(data, dict) else data)]
+    if args.transforms:
+        from .data import load_transforms_scene
+
+        scene = load_transforms_scene(args.transforms, _views(args.views))
+        return [c.with_size(size, size) if args.size else c for c in scene.cameras]
+    return [Camera(orbit_pose(args.azimuth + 360.0 * i / args.orbit, args.elevation, args.radius), args.fov, size, size).validated()
+            for i in range(args.orbit)]
+
+
+def _add_camera_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cameras (one of: --cameras, --transforms, or an orbit)")
+    g.add_argument("--cameras", help="JSON file: a list of {camera_to_anchor, fov_y_deg, width, height} (the HTTP API's format)")
+    g.add_argument("--transforms", help="a transforms.json scene: render its cameras (with --views to pick some)")
+    g.add_argument("--views", help="comma-separated view indices into --transforms")
+    g.add_argument("--orbit", type=int, default=8, help="number of cameras on an orbit around the anchor (default 8)")
+    g.add_argument("--azimuth", type=float, default=0.0, help="azimuth of the first orbit camera in degrees; 0 = Blender front view, from -Y")
+    g.add_argument("--elevation", type=float, default=25.0, help="orbit elevation in degrees (default 25)")
+    g.add_argument("--radius", type=float, default=3.6, help="orbit radius in anchor units (default 3.6)")
+    g.add_argument("--fov", type=float, default=40.0, help="vertical field of view in degrees (default 40)")
+    g.add_argument("--size", type=int, help="square image size in pixels (default: the model's native size)")
+
+
+def cmd_info(args) -> int:
+    engine = _engine(args)
+    print(json.dumps({**engine.info(), "objects": engine.list_objects()}, indent=2))
+    return 0
+
+
+def cmd_render(args) -> int:
+    from tqdm.auto import tqdm
+
+    engine = _engine(args)
+    cams = _cameras_from_args(args, engine.base.native_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name, _ = engine.object_mapper(args.object)
+    for i, cam in enumerate(tqdm(cams, desc=f"render {name}", unit="view")):
+        img = engine.render([cam], name, args.seed, args.steps, args.guidance, with_view=not args.no_view)[0]
+        path = out / f"{name}_view{i:03d}_seed{args.seed}.png"
+        tmp = path.with_suffix(".tmp.png")
+        img.save(tmp)
+        tmp.replace(path)
+    if args.sheet:
+        from .sheets import contact_sheet
+
+        contact_sheet(sorted(out.glob(f"{name}_view*_seed{args.seed}.png")), out / f"{name}_sheet.png")
+    print(f"wrote {len(cams)} views to {out}")
+    return 0
+
+
+def cmd_invert(args) -> int:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .data import load_transforms_scene
+
+    engine = _engine(args)
+    scene = load_transforms_scene(args.transforms, _views(args.views) or [0])
+    bar = tqdm(total=args.steps, desc=f"invert {args.name}", unit="step")
+
+    def progress(ev):
+        bar.update(ev["step"] - bar.n)
+        bar.set_postfix(loss=f"{ev['loss']:.4f}")
+
+    entry = engine.invert(scene.images, scene.cameras, args.name, args.steps, seed=args.seed, on_progress=progress)
+    bar.close()
+    print(json.dumps(entry, indent=2))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .data import load_dtu_scene, load_image_folder, load_scene_collection, load_transforms_scene
+    from .training import Trainer, TrainConfig
+
+    cfg = TrainConfig(
+        mode=args.mode, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        scale_lr=not args.no_scale_lr, weight_decay=args.weight_decay, augmentation=args.augmentation,
+        width=args.width, height=args.height, camera_parameterization=args.camera_parameterization,
+        save_every=args.save_every, seed=args.seed, mixed_precision=args.mixed_precision)
+    views = _views(args.views)
+    if args.dtu_root:
+        scans = [int(s) for s in args.scans.split(",")] if args.scans else None
+        if not scans:
+            raise SystemExit("--dtu-root needs --scans (e.g. --scans 8 or a comma-separated list for mode 3)")
+        scenes = [load_dtu_scene(args.dtu_root, s, views) for s in scans]
+    elif args.mode == 0:
+        scenes = [load_image_folder(args.data)]
+    elif args.mode == 3:
+        scenes = load_scene_collection(args.data, args.limit_scenes)
+        if views:
+            scenes = [s.subset(views) for s in scenes]
+    else:
+        scenes = [load_transforms_scene(args.data, views)]
+    trainer = Trainer(cfg, _model_or_default(args.model), scenes, view_mapper=args.view_mapper, output_dir=args.out, device=args.device)
+    if args.resume:
+        step = trainer.resume(args.resume)
+        print(f"resumed from step {step}")
+    result = trainer.train()
+    print(f"done: {result.step} steps, final loss {result.losses[-1]:.4f}; wrote {args.out}")
+    return 0
+
+
+def _model_or_default(model):
+    from .engine import resolve_model
+
+    return resolve_model(model)
+
+
+def cmd_eval(args) -> int:
+    from .data import load_transforms_scene
+    from .evaluation import EvalTable, LPIPSMetric, masked_psnr, masked_ssim
+
+    engine = _engine(args)
+    scene = load_transforms_scene(args.transforms, _views(args.views))
+    lp = None
+    if args.lpips:
+        try:
+            lp = LPIPSMetric(str(engine.base.device))
+        except RuntimeError as exc:
+            print(f"LPIPS skipped: {exc}", file=sys.stderr)
+    table = EvalTable()
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        size = args.size or engine.base.native_size
+        cams = [c.with_size(size, size) for c in scene.cameras]
+        preds = engine.render(cams, args.object, seed, args.steps, args.guidance, with_view=not args.no_view)
+        for i, (pred, gt) in enumerate(zip(preds, scene.images)):
+            gt = gt.resize(pred.size)
+            mask = scene.masks[i] if scene.masks else None
+            if mask is not None:
+                from PIL import Image
+
+                mask = Image.fromarray(mask.astype("uint8") * 255).resize(pred.size)
+            table.add(args.object or engine.default_object, i, seed, masked_psnr(pred, gt, mask), masked_ssim(pred, gt, mask),
+                      lp(pred, gt, mask) if lp else None)
+    print(table.format())
+    if args.json:
+        Path(args.json).write_text(json.dumps({"per_scene": table.per_scene(), "mean": table.mean_over_scenes()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="viewneti",
+        description="ViewNeTI: view control of a frozen Stable-Diffusion-architecture model through learned text tokens. "
+                    "Pretrain a view-mapper (mode 3), fit objects to one or a few photos (mode 5), render novel views, evaluate.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Examples:\n  viewneti info\n  viewneti render --orbit 8 --out outputs/orbit --sheet\n"
+               "  viewneti invert --transforms my_scene/transforms.json --views 0 --name mug --steps 3000\n"
+               "  viewneti train --mode 3 --data scenes/ --steps 50000 --out runs/pretrain\n",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="show the loaded model, view-mapper and object tokens")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("render", help="render novel views of an object token")
+    _add_model_args(p)
+    _add_camera_args(p)
+    p.add_argument("--object", help="object token name (default: the model's first object)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0); same seed -> same image")
+    p.add_argument("--steps", type=int, default=30, help="DPM-Solver++ steps (default 30)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--no-view", action="store_true", help="object token only, without the view token (a baseline)")
+    p.add_argument("--sheet", action="store_true", help="also write a contact sheet of all views")
+    p.add_argument("--out", required=True, help="output folder for PNGs")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("invert", help="fit a new object token to reference image(s) (ViewNeTI mode 5)")
+    _add_model_args(p)
+    p.add_argument("--transforms", required=True, help="transforms.json scene holding the reference image(s) and camera(s)")
+    p.add_argument("--views", help="comma-separated indices of the reference views (default 0)")
+    p.add_argument("--name", required=True, help="name of the new object token (letters, digits, _ and -)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (paper: 3000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser("train", help="train mappers: modes 0, 2, 3, 4, 5 (see README)",
+                       description="Train ViewNeTI mappers. Modes: 0 object only (image folder); 2 view+object on one scene; "
+                                   "3 shared view-mapper + one object per scene (pretraining, --data holds one folder per scene); "
+                                   "4 fine-tune a pretrained view-mapper + new object; 5 frozen pretrained view-mapper + new object. "
+                                   "Runs on one device, or several with `accelerate launch -m viewneti_backend.cli train ...`.")
+    p.add_argument("--mode", type=int, required=True, choices=[0, 2, 3, 4, 5])
+    p.add_argument("--model", help="base model (default: the embedded toy world)")
+    p.add_argument("--view-mapper", help="pretrained view-mapper folder (modes 4 and 5)")
+    p.add_argument("--data", help="transforms.json scene folder; mode 3: folder of scene folders; mode 0: image folder")
+    p.add_argument("--dtu-root", help="DTU root with Rectified/ and Calibration/cal18/ (instead of --data)")
+    p.add_argument("--scans", help="DTU scan ids, comma-separated")
+    p.add_argument("--views", help="comma-separated view indices to train on (e.g. 25 for DTU 1-view)")
+    p.add_argument("--limit-scenes", type=int, help="mode 3: use only the first N scenes")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, view_mapper/, objects/<scene>/")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (paper: 3000 for modes 2/4/5, 50000 for mode 3)")
+    p.add_argument("--batch-size", type=int, default=3, help="images per micro-batch (paper: 3)")
+    p.add_argument("--grad-accum", type=int, default=3, help="micro-batches per optimizer step (paper: 3)")
+    p.add_argument("--lr", type=float, default=1e-3, help="base learning rate, scaled by batch x accumulation x processes (paper: 1e-3 -> 9e-3)")
+    p.add_argument("--no-scale-lr", action="store_true", help="use --lr as is")
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--augmentation", type=int, choices=[0, 5, 7], help="0 none, 5 (pretraining default), 7 (per-scene default)")
+    p.add_argument("--width", type=int, help="training width (default: model native size)")
+    p.add_argument("--height", type=int, help="training height (default: model native size)")
+    p.add_argument("--camera-parameterization", default="anchor-pose-13d", choices=["anchor-pose-13d", "dtu-12d"])
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--resume", help="checkpoint-<step> folder or run folder to continue from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: auto; accelerate launch decides under it)")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="dtype of frozen parts (default: bf16 on CUDA)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="render a scene's cameras and score them (masked PSNR/SSIM, LPIPS-VGG)")
+    _add_model_args(p)
+    p.add_argument("--transforms", required=True, help="transforms.json scene with ground-truth images (+ masks)")
+    p.add_argument("--views", help="comma-separated target view indices")
+    p.add_argument("--object", help="object token to render")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds (paper: 0,1)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--size", type=int, help="render size (default native)")
+    p.add_argument("--no-view", action="store_true", help="object token only (baseline)")
+    p.add_argument("--lpips", action="store_true", help="also compute LPIPS-VGG (needs the lpips package and cached weights)")
+    p.add_argument("--json", help="write the table as JSON here")
+    p.set_defaults(func=cmd_eval)
+
+    try:
+        from .toyworld.cli import add_toyworld_parser
+    except ImportError:
+        add_toyworld_parser = None
+    if add_toyworld_parser is not None:
+        add_toyworld_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import InputError
+
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
