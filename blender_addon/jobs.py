@@ -39,7 +39,6 @@ class Job:
         self.eta_s = None
         self.message = ""
         self.result = None
-        self.started_at = None
         self._updates = queue.Queue()
         self._cancel = threading.Event()
         self._stop = threading.Event()
@@ -56,13 +55,8 @@ class Job:
     def cancelling(self):
         return self._cancel.is_set() and not self.finished
 
-    @property
-    def progress(self):
-        return min(1.0, self.step / self.total) if self.total else 0.0
-
     def start(self):
         self.state = "submitting"
-        self.started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"viewneti-{self.kind}", daemon=True)
         self._thread.start()
         return self

@@ -22,7 +22,7 @@ def _fail(op, scene, exc):
     return {"CANCELLED"}
 
 
-def _done(op, scene, error):
+def _done(op, error):
     """Result of an operator whose work may already be finished (headless) or still running (UI)."""
     if error is not None:
         op.report({"WARNING"}, str(error))
@@ -43,7 +43,7 @@ class VIEWNETI_OT_refresh_status(bpy.types.Operator):
             error = runtime.refresh_backend(scene)
         except Exception as exc:
             return _fail(self, scene, exc)
-        return _done(self, scene, error)
+        return _done(self, error)
 
 
 class VIEWNETI_OT_render_view(bpy.types.Operator):
@@ -65,7 +65,7 @@ class VIEWNETI_OT_render_view(bpy.types.Operator):
             error = runtime.render_view(scene, _active_camera(context))
         except Exception as exc:
             return _fail(self, scene, exc)
-        return _done(self, scene, error)
+        return _done(self, error)
 
 
 class VIEWNETI_OT_toggle_live(bpy.types.Operator):
@@ -115,8 +115,8 @@ class VIEWNETI_OT_render_path(bpy.types.Operator):
         try:
             job = runtime.start_sequence(scene, _active_camera(context))
             runtime.set_status(scene, f"Rendering {job.total} frames to {job.output_dir}…")
-            if bpy.app.background:
-                runtime.run_job_blocking(scene, job, timeout=runtime.prefs().timeout * max(1, job.total))
+            if runtime.synchronous():
+                runtime.run_job_blocking(job, timeout=runtime.prefs().timeout * max(1, job.total))
                 if job.state != "done":
                     self.report({"WARNING"}, job.message)
                     return {"CANCELLED"}
@@ -156,8 +156,8 @@ class VIEWNETI_OT_invert_reference(bpy.types.Operator):
         try:
             job = runtime.start_invert(scene)
             runtime.set_status(scene, f"Inverting '{job.name}' ({job.total} steps)…")
-            if bpy.app.background:
-                runtime.run_job_blocking(scene, job, timeout=max(runtime.prefs().timeout, job.total * 10.0))
+            if runtime.synchronous():
+                runtime.run_job_blocking(job, timeout=max(runtime.prefs().timeout, job.total * 10.0))
                 if job.state != "done":
                     self.report({"WARNING"}, job.message)
                     return {"CANCELLED"}

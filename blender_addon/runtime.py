@@ -26,6 +26,13 @@ from .live import LiveController
 TICK_FAST = 0.05  # while live mode or a job needs attention
 TICK_SLOW = 0.5  # while only a started backend process is being watched
 
+_sync_override = None  # tests set False to drive the UI's asynchronous path by calling _tick()
+
+
+def synchronous():
+    """True where no timer will ever fire (headless Blender): work then runs inline."""
+    return bpy.app.background if _sync_override is None else _sync_override
+
 
 class _Session:
     """Everything that lives only while Blender runs (threads, processes); never saved."""
@@ -119,7 +126,7 @@ def run_async(work, done):
     Headless Blender has no event loop, so there both run inline (same code path, no timer) and
     the error, if any, is returned; in the UI this returns None at once.
     """
-    if bpy.app.background:
+    if synchronous():
         try:
             value, error = work(), None
         except Exception as exc:
@@ -136,6 +143,7 @@ def run_async(work, done):
     SESSION.calls_pending += 1
     threading.Thread(target=worker, name="viewneti-call", daemon=True).start()
     ensure_timer()
+    return None
 
 
 def _drain_calls():
@@ -510,7 +518,7 @@ def finish_job(scene, job):
         refresh_backend(scene, announce=False)
 
 
-def run_job_blocking(scene, job, timeout):
+def run_job_blocking(job, timeout):
     """Headless: drive the job to its end on this thread, as the timer would in the UI."""
     deadline = time.monotonic() + timeout
     while SESSION.job is job and time.monotonic() < deadline:
@@ -637,7 +645,7 @@ def _tick():
 
 
 def ensure_timer():
-    if not bpy.app.background and not bpy.app.timers.is_registered(_tick):
+    if not synchronous() and not bpy.app.timers.is_registered(_tick):
         bpy.app.timers.register(_tick, first_interval=TICK_FAST, persistent=True)
 
 

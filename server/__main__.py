@@ -48,12 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="ID_OR_DIR", default=None,
                    help="diffusers model: a Hugging Face hub id or a local folder with a Stable-Diffusion-"
-                        "architecture pipeline (default: the embedded toy-world model)")
+                        "architecture pipeline (default: $VIEWNETI_MODEL, else the embedded toy-world model)")
     m.add_argument("--view-mapper", metavar="DIR", default=None,
                    help="folder of a pretrained view-mapper checkpoint (default: the one bundled with the model, if any)")
     m.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     m.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="dtype of the frozen model parts (default: float16 on GPU, float32 on CPU)")
+    m.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads torch may use (default: torch's choice; 1 is often fastest on a busy "
+                        "machine with few cores)")
     n = p.add_argument_group("network")
     n.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to listen on (default {DEFAULT_HOST}; any other address requires --token)")
@@ -91,12 +94,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def engine_factory_for(config: ServerConfig) -> Callable[[], Any]:
+def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Callable[[], Any]:
     kwargs = dict(model=config.model, view_mapper=config.view_mapper, device=config.device, dtype=config.dtype,
                   library_dir=config.objects_dir)
     hook = os.environ.get("VIEWNETI_SERVER_ENGINE")
 
     def factory() -> Any:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         if hook:
             mod, _, attr = hook.partition(":")
             return getattr(importlib.import_module(mod), attr)(**kwargs)
@@ -127,7 +134,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from .app import create_app
 
-    app = create_app(config, engine_factory_for(config))
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit("--threads must be at least 1")
+    app = create_app(config, engine_factory_for(config, args.threads))
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=False,
                 timeout_graceful_shutdown=3, server_header=False)
 

@@ -3,7 +3,9 @@
 Engine methods are not thread-safe, so every engine call happens on this thread. Order of work:
 pending renders (and small library calls such as deletes) first, in arrival order; then the oldest
 active job, one unit at a time (a sequence frame, or a whole inversion), so that live renders
-interleave with long sequences.
+interleave with long sequences. During an inversion, pending renders are served between two
+optimisation steps (from the job's progress callback, on this same thread), so live mode keeps
+working while a token is being fitted.
 
 Live supersede: a render carries an optional session key. A newer render of the same session fails
 the older one with ``Superseded`` (HTTP 409): at once if it is still queued, or at the next
@@ -70,8 +72,10 @@ def _fail(future: Future, exc: BaseException) -> None:
 
 
 class Worker:
-    def __init__(self, engine_factory: Callable[[], Any], store: JobStore, *, name: str = "viewneti-worker") -> None:
+    def __init__(self, engine_factory: Callable[[], Any], store: JobStore, *, name: str = "viewneti-worker",
+                 serve_renders_during_jobs: bool = True) -> None:
         self._engine_factory = engine_factory
+        self._serve_during_jobs = serve_renders_during_jobs
         self._store = store
         self._cv = threading.Condition()
         self._tasks: deque[RenderTask | CallTask] = deque()
@@ -231,6 +235,23 @@ class Worker:
                 with self._cv:
                     self._current = None
 
+    def _serve_pending_tasks(self) -> None:
+        """Run the queued renders/library calls now (called between two steps of a long job)."""
+        while True:
+            with self._cv:
+                if self._stopping or not self._tasks:
+                    return
+                task = self._tasks.popleft()
+                outer, self._current = self._current, task
+            try:
+                if isinstance(task, RenderTask):
+                    self._run_render(task)
+                else:
+                    self._run_call(task)
+            finally:
+                with self._cv:
+                    self._current = outer
+
     def _run_render(self, task: RenderTask) -> None:
         task.started_at = time.perf_counter()
 
@@ -322,6 +343,8 @@ class Worker:
             preview = p.get("preview")
             if preview is not None:
                 self._store.preview(job, step, png_base64(preview))
+            if self._serve_during_jobs:
+                self._serve_pending_tasks()
 
         result = self.engine.invert(rt["images"], rt["cameras"], job.name, job.total, seed=rt["seed"],
                                     on_progress=on_progress, should_stop=should_stop,

@@ -35,6 +35,8 @@ AUGMENTATIONS = {
 }
 
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_INV = torch.linalg.inv(_YIQ)
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -48,22 +50,22 @@ def _color_jitter(img: torch.Tensor, s: float, gen: torch.Generator) -> torch.Te
         if op == 0:  # brightness
             x = x * f
         elif op == 1:  # contrast
-            mean = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0).mean()
+            mean = (x * _LUMA.to(x.device)[:, None, None]).sum(0).mean()
             x = (x - mean) * f + mean
         elif op == 2:  # saturation
-            gray = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
+            gray = (x * _LUMA.to(x.device)[:, None, None]).sum(0, keepdim=True)
             x = (x - gray) * f + gray
         else:  # hue: rotate the IQ chroma plane by up to s * 360 degrees
             a = _uniform(gen, -s, s) * 2 * math.pi
-            yiq = torch.einsum("ij,jhw->ihw", _YIQ, x)
+            yiq = torch.einsum("ij,jhw->ihw", _YIQ.to(x.device), x)
             i, q = yiq[1] * math.cos(a) - yiq[2] * math.sin(a), yiq[1] * math.sin(a) + yiq[2] * math.cos(a)
-            x = torch.einsum("ij,jhw->ihw", torch.linalg.inv(_YIQ), torch.stack([yiq[0], i, q]))
+            x = torch.einsum("ij,jhw->ihw", _YIQ_INV.to(x.device), torch.stack([yiq[0], i, q]))
         x = x.clamp(0, 1)
     return x * 2 - 1
 
 
 def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = torch.arange(5, dtype=img.dtype) - 2
+    r = torch.arange(5, dtype=img.dtype, device=img.device) - 2
     k = torch.exp(-(r ** 2) / (2 * sigma ** 2))
     k = k / k.sum()
     c = img.shape[0]
@@ -75,7 +77,8 @@ def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _affine(img: torch.Tensor, theta: torch.Tensor, fill: float) -> torch.Tensor:
     grid = F.affine_grid(theta[None], [1, *img.shape], align_corners=False)
-    ones = torch.ones(1, 1, *img.shape[1:], dtype=img.dtype)
+    ones = torch.ones(1, 1, *img.shape[1:], dtype=img.dtype, device=img.device)
+    theta = theta.to(img.device)
     warped = F.grid_sample(img[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     valid = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return (warped + (1 - valid) * fill)[0]
@@ -106,6 +109,7 @@ def augment_image(img: torch.Tensor, cfg: AugmentationConfig | None, gen: torch.
 
 
 def augment_batch(images: torch.Tensor, cfg: AugmentationConfig | None, gen: torch.Generator) -> torch.Tensor:
+    """Augment each image independently, on the images' device (random draws come from the CPU generator)."""
     if cfg is None:
         return images
-    return torch.stack([augment_image(im, cfg, gen) for im in images.cpu()]).to(images.device, images.dtype)
+    return torch.stack([augment_image(im, cfg, gen) for im in images]).to(images.dtype)

@@ -157,19 +157,25 @@ def load_base_model(model: str | os.PathLike, device: str | None = None, dtype: 
         raise InputError(f"cannot load a Stable-Diffusion-architecture model from '{model}'{hint}: {exc}") from None
     if len(tokenizer) < 300:
         raise InputError(f"the tokenizer of '{model}' has only {len(tokenizer)} entries: it did not load correctly")
+    name = model if not local else Path(model).resolve().name
+    return assemble_base_model(name, tokenizer, text_encoder, unet, vae, scheduler_config, dev, dt)
+
+
+def assemble_base_model(name: str, tokenizer, text_encoder, unet, vae, scheduler_config: dict,
+                        device: torch.device, dtype: torch.dtype) -> BaseModel:
+    """Freeze the components, move them, and patch the UNet's cross-attention for per-layer encodings."""
     for module in (text_encoder, unet, vae):
         module.requires_grad_(False)
         module.eval()
-        module.to(dev)
+        module.to(device=device, dtype=dtype)
     seq_len = int(min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings))
     num_layers = install_per_layer_processors(unet, seq_len)
     text = TextConditioner(tokenizer, text_encoder)
     if unet.config.cross_attention_dim != text.embedding_dim:
-        raise InputError(f"'{model}': UNet cross_attention_dim {unet.config.cross_attention_dim} != text width {text.embedding_dim}")
+        raise InputError(f"'{name}': UNet cross_attention_dim {unet.config.cross_attention_dim} != text width {text.embedding_dim}")
     return BaseModel(
-        name=model if not local else Path(model).resolve().name,
-        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
-        scheduler_config={k: v for k, v in scheduler_config.items() if not k.startswith("_")},
-        device=dev, dtype=dt, num_layers=num_layers, text=text,
+        name=name, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
+        scheduler_config={k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")},
+        device=device, dtype=dtype, num_layers=num_layers, text=text,
         fingerprint=model_fingerprint(text_encoder, unet),
     )

@@ -205,7 +205,7 @@ class Trainer:
         self.noise_scheduler = b.noise_scheduler()
         self.augmentation = AUGMENTATIONS.get(c.augmentation_key)
         # Images resized once; augmentation happens per micro-batch on these.
-        self.scene_tensors = [images_to_tensor(s.images, self.width, self.height) for s in self.scenes]
+        self.scene_tensors = [images_to_tensor(s.images, self.width, self.height).to(acc.device) for s in self.scenes]
         self.scene_features = [
             self.camera_param.features([cam.with_size(self.width, self.height) for cam in s.cameras]) if self.camera_param else None
             for s in self.scenes
@@ -218,9 +218,9 @@ class Trainer:
         c = self.config
         scene = rng.randrange(len(self.scenes)) if c.mode == 3 else 0
         n = self.scene_tensors[scene].shape[0]
-        idx = torch.randint(0, n, (c.batch_size,), generator=gen)
+        idx = torch.randint(0, n, (c.batch_size,), generator=gen).to(self.scene_tensors[scene].device)
         images = augment_batch(self.scene_tensors[scene][idx], self.augmentation, gen)
-        feats = self.scene_features[scene][idx] if self.scene_features[scene] is not None else None
+        feats = self.scene_features[scene][idx.cpu()] if self.scene_features[scene] is not None else None
         if c.uses_view:
             prompts = [VIEW_OBJECT_PROMPT.format(view=self.base.text.view_token, object=self.base.text.object_token)] * c.batch_size
         else:

@@ -66,7 +66,7 @@ class _Stub(BaseHTTPRequestHandler):
 @pytest.fixture
 def stub():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     _Stub.routes = {}
     yield f"http://127.0.0.1:{server.server_address[1]}", _Stub.routes

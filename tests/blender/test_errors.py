@@ -79,7 +79,7 @@ class _WrongVersion(BaseHTTPRequestHandler):
 
 def test_wrong_api_version_says_to_update(scene):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _WrongVersion)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         addon_prefs().backend_url = f"http://127.0.0.1:{server.server_address[1]}"
         assert bpy.ops.viewneti.refresh_status() == {"CANCELLED"}

@@ -21,7 +21,7 @@ import srvutil  # noqa: E402
 from srvutil import USE_FAKE, ServerProcess  # noqa: E402
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def test_model(tmp_path_factory) -> str | None:
     """The model the test servers load: the embedded toy model, or (until its weights are built) a tiny
     random ViewNeTI model made by ``viewneti_backend.testing`` and passed through VIEWNETI_MODEL."""

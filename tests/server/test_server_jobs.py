@@ -148,3 +148,21 @@ def test_live_render_is_served_while_a_sequence_runs(client):
     client.post(f"/v1/jobs/{job_id}/cancel")
     assert wait_job(client, job_id, timeout=120)["state"] == "cancelled"
     del t0
+
+
+def test_live_render_is_served_during_an_inversion(client):
+    ref = client.post("/v1/render", json=render_body(seed=21, azimuth=33.0))
+    assert ref.status_code == 200
+    name = f"busy_{int(time.time() * 1000) % 10**8}"
+    job_id = client.post("/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()],
+                                                   "steps": 100000}).json()["job_id"]
+    read_events(client, job_id, stop_after="progress")
+    while client.get(f"/v1/jobs/{job_id}").json()["step"] < 1:
+        time.sleep(0.02)
+    r = client.post("/v1/render", json=render_body(seed=21, azimuth=33.0))
+    assert r.status_code == 200
+    assert r.content == ref.content, "a render between inversion steps must equal the same render when idle"
+    assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "running"
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    assert wait_job(client, job_id, timeout=120)["state"] == "cancelled"
+    assert name not in [o["name"] for o in client.get("/v1/objects").json()["objects"]]

@@ -1,0 +1,349 @@
+"""GPU benchmark at SD 2.1 scale: novel view, live preview, mode-5 inversion, each against a
+reference-style path (the official code's structure) in the same run, with the physical floor.
+
+    python benchmarks/gpu_bench.py --out benchmarks/gpu_bench.json
+
+Random weights with SD 2.1's exact configs (benchmarks/sd21.py) time exactly like the real model.
+Reference-style = what ViewNeTI's code does: 480 sequential text-encoder passes per view, two UNet
+calls per step (unbatched guidance), fp16 inference; fp32 training with TF32 off, 16 sequential
+CLIP passes per micro-batch, 3 x 3 micro-batches per step, gradients into the frozen token table
+and the frozen view-mapper. The fast path is the library's own (viewneti_backend.pipeline/training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sd21 import sd21_base_model  # noqa: E402
+
+from viewneti_backend.attention import pack_layer_encodings, pack_plain_encoding  # noqa: E402
+from viewneti_backend.augment import AUGMENTATIONS, augment_batch  # noqa: E402
+from viewneti_backend.camera_features import make_parameterization  # noqa: E402
+from viewneti_backend.cameras import Camera, orbit_pose  # noqa: E402
+from viewneti_backend.data import Scene  # noqa: E402
+from viewneti_backend.pipeline import ViewNeTIPipeline, encode_conditions, images_to_tensor  # noqa: E402
+from viewneti_backend.text_conditioning import Injection  # noqa: E402
+from viewneti_backend.training import Trainer, TrainConfig, new_mapper  # noqa: E402
+
+PEAK_TFLOPS = 800.0
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats=3, warmup=1):
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), times
+
+
+def count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def peak_mem(fn) -> float:
+    if not torch.cuda.is_available():
+        fn()
+        return float("nan")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    sync()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def with_dtype(base, dtype):
+    for m in (base.text_encoder, base.unet, base.vae):
+        m.to(dtype)
+    return dataclasses.replace(base, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference-style paths (sequential encodings, unbatched CFG)
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def reference_view(base, view_mapper, object_mapper, camera_param, cam: Camera, steps=30, guidance=7.5, seed=0):
+    scheduler = base.sampling_scheduler()
+    scheduler.set_timesteps(steps, device=base.device)
+    text = base.text
+    ids = text.token_ids(f"{text.view_token}. A photo of a {text.object_token}")
+    feat = camera_param.features([cam]).to(base.device)
+    per_step = []
+    for t in scheduler.timesteps:  # 30 x 16 = 480 sequential text-encoder passes
+        ks, vs = [], []
+        for layer in range(base.num_layers):
+            k, v = encode_conditions(base, ids, t.view(1), torch.tensor([layer], device=base.device), object_mapper, view_mapper, feat)
+            ks.append(k)
+            vs.append(v)
+        per_step.append(pack_layer_encodings(torch.stack(ks, 1), torch.stack(vs, 1)).to(base.dtype))
+    uncond = pack_plain_encoding(text.encode_plain([""]), base.num_layers).to(base.dtype)
+    pipe = ViewNeTIPipeline(base, None)
+    latents = pipe.initial_latents(seed, 1, cam.height, cam.width, float(scheduler.init_noise_sigma))
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.scale_model_input(latents, t)
+        e_u = base.unet(x, t, encoder_hidden_states=uncond, return_dict=False)[0]
+        e_c = base.unet(x, t, encoder_hidden_states=per_step[i], return_dict=False)[0]
+        latents = scheduler.step(e_u + guidance * (e_c - e_u), t, latents, return_dict=False)[0]
+    return pipe.decode(latents)[0]
+
+
+def reference_loss(base, object_mapper, view_mapper, latents, noise, t, feats, noise_scheduler):
+    """One micro-batch the reference way: 16 sequential CLIP passes (one per layer), then the UNet."""
+    text = base.text
+    b, n_l = latents.shape[0], base.num_layers
+    ids = text.token_ids(f"{text.view_token}. A photo of a {text.object_token}").expand(b, -1)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    target = noise_scheduler.get_velocity(latents, noise, t)
+    ks, vs = [], []
+    for layer in range(n_l):
+        l = torch.full((b,), layer, device=base.device)
+        k, v = encode_conditions(base, ids, t, l, object_mapper, view_mapper, feats)
+        ks.append(k)
+        vs.append(v)
+    ehs = pack_layer_encodings(torch.stack(ks, 1), torch.stack(vs, 1))
+    pred = base.unet(noisy.to(base.dtype), t, encoder_hidden_states=ehs.to(base.dtype), return_dict=False)[0]
+    return F.mse_loss(pred.float(), target.float())
+
+
+def batched_loss(base, object_mapper, view_mapper, latents, noise, t, feats, noise_scheduler):
+    """The same micro-batch the library's way: all (sample, layer) encodings in one CLIP call."""
+    text = base.text
+    b, n_l = latents.shape[0], base.num_layers
+    ids = text.token_ids(f"{text.view_token}. A photo of a {text.object_token}").expand(b * n_l, -1)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    target = noise_scheduler.get_velocity(latents, noise, t)
+    t_rep, l_rep = t.repeat_interleave(n_l), torch.arange(n_l, device=base.device).repeat(b)
+    k, v = encode_conditions(base, ids, t_rep, l_rep, object_mapper, view_mapper, feats.repeat_interleave(n_l, 0))
+    s, d = k.shape[1:]
+    ehs = pack_layer_encodings(k.view(b, n_l, s, d), v.view(b, n_l, s, d))
+    pred = base.unet(noisy.to(base.dtype), t, encoder_hidden_states=ehs.to(base.dtype), return_dict=False)[0]
+    return F.mse_loss(pred.float(), target.float())
+
+
+def reference_inversion_steps(base, view_mapper, object_mapper, camera_param, image, cam, n_steps, seed=0):
+    """n optimizer steps of the reference: fp32, 3 micro-batches of 3, sequential CLIP, wasted grads."""
+    table = base.text_encoder.get_input_embeddings().weight
+    table.requires_grad_(True)  # the reference keeps the table trainable and restores it after each step
+    view_mapper.requires_grad_(True)  # frozen by optimizer exclusion only
+    opt = torch.optim.AdamW(object_mapper.parameters(), lr=9e-3, weight_decay=1e-2)
+    saved = table.detach().clone()
+    gen = torch.Generator().manual_seed(seed)
+    ns = base.noise_scheduler()
+    img = images_to_tensor([image], cam.width, cam.height).to(base.device)
+    feats = camera_param.features([cam]).to(base.device).expand(3, -1)
+    for _ in range(n_steps):
+        for _ in range(3):
+            x = augment_batch(img.expand(3, -1, -1, -1), AUGMENTATIONS[7], gen)
+            with torch.no_grad():
+                lat = base.vae.encode(x.to(base.dtype)).latent_dist.sample() * base.scaling_factor
+            noise = torch.randn(lat.shape, generator=gen).to(base.device)
+            t = torch.randint(0, 1000, (3,), generator=gen).to(base.device)
+            loss = reference_loss(base, object_mapper, view_mapper, lat.float(), noise, t, feats, ns) / 3
+            loss.backward()
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            table.copy_(saved)
+        table.grad = None
+    table.requires_grad_(False)
+    view_mapper.requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="benchmarks/gpu_bench.json")
+    ap.add_argument("--inversion-steps", type=int, default=200, help="fast-path optimizer steps to time (projected to 3000)")
+    ap.add_argument("--reference-inversion-steps", type=int, default=10)
+    ap.add_argument("--live-steps", type=int, default=8, help="DPM-Solver++ steps of the add-on's live preview")
+    ap.add_argument("--smoke", action="store_true", help="tiny widths and sizes on any device: checks the script, times nothing real")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: equivalence,view,live,inversion")
+    args = ap.parse_args()
+    skip = set(args.skip.split(","))
+    if not args.smoke:
+        assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU (use --smoke to check the script on a CPU)"
+    W, H, LW, IW, IH = (768, 576, 512, 512, 384) if not args.smoke else (128, 96, 64, 64, 48)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    report: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (smoke)", "torch": torch.__version__, "peak_tflops_assumed": PEAK_TFLOPS}
+    t0 = time.perf_counter()
+    base = sd21_base_model(dev.type, torch.float32, tiny=args.smoke)
+    report["build_s"] = time.perf_counter() - t0
+    cams_all = [Camera(orbit_pose(a, e, 4.0), 40.0, W, H) for a in range(0, 360, 30) for e in (10, 30, 50)]
+    camera_param = make_parameterization("anchor-pose-13d").fit(cams_all)
+    torch.manual_seed(1)
+    vm = new_mapper(base, "view", camera_param).to(dev).eval().requires_grad_(False)
+    om = new_mapper(base, "object").to(dev).eval().requires_grad_(False)
+    cam = Camera(orbit_pose(35.0, 25.0, 4.0), 40.0, W, H)
+    print(f"device: {report['device']}, torch {torch.__version__}, built SD 2.1 random in {report['build_s']:.1f}s", flush=True)
+
+    # ---- 5. equivalence in fp32 (same weights, same seed) --------------------------------------------
+    if "equivalence" not in skip:
+        pipe32 = ViewNeTIPipeline(base, vm)
+        small = cam.with_size(IW, IH)
+        fast_img = np.asarray(pipe32([small], om, seed=0, steps=30, guidance=7.5)[0], dtype=np.float64)
+        ref_img = np.asarray(reference_view(base, vm, om, camera_param, small, 30, 7.5, 0), dtype=np.float64)
+        diff = np.abs(fast_img - ref_img)
+        mse = float(((fast_img - ref_img) / 255.0).__pow__(2).mean())
+        report["equivalence_image_fp32"] = {"max_abs_diff_8bit": float(diff.max()), "mean_abs_diff_8bit": float(diff.mean()),
+                                            "psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse)}
+        gen = torch.Generator().manual_seed(0)
+        ns = base.noise_scheduler()
+        lat = torch.randn(3, 4, IH // 8, IW // 8, generator=gen).to(dev)
+        noise = torch.randn(3, 4, IH // 8, IW // 8, generator=gen).to(dev)
+        t = torch.tensor([10, 500, 990], device=dev)
+        feats = camera_param.features([small] * 3).to(dev)
+        grads = []
+        om.requires_grad_(True)
+        for fn in (reference_loss, batched_loss):
+            om.zero_grad()
+            fn(base, om, vm, lat, noise, t, feats, ns).backward()
+            grads.append(torch.cat([p.grad.flatten() for p in om.parameters()]).clone())
+        om.requires_grad_(False)
+        rel = float((grads[0] - grads[1]).norm() / grads[0].norm())
+        report["equivalence_gradient_fp32"] = {"relative_l2_error": rel}
+        print(f"equivalence fp32: image max|diff| {diff.max():.1f}/255 (PSNR {report['equivalence_image_fp32']['psnr_db']:.1f} dB); "
+              f"gradient rel. error {rel:.2e}", flush=True)
+        del pipe32
+
+    # ---- 1. view 768x576 -------------------------------------------------------------------------------
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    base16 = with_dtype(base, torch.bfloat16)
+    base16.unet.to(memory_format=torch.channels_last)
+    pipe = ViewNeTIPipeline(base16, vm)
+    results = {}
+
+    def fast_new_pose(c=cam, steps=30):
+        pipe.clear_cache()
+        return pipe([c], om, seed=0, steps=steps, guidance=7.5, object_key="obj")
+
+    def fast_cached(c=cam, steps=30):
+        return pipe([c], om, seed=1, steps=steps, guidance=7.5, object_key="obj")
+
+    if "view" not in skip:
+        flops = count_flops(lambda: fast_new_pose())
+        t_new, _ = timed(fast_new_pose, repeats=5)
+        t_cached, _ = timed(fast_cached, repeats=5)
+        mem = peak_mem(fast_new_pose)
+        timings = {}
+        pipe([cam], om, seed=0, steps=30, guidance=7.5, timings=timings)
+        results[f"view_{W}x{H}_30steps"] = {"fast_new_pose_ms": t_new * 1e3, "fast_cached_pose_ms": t_cached * 1e3,
+                                           "phases_ms": timings, "tflop": flops / 1e12,
+                                           "floor_ms": flops / (PEAK_TFLOPS * 1e12) * 1e3, "peak_mem_gib": mem}
+        print(f"view fast: new pose {t_new*1e3:.0f} ms, cached {t_cached*1e3:.0f} ms, phases {timings}, "
+              f"{flops/1e12:.1f} TFLOP (floor {flops/(PEAK_TFLOPS*1e9):.0f} ms), peak {mem:.1f} GiB", flush=True)
+        base_ref = with_dtype(base16, torch.float16)
+        t_ref, _ = timed(lambda: reference_view(base_ref, vm, om, camera_param, cam), repeats=2)
+        mem_ref = peak_mem(lambda: reference_view(base_ref, vm, om, camera_param, cam))
+        results[f"view_{W}x{H}_30steps"].update(reference_ms=t_ref * 1e3, reference_peak_mem_gib=mem_ref,
+                                               speedup_new_pose=t_ref / t_new, speedup_cached=t_ref / t_cached)
+        print(f"view reference: {t_ref*1e3:.0f} ms -> speed-up x{t_ref/t_new:.1f} (new pose), x{t_ref/t_cached:.1f} (cached)", flush=True)
+        base16 = with_dtype(base_ref, torch.bfloat16)
+        pipe = ViewNeTIPipeline(base16, vm)
+
+    # ---- 2. live preview 512x512 ---------------------------------------------------------------------------
+    if "live" not in skip:
+        live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, LW, LW)
+        for steps in sorted({args.live_steps, 30}):
+            fl = count_flops(lambda: fast_new_pose(live, steps))
+            t_new, _ = timed(lambda: fast_new_pose(live, steps), repeats=5)
+            t_c, _ = timed(lambda: fast_cached(live, steps), repeats=5)
+            mem = peak_mem(lambda: fast_new_pose(live, steps))
+            results[f"live_{LW}x{LW}_{steps}steps"] = {"fast_new_pose_ms": t_new * 1e3, "fast_cached_pose_ms": t_c * 1e3,
+                                                      "tflop": fl / 1e12, "floor_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3,
+                                                      "peak_mem_gib": mem}
+            print(f"live 512x512 {steps} steps: new pose {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms, floor {fl/(PEAK_TFLOPS*1e9):.0f} ms", flush=True)
+
+    # ---- 3. inversion (mode 5, 9 images/step at 512x384, augmentation 7) ------------------------------------
+    if "inversion" not in skip:
+        from PIL import Image
+
+        ref_cam = Camera(orbit_pose(25.0, 20.0, 4.0), 40.0, IW, IH)
+        image = Image.fromarray((np.random.default_rng(0).random((IH, IW, 3)) * 255).astype(np.uint8))
+        scene = Scene("bench", [image], [ref_cam])
+        cfg = TrainConfig(mode=5, steps=10, batch_size=9, grad_accum=1, width=IW, height=IH, augmentation=7)
+        trainer = Trainer(cfg, base16, [scene], view_mapper=vm)
+        trainer.train(progress=False)  # warm-up
+        sync()
+        trainer.config.steps = 10 + args.inversion_steps
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t_a = time.perf_counter()
+        trainer.train(progress=False)
+        sync()
+        per_step = (time.perf_counter() - t_a) / args.inversion_steps
+        mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+        g = torch.Generator().manual_seed(0)
+        x = images_to_tensor([image] * 9, IW, IH).to(dev)
+        lat = torch.randn(9, 4, IH // 8, IW // 8, device=dev)
+
+        def one_fast_step():
+            trainer.optimizer.zero_grad()
+            with trainer.accelerator.autocast():
+                loss = batched_loss(base16, trainer.object_mappers[0], vm, lat, torch.randn_like(lat), torch.randint(0, 1000, (9,), device=dev),
+                                    camera_param.features([ref_cam] * 9).to(dev), trainer.noise_scheduler)
+            loss.backward()
+            base16.vae.encode(x.to(base16.dtype))
+
+        fl = count_flops(one_fast_step)
+        res = {"fast_step_ms": per_step * 1e3, "fast_projected_3000_steps_min": per_step * 3000 / 60,
+               "tflop_per_step": fl / 1e12, "floor_step_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3, "peak_mem_gib": mem,
+               "final_loss": trainer.losses[-1]}
+        print(f"inversion fast: {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps; "
+              f"{fl/1e12:.1f} TFLOP/step (floor {fl/(PEAK_TFLOPS*1e9):.0f} ms), peak {mem:.1f} GiB", flush=True)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        base32 = with_dtype(base16, torch.float32)
+        om_ref = new_mapper(base32, "object").to(dev)
+        reference_inversion_steps(base32, vm, om_ref, camera_param, image, ref_cam, 1)
+        sync()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t_a = time.perf_counter()
+        reference_inversion_steps(base32, vm, om_ref, camera_param, image, ref_cam, args.reference_inversion_steps)
+        sync()
+        ref_step = (time.perf_counter() - t_a) / args.reference_inversion_steps
+        res.update(reference_step_ms=ref_step * 1e3, reference_projected_3000_steps_min=ref_step * 3000 / 60,
+                   reference_peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan"),
+                   speedup_per_step=ref_step / per_step)
+        results["inversion_mode5_9x512x384"] = res
+        print(f"inversion reference: {ref_step*1e3:.0f} ms/step -> {ref_step*3000/60:.1f} min; speed-up x{ref_step/per_step:.1f}", flush=True)
+
+    report["results"] = results
+    out = Path(os.environ.get("OUT", "")) / Path(args.out).name if os.environ.get("OUT") else Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

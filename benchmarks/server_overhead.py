@@ -1,0 +1,173 @@
+"""CPU benchmark: what the HTTP service adds to a live render.
+
+Round-trip latency of ``POST /v1/render`` through the real server (a subprocess on 127.0.0.1, one
+keep-alive client) against a direct ``engine.render`` call in this process, same model, camera
+size, steps and thread count; ~50 requests each after a warm-up. Prints a table (p50/p95/mean, ms)
+and writes ``benchmarks/server_overhead.json``.
+
+    .venv/bin/python benchmarks/server_overhead.py            # toy model, 64x64, 30 steps, 50 requests
+    .venv/bin/python benchmarks/server_overhead.py --n 20 --steps 10 --threads 1
+
+Without --model it uses the embedded toy model (or $VIEWNETI_MODEL); if the embedded weights are
+not built yet, it builds a tiny random ViewNeTI model (viewneti_backend.testing) and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50_ms": pct(values, 0.5), "p95_ms": pct(values, 0.95),
+            "mean_ms": statistics.fmean(values), "min_ms": min(values), "max_ms": max(values)}
+
+
+def resolve_model(arg: str | None, tmp: Path) -> tuple[str | None, str]:
+    from viewneti_backend.engine import embedded_model_dir
+
+    if arg:
+        return arg, arg
+    if os.environ.get("VIEWNETI_MODEL"):
+        return os.environ["VIEWNETI_MODEL"], os.environ["VIEWNETI_MODEL"]
+    if (embedded_model_dir() / "model_index.json").is_file():
+        return None, "embedded toy model"
+    from viewneti_backend.testing import build_tiny_viewneti_model
+
+    print("note: the embedded toy model is not built yet; using a tiny random ViewNeTI model", file=sys.stderr)
+    return str(build_tiny_viewneti_model(tmp / "tiny-model")), "tiny random model (viewneti_backend.testing)"
+
+
+def bench_direct(model, args, lib: Path) -> tuple[list[float], dict]:
+    import torch
+
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.engine import Engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = Engine.load(model=model, library_dir=lib)
+    info = engine.info()
+    times = []
+    for i in range(args.warmup + args.n):
+        cam = Camera(orbit_pose(7.0 * i, 20.0, 4.0), 39.6, args.size, args.size)
+        t0 = time.perf_counter()
+        engine.render([cam], None, i, args.steps, 7.5)
+        if i >= args.warmup:
+            times.append((time.perf_counter() - t0) * 1000.0)
+    del engine
+    gc.collect()
+    return times, info
+
+
+def bench_server(model, args, data: Path) -> tuple[list[float], dict]:
+    import socket
+
+    import httpx
+
+    from viewneti_backend.cameras import orbit_pose
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
+    if model:
+        cmd += ["--model", model]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(url + "/v1/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not become ready")
+            time.sleep(0.2)
+        times, parts = [], {}
+        with httpx.Client(base_url=url, timeout=600) as c:
+            for i in range(args.warmup + args.n):
+                body = {"camera": {"camera_to_anchor": orbit_pose(7.0 * i, 20.0, 4.0).tolist(), "fov_y_deg": 39.6,
+                                   "width": args.size, "height": args.size}, "seed": i, "steps": args.steps,
+                        "guidance": 7.5}
+                t0 = time.perf_counter()
+                r = c.post("/v1/render", json=body)
+                dt = (time.perf_counter() - t0) * 1000.0
+                r.raise_for_status()
+                if i >= args.warmup:
+                    times.append(dt)
+                    for k, v in json.loads(r.headers["x-timings-ms"]).items():
+                        parts.setdefault(k, []).append(float(v))
+        return times, {k: statistics.fmean(v) for k, v in parts.items()}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model id/folder (default: embedded toy model)")
+    p.add_argument("--n", type=int, default=50, help="timed requests per path (default 50)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--size", type=int, default=64, help="image side (default 64)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30, the API default)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for both paths")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "server_overhead.json")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model, model_desc = resolve_model(args.model, tmp)
+        direct, info = bench_direct(model, args, tmp / "lib-direct")
+        server, parts = bench_server(model, args, tmp / "server-data")
+    d, s = summary(direct), summary(server)
+    overhead = {k: s[k] - d[k] for k in ("p50_ms", "p95_ms", "mean_ms")}
+    rows = [("direct engine.render", d), ("POST /v1/render", s), ("overhead (server - direct)", overhead)]
+    print(f"\nmodel: {model_desc} ({info.get('base_model')}), {args.size}x{args.size}, {args.steps} steps, "
+          f"device {info.get('device')}, threads {args.threads or 'default'}, n={args.n}")
+    print(f"{'path':<30}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
+    for name, r in rows:
+        print(f"{name:<30}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['mean_ms']:>10.1f}")
+    print("server-side breakdown (mean ms): " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+    result = {
+        "benchmark": "server_overhead", "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "model": model_desc, "engine_info": info, "size": args.size, "steps": args.steps, "n": args.n,
+        "threads": args.threads, "direct": d, "server": s, "overhead": overhead, "server_breakdown_mean_ms": parts,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Fast in-process tests of the server's parts (no subprocess, fake engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from fake_engine import FakeEngine
+from server.config import ServerConfig, is_loopback_host
+from server.errors import ApiError, Superseded
+from server.events import EventHub, job_event_stream
+from server.images import decode_base64_image
+from server.jobs import JobStore
+from server.worker import RenderTask, Worker
+from viewneti_backend.cameras import Camera, orbit_pose
+
+
+def _encode(fmt: str, size=(40, 30), mode="RGB") -> str:
+    buf = io.BytesIO()
+    Image.new(mode, size, 128).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+LIMITS = dict(max_bytes=1024 * 1024, max_pixels=4096 * 4096)
+
+
+@pytest.mark.parametrize("fmt,mode", [("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"), ("JPEG", "RGB"), ("WEBP", "RGB")])
+def test_decode_accepts_png_jpeg_webp(fmt, mode):
+    im = decode_base64_image(_encode(fmt, mode=mode), what="img", **LIMITS)
+    assert im.mode == "RGB" and im.size == (40, 30)
+
+
+def test_decode_accepts_data_url():
+    im = decode_base64_image("data:image/png;base64," + _encode("PNG"), what="img", **LIMITS)
+    assert im.size == (40, 30)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+def test_decode_rejects_other_formats(fmt):
+    with pytest.raises(ApiError) as e:
+        decode_base64_image(_encode(fmt), what="img", **LIMITS)
+    assert e.value.status == 400 and "PNG, JPEG or WebP" in e.value.message
+
+
+def test_decode_limits():
+    with pytest.raises(ApiError) as e:
+        decode_base64_image(_encode("PNG", size=(300, 10)), what="img", max_bytes=LIMITS["max_bytes"], max_pixels=256 * 256)
+    assert e.value.status == 413
+    big = base64.b64encode(b"\0" * 2000).decode()
+    with pytest.raises(ApiError) as e:
+        decode_base64_image(big, what="img", max_bytes=1000, max_pixels=100)
+    assert e.value.status == 413
+    with pytest.raises(ApiError) as e:
+        decode_base64_image("%%%", what="img", **LIMITS)
+    assert e.value.status == 400 and "base64" in e.value.message
+
+
+def test_loopback_detection():
+    for h in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert is_loopback_host(h), h
+    for h in ("0.0.0.0", "::", "192.168.1.2", "example.com", ""):
+        assert not is_loopback_host(h), h
+    with pytest.raises(SystemExit, match="token"):
+        ServerConfig(host="0.0.0.0").check_bind()
+    ServerConfig(host="0.0.0.0", token="t").check_bind()
+
+
+def test_store_marks_active_jobs_interrupted_and_skips_corrupt(tmp_path):
+    store = JobStore(tmp_path, EventHub())
+    a = store.create("sequence", 3, {"x": 1})
+    b = store.create("invert", 5, {"x": 2}, name="n")
+    c = store.create("sequence", 1, {"x": 3})
+    store.set_state(b, "running")
+    store.set_state(c, "done", result={"frames": [0]})
+    (tmp_path / ("0" * 32)).mkdir()
+    (tmp_path / ("0" * 32) / "job.json").write_text("{not json")
+    (tmp_path / a.job_id / ".job.json.123.tmp").write_text("half")
+    store2 = JobStore(tmp_path, EventHub())
+    assert sorted(store2.load()) == sorted([a.job_id, b.job_id])
+    assert store2.get(a.job_id).state == "interrupted" and store2.get(b.job_id).name == "n"
+    assert store2.get(c.job_id).state == "done"
+    assert not list(tmp_path.rglob("*.tmp"))
+    on_disk = json.loads((tmp_path / b.job_id / "job.json").read_text())
+    assert on_disk["state"] == "interrupted" and on_disk["error"]
+    with pytest.raises(ApiError) as e:
+        store2.get("../etc")
+    assert e.value.status == 404
+
+
+def test_event_stream_replays_then_follows(tmp_path):
+    async def run():
+        hub = EventHub()
+        hub.bind(asyncio.get_running_loop())
+        store = JobStore(tmp_path, hub)
+        job = store.create("sequence", 2, {})
+        out = []
+
+        async def consume():
+            async for chunk in job_event_stream(job.job_id, hub, lambda: store.snapshot_events(job), keepalive_s=0.05):
+                out.append(chunk)
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+
+        def work():
+            store.set_state(job, "running")
+            store.frame_done(job, 0, 7, b"png", eta_s=1.0)
+            store.frame_done(job, 1, 8, b"png", eta_s=0.0)
+            store.set_state(job, "done", result={"frames": [7, 8]})
+
+        await asyncio.to_thread(work)
+        await asyncio.wait_for(task, 5)
+        events = [c.split("\n")[0][7:] for c in out if c.startswith("event:")]
+        assert events == ["progress", "frame", "progress", "frame", "progress", "done"], events
+        assert hub.subscriber_count(job.job_id) == 0
+    asyncio.run(run())
+
+
+def _cam():
+    return Camera(orbit_pose(10, 10, 4), 40.0, 32, 32)
+
+
+def test_worker_supersedes_queued_and_in_flight(tmp_path):
+    store = JobStore(tmp_path, EventHub())
+    w = Worker(lambda: FakeEngine(tmp_path / "lib", step_s=0.01), store)
+    w.start()
+    while w.state != "ready":
+        time.sleep(0.01)
+    blocker = RenderTask([_cam()], None, 0, 50, 7.5, session="other")
+    w.submit_render(blocker)
+    time.sleep(0.05)
+    tasks = [RenderTask([_cam()], None, i, 5, 7.5, session="s") for i in range(4)]
+    for t in tasks:
+        w.submit_render(t)
+    for t in tasks[:3]:
+        with pytest.raises(Superseded):
+            t.future.result(5)
+    assert tasks[3].future.result(10)[0].size == (32, 32)
+    assert blocker.future.result(10)
+    # in flight: cut at the next step
+    long = RenderTask([_cam()], None, 0, 1000, 7.5, session="s")
+    w.submit_render(long)
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    newer = RenderTask([_cam()], None, 0, 2, 7.5, session="s")
+    w.submit_render(newer)
+    with pytest.raises(Superseded):
+        long.future.result(5)
+    assert time.monotonic() - t0 < 1.0
+    assert newer.future.result(5)
+    w.stop()
+    assert not threading.Thread.is_alive(w._thread)
