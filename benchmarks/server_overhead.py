@@ -2,7 +2,8 @@
 
 Round-trip latency of ``POST /v1/render`` through the real server (a subprocess on 127.0.0.1, one
 keep-alive client) against a direct ``engine.render`` call in this process, same model, camera
-size, steps and thread count; ~50 requests each after a warm-up. Prints a table (p50/p95/mean, ms)
+size, steps and thread count; ~50 requests each after a warm-up, the two paths alternating (so that
+other load on the machine hits both alike). Prints a table (p50/p95/mean, ms)
 and writes ``benchmarks/server_overhead.json``.
 
     .venv/bin/python benchmarks/server_overhead.py            # toy model, 64x64, 30 steps, 50 requests
@@ -15,7 +16,6 @@ not built yet, it builds a tiny random ViewNeTI model (viewneti_backend.testing)
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -57,34 +57,20 @@ def resolve_model(arg: str | None, tmp: Path) -> tuple[str | None, str]:
     return str(build_tiny_viewneti_model(tmp / "tiny-model")), "tiny random model (viewneti_backend.testing)"
 
 
-def bench_direct(model, args, lib: Path) -> tuple[list[float], dict]:
+def load_engine(model, args, lib: Path):
     import torch
 
-    from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import Engine
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = Engine.load(model=model, library_dir=lib)
-    info = engine.info()
-    times = []
-    for i in range(args.warmup + args.n):
-        cam = Camera(orbit_pose(7.0 * i, 20.0, 4.0), 39.6, args.size, args.size)
-        t0 = time.perf_counter()
-        engine.render([cam], None, i, args.steps, 7.5)
-        if i >= args.warmup:
-            times.append((time.perf_counter() - t0) * 1000.0)
-    del engine
-    gc.collect()
-    return times, info
+    return Engine.load(model=model, library_dir=lib)
 
 
-def bench_server(model, args, data: Path) -> tuple[list[float], dict]:
+def start_server(model, args, data: Path) -> tuple[subprocess.Popen, str]:
     import socket
 
     import httpx
-
-    from viewneti_backend.cameras import orbit_pose
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,40 +83,61 @@ def bench_server(model, args, data: Path) -> tuple[list[float], dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url + "/v1/health", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("server did not become ready")
+        time.sleep(0.2)
+
+
+def run(model, args, tmp: Path) -> tuple[list[float], list[float], dict, dict]:
+    """Alternate direct and server requests (same pose and seed each pair), so that load from other
+    processes on the machine affects both paths alike; only one path computes at a time."""
+    import httpx
+
+    from viewneti_backend.cameras import Camera, orbit_pose
+
+    engine = load_engine(model, args, tmp / "lib-direct")
+    info = engine.info()
+    proc, url = start_server(model, args, tmp / "server-data")
+    direct, server, parts = [], [], {}
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(url + "/v1/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not become ready")
-            time.sleep(0.2)
-        times, parts = [], {}
         with httpx.Client(base_url=url, timeout=600) as c:
             for i in range(args.warmup + args.n):
-                body = {"camera": {"camera_to_anchor": orbit_pose(7.0 * i, 20.0, 4.0).tolist(), "fov_y_deg": 39.6,
-                                   "width": args.size, "height": args.size}, "seed": i, "steps": args.steps,
-                        "guidance": 7.5}
-                t0 = time.perf_counter()
-                r = c.post("/v1/render", json=body)
-                dt = (time.perf_counter() - t0) * 1000.0
-                r.raise_for_status()
-                if i >= args.warmup:
-                    times.append(dt)
-                    for k, v in json.loads(r.headers["x-timings-ms"]).items():
-                        parts.setdefault(k, []).append(float(v))
-        return times, {k: statistics.fmean(v) for k, v in parts.items()}
+                pose = orbit_pose(7.0 * i, 20.0, 4.0)
+                cam = Camera(pose, 39.6, args.size, args.size)
+                body = {"camera": {"camera_to_anchor": pose.tolist(), "fov_y_deg": 39.6, "width": args.size,
+                                   "height": args.size}, "seed": i, "steps": args.steps, "guidance": 7.5}
+                order = ("direct", "server") if i % 2 == 0 else ("server", "direct")
+                for path in order:
+                    t0 = time.perf_counter()
+                    if path == "direct":
+                        engine.render([cam], None, i, args.steps, 7.5)
+                    else:
+                        r = c.post("/v1/render", json=body)
+                        r.raise_for_status()
+                    dt = (time.perf_counter() - t0) * 1000.0
+                    if i < args.warmup:
+                        continue
+                    (direct if path == "direct" else server).append(dt)
+                    if path == "server":
+                        for k, v in json.loads(r.headers["x-timings-ms"]).items():
+                            parts.setdefault(k, []).append(float(v))
     finally:
         proc.terminate()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    return direct, server, info, {k: statistics.fmean(v) for k, v in parts.items()}
 
 
 def main() -> None:
@@ -147,8 +154,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model, model_desc = resolve_model(args.model, tmp)
-        direct, info = bench_direct(model, args, tmp / "lib-direct")
-        server, parts = bench_server(model, args, tmp / "server-data")
+        direct, server, info, parts = run(model, args, tmp)
     d, s = summary(direct), summary(server)
     overhead = {k: s[k] - d[k] for k in ("p50_ms", "p95_ms", "mean_ms")}
     rows = [("direct engine.render", d), ("POST /v1/render", s), ("overhead (server - direct)", overhead)]

@@ -39,6 +39,7 @@ class Job:
         self.eta_s = None
         self.message = ""
         self.result = None
+        self.backend_down = False  # the job failed because the backend stopped answering
         self._updates = queue.Queue()
         self._cancel = threading.Event()
         self._stop = threading.Event()
@@ -120,6 +121,7 @@ class Job:
         elif name == "error":
             self.state = "error"
             self.message = str(data.get("error") or "The job failed: see the backend's log.")
+            self.backend_down = bool(data.get("backend_down"))
         elif name == "cancelled":
             self.state = "cancelled"
             self.message = "Cancelled"
@@ -154,7 +156,7 @@ class Job:
                 message = str(exc)
             else:
                 message = f"ViewNeTI add-on error ({type(exc).__name__}: {exc}); please report it."
-            self._post("error", {"error": message})
+            self._post("error", {"error": message, "backend_down": isinstance(exc, BackendUnavailable)})
             if self.job_id and not self._stop.is_set():
                 try:  # nobody follows the job any more: do not let it occupy the GPU
                     self.client.cancel(self.job_id)

@@ -490,7 +490,7 @@ def job_step():
 def finish_job(scene, job):
     settings = scene.viewneti
     if job.state == "error":
-        report_error(scene, BackendError(job.message))
+        report_error(scene, (BackendUnavailable if job.backend_down else BackendError)(job.message))
         return
     if job.state != "done":
         set_status(scene, job.message)

@@ -33,7 +33,7 @@ BUNDLE_DIR = "viewneti"
 
 def embedded_model_dir() -> Path:
     """The toy-world model shipped inside the package (the default when no model is configured)."""
-    return Path(__file__).resolve().parent / "toyworld" / "weights"
+    return Path(__file__).resolve().parent / "toyworld" / "weights" / "prior"
 
 
 def resolve_model(model: str | os.PathLike | None) -> str:

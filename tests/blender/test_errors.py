@@ -36,7 +36,8 @@ def test_server_down_gives_a_clear_message(down_scene, tmp_path):
     settings.status_message = ""
     assert bpy.ops.viewneti.render_path() == {"CANCELLED"}
     assert "No ViewNeTI backend is running" in settings.job_message
-    assert settings.job_state == "error"
+    assert settings.job_state == "error" and settings.backend_state == "DOWN"
+    assert settings.status_message == settings.job_message
 
     settings.invert_source = "FILE"
     settings.invert_filepath = str(tmp_path / "missing.png")

@@ -134,3 +134,21 @@ def test_load_8_clients_x_25_renders(server):
     assert not bad, bad[:5]
     ids = [r[1] for r in all_results]
     assert all(ids) and len(set(ids)) == len(ids)
+
+
+def test_client_that_gives_up_frees_the_worker(server):
+    import httpx
+
+    c = server.client()
+    steps = slow_steps(c, target_s=4.0)
+    t0 = time.monotonic()
+    try:
+        with server.client(timeout=0.5) as impatient:
+            impatient.post("/v1/render", json=render_body(steps=steps, seed=77))
+    except httpx.TimeoutException:
+        pass
+    r = c.post("/v1/render", json=render_body(seed=78))
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 200
+    assert elapsed < 3.0, f"the abandoned render kept the worker busy ({elapsed:.1f}s)"
+    c.close()
