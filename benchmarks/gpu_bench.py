@@ -183,6 +183,7 @@ def main() -> None:
     ap.add_argument("--inversion-steps", type=int, default=200, help="fast-path optimizer steps to time (projected to 3000)")
     ap.add_argument("--reference-inversion-steps", type=int, default=10)
     ap.add_argument("--live-steps", type=int, default=8, help="DPM-Solver++ steps of the add-on's live preview")
+    ap.add_argument("--compile", default="", help="also time a torch.compile'd UNet in this mode (e.g. reduce-overhead)")
     ap.add_argument("--smoke", action="store_true", help="tiny widths and sizes on any device: checks the script, times nothing real")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: equivalence,view,live,inversion")
     args = ap.parse_args()
@@ -337,6 +338,30 @@ def main() -> None:
                    speedup_per_step=ref_step / per_step)
         results["inversion_mode5_9x512x384"] = res
         print(f"inversion reference: {ref_step*1e3:.0f} ms/step -> {ref_step*3000/60:.1f} min; speed-up x{ref_step/per_step:.1f}", flush=True)
+
+    # ---- torch.compile (CUDA graphs) of the UNet: same maths, measured on the same views -------------------
+    if args.compile and dev.type == "cuda":
+        from viewneti_backend.base_model import compile_unet
+
+        torch.backends.cuda.matmul.allow_tf32 = True
+        base16 = with_dtype(base16, torch.bfloat16)
+        compile_unet(base16, args.compile)
+        pipe = ViewNeTIPipeline(base16, vm)
+        t_a = time.perf_counter()
+        fast_cached()  # compile + warm-up at 768x576
+        fast_cached()
+        warm_s = time.perf_counter() - t_a
+        t_new, _ = timed(fast_new_pose, repeats=5, warmup=0)
+        t_c, _ = timed(fast_cached, repeats=5, warmup=0)
+        entry = {"mode": args.compile, "warmup_s": warm_s, "view_new_pose_ms": t_new * 1e3, "view_cached_ms": t_c * 1e3}
+        live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, LW, LW)
+        fast_cached(live, args.live_steps)
+        fast_cached(live, args.live_steps)
+        entry["live_new_pose_ms"] = timed(lambda: fast_new_pose(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
+        entry["live_cached_ms"] = timed(lambda: fast_cached(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
+        results["compiled_unet"] = entry
+        print(f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms; "
+              f"live {args.live_steps} steps new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms", flush=True)
 
     report["results"] = results
     out = Path(os.environ.get("OUT", "")) / Path(args.out).name if os.environ.get("OUT") else Path(args.out)

@@ -9,8 +9,9 @@ and writes ``benchmarks/server_overhead.json``.
     .venv/bin/python benchmarks/server_overhead.py            # toy model, 64x64, 30 steps, 50 requests
     .venv/bin/python benchmarks/server_overhead.py --n 20 --steps 10 --threads 1
 
-Without --model it uses the embedded toy model (or $VIEWNETI_MODEL); if the embedded weights are
-not built yet, it builds a tiny random ViewNeTI model (viewneti_backend.testing) and says so.
+Without --model it uses $VIEWNETI_MODEL or the embedded toy model; while the embedded model is
+incomplete (no view-mapper or objects yet), it builds a tiny random ViewNeTI model
+(viewneti_backend.testing) and says so in the output and the JSON.
 """
 
 from __future__ import annotations
@@ -43,17 +44,19 @@ def summary(values: list[float]) -> dict:
 
 
 def resolve_model(arg: str | None, tmp: Path) -> tuple[str | None, str]:
-    from viewneti_backend.engine import embedded_model_dir
+    from viewneti_backend.engine import BUNDLE_DIR, bundled_view_mapper, embedded_model_dir
 
     if arg:
         return arg, arg
     if os.environ.get("VIEWNETI_MODEL"):
         return os.environ["VIEWNETI_MODEL"], os.environ["VIEWNETI_MODEL"]
-    if (embedded_model_dir() / "model_index.json").is_file():
+    d = embedded_model_dir()
+    if bundled_view_mapper(str(d)) is not None and any((d / BUNDLE_DIR / "objects").glob("*/")):
         return None, "embedded toy model"
     from viewneti_backend.testing import build_tiny_viewneti_model
 
-    print("note: the embedded toy model is not built yet; using a tiny random ViewNeTI model", file=sys.stderr)
+    print("note: the embedded toy model is not complete yet (no view-mapper/objects); using a tiny random "
+          "ViewNeTI model", file=sys.stderr)
     return str(build_tiny_viewneti_model(tmp / "tiny-model")), "tiny random model (viewneti_backend.testing)"
 
 

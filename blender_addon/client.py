@@ -27,6 +27,10 @@ class BackendUnavailable(BackendError):
     """Nothing answered at the configured URL (refused, unreachable, timed out)."""
 
 
+class BackendNotReady(BackendError):
+    """The backend is up but still loading its model (HTTP 503, status "loading")."""
+
+
 class Superseded(BackendError):
     """A newer live request from the same session replaced this one (HTTP 409, superseded)."""
 
@@ -243,12 +247,14 @@ class Client:
         if status == 503:
             state = body.get("status")
             if state == "failed":
-                text = f"The backend could not load its model: {message or 'see its log'}"
-            elif state == "loading":
-                text = "The backend is still loading its model: try again in a moment."
-            else:
-                text = f"The backend is not ready (503): {message or 'it may be shutting down'}. Try again in a moment."
-            return BackendError(text, status, body)
+                return BackendError(f"The backend could not load its model: {message or 'see its log'}", status, body)
+            if state == "loading":
+                return BackendNotReady("The backend is still loading its model: try again in a moment.", status, body)
+            return BackendError(
+                f"The backend is not ready (503): {message or 'it may be shutting down'}. Try again in a moment.",
+                status,
+                body,
+            )
         if status >= 500:
             return BackendError(
                 f"The backend failed (HTTP {status}): {message or 'no details'}. "

@@ -19,7 +19,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import camera_pose, images
-from .client import DEFAULT_URL, BackendError, BackendUnavailable, Client, Superseded
+from .client import DEFAULT_URL, BackendError, BackendNotReady, BackendUnavailable, Client, Superseded
 from .jobs import InvertJob, SequenceJob
 from .live import LiveController
 
@@ -95,6 +95,8 @@ def report_error(scene, exc):
     """Turn any failure into the panel's status line; the state says whether the backend is up."""
     if isinstance(exc, BackendUnavailable):
         set_status(scene, str(exc), "DOWN")
+    elif isinstance(exc, BackendNotReady):
+        set_status(scene, str(exc), "UNKNOWN")
     elif isinstance(exc, BackendError):  # it answered, so it is up; a wrong version is still an error
         set_status(scene, str(exc), "OK" if scene.viewneti.backend_state == "OK" else "ERROR")
     elif isinstance(exc, ValueError):  # bad input on our side (camera, paths): the backend is not involved
@@ -617,6 +619,8 @@ def backend_step():
             return
         if error is None:
             apply_backend(target, *value)
+        elif isinstance(error, BackendNotReady):
+            set_status(target, "The backend is up and loading its model…")
         elif not isinstance(error, BackendUnavailable):  # refused = still booting; anything else matters
             report_error(target, error)
 

@@ -137,8 +137,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads must be at least 1")
     app = create_app(config, engine_factory_for(config, args.threads))
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=3, server_header=False)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Stop the worker at once (the running job ends 'interrupted' at its next step and its event
+            # streams end with that event), so that open requests and streams close before uvicorn's
+            # graceful-shutdown timeout.
+            app.state.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level, access_log=False,
+                          timeout_graceful_shutdown=10, server_header=False)).run()
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         lifespan=lifespan,
     )
     app.state.config, app.state.worker, app.state.store, app.state.hub = config, worker, store, hub
+    app.state.begin_shutdown = worker.begin_stop
     install_exception_handlers(app)
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
@@ -125,7 +126,9 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             except ApiError as exc:
                 return JSONResponse({"error": exc.message, "status": worker.state}, status_code=503)
         info = worker.info
+        extra = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
         return {
+            **extra,
             "status": "ok", "api": API_VERSION,
             "version": str(info.get("version") or viewneti_backend.__version__),
             "base_model": info.get("base_model"), "device": info.get("device"), "dtype": info.get("dtype"),

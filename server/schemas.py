@@ -63,7 +63,7 @@ class SequenceRequest(BaseModel):
 
 class InvertRequest(BaseModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="name of the new object token (must not exist yet)")]
-    images: Annotated[list[str], Field(min_length=1, max_length=16, description=(
+    images: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=16, description=(
         "base64-encoded PNG, JPEG or WebP files (each <= 20 MB encoded, <= 4096x4096)"))]
     cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=16, description="the camera of each image")]
     steps: Annotated[int, Field(ge=1, le=100000, description="optimisation steps")] = 300

@@ -95,19 +95,31 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the current step: queued renders fail with 503, active jobs end ``interrupted``."""
+        """Stop after the current step: queued renders fail with 503, in-flight ones are cut (503), and
+        every active job ends ``interrupted`` (its event streams end with that event)."""
         with self._cv:
-            self._stopping = True
+            if self._stopping:
+                already = True
+            else:
+                already, self._stopping = False, True
+        if already:  # another thread is stopping it: just wait
+            if threading.current_thread() is not self._thread and self._thread.ident is not None:
+                self._thread.join(timeout)
+            return
+        with self._cv:
             tasks, self._tasks = list(self._tasks), deque()
-            queued_jobs = [j for j in self._jobs if j is not self._current]
             self._cv.notify_all()
         for t in tasks:
             _fail(t.future, ShuttingDown())
-        for j in queued_jobs:
-            if not j.terminal:
-                self._store.set_state(j, "interrupted", error="the server shut down before this job ran")
-        self._thread.join(timeout)
+        # The worker thread marks the active jobs 'interrupted' as it leaves its loop.
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
         self.state = "stopped"
+
+    def begin_stop(self) -> None:
+        """Start stopping without waiting (safe to call from a signal handler)."""
+        if not self._stopping:
+            threading.Thread(target=self.stop, name="viewneti-worker-stop", daemon=True).start()
 
     def ready_or_raise(self) -> None:
         if self._stopping:
@@ -216,7 +228,8 @@ class Worker:
                 while not self._stopping and not self._tasks and not self._jobs:
                     self._cv.wait()
                 if self._stopping:
-                    return
+                    leftover, self._jobs = list(self._jobs), deque()
+                    break
                 if self._tasks:
                     item: RenderTask | CallTask | Job = self._tasks.popleft()
                 else:
@@ -234,6 +247,11 @@ class Worker:
             finally:
                 with self._cv:
                     self._current = None
+        for job in leftover:  # e.g. a sequence stopped between two frames
+            if not job.terminal:
+                job.runtime.pop("images", None)
+                self._store.set_state(job, "interrupted", error="the server shut down while this job was running; "
+                                                                "submit it again")
 
     def _serve_pending_tasks(self) -> None:
         """Run the queued renders/library calls now (called between two steps of a long job)."""

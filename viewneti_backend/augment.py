@@ -76,9 +76,9 @@ def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _affine(img: torch.Tensor, theta: torch.Tensor, fill: float) -> torch.Tensor:
+    theta = theta.to(img.device, img.dtype)
     grid = F.affine_grid(theta[None], [1, *img.shape], align_corners=False)
     ones = torch.ones(1, 1, *img.shape[1:], dtype=img.dtype, device=img.device)
-    theta = theta.to(img.device)
     warped = F.grid_sample(img[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     valid = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return (warped + (1 - valid) * fill)[0]

@@ -179,3 +179,12 @@ def assemble_base_model(name: str, tokenizer, text_encoder, unet, vae, scheduler
         device=device, dtype=dtype, num_layers=num_layers, text=text,
         fingerprint=model_fingerprint(text_encoder, unet),
     )
+
+
+def compile_unet(base: BaseModel, mode: str = "reduce-overhead") -> BaseModel:
+    """torch.compile the UNet (CUDA graphs with ``reduce-overhead``): same maths, fewer launches.
+
+    Each new resolution / batch size compiles once; warm it up before the first user-facing render.
+    """
+    base.unet = torch.compile(base.unet, mode=mode, fullgraph=False, dynamic=False)
+    return base

@@ -11,6 +11,7 @@ pass all of them at once so the text encoder runs as one batched call.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -103,15 +104,13 @@ class TextConditioner:
         """CLIP blocks on given input embeddings; returns hidden states *before* the final LayerNorm."""
         tm = _text_transformer(self.text_encoder)
         hidden = tm.embeddings(inputs_embeds=inputs_embeds)
-        try:
-            from transformers.masking_utils import create_causal_mask
-
-            mask = create_causal_mask(config=tm.config, inputs_embeds=hidden, attention_mask=None, cache=None)
-            return tm.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
-        except ImportError:  # transformers 4.x
-            s = hidden.shape[1]
-            causal = torch.full((s, s), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype).triu(1)
-            return tm.encoder(inputs_embeds=hidden, causal_attention_mask=causal[None, None]).last_hidden_state
+        s = hidden.shape[1]
+        # An explicit additive causal mask works across transformers versions (4.x takes it as
+        # causal_attention_mask, 5.x as a prepared 4D attention_mask).
+        causal = torch.full((s, s), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype).triu(1)[None, None]
+        if "causal_attention_mask" in inspect.signature(tm.encoder.forward).parameters:
+            return tm.encoder(inputs_embeds=hidden, causal_attention_mask=causal).last_hidden_state
+        return tm.encoder(inputs_embeds=hidden, attention_mask=causal).last_hidden_state
 
     def encode(self, input_ids: torch.Tensor, injections: dict[int, Injection] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode N prompts; returns (keys_states, values_states), each [N, S, D] after the final LayerNorm."""

@@ -28,7 +28,7 @@ def test_start_and_stop_a_local_backend(scene, tmp_path):
             assert time.monotonic() < deadline, scene.viewneti.status_message
             time.sleep(0.25)
         assert scene.viewneti.backend_state == "OK", scene.viewneti.status_message
-        assert scene.viewneti.objects  # the object list came with the health check
+        assert scene.viewneti.backend_info  # model and device from the health check
         proc = runtime.SESSION.backend_proc
         assert bpy.ops.viewneti.stop_backend() == {"FINISHED"}
         assert proc.wait(timeout=20) is not None

@@ -8,6 +8,7 @@ import pytest
 
 from blender_addon.client import (
     BackendError,
+    BackendNotReady,
     BackendUnavailable,
     Client,
     SSEParser,
@@ -147,5 +148,5 @@ def test_backend_that_failed_to_load_says_so(stub):
     with pytest.raises(BackendError, match="could not load its model: the embedded toy model is missing"):
         Client(url).health()
     routes["/v1/health"] = (503, jbody({"error": "loading", "status": "loading"}), "application/json")
-    with pytest.raises(BackendError, match="still loading"):
+    with pytest.raises(BackendNotReady, match="still loading"):
         Client(url).health()

@@ -12,10 +12,16 @@ from addon_testutil import addon_module
 pytestmark = pytest.mark.blender
 
 
-def reference_render(scene):
-    """A reference image with its camera: one render of the built-in object (a packed PNG)."""
-    assert bpy.ops.viewneti.render_view() == {"FINISHED"}, scene.viewneti.status_message
-    return scene.camera.data.viewneti.image
+def reference_image(width=64, height=48):
+    """A "photo" made in Blender (generated pixels, not a file): exercises the pixels -> PNG path."""
+    image = bpy.data.images.new("reference", width, height)
+    pixels = []
+    for y in range(height):
+        for x in range(width):
+            inside = abs(x - width / 2) < width / 5 and abs(y - height / 2) < height / 4
+            pixels += [0.9, 0.2, 0.1, 1.0] if inside else [0.3, 0.5, 0.3 + 0.5 * y / height, 1.0]
+    image.pixels.foreach_set(pixels)
+    return image
 
 
 def test_invert_from_image_datablock_then_render_the_new_object(live_scene):
@@ -23,7 +29,7 @@ def test_invert_from_image_datablock_then_render_the_new_object(live_scene):
     scene = live_scene
     settings = scene.viewneti
     settings.invert_source = "IMAGE"
-    settings.invert_image = reference_render(scene)
+    settings.invert_image = reference_image()
     settings.invert_camera = scene.camera
     settings.invert_name = name = f"mug_{uuid.uuid4().hex[:6]}"
     settings.invert_steps = 8
@@ -47,7 +53,10 @@ def test_invert_from_file_can_be_cancelled(live_scene, tmp_path):
     scene = live_scene
     settings = scene.viewneti
     png = tmp_path / "reference.png"
-    png.write_bytes(bytes(reference_render(scene).packed_file.data))
+    image = reference_image()
+    image.filepath_raw = str(png)
+    image.file_format = "PNG"
+    image.save()
     settings.invert_source = "FILE"
     settings.invert_filepath = str(png)
     settings.invert_camera = scene.camera

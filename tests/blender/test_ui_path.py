@@ -25,7 +25,9 @@ def ui_runtime(live_scene, monkeypatch):
 def tick_until(runtime, done, timeout=120.0):
     """Call the timer like Blender does; return the slowest tick in seconds."""
     deadline, worst = time.monotonic() + timeout, 0.0
+    settings = bpy.context.scene.viewneti
     while not done():
+        assert settings.backend_state == "OK" and settings.job_state != "error", settings.status_message
         start = time.perf_counter()
         interval = runtime._tick()
         worst = max(worst, time.perf_counter() - start)

@@ -46,7 +46,7 @@ def test_newer_render_of_a_session_supersedes_queued_ones(server):
     clients = [server.client() for _ in range(5)]
     results: dict[int, tuple] = {}
     threads = [threading.Thread(target=_post, args=(clients[i], render_body(azimuth=10.0 * i, session="live-A"),
-                                                    results, i, 0.1 * i)) for i in range(5)]
+                                                    results, i, 0.25 * i)) for i in range(5)]
     for t in threads:
         t.start()
     for t in threads:

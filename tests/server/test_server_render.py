@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from srvutil import SIZE, STEPS, png_array, png_size, render_body, wire_camera
+from srvutil import SIZE, png_array, png_size, render_body, wire_camera
 
 
 def test_health_reports_model_and_queue(client):
@@ -89,4 +89,3 @@ def test_openapi_schema_is_served(client):
     for p in ("/v1/health", "/v1/objects", "/v1/render", "/v1/jobs/sequence", "/v1/jobs/invert",
               "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel"):
         assert p in paths, p
-    assert STEPS >= 1

@@ -78,3 +78,27 @@ def test_sigkill_during_inversion_leaves_library_intact_and_job_interrupted(make
     # no temp files left anywhere in the data dir
     leftovers = [p for p in data.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers, leftovers
+
+
+def test_sigterm_during_inversion_ends_streams_and_marks_job_interrupted(make_server, tmp_path):
+    import threading
+
+    data = tmp_path / "data"
+    srv = make_server(data).start()
+    with srv.client() as c:
+        job_id = _invert(c, "stopped", 100000)
+        read_events(c, job_id, stop_after="progress")
+        streamed: list = []
+        t = threading.Thread(target=lambda: streamed.extend(read_events(srv.client(), job_id, timeout=60)))
+        t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        srv.stop(signal.SIGTERM, timeout=60)
+        stop_s = time.monotonic() - t0
+        t.join(30)
+    assert streamed and streamed[-1][0] == "interrupted", streamed[-3:]
+    assert stop_s < 15, f"graceful stop took {stop_s:.1f}s"
+    srv2 = make_server(data).start()
+    with srv2.client() as c:
+        assert c.get(f"/v1/jobs/{job_id}").json()["state"] == "interrupted"
+        assert "stopped" not in [o["name"] for o in c.get("/v1/objects").json()["objects"]]

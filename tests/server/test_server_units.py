@@ -157,3 +157,65 @@ def test_worker_supersedes_queued_and_in_flight(tmp_path):
     assert newer.future.result(5)
     w.stop()
     assert not threading.Thread.is_alive(w._thread)
+
+
+def _app_client(tmp_path, factory):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    app = create_app(ServerConfig(data_dir=tmp_path), factory)
+    return TestClient(app)
+
+
+def test_health_is_503_while_loading_and_after_a_failed_load(tmp_path):
+    gate = threading.Event()
+
+    def slow_factory():
+        gate.wait(10)
+        return FakeEngine(tmp_path / "objects", step_s=0.0)
+
+    body = {"camera": {"camera_to_anchor": orbit_pose(0, 0, 4).tolist(), "width": 32, "height": 32}, "steps": 2}
+    with _app_client(tmp_path / "a", slow_factory) as c:
+        r = c.get("/v1/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading" and "loading" in r.json()["error"]
+        assert c.post("/v1/render", json=body).status_code == 503
+        gate.set()
+        deadline = time.monotonic() + 10
+        while c.get("/v1/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.get("/v1/health").json()["status"] == "ok"
+        assert c.post("/v1/render", json=body).status_code == 200
+
+    def broken_factory():
+        raise FileNotFoundError("no model at /nowhere")
+
+    with _app_client(tmp_path / "b", broken_factory) as c:
+        deadline = time.monotonic() + 10
+        while c.get("/v1/health").json().get("status") == "loading" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = c.get("/v1/health")
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert "/nowhere" in r.json()["error"]
+        r = c.post("/v1/render", json=body)
+        assert r.status_code == 503 and "failed to load" in r.json()["error"]
+
+
+def test_unexpected_engine_error_is_a_500_without_traceback(tmp_path):
+    class Broken(FakeEngine):
+        def render(self, *a, **kw):
+            raise RuntimeError("secret internal detail")
+
+    body = {"camera": {"camera_to_anchor": orbit_pose(0, 0, 4).tolist(), "width": 32, "height": 32}, "steps": 2}
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    app = create_app(ServerConfig(data_dir=tmp_path), lambda: Broken(tmp_path / "objects", step_s=0.0))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        while c.get("/v1/health").status_code != 200:
+            time.sleep(0.02)
+        r = c.post("/v1/render", json=body, headers={"X-Request-Id": "boom-1"})
+        assert r.status_code == 500
+        assert "boom-1" in r.json()["error"] and "secret" not in r.text and "Traceback" not in r.text
+        assert c.get("/v1/health").status_code == 200  # the worker survived

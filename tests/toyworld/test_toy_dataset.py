@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 from PIL import Image
 
 from viewneti_backend.cameras import pose_to_orbit, read_transforms_json

@@ -64,3 +64,21 @@ def test_shipped_prior_is_small_and_loads():
     assert n_cross >= 7
     ims = sample(pipe, ["a red box with a blue sphere on its left side"], steps=4)
     assert ims.shape == (1, 64, 64, 3)
+
+
+@pytest.mark.skipif(not (WEIGHTS / "model_index.json").exists(), reason="shipped prior not trained yet")
+def test_shipped_prior_view_phrases_change_the_image():
+    from viewneti_backend.toyworld import default_prior_path
+
+    assert default_prior_path() == WEIGHTS
+    pipe = load_prior(WEIGHTS)
+    base = "a blue box with a red left side and a green sphere on its left side"
+    red = lambda im: ((im[..., 0].astype(int) - np.maximum(im[..., 1], im[..., 2]).astype(int)) > 60).mean()  # noqa: E731
+    left, back_right = [], []
+    for seed in (0, 3):
+        ims = sample(pipe, [base + ", seen from the left, from slightly above", base + ", seen from the back right, from slightly above"], steps=8, seed=seed)
+        assert np.abs(ims[0].astype(float) - ims[1].astype(float)).mean() > 8.0
+        left.append(red(ims[0]))
+        back_right.append(red(ims[1]))
+    # the red left side is visible from the left and (almost) hidden from the back right
+    assert np.mean(left) > 0.03 and np.mean(back_right) < 0.5 * np.mean(left), (left, back_right)

@@ -14,4 +14,11 @@ from .renderer import (  # noqa: F401
     render,
 )
 
-WEIGHTS_DIR_NAME = "weights"
+from pathlib import Path as _Path
+
+WEIGHTS_DIR = _Path(__file__).resolve().parent / "weights"
+
+
+def default_prior_path() -> _Path:
+    """The shipped toy prior (a StableDiffusionPipeline folder); load it with ``prior.load_prior``."""
+    return WEIGHTS_DIR / "prior"

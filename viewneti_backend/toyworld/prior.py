@@ -30,7 +30,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .captions import caption
@@ -99,7 +98,9 @@ class PriorTrainConfig:
     warmup_steps: int = 300
     ema_decay: float = 0.9995
     min_snr_gamma: float | None = 5.0
-    unet_max_minutes: float | None = None
+    unet_max_minutes: float | None = None  # includes filling the latent buffer
+    buffer_size: int = 49152  # renders kept as VAE latents (mean, std); 0 = render every batch on the fly
+    buffer_refresh: int = 16  # fresh renders replacing random buffer entries at every step
     grad_clip: float = 1.0
     log_every: int = 100
     progress: bool = True
@@ -109,7 +110,7 @@ class PriorTrainConfig:
         """Seconds on a CPU: for tests."""
         return cls(
             arch=PriorArchitecture.tiny(), n_objects=16, supersample=1, vae_steps=3, vae_batch=4,
-            unet_steps=3, unet_batch=4, warmup_steps=1, log_every=1, progress=False,
+            unet_steps=3, unet_batch=4, warmup_steps=1, log_every=1, progress=False, buffer_size=8, buffer_refresh=2,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -348,6 +349,50 @@ def train_vae(vae, stream: RenderStream, cfg: PriorTrainConfig, device: torch.de
     return res
 
 
+class LatentBuffer:
+    """A pool of renders stored as VAE posterior (mean, std) latents plus their (object, view) metadata;
+    a few entries are replaced by fresh renders at every step. Rendering and VAE encoding every batch
+    dominated the step time on a GPU; this keeps the UNet busy while the data stays diverse."""
+
+    def __init__(self, stream: RenderStream, vae, size: int, refresh: int, device: torch.device, chunk: int = 512):
+        self.stream, self.vae, self.device, self.refresh = stream, vae, device, refresh
+        self.sf = float(vae.config.scaling_factor)
+        means, stds, idx, az, el = [], [], [], [], []
+        for start in range(0, size, chunk):
+            m, sd, meta = self._encode(min(chunk, size - start))
+            means.append(m), stds.append(sd), idx.append(meta["index"]), az.append(meta["azimuth"]), el.append(meta["elevation"])
+        self.mean, self.std = torch.cat(means), torch.cat(stds)
+        self.index, self.azimuth, self.elevation = torch.cat(idx), torch.cat(az).cpu(), torch.cat(el).cpu()
+        self.gen = torch.Generator().manual_seed(stream.cfg.seed + 77)
+
+    @torch.no_grad()
+    def _encode(self, n: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        b = self.stream.next(n, with_captions=False)
+        with _autocast(self.device):
+            dist = self.vae.encode(b["image"]).latent_dist
+        return dist.mean.to(torch.float16), dist.std.to(torch.float16), b
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    def next(self, batch: int) -> dict[str, Any]:
+        if self.refresh:
+            m, sd, meta = self._encode(self.refresh)
+            slots = torch.randint(0, len(self), (self.refresh,), generator=self.gen)
+            self.mean[slots.to(self.device)], self.std[slots.to(self.device)] = m, sd
+            self.index[slots], self.azimuth[slots], self.elevation[slots] = meta["index"], meta["azimuth"].cpu(), meta["elevation"].cpu()
+        pick = torch.randint(0, len(self), (batch,), generator=self.gen)
+        pd = pick.to(self.device)
+        lat = (self.mean[pd].float() + self.std[pd].float() * torch.randn(batch, *self.mean.shape[1:], device=self.device)) * self.sf
+        st = self.stream
+        caps = [
+            caption(st.objects[int(i)], float(a), float(e), st.rng, p_view=st.cfg.p_view)
+            for i, a, e in zip(self.index[pick], self.azimuth[pick], self.elevation[pick])
+        ]
+        caps = ["" if st.rng.random() < st.cfg.cfg_drop else c for c in caps]
+        return {"latents": lat, "caption": caps}
+
+
 def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids.to(device))[0]
@@ -359,7 +404,7 @@ def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrain
     te.to(device).train()
     vae.to(device).eval().requires_grad_(False)
     params = [{"params": list(unet.parameters()), "lr": cfg.unet_lr}, {"params": list(te.parameters()), "lr": cfg.text_lr}]
-    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay, betas=(0.9, 0.99), fused=device.type == "cuda")
     base_lrs = [g["lr"] for g in opt.param_groups]
     budget = None if cfg.unet_max_minutes is None else 60.0 * cfg.unet_max_minutes
     lr_at = _lr_lambda(cfg.warmup_steps, 1.0)
@@ -369,6 +414,10 @@ def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrain
     sf = float(vae.config.scaling_factor)
     v_pred = noise_sched.config.prediction_type == "v_prediction"
     t0 = time.time()
+    buffer = None
+    if cfg.buffer_size > 0:
+        buffer = LatentBuffer(stream, vae, cfg.buffer_size, cfg.buffer_refresh, device)
+        log(f"latent buffer of {len(buffer)} renders filled in {time.time() - t0:.0f}s")
     hist: list[torch.Tensor] = []
     bar = tqdm(range(cfg.unet_steps), desc="unet", disable=not cfg.progress, mininterval=5)
     step = 0
@@ -379,9 +428,13 @@ def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrain
             break
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * lr_at(step, prog)
-        b = stream.next(cfg.unet_batch)
-        with torch.no_grad(), _autocast(device):
-            lat = vae.encode(b["image"]).latent_dist.sample().float() * sf
+        if buffer is not None:
+            b = buffer.next(cfg.unet_batch)
+            lat = b["latents"]
+        else:
+            b = stream.next(cfg.unet_batch)
+            with torch.no_grad(), _autocast(device):
+                lat = vae.encode(b["image"]).latent_dist.sample().float() * sf
         noise = torch.randn_like(lat)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (lat.shape[0],), device=device)
         a = acp[t].sqrt()[:, None, None, None]
@@ -436,8 +489,10 @@ def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: s
         pipe = load_prior(resume_from, "cpu", torch.float32, scheduler=None)
         comps = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer, "scheduler": pipe.scheduler}
         prev = json.loads((Path(resume_from) / "toyworld.json").read_text()).get("metrics", {})
+        prev_history = list(prev.get("history", []))
         metrics: dict[str, Any] = {k: v for k, v in prev.items() if k.startswith("vae") or k == "scaling_factor"}
         metrics["resumed_unet_steps"] = prev.get("unet_steps", 0) + prev.get("resumed_unet_steps", 0)
+        metrics["total_unet_steps"] = metrics["resumed_unet_steps"]
     else:
         comps = build_components(cfg.arch, out_dir / "tokenizer")
         metrics = {}
@@ -447,9 +502,18 @@ def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: s
     if resume_from is None:
         metrics.update(train_vae(comps["vae"], stream, cfg, device, log))
     metrics.update(train_unet(comps, stream, cfg, device, log))
+    metrics["total_unet_steps"] = metrics.get("resumed_unet_steps", 0) + metrics["unet_steps"]
     metrics["parameters"] = n_params
     metrics["total_seconds"] = time.time() - t0
     metrics["device"] = str(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
+    run = {
+        "stage": "unet+text_encoder (resumed)" if resume_from is not None else "vae, then unet+text_encoder",
+        "unet_steps": metrics["unet_steps"], "unet_batch": cfg.unet_batch, "unet_lr": cfg.unet_lr,
+        "unet_mse": metrics["unet_mse"], "seconds": metrics["total_seconds"], "device": metrics["device"],
+    }
+    if resume_from is None:
+        run.update(vae_steps=metrics["vae_steps"], vae_l1=metrics["vae_l1"])
+    metrics["history"] = (prev_history if resume_from is not None else []) + [run]
     for k in ("unet", "vae", "text_encoder"):
         comps[k].to("cpu")
     save_prior(comps, out_dir, extra={"metrics": metrics, "config": cfg.to_json()})
@@ -521,6 +585,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-minutes", type=float, default=None)
     ap.add_argument("--unet-minutes", type=float, default=None)
     ap.add_argument("--unet-batch", type=int, default=PriorTrainConfig.unet_batch)
+    ap.add_argument("--buffer-size", type=int, default=PriorTrainConfig.buffer_size)
+    ap.add_argument("--buffer-refresh", type=int, default=PriorTrainConfig.buffer_refresh)
+    ap.add_argument("--unet-lr", type=float, default=PriorTrainConfig.unet_lr)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="tiny architecture and steps (tests)")
     ap.add_argument("--grid", default=None, help="write a sanity grid PNG here after training")
@@ -529,6 +596,7 @@ def main(argv: list[str] | None = None) -> None:
     if not a.tiny:
         cfg.n_objects, cfg.vae_steps, cfg.unet_steps, cfg.unet_batch = a.n_objects, a.vae_steps, a.unet_steps, a.unet_batch
         cfg.vae_max_minutes, cfg.unet_max_minutes = a.vae_minutes, a.unet_minutes
+        cfg.buffer_size, cfg.buffer_refresh, cfg.unet_lr = a.buffer_size, a.buffer_refresh, a.unet_lr
     cfg.device, cfg.seed, cfg.progress = a.device, a.seed, False
     metrics = train_prior(cfg, a.out, resume_from=a.resume, log=lambda m: print(m, flush=True))
     print(json.dumps(metrics, indent=1), flush=True)

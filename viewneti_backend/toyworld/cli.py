@@ -1,0 +1,98 @@
+"""``viewneti toyworld ...``: rebuild and measure the embedded toy world.
+
+    viewneti toyworld render-dataset --out data/toy --objects 20 --views 24
+    viewneti toyworld train-prior --out viewneti_backend/toyworld/weights/prior [--vae-minutes 2 --unet-minutes 8]
+    viewneti toyworld pretrain --model viewneti_backend/toyworld/weights/prior --minutes 6
+    viewneti toyworld benchmark --model viewneti_backend/toyworld/weights/prior --out benchmarks/toyworld
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _render_dataset(args) -> int:
+    from .dataset import DatasetConfig, render_dataset
+
+    cfg = DatasetConfig(n_objects=args.objects, views=args.views, first_seed=args.first_seed, size=args.size, cameras=args.cameras)
+    folders = render_dataset(cfg, args.out, device=args.device or "cpu")
+    print(f"wrote {len(folders)} object folders (transforms.json + images/ + masks/) to {args.out}")
+    return 0
+
+
+def _train_prior(args) -> int:
+    from .prior import main as prior_main
+
+    argv = ["--out", args.out, "--device", args.device or "auto"] + args.prior_args
+    prior_main(argv)
+    return 0
+
+
+def _pretrain(args) -> int:
+    from ..engine import resolve_model
+    from .nvs import PretrainConfig, pretrain_view_mapper
+
+    cfg = PretrainConfig(n_objects=args.objects, views=args.views, steps=args.steps, max_minutes=args.minutes,
+                         ship_objects=args.ship_objects, seed=args.seed)
+    summary = pretrain_view_mapper(cfg, resolve_model(args.model), args.out, device=args.device)
+    print(summary)
+    return 0
+
+
+def _benchmark(args) -> int:
+    from ..engine import resolve_model
+    from .nvs import BenchmarkConfig, mode2_interpolation, nvs_benchmark
+
+    cfg = BenchmarkConfig(n_objects=args.objects, seeds=[int(s) for s in args.seeds.split(",")], invert_steps=args.invert_steps,
+                          n_targets=args.targets)
+    summary = nvs_benchmark(cfg, resolve_model(args.model), args.out, device=args.device)
+    print(f"margin (dB): {summary['margin_db']}")
+    if args.mode2_steps:
+        mode2_interpolation(resolve_model(args.model), args.out, steps=args.mode2_steps, device=args.device)
+    return 0
+
+
+def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
+    tw = sub.add_parser("toyworld", help="rebuild and benchmark the embedded toy world (renderer, prior, view-mapper)",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tsub = tw.add_subparsers(dest="toy_command", required=True)
+
+    p = tsub.add_parser("render-dataset", help="render toy objects to transforms.json scene folders (with masks)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--objects", type=int, default=20)
+    p.add_argument("--views", type=int, default=24)
+    p.add_argument("--first-seed", type=int, default=0, help="object seeds first..first+N-1 (held-out objects start at 1000000)")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--cameras", choices=["random", "orbit"], default="random")
+    p.add_argument("--device", help="cpu or cuda")
+    p.set_defaults(func=_render_dataset)
+
+    p = tsub.add_parser("train-prior", help="train the tiny SD-architecture prior (VAE, then UNet + text encoder)")
+    p.add_argument("--out", required=True, help="diffusers folder to write")
+    p.add_argument("--device", help="cpu, cuda (default: auto)")
+    p.add_argument("prior_args", nargs=argparse.REMAINDER,
+                   help="further options of `python -m viewneti_backend.toyworld.prior` (--vae-minutes, --unet-minutes, --resume, ...)")
+    p.set_defaults(func=_train_prior)
+
+    p = tsub.add_parser("pretrain", help="pretrain the view-mapper with mode 3 on toy objects; writes <model>/viewneti/")
+    p.add_argument("--model", help="toy prior folder (default: the embedded one)")
+    p.add_argument("--out", default="outputs/toyworld", help="where the training summary goes")
+    p.add_argument("--objects", type=int, default=120)
+    p.add_argument("--views", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--minutes", type=float, help="stop after this many minutes (keeps what was learned)")
+    p.add_argument("--ship-objects", type=int, default=4, help="object tokens to ship as built-ins")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=_pretrain)
+
+    p = tsub.add_parser("benchmark", help="held-out single-view NVS: ViewNeTI mode 5 vs copy-input vs no view token")
+    p.add_argument("--model", help="toy model folder with its bundled view-mapper (default: the embedded one)")
+    p.add_argument("--out", default="benchmarks/toyworld")
+    p.add_argument("--objects", type=int, default=8)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--targets", type=int, default=16)
+    p.add_argument("--invert-steps", type=int, default=400)
+    p.add_argument("--mode2-steps", type=int, default=0, help="also run mode-2 interpolation on one object (0: skip)")
+    p.add_argument("--device")
+    p.set_defaults(func=_benchmark)
