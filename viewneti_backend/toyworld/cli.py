@@ -33,7 +33,7 @@ def _pretrain(args) -> int:
     from .nvs import PretrainConfig, pretrain_view_mapper
 
     cfg = PretrainConfig(n_objects=args.objects, views=args.views, steps=args.steps, max_minutes=args.minutes,
-                         ship_objects=args.ship_objects, seed=args.seed)
+                         ship_objects=args.ship_objects, seed=args.seed, batch_size=args.batch_size, grad_accum=args.grad_accum)
     summary = pretrain_view_mapper(cfg, resolve_model(args.model), args.out, device=args.device)
     print(summary)
     return 0
@@ -82,6 +82,8 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--minutes", type=float, help="stop after this many minutes (keeps what was learned)")
     p.add_argument("--ship-objects", type=int, default=4, help="object tokens to ship as built-ins")
+    p.add_argument("--batch-size", type=int, default=3, help="images per micro-batch (one scene each; paper: 3)")
+    p.add_argument("--grad-accum", type=int, default=3, help="micro-batches per optimizer step (paper: 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.set_defaults(func=_pretrain)
