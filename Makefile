@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/python -m viewneti_backend.demo --out outputs/demo
+	$(BIN)/python -m blender_addon.demo --out outputs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -27,3 +27,6 @@ addon-zip: setup
 
 clean:
 	rm -rf $(VENV) outputs dist .pytest_cache
+
+bench-cpu: setup
+	$(BIN)/python benchmarks/server_overhead.py --n 50 --threads 1

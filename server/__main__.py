@@ -109,7 +109,10 @@ def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Call
             return getattr(importlib.import_module(mod), attr)(**kwargs)
         from viewneti_backend.engine import Engine  # heavy import: only in the worker, after the server is up
 
-        return Engine.load(**kwargs)
+        engine = Engine.load(**kwargs)
+        if engine.base.device.type == "cuda":  # compiled UNet: pay the compile before the first request
+            engine.warmup([(512, 512)], steps=8)
+        return engine
 
     return factory
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -67,9 +68,14 @@ class Engine:
 
     @classmethod
     def load(cls, model: str | None = None, view_mapper: str | None = None, device: str | None = None,
-             dtype: str | None = None, library_dir: str | Path | None = None) -> "Engine":
+             dtype: str | None = None, library_dir: str | Path | None = None, compile: bool | None = None) -> "Engine":
+        """``compile=None`` compiles the UNet (CUDA graphs) on CUDA only; see :meth:`warmup`."""
         model = resolve_model(model)
         base = load_base_model(model, device=device, dtype=dtype)
+        if compile if compile is not None else base.device.type == "cuda":
+            from .base_model import compile_unet
+
+            compile_unet(base)
         vm_path = Path(view_mapper) if view_mapper else bundled_view_mapper(model)
         vm = None
         if vm_path is not None:
@@ -79,6 +85,17 @@ class Engine:
         library = ObjectLibrary(library_dir, builtin)
         name = None if vm_path is None else (vm_path.parent.parent.name + "/" + vm_path.name if vm_path.name == "view_mapper" else vm_path.name)
         return cls(base, vm, library, model=model, view_mapper_name=name)
+
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 8) -> None:
+        """Render one throw-away view per size so compilation happens before the first user request."""
+        if self.default_object is None:
+            return
+        for width, height in sizes:
+            cam = Camera(np.eye(4), 40.0, width, height)
+            cam.camera_to_anchor[:3, 3] = (0.0, 0.0, 4.0)
+            self.render([cam], None, seed=0, steps=steps)
+            self.render([cam], None, seed=1, steps=steps)
+        self.pipeline.clear_cache()
 
     # -- information -------------------------------------------------------------------------------
     @property
