@@ -13,7 +13,7 @@ import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXCLUDED_DIRS = {"__pycache__"}
-EXCLUDED_FILES = {"build.py"}
+EXCLUDED_FILES = {"build.py", "demo.py"}  # tools that run outside Blender's add-on system
 
 
 def read_manifest(source=HERE):

@@ -28,7 +28,7 @@ def test_zip_layout(addon_zip):
         names = archive.namelist()
     assert os.path.basename(addon_zip) == "viewneti-0.1.0.zip"
     assert "blender_manifest.toml" in names and "__init__.py" in names  # manifest at the zip root
-    assert not any("__pycache__" in n or n.endswith(".pyc") or n == "build.py" for n in names)
+    assert not any("__pycache__" in n or n.endswith(".pyc") or n in {"build.py", "demo.py"} for n in names)
 
 
 def test_blender_validates_the_zip(addon_zip):

@@ -29,46 +29,45 @@ def is_png(path):
 
 def test_path_writes_numbered_frames_and_sequence_background(live_scene, tmp_path):
     scene = live_scene
-    keyframe_orbit(scene, 3, 7)  # five frames, numbered from 3 to check names follow frame numbers
+    keyframe_orbit(scene, 3, 5)  # three frames, numbered from 3 to check names follow frame numbers
     scene.viewneti.output_dir = str(tmp_path / "frames")
-    scene.frame_set(5)
+    scene.frame_set(4)
 
     assert bpy.ops.viewneti.render_path() == {"FINISHED"}, scene.viewneti.status_message
     files = sorted(os.listdir(tmp_path / "frames"))
-    assert files == [f"frame_{f:06d}.png" for f in range(3, 8)]
+    assert files == [f"frame_{f:06d}.png" for f in range(3, 6)]
     assert all(is_png(tmp_path / "frames" / f) for f in files)
-    assert scene.frame_current == 5  # the playhead is restored
-    assert scene.viewneti.job_state == "done" and scene.viewneti.job_step == 5
+    assert scene.frame_current == 4  # the playhead is restored
+    assert scene.viewneti.job_state == "done" and scene.viewneti.job_step == 3
 
     camera = scene.camera
     image = camera.data.viewneti.sequence
     assert image is not None and image.source == "SEQUENCE"
     (bg,) = [bg for bg in camera.data.background_images if bg.image == image]
-    for frame in range(3, 8):  # scene frame f shows file frame_f
+    for frame in range(3, 6):  # scene frame f shows file frame_f
         scene.frame_set(frame)
         assert bg.image_user.frame_current == frame
         assert os.path.basename(image.filepath_from_user(image_user=bg.image_user)) == f"frame_{frame:06d}.png"
     # different poses give different frames
     contents = {(tmp_path / "frames" / f).read_bytes() for f in files}
-    assert len(contents) == 5
+    assert len(contents) == 3
 
 
 def test_cancel_midway_keeps_written_frames_and_leaves_no_partial_files(live_scene, tmp_path):
     runtime = addon_module("runtime")
     scene = live_scene
     keyframe_orbit(scene, 1, 400)
-    scene.viewneti.steps = 20
     out = tmp_path / "frames"
     scene.viewneti.output_dir = str(out)
 
     job = runtime.start_sequence(scene, scene.camera)
-    deadline = time.monotonic() + 120
-    while len(job.written) < 2:
+    deadline = time.monotonic() + 300
+    while len(job.written) < 1:
         runtime.job_step()
         assert not job.finished, job.message
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert scene.viewneti.job_state == "running" and scene.viewneti.job_step >= 2  # progress lands in the scene
+    assert scene.viewneti.job_state == "running" and scene.viewneti.job_step >= 1  # progress lands in the scene
     assert bpy.ops.viewneti.cancel_job() == {"FINISHED"}
     assert scene.viewneti.job_state == "cancelling"
     while runtime.SESSION.job is job:
@@ -80,7 +79,7 @@ def test_cancel_midway_keeps_written_frames_and_leaves_no_partial_files(live_sce
     assert "Cancelled" in scene.viewneti.status_message
     files = sorted(os.listdir(out))
     assert files == sorted(os.path.basename(p) for p in job.written.values())  # nothing partial or hidden
-    assert 2 <= len(files) < 400
+    assert 1 <= len(files) < 400
     assert all(is_png(out / f) for f in files)
     assert runtime.make_client().job(job.job_id)["state"] == "cancelled"
     assert scene.camera.data.viewneti.sequence is None  # an incomplete path is not loaded

@@ -32,11 +32,11 @@ def test_invert_from_image_datablock_then_render_the_new_object(live_scene):
     settings.invert_image = reference_image()
     settings.invert_camera = scene.camera
     settings.invert_name = name = f"mug_{uuid.uuid4().hex[:6]}"
-    settings.invert_steps = 8
-    settings.invert_preview_every = 4
+    settings.invert_steps = 3
+    settings.invert_preview_every = 2
 
     assert bpy.ops.viewneti.invert_reference() == {"FINISHED"}, settings.status_message
-    assert settings.job_state == "done" and settings.job_step == settings.job_total == 8
+    assert settings.job_state == "done" and settings.job_step == settings.job_total == 3
     assert settings.job_loss > 0
     assert name in settings.objects and settings.object_name == name
     assert name in [o["name"] for o in runtime.make_client().objects()]
@@ -64,8 +64,8 @@ def test_invert_from_file_can_be_cancelled(live_scene, tmp_path):
     settings.invert_steps = 5000
 
     job = runtime.start_invert(scene)
-    deadline = time.monotonic() + 120
-    while settings.job_step < 2:
+    deadline = time.monotonic() + 300
+    while settings.job_step < 1:
         runtime.job_step()
         assert not job.finished, job.message
         assert time.monotonic() < deadline
