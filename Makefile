@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/python -m blender_addon.demo --out outputs/demo
+	$(BIN)/python blender_addon/demo.py --out outputs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,6 +1,6 @@
 """The main job, headless: the real product end to end on the embedded toy-world model.
 
-    python -m blender_addon.demo --out outputs/demo
+    python blender_addon/demo.py --out outputs/demo      (what `make demo` runs)
 
 1. starts the render service (``python -m server``) on a free loopback port,
 2. builds the add-on's extension zip and installs it into headless Blender (``bpy``),
@@ -30,6 +30,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script (not `-m blender_addon.demo`): the package's __init__ imports bpy, and Blender's
+# user folder must be chosen before bpy is first imported.
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="viewneti-demo-blender-"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:
@@ -69,12 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--object", default="toy_000", help="object token to render (default: the toy world's toy_000)")
     ap.add_argument("--steps", type=int, default=30, help="denoising steps per frame (default 30)")
     ap.add_argument("--resolution", type=int, default=64, help="long side in pixels (toy model: 64)")
+    ap.add_argument("--guidance", type=float, default=2.0, help="guidance scale (toy model: 2; SD 2: 7.5)")
     ap.add_argument("--invert-steps", type=int, default=60, help="optimizer steps of the inversion (0: skip it)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="viewneti-demo-blender-"))
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = out / "server.log"
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         scene.render.resolution_x = scene.render.resolution_y = args.resolution
         settings = scene.viewneti
         settings.anchor, settings.resolution, settings.steps = anchor, args.resolution, args.steps
+        settings.guidance = args.guidance
         assert bpy.ops.viewneti.refresh_status() == {"FINISHED"}, settings.status_message
         settings.object_name = args.object
 

@@ -11,7 +11,7 @@ import pytest
 from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.toyworld.renderer import ToyObject, render
 
-bpy = pytest.importorskip("bpy")
+import bpy  # noqa: E402  (installed by `make setup`; never skipped)
 pytestmark = pytest.mark.blender
 
 POSES = [(0, 20), (60, 35), (130, 12), (200, 45), (270, 25), (330, 50), (95, 30), (165, 40)]

@@ -54,7 +54,6 @@ def test_resume_keeps_the_vae(tiny_prior, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.skipif(not (WEIGHTS / "model_index.json").exists(), reason="shipped prior not trained yet")
 def test_shipped_prior_is_small_and_loads():
     size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
     assert size <= 26 * 2**20, f"{size / 2**20:.1f} MiB"
@@ -66,7 +65,6 @@ def test_shipped_prior_is_small_and_loads():
     assert ims.shape == (1, 64, 64, 3)
 
 
-@pytest.mark.skipif(not (WEIGHTS / "model_index.json").exists(), reason="shipped prior not trained yet")
 def test_shipped_prior_view_phrases_change_the_image():
     from viewneti_backend.toyworld import default_prior_path
 

@@ -44,7 +44,7 @@ def _benchmark(args) -> int:
     from .nvs import BenchmarkConfig, mode2_interpolation, nvs_benchmark
 
     cfg = BenchmarkConfig(n_objects=args.objects, seeds=[int(s) for s in args.seeds.split(",")], invert_steps=args.invert_steps,
-                          n_targets=args.targets)
+                          n_targets=args.targets, guidance=args.guidance)
     summary = nvs_benchmark(cfg, resolve_model(args.model), args.out, device=args.device)
     print(f"margin (dB): {summary['margin_db']}")
     if args.mode2_steps:
@@ -95,6 +95,8 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--targets", type=int, default=16)
     p.add_argument("--invert-steps", type=int, default=400)
+    p.add_argument("--guidance", type=float, default=2.0,
+                   help="classifier-free guidance (default 2.0: the toy prior saturates at SD's 7.5)")
     p.add_argument("--mode2-steps", type=int, default=0, help="also run mode-2 interpolation on one object (0: skip)")
     p.add_argument("--device")
     p.set_defaults(func=_benchmark)
