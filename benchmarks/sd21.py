@@ -12,7 +12,8 @@ import tempfile
 import torch
 
 from viewneti_backend.base_model import assemble_base_model
-from viewneti_backend.testing import TEST_WORDS, write_clip_tokenizer
+from viewneti_backend.testing import TEST_WORDS
+from viewneti_backend.toyworld.tokenizer import write_tokenizer
 
 UNET_21 = dict(
     sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
@@ -48,7 +49,7 @@ def sd21_base_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, s
 
     torch.manual_seed(seed)
     tok_dir = tempfile.mkdtemp(prefix="sd21-tok-")
-    write_clip_tokenizer(tok_dir, TEST_WORDS)
+    write_tokenizer(tok_dir, TEST_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     text_kw = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16)
     if tiny:

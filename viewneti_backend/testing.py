@@ -11,57 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .toyworld.tokenizer import write_tokenizer
+
 TEST_WORDS = ["a", "photo", "of", "the", "view", "object", "seen", "from", "left", "right", "front", "back",
               "above", "red", "green", "blue", "box", "sphere", "cube", "on", "with", "rendering"]
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2's reversible byte -> printable unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def write_clip_tokenizer(folder: str | Path, words: list[str], model_max_length: int = 77) -> Path:
-    """Write a CLIP-compatible BPE tokenizer (vocab.json + merges.txt) whose given words are single tokens.
-
-    Vocabulary: every byte symbol with and without ``</w>``, the two special tokens, and for each
-    word the chain of left-to-right merges that builds ``word</w>``. Unknown words still tokenize
-    (into pieces), as with CLIP's own vocabulary.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for s in symbols + [s + "</w>" for s in symbols]:
-        vocab.setdefault(s, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in dict.fromkeys(w.lower() for w in words):
-        chars = list(word)
-        parts = chars[:-1] + [chars[-1] + "</w>"]
-        cur = parts[0]
-        for nxt in parts[1:]:
-            if (cur, nxt) not in merges:
-                merges.append((cur, nxt))
-            cur = cur + nxt
-            vocab.setdefault(cur, len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab.setdefault(special, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length, "do_lower_case": True,
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>", "errors": "replace"}))
-    return folder
 
 
 def build_tiny_pipeline(folder: str | Path, *, prediction_type: str = "v_prediction", sample_size: int = 64,
@@ -72,7 +25,7 @@ def build_tiny_pipeline(folder: str | Path, *, prediction_type: str = "v_predict
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    write_clip_tokenizer(folder / "tokenizer", words or TEST_WORDS)
+    write_tokenizer(folder / "tokenizer", words or TEST_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
