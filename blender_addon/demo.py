@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         assert bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True) == {"FINISHED"}
         package = "bl_ext.user_default.viewneti"
         prefs = bpy.context.preferences.addons[package].preferences
-        prefs.backend_url, prefs.timeout = url, 300.0
+        prefs.backend_url, prefs.timeout = url, 3600.0  # headless jobs block until done; CPU inversions take minutes
 
         print(f"[3/6] scene: anchor + camera keyframed on a {args.frames}-frame orbit ...", flush=True)
         bpy.ops.wm.read_homefile(use_factory_startup=True)
