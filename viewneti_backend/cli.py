@@ -132,11 +132,17 @@ def cmd_train(args) -> int:
         width=args.width, height=args.height, camera_parameterization=args.camera_parameterization,
         save_every=args.save_every, seed=args.seed, mixed_precision=args.mixed_precision)
     views = _views(args.views)
+    camera_param = None
     if args.dtu_root:
         scans = [int(s) for s in args.scans.split(",")] if args.scans else None
         if not scans:
             raise SystemExit("--dtu-root needs --scans (e.g. --scans 8 or a comma-separated list for mode 3)")
         scenes = [load_dtu_scene(args.dtu_root, s, views) for s in scans]
+        if args.camera_parameterization == "dtu-12d":  # min-max over all cal18 cameras, like ViewNeTI
+            from .camera_features import Dtu12d
+            from .data import dtu_calibration_cameras
+
+            camera_param = Dtu12d().fit(dtu_calibration_cameras(args.dtu_root))
     elif args.mode == 0:
         scenes = [load_image_folder(args.data)]
     elif args.mode == 3:
@@ -145,7 +151,8 @@ def cmd_train(args) -> int:
             scenes = [s.subset(views) for s in scenes]
     else:
         scenes = [load_transforms_scene(args.data, views)]
-    trainer = Trainer(cfg, _model_or_default(args.model), scenes, view_mapper=args.view_mapper, output_dir=args.out, device=args.device)
+    trainer = Trainer(cfg, _model_or_default(args.model), scenes, view_mapper=args.view_mapper, output_dir=args.out,
+                      device=args.device, camera_param=camera_param)
     if args.resume:
         step = trainer.resume(args.resume)
         print(f"resumed from step {step}")

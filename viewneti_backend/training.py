@@ -151,7 +151,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, base: BaseModel | str, scenes: Sequence[Scene], *,
                  view_mapper: NeTIMapper | str | None = None, output_dir: str | Path | None = None,
-                 device: str | None = None, accelerator=None):
+                 device: str | None = None, accelerator=None, camera_param: CameraParameterization | None = None):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -187,7 +187,9 @@ class Trainer:
             self.view_mapper = view_mapper.to(acc.device)
         elif c.uses_view:
             all_cams = [cam.with_size(self.width, self.height) for s in self.scenes for cam in s.cameras]
-            self.camera_param = make_parameterization(c.camera_parameterization).fit(all_cams)
+            # ``camera_param`` lets a caller fit the statistics on a wider population (dtu-12d: all
+            # 64 cal18 cameras, as the reference does); otherwise they come from the training cameras.
+            self.camera_param = camera_param or make_parameterization(c.camera_parameterization).fit(all_cams)
             self.view_mapper = new_mapper(b, "view", self.camera_param).to(acc.device)
         else:
             self.camera_param, self.view_mapper = None, None

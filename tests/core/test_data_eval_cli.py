@@ -86,3 +86,21 @@ def test_cli_info_render_and_errors(tiny_model_dir, tmp_path, capsys, monkeypatc
     assert "unknown object" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["train", "--help"])
+
+
+def test_cli_trains_on_dtu_with_dtu12d_statistics_from_all_cal18_cameras(tiny_model_dir, tmp_path):
+    cams = [Camera(orbit_pose(a, 30, 5), 50, 1600, 1200) for a in (0, 40, 80, 120)]
+    write_dtu(tmp_path / "dtu", 8, cams)
+    out = tmp_path / "run"
+    assert cli_main(["train", "--mode", "2", "--model", str(tiny_model_dir), "--dtu-root", str(tmp_path / "dtu"),
+                     "--scans", "8", "--views", "0,1", "--steps", "2", "--batch-size", "1", "--grad-accum", "1",
+                     "--camera-parameterization", "dtu-12d", "--device", "cpu", "--out", str(out)]) == 0
+    cfg = json.loads((out / "view_mapper" / "mapper_config.json").read_text())
+    stats = cfg["camera_parameterization"]["stats"]
+    from viewneti_backend.camera_features import Dtu12d
+
+    all_cal18 = Dtu12d().fit(dtu_calibration_cameras(tmp_path / "dtu"))  # all four, not only the two trained on
+    trained_only = Dtu12d().fit(dtu_calibration_cameras(tmp_path / "dtu")[:2])
+    np.testing.assert_allclose(stats["min"], all_cal18.stats["min"])
+    np.testing.assert_allclose(stats["max"], all_cal18.stats["max"])
+    assert not np.allclose(stats["max"], trained_only.stats["max"])
