@@ -36,7 +36,6 @@ from viewneti_backend.camera_features import make_parameterization  # noqa: E402
 from viewneti_backend.cameras import Camera, orbit_pose  # noqa: E402
 from viewneti_backend.data import Scene  # noqa: E402
 from viewneti_backend.pipeline import ViewNeTIPipeline, encode_conditions, images_to_tensor  # noqa: E402
-from viewneti_backend.text_conditioning import Injection  # noqa: E402
 from viewneti_backend.training import Trainer, TrainConfig, new_mapper  # noqa: E402
 
 PEAK_TFLOPS = 800.0
@@ -303,7 +302,6 @@ def main() -> None:
         sync()
         per_step = (time.perf_counter() - t_a) / args.inversion_steps
         mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
-        g = torch.Generator().manual_seed(0)
         x = images_to_tensor([image] * 9, IW, IH).to(dev)
         lat = torch.randn(9, 4, IH // 8, IW // 8, device=dev)
 

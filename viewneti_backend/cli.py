@@ -103,7 +103,6 @@ def cmd_render(args) -> int:
 
 
 def cmd_invert(args) -> int:
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from .data import load_transforms_scene

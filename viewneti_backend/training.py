@@ -16,7 +16,6 @@ a gradient. Checkpoints are safetensors + JSON; ``resume`` continues from the sa
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -36,8 +35,8 @@ from .camera_features import DEFAULT_PARAMETERIZATION, CameraParameterization, m
 from .data import Scene
 from .errors import Cancelled, InputError
 from .mapper import MapperConfig, NeTIMapper
-from .pipeline import encode_conditions, images_to_tensor
-from .text_conditioning import OBJECT_PROMPT, OBJECT_TEMPLATES, VIEW_OBJECT_PROMPT
+from .pipeline import images_to_tensor
+from .text_conditioning import OBJECT_TEMPLATES, VIEW_OBJECT_PROMPT
 
 MODES = (0, 2, 3, 4, 5)
 

@@ -1,6 +1,5 @@
 """Text conditioning: injection identities, per-layer routing, batched == sequential."""
 
-import numpy as np
 import pytest
 import torch
 
