@@ -45,12 +45,17 @@ def _job_box(layout, settings, kind):
         box.label(text=settings.job_message, icon=icon)
 
 
-class VIEWNETI_PT_main(bpy.types.Panel):
-    """Backend status and connection."""
+class _SidebarPanel:
+    """Where every ViewNeTI panel lives: the 3D viewport's sidebar (N), tab "ViewNeTI"."""
 
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "ViewNeTI"
+
+
+class VIEWNETI_PT_main(_SidebarPanel, bpy.types.Panel):
+    """Backend status and connection."""
+
     bl_label = "ViewNeTI"
 
     def draw(self, context):
@@ -75,12 +80,9 @@ class VIEWNETI_PT_main(bpy.types.Panel):
             box.operator("viewneti.start_backend", icon="PLAY")
 
 
-class VIEWNETI_PT_view(bpy.types.Panel):
+class VIEWNETI_PT_view(_SidebarPanel, bpy.types.Panel):
     """What to render and how; Live and Render View."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "ViewNeTI"
     bl_label = "View"
     bl_parent_id = "VIEWNETI_PT_main"
 
@@ -124,12 +126,9 @@ class VIEWNETI_PT_view(bpy.types.Panel):
         row.operator("viewneti.clear_background", text="", icon="TRASH")
 
 
-class VIEWNETI_PT_path(bpy.types.Panel):
+class VIEWNETI_PT_path(_SidebarPanel, bpy.types.Panel):
     """Frame range and output folder for Render Camera Path."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "ViewNeTI"
     bl_label = "Camera Path"
     bl_parent_id = "VIEWNETI_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
@@ -157,12 +156,9 @@ class VIEWNETI_PT_path(bpy.types.Panel):
         _job_box(layout, settings, "sequence")
 
 
-class VIEWNETI_PT_invert(bpy.types.Panel):
+class VIEWNETI_PT_invert(_SidebarPanel, bpy.types.Panel):
     """Reference image + its camera -> a new object token."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "ViewNeTI"
     bl_label = "Invert Reference"
     bl_parent_id = "VIEWNETI_PT_main"
     bl_options = {"DEFAULT_CLOSED"}

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 from PIL import Image
 
 from . import __version__
 from .base_model import BaseModel, load_base_model
-from .cameras import MAX_SIZE, Camera
+from .cameras import MAX_SIZE, Camera, orbit_pose
 from .data import Scene
 from .errors import InputError
 from .mapper import NeTIMapper
@@ -90,8 +89,7 @@ class Engine:
         if self.default_object is None:
             return
         for width, height in sizes:
-            cam = Camera(np.eye(4), 40.0, width, height)
-            cam.camera_to_anchor[:3, 3] = (0.0, 0.0, 4.0)
+            cam = Camera(orbit_pose(0.0, 25.0, 4.0), 40.0, width, height)
             self.render([cam], None, seed=0, steps=steps)
             self.render([cam], None, seed=1, steps=steps)
         self.pipeline.clear_cache()

@@ -148,3 +148,15 @@ def test_epsilon_prediction_models_are_supported(tmp_path):
 
     trainer = Trainer(TrainConfig(mode=0, steps=2, batch_size=1, grad_accum=1), base, [toy_scene("a", 0)], device="cpu")
     assert trainer.train(progress=False).step == 2
+
+
+def test_warmup_renders_each_size_and_leaves_no_cached_encodings(engine):
+    calls = []
+    original = engine.render
+    engine.render = lambda cams, *a, **k: calls.append(cams[0].width) or original(cams, *a, **k)
+    try:
+        engine.warmup([(64, 64), (96, 64)], steps=2)
+    finally:
+        del engine.render
+    assert calls == [64, 64, 96, 96]
+    assert not engine.pipeline._cache
