@@ -78,6 +78,54 @@ def peak_mem(fn) -> float:
     return torch.cuda.max_memory_allocated() / 2**30
 
 
+def _category(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("flash", "fmha", "attention", "sdpa")):
+        return "attention (SDPA)"
+    if any(k in n for k in ("conv", "implicit_convolve", "cudnn", "winograd", "nchw", "nhwc")):
+        return "convolution"
+    if any(k in n for k in ("gemm", "cutlass", "nvjet", "xmma", "matmul", "sm90", "splitk", "cublas")):
+        return "matmul (GEMM)"
+    if n.startswith("triton"):
+        return "fused element-wise / norm (inductor)"
+    if "norm" in n:
+        return "normalisation (eager)"
+    if "memcpy" in n or "memset" in n:
+        return "memcpy / memset"
+    return "element-wise / other (eager)"
+
+
+def profile_gpu(fn, label: str, top: int = 12) -> dict:
+    """torch.profiler over fn(): GPU busy fraction, time per kernel category, top kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    attr = "self_device_time_total" if hasattr(kernels[0], "self_device_time_total") else "self_cuda_time_total"
+    busy_ms = sum(getattr(e, attr) for e in kernels) / 1e3
+    cats: dict[str, float] = {}
+    for e in kernels:
+        cats[_category(e.key)] = cats.get(_category(e.key), 0.0) + getattr(e, attr) / 1e3
+    ranked = sorted(kernels, key=lambda e: -getattr(e, attr))[:top]
+    out = {"wall_ms_under_profiler": wall_ms, "gpu_busy_ms": busy_ms, "gpu_busy_fraction": busy_ms / wall_ms,
+           "kernel_launches": int(sum(e.count for e in kernels)),
+           "by_category_ms": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
+           "top_kernels": [{"name": e.key[:90], "ms": getattr(e, attr) / 1e3, "calls": e.count} for e in ranked]}
+    print(f"profile {label}: wall {wall_ms:.0f} ms, GPU busy {busy_ms:.0f} ms ({100*busy_ms/wall_ms:.0f}%), "
+          f"{out['kernel_launches']} kernels", flush=True)
+    for k, v in out["by_category_ms"].items():
+        print(f"    {k:40s} {v:8.1f} ms", flush=True)
+    for k in out["top_kernels"]:
+        print(f"    {k['ms']:8.1f} ms  x{k['calls']:<5d} {k['name']}", flush=True)
+    return out
+
+
 def with_dtype(base, dtype):
     for m in (base.text_encoder, base.unet, base.vae):
         m.to(dtype)
@@ -175,6 +223,25 @@ def reference_inversion_steps(base, view_mapper, object_mapper, camera_param, im
     view_mapper.requires_grad_(False)
 
 
+def time_inversion(base, vm, scene, width, height, steps, warmup_steps=10):
+    """Mode-5 optimizer steps through the library's Trainer (as Engine.invert runs them)."""
+    cfg = TrainConfig(mode=5, steps=warmup_steps, batch_size=3, grad_accum=3, width=width, height=height, augmentation=7)
+    trainer = Trainer(cfg, base, [scene], view_mapper=vm)
+    t_a = time.perf_counter()
+    trainer.train(progress=False)  # warm-up (and compilation, if the base model is compiled)
+    sync()
+    warm_s = time.perf_counter() - t_a
+    trainer.config.steps = warmup_steps + steps
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t_a = time.perf_counter()
+    trainer.train(progress=False)
+    sync()
+    per_step = (time.perf_counter() - t_a) / steps
+    mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return trainer, per_step, mem, warm_s
+
+
 # ------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,6 +252,8 @@ def main() -> None:
     ap.add_argument("--compile", default="", help="also time a torch.compile'd UNet in this mode (e.g. reduce-overhead)")
     ap.add_argument("--smoke", action="store_true", help="tiny widths and sizes on any device: checks the script, times nothing real")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: equivalence,view,live,inversion")
+    ap.add_argument("--profile", nargs="?", const="view,inversion", default="",
+                    help="torch.profiler breakdown of these sections (default with no value: view,inversion)")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     if not args.smoke:
@@ -241,6 +310,14 @@ def main() -> None:
     base16.unet.to(memory_format=torch.channels_last)
     pipe = ViewNeTIPipeline(base16, vm)
     results = {}
+    if "equivalence" not in skip:  # what bf16 frozen parts change in the image (vs the fp32 fast path)
+        bf_img = np.asarray(pipe([cam.with_size(IW, IH)], om, seed=0, steps=30, guidance=7.5)[0], dtype=np.float64)
+        mse = float((((bf_img - fast_img) / 255.0) ** 2).mean())
+        report["bf16_vs_fp32_image"] = {"max_abs_diff_8bit": float(np.abs(bf_img - fast_img).max()),
+                                        "mean_abs_diff_8bit": float(np.abs(bf_img - fast_img).mean()),
+                                        "psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse)}
+        print(f"bf16 vs fp32 (fast path, 512x384, 30 steps): PSNR {report['bf16_vs_fp32_image']['psnr_db']:.1f} dB, "
+              f"mean |diff| {report['bf16_vs_fp32_image']['mean_abs_diff_8bit']:.2f}/255", flush=True)
 
     def fast_new_pose(c=cam, steps=30):
         pipe.clear_cache()
@@ -290,18 +367,8 @@ def main() -> None:
         ref_cam = Camera(orbit_pose(25.0, 20.0, 4.0), 40.0, IW, IH)
         image = Image.fromarray((np.random.default_rng(0).random((IH, IW, 3)) * 255).astype(np.uint8))
         scene = Scene("bench", [image], [ref_cam])
-        cfg = TrainConfig(mode=5, steps=10, batch_size=9, grad_accum=1, width=IW, height=IH, augmentation=7)
-        trainer = Trainer(cfg, base16, [scene], view_mapper=vm)
-        trainer.train(progress=False)  # warm-up
-        sync()
-        trainer.config.steps = 10 + args.inversion_steps
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t_a = time.perf_counter()
-        trainer.train(progress=False)
-        sync()
-        per_step = (time.perf_counter() - t_a) / args.inversion_steps
-        mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+        # The engine's own configuration: the paper's 3 x 3 micro-batches, fused into one 9-image pass.
+        trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps)
         x = images_to_tensor([image] * 9, IW, IH).to(dev)
         lat = torch.randn(9, 4, IH // 8, IW // 8, device=dev)
 
@@ -317,6 +384,9 @@ def main() -> None:
         res = {"fast_step_ms": per_step * 1e3, "fast_projected_3000_steps_min": per_step * 3000 / 60,
                "tflop_per_step": fl / 1e12, "floor_step_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3, "peak_mem_gib": mem,
                "final_loss": trainer.losses[-1]}
+        if "inversion" in args.profile and dev.type == "cuda":
+            trainer.config.steps = trainer.step + 3
+            res["profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), "inversion eager, 3 steps")
         print(f"inversion fast: {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps; "
               f"{fl/1e12:.1f} TFLOP/step (floor {fl/(PEAK_TFLOPS*1e9):.0f} ms), peak {mem:.1f} GiB", flush=True)
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -337,13 +407,15 @@ def main() -> None:
         results["inversion_mode5_9x512x384"] = res
         print(f"inversion reference: {ref_step*1e3:.0f} ms/step -> {ref_step*3000/60:.1f} min; speed-up x{ref_step/per_step:.1f}", flush=True)
 
-    # ---- torch.compile (CUDA graphs) of the UNet: same maths, measured on the same views -------------------
-    if args.compile and dev.type == "cuda":
-        from viewneti_backend.base_model import compile_unet
+    # ---- torch.compile (CUDA graphs) of the UNet and VAE: same maths, measured on the same work ----------------
+    if args.compile and (dev.type == "cuda" or args.smoke):
+        from viewneti_backend.base_model import compile_base_model
 
         torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
         base16 = with_dtype(base16, torch.bfloat16)
-        compile_unet(base16, args.compile)
+        base16.unet.to(memory_format=torch.channels_last)
+        compile_base_model(base16, args.compile)
         pipe = ViewNeTIPipeline(base16, vm)
         t_a = time.perf_counter()
         fast_cached()  # compile + warm-up at 768x576
@@ -351,15 +423,36 @@ def main() -> None:
         warm_s = time.perf_counter() - t_a
         t_new, _ = timed(fast_new_pose, repeats=5, warmup=0)
         t_c, _ = timed(fast_cached, repeats=5, warmup=0)
-        entry = {"mode": args.compile, "warmup_s": warm_s, "view_new_pose_ms": t_new * 1e3, "view_cached_ms": t_c * 1e3}
+        phases: dict = {}
+        pipe([cam], om, seed=2, steps=30, guidance=7.5, object_key="obj", timings=phases)
+        entry = {"mode": args.compile, "warmup_s": warm_s, "view_new_pose_ms": t_new * 1e3, "view_cached_ms": t_c * 1e3,
+                 "view_cached_phases_ms": phases, "view_peak_mem_gib": peak_mem(fast_new_pose)}
+        print(f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms "
+              f"(phases {phases})", flush=True)
+        if "view" in args.profile:
+            entry["view_cached_profile"] = profile_gpu(fast_cached, "view 768x576 compiled, cached pose")
+            entry["view_new_pose_profile"] = profile_gpu(fast_new_pose, "view 768x576 compiled, new pose")
         live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, LW, LW)
         fast_cached(live, args.live_steps)
         fast_cached(live, args.live_steps)
         entry["live_new_pose_ms"] = timed(lambda: fast_new_pose(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
         entry["live_cached_ms"] = timed(lambda: fast_cached(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
-        results["compiled_unet"] = entry
-        print(f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms; "
-              f"live {args.live_steps} steps new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms", flush=True)
+        print(f"compiled live {args.live_steps} steps: new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms", flush=True)
+        if "inversion" not in skip:
+            try:
+                trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps)
+                entry.update(inversion_step_ms=per_step * 1e3, inversion_projected_3000_steps_min=per_step * 3000 / 60,
+                             inversion_warmup_s=warm_s, inversion_peak_mem_gib=mem,
+                             inversion_speedup_per_step=results["inversion_mode5_9x512x384"]["reference_step_ms"] / (per_step * 1e3))
+                print(f"compiled inversion: {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps "
+                      f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB", flush=True)
+                if "inversion" in args.profile:
+                    trainer.config.steps = trainer.step + 3
+                    entry["inversion_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), "inversion compiled, 3 steps")
+            except Exception as exc:  # report, keep the rest of the run
+                entry["inversion_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+                print("compiled inversion FAILED:", entry["inversion_error"], flush=True)
+        results["compiled"] = entry
 
     report["results"] = results
     out = Path(os.environ.get("OUT", "")) / Path(args.out).name if os.environ.get("OUT") else Path(args.out)

@@ -72,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="outputs/demo", help="output folder (frames, contact sheet, .blend, server data)")
     ap.add_argument("--frames", type=int, default=12, help="frames on the orbit (default 12)")
     ap.add_argument("--object", default="toy_000", help="object token to render (default: the toy world's toy_000)")
-    ap.add_argument("--steps", type=int, default=30, help="denoising steps per frame (default 30)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="denoising steps per frame (default: the model's recommended value, see /v1/health)")
     ap.add_argument("--resolution", type=int, default=64, help="long side in pixels (toy model: 64)")
-    ap.add_argument("--guidance", type=float, default=2.0, help="guidance scale (toy model: 2; SD 2: 7.5)")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="guidance scale (default: the model's recommended value; toy model: 2, SD 2: 7.5)")
     ap.add_argument("--invert-steps", type=int, default=60, help="optimizer steps of the inversion (0: skip it)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
@@ -117,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         scene.frame_start, scene.frame_end = 1, args.frames
         scene.render.resolution_x = scene.render.resolution_y = args.resolution
         settings = scene.viewneti
-        settings.anchor, settings.resolution, settings.steps = anchor, args.resolution, args.steps
-        settings.guidance = args.guidance
+        settings.anchor, settings.resolution = anchor, args.resolution
         assert bpy.ops.viewneti.refresh_status() == {"FINISHED"}, settings.status_message
+        # the add-on's "Use Model Defaults" lets the backend pick steps/guidance; explicit flags override
+        settings.use_model_defaults = args.steps is None and args.guidance is None
+        if not settings.use_model_defaults:
+            settings.steps = args.steps if args.steps is not None else settings.model_steps or settings.steps
+            settings.guidance = args.guidance if args.guidance is not None else settings.model_guidance or settings.guidance
         settings.object_name = args.object
 
         print(f"[4/6] Render Camera Path: {args.frames} frames of '{args.object}' ...", flush=True)

@@ -45,6 +45,22 @@ def _job_box(layout, settings, kind):
         box.label(text=settings.job_message, icon=icon)
 
 
+def _sampling_rows(col, settings):
+    """Use Model Defaults, then either the model's values (read-only) or the user's own."""
+    col.prop(settings, "use_model_defaults")
+    if settings.use_model_defaults:
+        if settings.model_steps > 0:
+            text = f"{settings.model_steps} steps · guidance {settings.model_guidance:g}"
+            if settings.model_live_steps > 0:
+                text += f" · live {settings.model_live_steps} steps"
+        else:
+            text = "Set by the model (Refresh to see its values)"
+        col.label(text=text, icon="INFO")
+    else:
+        col.prop(settings, "steps")
+        col.prop(settings, "guidance")
+
+
 class _SidebarPanel:
     """Where every ViewNeTI panel lives: the 3D viewport's sidebar (N), tab "ViewNeTI"."""
 
@@ -105,8 +121,7 @@ class VIEWNETI_PT_view(_SidebarPanel, bpy.types.Panel):
             row.prop(settings, "seed")
             if camera is not None:
                 row.prop(camera.data.viewneti, "use_seed", text="", icon="CAMERA_DATA")
-        col.prop(settings, "steps")
-        col.prop(settings, "guidance")
+        _sampling_rows(col, settings)
         col.prop(settings, "resolution")
         try:
             width, height = camera_pose.render_size(*camera_pose.scene_frame_size(scene.render), settings.resolution)

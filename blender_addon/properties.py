@@ -111,11 +111,27 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     )
     objects: CollectionProperty(type=VIEWNETI_ObjectItem)
     seed: IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
+    use_model_defaults: BoolProperty(
+        name="Use Model Defaults",
+        description=(
+            "Let the backend's model choose steps and guidance (its recommended values; fewer steps in "
+            "Live mode). Turn off to set them yourself"
+        ),
+        default=True,
+    )
     steps: IntProperty(
-        name="Steps", description="Denoising steps", default=30, min=1, max=150
+        name="Steps",
+        description="Denoising steps (only used with Use Model Defaults off)",
+        default=30,
+        min=1,
+        max=150,
     )
     guidance: FloatProperty(
-        name="Guidance", description="Classifier-free guidance scale", default=7.5, min=0.0, max=30.0
+        name="Guidance",
+        description="Classifier-free guidance scale (only used with Use Model Defaults off)",
+        default=7.5,
+        min=0.0,
+        max=30.0,
     )
     resolution: IntProperty(
         name="Resolution",
@@ -176,6 +192,10 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         default="UNKNOWN",
     )
     backend_info: StringProperty(name="Backend Info", default="")
+    # the model's recommended sampling settings, from GET /v1/health (0 = not known yet)
+    model_steps: IntProperty(name="Model Steps", default=0, min=0)
+    model_live_steps: IntProperty(name="Model Live Steps", default=0, min=0)
+    model_guidance: FloatProperty(name="Model Guidance", default=0.0, min=0.0)
     status_message: StringProperty(name="Status", default="")
     last_timings: StringProperty(name="Last Timings", default="")
 

@@ -177,6 +177,7 @@ def apply_backend(scene, info, objects, announce=True):
     settings.backend_info = (
         f"{info.get('base_model', '?')} on {info.get('device', '?')} · v{info.get('version', '?')}"
     )
+    apply_sampling_defaults(settings, info.get("sampling_defaults"))
     settings.objects.clear()
     for entry in objects:
         item = settings.objects.add()
@@ -188,6 +189,36 @@ def apply_backend(scene, info, objects, announce=True):
     if announce:
         settings.status_message = f"Connected to {info.get('base_model', 'backend')} ({len(objects)} objects)"
     tag_redraw()
+
+
+def apply_sampling_defaults(settings, defaults):
+    """Remember the model's recommended steps/guidance (from health) for the panel and live mode."""
+    steps = live_steps = 0
+    guidance = 0.0
+    if isinstance(defaults, dict):
+        try:
+            steps = max(0, int(defaults.get("steps") or 0))
+            live_steps = max(0, int(defaults.get("live_steps") or 0))
+            guidance = max(0.0, float(defaults.get("guidance") or 0.0))
+        except (TypeError, ValueError):
+            steps = live_steps = 0
+            guidance = 0.0
+    settings.model_steps, settings.model_live_steps, settings.model_guidance = steps, live_steps, guidance
+
+
+def add_sampling(request, settings, live=False):
+    """Steps and guidance of a render/sequence request.
+
+    With "Use Model Defaults" on, they are left out so the backend applies its model's recommended
+    values; only live mode sends the model's live steps (known from the last status refresh). With it
+    off, the panel's values are sent."""
+    if settings.use_model_defaults:
+        if live and settings.model_live_steps > 0:
+            request["steps"] = settings.model_live_steps
+        return request
+    request["steps"] = settings.steps
+    request["guidance"] = round(settings.guidance, 4)
+    return request
 
 
 def refresh_backend(scene, announce=True):
@@ -216,17 +247,16 @@ def session_key():
     return f"blender-{os.getpid()}"
 
 
-def build_render_request(scene, camera_obj):
+def build_render_request(scene, camera_obj, live=False):
     """The POST /v1/render body for a camera at the scene's current frame (main thread)."""
     settings = scene.viewneti
     cam_settings = camera_obj.data.viewneti
     request = {
         "camera": camera_pose.camera_payload(camera_obj, settings.anchor, scene.render, settings.resolution),
         "seed": cam_settings.seed if cam_settings.use_seed else settings.seed,
-        "steps": settings.steps,
-        "guidance": round(settings.guidance, 4),
         "session": session_key(),
     }
+    add_sampling(request, settings, live=live)
     if settings.object_name:
         request["object"] = settings.object_name
     return request
@@ -311,12 +341,12 @@ def live_step():
     camera = scene.camera
     if camera is not None and camera.type == "CAMERA":
         try:
-            request = build_render_request(scene, camera)
+            request = build_render_request(scene, camera, live=True)
         except ValueError as exc:
             set_status(scene, f"Live paused: {exc}")
         else:
             key = (camera.name,) + camera_pose.pose_key(request["camera"]) + (
-                request.get("object", ""), request["seed"], request["steps"], request["guidance"],
+                request.get("object", ""), request["seed"], request.get("steps"), request.get("guidance"),
             )
             controller.observe(key, (camera.name, request))
     for result in controller.tick():
@@ -377,9 +407,8 @@ def build_sequence_request(scene, camera_obj):
         "cameras": cameras,
         "frames": frames,
         "seed": cam_settings.seed if cam_settings.use_seed else settings.seed,
-        "steps": settings.steps,
-        "guidance": round(settings.guidance, 4),
     }
+    add_sampling(request, settings)
     if settings.object_name:
         request["object"] = settings.object_name
     return request

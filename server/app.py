@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 import viewneti_backend
 from viewneti_backend.cameras import Camera, CameraError
+from viewneti_backend.sampling_defaults import SamplingDefaults
 
 from . import API_VERSION
 from .auth import BearerTokenMiddleware
@@ -112,10 +113,26 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
         return name
 
-    def check_steps(steps: int) -> int:
-        if steps > config.max_steps:
+    def check_steps(steps: int | None) -> int | None:
+        if steps is not None and steps > config.max_steps:
             raise ApiError(422, f"steps={steps} is more than this server allows ({config.max_steps}): use fewer steps")
         return steps
+
+    def sampling_defaults() -> dict[str, Any]:
+        """The loaded model's recommended settings (engine info), steps capped at --max-steps."""
+        raw = worker.info.get("sampling_defaults")
+        try:
+            d = SamplingDefaults.from_dict(raw).to_dict() if isinstance(raw, dict) else SamplingDefaults().to_dict()
+        except ValueError:  # an engine reporting nonsense: fall back to SD 2's values
+            d = SamplingDefaults().to_dict()
+        d["steps"] = min(d["steps"], config.max_steps)
+        d["live_steps"] = min(d["live_steps"], config.max_steps)
+        return d
+
+    def resolve_sampling(steps: int | None, guidance: float | None) -> tuple[int, float]:
+        """Steps/guidance of a request, the model's defaults where it left them out (call once ready)."""
+        d = sampling_defaults()
+        return (d["steps"] if steps is None else steps), (d["guidance"] if guidance is None else guidance)
 
     # -- health and library --------------------------------------------------------------------------
     @r.get("/health", response_model=HealthOut, responses={503: _ERR})
@@ -135,6 +152,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "view_mapper": info.get("view_mapper"), "default_object": info.get("default_object"),
             "queue_depth": worker.queue_depth(), "native_size": info.get("native_size"),
             "max_size": max_size(), "max_steps": config.max_steps,
+            "sampling_defaults": sampling_defaults(),
         }
 
     @r.get("/objects", response_model=ObjectsOut, responses={503: _ERR})
@@ -161,7 +179,8 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         check_steps(body.steps)
         worker.ready_or_raise()
         obj = check_object(body.object)
-        task = RenderTask([camera], obj, body.seed, body.steps, body.guidance, session=body.session,
+        steps, guidance = resolve_sampling(body.steps, body.guidance)
+        task = RenderTask([camera], obj, body.seed, steps, guidance, session=body.session,
                           request_id=getattr(request.state, "request_id", None))
         fut = asyncio.wrap_future(worker.submit_render(task))
         gone = asyncio.ensure_future(_wait_disconnect(request))
@@ -215,10 +234,11 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         worker.ready_or_raise()
         obj = check_object(body.object)
         check_job_capacity()
-        runtime = {"cameras": cameras, "frames": frames, "object": obj, "seed": body.seed, "steps": body.steps,
-                   "guidance": body.guidance}
+        steps, guidance = resolve_sampling(body.steps, body.guidance)
+        runtime = {"cameras": cameras, "frames": frames, "object": obj, "seed": body.seed, "steps": steps,
+                   "guidance": guidance}
         request_record = {"kind": "sequence", "cameras": [c.to_wire() for c in body.cameras], "frames": frames,
-                          "object": obj, "seed": body.seed, "steps": body.steps, "guidance": body.guidance}
+                          "object": obj, "seed": body.seed, "steps": steps, "guidance": guidance}
         job = await run_in_threadpool(store.create, "sequence", len(cameras), request_record,
                                       request_id=getattr(request.state, "request_id", None), runtime=runtime)
         worker.submit_job(job)

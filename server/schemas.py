@@ -19,6 +19,12 @@ Size = Annotated[int, Field(ge=16, le=2048, multiple_of=8)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image")]
 Steps = Annotated[int, Field(ge=1, le=150, description="denoising steps")]
 Guidance = Annotated[float, Field(ge=0.0, le=30.0, allow_inf_nan=False, description="classifier-free guidance scale")]
+OptSteps = Annotated[Steps | None, Field(description=(
+    "denoising steps, 1..150; omitted or null: the model's default (GET /v1/health sampling_defaults.steps, "
+    "capped at the server's max_steps)"))]
+OptGuidance = Annotated[Guidance | None, Field(description=(
+    "classifier-free guidance scale, 0..30; omitted or null: the model's default "
+    "(GET /v1/health sampling_defaults.guidance)"))]
 ObjectName = Annotated[str, Field(min_length=1, max_length=64, description="object token (GET /v1/objects); default: the model's default object")]
 
 
@@ -45,8 +51,8 @@ class RenderRequest(BaseModel):
     camera: CameraIn
     object: ObjectName | None = None
     seed: Seed = 0
-    steps: Steps = 30
-    guidance: Guidance = 7.5
+    steps: OptSteps = None
+    guidance: OptGuidance = None
     session: Annotated[str | None, Field(max_length=128, description=(
         "live-mode key: a newer render of the same session supersedes an older one (409 for the older)"))] = None
 
@@ -57,8 +63,8 @@ class SequenceRequest(BaseModel):
         "frame numbers used in file names (one per camera, unique, 0..9999999); default 0..N-1"))] = None
     object: ObjectName | None = None
     seed: Seed = 0
-    steps: Steps = 30
-    guidance: Guidance = 7.5
+    steps: OptSteps = None
+    guidance: OptGuidance = None
 
 
 class InvertRequest(BaseModel):
@@ -78,6 +84,14 @@ class ErrorOut(BaseModel):
     error: str
 
 
+class SamplingDefaultsOut(BaseModel):
+    """The loaded model's recommended sampling settings (its viewneti/sampling.json, else SD 2's)."""
+
+    guidance: float = Field(description="guidance used when a request leaves 'guidance' out")
+    steps: int = Field(description="steps used when a request leaves 'steps' out (capped at max_steps)")
+    live_steps: int = Field(description="recommended steps for interactive (live) previews; clients send them explicitly")
+
+
 class HealthOut(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: str
@@ -92,6 +106,7 @@ class HealthOut(BaseModel):
     native_size: int | None = None
     max_size: int | None = None
     max_steps: int | None = None
+    sampling_defaults: SamplingDefaultsOut | None = None
 
 
 class ObjectOut(BaseModel):

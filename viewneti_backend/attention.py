@@ -108,3 +108,21 @@ def pack_plain_encoding(encoding: torch.Tensor, num_layers: int) -> torch.Tensor
     b, s, d = encoding.shape
     rep = encoding[:, None].expand(b, num_layers, s, d)
     return pack_layer_encodings(rep, rep)
+
+
+def fuse_self_attention_projections(unet: nn.Module) -> int:
+    """Merge q/k/v of every self-attention layer (``attn1``) into one matmul; returns how many.
+
+    Same maths (the three weight matrices stacked), one larger GEMM instead of three. The
+    per-layer cross-attention layers keep their own processor. The fused weights stay frozen.
+    """
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    count = 0
+    for name, module in unet.named_modules():
+        if name.endswith("attn1") and hasattr(module, "fuse_projections") and not getattr(module, "fused_projections", False):
+            module.fuse_projections()
+            module.to_qkv.requires_grad_(False)
+            module.set_processor(FusedAttnProcessor2_0())
+            count += 1
+    return count

@@ -5,6 +5,10 @@
   crop with scale [0.70, 1.30] and ratio [3/4, 4/3] (always).
 - key 5 (mode-3 pretraining): colour jitter 0.04 (p=0.75), blur (p=0.25), crop scale [0.95, 1.05].
 Hue jitter is a rotation of the chroma plane in YIQ space (torchvision uses HSV; same intent).
+`augment_image` is the readable per-image reference. `augment_batch` gives the same images (to float rounding)
+and consumes the CPU generator identically, but is batched so a CUDA training step doesn't stall: it first draws
+every image's parameters on the CPU (same draws, same order), then sends them in one pinned transfer and applies
+each augmentation to the whole batch at once (each jitter op is a per-image 3x3 colour matrix).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ AUGMENTATIONS = {
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ_INV = torch.linalg.inv(_YIQ)
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
+_YIQ_LIST, _YIQ_INV_LIST, _LUMA_LIST = _YIQ.double().tolist(), _YIQ_INV.double().tolist(), _LUMA.double().tolist()
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -98,18 +103,164 @@ def augment_image(img: torch.Tensor, cfg: AugmentationConfig | None, gen: torch.
         theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
         x = _affine(x, theta, fill=-1.0 + 2.0 / 255.0)  # PIL fill=1 on 0..255: near black
     if cfg.crop_scale != (1.0, 1.0):
-        area = _uniform(gen, *cfg.crop_scale)
-        log_r = _uniform(gen, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
-        ratio = math.exp(log_r)
-        sw, sh = min(math.sqrt(area * ratio), 1.3), min(math.sqrt(area / ratio), 1.3)
-        cx, cy = _uniform(gen, -max(0, 1 - sw), max(0, 1 - sw)), _uniform(gen, -max(0, 1 - sh), max(0, 1 - sh))
+        sw, sh, cx, cy = _draw_crop(cfg, gen)
         theta = torch.tensor([[sw, 0.0, cx], [0.0, sh, cy]])
         x = _affine(x, theta, fill=-1.0)
     return x
 
 
+def _draw_crop(cfg: AugmentationConfig, gen: torch.Generator) -> tuple[float, float, float, float]:
+    """A random-resized-crop as an affine zoom: (scale x, scale y, centre x, centre y)."""
+    area = _uniform(gen, *cfg.crop_scale)
+    log_r = _uniform(gen, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    ratio = math.exp(log_r)
+    sw, sh = min(math.sqrt(area * ratio), 1.3), min(math.sqrt(area / ratio), 1.3)
+    cx, cy = _uniform(gen, -max(0, 1 - sw), max(0, 1 - sw)), _uniform(gen, -max(0, 1 - sh), max(0, 1 - sh))
+    return sw, sh, cx, cy
+
+
+@dataclass
+class _ImagePlan:
+    """One image's random draws: what `augment_image` would do to it."""
+
+    jitter: list[tuple[int, float, float]] | None = None  # per round: (op, factor, hue angle in radians)
+    sigma: float | None = None  # blur
+    rotation: float | None = None  # radians
+    crop: tuple[float, float, float, float] | None = None  # sw, sh, cx, cy
+
+
+def _plan_image(cfg: AugmentationConfig, gen: torch.Generator) -> _ImagePlan:
+    """Draw from `gen` exactly what `augment_image` draws, in the same order (CPU only)."""
+    plan = _ImagePlan()
+    if float(torch.rand((), generator=gen)) < cfg.jitter_p:
+        s, plan.jitter = cfg.jitter, []
+        for op in torch.randperm(4, generator=gen).tolist():
+            f = _uniform(gen, 1 - s, 1 + s)
+            a = _uniform(gen, -s, s) * 2 * math.pi if op == 3 else 0.0
+            plan.jitter.append((op, f, a))
+    if float(torch.rand((), generator=gen)) < cfg.blur_p:
+        plan.sigma = _uniform(gen, *cfg.blur_sigma)
+    if cfg.rotation_p and float(torch.rand((), generator=gen)) < cfg.rotation_p:
+        plan.rotation = math.radians(_uniform(gen, -cfg.rotation_deg, cfg.rotation_deg))
+    if cfg.crop_scale != (1.0, 1.0):
+        plan.crop = _draw_crop(cfg, gen)
+    return plan
+
+
+def _matmul3(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
+    return [[sum(a[i][k] * b[k][j] for k in range(3)) for j in range(3)] for i in range(3)]
+
+
+def _jitter_round(op: int, f: float, a: float) -> list[float]:
+    """One jitter op as x -> M x + (w . channel means) on [0, 1] colours: M (9 floats, row-major) then w (3).
+
+    brightness x*f; contrast (x - mean)*f + mean with mean = luma-weighted mean; saturation (x - gray)*f + gray;
+    hue YIQ^-1 R(a) YIQ x: the same maths as `_color_jitter`, written as one per-pixel matrix per image.
+    """
+    luma = _LUMA_LIST
+    if op == 3:
+        c, s = math.cos(a), math.sin(a)
+        rot = [[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]
+        m = _matmul3(_YIQ_INV_LIST, _matmul3(rot, _YIQ_LIST))
+        return [v for row in m for v in row] + [0.0, 0.0, 0.0]
+    m = [[f if i == j else 0.0 for j in range(3)] for i in range(3)]
+    if op == 2:
+        m = [[m[i][j] + (1 - f) * luma[j] for j in range(3)] for i in range(3)]
+    w = [(1 - f) * v for v in luma] if op == 1 else [0.0, 0.0, 0.0]
+    return [v for row in m for v in row] + w
+
+
+def _blur_taps(sigmas: list[float]) -> list[float]:
+    """`_blur`'s normalised 5-tap kernels (float32, computed as there), flattened."""
+    r = torch.arange(5, dtype=torch.float32) - 2
+    k = torch.exp(-(r**2)[None] / torch.tensor([2 * s**2 for s in sigmas], dtype=torch.float32)[:, None])
+    return (k / k.sum(1, keepdim=True)).flatten().tolist()
+
+
+def _affine_batch(x: torch.Tensor, theta: torch.Tensor, fill: float) -> torch.Tensor:
+    """`_affine` on a [N, C, H, W] batch with per-image thetas [N, 2, 3]."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    ones = torch.ones(x.shape[0], 1, *x.shape[2:], dtype=x.dtype, device=x.device)
+    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    valid = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warped.add_(valid.neg_().add_(1).mul_(fill))  # warped + (1 - valid) * fill, in place
+
+
+def _on_subset(x: torch.Tensor, idx: torch.Tensor, fn, inplace: bool) -> torch.Tensor:
+    """Apply fn to the images of x listed in idx (image numbers as floats, on x's device); the others keep their
+    values. inplace: x is ours to overwrite (not the caller's input)."""
+    if idx.numel() == 0:
+        return x
+    if idx.numel() == x.shape[0]:  # indices are increasing and distinct: all of them, in order
+        return fn(x)
+    idx = idx.long()
+    y = fn(x.index_select(0, idx))
+    return x.index_copy_(0, idx, y) if inplace else x.index_copy(0, idx, y)
+
+
 def augment_batch(images: torch.Tensor, cfg: AugmentationConfig | None, gen: torch.Generator) -> torch.Tensor:
-    """Augment each image independently, on the images' device (random draws come from the CPU generator)."""
+    """Augment each image independently, on the images' device (random draws come from the CPU generator).
+
+    Same result as stacking `augment_image` over the batch (to float rounding) and the same generator state after.
+    """
     if cfg is None:
         return images
-    return torch.stack([augment_image(im, cfg, gen) for im in images]).to(images.dtype)
+    b, c, h, w = images.shape
+    plans = [_plan_image(cfg, gen) for _ in range(b)]  # phase 1: CPU only
+
+    # Every per-image parameter in one flat float32 CPU tensor; segment sizes are known here, on the CPU.
+    jit = [i for i, p in enumerate(plans) if p.jitter is not None]
+    blr = [i for i, p in enumerate(plans) if p.sigma is not None]
+    rot = [i for i, p in enumerate(plans) if p.rotation is not None]
+    crop = cfg.crop_scale != (1.0, 1.0)
+    contrast_round = [any(plans[i].jitter[k][0] == 1 for i in jit) for k in range(4)]
+    flat: list[float] = []
+    for i in jit:
+        for op, f, a in plans[i].jitter:
+            flat += _jitter_round(op, f, a)
+    flat += [float(i) for i in jit]
+    flat += _blur_taps([plans[i].sigma for i in blr]) if blr else []
+    flat += [float(i) for i in blr]
+    for i in rot:
+        a = plans[i].rotation
+        flat += [math.cos(a), -math.sin(a), 0.0, math.sin(a), math.cos(a), 0.0]
+    flat += [float(i) for i in rot]
+    for p in plans if crop else []:
+        sw, sh, cx, cy = p.crop
+        flat += [sw, 0.0, cx, 0.0, sh, cy]
+    sizes = [len(jit) * 48, len(jit), len(blr) * 5, len(blr), len(rot) * 6, len(rot), b * 6 if crop else 0]
+    if images.device.type == "cuda":  # made pinned (tensor.pin_memory() spends ~0.3 ms in is_pinned): no sync
+        params = torch.tensor(flat, dtype=torch.float32, pin_memory=True).to(images.device, non_blocking=True)
+    else:
+        params = torch.tensor(flat, dtype=torch.float32).to(images.device)  # a no-op on the CPU
+    jm, ji, bk, bi, rt, ri, ct = torch.split(params, sizes)
+
+    # Phase 2: batched on the device; no per-image ops, no host syncs.
+    x = images.float()
+
+    def jitter(xs: torch.Tensor) -> torch.Tensor:
+        n = xs.shape[0]
+        mats = jm.view(n, 4, 12)
+        y = (xs + 1).div_(2).reshape(n, c, h * w)
+        for k in range(4):
+            m = mats[:, k, :9].view(n, 3, 3)
+            bias = (mats[:, k, 9:] * y.mean(2)).sum(1).view(n, 1, 1) if contrast_round[k] else None
+            y = torch.einsum("bij,bjp->bip", m, y)  # = torch.bmm, which on CPU is ~2.5x slower at this shape
+            y = (y if bias is None else y.add_(bias)).clamp_(0, 1)
+        return y.mul_(2).sub_(1).view(n, c, h, w)
+
+    def blur(xs: torch.Tensor) -> torch.Tensor:
+        n = xs.shape[0]
+        k = bk.view(n, 1, 5).expand(n, c, 5).reshape(n * c, 1, 5)
+        y = F.pad(xs.reshape(1, n * c, h, w), (2, 2, 2, 2), mode="reflect")
+        y = F.conv2d(y, k.view(n * c, 1, 1, 5), groups=n * c)
+        y = F.conv2d(y, k.view(n * c, 1, 5, 1), groups=n * c)
+        return y.view(n, c, h, w)
+
+    x = _on_subset(x, ji, jitter, inplace=x is not images)
+    x = _on_subset(x, bi, blur, inplace=x is not images)
+    x = _on_subset(x, ri, lambda xs: _affine_batch(xs, rt.view(-1, 2, 3), -1.0 + 2.0 / 255.0), x is not images)
+    if crop:
+        x = _affine_batch(x, ct.view(b, 2, 3), fill=-1.0)
+    out = x.to(images.dtype)
+    return out.clone() if out is images else out

@@ -181,10 +181,20 @@ def assemble_base_model(name: str, tokenizer, text_encoder, unet, vae, scheduler
     )
 
 
-def compile_unet(base: BaseModel, mode: str = "reduce-overhead") -> BaseModel:
-    """torch.compile the UNet (CUDA graphs with ``reduce-overhead``): same maths, fewer launches.
+def compile_base_model(base: BaseModel, mode: str = "reduce-overhead", vae: bool = True) -> BaseModel:
+    """torch.compile the UNet and the VAE encoder/decoder (CUDA graphs with ``reduce-overhead``),
+    after fusing each self-attention layer's q/k/v projections into one matmul.
 
-    Each new resolution / batch size compiles once; warm it up before the first user-facing render.
+    Same maths, far fewer kernel launches and fused element-wise work. Each new resolution / batch
+    size compiles once (tens of seconds at SD 2 scale): warm up before the first user-facing render.
+    The text encoder stays eager: its batch (steps x layers x views) changes with every request.
+    Training through the compiled UNet (inversion) compiles a forward+backward graph on first use.
     """
+    from .attention import fuse_self_attention_projections
+
+    fuse_self_attention_projections(base.unet)
     base.unet = torch.compile(base.unet, mode=mode, fullgraph=False, dynamic=False)
+    if vae:
+        base.vae.decoder = torch.compile(base.vae.decoder, mode=mode, fullgraph=False, dynamic=False)
+        base.vae.encoder = torch.compile(base.vae.encoder, mode=mode, fullgraph=False, dynamic=False)
     return base

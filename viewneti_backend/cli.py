@@ -2,7 +2,9 @@
 
 Every model argument takes a hub id (e.g. ``stabilityai/stable-diffusion-2-1``) or a local diffusers
 folder; without one, the embedded toy-world model is used. Cameras follow Blender's convention
-(+Z up, camera looks down -Z, +Y up; 4x4 camera-to-anchor matrices).
+(+Z up, camera looks down -Z, +Y up; 4x4 camera-to-anchor matrices). ``--steps``/``--guidance`` of
+``render`` and ``eval`` default to the model's recommended values (``viewneti/sampling.json`` in the
+model folder; Stable Diffusion 2's 30 steps / 7.5 without one).
 """
 
 from __future__ import annotations
@@ -74,6 +76,20 @@ def _add_camera_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=int, help="square image size in pixels (default: the model's native size)")
 
 
+_SAMPLING_HELP = ("(default: the model's recommended value from <model>/viewneti/sampling.json; "
+                  "30 steps / guidance 7.5 for models without one; `viewneti info` shows it)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="DPM-Solver++ denoising steps " + _SAMPLING_HELP)
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale " + _SAMPLING_HELP)
+
+
+def _sampling(engine, args) -> tuple[int, float]:
+    """``--steps``/``--guidance``, with the model's recommended values where they were not given."""
+    return engine.sampling.resolve(args.steps, args.guidance)
+
+
 def cmd_info(args) -> int:
     engine = _engine(args)
     print(json.dumps({**engine.info(), "objects": engine.list_objects()}, indent=2))
@@ -88,8 +104,9 @@ def cmd_render(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name, _ = engine.object_mapper(args.object)
-    for i, cam in enumerate(tqdm(cams, desc=f"render {name}", unit="view")):
-        img = engine.render([cam], name, args.seed, args.steps, args.guidance, with_view=not args.no_view)[0]
+    steps, guidance = _sampling(engine, args)
+    for i, cam in enumerate(tqdm(cams, desc=f"render {name} ({steps} steps, guidance {guidance:g})", unit="view")):
+        img = engine.render([cam], name, args.seed, steps, guidance, with_view=not args.no_view)[0]
         path = out / f"{name}_view{i:03d}_seed{args.seed}.png"
         tmp = path.with_suffix(".tmp.png")
         img.save(tmp)
@@ -179,10 +196,12 @@ def cmd_eval(args) -> int:
         except RuntimeError as exc:
             print(f"LPIPS skipped: {exc}", file=sys.stderr)
     table = EvalTable()
+    steps, guidance = _sampling(engine, args)
+    print(f"sampling: {steps} steps, guidance {guidance:g}", file=sys.stderr)
     for seed in [int(s) for s in args.seeds.split(",")]:
         size = args.size or engine.base.native_size
         cams = [c.with_size(size, size) for c in scene.cameras]
-        preds = engine.render(cams, args.object, seed, args.steps, args.guidance, with_view=not args.no_view)
+        preds = engine.render(cams, args.object, seed, steps, guidance, with_view=not args.no_view)
         for i, (pred, gt) in enumerate(zip(preds, scene.images)):
             gt = gt.resize(pred.size)
             mask = scene.masks[i] if scene.masks else None
@@ -194,7 +213,8 @@ def cmd_eval(args) -> int:
                       lp(pred, gt, mask) if lp else None)
     print(table.format())
     if args.json:
-        Path(args.json).write_text(json.dumps({"per_scene": table.per_scene(), "mean": table.mean_over_scenes()}, indent=2))
+        Path(args.json).write_text(json.dumps({"per_scene": table.per_scene(), "mean": table.mean_over_scenes(),
+                                               "sampling": {"steps": steps, "guidance": guidance}}, indent=2))
     return 0
 
 
@@ -219,8 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_camera_args(p)
     p.add_argument("--object", help="object token name (default: the model's first object)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0); same seed -> same image")
-    p.add_argument("--steps", type=int, default=30, help="DPM-Solver++ steps (default 30)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    _add_sampling_args(p)
     p.add_argument("--no-view", action="store_true", help="object token only, without the view token (a baseline)")
     p.add_argument("--sheet", action="store_true", help="also write a contact sheet of all views")
     p.add_argument("--out", required=True, help="output folder for PNGs")
@@ -272,8 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", help="comma-separated target view indices")
     p.add_argument("--object", help="object token to render")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (paper: 0,1)")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, default=7.5)
+    _add_sampling_args(p)
     p.add_argument("--size", type=int, help="render size (default native)")
     p.add_argument("--no-view", action="store_true", help="object token only (baseline)")
     p.add_argument("--lpips", action="store_true", help="also compute LPIPS-VGG (needs the lpips package and cached weights)")

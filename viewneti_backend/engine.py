@@ -4,8 +4,9 @@ This is what the server's single GPU worker owns (and what the CLI uses). Not th
 design: exactly one thread calls it.
 
 A model folder may carry a ``viewneti/`` sub-folder with a bundled view-mapper
-(``viewneti/view_mapper``) and built-in object tokens (``viewneti/objects/<name>``); the embedded
-toy world ships that way, and the same layout works for SD 2 folders.
+(``viewneti/view_mapper``), built-in object tokens (``viewneti/objects/<name>``) and recommended
+sampling settings (``viewneti/sampling.json``, see :mod:`.sampling_defaults`); the embedded toy world
+ships that way, and the same layout works for SD 2 folders.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .data import Scene
 from .errors import InputError
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
+from .sampling_defaults import SamplingDefaults
 from .tokens import ObjectLibrary, validate_token_name
 from .training import Trainer, TrainConfig
 
@@ -56,24 +58,26 @@ class Engine:
     """Render novel views and invert reference images with one frozen base model."""
 
     def __init__(self, base: BaseModel, view_mapper: NeTIMapper | None, library: ObjectLibrary, *,
-                 model: str, view_mapper_name: str | None, train_long_side: int = 512):
+                 model: str, view_mapper_name: str | None, train_long_side: int = 512,
+                 sampling: SamplingDefaults | None = None):
         self.base = base
         self.pipeline = ViewNeTIPipeline(base, view_mapper)
         self.library = library
         self.model = model
         self.view_mapper_name = view_mapper_name
         self.train_long_side = train_long_side
+        self.sampling = sampling or SamplingDefaults()  # the model's recommended steps/guidance
 
     @classmethod
     def load(cls, model: str | None = None, view_mapper: str | None = None, device: str | None = None,
              dtype: str | None = None, library_dir: str | Path | None = None, compile: bool | None = None) -> "Engine":
-        """``compile=None`` compiles the UNet (CUDA graphs) on CUDA only; see :meth:`warmup`."""
+        """``compile=None`` compiles the UNet and VAE (CUDA graphs) on CUDA only; see :meth:`warmup`."""
         model = resolve_model(model)
         base = load_base_model(model, device=device, dtype=dtype)
         if compile if compile is not None else base.device.type == "cuda":
-            from .base_model import compile_unet
+            from .base_model import compile_base_model
 
-            compile_unet(base)
+            compile_base_model(base)
         vm_path = Path(view_mapper) if view_mapper else bundled_view_mapper(model)
         vm = None
         if vm_path is not None:
@@ -82,7 +86,8 @@ class Engine:
         builtin = [Path(model) / BUNDLE_DIR / "objects"] if Path(model).is_dir() else []
         library = ObjectLibrary(library_dir, builtin)
         name = None if vm_path is None else (vm_path.parent.parent.name + "/" + vm_path.name if vm_path.name == "view_mapper" else vm_path.name)
-        return cls(base, vm, library, model=model, view_mapper_name=name)
+        sampling = SamplingDefaults.for_model(model)  # viewneti/sampling.json, else SD 2's 7.5 / 30
+        return cls(base, vm, library, model=model, view_mapper_name=name, sampling=sampling)
 
     def warmup(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 8) -> None:
         """Render one throw-away view per size so compilation happens before the first user request."""
@@ -106,6 +111,7 @@ class Engine:
             "dtype": str(self.base.dtype).replace("torch.", ""), "view_mapper": self.view_mapper_name,
             "default_object": self.default_object, "native_size": self.base.native_size, "max_size": MAX_SIZE,
             "prediction_type": self.base.prediction_type, "cross_attention_layers": self.base.num_layers,
+            "sampling_defaults": self.sampling.to_dict(),
         }
 
     def list_objects(self) -> list[dict]:
@@ -125,10 +131,13 @@ class Engine:
         return name, self.library.load(name, device=self.base.device, expect_fingerprint=self.base.fingerprint)
 
     # -- rendering ---------------------------------------------------------------------------------
-    def render(self, cameras: Sequence[Camera], object_name: str | None = None, seed: int = 0, steps: int = 30,
-               guidance: float = 7.5, *, with_view: bool = True, should_stop: Callable[[], bool] | None = None,
+    def render(self, cameras: Sequence[Camera], object_name: str | None = None, seed: int = 0, steps: int | None = None,
+               guidance: float | None = None, *, with_view: bool = True, should_stop: Callable[[], bool] | None = None,
                on_step: Callable[[int, int], None] | None = None, timings: dict | None = None) -> list[Image.Image]:
-        """Novel views of an object; cameras of different sizes are rendered in per-size batches."""
+        """Novel views of an object; cameras of different sizes are rendered in per-size batches.
+
+        ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`)."""
+        steps, guidance = self.sampling.resolve(steps, guidance)
         name, mapper = self.object_mapper(object_name)
         with_view = with_view and self.pipeline.view_mapper is not None
         out: list[Image.Image | None] = [None] * len(cameras)
@@ -179,7 +188,8 @@ class Engine:
             event = {"step": step, "total": total, "loss": loss, "eta_s": elapsed / step * (total - step), "preview": None}
             if preview_every and (step % preview_every == 0 or step == total):
                 mapper = trainer.object_mappers[0].eval()
-                event["preview"] = self.pipeline([preview_cam], mapper, seed=seed, steps=20, use_cache=False)[0]
+                event["preview"] = self.pipeline([preview_cam], mapper, seed=seed, steps=20, guidance=self.sampling.guidance,
+                                                 use_cache=False)[0]
                 mapper.train()
             on_progress(event)
 

@@ -69,6 +69,7 @@ class TextConditioner:
         if self.max_length > tm.embeddings.position_embedding.weight.shape[0]:
             self.max_length = tm.embeddings.position_embedding.weight.shape[0]
         self._cache: dict[str, torch.Tensor] = {}
+        self._legacy_causal_mask: bool | None = None
 
     @property
     def embedding_dim(self) -> int:
@@ -86,8 +87,14 @@ class TextConditioner:
         return float(self._table.weight[ids[0]].float().norm())
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        out = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
-        return out["input_ids"].to(self.device)
+        """Token ids [N, S] on the encoder's device; placeholders are counted here, on the CPU."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")["input_ids"]
+        for token_id in (self.view_token_id, self.object_token_id):
+            if bool(((ids == token_id).sum(dim=1) > 1).any()):
+                raise InputError(f"a prompt contains the placeholder {self.tokenizer.convert_ids_to_tokens(token_id)} more than once")
+        if self.device.type == "cuda":
+            return ids.pin_memory().to(self.device, non_blocking=True)
+        return ids.to(self.device)
 
     def token_ids(self, prompt: str) -> torch.Tensor:
         """Cached token ids of one prompt, shape [1, S]."""
@@ -108,7 +115,9 @@ class TextConditioner:
         # An explicit additive causal mask works across transformers versions (4.x takes it as
         # causal_attention_mask, 5.x as a prepared 4D attention_mask).
         causal = torch.full((s, s), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype).triu(1)[None, None]
-        if "causal_attention_mask" in inspect.signature(tm.encoder.forward).parameters:
+        if self._legacy_causal_mask is None:
+            self._legacy_causal_mask = "causal_attention_mask" in inspect.signature(tm.encoder.forward).parameters
+        if self._legacy_causal_mask:
             return tm.encoder(inputs_embeds=hidden, causal_attention_mask=causal).last_hidden_state
         return tm.encoder(inputs_embeds=hidden, attention_mask=causal).last_hidden_state
 
@@ -119,8 +128,9 @@ class TextConditioner:
         injections = injections or {}
         for token_id, inj in injections.items():
             mask = (input_ids == token_id)
-            counts = mask.sum(dim=1)
-            if not torch.all(counts == 1):
+            # Checked on CPU ids only: reading a device tensor here would stall the GPU on every call.
+            # Ids on the device come from tokenize(), which already allows each placeholder at most once.
+            if input_ids.device.type == "cpu" and not torch.all(mask.sum(dim=1) == 1):
                 raise InputError(f"each prompt must contain the placeholder token {self.tokenizer.convert_ids_to_tokens(token_id)} exactly once")
             x = torch.where(mask[..., None], inj.word.to(x.dtype)[:, None, :], x)
         h = self._transformer(x)

@@ -60,6 +60,10 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str | None = None  # None -> bf16 on CUDA when supported, else no
     log_every: int = 10
+    # Run the grad_accum micro-batches of a step as one batch (same gradient: the mean of equal-sized
+    # micro-batch means is the batch mean; each keeps its own scene, images, noise and timesteps).
+    # Faster on a GPU; needs grad_accum x the activation memory. False = one micro-batch at a time.
+    fuse_micro_batches: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -86,8 +90,13 @@ class TrainableMappers(nn.Module):
         self.view = view
         self.objects = nn.ModuleList(objects)
 
-    def forward(self, timesteps, layers, camera, scene: int):
-        obj = self.objects[scene](timesteps, layers)
+    def forward(self, timesteps, layers, camera, scenes: Sequence[tuple[int, int]]):
+        """``scenes``: (scene index, rows) per consecutive group of rows; each group uses its scene's object-mapper."""
+        outs, start = [], 0
+        for scene, rows in scenes:
+            outs.append(self.objects[scene](timesteps[start:start + rows], layers[start:start + rows]))
+            start += rows
+        obj = tuple(torch.cat(parts) for parts in zip(*outs)) if len(outs) > 1 else outs[0]
         view = self.view(timesteps, layers, camera) if self.view is not None and camera is not None else None
         return obj, view
 
@@ -133,6 +142,13 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without a stream sync on CUDA (pinned + non-blocking); a plain copy elsewhere."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 # ------------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------------
@@ -143,6 +159,19 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     step: int = 0
     output_dir: Path | None = None
+
+
+@dataclass
+class MicroBatch:
+    """What one micro-batch trains on; tensors stay on the CPU except ``images``."""
+
+    scene: int
+    images: torch.Tensor  # [B, 3, H, W] in [-1, 1], augmented, on the training device
+    feats: torch.Tensor | None  # [B, F] camera features (CPU)
+    prompts: list[str]
+    noise: torch.Tensor  # [B, C, h, w] (CPU)
+    t: torch.Tensor  # [B] timesteps (CPU)
+    posterior_noise: torch.Tensor  # [B, C, h, w] the VAE posterior sample's draw (CPU)
 
 
 class Trainer:
@@ -167,7 +196,7 @@ class Trainer:
         if mp is None:
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() and device != "cpu" else "no"
         self.accelerator = accelerator or Accelerator(
-            gradient_accumulation_steps=c.grad_accum, mixed_precision=mp, cpu=device == "cpu",
+            gradient_accumulation_steps=1 if c.fuse_micro_batches else c.grad_accum, mixed_precision=mp, cpu=device == "cpu",
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=c.mode == 3)])
         acc = self.accelerator
         frozen_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
@@ -201,7 +230,8 @@ class Trainer:
         self.mappers = TrainableMappers(self.view_mapper if train_view else None, self.object_mappers)
         params = [p for p in self.mappers.parameters() if p.requires_grad]
         lr = c.lr * (c.batch_size * c.grad_accum * acc.num_processes if c.scale_lr else 1)
-        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=c.weight_decay)
+        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=c.weight_decay,
+                                           fused=acc.device.type == "cuda")
         self.mappers, self.optimizer = acc.prepare(self.mappers, self.optimizer)
         self.noise_scheduler = b.noise_scheduler()
         self.augmentation = AUGMENTATIONS.get(c.augmentation_key)
@@ -214,45 +244,65 @@ class Trainer:
         self.step = 0
         self.losses: list[float] = []
 
-    # -- one micro-batch ---------------------------------------------------------------------------
-    def _sample_batch(self, gen: torch.Generator, rng: random.Random):
-        c = self.config
+    # -- micro-batches -----------------------------------------------------------------------------
+    def _sample_batch(self, gen: torch.Generator, rng: random.Random) -> "MicroBatch":
+        """One micro-batch: a scene, augmented images, camera features, prompts, noise and timesteps.
+
+        Every random draw comes from CPU generators, so a run is reproducible on any device, and
+        nothing here waits for the GPU (transfers are pinned and non-blocking).
+        """
+        c, dev = self.config, self.accelerator.device
         scene = rng.randrange(len(self.scenes)) if c.mode == 3 else 0
         n = self.scene_tensors[scene].shape[0]
-        idx = torch.randint(0, n, (c.batch_size,), generator=gen).to(self.scene_tensors[scene].device)
-        images = augment_batch(self.scene_tensors[scene][idx], self.augmentation, gen)
-        feats = self.scene_features[scene][idx.cpu()] if self.scene_features[scene] is not None else None
+        idx = torch.randint(0, n, (c.batch_size,), generator=gen)
+        images = augment_batch(self.scene_tensors[scene].index_select(0, to_device(idx, dev)), self.augmentation, gen)
+        feats = self.scene_features[scene][idx] if self.scene_features[scene] is not None else None
         if c.uses_view:
             prompts = [VIEW_OBJECT_PROMPT.format(view=self.base.text.view_token, object=self.base.text.object_token)] * c.batch_size
         else:
             prompts = [rng.choice(OBJECT_TEMPLATES).format(object=self.base.text.object_token) for _ in range(c.batch_size)]
-        return scene, images, feats, prompts
+        f = self.base.vae_scale_factor
+        shape = (c.batch_size, self.base.latent_channels, self.height // f, self.width // f)
+        noise = torch.randn(shape, generator=gen)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (c.batch_size,), generator=gen)
+        return MicroBatch(scene, images, feats, prompts, noise, t, torch.randn(shape, generator=gen))
 
-    def loss_on(self, scene: int, images: torch.Tensor, feats: torch.Tensor | None, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+    def _token_ids(self, prompts: list[str]) -> torch.Tensor:
+        if len(set(prompts)) == 1:  # the usual case: one cached tokenisation, expanded
+            return self.base.text.token_ids(prompts[0]).expand(len(prompts), -1)
+        return self.base.text.tokenize(prompts)
+
+    def loss_on(self, batches: Sequence["MicroBatch"]) -> torch.Tensor:
+        """Mean loss over one or more micro-batches run as one batch (their mean, if equal-sized)."""
         b, acc = self.base, self.accelerator
         dev = acc.device
-        bs, n_l = images.shape[0], b.num_layers
-        with torch.no_grad():
-            latents = b.vae.encode(images.to(dev, b.dtype)).latent_dist.sample(generator=None) * b.scaling_factor
-            latents = latents.float()
-        noise = torch.randn(latents.shape, generator=gen).to(dev)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bs,), generator=gen).to(dev)
+        n_l = b.num_layers
+        images = torch.cat([mb.images for mb in batches])
+        bs = images.shape[0]
+        with torch.no_grad():  # a sample of the VAE posterior, with this micro-batch's own draw
+            posterior = b.vae.encode(images.to(dev, b.dtype)).latent_dist
+            eps = to_device(torch.cat([mb.posterior_noise for mb in batches]), dev)
+            latents = (posterior.mean.float() + posterior.std.float() * eps) * b.scaling_factor
+        noise = to_device(torch.cat([mb.noise for mb in batches]), dev)
+        t = to_device(torch.cat([mb.t for mb in batches]), dev)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         target = noise if b.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, t)
         t_rep = t.repeat_interleave(n_l)
         l_rep = torch.arange(n_l, device=dev).repeat(bs)
-        cam_rep = feats.to(dev).repeat_interleave(n_l, dim=0) if feats is not None else None
-        ids = b.text.tokenize(prompts).repeat_interleave(n_l, dim=0)
-        obj, view = self.mappers(t_rep, l_rep, cam_rep if self.config.mode != 5 else None, scene)
+        feats = None
+        if batches[0].feats is not None:
+            feats = to_device(torch.cat([mb.feats for mb in batches]), dev).repeat_interleave(n_l, dim=0)
+        ids = self._token_ids([p for mb in batches for p in mb.prompts]).repeat_interleave(n_l, dim=0)
+        groups = [(mb.scene, mb.images.shape[0] * n_l) for mb in batches]
+        obj, view = self.mappers(t_rep, l_rep, feats if self.config.mode != 5 else None, groups)
         from .text_conditioning import Injection
 
-        inj = {b.text.object_token_id: Injection(obj[0], obj[1], self.object_mappers[scene].config.alpha)}
-        view_mapper = self.view_mapper
-        if view is None and self.frozen_view is not None and cam_rep is not None:
+        inj = {b.text.object_token_id: Injection(obj[0], obj[1], self.object_mappers[batches[0].scene].config.alpha)}
+        if view is None and self.frozen_view is not None and feats is not None:
             with torch.no_grad():
-                view = self.frozen_view(t_rep, l_rep, cam_rep)
+                view = self.frozen_view(t_rep, l_rep, feats)
         if view is not None:
-            inj[b.text.view_token_id] = Injection(view[0], view[1], view_mapper.config.alpha)
+            inj[b.text.view_token_id] = Injection(view[0], view[1], self.view_mapper.config.alpha)
         with acc.autocast():
             keys, values = b.text.encode(ids, inj)
             s, d = keys.shape[1:]
@@ -266,7 +316,7 @@ class Trainer:
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
         aug, self.augmentation = self.augmentation, None
         try:
-            losses = [float(self.loss_on(*self._sample_batch(gen, rng), gen)) for _ in range(batches)]
+            losses = [float(self.loss_on([self._sample_batch(gen, rng)])) for _ in range(batches)]
         finally:
             self.augmentation = aug
         return sum(losses) / len(losses)
@@ -282,20 +332,22 @@ class Trainer:
         rng = random.Random(c.seed * 7919 + self.step + acc.process_index)
         bar = tqdm(total=c.steps, initial=self.step, disable=not (progress and acc.is_main_process), desc=f"mode {c.mode}", unit="step")
         t0, start_step = time.perf_counter(), self.step
+        fused = c.fuse_micro_batches
         while self.step < c.steps:
-            running = 0.0
-            for _ in range(c.grad_accum):
+            running = torch.zeros((), device=acc.device)
+            for _ in range(1 if fused else c.grad_accum):
                 if should_stop is not None and should_stop():
                     bar.close()
                     raise Cancelled(f"training stopped at step {self.step} of {c.steps}")
                 with acc.accumulate(self.mappers):
-                    scene, images, feats, prompts = self._sample_batch(gen, rng)
-                    loss = self.loss_on(scene, images, feats, prompts, gen)
+                    batches = [self._sample_batch(gen, rng) for _ in range(c.grad_accum if fused else 1)]
+                    loss = self.loss_on(batches)
                     acc.backward(loss)
                     if acc.sync_gradients:
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
-                running += float(loss.detach()) / c.grad_accum
+                running += loss.detach() / (1 if fused else c.grad_accum)
+            running = float(running)  # the step's one host-device sync
             self.step += 1
             self.losses.append(running)
             bar.update(1)

@@ -64,7 +64,10 @@ def scene(addon):
     bpy.ops.wm.read_homefile(use_factory_startup=True)
     scene = bpy.context.scene
     scene.viewneti.resolution = 64
-    scene.viewneti.steps = 1  # the CPU toy model costs seconds per step on a busy 2-core machine
+    # the CPU toy model costs seconds per step on a busy 2-core machine: own settings, 1 step
+    # (test_sampling_defaults.py covers "Use Model Defaults", which is on in a fresh file)
+    scene.viewneti.use_model_defaults = False
+    scene.viewneti.steps = 1
     yield scene
     addon.runtime.shutdown(cancel_job=True)
 

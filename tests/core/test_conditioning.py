@@ -111,3 +111,30 @@ def test_placeholder_must_appear_exactly_once(tiny_base):
     ids = text.tokenize(["a photo of a box"])
     with pytest.raises(ValueError, match="exactly once"):
         text.encode(ids, {text.object_token_id: Injection(torch.zeros(1, text.embedding_dim), None, 5.0)})
+
+
+def test_fused_self_attention_projections_keep_the_maths_and_stay_frozen(tiny_model_dir):
+    """compile_base_model fuses attn1 q/k/v; the UNet output and the gradient into the encodings must not change."""
+    from viewneti_backend.attention import fuse_self_attention_projections
+    from viewneti_backend.base_model import load_base_model
+
+    base = load_base_model(tiny_model_dir, device="cpu")
+    n_l, s, d = base.num_layers, base.text.max_length, base.text.embedding_dim
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, base.latent_channels, 8, 8, generator=gen)
+    ehs = torch.randn(2, 2 * n_l * s, d, generator=gen, requires_grad=True)
+    t = torch.tensor([10, 700])
+
+    def run():
+        ehs.grad = None
+        out = base.unet(x, t, encoder_hidden_states=ehs, return_dict=False)[0]
+        out.square().mean().backward()
+        return out.detach(), ehs.grad.clone()
+
+    before, grad_before = run()
+    assert fuse_self_attention_projections(base.unet) > 0
+    assert fuse_self_attention_projections(base.unet) == 0, "fusing twice must be a no-op"
+    after, grad_after = run()
+    assert torch.allclose(before, after, atol=1e-5), float((before - after).abs().max())
+    assert torch.allclose(grad_before, grad_after, atol=1e-6, rtol=1e-4)
+    assert not any(p.requires_grad for p in base.unet.parameters())

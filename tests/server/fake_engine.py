@@ -21,6 +21,7 @@ from PIL import Image
 from viewneti_backend.errors import Cancelled, InputError, NotFoundError
 
 BUILTIN = "toy_000"
+SAMPLING = {"guidance": 2.0, "steps": 5, "live_steps": 2}  # like a model's viewneti/sampling.json
 
 
 class FakeEngine:
@@ -41,7 +42,8 @@ class FakeEngine:
 
     def info(self) -> dict:
         return {"version": "0.1.0", "base_model": "fake-prior", "device": "cpu", "dtype": "float32",
-                "view_mapper": "fake-view-mapper", "default_object": BUILTIN, "native_size": 64, "max_size": 2048}
+                "view_mapper": "fake-view-mapper", "default_object": BUILTIN, "native_size": 64, "max_size": 2048,
+                "sampling_defaults": dict(SAMPLING)}
 
     def _custom(self) -> list[dict]:
         if not self.library_dir:
@@ -64,7 +66,10 @@ class FakeEngine:
             raise NotFoundError(f"unknown object {name!r}")
         (self.library_dir / f"{name}.json").unlink()
 
-    def render(self, cameras, object_name, seed, steps, guidance, *, should_stop=None, on_step=None, timings=None):
+    def render(self, cameras, object_name=None, seed=0, steps=None, guidance=None, *, should_stop=None, on_step=None,
+               timings=None):
+        steps = SAMPLING["steps"] if steps is None else steps
+        guidance = SAMPLING["guidance"] if guidance is None else guidance
         obj = object_name or BUILTIN
         if not self.has_object(obj):
             raise NotFoundError(f"unknown object {obj!r}")

@@ -141,9 +141,10 @@ def wire_camera(azimuth: float = 30.0, elevation: float = 20.0, radius: float = 
 
 
 def render_body(**kw: Any) -> dict[str, Any]:
+    """A /v1/render body at the tests' few steps; guidance is left to the model's default unless given."""
     cam = kw.pop("camera", None) or wire_camera(**{k: kw.pop(k) for k in list(kw) if k in
                                                     ("azimuth", "elevation", "radius", "size", "height")})
-    body = {"camera": cam, "seed": 0, "steps": STEPS, "guidance": 7.5}
+    body = {"camera": cam, "seed": 0, "steps": STEPS}
     body.update(kw)
     return body
 

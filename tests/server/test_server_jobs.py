@@ -95,10 +95,17 @@ def test_cancel_stops_inversion_within_a_step(client):
     assert read_events(client, job_id, stop_after="progress")[0][0] == "progress"
     while client.get(f"/v1/jobs/{job_id}").json()["step"] < 3:
         time.sleep(0.02)
-    # measure the step time, then cancel
-    s_a = client.get(f"/v1/jobs/{job_id}").json()["step"]
-    time.sleep(0.5)
-    step_s = 0.5 / max(1, client.get(f"/v1/jobs/{job_id}").json()["step"] - s_a)
+    # measure the step time over two whole optimizer steps (one fused step of 9 images can take
+    # seconds on a 2-core CPU), then cancel
+    def wait_step_change(s):
+        while (now := client.get(f"/v1/jobs/{job_id}").json()["step"]) == s:
+            time.sleep(0.01)
+        return now
+
+    s_a = wait_step_change(client.get(f"/v1/jobs/{job_id}").json()["step"])
+    t_a = time.monotonic()
+    s_b = wait_step_change(wait_step_change(s_a))
+    step_s = (time.monotonic() - t_a) / (s_b - s_a)
     t0 = time.monotonic()
     c = client.post(f"/v1/jobs/{job_id}/cancel")
     assert c.status_code == 202 and c.json()["state"] in ("cancelling", "cancelled")

@@ -33,7 +33,8 @@ def _pretrain(args) -> int:
     from .nvs import PretrainConfig, pretrain_view_mapper
 
     cfg = PretrainConfig(n_objects=args.objects, views=args.views, steps=args.steps, max_minutes=args.minutes,
-                         ship_objects=args.ship_objects, seed=args.seed, batch_size=args.batch_size, grad_accum=args.grad_accum)
+                         ship_objects=args.ship_objects, seed=args.seed, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                         compile=not args.no_compile)
     summary = pretrain_view_mapper(cfg, resolve_model(args.model), args.out, device=args.device)
     print(summary)
     return 0
@@ -85,6 +86,7 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=3, help="images per micro-batch (one scene each; paper: 3)")
     p.add_argument("--grad-accum", type=int, default=3, help="micro-batches per optimizer step (paper: 3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-compile", action="store_true", help="on CUDA, run the UNet/VAE eagerly (default: CUDA graphs)")
     p.add_argument("--device")
     p.set_defaults(func=_pretrain)
 

@@ -12,6 +12,7 @@ every target; (c) the same object token rendered without a view token ("A photo 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,8 @@ from ..cameras import Camera, orbit_pose
 from ..data import Scene
 from ..errors import Cancelled
 from ..evaluation import EvalTable, masked_psnr, masked_ssim
+from ..mapper import replace_directory
+from ..sampling_defaults import FILENAME as SAMPLING_FILENAME
 from .prior import HELDOUT_SEED_START
 from .renderer import ToyObject, random_cameras, render, to_uint8
 
@@ -52,6 +55,7 @@ class PretrainConfig:
     ship_objects: int = 4  # object tokens shipped as built-ins (named toy_000, ...)
     seed: int = 0
     max_minutes: float | None = None
+    compile: bool = True  # on CUDA: CUDA-graph the UNet/VAE (a tiny model's step is otherwise launch-bound)
 
 
 def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None,
@@ -64,6 +68,10 @@ def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: st
     scenes = [render_scene(s, random_cameras(cfg.views, seed=10_000 + s, size=cfg.size), dev, name=f"toy_{i:03d}")
               for i, s in enumerate(range(cfg.first_seed, cfg.first_seed + cfg.n_objects))]
     base = load_base_model(model_dir, device=dev)
+    if cfg.compile and base.device.type == "cuda":
+        from ..base_model import compile_base_model
+
+        compile_base_model(base)
     tc = TrainConfig(mode=3, steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
                      augmentation=cfg.augmentation, width=cfg.size, height=cfg.size, seed=cfg.seed, log_every=100)
     trainer = Trainer(tc, base, scenes, output_dir=None, device=dev)
@@ -75,13 +83,19 @@ def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: st
         pass
     result = trainer.result()
     minutes = (time.perf_counter() - t0) / 60
+    # The new bundle is written next to the old one and swapped in whole; the model's sampling
+    # defaults (viewneti/sampling.json) are not the mapper's and carry over unchanged.
     bundle = Path(model_dir) / "viewneti"
-    shutil.rmtree(bundle, ignore_errors=True)
+    staging = bundle.with_name(f".viewneti.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
     result.view_mapper.config.extra = {"toyworld_pretrain": asdict(cfg), "steps": trainer.step}
-    result.view_mapper.save_pretrained(bundle / "view_mapper")
+    result.view_mapper.save_pretrained(staging / "view_mapper")
     for scene, mapper in list(zip(scenes, result.object_mappers.values()))[: cfg.ship_objects]:
         mapper.config.extra = {"steps": trainer.step, "toy_seed": scene.meta["seed"]}
-        mapper.save_pretrained(bundle / "objects" / scene.name)
+        mapper.save_pretrained(staging / "objects" / scene.name)
+    if (bundle / SAMPLING_FILENAME).is_file():
+        shutil.copy2(bundle / SAMPLING_FILENAME, staging / SAMPLING_FILENAME)
+    replace_directory(staging, bundle)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"config": asdict(cfg), "steps": trainer.step, "minutes": minutes,
@@ -127,6 +141,22 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
     tables = {"viewneti_mode5": EvalTable(), "copy_input": EvalTable(), "no_view_token": EvalTable()}
     timing = {"invert_s": [], "render_s": []}
     sheet_rows: list[Image.Image] = []
+
+    def write_summary(objects_done: int) -> dict:
+        # rewritten after every object, so a run that is stopped early still leaves its numbers
+        results = {m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes(), "pooled": t.mean_pooled()}
+                   for m, t in tables.items()}
+        a, b, c = (results[m]["mean"]["psnr"] for m in ("viewneti_mode5", "copy_input", "no_view_token"))
+        summary = {"config": asdict(cfg), "device": str(engine.base.device), "objects_done": objects_done,
+                   "complete": objects_done == cfg.n_objects, "results": results,
+                   "mean_invert_s": float(np.mean(timing["invert_s"])), "mean_render_views_s": float(np.mean(timing["render_s"])),
+                   "margin_db": {"vs_copy_input": a - b, "vs_no_view_token": a - c},
+                   "per_object_margin_db": _per_object_margins(results)}
+        tmp = out / ".nvs_benchmark.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, out / "nvs_benchmark.json")
+        return summary
+
     for i in tqdm(range(cfg.n_objects), desc="held-out objects", disable=not progress):
         seed = cfg.first_seed + i
         gt = render_scene(seed, targets, dev)
@@ -146,18 +176,24 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
                     tables[method].add(f"obj_{seed}", k, s, masked_psnr(img, g, m), masked_ssim(img, g, m))
             if s == cfg.seeds[0] and i < 4:
                 sheet_rows += [inp.images[0]] + gt.images[::2] + [inp.images[0]] + preds[::2] + [inp.images[0]] + plain[::2]
-    results = {m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes(), "pooled": t.mean_pooled()} for m, t in tables.items()}
-    summary = {"config": asdict(cfg), "device": str(engine.base.device), "results": results,
-               "mean_invert_s": float(np.mean(timing["invert_s"])), "mean_render_16_views_s": float(np.mean(timing["render_s"]))}
-    a, b, c = (results[m]["mean"]["psnr"] for m in ("viewneti_mode5", "copy_input", "no_view_token"))
-    summary["margin_db"] = {"vs_copy_input": a - b, "vs_no_view_token": a - c}
-    (out / "nvs_benchmark.json").write_text(json.dumps(summary, indent=2))
-    if sheet_rows:
-        contact_sheet(sheet_rows, out / "nvs_sheet.png", columns=1 + len(gt.images[::2]), labels=[""] * len(sheet_rows))
+        summary = write_summary(i + 1)
+        if sheet_rows:
+            contact_sheet(sheet_rows, out / "nvs_sheet.png", columns=1 + len(gt.images[::2]), labels=[""] * len(sheet_rows))
+    a, b, c = (summary["results"][m]["mean"]["psnr"] for m in ("viewneti_mode5", "copy_input", "no_view_token"))
     text = "\n\n".join(t.format(f"== {m} ==") for m, t in tables.items())
     (out / "nvs_benchmark.txt").write_text(text + f"\n\nmargin vs copy-input {a - b:+.2f} dB, vs no-view {a - c:+.2f} dB\n")
     print(text)
     return summary
+
+
+def _per_object_margins(results: dict) -> dict:
+    """Paired per-object PSNR differences of mode 5 against each baseline: mean, std over objects, wins."""
+    ours = results["viewneti_mode5"]["per_object"]
+    out = {}
+    for base in ("copy_input", "no_view_token"):
+        d = np.array([ours[o]["psnr"] - results[base]["per_object"][o]["psnr"] for o in ours])
+        out[f"vs_{base}"] = {"mean": float(d.mean()), "std": float(d.std()), "wins": int((d > 0).sum()), "objects": len(d)}
+    return out
 
 
 def mode2_interpolation(model_dir: str | Path, out_dir: str | Path, seed: int = HELDOUT_SEED_START + 100, views: int = 6,

@@ -1,0 +1,63 @@
+"""The toy world's reproduction commands end to end on the tiny test model (CPU, a few steps).
+
+These cover the code the GPU runs in benchmarks/RESULTS.md §2–3 use: mode-3 pretraining that
+rewrites ``<model>/viewneti`` and the held-out single-view NVS benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from viewneti_backend.mapper import NeTIMapper
+from viewneti_backend.sampling_defaults import SamplingDefaults
+from viewneti_backend.toyworld.nvs import BenchmarkConfig, PretrainConfig, nvs_benchmark, pretrain_view_mapper
+
+
+@pytest.fixture()
+def model_copy(tiny_model_dir, tmp_path):
+    dst = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, dst)
+    return dst
+
+
+def test_pretrain_rewrites_the_bundle_and_keeps_sampling_defaults(model_copy, tmp_path):
+    SamplingDefaults(guidance=3.0, steps=12, live_steps=4).save(model_copy / "viewneti" / "sampling.json")
+    before = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper").state_dict()
+    cfg = PretrainConfig(n_objects=2, views=3, steps=2, batch_size=2, grad_accum=2, ship_objects=2, size=64, compile=False)
+    summary = pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
+
+    bundle = model_copy / "viewneti"
+    assert summary["steps"] == 2 and np.isfinite(summary["loss_last_100"])
+    assert sorted(p.name for p in (bundle / "objects").iterdir()) == ["toy_000", "toy_001"]  # old objects replaced
+    after = NeTIMapper.from_pretrained(bundle / "view_mapper")
+    assert after.config.extra["steps"] == 2
+    assert any(not (before[k] == v).all() for k, v in after.state_dict().items()), "view-mapper was not trained"
+    # the model's sampling defaults are not the mapper's: they survive a re-pretrain unchanged
+    assert SamplingDefaults.from_json(bundle / "sampling.json") == SamplingDefaults(guidance=3.0, steps=12, live_steps=4)
+    assert not [p.name for p in model_copy.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    assert json.loads((tmp_path / "out" / "pretrain_summary.json").read_text())["steps"] == 2
+
+
+def test_nvs_benchmark_scores_three_methods_per_object_and_seed(tiny_model_dir, tmp_path):
+    cfg = BenchmarkConfig(n_objects=2, seeds=[0, 1], n_targets=2, invert_steps=2, render_steps=2)
+    summary = nvs_benchmark(cfg, tiny_model_dir, tmp_path, device="cpu", progress=False)
+
+    assert summary["complete"] and summary["objects_done"] == 2
+    on_disk = json.loads((tmp_path / "nvs_benchmark.json").read_text())
+    assert on_disk["margin_db"] == summary["margin_db"]
+    for method in ("viewneti_mode5", "copy_input", "no_view_token"):
+        res = summary["results"][method]
+        assert sorted(res["per_object"]) == ["obj_1000000", "obj_1000001"]
+        assert all(v["n"] == 2 * 2 for v in res["per_object"].values())  # 2 targets x 2 seeds
+        assert np.isfinite(res["mean"]["psnr"]) and 0.0 <= res["mean"]["ssim"] <= 1.0
+    # copying the input is deterministic: no seed-to-seed spread
+    assert summary["results"]["copy_input"]["mean"]["seed_std_psnr"] == 0.0
+    paired = summary["per_object_margin_db"]["vs_copy_input"]
+    assert paired["objects"] == 2 and 0 <= paired["wins"] <= 2
+    mode5, copy = summary["results"]["viewneti_mode5"]["mean"]["psnr"], summary["results"]["copy_input"]["mean"]["psnr"]
+    assert summary["margin_db"]["vs_copy_input"] == pytest.approx(mode5 - copy)
+    assert (tmp_path / "nvs_sheet.png").is_file() and (tmp_path / "nvs_benchmark.txt").is_file()
