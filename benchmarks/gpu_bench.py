@@ -415,43 +415,50 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
         base16 = with_dtype(base16, torch.bfloat16)
         base16.unet.to(memory_format=torch.channels_last)
-        compile_base_model(base16, args.compile)
+        # the text encoder's training copy is compiled later, so that one run measures it on and off
+        compile_base_model(base16, args.compile, text_encoder_for_training=False)
         pipe = ViewNeTIPipeline(base16, vm)
-        t_a = time.perf_counter()
-        fast_cached()  # compile + warm-up at 768x576
-        fast_cached()
-        warm_s = time.perf_counter() - t_a
-        t_new, _ = timed(fast_new_pose, repeats=5, warmup=0)
-        t_c, _ = timed(fast_cached, repeats=5, warmup=0)
-        phases: dict = {}
-        pipe([cam], om, seed=2, steps=30, guidance=7.5, object_key="obj", timings=phases)
-        entry = {"mode": args.compile, "warmup_s": warm_s, "view_new_pose_ms": t_new * 1e3, "view_cached_ms": t_c * 1e3,
-                 "view_cached_phases_ms": phases, "view_peak_mem_gib": peak_mem(fast_new_pose)}
-        print(f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms "
-              f"(phases {phases})", flush=True)
-        if "view" in args.profile:
-            entry["view_cached_profile"] = profile_gpu(fast_cached, "view 768x576 compiled, cached pose")
-            entry["view_new_pose_profile"] = profile_gpu(fast_new_pose, "view 768x576 compiled, new pose")
-        live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, LW, LW)
-        fast_cached(live, args.live_steps)
-        fast_cached(live, args.live_steps)
-        entry["live_new_pose_ms"] = timed(lambda: fast_new_pose(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
-        entry["live_cached_ms"] = timed(lambda: fast_cached(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
-        print(f"compiled live {args.live_steps} steps: new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms", flush=True)
+        entry = {"mode": args.compile}
+        if "view" not in skip:
+            t_a = time.perf_counter()
+            fast_cached()  # compile + warm-up at 768x576
+            fast_cached()
+            warm_s = time.perf_counter() - t_a
+            t_new, _ = timed(fast_new_pose, repeats=5, warmup=0)
+            t_c, _ = timed(fast_cached, repeats=5, warmup=0)
+            phases: dict = {}
+            pipe([cam], om, seed=2, steps=30, guidance=7.5, object_key="obj", timings=phases)
+            entry.update({"warmup_s": warm_s, "view_new_pose_ms": t_new * 1e3, "view_cached_ms": t_c * 1e3,
+                          "view_cached_phases_ms": phases, "view_peak_mem_gib": peak_mem(fast_new_pose)})
+            print(f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms "
+                  f"(phases {phases})", flush=True)
+            if "view" in args.profile:
+                entry["view_cached_profile"] = profile_gpu(fast_cached, "view 768x576 compiled, cached pose")
+                entry["view_new_pose_profile"] = profile_gpu(fast_new_pose, "view 768x576 compiled, new pose")
+        if "live" not in skip:
+            live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, LW, LW)
+            fast_cached(live, args.live_steps)
+            fast_cached(live, args.live_steps)
+            entry["live_new_pose_ms"] = timed(lambda: fast_new_pose(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
+            entry["live_cached_ms"] = timed(lambda: fast_cached(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
+            print(f"compiled live {args.live_steps} steps: new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms", flush=True)
         if "inversion" not in skip:
-            try:
-                trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps)
-                entry.update(inversion_step_ms=per_step * 1e3, inversion_projected_3000_steps_min=per_step * 3000 / 60,
-                             inversion_warmup_s=warm_s, inversion_peak_mem_gib=mem,
-                             inversion_speedup_per_step=results["inversion_mode5_9x512x384"]["reference_step_ms"] / (per_step * 1e3))
-                print(f"compiled inversion: {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps "
-                      f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB", flush=True)
-                if "inversion" in args.profile:
-                    trainer.config.steps = trainer.step + 3
-                    entry["inversion_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), "inversion compiled, 3 steps")
-            except Exception as exc:  # report, keep the rest of the run
-                entry["inversion_error"] = f"{type(exc).__name__}: {exc}"[:2000]
-                print("compiled inversion FAILED:", entry["inversion_error"], flush=True)
+            ref_ms = results["inversion_mode5_9x512x384"]["reference_step_ms"]
+            for label, key in (("UNet + VAE compiled", "inversion"), ("UNet + VAE + text encoder compiled", "inversion_text_compiled")):
+                try:
+                    if key == "inversion_text_compiled":
+                        base16.text.compile_for_training(args.compile)
+                    trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps)
+                    entry.update({f"{key}_step_ms": per_step * 1e3, f"{key}_projected_3000_steps_min": per_step * 3000 / 60,
+                                  f"{key}_warmup_s": warm_s, f"{key}_peak_mem_gib": mem, f"{key}_speedup_per_step": ref_ms / (per_step * 1e3)})
+                    print(f"compiled inversion ({label}): {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps "
+                          f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB, x{ref_ms / (per_step * 1e3):.1f} vs reference", flush=True)
+                    if "inversion" in args.profile:
+                        trainer.config.steps = trainer.step + 3
+                        entry[f"{key}_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps")
+                except Exception as exc:  # report, keep the rest of the run
+                    entry[f"{key}_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+                    print(f"compiled inversion ({label}) FAILED:", entry[f"{key}_error"], flush=True)
         results["compiled"] = entry
 
     report["results"] = results

@@ -181,13 +181,15 @@ def assemble_base_model(name: str, tokenizer, text_encoder, unet, vae, scheduler
     )
 
 
-def compile_base_model(base: BaseModel, mode: str = "reduce-overhead", vae: bool = True) -> BaseModel:
+def compile_base_model(base: BaseModel, mode: str = "reduce-overhead", vae: bool = True,
+                       text_encoder_for_training: bool = True) -> BaseModel:
     """torch.compile the UNet and the VAE encoder/decoder (CUDA graphs with ``reduce-overhead``),
     after fusing each self-attention layer's q/k/v projections into one matmul.
 
     Same maths, far fewer kernel launches and fused element-wise work. Each new resolution / batch
     size compiles once (tens of seconds at SD 2 scale): warm up before the first user-facing render.
-    The text encoder stays eager: its batch (steps x layers x views) changes with every request.
+    For renders the text encoder stays eager: its batch (steps x layers x views) changes with every
+    request; training steps, whose batch is fixed, get a compiled copy (``text_encoder_for_training``).
     Training through the compiled UNet (inversion) compiles a forward+backward graph on first use.
     """
     from .attention import fuse_self_attention_projections
@@ -197,4 +199,6 @@ def compile_base_model(base: BaseModel, mode: str = "reduce-overhead", vae: bool
     if vae:
         base.vae.decoder = torch.compile(base.vae.decoder, mode=mode, fullgraph=False, dynamic=False)
         base.vae.encoder = torch.compile(base.vae.encoder, mode=mode, fullgraph=False, dynamic=False)
+    if text_encoder_for_training:
+        base.text.compile_for_training(mode)
     return base

@@ -70,6 +70,17 @@ class TextConditioner:
             self.max_length = tm.embeddings.position_embedding.weight.shape[0]
         self._cache: dict[str, torch.Tensor] = {}
         self._legacy_causal_mask: bool | None = None
+        self._training_encoder: nn.Module | None = None  # see compile_for_training
+
+    def compile_for_training(self, mode: str = "reduce-overhead") -> None:
+        """Use a ``torch.compile``'d copy of the CLIP blocks whenever gradients are on (inversion).
+
+        A training step always encodes the same number of prompts (images x UNet layers), so one
+        graph serves every step; renders encode a different number per request and keep the eager
+        blocks (compiling them would recompile per batch size). Same maths either way.
+        """
+        tm = _text_transformer(self.text_encoder)
+        self._training_encoder = torch.compile(tm.encoder, mode=mode, fullgraph=False, dynamic=False)
 
     @property
     def embedding_dim(self) -> int:
@@ -117,9 +128,10 @@ class TextConditioner:
         causal = torch.full((s, s), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype).triu(1)[None, None]
         if self._legacy_causal_mask is None:
             self._legacy_causal_mask = "causal_attention_mask" in inspect.signature(tm.encoder.forward).parameters
+        encoder = self._training_encoder if self._training_encoder is not None and torch.is_grad_enabled() else tm.encoder
         if self._legacy_causal_mask:
-            return tm.encoder(inputs_embeds=hidden, causal_attention_mask=causal).last_hidden_state
-        return tm.encoder(inputs_embeds=hidden, attention_mask=causal).last_hidden_state
+            return encoder(inputs_embeds=hidden, causal_attention_mask=causal).last_hidden_state
+        return encoder(inputs_embeds=hidden, attention_mask=causal).last_hidden_state
 
     def encode(self, input_ids: torch.Tensor, injections: dict[int, Injection] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode N prompts; returns (keys_states, values_states), each [N, S, D] after the final LayerNorm."""

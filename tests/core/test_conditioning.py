@@ -138,3 +138,42 @@ def test_fused_self_attention_projections_keep_the_maths_and_stay_frozen(tiny_mo
     assert torch.allclose(before, after, atol=1e-5), float((before - after).abs().max())
     assert torch.allclose(grad_before, grad_after, atol=1e-6, rtol=1e-4)
     assert not any(p.requires_grad for p in base.unet.parameters())
+
+
+def test_compiled_text_encoder_serves_training_only(tiny_model_dir, monkeypatch):
+    """compile_for_training routes gradient-enabled encodes (fixed-size training batches) through the
+    compiled CLIP blocks and leaves renders (no grad, a new batch size per request) on the eager ones."""
+    from viewneti_backend.base_model import load_base_model
+
+    base = load_base_model(tiny_model_dir, device="cpu")
+    text = base.text
+    calls = []
+
+    class Recording(torch.nn.Module):  # stands in for torch.compile's wrapper: same module, counted calls
+        def __init__(self, module, **kwargs):
+            super().__init__()
+            self.module, self.kwargs = module, kwargs
+
+        def forward(self, *args, **kwargs):
+            calls.append(torch.is_grad_enabled())
+            return self.module(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Recording(module, **kw))
+    ids = text.tokenize([f"a photo of a {text.object_token}"] * 3)
+    word = torch.randn(3, text.embedding_dim, requires_grad=True)
+    inj = {text.object_token_id: Injection(word, None, 0.0)}
+    eager_keys, _ = text.encode(ids, inj)
+    eager_keys.sum().backward()
+    eager_grad = word.grad.clone()
+
+    text.compile_for_training("reduce-overhead")
+    assert text._training_encoder.kwargs == {"mode": "reduce-overhead", "fullgraph": False, "dynamic": False}
+    word.grad = None
+    keys, _ = text.encode(ids, inj)
+    keys.sum().backward()
+    assert calls == [True], "a training encode must use the compiled blocks"
+    torch.testing.assert_close(keys, eager_keys)
+    torch.testing.assert_close(word.grad, eager_grad)
+    with torch.no_grad():
+        text.encode(ids, inj)
+    assert calls == [True], "a render (no grad) must stay on the eager blocks"
