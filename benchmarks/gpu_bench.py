@@ -273,6 +273,16 @@ def main() -> None:
     om = new_mapper(base, "object").to(dev).eval().requires_grad_(False)
     cam = Camera(orbit_pose(35.0, 25.0, 4.0), 40.0, W, H)
     print(f"device: {report['device']}, torch {torch.__version__}, built SD 2.1 random in {report['build_s']:.1f}s", flush=True)
+    results: dict = {}
+    report["results"] = results
+    out = Path(os.environ.get("OUT", "")) / Path(args.out).name if os.environ.get("OUT") else Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """Rewrite the JSON after every section: a run stopped at the device's time limit keeps its numbers."""
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, out)
 
     # ---- 5. equivalence in fp32 (same weights, same seed) --------------------------------------------
     if "equivalence" not in skip:
@@ -303,13 +313,14 @@ def main() -> None:
               f"gradient rel. error {rel:.2e}", flush=True)
         del pipe32
 
+    save()
+
     # ---- 1. view 768x576 -------------------------------------------------------------------------------
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     base16 = with_dtype(base, torch.bfloat16)
     base16.unet.to(memory_format=torch.channels_last)
     pipe = ViewNeTIPipeline(base16, vm)
-    results = {}
     if "equivalence" not in skip:  # what bf16 frozen parts change in the image (vs the fp32 fast path)
         bf_img = np.asarray(pipe([cam.with_size(IW, IH)], om, seed=0, steps=30, guidance=7.5)[0], dtype=np.float64)
         mse = float((((bf_img - fast_img) / 255.0) ** 2).mean())
@@ -347,6 +358,8 @@ def main() -> None:
         base16 = with_dtype(base_ref, torch.bfloat16)
         pipe = ViewNeTIPipeline(base16, vm)
 
+    save()
+
     # ---- 2. live preview 512x512 ---------------------------------------------------------------------------
     if "live" not in skip:
         live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, LW, LW)
@@ -359,6 +372,8 @@ def main() -> None:
                                                       "tflop": fl / 1e12, "floor_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3,
                                                       "peak_mem_gib": mem}
             print(f"live 512x512 {steps} steps: new pose {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms, floor {fl/(PEAK_TFLOPS*1e9):.0f} ms", flush=True)
+
+    save()
 
     # ---- 3. inversion (mode 5, 9 images/step at 512x384, augmentation 7) ------------------------------------
     if "inversion" not in skip:
@@ -407,6 +422,8 @@ def main() -> None:
         results["inversion_mode5_9x512x384"] = res
         print(f"inversion reference: {ref_step*1e3:.0f} ms/step -> {ref_step*3000/60:.1f} min; speed-up x{ref_step/per_step:.1f}", flush=True)
 
+    save()
+
     # ---- torch.compile (CUDA graphs) of the UNet and VAE: same maths, measured on the same work ----------------
     if args.compile and (dev.type == "cuda" or args.smoke):
         from viewneti_backend.base_model import compile_base_model
@@ -419,6 +436,7 @@ def main() -> None:
         compile_base_model(base16, args.compile, text_encoder_for_training=False)
         pipe = ViewNeTIPipeline(base16, vm)
         entry = {"mode": args.compile}
+        results["compiled"] = entry
         if "view" not in skip:
             t_a = time.perf_counter()
             fast_cached()  # compile + warm-up at 768x576
@@ -432,6 +450,7 @@ def main() -> None:
                           "view_cached_phases_ms": phases, "view_peak_mem_gib": peak_mem(fast_new_pose)})
             print(f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms "
                   f"(phases {phases})", flush=True)
+            save()
             if "view" in args.profile:
                 entry["view_cached_profile"] = profile_gpu(fast_cached, "view 768x576 compiled, cached pose")
                 entry["view_new_pose_profile"] = profile_gpu(fast_new_pose, "view 768x576 compiled, new pose")
@@ -442,6 +461,7 @@ def main() -> None:
             entry["live_new_pose_ms"] = timed(lambda: fast_new_pose(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
             entry["live_cached_ms"] = timed(lambda: fast_cached(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
             print(f"compiled live {args.live_steps} steps: new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms", flush=True)
+            save()
         if "inversion" not in skip:
             ref_ms = results["inversion_mode5_9x512x384"]["reference_step_ms"]
             for label, key in (("UNet + VAE compiled", "inversion"), ("UNet + VAE + text encoder compiled", "inversion_text_compiled")):
@@ -453,18 +473,15 @@ def main() -> None:
                                   f"{key}_warmup_s": warm_s, f"{key}_peak_mem_gib": mem, f"{key}_speedup_per_step": ref_ms / (per_step * 1e3)})
                     print(f"compiled inversion ({label}): {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps "
                           f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB, x{ref_ms / (per_step * 1e3):.1f} vs reference", flush=True)
+                    save()
                     if "inversion" in args.profile:
                         trainer.config.steps = trainer.step + 3
                         entry[f"{key}_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps")
                 except Exception as exc:  # report, keep the rest of the run
                     entry[f"{key}_error"] = f"{type(exc).__name__}: {exc}"[:2000]
                     print(f"compiled inversion ({label}) FAILED:", entry[f"{key}_error"], flush=True)
-        results["compiled"] = entry
 
-    report["results"] = results
-    out = Path(os.environ.get("OUT", "")) / Path(args.out).name if os.environ.get("OUT") else Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    save()
     print(json.dumps(report, indent=2))
 
 

@@ -188,7 +188,7 @@ class Engine:
             event = {"step": step, "total": total, "loss": loss, "eta_s": elapsed / step * (total - step), "preview": None}
             if preview_every and (step % preview_every == 0 or step == total):
                 mapper = trainer.object_mappers[0].eval()
-                event["preview"] = self.pipeline([preview_cam], mapper, seed=seed, steps=20, guidance=self.sampling.guidance,
+                event["preview"] = self.pipeline([preview_cam], mapper, seed=seed, steps=self.sampling.steps, guidance=self.sampling.guidance,
                                                  use_cache=False)[0]
                 mapper.train()
             on_progress(event)

@@ -45,7 +45,7 @@ def _benchmark(args) -> int:
     from .nvs import BenchmarkConfig, mode2_interpolation, nvs_benchmark
 
     cfg = BenchmarkConfig(n_objects=args.objects, seeds=[int(s) for s in args.seeds.split(",")], invert_steps=args.invert_steps,
-                          n_targets=args.targets, guidance=args.guidance)
+                          n_targets=args.targets, guidance=args.guidance, render_steps=args.render_steps)
     summary = nvs_benchmark(cfg, resolve_model(args.model), args.out, device=args.device)
     print(f"margin (dB): {summary['margin_db']}")
     if args.mode2_steps:
@@ -92,11 +92,12 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
 
     p = tsub.add_parser("benchmark", help="held-out single-view NVS: ViewNeTI mode 5 vs copy-input vs no view token")
     p.add_argument("--model", help="toy model folder with its bundled view-mapper (default: the embedded one)")
-    p.add_argument("--out", default="benchmarks/toyworld")
-    p.add_argument("--objects", type=int, default=8)
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--targets", type=int, default=16)
-    p.add_argument("--invert-steps", type=int, default=400)
+    p.add_argument("--out", default="benchmarks/toyworld", help="folder for nvs_benchmark.json/.txt and nvs_sheet.png")
+    p.add_argument("--objects", type=int, default=8, help="held-out objects (seeds 1000000, 1000001, ...)")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds; each object is inverted and rendered once per seed")
+    p.add_argument("--targets", type=int, default=16, help="novel views per object, evenly spaced on the orbit")
+    p.add_argument("--invert-steps", type=int, default=400, help="mode-5 optimizer steps per inversion (the paper: 3000)")
+    p.add_argument("--render-steps", type=int, default=30, help="DPM-Solver++ steps of each novel view (the protocol: 30)")
     p.add_argument("--guidance", type=float, default=2.0,
                    help="classifier-free guidance (default 2.0: the toy prior saturates at SD's 7.5)")
     p.add_argument("--mode2-steps", type=int, default=0, help="also run mode-2 interpolation on one object (0: skip)")

@@ -1,0 +1,93 @@
+"""CPU benchmark: how fast the embedded toy model renders and inverts on a small CPU.
+
+Times ``Engine.render`` of one 64x64 view at the model's default sampling settings
+(``viewneti/sampling.json``), for a pose whose encodings are already cached (another seed) and for a
+new pose every time (the text encoder runs: steps x layers prompts), then a short mode-5 inversion of
+one reference image. Prints a table and writes ``benchmarks/cpu_render.json``.
+
+    .venv/bin/python benchmarks/cpu_render.py                 # all cores torch uses by default
+    .venv/bin/python benchmarks/cpu_render.py --threads 2 --n 20 --invert-steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="model folder (default: the embedded toy model)")
+    ap.add_argument("--size", type=int, default=64, help="view width and height in pixels")
+    ap.add_argument("--n", type=int, default=10, help="timed renders per case, after one warm-up")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    ap.add_argument("--invert-steps", type=int, default=10, help="optimizer steps of the timed inversion")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "cpu_render.json"))
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.engine import Engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as library:
+        engine = Engine.load(args.model, device="cpu", library_dir=library)
+        steps, guidance = engine.sampling.resolve(None, None)
+
+        def cam(azimuth: float) -> Camera:
+            return Camera(orbit_pose(azimuth, 25.0, 3.6), 40.0, args.size, args.size)
+
+        def timed(fn) -> list[float]:
+            fn(-1)  # warm-up
+            out = []
+            for i in range(args.n):
+                t0 = time.perf_counter()
+                fn(i)
+                out.append(time.perf_counter() - t0)
+            return out
+
+        cached = timed(lambda i: engine.render([cam(30.0)], seed=i + 1))
+        new_pose = timed(lambda i: engine.render([cam(31.0 + 7.0 * (i + 1))], seed=0))
+        phases: dict = {}
+        engine.render([cam(200.0)], seed=0, timings=phases)
+
+        reference = engine.render([cam(30.0)], seed=0)[0]
+        t0 = time.perf_counter()
+        engine.invert([reference], [cam(30.0)], "bench_inverted", args.invert_steps)
+        invert_s = time.perf_counter() - t0
+
+    rows = {"render_cached_pose_s": cached, "render_new_pose_s": new_pose}
+    report = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+        "model": engine.model, "size": args.size, "steps": steps, "guidance": guidance, "n": args.n,
+        **{k: {"p50": statistics.median(v), "mean": statistics.fmean(v), "min": min(v), "max": max(v)} for k, v in rows.items()},
+        "new_pose_phases_ms": phases,
+        "inversion": {"steps": args.invert_steps, "total_s": invert_s, "per_step_s": invert_s / args.invert_steps},
+    }
+    print(f"embedded model on CPU ({report['machine']['torch_threads']} torch threads), {args.size}x{args.size}, "
+          f"{steps} steps, guidance {guidance}, n={args.n}")
+    print(f"{'case':<28}{'p50 s':>8}{'mean s':>8}{'max s':>8}")
+    for k in rows:
+        r = report[k]
+        print(f"{k:<28}{r['p50']:>8.3f}{r['mean']:>8.3f}{r['max']:>8.3f}")
+    print(f"new-pose phases (ms): {', '.join(f'{k} {v:.0f}' for k, v in phases.items())}")
+    print(f"inversion, {args.invert_steps} steps: {invert_s:.1f} s ({invert_s / args.invert_steps:.2f} s/step)")
+    Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
