@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sd21 import sd21_base_model  # noqa: E402
 
+from viewneti_backend.atomic_files import atomic_write_text  # noqa: E402
 from viewneti_backend.attention import pack_layer_encodings, pack_plain_encoding  # noqa: E402
 from viewneti_backend.augment import AUGMENTATIONS, augment_batch  # noqa: E402
 from viewneti_backend.camera_features import make_parameterization  # noqa: E402
@@ -280,9 +281,7 @@ def main() -> None:
 
     def save() -> None:
         """Rewrite the JSON after every section: a run stopped at the device's time limit keeps its numbers."""
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, out)
+        atomic_write_text(out, json.dumps(report, indent=2))
 
     # ---- 5. equivalence in fp32 (same weights, same seed) --------------------------------------------
     if "equivalence" not in skip:

@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, Callable
 
 from fastapi import APIRouter, FastAPI, Request
@@ -118,21 +119,14 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             raise ApiError(422, f"steps={steps} is more than this server allows ({config.max_steps}): use fewer steps")
         return steps
 
-    def sampling_defaults() -> dict[str, Any]:
+    def sampling_defaults() -> SamplingDefaults:
         """The loaded model's recommended settings (engine info), steps capped at --max-steps."""
         raw = worker.info.get("sampling_defaults")
         try:
-            d = SamplingDefaults.from_dict(raw).to_dict() if isinstance(raw, dict) else SamplingDefaults().to_dict()
+            d = SamplingDefaults.from_dict(raw) if isinstance(raw, dict) else SamplingDefaults()
         except ValueError:  # an engine reporting nonsense: fall back to SD 2's values
-            d = SamplingDefaults().to_dict()
-        d["steps"] = min(d["steps"], config.max_steps)
-        d["live_steps"] = min(d["live_steps"], config.max_steps)
-        return d
-
-    def resolve_sampling(steps: int | None, guidance: float | None) -> tuple[int, float]:
-        """Steps/guidance of a request, the model's defaults where it left them out (call once ready)."""
-        d = sampling_defaults()
-        return (d["steps"] if steps is None else steps), (d["guidance"] if guidance is None else guidance)
+            d = SamplingDefaults()
+        return replace(d, steps=min(d.steps, config.max_steps), live_steps=min(d.live_steps, config.max_steps))
 
     # -- health and library --------------------------------------------------------------------------
     @r.get("/health", response_model=HealthOut, responses={503: _ERR})
@@ -152,7 +146,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "view_mapper": info.get("view_mapper"), "default_object": info.get("default_object"),
             "queue_depth": worker.queue_depth(), "native_size": info.get("native_size"),
             "max_size": max_size(), "max_steps": config.max_steps,
-            "sampling_defaults": sampling_defaults(),
+            "sampling_defaults": sampling_defaults().to_dict(),
         }
 
     @r.get("/objects", response_model=ObjectsOut, responses={503: _ERR})
@@ -179,7 +173,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         check_steps(body.steps)
         worker.ready_or_raise()
         obj = check_object(body.object)
-        steps, guidance = resolve_sampling(body.steps, body.guidance)
+        steps, guidance = sampling_defaults().resolve(body.steps, body.guidance)
         task = RenderTask([camera], obj, body.seed, steps, guidance, session=body.session,
                           request_id=getattr(request.state, "request_id", None))
         fut = asyncio.wrap_future(worker.submit_render(task))
@@ -234,7 +228,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         worker.ready_or_raise()
         obj = check_object(body.object)
         check_job_capacity()
-        steps, guidance = resolve_sampling(body.steps, body.guidance)
+        steps, guidance = sampling_defaults().resolve(body.steps, body.guidance)
         runtime = {"cameras": cameras, "frames": frames, "object": obj, "seed": body.seed, "steps": steps,
                    "guidance": guidance}
         request_record = {"kind": "sequence", "cameras": [c.to_wire() for c in body.cameras], "frames": frames,

@@ -85,11 +85,6 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale " + _SAMPLING_HELP)
 
 
-def _sampling(engine, args) -> tuple[int, float]:
-    """``--steps``/``--guidance``, with the model's recommended values where they were not given."""
-    return engine.sampling.resolve(args.steps, args.guidance)
-
-
 def cmd_info(args) -> int:
     engine = _engine(args)
     print(json.dumps({**engine.info(), "objects": engine.list_objects()}, indent=2))
@@ -104,7 +99,7 @@ def cmd_render(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name, _ = engine.object_mapper(args.object)
-    steps, guidance = _sampling(engine, args)
+    steps, guidance = engine.sampling.resolve(args.steps, args.guidance)
     for i, cam in enumerate(tqdm(cams, desc=f"render {name} ({steps} steps, guidance {guidance:g})", unit="view")):
         img = engine.render([cam], name, args.seed, steps, guidance, with_view=not args.no_view)[0]
         path = out / f"{name}_view{i:03d}_seed{args.seed}.png"
@@ -196,7 +191,7 @@ def cmd_eval(args) -> int:
         except RuntimeError as exc:
             print(f"LPIPS skipped: {exc}", file=sys.stderr)
     table = EvalTable()
-    steps, guidance = _sampling(engine, args)
+    steps, guidance = engine.sampling.resolve(args.steps, args.guidance)
     print(f"sampling: {steps} steps, guidance {guidance:g}", file=sys.stderr)
     for seed in [int(s) for s in args.seeds.split(",")]:
         size = args.size or engine.base.native_size

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic_files import replace_directory
 from .errors import IncompatibleModelError, InputError
 
 CONFIG_NAME = "mapper_config.json"
@@ -162,14 +163,3 @@ class NeTIMapper(nn.Module):
         mapper = cls(config)
         mapper.load_state_dict(load_file(str(w_path)))
         return mapper.to(device)
-
-
-def replace_directory(src: Path, dst: Path) -> None:
-    """Move a finished temp folder into place; an existing ``dst`` is swapped out, never half-overwritten."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)

@@ -23,6 +23,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .atomic_files import atomic_write_text
 from .errors import InputError
 
 FILENAME = "sampling.json"
@@ -126,13 +127,7 @@ class SamplingDefaults:
         """Write as JSON (atomically: a temporary file then a rename); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     # -- use ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .transfer import to_device
 
 VIEW_TOKEN = "<view>"
 OBJECT_TOKEN = "<object>"
@@ -103,9 +104,7 @@ class TextConditioner:
         for token_id in (self.view_token_id, self.object_token_id):
             if bool(((ids == token_id).sum(dim=1) > 1).any()):
                 raise InputError(f"a prompt contains the placeholder {self.tokenizer.convert_ids_to_tokens(token_id)} more than once")
-        if self.device.type == "cuda":
-            return ids.pin_memory().to(self.device, non_blocking=True)
-        return ids.to(self.device)
+        return to_device(ids, self.device)
 
     def token_ids(self, prompt: str) -> torch.Tensor:
         """Cached token ids of one prompt, shape [1, S]."""

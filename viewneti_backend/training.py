@@ -37,6 +37,7 @@ from .errors import Cancelled, InputError
 from .mapper import MapperConfig, NeTIMapper
 from .pipeline import images_to_tensor
 from .text_conditioning import OBJECT_TEMPLATES, VIEW_OBJECT_PROMPT
+from .transfer import to_device
 
 MODES = (0, 2, 3, 4, 5)
 
@@ -140,13 +141,6 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
         _, idx, key = name.split(".", 2)
         state.setdefault(int(idx), {})[key] = t
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host -> device without a stream sync on CUDA (pinned + non-blocking); a plain copy elsewhere."""
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -395,7 +389,7 @@ class Trainer:
             "step": self.step, "config": asdict(self.config), "losses": self.losses,
             "scenes": [s.name for s in self.scenes], "base_model": self.base.name,
             "base_model_fingerprint": self.base.fingerprint}, indent=1))
-        from .mapper import replace_directory
+        from .atomic_files import replace_directory
 
         replace_directory(tmp, final)
         return final

@@ -153,7 +153,6 @@ def test_openapi_documents_steps_and_guidance_as_optional_model_defaults(tmp_pat
             assert "model's default" in props[field]["description"], (name, field)
 
 
-@pytest.mark.skipif(USE_FAKE, reason="needs the real engine")
 def test_session_renders_do_not_silently_use_live_steps(client):
     """live_steps is advice for clients: a live (session) render without steps uses the model's steps."""
     d = defaults(client)

@@ -26,7 +26,7 @@ from ..cameras import Camera, orbit_pose
 from ..data import Scene
 from ..errors import Cancelled
 from ..evaluation import EvalTable, masked_psnr, masked_ssim
-from ..mapper import replace_directory
+from ..atomic_files import atomic_write_text, replace_directory
 from ..sampling_defaults import FILENAME as SAMPLING_FILENAME
 from .prior import HELDOUT_SEED_START
 from .renderer import ToyObject, random_cameras, render, to_uint8
@@ -152,9 +152,7 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
                    "mean_invert_s": float(np.mean(timing["invert_s"])), "mean_render_views_s": float(np.mean(timing["render_s"])),
                    "margin_db": {"vs_copy_input": a - b, "vs_no_view_token": a - c},
                    "per_object_margin_db": _per_object_margins(results)}
-        tmp = out / ".nvs_benchmark.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out / "nvs_benchmark.json")
+        atomic_write_text(out / "nvs_benchmark.json", json.dumps(summary, indent=2))
         return summary
 
     for i in tqdm(range(cfg.n_objects), desc="held-out objects", disable=not progress):
