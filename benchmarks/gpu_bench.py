@@ -40,6 +40,12 @@ from viewneti_backend.pipeline import ViewNeTIPipeline, encode_conditions, image
 from viewneti_backend.training import Trainer, TrainConfig, new_mapper  # noqa: E402
 
 PEAK_TFLOPS = 800.0
+T_START = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Print with the seconds since the run started (the device allows 10 minutes per command)."""
+    print(f"[{time.perf_counter() - T_START:5.0f} s] {msg}", flush=True)
 
 
 def sync():
@@ -118,12 +124,12 @@ def profile_gpu(fn, label: str, top: int = 12) -> dict:
            "kernel_launches": int(sum(e.count for e in kernels)),
            "by_category_ms": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
            "top_kernels": [{"name": e.key[:90], "ms": getattr(e, attr) / 1e3, "calls": e.count} for e in ranked]}
-    print(f"profile {label}: wall {wall_ms:.0f} ms, GPU busy {busy_ms:.0f} ms ({100*busy_ms/wall_ms:.0f}%), "
-          f"{out['kernel_launches']} kernels", flush=True)
+    log(f"profile {label}: wall {wall_ms:.0f} ms, GPU busy {busy_ms:.0f} ms ({100*busy_ms/wall_ms:.0f}%), "
+        f"{out['kernel_launches']} kernels")
     for k, v in out["by_category_ms"].items():
-        print(f"    {k:40s} {v:8.1f} ms", flush=True)
+        log(f"    {k:40s} {v:8.1f} ms")
     for k in out["top_kernels"]:
-        print(f"    {k['ms']:8.1f} ms  x{k['calls']:<5d} {k['name']}", flush=True)
+        log(f"    {k['ms']:8.1f} ms  x{k['calls']:<5d} {k['name']}")
     return out
 
 
@@ -249,14 +255,18 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/gpu_bench.json")
     ap.add_argument("--inversion-steps", type=int, default=200, help="fast-path optimizer steps to time (projected to 3000)")
     ap.add_argument("--reference-inversion-steps", type=int, default=10)
+    ap.add_argument("--eager-inversion-steps", type=int, default=0,
+                    help="optimizer steps to time on the eager fast path (default: --inversion-steps)")
     ap.add_argument("--live-steps", type=int, default=8, help="DPM-Solver++ steps of the add-on's live preview")
     ap.add_argument("--compile", default="", help="also time a torch.compile'd UNet in this mode (e.g. reduce-overhead)")
     ap.add_argument("--smoke", action="store_true", help="tiny widths and sizes on any device: checks the script, times nothing real")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: equivalence,view,live,inversion")
     ap.add_argument("--profile", nargs="?", const="view,inversion", default="",
-                    help="torch.profiler breakdown of these sections (default with no value: view,inversion)")
+                    help="torch.profiler breakdown of these sections: view, inversion (both compiled), inversion-eager "
+                         "(default with no value: view,inversion)")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
+    profiles = set(args.profile.split(","))
     if not args.smoke:
         assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU (use --smoke to check the script on a CPU)"
     W, H, LW, IW, IH = (768, 576, 512, 512, 384) if not args.smoke else (128, 96, 64, 64, 48)
@@ -273,7 +283,7 @@ def main() -> None:
     vm = new_mapper(base, "view", camera_param).to(dev).eval().requires_grad_(False)
     om = new_mapper(base, "object").to(dev).eval().requires_grad_(False)
     cam = Camera(orbit_pose(35.0, 25.0, 4.0), 40.0, W, H)
-    print(f"device: {report['device']}, torch {torch.__version__}, built SD 2.1 random in {report['build_s']:.1f}s", flush=True)
+    log(f"device: {report['device']}, torch {torch.__version__}, built SD 2.1 random in {report['build_s']:.1f}s")
     results: dict = {}
     report["results"] = results
     out = Path(os.environ.get("OUT", "")) / Path(args.out).name if os.environ.get("OUT") else Path(args.out)
@@ -308,8 +318,8 @@ def main() -> None:
         om.requires_grad_(False)
         rel = float((grads[0] - grads[1]).norm() / grads[0].norm())
         report["equivalence_gradient_fp32"] = {"relative_l2_error": rel}
-        print(f"equivalence fp32: image max|diff| {diff.max():.1f}/255 (PSNR {report['equivalence_image_fp32']['psnr_db']:.1f} dB); "
-              f"gradient rel. error {rel:.2e}", flush=True)
+        log(f"equivalence fp32: image max|diff| {diff.max():.1f}/255 (PSNR {report['equivalence_image_fp32']['psnr_db']:.1f} dB); "
+              f"gradient rel. error {rel:.2e}")
         del pipe32
 
     save()
@@ -326,8 +336,29 @@ def main() -> None:
         report["bf16_vs_fp32_image"] = {"max_abs_diff_8bit": float(np.abs(bf_img - fast_img).max()),
                                         "mean_abs_diff_8bit": float(np.abs(bf_img - fast_img).mean()),
                                         "psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse)}
-        print(f"bf16 vs fp32 (fast path, 512x384, 30 steps): PSNR {report['bf16_vs_fp32_image']['psnr_db']:.1f} dB, "
-              f"mean |diff| {report['bf16_vs_fp32_image']['mean_abs_diff_8bit']:.2f}/255", flush=True)
+        log(f"bf16 vs fp32 (fast path, 512x384, 30 steps): PSNR {report['bf16_vs_fp32_image']['psnr_db']:.1f} dB, "
+              f"mean |diff| {report['bf16_vs_fp32_image']['mean_abs_diff_8bit']:.2f}/255")
+
+    if "equivalence" not in skip and dev.type == "cuda":  # the compiled path's SDPA order (cuDNN first) vs flash first
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        cudnn_first = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn(2, 4, H // 8, W // 8, device=dev, generator=g, dtype=torch.bfloat16)
+        ehs = torch.randn(2, 2 * base16.num_layers * 77, base16.text.embedding_dim, device=dev, generator=g, dtype=torch.bfloat16)
+        tt = torch.tensor([500, 500], device=dev)
+        with torch.no_grad():
+            with sdpa_kernel(cudnn_first, set_priority=True):
+                library = base16.unet(x, tt, encoder_hidden_states=ehs, return_dict=False)[0].float()
+                order = [int(b) for b in torch._C._get_sdp_priority_order()]
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True):
+                flash = base16.unet(x, tt, encoder_hidden_states=ehs, return_dict=False)[0].float()
+        report["sdpa_library_order_vs_flash_unet_bf16"] = {
+            "sdpa_priority_order": order,
+            "relative_l2_error": float((library - flash).norm() / flash.norm()),
+            "max_abs_diff": float((library - flash).abs().max()), "output_abs_mean": float(flash.abs().mean())}
+        log(f"UNet bf16 at {W}x{H}, cuDNN attention first (the compiled path's order) vs flash first: {report['sdpa_library_order_vs_flash_unet_bf16']}")
 
     def fast_new_pose(c=cam, steps=30):
         pipe.clear_cache()
@@ -338,22 +369,22 @@ def main() -> None:
 
     if "view" not in skip:
         flops = count_flops(lambda: fast_new_pose())
-        t_new, _ = timed(fast_new_pose, repeats=5)
-        t_cached, _ = timed(fast_cached, repeats=5)
+        t_new, _ = timed(fast_new_pose, repeats=3)
+        t_cached, _ = timed(fast_cached, repeats=3)
         mem = peak_mem(fast_new_pose)
         timings = {}
         pipe([cam], om, seed=0, steps=30, guidance=7.5, timings=timings)
         results[f"view_{W}x{H}_30steps"] = {"fast_new_pose_ms": t_new * 1e3, "fast_cached_pose_ms": t_cached * 1e3,
                                            "phases_ms": timings, "tflop": flops / 1e12,
                                            "floor_ms": flops / (PEAK_TFLOPS * 1e12) * 1e3, "peak_mem_gib": mem}
-        print(f"view fast: new pose {t_new*1e3:.0f} ms, cached {t_cached*1e3:.0f} ms, phases {timings}, "
-              f"{flops/1e12:.1f} TFLOP (floor {flops/(PEAK_TFLOPS*1e9):.0f} ms), peak {mem:.1f} GiB", flush=True)
+        log(f"view fast: new pose {t_new*1e3:.0f} ms, cached {t_cached*1e3:.0f} ms, phases {timings}, "
+              f"{flops/1e12:.1f} TFLOP (floor {flops/(PEAK_TFLOPS*1e9):.0f} ms), peak {mem:.1f} GiB")
         base_ref = with_dtype(base16, torch.float16)
-        t_ref, _ = timed(lambda: reference_view(base_ref, vm, om, camera_param, cam), repeats=2)
-        mem_ref = peak_mem(lambda: reference_view(base_ref, vm, om, camera_param, cam))
+        mem_ref = peak_mem(lambda: reference_view(base_ref, vm, om, camera_param, cam))  # also the warm-up
+        t_ref, _ = timed(lambda: reference_view(base_ref, vm, om, camera_param, cam), repeats=2, warmup=0)
         results[f"view_{W}x{H}_30steps"].update(reference_ms=t_ref * 1e3, reference_peak_mem_gib=mem_ref,
                                                speedup_new_pose=t_ref / t_new, speedup_cached=t_ref / t_cached)
-        print(f"view reference: {t_ref*1e3:.0f} ms -> speed-up x{t_ref/t_new:.1f} (new pose), x{t_ref/t_cached:.1f} (cached)", flush=True)
+        log(f"view reference: {t_ref*1e3:.0f} ms -> speed-up x{t_ref/t_new:.1f} (new pose), x{t_ref/t_cached:.1f} (cached)")
         base16 = with_dtype(base_ref, torch.bfloat16)
         pipe = ViewNeTIPipeline(base16, vm)
 
@@ -362,7 +393,7 @@ def main() -> None:
     # ---- 2. live preview 512x512 ---------------------------------------------------------------------------
     if "live" not in skip:
         live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, LW, LW)
-        for steps in sorted({args.live_steps, 30}):
+        for steps in (args.live_steps,):
             fl = count_flops(lambda: fast_new_pose(live, steps))
             t_new, _ = timed(lambda: fast_new_pose(live, steps), repeats=5)
             t_c, _ = timed(lambda: fast_cached(live, steps), repeats=5)
@@ -370,7 +401,7 @@ def main() -> None:
             results[f"live_{LW}x{LW}_{steps}steps"] = {"fast_new_pose_ms": t_new * 1e3, "fast_cached_pose_ms": t_c * 1e3,
                                                       "tflop": fl / 1e12, "floor_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3,
                                                       "peak_mem_gib": mem}
-            print(f"live 512x512 {steps} steps: new pose {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms, floor {fl/(PEAK_TFLOPS*1e9):.0f} ms", flush=True)
+            log(f"live 512x512 {steps} steps: new pose {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms, floor {fl/(PEAK_TFLOPS*1e9):.0f} ms")
 
     save()
 
@@ -382,7 +413,7 @@ def main() -> None:
         image = Image.fromarray((np.random.default_rng(0).random((IH, IW, 3)) * 255).astype(np.uint8))
         scene = Scene("bench", [image], [ref_cam])
         # The engine's own configuration: the paper's 3 x 3 micro-batches, fused into one 9-image pass.
-        trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps)
+        trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.eager_inversion_steps or args.inversion_steps)
         x = images_to_tensor([image] * 9, IW, IH).to(dev)
         lat = torch.randn(9, 4, IH // 8, IW // 8, device=dev)
 
@@ -398,11 +429,19 @@ def main() -> None:
         res = {"fast_step_ms": per_step * 1e3, "fast_projected_3000_steps_min": per_step * 3000 / 60,
                "tflop_per_step": fl / 1e12, "floor_step_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3, "peak_mem_gib": mem,
                "final_loss": trainer.losses[-1]}
-        if "inversion" in args.profile and dev.type == "cuda":
+        if "inversion-eager" in profiles and dev.type == "cuda":
             trainer.config.steps = trainer.step + 3
             res["profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), "inversion eager, 3 steps")
-        print(f"inversion fast: {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps; "
-              f"{fl/1e12:.1f} TFLOP/step (floor {fl/(PEAK_TFLOPS*1e9):.0f} ms), peak {mem:.1f} GiB", flush=True)
+        log(f"inversion fast: {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps; "
+              f"{fl/1e12:.1f} TFLOP/step (floor {fl/(PEAK_TFLOPS*1e9):.0f} ms), peak {mem:.1f} GiB")
+        if dev.type == "cuda":  # the compiled path puts cuDNN attention first: what that does to the eager step
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                              SDPBackend.MATH], set_priority=True):
+                _, cudnn_step, _, _ = time_inversion(base16, vm, scene, IW, IH, args.eager_inversion_steps or args.inversion_steps)
+            res["fast_step_ms_cudnn_attention_first"] = cudnn_step * 1e3
+            log(f"inversion fast with cuDNN attention first: {cudnn_step*1e3:.0f} ms/step")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         base32 = with_dtype(base16, torch.float32)
@@ -419,7 +458,7 @@ def main() -> None:
                    reference_peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan"),
                    speedup_per_step=ref_step / per_step)
         results["inversion_mode5_9x512x384"] = res
-        print(f"inversion reference: {ref_step*1e3:.0f} ms/step -> {ref_step*3000/60:.1f} min; speed-up x{ref_step/per_step:.1f}", flush=True)
+        log(f"inversion reference: {ref_step*1e3:.0f} ms/step -> {ref_step*3000/60:.1f} min; speed-up x{ref_step/per_step:.1f}")
 
     save()
 
@@ -430,9 +469,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         base16 = with_dtype(base16, torch.bfloat16)
-        base16.unet.to(memory_format=torch.channels_last)
-        # the text encoder's training copy is compiled later, so that one run measures it on and off
-        compile_base_model(base16, args.compile, text_encoder_for_training=False)
+        compile_base_model(base16, args.compile)  # exactly what Engine.load does on CUDA
         pipe = ViewNeTIPipeline(base16, vm)
         entry = {"mode": args.compile}
         results["compiled"] = entry
@@ -447,10 +484,10 @@ def main() -> None:
             pipe([cam], om, seed=2, steps=30, guidance=7.5, object_key="obj", timings=phases)
             entry.update({"warmup_s": warm_s, "view_new_pose_ms": t_new * 1e3, "view_cached_ms": t_c * 1e3,
                           "view_cached_phases_ms": phases, "view_peak_mem_gib": peak_mem(fast_new_pose)})
-            print(f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms "
-                  f"(phases {phases})", flush=True)
+            log(f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms "
+                  f"(phases {phases})")
             save()
-            if "view" in args.profile:
+            if "view" in profiles and dev.type == "cuda":
                 entry["view_cached_profile"] = profile_gpu(fast_cached, "view 768x576 compiled, cached pose")
                 entry["view_new_pose_profile"] = profile_gpu(fast_new_pose, "view 768x576 compiled, new pose")
         if "live" not in skip:
@@ -459,26 +496,24 @@ def main() -> None:
             fast_cached(live, args.live_steps)
             entry["live_new_pose_ms"] = timed(lambda: fast_new_pose(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
             entry["live_cached_ms"] = timed(lambda: fast_cached(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
-            print(f"compiled live {args.live_steps} steps: new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms", flush=True)
+            log(f"compiled live {args.live_steps} steps: new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms")
             save()
         if "inversion" not in skip:
             ref_ms = results["inversion_mode5_9x512x384"]["reference_step_ms"]
-            for label, key in (("UNet + VAE compiled", "inversion"), ("UNet + VAE + text encoder compiled", "inversion_text_compiled")):
+            for label, key in (("UNet + VAE + CLIP blocks compiled", "inversion"),):
                 try:
-                    if key == "inversion_text_compiled":
-                        base16.text.compile_for_training(args.compile)
                     trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps)
                     entry.update({f"{key}_step_ms": per_step * 1e3, f"{key}_projected_3000_steps_min": per_step * 3000 / 60,
                                   f"{key}_warmup_s": warm_s, f"{key}_peak_mem_gib": mem, f"{key}_speedup_per_step": ref_ms / (per_step * 1e3)})
-                    print(f"compiled inversion ({label}): {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps "
-                          f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB, x{ref_ms / (per_step * 1e3):.1f} vs reference", flush=True)
+                    log(f"compiled inversion ({label}): {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps "
+                        f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB, x{ref_ms / (per_step * 1e3):.1f} vs reference")
                     save()
-                    if "inversion" in args.profile:
+                    if "inversion" in profiles and dev.type == "cuda":
                         trainer.config.steps = trainer.step + 3
                         entry[f"{key}_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps")
                 except Exception as exc:  # report, keep the rest of the run
                     entry[f"{key}_error"] = f"{type(exc).__name__}: {exc}"[:2000]
-                    print(f"compiled inversion ({label}) FAILED:", entry[f"{key}_error"], flush=True)
+                    log(f"compiled inversion ({label}) FAILED: {entry[f'{key}_error']}")
 
     save()
     print(json.dumps(report, indent=2))

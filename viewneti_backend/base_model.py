@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attention import install_per_layer_processors
+from .attention import install_per_layer_processors, prefer_cudnn_attention
 from .errors import InputError
 from .text_conditioning import TextConditioner
 
@@ -168,6 +168,9 @@ def assemble_base_model(name: str, tokenizer, text_encoder, unet, vae, scheduler
         module.requires_grad_(False)
         module.eval()
         module.to(device=device, dtype=dtype)
+    if device.type == "cuda":  # NHWC convolutions: what cuDNN's tensor-core kernels take without transposes
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
     seq_len = int(min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings))
     num_layers = install_per_layer_processors(unet, seq_len)
     text = TextConditioner(tokenizer, text_encoder)
@@ -191,9 +194,12 @@ def compile_base_model(base: BaseModel, mode: str = "reduce-overhead", vae: bool
     For renders the text encoder stays eager: its batch (steps x layers x views) changes with every
     request; training steps, whose batch is fixed, get a compiled copy (``text_encoder_for_training``).
     Training through the compiled UNet (inversion) compiles a forward+backward graph on first use.
+    On Hopper-class GPUs SDPA is set to try cuDNN's attention first (see ``prefer_cudnn_attention``):
+    its kernels are faster, and under CUDA graphs its higher per-call host cost does not count.
     """
     from .attention import fuse_self_attention_projections
 
+    prefer_cudnn_attention(base.device)
     fuse_self_attention_projections(base.unet)
     base.unet = torch.compile(base.unet, mode=mode, fullgraph=False, dynamic=False)
     if vae:

@@ -327,10 +327,28 @@ class Trainer:
         bar = tqdm(total=c.steps, initial=self.step, disable=not (progress and acc.is_main_process), desc=f"mode {c.mode}", unit="step")
         t0, start_step = time.perf_counter(), self.step
         fused = c.fuse_micro_batches
+        # A step's loss is read back (the one host-device sync) only after the next step has been
+        # queued, so the host prepares step k+1 while the GPU still runs step k and the GPU never
+        # waits for Python. Callbacks, the progress bar and ``losses`` therefore see step k once
+        # step k+1 is queued (or training ends); checkpoints flush it first.
+        pending: tuple[int, torch.Tensor] | None = None
+
+        def finish(done: tuple[int, torch.Tensor] | None) -> None:
+            if done is None:
+                return
+            step, loss_t = done
+            loss_value = float(loss_t)
+            self.losses.append(loss_value)
+            bar.update(1)
+            if step % max(1, c.log_every) == 0 or step == c.steps:
+                bar.set_postfix(loss=f"{sum(self.losses[-c.log_every:]) / len(self.losses[-c.log_every:]):.4f}")
+            if on_step is not None:
+                on_step(step, c.steps, loss_value)
+
         while self.step < c.steps:
             running = torch.zeros((), device=acc.device)
             for _ in range(1 if fused else c.grad_accum):
-                if should_stop is not None and should_stop():
+                if should_stop is not None and should_stop():  # the unreported last step is dropped with the run
                     bar.close()
                     raise Cancelled(f"training stopped at step {self.step} of {c.steps}")
                 with acc.accumulate(self.mappers):
@@ -341,16 +359,14 @@ class Trainer:
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                 running += loss.detach() / (1 if fused else c.grad_accum)
-            running = float(running)  # the step's one host-device sync
             self.step += 1
-            self.losses.append(running)
-            bar.update(1)
-            if self.step % max(1, c.log_every) == 0 or self.step == c.steps:
-                bar.set_postfix(loss=f"{sum(self.losses[-c.log_every:]) / len(self.losses[-c.log_every:]):.4f}")
-            if on_step is not None:
-                on_step(self.step, c.steps, running)
+            finish(pending)
+            pending = (self.step, running)
             if self.output_dir and c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
+                finish(pending)
+                pending = None
                 self.save_checkpoint()
+        finish(pending)
         bar.close()
         self.elapsed_s = time.perf_counter() - t0
         self.steps_run = self.step - start_step

@@ -177,3 +177,12 @@ def test_compiled_text_encoder_serves_training_only(tiny_model_dir, monkeypatch)
     with torch.no_grad():
         text.encode(ids, inj)
     assert calls == [True], "a render (no grad) must stay on the eager blocks"
+
+
+def test_cudnn_attention_is_only_preferred_on_cuda():
+    """The SDPA order is process-wide: loading or compiling on a CPU must leave it alone."""
+    from viewneti_backend.attention import prefer_cudnn_attention
+
+    before = torch._C._get_sdp_priority_order()
+    assert prefer_cudnn_attention(torch.device("cpu")) is False
+    assert torch._C._get_sdp_priority_order() == before

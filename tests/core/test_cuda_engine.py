@@ -50,3 +50,15 @@ def test_compiled_engine_inverts_then_renders(engines):
     single = compiled.render([cam], "cuda_probe", seed=1, steps=10, guidance=2.0)[0]
     assert _psnr(views[0], single) > 30.0
     assert np.asarray(single).std() > 1.0
+
+
+def test_compiled_engine_prefers_cudnn_attention_on_hopper(engines):
+    """compile_base_model puts cuDNN attention first on sm90+ (faster kernels under CUDA graphs); the
+    eager engine was loaded first, so the order it ran with was torch's own."""
+    from torch.nn.attention import SDPBackend
+
+    order = torch._C._get_sdp_priority_order()
+    if torch.cuda.get_device_capability() >= (9, 0):
+        assert order[0] == int(SDPBackend.CUDNN_ATTENTION), order
+    else:
+        assert order[0] != int(SDPBackend.CUDNN_ATTENTION), order

@@ -122,6 +122,18 @@ def test_checkpoint_and_resume_continue_from_the_saved_step(tiny_base, tiny_mode
     assert result.losses[:4] == first.losses
     state = json.loads((out / "checkpoint-000006" / "trainer_state.json").read_text())
     assert state["step"] == 6
+    mid = json.loads((out / "checkpoint-000002" / "trainer_state.json").read_text())
+    assert mid["step"] == 2 and mid["losses"] == first.losses[:2], "a checkpoint holds every loss up to its step"
+
+
+def test_each_step_is_reported_once_in_order_with_its_loss(tiny_base, tiny_model_dir):
+    """Losses are read back one step late (so the host never waits for the GPU between steps); every
+    step still reaches on_step exactly once, in order, with the loss stored in ``losses``."""
+    trainer = make_trainer(5, tiny_base, tiny_model_dir, steps=5)
+    seen = []
+    trainer.train(progress=False, on_step=lambda step, total, loss: seen.append((step, total, loss)))
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4, 5] and {t for _, t, _ in seen} == {5}
+    assert [loss for _, _, loss in seen] == trainer.losses and all(np.isfinite(trainer.losses))
 
 
 def test_optimizer_state_roundtrips_through_safetensors(tmp_path):
