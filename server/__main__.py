@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from viewneti_backend.compile_modes import COMPILE_CHOICES, COMPILE_HELP
+
 from .config import DEFAULT_HOST, DEFAULT_MAX_BODY_MB, DEFAULT_PORT, ServerConfig, default_data_dir
 
 DESCRIPTION = """\
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of a pretrained view-mapper checkpoint (default: the one bundled with the model, if any)")
     m.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     m.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="dtype of the frozen model parts (default: float16 on GPU, float32 on CPU)")
+                   help="dtype of the frozen model parts (default: bfloat16 on GPUs that support it, else float16; float32 on CPU)")
+    m.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
+                   help=COMPILE_HELP + "; the server compiles its live-preview size before it reports ready (default auto)")
     m.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads torch may use (default: torch's choice; 1 is often fastest on a busy "
                         "machine with few cores)")
@@ -87,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         data_dir=(args.data_dir or default_data_dir()).expanduser().resolve(),
         host=args.host, port=args.port, model=args.model, view_mapper=args.view_mapper,
-        device=args.device, dtype=args.dtype, token=token,
+        device=args.device, dtype=args.dtype, compile=args.compile, token=token,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_size=max(16, min(2048, args.max_size)), max_steps=max(1, min(150, args.max_steps)),
         max_queued_jobs=max(1, args.max_jobs),
@@ -96,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Callable[[], Any]:
     kwargs = dict(model=config.model, view_mapper=config.view_mapper, device=config.device, dtype=config.dtype,
-                  library_dir=config.objects_dir)
+                  library_dir=config.objects_dir, compile=config.compile)
     hook = os.environ.get("VIEWNETI_SERVER_ENGINE")
 
     def factory() -> Any:
@@ -110,7 +114,7 @@ def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Call
         from viewneti_backend.engine import Engine  # heavy import: only in the worker, after the server is up
 
         engine = Engine.load(**kwargs)
-        if engine.base.device.type == "cuda":  # compiled UNet: pay the compile before the first request
+        if engine.compile_mode is not None:  # pay the compile before the first request
             engine.warmup([(512, 512)], steps=8)
         return engine
 

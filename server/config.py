@@ -39,6 +39,7 @@ class ServerConfig:
     view_mapper: str | None = None
     device: str | None = None
     dtype: str | None = None
+    compile: str = "auto"  # see viewneti_backend.compile_modes
     token: str | None = None
     max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1024 * 1024)
     # Operational caps on top of the contract's limits (a small machine may want lower ones).

@@ -100,6 +100,7 @@ class HealthOut(BaseModel):
     base_model: str | None = None
     device: str | None = None
     dtype: str | None = None
+    compile: str | None = None
     view_mapper: str | None = None
     default_object: str | None = None
     queue_depth: int

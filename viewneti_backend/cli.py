@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from .compile_modes import COMPILE_CHOICES, COMPILE_HELP
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -34,6 +36,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype of the frozen parts (default: bf16 on CUDA, fp32 on CPU)")
     g.add_argument("--library", help="folder of user object tokens (default: $VIEWNETI_DATA_DIR/objects or ~/.local/share/viewneti/objects)")
+    g.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default auto)")
 
 
 def default_library() -> Path:
@@ -44,7 +47,8 @@ def default_library() -> Path:
 def _engine(args):
     from .engine import Engine
 
-    return Engine.load(args.model, args.view_mapper, args.device, args.dtype, args.library or default_library())
+    return Engine.load(args.model, args.view_mapper, args.device, args.dtype, args.library or default_library(),
+                       compile=args.compile)
 
 
 def _cameras_from_args(args, native: int):

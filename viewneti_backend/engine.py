@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 from PIL import Image
 
 from . import __version__
-from .base_model import BaseModel, load_base_model
+from .base_model import BaseModel, compile_base_model, load_base_model
+from .compile_modes import resolve_compile_mode
 from .cameras import MAX_SIZE, Camera, orbit_pose
 from .data import Scene
 from .errors import InputError
@@ -67,17 +68,19 @@ class Engine:
         self.view_mapper_name = view_mapper_name
         self.train_long_side = train_long_side
         self.sampling = sampling or SamplingDefaults()  # the model's recommended steps/guidance
+        self.compile_mode: str | None = None  # set by load(); None = eager
 
     @classmethod
     def load(cls, model: str | None = None, view_mapper: str | None = None, device: str | None = None,
-             dtype: str | None = None, library_dir: str | Path | None = None, compile: bool | None = None) -> "Engine":
-        """``compile=None`` compiles the UNet and VAE (CUDA graphs) on CUDA only; see :meth:`warmup`."""
+             dtype: str | None = None, library_dir: str | Path | None = None,
+             compile: bool | str | None = None) -> "Engine":
+        """``compile``: see :func:`.compile_modes.resolve_compile_mode` (default: CUDA graphs on CUDA only,
+        eager on the CPU); a compiled engine should :meth:`warmup` before its first user request."""
         model = resolve_model(model)
         base = load_base_model(model, device=device, dtype=dtype)
-        if compile if compile is not None else base.device.type == "cuda":
-            from .base_model import compile_base_model
-
-            compile_base_model(base)
+        compile_mode = resolve_compile_mode(compile, base.device)
+        if compile_mode is not None:
+            compile_base_model(base, compile_mode)
         vm_path = Path(view_mapper) if view_mapper else bundled_view_mapper(model)
         vm = None
         if vm_path is not None:
@@ -87,7 +90,9 @@ class Engine:
         library = ObjectLibrary(library_dir, builtin)
         name = None if vm_path is None else (vm_path.parent.parent.name + "/" + vm_path.name if vm_path.name == "view_mapper" else vm_path.name)
         sampling = SamplingDefaults.for_model(model)  # viewneti/sampling.json, else SD 2's 7.5 / 30
-        return cls(base, vm, library, model=model, view_mapper_name=name, sampling=sampling)
+        engine = cls(base, vm, library, model=model, view_mapper_name=name, sampling=sampling)
+        engine.compile_mode = compile_mode
+        return engine
 
     def warmup(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 8) -> None:
         """Render one throw-away view per size so compilation happens before the first user request."""
@@ -108,7 +113,8 @@ class Engine:
     def info(self) -> dict:
         return {
             "version": __version__, "base_model": self.base.name, "device": str(self.base.device),
-            "dtype": str(self.base.dtype).replace("torch.", ""), "view_mapper": self.view_mapper_name,
+            "dtype": str(self.base.dtype).replace("torch.", ""), "compile": self.compile_mode or "off",
+            "view_mapper": self.view_mapper_name,
             "default_object": self.default_object, "native_size": self.base.native_size, "max_size": MAX_SIZE,
             "prediction_type": self.base.prediction_type, "cross_attention_layers": self.base.num_layers,
             "sampling_defaults": self.sampling.to_dict(),

@@ -77,6 +77,7 @@ def test_cli_info_render_and_errors(tiny_model_dir, tmp_path, capsys, monkeypatc
     assert cli_main(["info", "--model", str(tiny_model_dir)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["default_object"] == "thing_a" and len(info["objects"]) == 2
+    assert info["compile"] == "off", "auto compiles on CUDA only"
     out = tmp_path / "views"
     assert cli_main(["render", "--model", str(tiny_model_dir), "--orbit", "2", "--steps", "3", "--out", str(out), "--sheet"]) == 0
     files = sorted(p.name for p in out.iterdir())
@@ -104,3 +105,21 @@ def test_cli_trains_on_dtu_with_dtu12d_statistics_from_all_cal18_cameras(tiny_mo
     np.testing.assert_allclose(stats["min"], all_cal18.stats["min"])
     np.testing.assert_allclose(stats["max"], all_cal18.stats["max"])
     assert not np.allclose(stats["max"], trained_only.stats["max"])
+
+
+def test_compile_modes_resolve_per_device():
+    from viewneti_backend.compile_modes import resolve_compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile_mode(None, cpu) is None and resolve_compile_mode("auto", cpu) is None
+    assert resolve_compile_mode("auto", cuda) == "reduce-overhead" and resolve_compile_mode(True, cpu) == "reduce-overhead"
+    assert resolve_compile_mode("off", cuda) is None and resolve_compile_mode(False, cuda) is None
+    assert resolve_compile_mode("max-autotune", cpu) == "max-autotune"
+    with pytest.raises(InputError, match="unknown compile mode 'fast'"):
+        resolve_compile_mode("fast", cuda)
+
+
+def test_cli_rejects_an_unknown_compile_mode(tiny_model_dir, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["info", "--model", str(tiny_model_dir), "--compile", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err

@@ -219,3 +219,23 @@ def test_unexpected_engine_error_is_a_500_without_traceback(tmp_path):
         assert r.status_code == 500
         assert "boom-1" in r.json()["error"] and "secret" not in r.text and "Traceback" not in r.text
         assert c.get("/v1/health").status_code == 200  # the worker survived
+
+
+def test_compile_flag_reaches_the_engine_loader(tmp_path, monkeypatch):
+    """--compile is parsed with the shared vocabulary and handed to Engine.load (through the hook here)."""
+    import sys
+    import types
+
+    from server.__main__ import build_parser, config_from_args, engine_factory_for
+
+    seen = {}
+    module = types.ModuleType("recording_loader")
+    module.load = lambda **kwargs: seen.update(kwargs) or "engine"
+    monkeypatch.setitem(sys.modules, "recording_loader", module)
+    monkeypatch.setenv("VIEWNETI_SERVER_ENGINE", "recording_loader:load")
+    config = config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path), "--compile", "off"]))
+    assert config.compile == "off"
+    assert engine_factory_for(config)() == "engine" and seen["compile"] == "off"
+    assert config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path)])).compile == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--compile", "fast"])
