@@ -61,3 +61,31 @@ def test_nvs_benchmark_scores_three_methods_per_object_and_seed(tiny_model_dir, 
     mode5, copy = summary["results"]["viewneti_mode5"]["mean"]["psnr"], summary["results"]["copy_input"]["mean"]["psnr"]
     assert summary["margin_db"]["vs_copy_input"] == pytest.approx(mode5 - copy)
     assert (tmp_path / "nvs_sheet.png").is_file() and (tmp_path / "nvs_benchmark.txt").is_file()
+
+
+def test_prior_ceiling_scores_five_rows_on_the_shipped_built_ins(tmp_path):
+    """`viewneti toyworld ceiling` on the embedded toy model (few views and steps): every row scored
+    for every built-in object, margins paired per object, the JSON written."""
+    from viewneti_backend.engine import embedded_model_dir
+    from viewneti_backend.toyworld.nvs import prior_ceiling
+
+    cfg = BenchmarkConfig(seeds=[0], n_targets=2, render_steps=2)
+    summary = prior_ceiling(cfg, embedded_model_dir(), tmp_path, device="cpu")
+    assert summary["objects"] == ["toy_000", "toy_001", "toy_002", "toy_003"]
+    for method in ("viewneti_seen_token", "copy_input", "no_view_token", "text_with_true_view_phrase", "text_without_view_phrase"):
+        res = summary["results"][method]
+        assert sorted(res["per_object"]) == summary["objects"]
+        assert all(v["n"] == 2 for v in res["per_object"].values())
+        assert np.isfinite(res["mean"]["psnr"]) and 0.0 <= res["mean"]["ssim"] <= 1.0
+    ours = summary["results"]["viewneti_seen_token"]["mean"]["psnr"]
+    assert summary["margin_db"]["seen_token_vs_copy_input"]["mean"] == pytest.approx(
+        ours - summary["results"]["copy_input"]["mean"]["psnr"])
+    assert json.loads((tmp_path / "prior_ceiling.json").read_text())["margin_db"] == summary["margin_db"]
+
+
+def test_prior_ceiling_needs_built_ins_made_by_pretraining(tiny_model_dir, tmp_path):
+    from viewneti_backend.errors import InputError
+    from viewneti_backend.toyworld.nvs import prior_ceiling
+
+    with pytest.raises(InputError, match="toy_seed"):
+        prior_ceiling(BenchmarkConfig(seeds=[0], n_targets=1, render_steps=1), tiny_model_dir, tmp_path, device="cpu")

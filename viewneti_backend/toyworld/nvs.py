@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from PIL import Image
 
 from ..cameras import Camera, orbit_pose
 from ..data import Scene
-from ..errors import Cancelled
+from ..errors import Cancelled, InputError
 from ..evaluation import EvalTable, masked_psnr, masked_ssim
 from ..atomic_files import atomic_write_text, replace_directory
 from ..sampling_defaults import FILENAME as SAMPLING_FILENAME
@@ -135,9 +136,7 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
     library = out / "library"
     shutil.rmtree(library, ignore_errors=True)
     engine = Engine.load(str(model_dir), device=dev, library_dir=library)
-    input_cam = Camera(orbit_pose(cfg.input_azimuth, cfg.input_elevation, cfg.radius), cfg.fov_y_deg, cfg.size, cfg.size)
-    targets = [Camera(orbit_pose(cfg.input_azimuth + 360.0 * (k + 1) / (cfg.n_targets + 1), cfg.target_elevation, cfg.radius),
-                      cfg.fov_y_deg, cfg.size, cfg.size) for k in range(cfg.n_targets)]
+    input_cam, targets = benchmark_cameras(cfg)
     tables = {"viewneti_mode5": EvalTable(), "copy_input": EvalTable(), "no_view_token": EvalTable()}
     timing = {"invert_s": [], "render_s": []}
     sheet_rows: list[Image.Image] = []
@@ -184,14 +183,91 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
     return summary
 
 
+def benchmark_cameras(cfg: BenchmarkConfig) -> tuple[Camera, list[Camera]]:
+    """The input camera and the ``n_targets`` target cameras evenly spaced on the orbit after it."""
+    input_cam = Camera(orbit_pose(cfg.input_azimuth, cfg.input_elevation, cfg.radius), cfg.fov_y_deg, cfg.size, cfg.size)
+    targets = [Camera(orbit_pose(a, cfg.target_elevation, cfg.radius), cfg.fov_y_deg, cfg.size, cfg.size)
+               for a in target_azimuths(cfg)]
+    return input_cam, targets
+
+
+def target_azimuths(cfg: BenchmarkConfig) -> list[float]:
+    return [cfg.input_azimuth + 360.0 * (k + 1) / (cfg.n_targets + 1) for k in range(cfg.n_targets)]
+
+
+def _paired_margin(results: dict, ours: str, base: str) -> dict:
+    """Paired per-object PSNR difference ours - base: mean, std over objects, wins."""
+    mine = results[ours]["per_object"]
+    d = np.array([mine[o]["psnr"] - results[base]["per_object"][o]["psnr"] for o in mine])
+    return {"mean": float(d.mean()), "std": float(d.std()), "wins": int((d > 0).sum()), "objects": len(d)}
+
+
 def _per_object_margins(results: dict) -> dict:
     """Paired per-object PSNR differences of mode 5 against each baseline: mean, std over objects, wins."""
-    ours = results["viewneti_mode5"]["per_object"]
-    out = {}
-    for base in ("copy_input", "no_view_token"):
-        d = np.array([ours[o]["psnr"] - results[base]["per_object"][o]["psnr"] for o in ours])
-        out[f"vs_{base}"] = {"mean": float(d.mean()), "std": float(d.std()), "wins": int((d > 0).sum()), "objects": len(d)}
-    return out
+    return {f"vs_{base}": _paired_margin(results, "viewneti_mode5", base) for base in ("copy_input", "no_view_token")}
+
+
+def prior_ceiling(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None) -> dict:
+    """How much view control is there to find? The benchmark's views of the *seen* built-in objects.
+
+    The built-ins (``toy_000`` ...) are object tokens learned jointly with the view-mapper in mode-3
+    pretraining, so they bound what a mode-5 inversion can reach. Rows, scored like the benchmark
+    (masked PSNR / SSIM against the renderer, same 16 target cameras, ``cfg.seeds``): their ViewNeTI
+    renders; copying the input view; the token without the view token; and the prior itself through
+    a stock diffusers pipeline with plain text: the object's full description plus each target's
+    *true* coarse view phrase (the most view information the prior was trained with), and the
+    description alone. Renders only, no training. Writes ``prior_ceiling.json``.
+    """
+    from ..engine import Engine
+    from .prior import load_prior
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as no_user_objects:  # built-ins only
+        engine = Engine.load(str(model_dir), device=dev, library_dir=no_user_objects, compile=False)
+        return _prior_ceiling(cfg, engine, load_prior(model_dir, device=dev), out_dir, dev)
+
+
+def _prior_ceiling(cfg: BenchmarkConfig, engine, prior, out_dir: str | Path, dev: str) -> dict:
+    from .captions import describe, view_phrase
+    from .prior import sample
+
+    input_cam, targets = benchmark_cameras(cfg)
+    methods = ("viewneti_seen_token", "copy_input", "no_view_token", "text_with_true_view_phrase", "text_without_view_phrase")
+    tables = {m: EvalTable() for m in methods}
+    objects = [o["name"] for o in engine.list_objects() if o.get("builtin")]
+    if not objects:
+        raise InputError(f"'{model_dir}' ships no built-in objects (viewneti/objects): run `viewneti toyworld pretrain` first")
+    for name in objects:
+        _, mapper = engine.object_mapper(name)
+        toy_seed = int(mapper.config.extra.get("toy_seed", -1))
+        if toy_seed < 0:
+            raise InputError(f"built-in object '{name}' does not record its toy_seed: it was not made by `toyworld pretrain`")
+        gt, inp = render_scene(toy_seed, targets, dev), render_scene(toy_seed, [input_cam], dev)
+        text = describe(ToyObject.from_seed(toy_seed))
+        for s in cfg.seeds:
+            rows = {
+                "viewneti_seen_token": engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance),
+                "copy_input": inp.images * len(targets),
+                "no_view_token": engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance, with_view=False),
+                "text_with_true_view_phrase": list(sample(prior, [f"{text}, {view_phrase(a, cfg.target_elevation)}"
+                                                                  for a in target_azimuths(cfg)],
+                                                          seed=s, steps=cfg.render_steps, guidance=cfg.guidance)),
+                "text_without_view_phrase": list(sample(prior, [text] * len(targets), seed=s, steps=cfg.render_steps,
+                                                        guidance=cfg.guidance)),
+            }
+            for method, images in rows.items():
+                for k, img in enumerate(images):
+                    tables[method].add(name, k, s, masked_psnr(img, gt.images[k], gt.masks[k]),
+                                       masked_ssim(img, gt.images[k], gt.masks[k]))
+    results = {m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes()} for m, t in tables.items()}
+    margins = {f"seen_token_vs_{b}": _paired_margin(results, "viewneti_seen_token", b)
+               for b in ("copy_input", "no_view_token", "text_with_true_view_phrase")}
+    margins["text_view_phrase_vs_without"] = _paired_margin(results, "text_with_true_view_phrase", "text_without_view_phrase")
+    summary = {"config": asdict(cfg), "device": dev, "objects": objects, "results": results, "margin_db": margins}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "prior_ceiling.json", json.dumps(summary, indent=2))
+    return summary
 
 
 def mode2_interpolation(model_dir: str | Path, out_dir: str | Path, seed: int = HELDOUT_SEED_START + 100, views: int = 6,
