@@ -1,7 +1,10 @@
-"""GPU benchmark at SD 2.1 scale: novel view, live preview, mode-5 inversion, each against a
+r"""GPU benchmark at SD 2.1 scale: novel view, live preview, mode-5 inversion, each against a
 reference-style path (the official code's structure) in the same run, with the physical floor.
 
-    python benchmarks/gpu_bench.py --out benchmarks/gpu_bench.json
+    python benchmarks/gpu_bench.py --out benchmarks/gpu_bench.json --inversion-steps 200 \
+        --eager-inversion-steps 50 --reference-inversion-steps 2 --compile reduce-overhead --profile inversion
+
+(every section in ~9 minutes on an H200: the device tool allows 10 per command).
 
 Random weights with SD 2.1's exact configs (benchmarks/sd21.py) time exactly like the real model.
 Reference-style = what ViewNeTI's code does: 480 sequential text-encoder passes per view, two UNet
@@ -273,7 +276,8 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    report: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (smoke)", "torch": torch.__version__, "peak_tflops_assumed": PEAK_TFLOPS}
+    report: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (smoke)", "torch": torch.__version__, "peak_tflops_assumed": PEAK_TFLOPS,
+                    "command": " ".join(["python", "benchmarks/gpu_bench.py"] + sys.argv[1:])}
     t0 = time.perf_counter()
     base = sd21_base_model(dev.type, torch.float32, tiny=args.smoke)
     report["build_s"] = time.perf_counter() - t0
@@ -500,20 +504,21 @@ def main() -> None:
             save()
         if "inversion" not in skip:
             ref_ms = results["inversion_mode5_9x512x384"]["reference_step_ms"]
-            for label, key in (("UNet + VAE + CLIP blocks compiled", "inversion"),):
-                try:
-                    trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps)
-                    entry.update({f"{key}_step_ms": per_step * 1e3, f"{key}_projected_3000_steps_min": per_step * 3000 / 60,
-                                  f"{key}_warmup_s": warm_s, f"{key}_peak_mem_gib": mem, f"{key}_speedup_per_step": ref_ms / (per_step * 1e3)})
-                    log(f"compiled inversion ({label}): {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps "
-                        f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB, x{ref_ms / (per_step * 1e3):.1f} vs reference")
-                    save()
-                    if "inversion" in profiles and dev.type == "cuda":
-                        trainer.config.steps = trainer.step + 3
-                        entry[f"{key}_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps")
-                except Exception as exc:  # report, keep the rest of the run
-                    entry[f"{key}_error"] = f"{type(exc).__name__}: {exc}"[:2000]
-                    log(f"compiled inversion ({label}) FAILED: {entry[f'{key}_error']}")
+            label = "UNet + VAE + CLIP blocks compiled"
+            try:
+                trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps)
+                entry.update({"inversion_step_ms": per_step * 1e3, "inversion_projected_3000_steps_min": per_step * 3000 / 60,
+                              "inversion_warmup_s": warm_s, "inversion_peak_mem_gib": mem,
+                              "inversion_speedup_per_step": ref_ms / (per_step * 1e3)})
+                log(f"compiled inversion ({label}): {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps "
+                    f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB, x{ref_ms / (per_step * 1e3):.1f} vs reference")
+                save()
+                if "inversion" in profiles and dev.type == "cuda":
+                    trainer.config.steps = trainer.step + 3
+                    entry["inversion_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps")
+            except Exception as exc:  # report, keep the rest of the run
+                entry["inversion_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+                log(f"compiled inversion ({label}) FAILED: {entry['inversion_error']}")
 
     save()
     print(json.dumps(report, indent=2))

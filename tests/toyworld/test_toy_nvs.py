@@ -72,7 +72,9 @@ def test_prior_ceiling_scores_five_rows_on_the_shipped_built_ins(tmp_path):
     cfg = BenchmarkConfig(seeds=[0], n_targets=2, render_steps=2)
     summary = prior_ceiling(cfg, embedded_model_dir(), tmp_path, device="cpu")
     assert summary["objects"] == ["toy_000", "toy_001", "toy_002", "toy_003"]
-    for method in ("viewneti_seen_token", "copy_input", "no_view_token", "text_with_true_view_phrase", "text_without_view_phrase"):
+    offsets = [f"ground_truth_azimuth_off_by_{d}deg" for d in ("10", "22.5", "45")]
+    for method in ("viewneti_seen_token", "copy_input", "no_view_token", "text_with_true_view_phrase",
+                   "text_without_view_phrase", *offsets):
         res = summary["results"][method]
         assert sorted(res["per_object"]) == summary["objects"]
         assert all(v["n"] == 2 for v in res["per_object"].values())
@@ -81,6 +83,9 @@ def test_prior_ceiling_scores_five_rows_on_the_shipped_built_ins(tmp_path):
     assert summary["margin_db"]["seen_token_vs_copy_input"]["mean"] == pytest.approx(
         ours - summary["results"]["copy_input"]["mean"]["psnr"])
     assert json.loads((tmp_path / "prior_ceiling.json").read_text())["margin_db"] == summary["margin_db"]
+    # the renderer's own views: the further off the azimuth, the lower the score
+    scale = [summary["results"][row]["mean"]["psnr"] for row in offsets]
+    assert scale[0] > scale[2], scale
 
 
 def test_prior_ceiling_needs_built_ins_made_by_pretraining(tiny_model_dir, tmp_path):

@@ -216,7 +216,9 @@ def prior_ceiling(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
     renders; copying the input view; the token without the view token; and the prior itself through
     a stock diffusers pipeline with plain text: the object's full description plus each target's
     *true* coarse view phrase (the most view information the prior was trained with), and the
-    description alone. Renders only, no training. Writes ``prior_ceiling.json``.
+    description alone; and, as a scale for the scores, the renderer's own ground truth seen from an
+    azimuth 10, 22.5 (half a view-phrase bucket) or 45 degrees off. Renders only, no training.
+    Writes ``prior_ceiling.json``.
     """
     from ..engine import Engine
     from .prior import load_prior
@@ -233,7 +235,10 @@ def _prior_ceiling(cfg: BenchmarkConfig, engine, prior, out_dir: str | Path, dev
 
     input_cam, targets = benchmark_cameras(cfg)
     methods = ("viewneti_seen_token", "copy_input", "no_view_token", "text_with_true_view_phrase", "text_without_view_phrase")
-    tables = {m: EvalTable() for m in methods}
+    # A scale for the scores: the renderer's own ground truth, seen from an azimuth off by this much.
+    offsets = (10.0, 22.5, 45.0)
+    offset_rows = {f"ground_truth_azimuth_off_by_{d:g}deg": d for d in offsets}
+    tables = {m: EvalTable() for m in methods + tuple(offset_rows)}
     objects = [o["name"] for o in engine.list_objects() if o.get("builtin")]
     if not objects:
         raise InputError(f"'{model_dir}' ships no built-in objects (viewneti/objects): run `viewneti toyworld pretrain` first")
@@ -243,11 +248,15 @@ def _prior_ceiling(cfg: BenchmarkConfig, engine, prior, out_dir: str | Path, dev
         if toy_seed < 0:
             raise InputError(f"built-in object '{name}' does not record its toy_seed: it was not made by `toyworld pretrain`")
         gt, inp = render_scene(toy_seed, targets, dev), render_scene(toy_seed, [input_cam], dev)
+        shifted = {row: render_scene(toy_seed, [Camera(orbit_pose(a + d, cfg.target_elevation, cfg.radius), cfg.fov_y_deg,
+                                                       cfg.size, cfg.size) for a in target_azimuths(cfg)], dev).images
+                   for row, d in offset_rows.items()}
         text = describe(ToyObject.from_seed(toy_seed))
         for s in cfg.seeds:
             rows = {
                 "viewneti_seen_token": engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance),
                 "copy_input": inp.images * len(targets),
+                **shifted,
                 "no_view_token": engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance, with_view=False),
                 "text_with_true_view_phrase": list(sample(prior, [f"{text}, {view_phrase(a, cfg.target_elevation)}"
                                                                   for a in target_azimuths(cfg)],
@@ -263,7 +272,8 @@ def _prior_ceiling(cfg: BenchmarkConfig, engine, prior, out_dir: str | Path, dev
     margins = {f"seen_token_vs_{b}": _paired_margin(results, "viewneti_seen_token", b)
                for b in ("copy_input", "no_view_token", "text_with_true_view_phrase")}
     margins["text_view_phrase_vs_without"] = _paired_margin(results, "text_with_true_view_phrase", "text_without_view_phrase")
-    summary = {"config": asdict(cfg), "device": dev, "objects": objects, "results": results, "margin_db": margins}
+    summary = {"config": asdict(cfg), "device": dev, "objects": objects, "results": results, "margin_db": margins,
+               "azimuth_offsets_deg": list(offsets)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "prior_ceiling.json", json.dumps(summary, indent=2))

@@ -1,0 +1,35 @@
+"""benchmarks/gpu_bench.py end to end with --smoke (tiny widths on the CPU): the script that produces
+RESULTS.md §1 must keep running as the library changes. It times nothing real here; the structure of
+its JSON and the equivalence checks it makes are what is tested."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_writes_every_section(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "--smoke", "--out", str(out),
+           "--inversion-steps", "2", "--eager-inversion-steps", "1", "--reference-inversion-steps", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python benchmarks/gpu_bench.py --smoke")
+    assert report["equivalence_image_fp32"]["max_abs_diff_8bit"] <= 1.0, "fast and reference-style renders must agree"
+    assert report["equivalence_gradient_fp32"]["relative_l2_error"] < 1e-4
+    results = report["results"]
+    view = results["view_128x96_30steps"]
+    assert view["fast_new_pose_ms"] > 0 and view["reference_ms"] > 0 and view["tflop"] > 0
+    assert results["live_64x64_8steps"]["fast_cached_pose_ms"] > 0
+    inv = results["inversion_mode5_9x512x384"]  # the section's name (its sizes are tiny under --smoke)
+    assert inv["fast_step_ms"] > 0 and inv["reference_step_ms"] > 0 and math.isfinite(inv["final_loss"])
+    assert "[" in run.stdout and " s] device: cpu (smoke)" in run.stdout, "lines carry the seconds since start"
