@@ -186,12 +186,20 @@ class Engine:
                           if self.base.device.type == "cpu" else None)
         t0 = time.perf_counter()
         preview_cam = cams[0]
+        first_report: list[float] = []  # when step 1 was reported
 
         def report(step: int, total: int, loss: float) -> None:
             if on_progress is None:
                 return
-            elapsed = time.perf_counter() - t0
-            event = {"step": step, "total": total, "loss": loss, "eta_s": elapsed / step * (total - step), "preview": None}
+            now = time.perf_counter()
+            # The first step also pays compilation (minutes at SD 2 scale on CUDA): estimate the rest
+            # from the steps after it, once there are any.
+            if not first_report or step < 2:
+                first_report[:] = [now]
+                eta = (now - t0) * (total - step)
+            else:
+                eta = (now - first_report[0]) / (step - 1) * (total - step)
+            event = {"step": step, "total": total, "loss": loss, "eta_s": eta, "preview": None}
             if preview_every and (step % preview_every == 0 or step == total):
                 mapper = trainer.object_mappers[0].eval()
                 event["preview"] = self.pipeline([preview_cam], mapper, seed=seed, steps=self.sampling.steps, guidance=self.sampling.guidance,

@@ -160,3 +160,21 @@ def test_warmup_renders_each_size_and_leaves_no_cached_encodings(engine):
         del engine.render
     assert calls == [64, 64, 96, 96]
     assert not engine.pipeline._cache
+
+
+def test_inversion_eta_leaves_out_the_first_step(engine, monkeypatch):
+    """Step 1 of an inversion also pays compilation (minutes at SD 2 scale): from step 2 on, the ETA
+    comes from the pace of the steps after it, not from the average that includes step 1."""
+    import types
+
+    import viewneti_backend.engine as engine_module
+
+    clock = iter([0.0, 100.0] + [100.0 + k for k in range(1, 10)])  # start, step 1 at 100 s, then 1 s a step
+    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    ref = Image.new("RGB", (64, 64), "blue")
+    events = []
+    engine.invert([ref], [cam(10)], "eta_probe", steps=5, on_progress=events.append)
+    assert [e["step"] for e in events] == [1, 2, 3, 4, 5]
+    assert events[0]["eta_s"] == pytest.approx(100.0 * 4)  # only step 1 known: its own time
+    assert [e["eta_s"] for e in events[1:]] == pytest.approx([3.0, 2.0, 1.0, 0.0])  # 1 s a step after step 1
+    engine.delete_object("eta_probe")
