@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attention import install_per_layer_processors, prefer_cudnn_attention
+from .attention import fuse_self_attention_projections, install_per_layer_processors, prefer_cudnn_attention
 from .errors import InputError
 from .text_conditioning import TextConditioner
 
@@ -197,8 +197,6 @@ def compile_base_model(base: BaseModel, mode: str = "reduce-overhead", vae: bool
     On Hopper-class GPUs SDPA is set to try cuDNN's attention first (see ``prefer_cudnn_attention``):
     its kernels are faster, and under CUDA graphs its higher per-call host cost does not count.
     """
-    from .attention import fuse_self_attention_projections
-
     prefer_cudnn_attention(base.device)
     fuse_self_attention_projections(base.unet)
     base.unet = torch.compile(base.unet, mode=mode, fullgraph=False, dynamic=False)

@@ -26,11 +26,10 @@ from .data import Scene
 from .errors import InputError
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
-from .sampling_defaults import SamplingDefaults
+from .sampling_defaults import BUNDLE_DIR, SamplingDefaults
 from .tokens import ObjectLibrary, validate_token_name
 from .training import Trainer, TrainConfig
 
-BUNDLE_DIR = "viewneti"
 
 
 def embedded_model_dir() -> Path:
@@ -186,19 +185,19 @@ class Engine:
                           if self.base.device.type == "cpu" else None)
         t0 = time.perf_counter()
         preview_cam = cams[0]
-        first_report: list[float] = []  # when step 1 was reported
+        t_step1 = t0
 
         def report(step: int, total: int, loss: float) -> None:
+            nonlocal t_step1
             if on_progress is None:
                 return
             now = time.perf_counter()
-            # The first step also pays compilation (minutes at SD 2 scale on CUDA): estimate the rest
-            # from the steps after it, once there are any.
-            if not first_report or step < 2:
-                first_report[:] = [now]
-                eta = (now - t0) * (total - step)
+            # Step 1 also pays compilation (minutes at SD 2 scale on CUDA): later ETAs use the pace after it.
+            if step == 1:
+                t_step1 = now
+                eta = (now - t0) * (total - 1)
             else:
-                eta = (now - first_report[0]) / (step - 1) * (total - step)
+                eta = (now - t_step1) / (step - 1) * (total - step)
             event = {"step": step, "total": total, "loss": loss, "eta_s": eta, "preview": None}
             if preview_every and (step % preview_every == 0 or step == total):
                 mapper = trainer.object_mappers[0].eval()

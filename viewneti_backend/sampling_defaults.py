@@ -27,7 +27,7 @@ from .atomic_files import atomic_write_text
 from .errors import InputError
 
 FILENAME = "sampling.json"
-BUNDLE_DIR = "viewneti"  # same sub-folder as the bundled view-mapper and objects (see engine.py)
+BUNDLE_DIR = "viewneti"  # a model folder's ViewNeTI sub-folder: view-mapper, objects, this file (engine.py uses it too)
 
 SD_GUIDANCE = 7.5
 SD_STEPS = 30

@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..cameras import Camera, orbit_pose
 from ..data import Scene
+from ..compile_modes import resolve_compile_mode
 from ..errors import Cancelled, InputError
 from ..evaluation import EvalTable, masked_psnr, masked_ssim
 from ..atomic_files import atomic_write_text, replace_directory
@@ -69,10 +70,11 @@ def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: st
     scenes = [render_scene(s, random_cameras(cfg.views, seed=10_000 + s, size=cfg.size), dev, name=f"toy_{i:03d}")
               for i, s in enumerate(range(cfg.first_seed, cfg.first_seed + cfg.n_objects))]
     base = load_base_model(model_dir, device=dev)
-    if cfg.compile and base.device.type == "cuda":
+    compile_mode = resolve_compile_mode("auto" if cfg.compile else "off", base.device)
+    if compile_mode is not None:
         from ..base_model import compile_base_model
 
-        compile_base_model(base)
+        compile_base_model(base, compile_mode)
     tc = TrainConfig(mode=3, steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
                      augmentation=cfg.augmentation, width=cfg.size, height=cfg.size, seed=cfg.seed, log_every=100)
     trainer = Trainer(tc, base, scenes, output_dir=None, device=dev)
