@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from viewneti_backend.toyworld.prior import PriorTrainConfig, load_prior, sample, train_prior
+from viewneti_backend.toyworld.prior import (
+    LatentBuffer, PriorTrainConfig, RenderStream, drop_captions, load_prior, sample, tokenize, train_prior,
+)
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "viewneti_backend" / "toyworld" / "weights" / "prior"
 
@@ -52,6 +54,37 @@ def test_resume_keeps_the_vae(tiny_prior, tmp_path):
     a = load_prior(out).vae.state_dict()
     b = load_prior(tmp_path / "p2").vae.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_latent_buffer_keeps_each_renders_caption_ids(tiny_prior):
+    """The pool tokenizes a caption once per render; what it returns is that caption's ids."""
+    out, _ = tiny_prior
+    pipe = load_prior(out)
+    cfg = PriorTrainConfig.tiny()
+    dev = torch.device("cpu")
+    buf = LatentBuffer(RenderStream(cfg, dev), pipe.vae, pipe.tokenizer, size=6, refresh=2, device=dev, chunk=4)
+    assert len(buf) == 6 and buf.ids.shape == (6, 77)
+    stream = RenderStream(cfg, dev)  # same seeds: the same first renders and captions
+    first = stream.next(4)["caption"] + stream.next(2)["caption"]
+    assert torch.equal(buf.ids, tokenize(pipe.tokenizer, first, dev))
+    assert all(c for c in first)  # no empty captions inside the pool: the drop happens per draw
+    b = buf.next(5)
+    assert b["latents"].shape == (5, 4, 16, 16) and b["input_ids"].shape == (5, 77)  # tiny: 32 px, x2 VAE
+    rows = {tuple(r.tolist()) for r in buf.ids}
+    assert all(tuple(r.tolist()) in rows for r in b["input_ids"])
+
+
+def test_drop_captions_replaces_rows_with_the_empty_caption(tiny_prior):
+    out, _ = tiny_prior
+    tok = load_prior(out).tokenizer
+    dev = torch.device("cpu")
+    ids = tokenize(tok, ["a red box"] * 2000, dev)
+    empty = tokenize(tok, [""], dev)
+    dropped = drop_captions(ids, empty, 0.1, torch.Generator().manual_seed(0))
+    is_empty = (dropped == empty).all(1)
+    assert ((dropped == ids).all(1) | is_empty).all()
+    assert 0.07 < is_empty.float().mean() < 0.13
+    assert not drop_captions(ids, empty, 0.0, torch.Generator()).ne(ids).any()
 
 
 def test_shipped_prior_is_small_and_loads():
