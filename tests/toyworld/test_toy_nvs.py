@@ -94,3 +94,16 @@ def test_prior_ceiling_needs_built_ins_made_by_pretraining(tiny_model_dir, tmp_p
 
     with pytest.raises(InputError, match="toy_seed"):
         prior_ceiling(BenchmarkConfig(seeds=[0], n_targets=1, render_steps=1), tiny_model_dir, tmp_path, device="cpu")
+
+
+def test_prior_ceiling_needs_built_in_objects(tiny_model_dir, tmp_path):
+    import shutil
+
+    from viewneti_backend.errors import InputError
+    from viewneti_backend.toyworld.nvs import prior_ceiling
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    shutil.rmtree(model / "viewneti" / "objects")
+    with pytest.raises(InputError, match="ships no built-in objects"):
+        prior_ceiling(BenchmarkConfig(seeds=[0], n_targets=1, render_steps=1), model, tmp_path / "out", device="cpu")

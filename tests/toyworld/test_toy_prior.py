@@ -56,6 +56,14 @@ def test_resume_keeps_the_vae(tiny_prior, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_script_records_its_command_in_the_history(tmp_path, capsys):
+    from viewneti_backend.toyworld.prior import main
+
+    main(["--out", str(tmp_path / "p"), "--tiny"])
+    history = json.loads((tmp_path / "p" / "toyworld.json").read_text())["metrics"]["history"]
+    assert history[-1]["command"] == f"python -m viewneti_backend.toyworld.prior --out {tmp_path / 'p'} --tiny"
+
+
 def test_latent_buffer_keeps_each_renders_caption_ids(tiny_prior):
     """The pool tokenizes a caption once per render; what it returns is that caption's ids."""
     out, _ = tiny_prior

@@ -243,7 +243,7 @@ def _prior_ceiling(cfg: BenchmarkConfig, engine, prior, out_dir: str | Path, dev
     tables = {m: EvalTable() for m in methods + tuple(offset_rows)}
     objects = [o["name"] for o in engine.list_objects() if o.get("builtin")]
     if not objects:
-        raise InputError(f"'{model_dir}' ships no built-in objects (viewneti/objects): run `viewneti toyworld pretrain` first")
+        raise InputError("the model ships no built-in objects (viewneti/objects): run `viewneti toyworld pretrain` first")
     for name in objects:
         _, mapper = engine.object_mapper(name)
         toy_seed = int(mapper.config.extra.get("toy_seed", -1))

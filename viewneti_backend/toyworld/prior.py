@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -479,11 +480,13 @@ def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrain
     return res
 
 
-def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: str | Path | None = None, log: Callable[[str], None] = print,
+                command: str | None = None) -> dict[str, Any]:
     """Train the toy prior end to end and save it as a diffusers folder in ``out_dir``.
 
     ``resume_from``: a saved prior folder; its VAE is kept (``vae_steps`` is ignored) and the UNet and
-    text encoder continue training from its (EMA) weights.
+    text encoder continue training from its (EMA) weights. ``command``: how this run was started,
+    recorded in the run's entry of the metrics' ``history``.
     Returns the metrics (also written to ``out_dir/toyworld.json``).
     """
     cfg = config
@@ -520,6 +523,8 @@ def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: s
         "unet_steps": metrics["unet_steps"], "unet_batch": cfg.unet_batch, "unet_lr": cfg.unet_lr,
         "unet_mse": metrics["unet_mse"], "seconds": metrics["total_seconds"], "device": metrics["device"],
     }
+    if command is not None:
+        run["command"] = command
     if resume_from is None:
         run.update(vae_steps=metrics["vae_steps"], vae_l1=metrics["vae_l1"])
     metrics["history"] = (prev_history if resume_from is not None else []) + [run]
@@ -607,7 +612,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg.vae_max_minutes, cfg.unet_max_minutes = a.vae_minutes, a.unet_minutes
         cfg.buffer_size, cfg.buffer_refresh, cfg.unet_lr = a.buffer_size, a.buffer_refresh, a.unet_lr
     cfg.device, cfg.seed, cfg.progress = a.device, a.seed, False
-    metrics = train_prior(cfg, a.out, resume_from=a.resume, log=lambda m: print(m, flush=True))
+    command = " ".join(["python -m viewneti_backend.toyworld.prior", *(argv if argv is not None else sys.argv[1:])])
+    metrics = train_prior(cfg, a.out, resume_from=a.resume, log=lambda m: print(m, flush=True), command=command)
     print(json.dumps(metrics, indent=1), flush=True)
     if a.grid:
         dev = _device(a.device)

@@ -1,0 +1,120 @@
+"""Are the toy model's generated objects the right size? Object area of generated views vs the truth.
+
+Every toy colour is saturated and the ground, shadows and (at these elevations) the sky are not, so
+pixels with HSV saturation > 0.25 segment the object; the script first checks that against the
+renderer's own masks (IoU on the ground truth). Then, for the shipped built-in objects (seen in
+pretraining) at 4 of the benchmark's target cameras (azimuths 30 + 360 k/17 deg, elevation 25,
+radius 3.6), it reports the mean generated object area divided by the ground truth's, for:
+the prior prompted with the object's description and the target's true coarse view phrase
+(DPM-Solver++ at ``--steps``, and, if ``--ddpm-steps`` > 0, the DDPM sampler at that many steps:
+the model's own distribution), and the ViewNeTI engine with and without the view token.
+1.0 = right size; area goes with the inverse square of the camera distance.
+
+    .venv/bin/python benchmarks/toy_object_scale.py --threads 2               # ~10 min on 2 cores
+    .venv/bin/python benchmarks/toy_object_scale.py --ddpm-steps 0 --guidance 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def object_area_mask(image, threshold: float = 0.25):
+    """Boolean object mask of a toy render: saturated, not black."""
+    import numpy as np
+
+    a = np.asarray(image).astype(np.float32) / 255.0
+    hi, lo = a.max(-1), a.min(-1)
+    return ((hi - lo) / np.maximum(hi, 1e-3) > threshold) & (hi > 0.08)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="toy model folder (default: the embedded one)")
+    ap.add_argument("--guidance", default="1,2", help="comma-separated classifier-free guidance scales")
+    ap.add_argument("--steps", type=int, default=30, help="DPM-Solver++ steps (the benchmark's 30)")
+    ap.add_argument("--ddpm-steps", type=int, default=1000, help="also sample the prior with DDPM at this many steps (0: skip)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "object_scale.json"))
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import numpy as np
+    import torch
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+    from tqdm.auto import tqdm
+
+    from viewneti_backend.engine import Engine, resolve_model
+    from viewneti_backend.toyworld.captions import describe, view_phrase
+    from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene, target_azimuths
+    from viewneti_backend.toyworld.prior import load_prior, sample
+    from viewneti_backend.toyworld.renderer import ToyObject
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = resolve_model(args.model)
+    guidances = [float(g) for g in args.guidance.split(",")]
+    cfg = BenchmarkConfig()
+    _, targets = benchmark_cameras(cfg)
+    picks = [0, 4, 8, 12]
+    cams = [targets[k] for k in picks]
+    azimuths = [target_azimuths(cfg)[k] for k in picks]
+
+    with tempfile.TemporaryDirectory() as no_user_objects:
+        engine = Engine.load(str(model), device="cpu", library_dir=no_user_objects, compile=False)
+        objects = [o["name"] for o in engine.list_objects() if o.get("builtin")]
+        seeds = {name: int(engine.object_mapper(name)[1].config.extra["toy_seed"]) for name in objects}
+        gt_area, iou, prompts = [], [], []
+        for name in objects:
+            gt = render_scene(seeds[name], cams)
+            text = describe(ToyObject.from_seed(seeds[name]))
+            prompts += [f"{text}, {view_phrase(a, cfg.target_elevation)}" for a in azimuths]
+            for image, mask in zip(gt.images, gt.masks):
+                seg, true = object_area_mask(image), mask > 0.5
+                gt_area.append(seg.mean())
+                iou.append((seg & true).sum() / max(1, (seg | true).sum()))
+        truth = float(np.mean(gt_area))
+
+        def ratio(images) -> float:
+            return float(np.mean([object_area_mask(im).mean() for im in images]) / truth)
+
+        rows: dict[str, float] = {}
+        prior = load_prior(model, scheduler=None)
+        saved = prior.scheduler.config
+        runs = [(f"prior, true view phrase, DPM-Solver++ {args.steps} steps, guidance {g:g}",
+                 DPMSolverMultistepScheduler.from_config(saved), args.steps, g) for g in guidances]
+        if args.ddpm_steps:
+            # "trailing" spacing: SD 2.1's "leading" + steps_offset would index past step 999 at 1000 steps
+            runs.append((f"prior, true view phrase, DDPM {args.ddpm_steps} steps, guidance 1",
+                         DDPMScheduler.from_config(saved, timestep_spacing="trailing"), args.ddpm_steps, 1.0))
+        for label, scheduler, steps, g in tqdm(runs, desc="prior"):
+            prior.scheduler = scheduler
+            rows[label] = ratio(sample(prior, prompts, seed=args.seed, steps=steps, guidance=g))
+        for g in guidances:
+            for with_view in (True, False):
+                images = [im for name in objects for im in engine.render(cams, name, seed=args.seed, steps=args.steps,
+                                                                         guidance=g, with_view=with_view)]
+                rows[f"ViewNeTI engine, {'with' if with_view else 'without'} view token, guidance {g:g}"] = ratio(images)
+
+    print(f"object segmentation by saturation vs the renderer's masks on ground truth: IoU {np.mean(iou):.3f}")
+    print(f"ground-truth object area: {truth:.4f} of the image")
+    for label, r in rows.items():
+        print(f"{label:70s} area x{r:.2f}")
+    summary = {"model": str(model), "objects": objects, "target_azimuths": azimuths, "seed": args.seed,
+               "segmentation_iou_on_ground_truth": float(np.mean(iou)), "ground_truth_area": truth,
+               "area_ratio_to_ground_truth": rows, "command": " ".join(sys.argv)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
