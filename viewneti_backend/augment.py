@@ -2,7 +2,8 @@
 
 - key 7 (per-scene modes 2/4/5, "RealFusion minus grayscale"): colour jitter 0.04 (p=0.75), Gaussian
   blur k=5 sigma in [0.1, 0.2] (p=0.2), rotation +-10 deg (p=0.75, near-black fill), random resized
-  crop with scale [0.70, 1.30] and ratio [3/4, 4/3] (always).
+  crop with scale [0.70, 1.30] and ratio [3/4, 4/3] (always), with torchvision's semantics: crops
+  stay inside the image (up to 10 tries, then the central crop), so it zooms in by up to 1.2x.
 - key 5 (mode-3 pretraining): colour jitter 0.04 (p=0.75), blur (p=0.25), crop scale [0.95, 1.05].
 Hue jitter is a rotation of the chroma plane in YIQ space (torchvision uses HSV; same intent).
 `augment_image` is the readable per-image reference. `augment_batch` gives the same images (to float rounding)
@@ -103,20 +104,42 @@ def augment_image(img: torch.Tensor, cfg: AugmentationConfig | None, gen: torch.
         theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
         x = _affine(x, theta, fill=-1.0 + 2.0 / 255.0)  # PIL fill=1 on 0..255: near black
     if cfg.crop_scale != (1.0, 1.0):
-        sw, sh, cx, cy = _draw_crop(cfg, gen)
+        sw, sh, cx, cy = _draw_crop(cfg, gen, x.shape[2], x.shape[1])
         theta = torch.tensor([[sw, 0.0, cx], [0.0, sh, cy]])
         x = _affine(x, theta, fill=-1.0)
     return x
 
 
-def _draw_crop(cfg: AugmentationConfig, gen: torch.Generator) -> tuple[float, float, float, float]:
-    """A random-resized-crop as an affine zoom: (scale x, scale y, centre x, centre y)."""
-    area = _uniform(gen, *cfg.crop_scale)
-    log_r = _uniform(gen, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
-    ratio = math.exp(log_r)
-    sw, sh = min(math.sqrt(area * ratio), 1.3), min(math.sqrt(area / ratio), 1.3)
-    cx, cy = _uniform(gen, -max(0, 1 - sw), max(0, 1 - sw)), _uniform(gen, -max(0, 1 - sh), max(0, 1 - sh))
-    return sw, sh, cx, cy
+def _draw_crop(cfg: AugmentationConfig, gen: torch.Generator, width: int, height: int) -> tuple[float, float, float, float]:
+    """torchvision's ``RandomResizedCrop.get_params``, drawn from ``gen``, as an affine zoom
+    (scale x, scale y, centre x, centre y) in ``affine_grid`` coordinates.
+
+    Up to 10 tries of (area fraction in ``crop_scale``, pixel aspect ratio log-uniform in
+    ``crop_ratio``); the first crop that fits inside the image is taken at a uniform position,
+    otherwise the central crop with its aspect clamped into ``crop_ratio``. So a crop never leaves
+    the image (a scale above 1 only makes fitting crops rarer: key 7's [0.70, 1.30] zooms in by up
+    to 1.2x, never out) and is stretched to the full output size.
+    """
+    area = width * height
+    log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+    for _ in range(10):
+        target = area * _uniform(gen, *cfg.crop_scale)
+        ratio = math.exp(_uniform(gen, log_lo, log_hi))
+        w, h = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+            break
+    else:
+        in_ratio = width / height
+        if in_ratio < cfg.crop_ratio[0]:
+            w, h = width, int(round(width / cfg.crop_ratio[0]))
+        elif in_ratio > cfg.crop_ratio[1]:
+            w, h = int(round(height * cfg.crop_ratio[1])), height
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+    return w / width, h / height, (2 * left + w) / width - 1.0, (2 * top + h) / height - 1.0
 
 
 @dataclass
@@ -129,7 +152,7 @@ class _ImagePlan:
     crop: tuple[float, float, float, float] | None = None  # sw, sh, cx, cy
 
 
-def _plan_image(cfg: AugmentationConfig, gen: torch.Generator) -> _ImagePlan:
+def _plan_image(cfg: AugmentationConfig, gen: torch.Generator, width: int, height: int) -> _ImagePlan:
     """Draw from `gen` exactly what `augment_image` draws, in the same order (CPU only)."""
     plan = _ImagePlan()
     if float(torch.rand((), generator=gen)) < cfg.jitter_p:
@@ -143,7 +166,7 @@ def _plan_image(cfg: AugmentationConfig, gen: torch.Generator) -> _ImagePlan:
     if cfg.rotation_p and float(torch.rand((), generator=gen)) < cfg.rotation_p:
         plan.rotation = math.radians(_uniform(gen, -cfg.rotation_deg, cfg.rotation_deg))
     if cfg.crop_scale != (1.0, 1.0):
-        plan.crop = _draw_crop(cfg, gen)
+        plan.crop = _draw_crop(cfg, gen, width, height)
     return plan
 
 
@@ -206,7 +229,7 @@ def augment_batch(images: torch.Tensor, cfg: AugmentationConfig | None, gen: tor
     if cfg is None:
         return images
     b, c, h, w = images.shape
-    plans = [_plan_image(cfg, gen) for _ in range(b)]  # phase 1: CPU only
+    plans = [_plan_image(cfg, gen, w, h) for _ in range(b)]  # phase 1: CPU only
 
     # Every per-image parameter in one flat float32 CPU tensor; segment sizes are known here, on the CPU.
     jit = [i for i, p in enumerate(plans) if p.jitter is not None]
