@@ -37,6 +37,7 @@ class Job:
         self.total = 0
         self.loss = None
         self.eta_s = None
+        self.phase = None  # invert: "compiling" (first inversion at this size on the backend), "training"
         self.message = ""
         self.result = None
         self.backend_down = False  # the job failed because the backend stopped answering
@@ -113,6 +114,7 @@ class Job:
             self.total = int(data.get("total") or self.total)
             self.loss = data.get("loss", self.loss)
             self.eta_s = data.get("eta_s", self.eta_s)
+            self.phase = data.get("phase") or self.phase
         elif name == "done":
             self.state = "done"
             self.result = data.get("result")

@@ -7,6 +7,7 @@ import bpy
 from . import camera_pose, runtime
 
 STATE_ICONS = {"OK": "CHECKMARK", "DOWN": "ERROR", "ERROR": "ERROR", "UNKNOWN": "QUESTION"}
+COMPILING_TEXT = "Compiling the training graph (first inversion at this size): a few minutes"
 
 
 def _wrapped(layout, text, context, icon="NONE"):
@@ -19,7 +20,7 @@ def _wrapped(layout, text, context, icon="NONE"):
         col.label(text=line, icon=icon if i == 0 else "BLANK1")
 
 
-def _job_box(layout, settings, kind):
+def _job_box(layout, settings, kind, context):
     """Progress, numbers and Cancel for the running job of this kind (or how the last one ended)."""
     if settings.job_kind != kind or not settings.job_state:
         return
@@ -36,7 +37,9 @@ def _job_box(layout, settings, kind):
         details = []
         if kind == "invert" and settings.job_step:
             details.append(f"loss {settings.job_loss:.4f}")
-        if settings.job_eta > 0:
+        if settings.job_phase == "compiling":
+            _wrapped(box, COMPILING_TEXT, context, icon="TIME")  # no ETA yet: say why nothing moves
+        elif settings.job_eta > 0:
             details.append(f"ETA {settings.job_eta:.0f} s")
         if details:
             box.label(text=" · ".join(details))
@@ -168,7 +171,7 @@ class VIEWNETI_PT_path(_SidebarPanel, bpy.types.Panel):
             sub.prop(settings, "frame_step")
         col.prop(settings, "output_dir")
         layout.operator("viewneti.render_path", icon="RENDER_ANIMATION")
-        _job_box(layout, settings, "sequence")
+        _job_box(layout, settings, "sequence", context)
 
 
 class VIEWNETI_PT_invert(_SidebarPanel, bpy.types.Panel):
@@ -194,7 +197,7 @@ class VIEWNETI_PT_invert(_SidebarPanel, bpy.types.Panel):
         col.prop(settings, "invert_steps")
         col.prop(settings, "invert_preview_every")
         layout.operator("viewneti.invert_reference", icon="IMAGE_REFERENCE")
-        _job_box(layout, settings, "invert")
+        _job_box(layout, settings, "invert", context)
         preview = bpy.data.images.get(f"ViewNeTI preview {settings.invert_name.strip()}")
         if preview is not None and settings.job_kind == "invert" and settings.job_running:
             layout.template_icon(icon_value=preview.preview_ensure().icon_id, scale=6.0)

@@ -207,6 +207,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     job_total: IntProperty(default=0)
     job_loss: FloatProperty(default=0.0)
     job_eta: FloatProperty(default=0.0)
+    job_phase: StringProperty(default="")  # "compiling", "training" or "" (not reported)
     job_message: StringProperty(default="")
 
     @property

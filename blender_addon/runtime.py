@@ -490,6 +490,7 @@ def sync_job(scene, job):
     s.job_total = job.total
     s.job_loss = float(job.loss) if isinstance(job.loss, (int, float)) else 0.0
     s.job_eta = float(job.eta_s) if isinstance(job.eta_s, (int, float)) else 0.0
+    s.job_phase = job.phase or ""
     s.job_message = job.message
     tag_redraw()
 

@@ -67,6 +67,7 @@ class _Dedup:
 
     def __init__(self) -> None:
         self.last_step = -1
+        self.last_phase = None
         self.last_preview = -1
         self.frames: set[int] = set()
         self.finished = False
@@ -75,10 +76,11 @@ class _Dedup:
         if self.finished:
             return False
         if event == "progress":
-            step = int(data.get("step", 0))
-            if step <= self.last_step:
+            step, phase = int(data.get("step", 0)), data.get("phase")
+            # a new phase at the same step is news too (an inversion's step 0: queued, then "compiling")
+            if step < self.last_step or (step == self.last_step and (phase is None or phase == self.last_phase)):
                 return False
-            self.last_step = step
+            self.last_step, self.last_phase = step, phase
         elif event == "preview":
             step = int(data.get("step", 0))
             if step <= self.last_preview:

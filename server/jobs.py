@@ -50,6 +50,7 @@ class Job:
     step: int = 0
     loss: float | None = None
     eta_s: float | None = None
+    phase: str | None = None  # invert: "compiling" (first inversion at this size in this process), "training"
     error: str | None = None
     result: dict[str, Any] | None = None
     frames_done: list[int] = field(default_factory=list)
@@ -63,7 +64,7 @@ class Job:
     last_preview: dict[str, Any] | None = field(default=None, repr=False)
     persisted_at: float = field(default=0.0, repr=False)
 
-    _PUBLIC = ("job_id", "kind", "state", "step", "total", "loss", "eta_s", "error", "result",
+    _PUBLIC = ("job_id", "kind", "state", "step", "total", "loss", "eta_s", "phase", "error", "result",
                "frames_done", "created", "updated", "name", "request_id")
 
     def public(self) -> dict[str, Any]:
@@ -176,9 +177,12 @@ class JobStore:
         elif state in ("cancelled", "interrupted"):
             self.hub.publish(job.job_id, state, {})
 
-    def progress(self, job: Job, step: int, *, loss: float | None = None, eta_s: float | None = None) -> None:
+    def progress(self, job: Job, step: int, *, loss: float | None = None, eta_s: float | None = None,
+                 phase: str | None = None) -> None:
         with self._lock:
             job.step, job.loss, job.eta_s = int(step), loss, eta_s
+            if phase is not None:
+                job.phase = phase
             job.updated = now_iso()
             if time.monotonic() - job.persisted_at >= PERSIST_INTERVAL_S:
                 self._persist(job, fsync=False)
@@ -209,7 +213,8 @@ class JobStore:
         return {"index": index, "frame": frame, "url": f"/v1/jobs/{job.job_id}/frames/{frame}"}
 
     def _progress_data(self, job: Job) -> dict[str, Any]:
-        return {"step": job.step, "total": job.total, "loss": job.loss, "eta_s": job.eta_s, "state": job.state}
+        return {"step": job.step, "total": job.total, "loss": job.loss, "eta_s": job.eta_s, "phase": job.phase,
+                "state": job.state}
 
     def _publish_progress(self, job: Job) -> None:
         self.hub.publish(job.job_id, "progress", self._progress_data(job))

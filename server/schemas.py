@@ -135,6 +135,10 @@ class JobOut(BaseModel):
     total: int
     loss: float | None = None
     eta_s: float | None = None
+    phase: Literal["compiling", "training"] | None = Field(default=None, description=(
+        "what an inversion is doing: 'compiling' (the first inversion at this training size in this server "
+        "process compiles the training graph, minutes on CUDA; step 0, no ETA yet), then 'training'; "
+        "null before the inversion starts and for sequences"))
     error: str | None = None
     result: dict[str, Any] | None = None
     frames_done: list[int] = []

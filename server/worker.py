@@ -357,7 +357,7 @@ class Worker:
             loss = p.get("loss")
             eta = p.get("eta_s")
             self._store.progress(job, step, loss=None if loss is None else float(loss),
-                                 eta_s=None if eta is None else float(eta))
+                                 eta_s=None if eta is None else float(eta), phase=p.get("phase"))
             preview = p.get("preview")
             if preview is not None:
                 self._store.preview(job, step, png_base64(preview))

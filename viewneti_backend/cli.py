@@ -128,6 +128,9 @@ def cmd_invert(args) -> int:
     bar = tqdm(total=args.steps, desc=f"invert {args.name}", unit="step")
 
     def progress(ev):
+        if ev.get("phase") == "compiling":  # step 0: the first inversion at this size compiles (minutes on CUDA)
+            bar.set_postfix_str("compiling the training graph")
+            return
         bar.update(ev["step"] - bar.n)
         bar.set_postfix(loss=f"{ev['loss']:.4f}")
 

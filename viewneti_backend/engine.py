@@ -68,6 +68,9 @@ class Engine:
         self.train_long_side = train_long_side
         self.sampling = sampling or SamplingDefaults()  # the model's recommended steps/guidance
         self.compile_mode: str | None = None  # set by load(); None = eager
+        # training sizes (width, height) whose compiled training graph exists in this process: the first
+        # inversion at a new size compiles it (minutes at SD 2 scale on CUDA), and says so to on_progress
+        self._compiled_training_sizes: set[tuple[int, int]] = set()
 
     @classmethod
     def load(cls, model: str | None = None, view_mapper: str | None = None, device: str | None = None,
@@ -183,22 +186,29 @@ class Engine:
         scene = Scene(name, [im.convert("RGB") for im in images], cams)
         trainer = Trainer(cfg, self.base, [scene], view_mapper=self.pipeline.view_mapper, device=str(self.base.device)
                           if self.base.device.type == "cpu" else None)
+        size = (width, height)
+        compiling = self.compile_mode is not None and size not in self._compiled_training_sizes
+        if on_progress is not None and compiling:
+            # step 1 will compile the training graph first: say so, since no step completes for minutes
+            on_progress({"step": 0, "total": steps, "loss": None, "eta_s": None, "preview": None, "phase": "compiling"})
         t0 = time.perf_counter()
         preview_cam = cams[0]
         t_step1 = t0
 
         def report(step: int, total: int, loss: float) -> None:
             nonlocal t_step1
+            if step == 1 and self.compile_mode is not None:
+                self._compiled_training_sizes.add(size)
             if on_progress is None:
                 return
             now = time.perf_counter()
             # Step 1 also pays compilation (minutes at SD 2 scale on CUDA): later ETAs use the pace after it.
             if step == 1:
                 t_step1 = now
-                eta = (now - t0) * (total - 1)
+                eta = None if compiling else (now - t0) * (total - 1)  # a compiling step 1 says nothing of the pace
             else:
                 eta = (now - t_step1) / (step - 1) * (total - step)
-            event = {"step": step, "total": total, "loss": loss, "eta_s": eta, "preview": None}
+            event = {"step": step, "total": total, "loss": loss, "eta_s": eta, "preview": None, "phase": "training"}
             if preview_every and (step % preview_every == 0 or step == total):
                 mapper = trainer.object_mappers[0].eval()
                 event["preview"] = self.pipeline([preview_cam], mapper, seed=seed, steps=self.sampling.steps, guidance=self.sampling.guidance,

@@ -126,6 +126,28 @@ def test_cancel_before_the_server_answered_is_sent_after_submit(tmp_path):
     assert job.state == "cancelled" and client.cancelled == ["j1"]
 
 
+def test_invert_follows_the_phase_of_progress_events():
+    """"compiling" (step 0, no ETA) then "training"; an event without a phase keeps the last one."""
+    seen = []
+
+    class Recording(InvertJob):
+        def _apply(self, name, data):
+            super()._apply(name, data)
+            if name == "progress":
+                seen.append((self.step, self.phase, self.eta_s))
+
+    client = ScriptedClient([[
+        ("progress", {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": None, "state": "queued"}),
+        ("progress", {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": "compiling", "state": "running"}),
+        ("progress", {"step": 1, "total": 3, "loss": 0.5, "eta_s": 2.0, "phase": "training", "state": "running"}),
+        ("progress", {"step": 2, "total": 3, "loss": 0.4, "eta_s": 1.0}),
+        ("done", {"result": {"name": "a", "steps": 3}}),
+    ]])
+    job = Recording(client, {"name": "a", "steps": 3}).start()
+    assert job.wait(5) and job.state == "done"
+    assert seen == [(0, None, None), (0, "compiling", None), (1, "training", 2.0), (2, "training", 1.0)]
+
+
 def test_invert_previews_progress_and_result():
     preview = base64.b64encode(PNG).decode()
     client = ScriptedClient([[

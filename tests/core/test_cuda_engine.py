@@ -40,9 +40,13 @@ def test_compiled_engine_inverts_then_renders(engines):
     compiled, _ = engines
     cam = Camera(orbit_pose(30.0, 25.0, 3.6), 40.0, 64, 64)
     reference = compiled.render([cam], seed=0, steps=10, guidance=2.0)[0]
-    events = []
-    entry = compiled.invert([reference], [cam], "cuda_probe", steps=12, on_progress=events.append, preview_every=6)
+    seen = []
+    entry = compiled.invert([reference], [cam], "cuda_probe", steps=12, on_progress=seen.append, preview_every=6)
+    # the first inversion at this size compiles the training graph and says so first (step 0, no ETA)
+    assert seen[0]["phase"] == "compiling" and seen[0]["step"] == 0 and seen[0]["eta_s"] is None
+    events = seen[1:]
     assert entry["name"] == "cuda_probe" and [e["step"] for e in events] == list(range(1, 13))
+    assert all(e["phase"] == "training" for e in events)
     assert all(np.isfinite(e["loss"]) for e in events)
     assert events[5]["preview"] is not None and events[5]["preview"].size == (64, 64)
     # renders keep working after the training graph ran, at a new batch size too

@@ -178,3 +178,31 @@ def test_inversion_eta_leaves_out_the_first_step(engine, monkeypatch):
     assert events[0]["eta_s"] == pytest.approx(100.0 * 4)  # only step 1 known: its own time
     assert [e["eta_s"] for e in events[1:]] == pytest.approx([3.0, 2.0, 1.0, 0.0])  # 1 s a step after step 1
     engine.delete_object("eta_probe")
+
+
+def test_first_compiled_inversion_at_a_size_says_it_is_compiling(engine, monkeypatch):
+    """On a compiled engine, the first inversion at a training size sends one step-0 "compiling" event
+    before training (step 1 compiles the training graph: minutes at SD 2 scale on CUDA, no sign of life
+    otherwise); later inversions at that size, and every inversion of an eager engine, send none. Nothing
+    is compiled on the CPU: only the bookkeeping is under test."""
+    ref = Image.new("RGB", (64, 64), "green")
+    eager = []
+    engine.invert([ref], [cam(5)], "phase_eager", steps=1, on_progress=eager.append)
+    engine.delete_object("phase_eager")
+    assert [(e["step"], e["phase"]) for e in eager] == [(1, "training")]
+
+    monkeypatch.setattr(engine, "compile_mode", "reduce-overhead")
+    monkeypatch.setattr(engine, "_compiled_training_sizes", set())
+    first, second, wide = [], [], []
+    engine.invert([ref], [cam(5)], "phase_first", steps=2, on_progress=first.append)
+    engine.invert([ref], [cam(5)], "phase_second", steps=1, on_progress=second.append)
+    engine.invert([Image.new("RGB", (96, 64), "green")], [Camera(orbit_pose(5, 20, 4), 40.0, 96, 64)], "phase_wide",
+                  steps=1, on_progress=wide.append)
+    for name in ("phase_first", "phase_second", "phase_wide"):
+        engine.delete_object(name)
+    assert first[0] == {"step": 0, "total": 2, "loss": None, "eta_s": None, "preview": None, "phase": "compiling"}
+    assert [(e["step"], e["phase"]) for e in first[1:]] == [(1, "training"), (2, "training")]
+    assert first[1]["eta_s"] is None and first[2]["eta_s"] is not None  # a compiling step 1 says nothing of the pace
+    assert second[0]["eta_s"] is not None
+    assert [(e["step"], e["phase"]) for e in second] == [(1, "training")]  # this size is compiled already
+    assert [(e["step"], e["phase"]) for e in wide] == [(0, "compiling"), (1, "training")]  # a new size compiles

@@ -35,7 +35,7 @@ class FakeEngine:
             time.sleep(load_s)
 
     @classmethod
-    def load(cls, model=None, view_mapper=None, device=None, dtype=None, library_dir=None) -> "FakeEngine":
+    def load(cls, model=None, view_mapper=None, device=None, dtype=None, library_dir=None, compile=None) -> "FakeEngine":
         if model is not None and model != "fake":
             raise InputError(f"fake engine: unknown model {model!r}")
         return cls(library_dir)
@@ -108,7 +108,7 @@ class FakeEngine:
                     preview = Image.new("RGB", (32, 32), (step % 256, 0, 0))
                 el = time.perf_counter() - t0
                 on_progress({"step": step, "total": steps, "loss": 1.0 / step, "eta_s": el / step * (steps - step),
-                             "preview": preview})
+                             "preview": preview, "phase": "training"})
         entry = {"name": name, "builtin": False, "base_model": "fake-prior",
                  "created": datetime.now(timezone.utc).isoformat(), "steps": steps}
         tmp = self.library_dir / f".{name}.json.tmp"

@@ -127,6 +127,69 @@ def _cam():
     return Camera(orbit_pose(10, 10, 4), 40.0, 32, 32)
 
 
+class CompilingEngine(FakeEngine):
+    """Like a compiled Engine's first inversion at a size: a step-0 "compiling" event before training."""
+
+    def invert(self, images, cameras, name, steps, *, on_progress=None, **kw):
+        if on_progress:
+            on_progress({"step": 0, "total": steps, "loss": None, "eta_s": None, "preview": None, "phase": "compiling"})
+        return super().invert(images, cameras, name, steps, on_progress=on_progress, **kw)
+
+
+def test_inversion_phase_reaches_the_event_stream_and_the_job_record(tmp_path):
+    """The step-0 "compiling" event is not dropped as a repeat of the queued step 0 by a client that
+    follows the job live; the job record keeps the last phase, on disk too."""
+    async def run():
+        hub = EventHub()
+        hub.bind(asyncio.get_running_loop())
+        store = JobStore(tmp_path / "jobs", hub)
+        w = Worker(lambda: CompilingEngine(tmp_path / "lib", step_s=0.0), store)
+        w.start()
+        while w.state != "ready":
+            await asyncio.sleep(0.01)
+        job = store.create("invert", 3, {}, name="phased", runtime={"images": [None], "cameras": [_cam()], "seed": 0,
+                                                                     "preview_every": 0})
+        assert job.public()["phase"] is None
+        out = []
+
+        async def consume():
+            async for chunk in job_event_stream(job.job_id, hub, lambda: store.snapshot_events(job), keepalive_s=0.05):
+                if chunk.startswith("event: progress"):
+                    out.append(json.loads(chunk.split("data: ", 1)[1]))
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)  # subscribed while the job is queued (its step 0 already seen)
+        w.submit_job(job)
+        await asyncio.wait_for(task, 5)
+        w.stop()
+        assert [(d["step"], d["phase"]) for d in out] == [(0, None), (0, "compiling"), (1, "training"),
+                                                          (2, "training"), (3, "training")], out
+        assert out[1]["eta_s"] is None
+        assert job.state == "done" and job.public()["phase"] == "training"
+        assert json.loads((tmp_path / "jobs" / job.job_id / "job.json").read_text())["phase"] == "training"
+    asyncio.run(run())
+
+
+def test_job_records_without_phase_still_load(tmp_path):
+    """Records written before jobs had a phase load with phase None (and are reported with it)."""
+    from server.schemas import JobOut
+
+    store = JobStore(tmp_path, EventHub())
+    job = store.create("invert", 5, {}, name="old")
+    store.set_state(job, "done", result={"name": "old"})
+    rec = json.loads((tmp_path / job.job_id / "job.json").read_text())
+    del rec["phase"]
+    (tmp_path / job.job_id / "job.json").write_text(json.dumps(rec))
+    store2 = JobStore(tmp_path, EventHub())
+    store2.load()
+    loaded = store2.get(job.job_id)
+    assert loaded.state == "done" and loaded.phase is None
+    assert JobOut.model_validate(loaded.public()).phase is None
+    store2.progress(loaded, 1, phase="training")
+    store2.progress(loaded, 2)  # no phase given: the last one stays
+    assert loaded.public()["phase"] == "training" and store2.snapshot_events(loaded)[0][1]["phase"] == "training"
+
+
 def test_worker_supersedes_queued_and_in_flight(tmp_path):
     store = JobStore(tmp_path, EventHub())
     w = Worker(lambda: FakeEngine(tmp_path / "lib", step_s=0.01), store)
