@@ -197,7 +197,7 @@ class Engine:
 
         def report(step: int, total: int, loss: float) -> None:
             nonlocal t_step1
-            if step == 1 and self.compile_mode is not None:
+            if step == 1 and compiling:
                 self._compiled_training_sizes.add(size)
             if on_progress is None:
                 return
