@@ -1,0 +1,108 @@
+"""How many mode-5 optimizer steps does a toy-world inversion need? Held-out PSNR vs steps.
+
+The held-out benchmark (`viewneti toyworld benchmark`) inverts each object for a fixed number of
+steps (600 in RESULTS §3; the paper uses 3000 at SD 2 scale). This script inverts the same held-out
+objects from the same input view once, for ``--steps`` at most, snapshots the object-mapper at each
+``--checkpoints`` step, and scores each snapshot exactly like the benchmark (16 target views, masked
+PSNR / SSIM against the renderer), with the benchmark's copy-input baseline beside it, plus the
+generated object's area against the truth (see toy_object_scale.py). One inversion per object and
+seed, so the rows are paired: a difference between checkpoints is the effect of the extra steps.
+
+    .venv/bin/python benchmarks/toy_invert_steps.py --objects 2 --seeds 0 --checkpoints 150,300,600,1200 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="toy model folder (default: the embedded one)")
+    ap.add_argument("--objects", type=int, default=2, help="held-out objects (seeds 1000000, ...)")
+    ap.add_argument("--seeds", default="0", help="comma-separated inversion + render seeds")
+    ap.add_argument("--checkpoints", default="150,300,600,1200", help="optimizer steps at which to score the object token")
+    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--render-steps", type=int, default=30)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "invert_steps.json"))
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from toy_object_scale import object_area_mask
+    from viewneti_backend.atomic_files import atomic_write_text
+    from viewneti_backend.cameras import Camera
+    from viewneti_backend.data import Scene
+    from viewneti_backend.engine import Engine, resolve_model
+    from viewneti_backend.evaluation import masked_psnr, masked_ssim
+    from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene
+    from viewneti_backend.training import Trainer, TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoints = sorted(int(s) for s in args.checkpoints.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = BenchmarkConfig(n_objects=args.objects, seeds=seeds, guidance=args.guidance, render_steps=args.render_steps)
+    input_cam, targets = benchmark_cameras(cfg)
+    rows: list[dict] = []
+
+    def score(images, gt) -> dict:
+        truth = np.mean([object_area_mask(im).mean() for im in gt.images])
+        return {"psnr": float(np.mean([masked_psnr(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
+                "ssim": float(np.mean([masked_ssim(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
+                "area_ratio": float(np.mean([object_area_mask(im).mean() for im in images]) / truth)}
+
+    with tempfile.TemporaryDirectory() as library:
+        engine = Engine.load(str(resolve_model(args.model)), device=args.device, library_dir=library, compile=False)
+        jobs = [(cfg.first_seed + i, s) for i in range(args.objects) for s in seeds]
+        for toy_seed, s in tqdm(jobs, desc="inversions"):
+            gt, inp = render_scene(toy_seed, targets, args.device), render_scene(toy_seed, [input_cam], args.device)
+            # exactly what Engine.invert sets up, with the object-mapper snapshotted along the way
+            width, height = engine.training_size(inp.images[0])
+            scene = Scene("ref", inp.images, [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in inp.cameras])
+            trainer = Trainer(TrainConfig(mode=5, steps=checkpoints[-1], seed=s, width=width, height=height), engine.base,
+                              [scene], view_mapper=engine.pipeline.view_mapper, device=args.device)
+            snapshots, losses = {}, []
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                losses.append(loss)
+                if step in checkpoints:
+                    snapshots[step] = copy.deepcopy(trainer.object_mappers[0]).eval().requires_grad_(False)
+
+            trainer.train(on_step=on_step, progress=False)
+            row = {"object": f"obj_{toy_seed}", "seed": s, "copy_input": score(inp.images * len(targets), gt), "checkpoints": {}}
+            for step, mapper in snapshots.items():
+                name = f"heldout_{toy_seed}_s{s}_{step}"
+                engine.library.save(name, mapper, steps=step)
+                row["checkpoints"][str(step)] = {
+                    **score(engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance), gt),
+                    "mean_loss_last_50": float(np.mean(losses[max(0, step - 50):step]))}
+            rows.append(row)
+            print(json.dumps(row))
+            summary = {"config": {**vars(args), "benchmark": {k: v for k, v in vars(cfg).items()}}, "device": args.device,
+                       "rows": rows, "command": " ".join(sys.argv)}
+            summary["mean"] = {str(k): {m: float(np.mean([r["checkpoints"][str(k)][m] for r in rows]))
+                                        for m in ("psnr", "ssim", "area_ratio")} for k in checkpoints}
+            summary["mean"]["copy_input"] = {m: float(np.mean([r["copy_input"][m] for r in rows])) for m in ("psnr", "ssim")}
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(args.out), json.dumps(summary, indent=2))  # after every inversion: a stopped run keeps its rows
+    for k, v in summary["mean"].items():
+        print(f"{k:>10}: " + "  ".join(f"{m} {x:.3f}" for m, x in v.items()))
+
+
+if __name__ == "__main__":
+    main()
