@@ -7,8 +7,12 @@ pretraining) at 4 of the benchmark's target cameras (azimuths 30 + 360 k/17 deg,
 radius 3.6), it reports the mean generated object area divided by the ground truth's, for:
 the prior prompted with the object's description and the target's true coarse view phrase
 (DPM-Solver++ at ``--steps``, and, if ``--ddpm-steps`` > 0, the DDPM sampler at that many steps:
-the model's own distribution), and the ViewNeTI engine with and without the view token.
-1.0 = right size; area goes with the inverse square of the camera distance.
+the model's own distribution), and the ViewNeTI engine with and without the view token; and, as the
+measurement's floor, the true views passed through the VAE (soft edges read as a little more area).
+1.0 = right size; area goes with the inverse square of the camera distance. Then, for the
+engine with the view token, whether the generated size follows the camera distance at all: the same
+4 azimuths at each of ``--radii`` (the pretraining cameras' range is 3.2-4.0), generated and true
+object area per radius.
 
     .venv/bin/python benchmarks/toy_object_scale.py --threads 2               # ~10 min on 2 cores
     .venv/bin/python benchmarks/toy_object_scale.py --ddpm-steps 0 --guidance 1,2
@@ -43,6 +47,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="DPM-Solver++ steps (the benchmark's 30)")
     ap.add_argument("--ddpm-steps", type=int, default=1000, help="also sample the prior with DDPM at this many steps (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--radii", default="3.2,3.6,4.0", help="camera distances of the distance-response rows ('' to skip)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "object_scale.json"))
     args = ap.parse_args()
@@ -53,7 +58,9 @@ def main() -> None:
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
     from tqdm.auto import tqdm
 
+    from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import Engine, resolve_model
+    from viewneti_backend.pipeline import images_to_tensor
     from viewneti_backend.toyworld.captions import describe, view_phrase
     from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene, target_azimuths
     from viewneti_backend.toyworld.prior import load_prior, sample
@@ -73,9 +80,10 @@ def main() -> None:
         engine = Engine.load(str(model), device="cpu", library_dir=no_user_objects, compile=False)
         objects = [o["name"] for o in engine.list_objects() if o.get("builtin")]
         seeds = {name: int(engine.object_mapper(name)[1].config.extra["toy_seed"]) for name in objects}
-        gt_area, iou, prompts = [], [], []
+        gt_area, iou, prompts, gt_images = [], [], [], []
         for name in objects:
             gt = render_scene(seeds[name], cams)
+            gt_images += gt.images
             text = describe(ToyObject.from_seed(seeds[name]))
             prompts += [f"{text}, {view_phrase(a, cfg.target_elevation)}" for a in azimuths]
             for image, mask in zip(gt.images, gt.masks):
@@ -88,6 +96,12 @@ def main() -> None:
             return float(np.mean([object_area_mask(im).mean() for im in images]) / truth)
 
         rows: dict[str, float] = {}
+        # the measurement's own floor: the true views through the VAE (encode -> decode), whose softened
+        # edges a generated image cannot avoid either
+        with torch.no_grad():
+            x = images_to_tensor(gt_images, cfg.size, cfg.size).to(engine.base.device, engine.base.dtype)
+            rows["ground truth through the VAE (encode, decode)"] = ratio(
+                engine.pipeline.decode(engine.base.vae.encode(x).latent_dist.mean * engine.base.scaling_factor))
         prior = load_prior(model, scheduler=None)
         saved = prior.scheduler.config
         runs = [(f"prior, true view phrase, DPM-Solver++ {args.steps} steps, guidance {g:g}",
@@ -104,14 +118,27 @@ def main() -> None:
                 images = [im for name in objects for im in engine.render(cams, name, seed=args.seed, steps=args.steps,
                                                                          guidance=g, with_view=with_view)]
                 rows[f"ViewNeTI engine, {'with' if with_view else 'without'} view token, guidance {g:g}"] = ratio(images)
+        distance: dict[str, dict[str, float]] = {}
+        for r in [float(x) for x in args.radii.split(",") if x.strip()]:
+            at_r = [Camera(orbit_pose(a, cfg.target_elevation, r), cfg.fov_y_deg, cfg.size, cfg.size) for a in azimuths]
+            true_area = float(np.mean([object_area_mask(im).mean() for name in objects
+                                       for im in render_scene(seeds[name], at_r).images]))
+            for g in guidances:
+                images = [im for name in objects for im in engine.render(at_r, name, seed=args.seed, steps=args.steps, guidance=g)]
+                generated = float(np.mean([object_area_mask(im).mean() for im in images]))
+                distance[f"radius {r:g}, guidance {g:g}"] = {"true_area": true_area, "generated_area": generated,
+                                                              "ratio": generated / true_area}
 
     print(f"object segmentation by saturation vs the renderer's masks on ground truth: IoU {np.mean(iou):.3f}")
     print(f"ground-truth object area: {truth:.4f} of the image")
     for label, r in rows.items():
         print(f"{label:70s} area x{r:.2f}")
+    for label, d in distance.items():
+        print(f"with view token, {label:30s} true area {d['true_area']:.3f}  generated {d['generated_area']:.3f}  x{d['ratio']:.2f}")
     summary = {"model": str(model), "objects": objects, "target_azimuths": azimuths, "seed": args.seed,
                "segmentation_iou_on_ground_truth": float(np.mean(iou)), "ground_truth_area": truth,
-               "area_ratio_to_ground_truth": rows, "command": " ".join(sys.argv)}
+               "area_ratio_to_ground_truth": rows, "distance_response_with_view_token": distance,
+               "command": " ".join(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
 

@@ -63,6 +63,62 @@ def test_nvs_benchmark_scores_three_methods_per_object_and_seed(tiny_model_dir, 
     assert (tmp_path / "nvs_sheet.png").is_file() and (tmp_path / "nvs_benchmark.txt").is_file()
 
 
+def test_nvs_benchmark_resumes_a_stopped_run_with_the_same_scores(tiny_model_dir, tmp_path, monkeypatch):
+    """A run stopped during object 2 (a device time limit) continues with --resume: object 1's scores
+    and its finished inversions are reused, only object 2 is inverted, and the result equals an
+    uninterrupted run's."""
+    from viewneti_backend.engine import Engine
+
+    cfg = BenchmarkConfig(n_objects=2, seeds=[0, 1], n_targets=2, invert_steps=2, render_steps=2)
+    full = nvs_benchmark(cfg, tiny_model_dir, tmp_path / "full", device="cpu", progress=False)
+
+    real_invert, calls, stop = Engine.invert, [], {"at": "heldout_1000001_s0"}
+
+    def invert(self, images, cameras, name, *a, **k):
+        calls.append(name)
+        if name == stop.get("at"):
+            stop.clear()
+            raise TimeoutError("device time limit")  # stopped while inverting object 2
+        return real_invert(self, images, cameras, name, *a, **k)
+
+    monkeypatch.setattr(Engine, "invert", invert)
+    out = tmp_path / "stopped"
+    with pytest.raises(TimeoutError):
+        nvs_benchmark(cfg, tiny_model_dir, out, device="cpu", progress=False)
+    partial = json.loads((out / "nvs_benchmark.json").read_text())
+    assert partial["objects_done"] == 1 and not partial["complete"]
+
+    calls.clear()
+    resumed = nvs_benchmark(cfg, tiny_model_dir, out, device="cpu", progress=False, resume=True)
+    assert calls == ["heldout_1000001_s0", "heldout_1000001_s1"]  # object 1's inversions were reused
+    assert resumed["complete"] and resumed["objects_done"] == 2
+    assert resumed["rows"] == full["rows"] and resumed["margin_db"] == full["margin_db"]
+    assert (out / "nvs_sheet.png").is_file()
+
+
+def test_nvs_benchmark_resume_refuses_other_settings_or_a_missing_run(tiny_model_dir, tmp_path):
+    from viewneti_backend.errors import InputError
+
+    with pytest.raises(InputError, match="nothing to resume"):
+        nvs_benchmark(BenchmarkConfig(n_objects=1), tiny_model_dir, tmp_path, device="cpu", progress=False, resume=True)
+    cfg = BenchmarkConfig(n_objects=1, seeds=[0], n_targets=2, invert_steps=2, render_steps=2)
+    nvs_benchmark(cfg, tiny_model_dir, tmp_path, device="cpu", progress=False)
+    before = (tmp_path / "nvs_benchmark.json").read_text()
+    other = BenchmarkConfig(n_objects=1, seeds=[0], n_targets=2, invert_steps=3, render_steps=2)
+    with pytest.raises(InputError, match="invert_steps differ"):
+        nvs_benchmark(other, tiny_model_dir, tmp_path, device="cpu", progress=False, resume=True)
+    assert (tmp_path / "nvs_benchmark.json").read_text() == before  # nothing overwritten
+
+
+def test_cli_benchmark_resume_without_a_run_says_what_to_do(tmp_path, capsys):
+    from viewneti_backend.cli import main
+
+    assert main(["toyworld", "benchmark", "--resume", "--out", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "without --resume" in err
+    assert not (tmp_path / "library").exists()  # nothing created or deleted
+
+
 def test_prior_ceiling_scores_five_rows_on_the_shipped_built_ins(tmp_path):
     """`viewneti toyworld ceiling` on the embedded toy model (few views and steps): every row scored
     for every built-in object, margins paired per object, the JSON written."""

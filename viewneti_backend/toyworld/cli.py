@@ -56,7 +56,7 @@ def _benchmark(args) -> int:
 
     cfg = BenchmarkConfig(n_objects=args.objects, seeds=[int(s) for s in args.seeds.split(",")], invert_steps=args.invert_steps,
                           n_targets=args.targets, guidance=args.guidance, render_steps=args.render_steps)
-    summary = nvs_benchmark(cfg, resolve_model(args.model), args.out, device=args.device)
+    summary = nvs_benchmark(cfg, resolve_model(args.model), args.out, device=args.device, resume=args.resume)
     print(f"margin (dB): {summary['margin_db']}")
     if args.mode2_steps:
         mode2_interpolation(resolve_model(args.model), args.out, steps=args.mode2_steps, device=args.device)
@@ -124,6 +124,9 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=2.0,
                    help="classifier-free guidance (default 2.0: the toy prior saturates at SD's 7.5)")
     p.add_argument("--mode2-steps", type=int, default=0, help="also run mode-2 interpolation on one object (0: skip)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run in --out (same options): scored objects are kept and finished "
+                        "inversions in OUT/library reused")
     p.add_argument("--device")
     p.set_defaults(func=_benchmark)
 

@@ -125,8 +125,14 @@ class BenchmarkConfig:
 
 
 def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None,
-                  progress: bool = True) -> dict:
-    """Single input view -> 16 novel views on held-out objects: ViewNeTI mode 5 vs copy-input vs no-view."""
+                  progress: bool = True, resume: bool = False) -> dict:
+    """Single input view -> 16 novel views on held-out objects: ViewNeTI mode 5 vs copy-input vs no-view.
+
+    ``nvs_benchmark.json`` is rewritten after every object with every per-view score, so a run that
+    is stopped (a time limit) keeps its numbers; ``resume=True`` continues such a run in the same
+    ``out_dir``: scored objects are kept, finished inversions in ``out_dir/library`` are reused, and
+    the configuration and model must be the ones the run started with.
+    """
     from tqdm.auto import tqdm
 
     from ..engine import Engine
@@ -136,11 +142,15 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     library = out / "library"
-    shutil.rmtree(library, ignore_errors=True)
+    tables = {"viewneti_mode5": EvalTable(), "copy_input": EvalTable(), "no_view_token": EvalTable()}
+    timing: dict[str, list[float]] = {"invert_s": [], "render_s": []}
+    start = 0
+    if resume:
+        start = _load_partial_benchmark(out / "nvs_benchmark.json", cfg, str(model_dir), tables, timing)
+    else:
+        shutil.rmtree(library, ignore_errors=True)
     engine = Engine.load(str(model_dir), device=dev, library_dir=library)
     input_cam, targets = benchmark_cameras(cfg)
-    tables = {"viewneti_mode5": EvalTable(), "copy_input": EvalTable(), "no_view_token": EvalTable()}
-    timing = {"invert_s": [], "render_s": []}
     sheet_rows: list[Image.Image] = []
 
     def write_summary(objects_done: int) -> dict:
@@ -148,41 +158,78 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
         results = {m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes(), "pooled": t.mean_pooled()}
                    for m, t in tables.items()}
         a, b, c = (results[m]["mean"]["psnr"] for m in ("viewneti_mode5", "copy_input", "no_view_token"))
-        summary = {"config": asdict(cfg), "device": str(engine.base.device), "objects_done": objects_done,
-                   "complete": objects_done == cfg.n_objects, "results": results,
-                   "mean_invert_s": float(np.mean(timing["invert_s"])), "mean_render_views_s": float(np.mean(timing["render_s"])),
+        summary = {"config": asdict(cfg), "model": str(model_dir), "device": str(engine.base.device),
+                   "objects_done": objects_done, "complete": objects_done == cfg.n_objects, "results": results,
+                   "mean_invert_s": float(np.mean(timing["invert_s"])) if timing["invert_s"] else None,
+                   "mean_render_views_s": float(np.mean(timing["render_s"])) if timing["render_s"] else None,
                    "margin_db": {"vs_copy_input": a - b, "vs_no_view_token": a - c},
-                   "per_object_margin_db": _per_object_margins(results)}
+                   "per_object_margin_db": _per_object_margins(results),
+                   "rows": {m: t.rows for m, t in tables.items()}, "timing": timing}
         atomic_write_text(out / "nvs_benchmark.json", json.dumps(summary, indent=2))
         return summary
 
+    summary: dict = {}
     for i in tqdm(range(cfg.n_objects), desc="held-out objects", disable=not progress):
+        if start > i >= 4:
+            continue  # scored before the resume, and not on the contact sheet
         seed = cfg.first_seed + i
         gt = render_scene(seed, targets, dev)
         inp = render_scene(seed, [input_cam], dev)
         for s in cfg.seeds:
+            if i < start and not (s == cfg.seeds[0] and i < 4):
+                continue  # scored before the resume, and not on the contact sheet
             name = f"heldout_{seed}_s{s}"
-            t0 = time.perf_counter()
-            engine.invert(inp.images, inp.cameras, name, cfg.invert_steps, seed=s)
-            timing["invert_s"].append(time.perf_counter() - t0)
+            if not engine.library.exists(name):  # a resumed run reuses every finished inversion
+                t0 = time.perf_counter()
+                engine.invert(inp.images, inp.cameras, name, cfg.invert_steps, seed=s)
+                timing["invert_s"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             preds = engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance)
-            timing["render_s"].append(time.perf_counter() - t0)
+            if i >= start:
+                timing["render_s"].append(time.perf_counter() - t0)
             plain = engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance, with_view=False)
-            for k in range(cfg.n_targets):
-                g, m = gt.images[k], gt.masks[k]
-                for method, img in (("viewneti_mode5", preds[k]), ("copy_input", inp.images[0]), ("no_view_token", plain[k])):
-                    tables[method].add(f"obj_{seed}", k, s, masked_psnr(img, g, m), masked_ssim(img, g, m))
+            if i >= start:
+                for k in range(cfg.n_targets):
+                    g, m = gt.images[k], gt.masks[k]
+                    for method, img in (("viewneti_mode5", preds[k]), ("copy_input", inp.images[0]), ("no_view_token", plain[k])):
+                        tables[method].add(f"obj_{seed}", k, s, masked_psnr(img, g, m), masked_ssim(img, g, m))
             if s == cfg.seeds[0] and i < 4:
                 sheet_rows += [inp.images[0]] + gt.images[::2] + [inp.images[0]] + preds[::2] + [inp.images[0]] + plain[::2]
-        summary = write_summary(i + 1)
+        if i >= start:
+            summary = write_summary(i + 1)
         if sheet_rows:
             contact_sheet(sheet_rows, out / "nvs_sheet.png", columns=1 + len(gt.images[::2]), labels=[""] * len(sheet_rows))
+    if not summary:  # resumed a run that had already finished
+        summary = write_summary(cfg.n_objects)
     a, b, c = (summary["results"][m]["mean"]["psnr"] for m in ("viewneti_mode5", "copy_input", "no_view_token"))
     text = "\n\n".join(t.format(f"== {m} ==") for m, t in tables.items())
     (out / "nvs_benchmark.txt").write_text(text + f"\n\nmargin vs copy-input {a - b:+.2f} dB, vs no-view {a - c:+.2f} dB\n")
     print(text)
     return summary
+
+
+def _load_partial_benchmark(path: Path, cfg: BenchmarkConfig, model_dir: str, tables: dict[str, EvalTable],
+                            timing: dict[str, list[float]]) -> int:
+    """Fill ``tables`` and ``timing`` from a stopped run's JSON; returns how many objects it scored."""
+    if not path.is_file():
+        raise InputError(f"nothing to resume: {path} does not exist (run without --resume to start)")
+    try:
+        prev = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON ({e}): run without --resume to start over") from e
+    if "rows" not in prev:
+        raise InputError(f"{path} was written by an older version without per-view scores: run without --resume")
+    if prev["config"] != json.loads(json.dumps(asdict(cfg))):
+        changed = sorted(k for k in asdict(cfg) if prev["config"].get(k) != asdict(cfg)[k])
+        raise InputError(f"{path} was made with other settings ({', '.join(changed)} differ): give the same options, "
+                         "or another --out to start a new run")
+    if prev.get("model") != model_dir:
+        raise InputError(f"{path} was made with the model {prev.get('model')}, not {model_dir}: give the same --model")
+    for method, table in tables.items():
+        table.rows = [tuple(r) for r in prev["rows"][method]]
+    for key in timing:
+        timing[key] = list(prev.get("timing", {}).get(key, []))
+    return int(prev["objects_done"])
 
 
 def benchmark_cameras(cfg: BenchmarkConfig) -> tuple[Camera, list[Camera]]:
