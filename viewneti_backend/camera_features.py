@@ -8,6 +8,11 @@ always sees cameras normalised exactly as during training.
 - ``anchor-pose-13d`` (default for new training, dataset-independent): the anchor-relative
   camera-to-anchor rotation (9 entries, already in [-1, 1]), the camera position divided by a
   radius statistic, and log tan(fov_y / 2) min-max normalised.
+- ``anchor-distance-14d`` (an option): ``anchor-pose-13d`` with the camera's distance to the anchor
+  as a feature of its own: rotation (9), unit direction to the camera (3), log distance and
+  log tan(fov_y / 2), both min-max normalised. For training cameras at varying distances: in 13d the
+  distance is only the length of the position entries (about +-11 % in the toy world), which the
+  toy view-mapper did not resolve (one object size for every distance, benchmarks/RESULTS.md §3).
 """
 
 from __future__ import annotations
@@ -106,7 +111,38 @@ class AnchorPose13d(CameraParameterization):
         return out
 
 
-PARAMETERIZATIONS = {"dtu-12d": Dtu12d, "anchor-pose-13d": AnchorPose13d}
+class AnchorDistance14d(CameraParameterization):
+    """Anchor-relative rotation, unit direction to the camera, log distance, log tan(fov/2)."""
+
+    MIN_DISTANCE = 1e-3  # a camera at the anchor itself has no direction; its log distance is clamped
+
+    def __init__(self, stats: dict[str, Any] | None = None):
+        super().__init__("anchor-distance-14d", 14, stats)
+
+    def raw(self, cameras: Sequence[Camera]) -> np.ndarray:
+        rows = []
+        for cam in cameras:
+            m = cam.camera_to_anchor
+            position = m[:3, 3]
+            distance = max(float(np.linalg.norm(position)), self.MIN_DISTANCE)
+            fov = math.log(math.tan(math.radians(cam.fov_y_deg) / 2.0))
+            rows.append(np.concatenate([m[:3, :3].reshape(-1), position / distance, [math.log(distance), fov]]))
+        return np.stack(rows)
+
+    def fit(self, cameras: Sequence[Camera]) -> "AnchorDistance14d":
+        raw = self.raw(cameras)
+        self.stats.update(log_distance_min=float(raw[:, 12].min()), log_distance_max=float(raw[:, 12].max()),
+                          fov_min=float(raw[:, 13].min()), fov_max=float(raw[:, 13].max()))
+        return self
+
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        out = raw.copy()
+        out[:, 12] = _minmax(raw[:, 12], np.asarray(self.stats["log_distance_min"]), np.asarray(self.stats["log_distance_max"]))
+        out[:, 13] = _minmax(raw[:, 13], np.asarray(self.stats["fov_min"]), np.asarray(self.stats["fov_max"]))
+        return out
+
+
+PARAMETERIZATIONS = {"dtu-12d": Dtu12d, "anchor-pose-13d": AnchorPose13d, "anchor-distance-14d": AnchorDistance14d}
 DEFAULT_PARAMETERIZATION = "anchor-pose-13d"
 
 

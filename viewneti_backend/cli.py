@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augmentation", type=int, choices=[0, 5, 7], help="0 none, 5 (pretraining default), 7 (per-scene default)")
     p.add_argument("--width", type=int, help="training width (default: model native size)")
     p.add_argument("--height", type=int, help="training height (default: model native size)")
-    p.add_argument("--camera-parameterization", default="anchor-pose-13d", choices=["anchor-pose-13d", "dtu-12d"])
+    p.add_argument("--camera-parameterization", default="anchor-pose-13d", choices=["anchor-pose-13d", "anchor-distance-14d", "dtu-12d"])
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--resume", help="checkpoint-<step> folder or run folder to continue from")
     p.add_argument("--seed", type=int, default=0)

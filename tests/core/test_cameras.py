@@ -1,5 +1,6 @@
 """The camera convention and its conversions: hand-worked cases and property-based round trips."""
 
+import argparse
 import json
 import math
 
@@ -8,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from viewneti_backend.camera_features import Dtu12d, AnchorPose13d, parameterization_from_config
+from viewneti_backend.camera_features import (
+    DEFAULT_PARAMETERIZATION,
+    AnchorDistance14d,
+    AnchorPose13d,
+    Dtu12d,
+    parameterization_from_config,
+)
 from viewneti_backend.cameras import (
     Camera, CameraError, TransformsFrame, blender_c2w_to_opencv_w2c, camera_to_anchor, decompose_projection,
     dtu_projection_to_camera, intrinsics_from_fov, look_at, opencv_w2c_to_blender_c2w, orbit_pose, pose_to_orbit,
@@ -132,8 +139,8 @@ def test_look_at_straight_down_is_valid():
 
 
 def test_parameterisations_store_their_statistics():
-    cams = [Camera(orbit_pose(a, e, 4), 40, 64, 64) for a in range(0, 360, 45) for e in (10, 40)]
-    for p in (Dtu12d().fit(cams), AnchorPose13d().fit(cams)):
+    cams = [Camera(orbit_pose(a, e, r), 40, 64, 64) for a in range(0, 360, 45) for e in (10, 40) for r in (3.5, 4)]
+    for p in (Dtu12d().fit(cams), AnchorPose13d().fit(cams), AnchorDistance14d().fit(cams)):
         f = p.features(cams).numpy()
         assert f.shape == (len(cams), p.dim)
         assert f.min() >= -1 - 1e-9 and f.max() <= 1 + 1e-9
@@ -142,3 +149,37 @@ def test_parameterisations_store_their_statistics():
     # dtu-12d: entries are rounded to 1e-4 like the reference's token strings
     raw = Dtu12d().fit(cams).raw(cams[:1])
     np.testing.assert_array_equal(raw, np.round(raw, 4))
+
+
+def test_anchor_distance_14d_gives_the_distance_a_feature_of_its_own():
+    """13d leaves the camera distance as the length of 3 position entries (3.2 vs 4.0: 0.8 vs 1.0);
+    14d spans the training distances over [-1, 1] in one entry, keeps the direction a unit vector,
+    and stays finite for a camera at the anchor itself."""
+    cams = [Camera(orbit_pose(a, 25, r), 40, 64, 64) for a in (0, 90, 200) for r in (3.2, 3.6, 4.0)]
+    p = AnchorDistance14d().fit(cams)
+    f = p.features(cams).numpy()
+    by_radius = f[:, 12].reshape(3, 3)  # [azimuth, radius]
+    np.testing.assert_allclose(by_radius[:, 0], -1, atol=1e-6)
+    np.testing.assert_allclose(by_radius[:, 2], 1, atol=1e-6)
+    assert (np.diff(by_radius, axis=1) > 0).all()  # monotonic in distance, the same at every azimuth
+    np.testing.assert_allclose(np.linalg.norm(f[:, 9:12], axis=1), 1, atol=1e-6)
+    # same direction, other distance: only the distance entry moves
+    np.testing.assert_allclose(f[0, :12], f[2, :12], atol=1e-6)
+    assert f[0, 12] != f[2, 12]
+    at_anchor = Camera(np.eye(4), 40, 64, 64)
+    assert np.isfinite(p.features([at_anchor]).numpy()).all()
+
+
+def test_the_training_commands_offer_every_registered_parameterisation():
+    """`viewneti train` and `viewneti toyworld pretrain` list their choices without importing torch;
+    the lists must not drift from the registry."""
+    from viewneti_backend.cli import build_parser
+    from viewneti_backend.camera_features import PARAMETERIZATIONS
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    toyworld = next(a for a in subcommands["toyworld"]._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in (subcommands["train"], toyworld["pretrain"]):
+        option = next(a for a in command._actions if "--camera-parameterization" in a.option_strings)
+        assert sorted(option.choices) == sorted(PARAMETERIZATIONS)
+        assert option.default == DEFAULT_PARAMETERIZATION

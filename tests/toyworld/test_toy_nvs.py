@@ -42,6 +42,22 @@ def test_pretrain_rewrites_the_bundle_and_keeps_sampling_defaults(model_copy, tm
     assert json.loads((tmp_path / "out" / "pretrain_summary.json").read_text())["steps"] == 2
 
 
+def test_pretrain_with_the_distance_parameterisation_ships_a_mapper_the_engine_renders_with(model_copy, tmp_path):
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.engine import Engine
+
+    cfg = PretrainConfig(n_objects=2, views=3, steps=1, batch_size=2, grad_accum=1, ship_objects=1, size=64,
+                         compile=False, camera_parameterization="anchor-distance-14d")
+    pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
+    mapper = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper")
+    assert mapper.config.camera_parameterization["name"] == "anchor-distance-14d"
+    assert set(mapper.config.camera_parameterization["stats"]) >= {"log_distance_min", "log_distance_max"}
+    engine = Engine.load(str(model_copy), device="cpu", library_dir=tmp_path / "lib", compile=False)
+    near, far = (Camera(orbit_pose(30, 25, r), 40, 64, 64) for r in (3.2, 4.0))
+    a, b = engine.render([near, far], "toy_000", seed=0, steps=2, guidance=1.0)
+    assert a.size == b.size == (64, 64) and np.asarray(a).tobytes() != np.asarray(b).tobytes()
+
+
 def test_nvs_benchmark_scores_three_methods_per_object_and_seed(tiny_model_dir, tmp_path):
     cfg = BenchmarkConfig(n_objects=2, seeds=[0, 1], n_targets=2, invert_steps=2, render_steps=2)
     summary = nvs_benchmark(cfg, tiny_model_dir, tmp_path, device="cpu", progress=False)

@@ -44,7 +44,7 @@ def _pretrain(args) -> int:
 
     cfg = PretrainConfig(n_objects=args.objects, views=args.views, steps=args.steps, max_minutes=args.minutes,
                          ship_objects=args.ship_objects, seed=args.seed, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                         compile=not args.no_compile)
+                         compile=not args.no_compile, camera_parameterization=args.camera_parameterization)
     summary = pretrain_view_mapper(cfg, resolve_model(args.model), args.out, device=args.device)
     print(summary)
     return 0
@@ -110,6 +110,10 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-accum", type=int, default=3, help="micro-batches per optimizer step (paper: 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-compile", action="store_true", help="on CUDA, run the UNet/VAE eagerly (default: CUDA graphs)")
+    p.add_argument("--camera-parameterization", default="anchor-pose-13d",
+                   choices=["anchor-pose-13d", "anchor-distance-14d", "dtu-12d"],
+                   help="the view-mapper's camera features; anchor-distance-14d adds the camera distance as its own "
+                        "feature (the shipped mapper, 13d, renders one object size for every distance)")
     p.add_argument("--device")
     p.set_defaults(func=_pretrain)
 

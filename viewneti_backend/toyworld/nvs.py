@@ -58,6 +58,8 @@ class PretrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     compile: bool = True  # on CUDA: CUDA-graph the UNet/VAE (a tiny model's step is otherwise launch-bound)
+    # the view-mapper's camera features (camera_features.py); the shipped mapper uses anchor-pose-13d
+    camera_parameterization: str = "anchor-pose-13d"
 
 
 def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None,
@@ -76,7 +78,8 @@ def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: st
 
         compile_base_model(base, compile_mode)
     tc = TrainConfig(mode=3, steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
-                     augmentation=cfg.augmentation, width=cfg.size, height=cfg.size, seed=cfg.seed, log_every=100)
+                     augmentation=cfg.augmentation, width=cfg.size, height=cfg.size, seed=cfg.seed, log_every=100,
+                     camera_parameterization=cfg.camera_parameterization)
     trainer = Trainer(tc, base, scenes, output_dir=None, device=dev)
     t0 = time.perf_counter()
     deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
