@@ -42,6 +42,29 @@ def test_pretrain_rewrites_the_bundle_and_keeps_sampling_defaults(model_copy, tm
     assert json.loads((tmp_path / "out" / "pretrain_summary.json").read_text())["steps"] == 2
 
 
+def test_pretrain_at_one_radius_trains_on_that_distance_only(model_copy, tmp_path):
+    """--radius-range 3.6,3.6: every training camera at 3.6 (13d's radius statistic is exactly it)."""
+    cfg = PretrainConfig(n_objects=2, views=3, steps=1, batch_size=2, grad_accum=1, ship_objects=1, size=64,
+                         compile=False, radius_range=(3.6, 3.6))
+    pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
+    mapper = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper")
+    assert mapper.config.camera_parameterization["stats"]["radius"] == pytest.approx(3.6, abs=1e-6)
+    assert tuple(mapper.config.extra["toyworld_pretrain"]["radius_range"]) == (3.6, 3.6)
+
+
+def test_pretrain_refuses_a_bad_radius_range_before_touching_the_bundle(model_copy, tmp_path, capsys):
+    from viewneti_backend.cli import main as cli_main
+    from viewneti_backend.errors import InputError
+
+    before = (model_copy / "viewneti" / "view_mapper" / "mapper.safetensors").read_bytes()
+    with pytest.raises(InputError, match="radius range"):
+        pretrain_view_mapper(PretrainConfig(n_objects=1, views=2, steps=1, radius_range=(4.0, 3.2), compile=False),
+                             model_copy, tmp_path / "out", device="cpu", progress=False)
+    with pytest.raises(SystemExit):
+        cli_main(["toyworld", "pretrain", "--model", str(model_copy), "--radius-range", "4,3", "--device", "cpu"])
+    assert "MIN,MAX" in capsys.readouterr().err
+    assert (model_copy / "viewneti" / "view_mapper" / "mapper.safetensors").read_bytes() == before
+
 def test_pretrain_with_the_distance_parameterisation_ships_a_mapper_the_engine_renders_with(model_copy, tmp_path):
     from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import Engine

@@ -38,13 +38,27 @@ def _train_prior(args) -> int:
     return 0
 
 
+def _radius_range(text: str) -> tuple[float, float]:
+    """``MIN,MAX`` (or one number) -> a (min, max) pair of positive distances."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or not 0 < values[0] <= values[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: give MIN,MAX with 0 < MIN <= MAX, e.g. 3.2,4.0 (or 3.6 for one radius)")
+    return values[0], values[1]
+
+
 def _pretrain(args) -> int:
     from ..engine import resolve_model
     from .nvs import PretrainConfig, pretrain_view_mapper
 
     cfg = PretrainConfig(n_objects=args.objects, views=args.views, steps=args.steps, max_minutes=args.minutes,
                          ship_objects=args.ship_objects, seed=args.seed, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                         compile=not args.no_compile, camera_parameterization=args.camera_parameterization)
+                         compile=not args.no_compile, camera_parameterization=args.camera_parameterization,
+                         radius_range=args.radius_range)
     summary = pretrain_view_mapper(cfg, resolve_model(args.model), args.out, device=args.device)
     print(summary)
     return 0
@@ -114,6 +128,8 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
                    choices=["anchor-pose-13d", "anchor-distance-14d", "dtu-12d"],
                    help="the view-mapper's camera features; anchor-distance-14d adds the camera distance as its own "
                         "feature (the shipped mapper, 13d, renders one object size for every distance)")
+    p.add_argument("--radius-range", type=_radius_range, default=(3.2, 4.0), metavar="MIN,MAX",
+                   help="training camera distances from the anchor (default 3.2,4.0; 3.6,3.6 pretrains at one radius)")
     p.add_argument("--device")
     p.set_defaults(func=_pretrain)
 

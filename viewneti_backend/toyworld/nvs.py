@@ -31,7 +31,7 @@ from ..evaluation import EvalTable, masked_psnr, masked_ssim
 from ..atomic_files import atomic_write_text, replace_directory
 from ..sampling_defaults import FILENAME as SAMPLING_FILENAME
 from .prior import HELDOUT_SEED_START
-from .renderer import ToyObject, random_cameras, render, to_uint8
+from .renderer import RADIUS_RANGE, ToyObject, random_cameras, render, to_uint8
 
 
 def render_scene(seed: int, cameras: list[Camera], device: str = "cpu", name: str | None = None) -> Scene:
@@ -60,6 +60,8 @@ class PretrainConfig:
     compile: bool = True  # on CUDA: CUDA-graph the UNet/VAE (a tiny model's step is otherwise launch-bound)
     # the view-mapper's camera features (camera_features.py); the shipped mapper uses anchor-pose-13d
     camera_parameterization: str = "anchor-pose-13d"
+    # training camera distances (min, max); equal values pretrain at one fixed radius, as DTU's cameras nearly are
+    radius_range: tuple[float, float] = RADIUS_RANGE
 
 
 def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None,
@@ -68,8 +70,12 @@ def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: st
     from ..base_model import load_base_model
     from ..training import Trainer, TrainConfig
 
+    lo, hi = cfg.radius_range
+    if not 0 < lo <= hi:
+        raise InputError(f"radius range {cfg.radius_range}: give 0 < min <= max (e.g. 3.2,4.0, or 3.6,3.6 for one radius)")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    scenes = [render_scene(s, random_cameras(cfg.views, seed=10_000 + s, size=cfg.size), dev, name=f"toy_{i:03d}")
+    cameras = lambda s: random_cameras(cfg.views, seed=10_000 + s, size=cfg.size, radius_range=(float(lo), float(hi)))  # noqa: E731
+    scenes = [render_scene(s, cameras(s), dev, name=f"toy_{i:03d}")
               for i, s in enumerate(range(cfg.first_seed, cfg.first_seed + cfg.n_objects))]
     base = load_base_model(model_dir, device=dev)
     compile_mode = resolve_compile_mode("auto" if cfg.compile else "off", base.device)
