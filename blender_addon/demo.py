@@ -67,6 +67,19 @@ def keyframe_orbit(bpy, camera, anchor, frames: int, radius: float, elevation_de
         camera.keyframe_insert("location", frame=f)
 
 
+def forget_previous_inversion(url: str, name: str) -> bool:
+    """Delete the object a previous run of the demo inverted (its server data lives in --out), so a
+    second ``make demo`` re-creates it instead of failing on the name; True if there was one."""
+    request = urllib.request.Request(f"{url}/v1/objects/{name}", method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            return True
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return False
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs/demo", help="output folder (frames, contact sheet, .blend, server data)")
@@ -137,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.invert_steps:
             print(f"[5/6] Invert Reference: frame 1 -> new object 'demo_inverted' ({args.invert_steps} steps) ...", flush=True)
+            if forget_previous_inversion(url, "demo_inverted"):
+                print("      (deleted the previous run's 'demo_inverted' from the demo's server data)", flush=True)
             scene.frame_set(1)
             ref_cam = camera.copy()  # the camera that 'took' the reference: frozen at frame 1's pose
             ref_cam.animation_data_clear()

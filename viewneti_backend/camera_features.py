@@ -10,9 +10,10 @@ always sees cameras normalised exactly as during training.
   radius statistic, and log tan(fov_y / 2) min-max normalised.
 - ``anchor-distance-14d`` (an option): ``anchor-pose-13d`` with the camera's distance to the anchor
   as a feature of its own: rotation (9), unit direction to the camera (3), log distance and
-  log tan(fov_y / 2), both min-max normalised. For training cameras at varying distances: in 13d the
-  distance is only the length of the position entries (about +-11 % in the toy world), which the
-  toy view-mapper did not resolve (one object size for every distance, benchmarks/RESULTS.md §3).
+  log tan(fov_y / 2), both min-max normalised, the distance clamped to the training range. For
+  training cameras at varying distances: in 13d the distance is only the length of the position
+  entries (about +-11 % in the toy world), which the toy view-mapper did not resolve (one object
+  size for every distance); with 14d it did, part of the way (benchmarks/RESULTS.md §3).
 """
 
 from __future__ import annotations
@@ -137,7 +138,11 @@ class AnchorDistance14d(CameraParameterization):
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         out = raw.copy()
-        out[:, 12] = _minmax(raw[:, 12], np.asarray(self.stats["log_distance_min"]), np.asarray(self.stats["log_distance_max"]))
+        # Clamped to the training distances: the mapper's Fourier features turn an extrapolated
+        # distance (a Blender camera at twice the training radius reads as ~+5) into a wrong *view*;
+        # clamped, such a camera renders the right view at the nearest trained distance.
+        out[:, 12] = np.clip(_minmax(raw[:, 12], np.asarray(self.stats["log_distance_min"]),
+                                     np.asarray(self.stats["log_distance_max"])), -1.0, 1.0)
         out[:, 13] = _minmax(raw[:, 13], np.asarray(self.stats["fov_min"]), np.asarray(self.stats["fov_max"]))
         return out
 

@@ -79,3 +79,28 @@ def test_invert_from_file_can_be_cancelled(live_scene, tmp_path):
     assert settings.job_state == "cancelled"
     assert name not in [o["name"] for o in runtime.make_client().objects()]
     assert name not in settings.objects
+
+
+def test_the_demo_replaces_its_previous_inversion_instead_of_failing(live_scene, server_url):
+    """`make demo` run twice: its second Invert Reference would hit 'name already exists'; the demo
+    first deletes the object its previous run created (and only that name)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("viewneti_demo_script", Path(__file__).resolve().parents[2] / "blender_addon" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    runtime = addon_module("runtime")
+    settings = live_scene.viewneti
+    settings.invert_source, settings.invert_image = "IMAGE", reference_image()
+    settings.invert_camera = live_scene.camera
+    settings.invert_name = name = f"demo_{uuid.uuid4().hex[:6]}"
+    settings.invert_steps, settings.invert_preview_every = 1, 0
+    assert bpy.ops.viewneti.invert_reference() == {"FINISHED"}, settings.status_message
+    assert name in [o["name"] for o in runtime.make_client().objects()]
+
+    assert demo.forget_previous_inversion(server_url, name) is True
+    names = [o["name"] for o in runtime.make_client().objects()]
+    assert name not in names and "toy_000" in names  # built-ins untouched
+    assert demo.forget_previous_inversion(server_url, name) is False  # nothing left: not an error
+    assert bpy.ops.viewneti.invert_reference() == {"FINISHED"}, settings.status_message  # the name is free again

@@ -170,6 +170,18 @@ def test_anchor_distance_14d_gives_the_distance_a_feature_of_its_own():
     assert np.isfinite(p.features([at_anchor]).numpy()).all()
 
 
+def test_anchor_distance_14d_clamps_distances_outside_the_training_range():
+    """A camera closer or further than any training camera reads as the nearest trained distance
+    (extrapolated, the mapper's Fourier features turned it into a wrong view); in range, unchanged."""
+    p = AnchorDistance14d().fit([Camera(orbit_pose(a, 25, r), 40, 64, 64) for a in (0, 120, 240) for r in (3.2, 4.0)])
+    for az in (30, 150):
+        near, inside, far = (p.features([Camera(orbit_pose(az, 25, r), 40, 64, 64)]).numpy()[0] for r in (1.5, 3.6, 9.0))
+        at_min, at_max = (p.features([Camera(orbit_pose(az, 25, r), 40, 64, 64)]).numpy()[0] for r in (3.2, 4.0))
+        np.testing.assert_allclose(near, at_min, atol=1e-6)
+        np.testing.assert_allclose(far, at_max, atol=1e-6)
+        assert -1 < inside[12] < 1
+
+
 def test_the_training_commands_offer_every_registered_parameterisation():
     """`viewneti train` and `viewneti toyworld pretrain` list their choices without importing torch;
     the lists must not drift from the registry."""
@@ -179,7 +191,15 @@ def test_the_training_commands_offer_every_registered_parameterisation():
     parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     toyworld = next(a for a in subcommands["toyworld"]._actions if isinstance(a, argparse._SubParsersAction)).choices
-    for command in (subcommands["train"], toyworld["pretrain"]):
+    defaults = {}
+    for name, command in (("train", subcommands["train"]), ("pretrain", toyworld["pretrain"])):
         option = next(a for a in command._actions if "--camera-parameterization" in a.option_strings)
         assert sorted(option.choices) == sorted(PARAMETERIZATIONS)
-        assert option.default == DEFAULT_PARAMETERIZATION
+        defaults[name] = option.default
+    # real scenes: the library default; the toy world (cameras at several distances): as shipped
+    assert defaults == {"train": DEFAULT_PARAMETERIZATION, "pretrain": "anchor-distance-14d"}
+    from viewneti_backend.engine import embedded_model_dir
+    from viewneti_backend.mapper import NeTIMapper
+
+    shipped = NeTIMapper.from_pretrained(embedded_model_dir() / "viewneti" / "view_mapper")
+    assert shipped.config.camera_parameterization["name"] == defaults["pretrain"]

@@ -45,7 +45,7 @@ def test_pretrain_rewrites_the_bundle_and_keeps_sampling_defaults(model_copy, tm
 def test_pretrain_at_one_radius_trains_on_that_distance_only(model_copy, tmp_path):
     """--radius-range 3.6,3.6: every training camera at 3.6 (13d's radius statistic is exactly it)."""
     cfg = PretrainConfig(n_objects=2, views=3, steps=1, batch_size=2, grad_accum=1, ship_objects=1, size=64,
-                         compile=False, radius_range=(3.6, 3.6))
+                         compile=False, radius_range=(3.6, 3.6), camera_parameterization="anchor-pose-13d")
     pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
     mapper = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper")
     assert mapper.config.camera_parameterization["stats"]["radius"] == pytest.approx(3.6, abs=1e-6)

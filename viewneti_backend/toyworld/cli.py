@@ -124,10 +124,10 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-accum", type=int, default=3, help="micro-batches per optimizer step (paper: 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-compile", action="store_true", help="on CUDA, run the UNet/VAE eagerly (default: CUDA graphs)")
-    p.add_argument("--camera-parameterization", default="anchor-pose-13d",
+    p.add_argument("--camera-parameterization", default="anchor-distance-14d",
                    choices=["anchor-pose-13d", "anchor-distance-14d", "dtu-12d"],
-                   help="the view-mapper's camera features; anchor-distance-14d adds the camera distance as its own "
-                        "feature (the shipped mapper, 13d, renders one object size for every distance)")
+                   help="the view-mapper's camera features (default, as shipped: anchor-distance-14d, the camera distance "
+                        "as its own feature; with anchor-pose-13d the toy mapper rendered one size at every distance)")
     p.add_argument("--radius-range", type=_radius_range, default=(3.2, 4.0), metavar="MIN,MAX",
                    help="training camera distances from the anchor (default 3.2,4.0; 3.6,3.6 pretrains at one radius)")
     p.add_argument("--device")

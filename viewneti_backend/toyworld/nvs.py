@@ -58,8 +58,9 @@ class PretrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     compile: bool = True  # on CUDA: CUDA-graph the UNet/VAE (a tiny model's step is otherwise launch-bound)
-    # the view-mapper's camera features (camera_features.py); the shipped mapper uses anchor-pose-13d
-    camera_parameterization: str = "anchor-pose-13d"
+    # the view-mapper's camera features (camera_features.py): the toy cameras' distance varies, and
+    # with anchor-pose-13d the mapper rendered one object size at every distance (RESULTS.md §3)
+    camera_parameterization: str = "anchor-distance-14d"
     # training camera distances (min, max); equal values pretrain at one fixed radius, as DTU's cameras nearly are
     radius_range: tuple[float, float] = RADIUS_RANGE
 
