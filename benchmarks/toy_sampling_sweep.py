@@ -38,33 +38,21 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from viewneti_backend.cameras import Camera, orbit_pose
+    from toy_builtin_scores import builtin_ground_truth, orbit_cameras, score_builtin_renders
     from viewneti_backend.engine import Engine
-    from viewneti_backend.evaluation import EvalTable, masked_psnr, masked_ssim
-    from viewneti_backend.mapper import NeTIMapper
-    from viewneti_backend.toyworld.nvs import render_scene
 
     if args.threads:
         torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
-    cams = [Camera(orbit_pose(360.0 * k / args.views + 15.0, 25.0, 3.6), 40.0, 64, 64) for k in range(args.views)]
+    cams = orbit_cameras(args.views)
     with tempfile.TemporaryDirectory() as library:
         engine = Engine.load(device="cpu", library_dir=library)
         objects = engine.library.names()  # a fresh library: the model's built-in objects only
-        truth = {}
-        for name in objects:
-            toy_seed = NeTIMapper.from_pretrained(Path(engine.model) / "viewneti" / "objects" / name).config.extra["toy_seed"]
-            truth[name] = render_scene(int(toy_seed), cams)
+        truth = builtin_ground_truth(engine, cams, objects)
         rows = []
         for guidance in [float(g) for g in args.guidance.split(",")]:
             for steps in [int(s) for s in args.steps.split(",")]:
-                table = EvalTable()
-                for name in objects:
-                    gt = truth[name]
-                    for seed in seeds:
-                        preds = engine.render(cams, name, seed=seed, steps=steps, guidance=guidance)
-                        for k, (p, g) in enumerate(zip(preds, gt.images)):
-                            table.add(name, k, seed, masked_psnr(p, g, gt.masks[k]), masked_ssim(p, g, gt.masks[k]))
+                table = score_builtin_renders(engine, cams, objects, truth, seeds, steps=steps, guidance=guidance)
                 one = cams[0]
                 engine.render([one], objects[0], seed=0, steps=steps, guidance=guidance)  # pose cached
                 t0 = time.perf_counter()

@@ -1,0 +1,41 @@
+"""Shared by the toy-world CPU sweeps: the built-in objects rendered on an orbit and scored against
+the renderer's ground truth (masked PSNR / SSIM), so every sweep scores exactly the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def orbit_cameras(views: int, size: int = 64) -> list:
+    """``views`` cameras evenly spaced on the benchmark's orbit (elevation 25 deg, radius 3.6), from 15 deg."""
+    from viewneti_backend.cameras import Camera, orbit_pose
+
+    return [Camera(orbit_pose(360.0 * k / views + 15.0, 25.0, 3.6), 40.0, size, size) for k in range(views)]
+
+
+def builtin_ground_truth(engine, cameras, objects: list[str], truth: dict | None = None) -> dict:
+    """Renderer ground truth of each built-in object (its toy seed is stored with its token); ``truth``
+    is filled in place and reused, so several engines over the same objects render it once."""
+    from viewneti_backend.mapper import NeTIMapper
+    from viewneti_backend.toyworld.nvs import render_scene
+
+    truth = {} if truth is None else truth
+    for name in objects:
+        if name not in truth:
+            seed = NeTIMapper.from_pretrained(Path(engine.model) / "viewneti" / "objects" / name).config.extra["toy_seed"]
+            truth[name] = render_scene(int(seed), cameras)
+    return truth
+
+
+def score_builtin_renders(engine, cameras, objects: list[str], truth: dict, seeds: list[int], **render_kwargs):
+    """An EvalTable of every object x seed x view rendered by ``engine`` with ``render_kwargs``."""
+    from viewneti_backend.evaluation import EvalTable, masked_psnr, masked_ssim
+
+    table = EvalTable()
+    for name in objects:
+        gt = truth[name]
+        for seed in seeds:
+            preds = engine.render(cameras, name, seed=seed, **render_kwargs)
+            for k, (p, g) in enumerate(zip(preds, gt.images)):
+                table.add(name, k, seed, masked_psnr(p, g, gt.masks[k]), masked_ssim(p, g, gt.masks[k]))
+    return table

@@ -1,0 +1,91 @@
+"""Would a shorter text context keep the toy model's renders? Zero-shot, no retraining.
+
+At a new pose most of a CPU render is the text encoder: one encoding per (timestep, UNet layer),
+each ``model_max_length`` tokens long (77, as in SD), while the toy prompts are ~10 tokens. This
+loads copies of the model whose tokenizer pads to ``--lengths`` tokens instead (the UNet then
+cross-attends to fewer padding positions: different maths, the prior was trained at 77), renders
+the built-in objects at 8 orbit views and 2 seeds with the model's default sampling settings, and
+reports masked PSNR / SSIM against the renderer's ground truth and the time of one render at a new
+pose. It answers whether a prior fine-tuned at a shorter context is worth a GPU run.
+
+    .venv/bin/python benchmarks/toy_context_length.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def model_with_context(src: Path, dst: Path, length: int) -> Path:
+    """A copy of ``src`` whose tokenizer pads and truncates to ``length`` tokens."""
+    shutil.copytree(src, dst)
+    config_path = dst / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_max_length"] = length
+    config_path.write_text(json.dumps(config, indent=2))
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="toy model folder (default: the embedded one)")
+    ap.add_argument("--lengths", default="77,32,24,16", help="comma-separated text context lengths (tokens)")
+    ap.add_argument("--views", type=int, default=8, help="orbit views per object (elevation 25 deg)")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--n-timed", type=int, default=5, help="timed renders at new poses per length")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "context_length.json"))
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from toy_builtin_scores import builtin_ground_truth, orbit_cameras, score_builtin_renders
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.engine import Engine, resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cams = orbit_cameras(args.views)
+    src = Path(resolve_model(args.model))
+    rows, truth = [], {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for length in [int(x) for x in args.lengths.split(",")]:
+            model = model_with_context(src, Path(scratch) / f"model_{length}", length)
+            engine = Engine.load(str(model), device="cpu", library_dir=Path(scratch) / f"library_{length}")
+            objects = engine.library.names()  # a fresh library: the built-in objects only
+            builtin_ground_truth(engine, cams, objects, truth)
+            table = score_builtin_renders(engine, cams, objects, truth, seeds)
+            times = []
+            for i in range(args.n_timed):  # a pose never rendered before: the text encoder runs
+                cam = Camera(orbit_pose(7.0 + 31.0 * i, 22.0, 3.6), 40.0, 64, 64)
+                t0 = time.perf_counter()
+                engine.render([cam], objects[0], seed=0)
+                times.append(time.perf_counter() - t0)
+            mean = table.mean_over_scenes()
+            rows.append({"context_length": length, "psnr": mean["psnr"], "ssim": mean["ssim"],
+                         "seed_std_psnr": mean["seed_std_psnr"], "new_pose_render_s_median": statistics.median(times),
+                         "new_pose_render_s": times})
+            print(f"context {length:>3} tokens: PSNR {mean['psnr']:.2f} SSIM {mean['ssim']:.3f} "
+                  f"(seed std {mean['seed_std_psnr']:.2f}), 64x64 new pose {statistics.median(times):.3f} s", flush=True)
+    steps, guidance = engine.sampling.resolve(None, None)
+    report = {"command": " ".join(sys.argv), "model": str(src), "objects": objects, "views": args.views, "seeds": seeds,
+              "steps": steps, "guidance": guidance, "torch_threads": torch.get_num_threads(), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
