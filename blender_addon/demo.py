@@ -67,6 +67,9 @@ def keyframe_orbit(bpy, camera, anchor, frames: int, radius: float, elevation_de
         camera.keyframe_insert("location", frame=f)
 
 
+INVERTED = "demo_inverted"  # the object the demo creates with Invert Reference
+
+
 def forget_previous_inversion(url: str, name: str) -> bool:
     """Delete the object a previous run of the demo inverted (its server data lives in --out), so a
     second ``make demo`` re-creates it instead of failing on the name; True if there was one."""
@@ -149,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = [sorted((out / "frames" / args.object).glob("frame_*.png"))]
 
         if args.invert_steps:
-            print(f"[5/6] Invert Reference: frame 1 -> new object 'demo_inverted' ({args.invert_steps} steps) ...", flush=True)
-            if forget_previous_inversion(url, "demo_inverted"):
-                print("      (deleted the previous run's 'demo_inverted' from the demo's server data)", flush=True)
+            print(f"[5/6] Invert Reference: frame 1 -> new object '{INVERTED}' ({args.invert_steps} steps) ...", flush=True)
+            if forget_previous_inversion(url, INVERTED):
+                print(f"      (deleted the previous run's '{INVERTED}' from the demo's server data)", flush=True)
             scene.frame_set(1)
             ref_cam = camera.copy()  # the camera that 'took' the reference: frozen at frame 1's pose
             ref_cam.animation_data_clear()
@@ -161,14 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             settings.invert_source = "FILE"
             settings.invert_filepath = str(rows[0][0])
             settings.invert_camera = ref_cam
-            settings.invert_name, settings.invert_steps, settings.invert_preview_every = "demo_inverted", args.invert_steps, 0
+            settings.invert_name, settings.invert_steps, settings.invert_preview_every = INVERTED, args.invert_steps, 0
             t0 = time.perf_counter()
             assert bpy.ops.viewneti.invert_reference() == {"FINISHED"}, settings.status_message
             print(f"      {settings.status_message} ({time.perf_counter() - t0:.1f} s)", flush=True)
-            settings.object_name = "demo_inverted"
-            settings.output_dir = str(out / "frames" / "demo_inverted")
+            settings.object_name = INVERTED
+            settings.output_dir = str(out / "frames" / INVERTED)
             assert bpy.ops.viewneti.render_path() == {"FINISHED"}, settings.status_message
-            rows.append(sorted((out / "frames" / "demo_inverted").glob("frame_*.png")))
+            rows.append(sorted((out / "frames" / INVERTED).glob("frame_*.png")))
 
         print("[6/6] contact sheet and .blend ...", flush=True)
         from viewneti_backend.sheets import contact_sheet

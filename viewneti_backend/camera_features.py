@@ -35,6 +35,11 @@ def _minmax(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(span > 1e-12, 2.0 * (x - lo) / safe - 1.0, 0.0)
 
 
+def _log_tan_half_fov(cam: Camera) -> float:
+    """log tan(fov_y / 2): the field of view on a scale where zooming by a factor is a shift."""
+    return math.log(math.tan(math.radians(cam.fov_y_deg) / 2.0))
+
+
 class CameraParameterization(ABC):
     """Camera -> normalised feature vector; ``stats`` are fitted on training cameras and saved with the mapper."""
 
@@ -93,7 +98,7 @@ class AnchorPose13d(CameraParameterization):
         rows = []
         for cam in cameras:
             m = cam.camera_to_anchor
-            fov = math.log(math.tan(math.radians(cam.fov_y_deg) / 2.0))
+            fov = _log_tan_half_fov(cam)
             rows.append(np.concatenate([m[:3, :3].reshape(-1), m[:3, 3], [fov]]))
         return np.stack(rows)
 
@@ -126,7 +131,7 @@ class AnchorDistance14d(CameraParameterization):
             m = cam.camera_to_anchor
             position = m[:3, 3]
             distance = max(float(np.linalg.norm(position)), self.MIN_DISTANCE)
-            fov = math.log(math.tan(math.radians(cam.fov_y_deg) / 2.0))
+            fov = _log_tan_half_fov(cam)
             rows.append(np.concatenate([m[:3, :3].reshape(-1), position / distance, [math.log(distance), fov]]))
         return np.stack(rows)
 

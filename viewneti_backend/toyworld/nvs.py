@@ -75,8 +75,8 @@ def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: st
     if not 0 < lo <= hi:
         raise InputError(f"radius range {cfg.radius_range}: give 0 < min <= max (e.g. 3.2,4.0, or 3.6,3.6 for one radius)")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cameras = lambda s: random_cameras(cfg.views, seed=10_000 + s, size=cfg.size, radius_range=(float(lo), float(hi)))  # noqa: E731
-    scenes = [render_scene(s, cameras(s), dev, name=f"toy_{i:03d}")
+    scenes = [render_scene(s, random_cameras(cfg.views, seed=10_000 + s, size=cfg.size, radius_range=(float(lo), float(hi))),
+                           dev, name=f"toy_{i:03d}")
               for i, s in enumerate(range(cfg.first_seed, cfg.first_seed + cfg.n_objects))]
     base = load_base_model(model_dir, device=dev)
     compile_mode = resolve_compile_mode("auto" if cfg.compile else "off", base.device)
