@@ -121,3 +121,18 @@ def test_shipped_prior_view_phrases_change_the_image():
         back_right.append(red(ims[1]))
     # the red left side is visible from the left and (almost) hidden from the back right
     assert np.mean(left) > 0.03 and np.mean(back_right) < 0.5 * np.mean(left), (left, back_right)
+
+
+def test_shipped_sampler_starts_from_pure_noise_like_a_rebuilt_prior():
+    """The toy renders start at the last training timestep (trailing spacing), so few-step renders
+    begin from the noise level they are given; `toyworld train-prior` writes the same schedule."""
+    from viewneti_backend.base_model import load_base_model
+    from viewneti_backend.toyworld.prior import scheduler_config
+
+    shipped = json.loads((WEIGHTS / "scheduler" / "scheduler_config.json").read_text())
+    assert {k: shipped[k] for k in scheduler_config()} == scheduler_config()
+    base = load_base_model(str(WEIGHTS), device="cpu")
+    for steps in (4, 6, 10):
+        sched = base.sampling_scheduler()
+        sched.set_timesteps(steps)
+        assert int(sched.timesteps[0]) == 999 and len(sched.timesteps) == steps

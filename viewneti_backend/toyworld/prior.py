@@ -122,11 +122,17 @@ class PriorTrainConfig:
 # Components
 # ------------------------------------------------------------------------------------------------
 def scheduler_config() -> dict[str, Any]:
-    """SD 2.1's noise schedule (v-prediction)."""
+    """SD 2.1's noise schedule (v-prediction), sampled with ``"trailing"`` timesteps.
+
+    Training only uses the betas; the spacing decides where a few-step render starts. SD 2's
+    ``"leading"`` starts a 10-step render at t = 901, so pure noise is denoised as if it were partly
+    image; ``"trailing"`` starts at t = 999. On the toy model it scores higher at every step count
+    (seen objects: +0.3 dB at 10 steps, +1.1 dB at 4) and 4 trailing steps beat 10 leading ones,
+    on held-out inversions too (benchmarks/RESULTS.md §5)."""
     return dict(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="v_prediction", clip_sample=False, steps_offset=1,
-        timestep_spacing="leading", variance_type="fixed_small",
+        timestep_spacing="trailing", variance_type="fixed_small",
     )
 
 
