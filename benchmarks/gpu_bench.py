@@ -46,6 +46,21 @@ PEAK_TFLOPS = 800.0
 T_START = time.perf_counter()
 
 
+def tune_inductor_for_diffusion() -> None:
+    """The inductor options diffusers' speed-up guide sets for compiled UNets (process-wide).
+
+    1x1 convolutions as matmuls, Triton kernels tuned by coordinate descent, no epilogue fusion. A
+    trial only: at SD 2 scale the compile of one view resolution did not finish in 265 s (98 s
+    without), and the two cheap options alone changed the view by ~1 % (RESULTS.md section 1).
+    """
+    import torch._inductor.config as inductor
+
+    inductor.conv_1x1_as_mm = True
+    inductor.coordinate_descent_tuning = True
+    inductor.coordinate_descent_check_all_directions = True
+    inductor.epilogue_fusion = False
+
+
 def log(msg: str) -> None:
     """Print with the seconds since the run started (the device allows 10 minutes per command)."""
     print(f"[{time.perf_counter() - T_START:5.0f} s] {msg}", flush=True)
@@ -262,6 +277,9 @@ def main() -> None:
                     help="optimizer steps to time on the eager fast path (default: --inversion-steps)")
     ap.add_argument("--live-steps", type=int, default=8, help="DPM-Solver++ steps of the add-on's live preview")
     ap.add_argument("--compile", default="", help="also time a torch.compile'd UNet in this mode (e.g. reduce-overhead)")
+    ap.add_argument("--inductor-tuning", action="store_true",
+                    help="a trial: compile with the inductor options diffusers recommends (tune_inductor_for_diffusion); "
+                         "the library does not set them (RESULTS.md section 1)")
     ap.add_argument("--smoke", action="store_true", help="tiny widths and sizes on any device: checks the script, times nothing real")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: equivalence,view,live,inversion")
     ap.add_argument("--profile", nargs="?", const="view,inversion", default="",
@@ -473,9 +491,11 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         base16 = with_dtype(base16, torch.bfloat16)
+        if args.inductor_tuning:
+            tune_inductor_for_diffusion()
         compile_base_model(base16, args.compile)  # exactly what Engine.load does on CUDA
         pipe = ViewNeTIPipeline(base16, vm)
-        entry = {"mode": args.compile}
+        entry = {"mode": args.compile, "inductor_tuning": args.inductor_tuning}
         results["compiled"] = entry
         if "view" not in skip:
             t_a = time.perf_counter()
