@@ -151,6 +151,37 @@ def profile_gpu(fn, label: str, top: int = 12) -> dict:
     return out
 
 
+def profile_host(fn, label: str, steps: int, top: int = 25) -> dict:
+    """cProfile over fn() (``steps`` optimizer steps): where the host's time per step goes.
+
+    When the GPU idles between kernels, the host is the bottleneck; this names the Python functions
+    (ours, diffusers', torch.compile's CUDA-graph replay) that take the time.
+    """
+    import cProfile
+    import pstats
+
+    sync()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    fn()
+    sync()
+    prof.disable()
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    stats = pstats.Stats(prof)
+    rows = []
+    for (filename, line, name), (cc, nc, tt, ct, _callers) in stats.stats.items():
+        rows.append({"function": f"{Path(filename).name}:{line}:{name}", "calls_per_step": nc / steps,
+                     "self_ms_per_step": tt * 1e3 / steps, "cumulative_ms_per_step": ct * 1e3 / steps})
+    by_self = sorted(rows, key=lambda r: -r["self_ms_per_step"])[:top]
+    by_cum = sorted(rows, key=lambda r: -r["cumulative_ms_per_step"])[:top]
+    log(f"host profile {label}: {wall_ms / steps:.0f} ms/step under cProfile")
+    for r in by_self:
+        log(f"    self {r['self_ms_per_step']:7.2f} ms  cum {r['cumulative_ms_per_step']:7.2f} ms  "
+            f"x{r['calls_per_step']:<7.1f} {r['function'][:100]}")
+    return {"wall_ms_per_step_under_cprofile": wall_ms / steps, "top_by_self_time": by_self, "top_by_cumulative_time": by_cum}
+
+
 def with_dtype(base, dtype):
     for m in (base.text_encoder, base.unet, base.vae):
         m.to(dtype)
@@ -283,8 +314,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny widths and sizes on any device: checks the script, times nothing real")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: equivalence,view,live,inversion")
     ap.add_argument("--profile", nargs="?", const="view,inversion", default="",
-                    help="torch.profiler breakdown of these sections: view, inversion (both compiled), inversion-eager "
-                         "(default with no value: view,inversion)")
+                    help="torch.profiler breakdown of these sections: view, inversion (both compiled), inversion-eager; "
+                         "inversion-host: cProfile of 20 compiled inversion steps (default with no value: view,inversion)")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     profiles = set(args.profile.split(","))
@@ -536,6 +567,10 @@ def main() -> None:
                 if "inversion" in profiles and dev.type == "cuda":
                     trainer.config.steps = trainer.step + 3
                     entry["inversion_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps")
+                if "inversion-host" in profiles:
+                    trainer.config.steps = trainer.step + 20
+                    entry["inversion_host_profile_20_steps"] = profile_host(lambda: trainer.train(progress=False),
+                                                                            f"inversion, {label}", 20)
             except Exception as exc:  # report, keep the rest of the run
                 entry["inversion_error"] = f"{type(exc).__name__}: {exc}"[:2000]
                 log(f"compiled inversion ({label}) FAILED: {entry['inversion_error']}")

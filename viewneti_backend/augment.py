@@ -9,7 +9,9 @@ Hue jitter is a rotation of the chroma plane in YIQ space (torchvision uses HSV;
 `augment_image` is the readable per-image reference. `augment_batch` gives the same images (to float rounding)
 and consumes the CPU generator identically, but is batched so a CUDA training step doesn't stall: it first draws
 every image's parameters on the CPU (same draws, same order), then sends them in one pinned transfer and applies
-each augmentation to the whole batch at once (each jitter op is a per-image 3x3 colour matrix).
+each augmentation to the whole batch at once (each jitter op is a per-image 3x3 colour matrix). The two phases
+are also public (`plan_augmentation`, `apply_augmentation`): a training step draws each micro-batch's plan in turn
+and augments the images of all of them in one pass.
 """
 
 from __future__ import annotations
@@ -221,6 +223,33 @@ def _on_subset(x: torch.Tensor, idx: torch.Tensor, fn, inplace: bool) -> torch.T
     return x.index_copy_(0, idx, y) if inplace else x.index_copy(0, idx, y)
 
 
+@dataclass(frozen=True)
+class AugmentationPlan:
+    """Every random draw of a batch's augmentation, made on the CPU: applying it needs no generator.
+
+    Plans of several micro-batches concatenate (``AugmentationPlan.concat``), so a training step that
+    fuses its micro-batches augments all of their images in one batched pass, with the draws made in
+    the micro-batches' own order.
+    """
+
+    config: AugmentationConfig
+    images: tuple[_ImagePlan, ...]
+    width: int
+    height: int
+
+    @staticmethod
+    def concat(plans: "list[AugmentationPlan]") -> "AugmentationPlan":
+        first = plans[0]
+        if any((p.config, p.width, p.height) != (first.config, first.width, first.height) for p in plans):
+            raise ValueError("only plans of one augmentation at one image size concatenate")
+        return AugmentationPlan(first.config, tuple(i for p in plans for i in p.images), first.width, first.height)
+
+
+def plan_augmentation(cfg: AugmentationConfig, gen: torch.Generator, n: int, width: int, height: int) -> AugmentationPlan:
+    """Draw the augmentation of ``n`` images from ``gen`` (CPU only): what `augment_batch` draws, in its order."""
+    return AugmentationPlan(cfg, tuple(_plan_image(cfg, gen, width, height) for _ in range(n)), width, height)
+
+
 def augment_batch(images: torch.Tensor, cfg: AugmentationConfig | None, gen: torch.Generator) -> torch.Tensor:
     """Augment each image independently, on the images' device (random draws come from the CPU generator).
 
@@ -229,7 +258,15 @@ def augment_batch(images: torch.Tensor, cfg: AugmentationConfig | None, gen: tor
     if cfg is None:
         return images
     b, c, h, w = images.shape
-    plans = [_plan_image(cfg, gen, w, h) for _ in range(b)]  # phase 1: CPU only
+    return apply_augmentation(images, plan_augmentation(cfg, gen, b, w, h))
+
+
+def apply_augmentation(images: torch.Tensor, plan: AugmentationPlan) -> torch.Tensor:
+    """Apply a drawn plan to a [N, 3, H, W] batch on its device: batched ops, no host syncs."""
+    b, c, h, w = images.shape
+    if len(plan.images) != b or (plan.width, plan.height) != (w, h):
+        raise ValueError(f"a plan for {len(plan.images)} images of {plan.width}x{plan.height} applied to {b} of {w}x{h}")
+    cfg, plans = plan.config, plan.images
 
     # Every per-image parameter in one flat float32 CPU tensor; segment sizes are known here, on the CPU.
     jit = [i for i, p in enumerate(plans) if p.jitter is not None]

@@ -33,3 +33,18 @@ def test_gpu_bench_smoke_writes_every_section(tmp_path):
     inv = results["inversion_mode5_9x512x384"]  # the section's name (its sizes are tiny under --smoke)
     assert inv["fast_step_ms"] > 0 and inv["reference_step_ms"] > 0 and math.isfinite(inv["final_loss"])
     assert "[" in run.stdout and " s] device: cpu (smoke)" in run.stdout, "lines carry the seconds since start"
+
+
+def test_host_profile_names_the_function_that_takes_the_time():
+    """--profile inversion-host reads where the host's time per step goes; check it on a known workload."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_bench
+
+    def busy_loop_for_the_profile():
+        return sum(i * i for i in range(20000))
+
+    report = gpu_bench.profile_host(lambda: [busy_loop_for_the_profile() for _ in range(4)], "test", steps=2, top=5)
+    assert report["wall_ms_per_step_under_cprofile"] > 0
+    top = {r["function"].split(":")[-1]: r for r in report["top_by_cumulative_time"]}
+    assert "busy_loop_for_the_profile" in top
+    assert top["busy_loop_for_the_profile"]["calls_per_step"] == 2.0  # 4 calls over 2 steps

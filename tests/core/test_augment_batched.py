@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from viewneti_backend.augment import AUGMENTATIONS, AugmentationConfig, augment_batch, augment_image
+from viewneti_backend.augment import (AUGMENTATIONS, AugmentationConfig, AugmentationPlan, apply_augmentation, augment_batch,
+                                      augment_image, plan_augmentation)
 
 ALL_ON = AugmentationConfig(jitter_p=1.0, blur_p=1.0, rotation_deg=10.0, rotation_p=1.0, crop_scale=(0.70, 1.30))
 ALL_OFF = AugmentationConfig(jitter_p=0.0, blur_p=0.0, rotation_p=0.0, crop_scale=(1.0, 1.0))
@@ -121,3 +122,25 @@ def test_crop_falls_back_to_the_central_crop_with_the_aspect_clamped():
     assert _draw_crop(never_fits, gen, 64, 48) == (1.0, 1.0, 0.0, 0.0)  # 4:3 is inside [3/4, 4/3]
     sw, sh, cx, cy = _draw_crop(never_fits, gen, 200, 100)  # 2:1 is wider than 4/3: width clamped to 133 px
     assert (round(sw * 200), round(sh * 100)) == (133, 100) and cy == 0.0 and abs(cx - (2 * 33 + 133) / 200 + 1) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["key7", "mixed"])
+def test_plans_of_micro_batches_concatenate_to_the_same_images_and_stream(name):
+    """A fused training step draws each micro-batch's plan in turn, then augments all images in one pass."""
+    cfg = CONFIGS[name]
+    parts = [_images(3, seed) for seed in range(3)]
+    g_each, g_plan = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    each = torch.cat([augment_batch(x, cfg, g_each) for x in parts])
+    plans = [plan_augmentation(cfg, g_plan, 3, 64, 48) for _ in parts]
+    fused = apply_augmentation(torch.cat(parts), AugmentationPlan.concat(plans))
+    assert torch.allclose(fused, each, atol=1e-5), float((fused - each).abs().max())
+    assert (fused - torch.cat(parts)).abs().max() > 0.01, "the images should have been augmented"
+    assert torch.equal(g_each.get_state(), g_plan.get_state())
+
+
+def test_a_plan_refuses_a_batch_it_was_not_drawn_for():
+    plan = plan_augmentation(AUGMENTATIONS[7], torch.Generator().manual_seed(0), 3, 64, 48)
+    with pytest.raises(ValueError, match="3 images of 64x48 applied to 4"):
+        apply_augmentation(_images(4), plan)
+    with pytest.raises(ValueError, match="one augmentation at one image size"):
+        AugmentationPlan.concat([plan, plan_augmentation(AUGMENTATIONS[7], torch.Generator(), 3, 32, 32)])

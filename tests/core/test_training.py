@@ -42,7 +42,7 @@ def write_scene(folder: Path, scene: Scene) -> Path:
 def make_trainer(mode, base, model_dir, out=None, steps=20, **kw):
     scenes = [toy_scene("a", 0), toy_scene("b", 1)] if mode == 3 else [toy_scene("a", 0)]
     vm = model_dir / "viewneti" / "view_mapper" if mode in (4, 5) else None
-    cfg = TrainConfig(mode=mode, steps=steps, batch_size=2, grad_accum=1, augmentation=0, lr=3e-3, **kw)
+    cfg = TrainConfig(**{"mode": mode, "steps": steps, "batch_size": 2, "grad_accum": 1, "augmentation": 0, "lr": 3e-3, **kw})
     return Trainer(cfg, base, scenes, view_mapper=vm, output_dir=out, device="cpu")
 
 
@@ -74,6 +74,36 @@ def test_fused_micro_batches_give_the_same_gradient_as_accumulation(tiny_base, t
     accumulated = grads(lambda: sum(trainer.loss_on([mb]) for mb in batches) / len(batches))
     assert fused.norm() > 0
     assert torch.allclose(fused, accumulated, rtol=1e-4, atol=1e-7), float((fused - accumulated).abs().max())
+
+
+def test_fused_micro_batches_with_augmentation_give_the_same_gradient_as_accumulation(tiny_base, tiny_model_dir):
+    """Mode 5 with the paper's augmentation: the fused step augments all micro-batches' images in one pass."""
+    trainer = make_trainer(5, tiny_base, tiny_model_dir, augmentation=7)
+    gen, rng = torch.Generator().manual_seed(2), __import__("random").Random(2)
+    batches = [trainer._sample_batch(gen, rng) for _ in range(3)]
+    assert all(mb.augmentation is not None for mb in batches)
+    params = [p for p in trainer.mappers.parameters() if p.requires_grad]
+
+    def grads(loss_fn):
+        for p in params:
+            p.grad = None
+        loss_fn().backward()
+        return torch.cat([p.grad.flatten() for p in params])
+
+    fused = grads(lambda: trainer.loss_on(batches))
+    accumulated = grads(lambda: sum(trainer.loss_on([mb]) for mb in batches) / len(batches))
+    assert fused.norm() > 0
+    assert torch.allclose(fused, accumulated, rtol=1e-4, atol=1e-7), float((fused - accumulated).abs().max())
+
+
+def test_noise_coefficients_reproduce_the_schedulers_add_noise_and_velocity(tiny_base, tiny_model_dir):
+    trainer = make_trainer(5, tiny_base, tiny_model_dir)
+    gen = torch.Generator().manual_seed(0)
+    x, noise = torch.randn(4, 4, 8, 8, generator=gen), torch.randn(4, 4, 8, 8, generator=gen)
+    t = torch.tensor([0, 1, 500, 999])
+    a, b = trainer.noise_coefficients[:, t].view(2, 4, 1, 1, 1).unbind(0)
+    assert torch.equal(a * x + b * noise, trainer.noise_scheduler.add_noise(x, noise, t))
+    assert torch.equal(a * noise - b * x, trainer.noise_scheduler.get_velocity(x, noise, t))
 
 
 def test_fused_and_unfused_training_both_run(tiny_base, tiny_model_dir):
