@@ -279,9 +279,10 @@ def reference_inversion_steps(base, view_mapper, object_mapper, camera_param, im
     view_mapper.requires_grad_(False)
 
 
-def time_inversion(base, vm, scene, width, height, steps, warmup_steps=10):
+def time_inversion(base, vm, scene, width, height, steps, warmup_steps=10, augmentation_pool=0):
     """Mode-5 optimizer steps through the library's Trainer (as Engine.invert runs them)."""
-    cfg = TrainConfig(mode=5, steps=warmup_steps, batch_size=3, grad_accum=3, width=width, height=height, augmentation=7)
+    cfg = TrainConfig(mode=5, steps=warmup_steps, batch_size=3, grad_accum=3, width=width, height=height, augmentation=7,
+                      augmentation_pool=augmentation_pool)
     trainer = Trainer(cfg, base, [scene], view_mapper=vm)
     t_a = time.perf_counter()
     trainer.train(progress=False)  # warm-up (and compilation, if the base model is compiled)
@@ -311,6 +312,8 @@ def main() -> None:
     ap.add_argument("--inductor-tuning", action="store_true",
                     help="a trial: compile with the inductor options diffusers recommends (tune_inductor_for_diffusion); "
                          "the library does not set them (RESULTS.md section 1)")
+    ap.add_argument("--augmentation-pool", type=int, default=0, metavar="N",
+                    help="also time the compiled inversion with TrainConfig.augmentation_pool=N (an option that changes the maths)")
     ap.add_argument("--smoke", action="store_true", help="tiny widths and sizes on any device: checks the script, times nothing real")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: equivalence,view,live,inversion")
     ap.add_argument("--profile", nargs="?", const="view,inversion", default="",
@@ -567,6 +570,16 @@ def main() -> None:
                 if "inversion" in profiles and dev.type == "cuda":
                     trainer.config.steps = trainer.step + 3
                     entry["inversion_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps")
+                if args.augmentation_pool:
+                    _, pool_step, pool_mem, pool_warm = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps,
+                                                                       augmentation_pool=args.augmentation_pool)
+                    entry.update({"inversion_pool_size": args.augmentation_pool, "inversion_pool_step_ms": pool_step * 1e3,
+                                  "inversion_pool_projected_3000_steps_min": pool_step * 3000 / 60,
+                                  "inversion_pool_setup_s": pool_warm, "inversion_pool_peak_mem_gib": pool_mem})
+                    log(f"compiled inversion with an augmentation pool of {args.augmentation_pool} (changes the maths): "
+                        f"{pool_step*1e3:.0f} ms/step -> {pool_step*3000/60:.1f} min per 3000 steps "
+                        f"(pool + warm-up {pool_warm:.0f}s), peak {pool_mem:.1f} GiB")
+                    save()
                 if "inversion-host" in profiles:
                     trainer.config.steps = trainer.step + 20
                     entry["inversion_host_profile_20_steps"] = profile_host(lambda: trainer.train(progress=False),

@@ -9,6 +9,9 @@ generated object's area against the truth (see toy_object_scale.py). One inversi
 seed, so the rows are paired: a difference between checkpoints is the effect of the extra steps.
 
     .venv/bin/python benchmarks/toy_invert_steps.py --objects 2 --seeds 0 --checkpoints 150,300,600,1200 --threads 2
+
+``--augmentation-pool N`` runs the same inversions with that training option (RESULTS.md §1), so the
+two settings can be compared pairwise.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def main() -> None:
     ap.add_argument("--checkpoints", default="150,300,600,1200", help="optimizer steps at which to score the object token")
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--render-steps", type=int, default=30)
+    ap.add_argument("--augmentation-pool", type=int, default=0, metavar="N",
+                    help="TrainConfig.augmentation_pool (0: fresh augmentation + encoding each step, the paper's maths)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "invert_steps.json"))
@@ -74,7 +79,8 @@ def main() -> None:
             # exactly what Engine.invert sets up, with the object-mapper snapshotted along the way
             width, height = engine.training_size(inp.images[0])
             scene = Scene("ref", inp.images, [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in inp.cameras])
-            trainer = Trainer(TrainConfig(mode=5, steps=checkpoints[-1], seed=s, width=width, height=height), engine.base,
+            trainer = Trainer(TrainConfig(mode=5, steps=checkpoints[-1], seed=s, width=width, height=height,
+                                              augmentation_pool=args.augmentation_pool), engine.base,
                               [scene], view_mapper=engine.pipeline.view_mapper, device=args.device)
             snapshots, losses = {}, []
 

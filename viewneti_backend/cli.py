@@ -148,7 +148,8 @@ def cmd_train(args) -> int:
         mode=args.mode, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         scale_lr=not args.no_scale_lr, weight_decay=args.weight_decay, augmentation=args.augmentation,
         width=args.width, height=args.height, camera_parameterization=args.camera_parameterization,
-        save_every=args.save_every, seed=args.seed, mixed_precision=args.mixed_precision)
+        save_every=args.save_every, seed=args.seed, mixed_precision=args.mixed_precision,
+        augmentation_pool=args.augmentation_pool)
     views = _views(args.views)
     camera_param = None
     if args.dtu_root:
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scale-lr", action="store_true", help="use --lr as is")
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--augmentation", type=int, choices=[0, 5, 7], help="0 none, 5 (pretraining default), 7 (per-scene default)")
+    p.add_argument("--augmentation-pool", type=int, default=0, metavar="N",
+                   help="faster, changes the maths (off by default): VAE-encode N augmented copies of each scene once and "
+                        "draw every step's images from them, instead of augmenting and encoding afresh each step")
     p.add_argument("--width", type=int, help="training width (default: model native size)")
     p.add_argument("--height", type=int, help="training height (default: model native size)")
     p.add_argument("--camera-parameterization", default="anchor-pose-13d", choices=["anchor-pose-13d", "anchor-distance-14d", "dtu-12d"])

@@ -65,12 +65,20 @@ class TrainConfig:
     # micro-batch means is the batch mean; each keeps its own scene, images, noise and timesteps).
     # Faster on a GPU; needs grad_accum x the activation memory. False = one micro-batch at a time.
     fuse_micro_batches: bool = True
+    # 0 (the paper's maths): every step augments its images afresh and VAE-encodes them (at SD 2 scale
+    # the encoder is ~24 % of a mode-5 step's FLOPs). N > 0, an option: encode N augmented copies of
+    # each scene once, then draw each step's images from that pool (a fresh posterior sample each
+    # time). Faster, but a finite sample of the augmentations: it changes the maths, so it is off by
+    # default. Memory: N x 2 latents per scene, kept on the device.
+    augmentation_pool: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES} (mode 1 is unused in ViewNeTI), got {self.mode}")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise InputError("steps, batch_size and grad_accum must be positive")
+        if self.augmentation_pool < 0:
+            raise InputError(f"augmentation_pool must be 0 (off) or a number of images, got {self.augmentation_pool}")
 
     @property
     def uses_view(self) -> bool:
@@ -169,13 +177,14 @@ class MicroBatch:
     """What one micro-batch trains on; tensors stay on the CPU except ``images``."""
 
     scene: int
-    images: torch.Tensor  # [B, 3, H, W] in [-1, 1], not yet augmented, on the training device
+    images: torch.Tensor | None  # [B, 3, H, W] in [-1, 1], not yet augmented, on the training device (None: pooled)
     augmentation: AugmentationPlan | None  # drawn here, applied in ``loss_on`` to all fused micro-batches at once
     feats: torch.Tensor | None  # [B, F] camera features (CPU)
     prompts: list[str]
     noise: torch.Tensor  # [B, C, h, w] (CPU)
     t: torch.Tensor  # [B] timesteps (CPU)
     posterior_noise: torch.Tensor  # [B, C, h, w] the VAE posterior sample's draw (CPU)
+    pool_index: torch.Tensor | None = None  # [B] entries of the scene's encoded augmentation pool (CPU), if one is used
 
 
 class Trainer:
@@ -249,8 +258,34 @@ class Trainer:
             self.camera_param.features([cam.with_size(self.width, self.height) for cam in s.cameras]) if self.camera_param else None
             for s in self.scenes
         ]
+        self.pools = self._encode_augmentation_pools() if c.augmentation_pool else None
         self.step = 0
         self.losses: list[float] = []
+
+    def _encode_augmentation_pools(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per scene: (source image index [N] on the CPU, posterior mean, posterior std [N, C, h, w] on the device).
+
+        Encoded in chunks of one training step's batch, the shape a compiled VAE was (or will be) captured at.
+        """
+        c, b = self.config, self.base
+        dev = self.accelerator.device
+        gen = torch.Generator().manual_seed(c.seed * 1000003 + 17)
+        chunk = c.batch_size * (c.grad_accum if c.fuse_micro_batches else 1)
+        size = -(-c.augmentation_pool // chunk) * chunk  # whole chunks
+        pools = []
+        for tensors in self.scene_tensors:
+            source = torch.randint(0, tensors.shape[0], (size,), generator=gen)
+            means, stds = [], []
+            for start in range(0, size, chunk):
+                images = tensors.index_select(0, to_device(source[start:start + chunk], dev))
+                if self.augmentation is not None:
+                    images = apply_augmentation(images, plan_augmentation(self.augmentation, gen, chunk, self.width, self.height))
+                with torch.no_grad():
+                    posterior = b.vae.encode(images.to(dev, b.dtype)).latent_dist
+                    means.append(posterior.mean.float())
+                    stds.append(posterior.std.float())
+            pools.append((source, torch.cat(means), torch.cat(stds)))
+        return pools
 
     # -- micro-batches -----------------------------------------------------------------------------
     def _sample_batch(self, gen: torch.Generator, rng: random.Random) -> "MicroBatch":
@@ -261,10 +296,16 @@ class Trainer:
         """
         c, dev = self.config, self.accelerator.device
         scene = rng.randrange(len(self.scenes)) if c.mode == 3 else 0
-        n = self.scene_tensors[scene].shape[0]
-        idx = torch.randint(0, n, (c.batch_size,), generator=gen)
-        images = self.scene_tensors[scene].index_select(0, to_device(idx, dev))
-        plan = plan_augmentation(self.augmentation, gen, c.batch_size, self.width, self.height) if self.augmentation else None
+        pool_index = None
+        if self.pools is not None:  # images come already augmented and encoded, from the scene's pool
+            source, _, _ = self.pools[scene]
+            pool_index = torch.randint(0, source.shape[0], (c.batch_size,), generator=gen)
+            idx, images, plan = source[pool_index], None, None
+        else:
+            n = self.scene_tensors[scene].shape[0]
+            idx = torch.randint(0, n, (c.batch_size,), generator=gen)
+            images = self.scene_tensors[scene].index_select(0, to_device(idx, dev))
+            plan = plan_augmentation(self.augmentation, gen, c.batch_size, self.width, self.height) if self.augmentation else None
         feats = self.scene_features[scene][idx] if self.scene_features[scene] is not None else None
         if c.uses_view:
             prompts = [VIEW_OBJECT_PROMPT.format(view=self.base.text.view_token, object=self.base.text.object_token)] * c.batch_size
@@ -274,7 +315,7 @@ class Trainer:
         shape = (c.batch_size, self.base.latent_channels, self.height // f, self.width // f)
         noise = torch.randn(shape, generator=gen)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (c.batch_size,), generator=gen)
-        return MicroBatch(scene, images, plan, feats, prompts, noise, t, torch.randn(shape, generator=gen))
+        return MicroBatch(scene, images, plan, feats, prompts, noise, t, torch.randn(shape, generator=gen), pool_index)
 
     def _token_ids(self, prompts: list[str]) -> torch.Tensor:
         if len(set(prompts)) == 1:  # the usual case: one cached tokenisation, expanded
@@ -286,14 +327,20 @@ class Trainer:
         b, acc = self.base, self.accelerator
         dev = acc.device
         n_l = b.num_layers
-        images = torch.cat([mb.images for mb in batches])
-        if batches[0].augmentation is not None:  # one batched augmentation for every fused micro-batch
-            images = apply_augmentation(images, AugmentationPlan.concat([mb.augmentation for mb in batches]))
-        bs = images.shape[0]
-        with torch.no_grad():  # a sample of the VAE posterior, with this micro-batch's own draw
-            posterior = b.vae.encode(images.to(dev, b.dtype)).latent_dist
-            eps = to_device(torch.cat([mb.posterior_noise for mb in batches]), dev)
-            latents = (posterior.mean.float() + posterior.std.float() * eps) * b.scaling_factor
+        bs = sum(len(mb.t) for mb in batches)
+        eps = to_device(torch.cat([mb.posterior_noise for mb in batches]), dev)
+        if batches[0].pool_index is not None:  # encoded once: look the posteriors up
+            rows = [(self.pools[mb.scene], to_device(mb.pool_index, dev)) for mb in batches]
+            mean = torch.cat([pool[1].index_select(0, i) for pool, i in rows])
+            std = torch.cat([pool[2].index_select(0, i) for pool, i in rows])
+            latents = (mean + std * eps) * b.scaling_factor
+        else:
+            images = torch.cat([mb.images for mb in batches])
+            if batches[0].augmentation is not None:  # one batched augmentation for every fused micro-batch
+                images = apply_augmentation(images, AugmentationPlan.concat([mb.augmentation for mb in batches]))
+            with torch.no_grad():  # a sample of the VAE posterior, with this micro-batch's own draw
+                posterior = b.vae.encode(images.to(dev, b.dtype)).latent_dist
+                latents = (posterior.mean.float() + posterior.std.float() * eps) * b.scaling_factor
         noise = to_device(torch.cat([mb.noise for mb in batches]), dev)
         t = to_device(torch.cat([mb.t for mb in batches]), dev)
         signal_scale, noise_scale = self.noise_coefficients[:, t].view(2, bs, 1, 1, 1).unbind(0)
@@ -305,7 +352,7 @@ class Trainer:
         if batches[0].feats is not None:
             feats = to_device(torch.cat([mb.feats for mb in batches]), dev).repeat_interleave(n_l, dim=0)
         ids = self._token_ids([p for mb in batches for p in mb.prompts]).repeat_interleave(n_l, dim=0)
-        groups = [(mb.scene, mb.images.shape[0] * n_l) for mb in batches]
+        groups = [(mb.scene, len(mb.t) * n_l) for mb in batches]
         obj, view = self.mappers(t_rep, l_rep, feats if self.config.mode != 5 else None, groups)
         from .text_conditioning import Injection
 
@@ -326,11 +373,11 @@ class Trainer:
     def evaluate_loss(self, batches: int = 4, seed: int = 1234) -> float:
         """Mean loss on a fixed set of (scene, images, t, noise) without augmentation: a stable progress measure."""
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
-        aug, self.augmentation = self.augmentation, None
+        (aug, pools), self.augmentation, self.pools = (self.augmentation, self.pools), None, None
         try:
             losses = [float(self.loss_on([self._sample_batch(gen, rng)])) for _ in range(batches)]
         finally:
-            self.augmentation = aug
+            self.augmentation, self.pools = aug, pools
         return sum(losses) / len(losses)
 
     # -- loop ----------------------------------------------------------------------------------------

@@ -218,3 +218,42 @@ def test_mode3_under_accelerate_launch_with_two_cpu_processes(tiny_model_dir, tm
     for name in ("s1", "s2", "s3"):
         NeTIMapper.from_pretrained(out / "objects" / name)
     NeTIMapper.from_pretrained(out / "view_mapper")
+
+
+def test_augmentation_pool_encodes_once_then_trains_from_the_pool(tiny_base, tiny_model_dir):
+    """The option: N augmented copies VAE-encoded at the start, none during training; the loss still falls."""
+    trainer = make_trainer(5, tiny_base, tiny_model_dir, steps=20, augmentation=7, augmentation_pool=5)
+    source, mean, std = trainer.pools[0]
+    assert source.shape[0] == 6 and mean.shape[0] == 6 and std.shape == mean.shape  # 5 rounded up to whole batches of 2
+    encode = trainer.base.vae.encode
+    calls = []
+    trainer.base.vae.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    try:
+        before = trainer.evaluate_loss()
+        calls.clear()
+        result = trainer.train(progress=False)
+        assert not calls, "training from a pool must not run the VAE encoder"
+        after = trainer.evaluate_loss()
+    finally:
+        trainer.base.vae.encode = encode
+    assert result.step == 20 and after < before - 0.005, f"{before:.4f} -> {after:.4f}"
+
+
+def test_augmentation_pool_holds_the_source_images_posteriors_and_their_cameras(tiny_base, tiny_model_dir):
+    trainer = make_trainer(5, tiny_base, tiny_model_dir, augmentation=0, augmentation_pool=4)
+    source, mean, std = trainer.pools[0]
+    with torch.no_grad():
+        posterior = trainer.base.vae.encode(trainer.scene_tensors[0].index_select(0, source).to(trainer.base.dtype)).latent_dist
+    assert torch.allclose(mean, posterior.mean.float(), atol=1e-5) and torch.allclose(std, posterior.std.float(), atol=1e-5)
+    gen, rng = torch.Generator().manual_seed(0), __import__("random").Random(0)
+    mb = trainer._sample_batch(gen, rng)
+    assert mb.images is None and mb.pool_index is not None
+    assert torch.equal(mb.feats, trainer.scene_features[0][source[mb.pool_index]]), "each pooled image keeps its camera"
+
+
+def test_augmentation_pool_leaves_the_evaluation_loss_alone_and_refuses_negative_sizes(tiny_base, tiny_model_dir):
+    plain = make_trainer(5, tiny_base, tiny_model_dir)
+    pooled = make_trainer(5, tiny_base, tiny_model_dir, augmentation_pool=4)
+    assert pooled.evaluate_loss() == pytest.approx(plain.evaluate_loss(), rel=1e-6)  # same seed: same mappers, no pool
+    with pytest.raises(InputError, match="augmentation_pool"):
+        TrainConfig(augmentation_pool=-1)

@@ -202,3 +202,15 @@ def test_prior_ceiling_needs_built_in_objects(tiny_model_dir, tmp_path):
     shutil.rmtree(model / "viewneti" / "objects")
     with pytest.raises(InputError, match="ships no built-in objects"):
         prior_ceiling(BenchmarkConfig(seeds=[0], n_targets=1, render_steps=1), model, tmp_path / "out", device="cpu")
+
+
+def test_nvs_benchmark_can_invert_with_the_augmentation_pool_option(tiny_model_dir, tmp_path, monkeypatch):
+    from viewneti_backend.training import Trainer
+
+    pools = []
+    original = Trainer._encode_augmentation_pools
+    monkeypatch.setattr(Trainer, "_encode_augmentation_pools", lambda self: pools.append(self.config.augmentation_pool) or original(self))
+    cfg = BenchmarkConfig(n_objects=1, seeds=[0], n_targets=2, invert_steps=2, render_steps=2, augmentation_pool=9)
+    summary = nvs_benchmark(cfg, tiny_model_dir, tmp_path, device="cpu", progress=False)
+    assert summary["complete"] and pools == [9]
+    assert json.loads((tmp_path / "nvs_benchmark.json").read_text())["config"]["augmentation_pool"] == 9

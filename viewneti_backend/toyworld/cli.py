@@ -69,7 +69,8 @@ def _benchmark(args) -> int:
     from .nvs import BenchmarkConfig, mode2_interpolation, nvs_benchmark
 
     cfg = BenchmarkConfig(n_objects=args.objects, seeds=[int(s) for s in args.seeds.split(",")], invert_steps=args.invert_steps,
-                          n_targets=args.targets, guidance=args.guidance, render_steps=args.render_steps)
+                          n_targets=args.targets, guidance=args.guidance, render_steps=args.render_steps,
+                          augmentation_pool=args.augmentation_pool)
     summary = nvs_benchmark(cfg, resolve_model(args.model), args.out, device=args.device, resume=args.resume)
     print(f"margin (dB): {summary['margin_db']}")
     if args.mode2_steps:
@@ -143,6 +144,9 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--render-steps", type=int, default=30, help="DPM-Solver++ steps of each novel view (the protocol: 30)")
     p.add_argument("--guidance", type=float, default=2.0,
                    help="classifier-free guidance (default 2.0: the toy prior saturates at SD's 7.5)")
+    p.add_argument("--augmentation-pool", type=int, default=0, metavar="N",
+                   help="invert with the training option that encodes N augmented copies once (changes the maths; "
+                        "default 0: fresh augmentation every step)")
     p.add_argument("--mode2-steps", type=int, default=0, help="also run mode-2 interpolation on one object (0: skip)")
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped run in --out (same options): scored objects are kept and finished "

@@ -132,6 +132,7 @@ class BenchmarkConfig:
     invert_steps: int = 400
     render_steps: int = 30
     guidance: float = 2.0  # the toy prior saturates at SD's 7.5 (see RESULTS.md)
+    augmentation_pool: int = 0  # inversions with TrainConfig.augmentation_pool (an option); 0: the paper's maths
 
 
 def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None,
@@ -191,7 +192,14 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
             name = f"heldout_{seed}_s{s}"
             if not engine.library.exists(name):  # a resumed run reuses every finished inversion
                 t0 = time.perf_counter()
-                engine.invert(inp.images, inp.cameras, name, cfg.invert_steps, seed=s)
+                train_config = None
+                if cfg.augmentation_pool:
+                    from ..training import TrainConfig
+
+                    width, height = engine.training_size(inp.images[0])
+                    train_config = TrainConfig(mode=5, steps=cfg.invert_steps, seed=s, width=width, height=height,
+                                               augmentation_pool=cfg.augmentation_pool)
+                engine.invert(inp.images, inp.cameras, name, cfg.invert_steps, seed=s, config=train_config)
                 timing["invert_s"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             preds = engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance)
@@ -229,8 +237,9 @@ def _load_partial_benchmark(path: Path, cfg: BenchmarkConfig, model_dir: str, ta
         raise InputError(f"{path} is not valid JSON ({e}): run without --resume to start over") from e
     if "rows" not in prev:
         raise InputError(f"{path} was written by an older version without per-view scores: run without --resume")
-    if prev["config"] != json.loads(json.dumps(asdict(cfg))):
-        changed = sorted(k for k in asdict(cfg) if prev["config"].get(k) != asdict(cfg)[k])
+    previous = {"augmentation_pool": 0, **prev["config"]}  # runs from before the option had it off
+    if previous != json.loads(json.dumps(asdict(cfg))):
+        changed = sorted(k for k in asdict(cfg) if previous.get(k) != asdict(cfg)[k])
         raise InputError(f"{path} was made with other settings ({', '.join(changed)} differ): give the same options, "
                          "or another --out to start a new run")
     if prev.get("model") != model_dir:
