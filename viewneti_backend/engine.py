@@ -11,6 +11,7 @@ ships that way, and the same layout works for SD 2 folders.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -171,7 +172,11 @@ class Engine:
     def invert(self, images: Sequence[Image.Image], cameras: Sequence[Camera], name: str, steps: int, *, seed: int = 0,
                on_progress: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
                preview_every: int = 0, config: TrainConfig | None = None) -> dict:
-        """Fit a new object token to reference image(s) with the frozen view-mapper; saved only when done."""
+        """Fit a new object token to reference image(s) with the frozen view-mapper; saved only when done.
+
+        ``config`` sets training options (e.g. ``augmentation_pool``); mode, steps and seed come from
+        the arguments, and the size from the reference image unless the config sets one.
+        """
         validate_token_name(name)
         if self.library.exists(name):
             raise InputError(f"an object named '{name}' already exists: choose another name or delete it first")
@@ -180,8 +185,10 @@ class Engine:
         if not images or len(images) != len(cameras):
             raise InputError(f"give one camera per reference image ({len(images)} images, {len(cameras)} cameras)")
         width, height = self.training_size(images[0])
-        cfg = config or TrainConfig(mode=5, steps=steps, seed=seed, width=width, height=height)
-        cfg.mode, cfg.steps = 5, steps
+        options = config or TrainConfig()
+        cfg = dataclasses.replace(options, mode=5, steps=steps, seed=seed,
+                                  width=options.width or width, height=options.height or height)
+        width, height = cfg.width, cfg.height
         cams = [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in cameras]
         scene = Scene(name, [im.convert("RGB") for im in images], cams)
         trainer = Trainer(cfg, self.base, [scene], view_mapper=self.pipeline.view_mapper, device=str(self.base.device)

@@ -262,29 +262,32 @@ class Trainer:
         self.step = 0
         self.losses: list[float] = []
 
-    def _encode_augmentation_pools(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per scene: (source image index [N] on the CPU, posterior mean, posterior std [N, C, h, w] on the device).
+    @torch.no_grad()
+    def _encode_posteriors(self, images: torch.Tensor) -> torch.Tensor:
+        """The VAE posterior of each image as [N, 2, C, h, w] float32: mean and std stacked."""
+        b = self.base
+        posterior = b.vae.encode(images.to(self.accelerator.device, b.dtype)).latent_dist
+        return torch.stack([posterior.mean.float(), posterior.std.float()], dim=1)
+
+    def _encode_augmentation_pools(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per scene: (source image index [N] on the CPU, posteriors [N, 2, C, h, w] on the device).
 
         Encoded in chunks of one training step's batch, the shape a compiled VAE was (or will be) captured at.
         """
-        c, b = self.config, self.base
-        dev = self.accelerator.device
+        c, dev = self.config, self.accelerator.device
         gen = torch.Generator().manual_seed(c.seed * 1000003 + 17)
         chunk = c.batch_size * (c.grad_accum if c.fuse_micro_batches else 1)
         size = -(-c.augmentation_pool // chunk) * chunk  # whole chunks
         pools = []
         for tensors in self.scene_tensors:
             source = torch.randint(0, tensors.shape[0], (size,), generator=gen)
-            means, stds = [], []
+            parts = []
             for start in range(0, size, chunk):
                 images = tensors.index_select(0, to_device(source[start:start + chunk], dev))
                 if self.augmentation is not None:
                     images = apply_augmentation(images, plan_augmentation(self.augmentation, gen, chunk, self.width, self.height))
-                with torch.no_grad():
-                    posterior = b.vae.encode(images.to(dev, b.dtype)).latent_dist
-                    means.append(posterior.mean.float())
-                    stds.append(posterior.std.float())
-            pools.append((source, torch.cat(means), torch.cat(stds)))
+                parts.append(self._encode_posteriors(images))
+            pools.append((source, torch.cat(parts)))
         return pools
 
     # -- micro-batches -----------------------------------------------------------------------------
@@ -298,7 +301,7 @@ class Trainer:
         scene = rng.randrange(len(self.scenes)) if c.mode == 3 else 0
         pool_index = None
         if self.pools is not None:  # images come already augmented and encoded, from the scene's pool
-            source, _, _ = self.pools[scene]
+            source, _ = self.pools[scene]
             pool_index = torch.randint(0, source.shape[0], (c.batch_size,), generator=gen)
             idx, images, plan = source[pool_index], None, None
         else:
@@ -330,17 +333,14 @@ class Trainer:
         bs = sum(len(mb.t) for mb in batches)
         eps = to_device(torch.cat([mb.posterior_noise for mb in batches]), dev)
         if batches[0].pool_index is not None:  # encoded once: look the posteriors up
-            rows = [(self.pools[mb.scene], to_device(mb.pool_index, dev)) for mb in batches]
-            mean = torch.cat([pool[1].index_select(0, i) for pool, i in rows])
-            std = torch.cat([pool[2].index_select(0, i) for pool, i in rows])
-            latents = (mean + std * eps) * b.scaling_factor
+            posteriors = torch.cat([self.pools[mb.scene][1].index_select(0, to_device(mb.pool_index, dev)) for mb in batches])
         else:
             images = torch.cat([mb.images for mb in batches])
             if batches[0].augmentation is not None:  # one batched augmentation for every fused micro-batch
                 images = apply_augmentation(images, AugmentationPlan.concat([mb.augmentation for mb in batches]))
-            with torch.no_grad():  # a sample of the VAE posterior, with this micro-batch's own draw
-                posterior = b.vae.encode(images.to(dev, b.dtype)).latent_dist
-                latents = (posterior.mean.float() + posterior.std.float() * eps) * b.scaling_factor
+            posteriors = self._encode_posteriors(images)
+        mean, std = posteriors.unbind(1)
+        latents = (mean + std * eps) * b.scaling_factor  # a sample of the VAE posterior, with each image's own draw
         noise = to_device(torch.cat([mb.noise for mb in batches]), dev)
         t = to_device(torch.cat([mb.t for mb in batches]), dev)
         signal_scale, noise_scale = self.noise_coefficients[:, t].view(2, bs, 1, 1, 1).unbind(0)

@@ -11,6 +11,7 @@ from viewneti_backend.engine import Engine
 from viewneti_backend.errors import Cancelled, IncompatibleModelError, InputError, NotFoundError
 from viewneti_backend.mapper import NeTIMapper
 from viewneti_backend.testing import build_tiny_pipeline
+from viewneti_backend.training import TrainConfig
 
 
 def cam(az=0.0, el=20.0, size=64):
@@ -78,6 +79,21 @@ def test_invert_saves_a_token_that_renders_and_survives_reload(engine, tiny_mode
         engine.invert([ref], [cam(30)], "my_obj", steps=1)
     engine.delete_object("my_obj")
     assert not engine.has_object("my_obj")
+
+
+def test_invert_takes_training_options_from_a_config_without_changing_it(engine, monkeypatch):
+    import viewneti_backend.engine as engine_module
+
+    seen = []
+    real_trainer = engine_module.Trainer
+    monkeypatch.setattr(engine_module, "Trainer", lambda cfg, *a, **k: seen.append(cfg) or real_trainer(cfg, *a, **k))
+    options = TrainConfig(augmentation_pool=2, lr=5e-4)
+    engine.invert([Image.new("RGB", (64, 64), "red")], [cam(0)], "pooled", steps=2, seed=3, config=options)
+    (cfg,) = seen
+    assert (cfg.mode, cfg.steps, cfg.seed, cfg.augmentation_pool, cfg.lr) == (5, 2, 3, 2, 5e-4)
+    assert (cfg.width, cfg.height) == engine.training_size(Image.new("RGB", (64, 64)))  # from the reference image
+    assert options == TrainConfig(augmentation_pool=2, lr=5e-4), "the caller's config must not be modified"
+    engine.delete_object("pooled")
 
 
 def test_cancelled_inversion_writes_nothing(engine):

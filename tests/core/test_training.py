@@ -223,7 +223,8 @@ def test_mode3_under_accelerate_launch_with_two_cpu_processes(tiny_model_dir, tm
 def test_augmentation_pool_encodes_once_then_trains_from_the_pool(tiny_base, tiny_model_dir):
     """The option: N augmented copies VAE-encoded at the start, none during training; the loss still falls."""
     trainer = make_trainer(5, tiny_base, tiny_model_dir, steps=20, augmentation=7, augmentation_pool=5)
-    source, mean, std = trainer.pools[0]
+    source, posteriors = trainer.pools[0]
+    mean, std = posteriors.unbind(1)
     assert source.shape[0] == 6 and mean.shape[0] == 6 and std.shape == mean.shape  # 5 rounded up to whole batches of 2
     encode = trainer.base.vae.encode
     calls = []
@@ -241,7 +242,8 @@ def test_augmentation_pool_encodes_once_then_trains_from_the_pool(tiny_base, tin
 
 def test_augmentation_pool_holds_the_source_images_posteriors_and_their_cameras(tiny_base, tiny_model_dir):
     trainer = make_trainer(5, tiny_base, tiny_model_dir, augmentation=0, augmentation_pool=4)
-    source, mean, std = trainer.pools[0]
+    source, posteriors = trainer.pools[0]
+    mean, std = posteriors.unbind(1)
     with torch.no_grad():
         posterior = trainer.base.vae.encode(trainer.scene_tensors[0].index_select(0, source).to(trainer.base.dtype)).latent_dist
     assert torch.allclose(mean, posterior.mean.float(), atol=1e-5) and torch.allclose(std, posterior.std.float(), atol=1e-5)

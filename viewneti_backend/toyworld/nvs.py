@@ -148,6 +148,7 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
 
     from ..engine import Engine
     from ..sheets import contact_sheet
+    from ..training import TrainConfig
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir)
@@ -192,14 +193,8 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
             name = f"heldout_{seed}_s{s}"
             if not engine.library.exists(name):  # a resumed run reuses every finished inversion
                 t0 = time.perf_counter()
-                train_config = None
-                if cfg.augmentation_pool:
-                    from ..training import TrainConfig
-
-                    width, height = engine.training_size(inp.images[0])
-                    train_config = TrainConfig(mode=5, steps=cfg.invert_steps, seed=s, width=width, height=height,
-                                               augmentation_pool=cfg.augmentation_pool)
-                engine.invert(inp.images, inp.cameras, name, cfg.invert_steps, seed=s, config=train_config)
+                options = TrainConfig(augmentation_pool=cfg.augmentation_pool) if cfg.augmentation_pool else None
+                engine.invert(inp.images, inp.cameras, name, cfg.invert_steps, seed=s, config=options)
                 timing["invert_s"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             preds = engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance)
