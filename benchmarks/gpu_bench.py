@@ -4,7 +4,7 @@ reference-style path (the official code's structure) in the same run, with the p
     python benchmarks/gpu_bench.py --out benchmarks/gpu_bench.json --inversion-steps 200 \
         --eager-inversion-steps 50 --reference-inversion-steps 2 --compile reduce-overhead --profile inversion
 
-(every section in ~9 minutes on an H200: the device tool allows 10 per command).
+(every section in 6–9 minutes on an H200: the device tool allows 10 per command).
 
 Random weights with SD 2.1's exact configs (benchmarks/sd21.py) time exactly like the real model.
 Reference-style = what ViewNeTI's code does: 480 sequential text-encoder passes per view, two UNet
@@ -182,6 +182,31 @@ def profile_host(fn, label: str, steps: int, top: int = 25) -> dict:
     return {"wall_ms_per_step_under_cprofile": wall_ms / steps, "top_by_self_time": by_self, "top_by_cumulative_time": by_cum}
 
 
+def profile_timeline(fn, label: str, steps: int, trace_path: Path) -> dict:
+    """torch.profiler trace of fn() (``steps`` steps), saved gzipped, and its idle-gap analysis (gpu_timeline.py)."""
+    import gzip
+    import shutil
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from gpu_timeline import analyse_gaps, load_trace, print_report
+
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        report = analyse_gaps(load_trace(raw), steps=steps)
+        with open(raw, "rb") as src, gzip.open(trace_path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    log(f"timeline {label} ({steps} steps; trace {trace_path.name}):")
+    print_report(report, log=lambda m: log("    " + m))
+    return report
+
+
 def with_dtype(base, dtype):
     for m in (base.text_encoder, base.unet, base.vae):
         m.to(dtype)
@@ -318,7 +343,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: equivalence,view,live,inversion")
     ap.add_argument("--profile", nargs="?", const="view,inversion", default="",
                     help="torch.profiler breakdown of these sections: view, inversion (both compiled), inversion-eager; "
-                         "inversion-host: cProfile of 20 compiled inversion steps (default with no value: view,inversion)")
+                         "inversion-host: cProfile of 20 compiled inversion steps; inversion-timeline: the idle gaps between "
+                         "kernels of 3 compiled steps (gpu_timeline.py), trace saved beside --out (default with no value: view,inversion)")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     profiles = set(args.profile.split(","))
@@ -570,6 +596,11 @@ def main() -> None:
                 if "inversion" in profiles and dev.type == "cuda":
                     trainer.config.steps = trainer.step + 3
                     entry["inversion_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps")
+                if "inversion-timeline" in profiles and dev.type == "cuda":
+                    trainer.config.steps = trainer.step + 3
+                    entry["inversion_timeline_3_steps"] = profile_timeline(
+                        lambda: trainer.train(progress=False), f"inversion, {label}", 3, out.with_name(out.stem + "_inversion_trace.json.gz"))
+                    save()
                 if args.augmentation_pool:
                     _, pool_step, pool_mem, pool_warm = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps,
                                                                        augmentation_pool=args.augmentation_pool)

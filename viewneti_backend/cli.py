@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="base learning rate, scaled by batch x accumulation x processes (paper: 1e-3 -> 9e-3)")
     p.add_argument("--no-scale-lr", action="store_true", help="use --lr as is")
     p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--augmentation", type=int, choices=[0, 5, 7], help="0 none, 5 (pretraining default), 7 (per-scene default)")
+    p.add_argument("--augmentation", type=int, choices=[0, 5, 7], help="0 none (each image is then VAE-encoded once, not every step), 5 (pretraining default), "
+                        "7 (per-scene default)")
     p.add_argument("--augmentation-pool", type=int, default=0, metavar="N",
                    help="faster, changes the maths (off by default): VAE-encode N augmented copies of each scene once and "
                         "draw every step's images from them, instead of augmenting and encoding afresh each step")

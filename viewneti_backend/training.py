@@ -37,7 +37,7 @@ from .errors import Cancelled, InputError
 from .mapper import MapperConfig, NeTIMapper
 from .pipeline import images_to_tensor
 from .text_conditioning import OBJECT_TEMPLATES, VIEW_OBJECT_PROMPT
-from .transfer import to_device
+from .transfer import ScalarReadback, to_device
 
 MODES = (0, 2, 3, 4, 5)
 
@@ -69,7 +69,8 @@ class TrainConfig:
     # the encoder is ~24 % of a mode-5 step's FLOPs). N > 0, an option: encode N augmented copies of
     # each scene once, then draw each step's images from that pool (a fresh posterior sample each
     # time). Faster, but a finite sample of the augmentations: it changes the maths, so it is off by
-    # default. Memory: N x 2 latents per scene, kept on the device.
+    # default. Memory: N x 2 latents per scene, kept on the device. (With augmentation 0 every image
+    # is encoded once anyway, which keeps the maths: then a pool is refused.)
     augmentation_pool: int = 0
 
     def __post_init__(self) -> None:
@@ -79,6 +80,9 @@ class TrainConfig:
             raise InputError("steps, batch_size and grad_accum must be positive")
         if self.augmentation_pool < 0:
             raise InputError(f"augmentation_pool must be 0 (off) or a number of images, got {self.augmentation_pool}")
+        if self.augmentation_pool and self.augmentation == 0:
+            raise InputError("augmentation_pool needs augmentation: with augmentation 0 each image is encoded once anyway; "
+                             "drop --augmentation-pool or pick an augmentation")
 
     @property
     def uses_view(self) -> bool:
@@ -184,7 +188,7 @@ class MicroBatch:
     noise: torch.Tensor  # [B, C, h, w] (CPU)
     t: torch.Tensor  # [B] timesteps (CPU)
     posterior_noise: torch.Tensor  # [B, C, h, w] the VAE posterior sample's draw (CPU)
-    pool_index: torch.Tensor | None = None  # [B] entries of the scene's encoded augmentation pool (CPU), if one is used
+    pool_index: torch.Tensor | None = None  # [B] entries of the scene's encoded pool (CPU): its images, or its augmentation pool
 
 
 class Trainer:
@@ -258,7 +262,7 @@ class Trainer:
             self.camera_param.features([cam.with_size(self.width, self.height) for cam in s.cameras]) if self.camera_param else None
             for s in self.scenes
         ]
-        self.pools = self._encode_augmentation_pools() if c.augmentation_pool else None
+        self.pools = self._encode_pools()
         self.step = 0
         self.losses: list[float] = []
 
@@ -269,24 +273,34 @@ class Trainer:
         posterior = b.vae.encode(images.to(self.accelerator.device, b.dtype)).latent_dist
         return torch.stack([posterior.mean.float(), posterior.std.float()], dim=1)
 
-    def _encode_augmentation_pools(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per scene: (source image index [N] on the CPU, posteriors [N, 2, C, h, w] on the device).
+    def _encode_pools(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per scene: (source image index [N] on the CPU, posteriors [N, 2, C, h, w] on the device), or None.
 
-        Encoded in chunks of one training step's batch, the shape a compiled VAE was (or will be) captured at.
+        Without augmentation every step would encode the same images again, so each image's posterior
+        is encoded once here (same maths: every step still draws its own posterior sample, and the
+        images are drawn with the same random stream). With ``augmentation_pool`` N, N augmented copies
+        are encoded once (an option that changes the maths). Encoded in whole chunks of one training
+        step's batch, the shape a compiled VAE was (or will be) captured at.
         """
         c, dev = self.config, self.accelerator.device
+        if self.augmentation is not None and not c.augmentation_pool:
+            return None  # fresh augmentation every step: the images must be encoded every step
         gen = torch.Generator().manual_seed(c.seed * 1000003 + 17)
         chunk = c.batch_size * (c.grad_accum if c.fuse_micro_batches else 1)
-        size = -(-c.augmentation_pool // chunk) * chunk  # whole chunks
         pools = []
         for tensors in self.scene_tensors:
-            source = torch.randint(0, tensors.shape[0], (size,), generator=gen)
+            if self.augmentation is None:
+                source = torch.arange(tensors.shape[0])
+            else:
+                source = torch.randint(0, tensors.shape[0], (-(-c.augmentation_pool // chunk) * chunk,), generator=gen)
             parts = []
-            for start in range(0, size, chunk):
-                images = tensors.index_select(0, to_device(source[start:start + chunk], dev))
+            for start in range(0, source.shape[0], chunk):
+                part = source[start:start + chunk]
+                whole = torch.cat([part, part[:1].expand(chunk - part.shape[0])])  # a short last chunk is padded
+                images = tensors.index_select(0, to_device(whole, dev))
                 if self.augmentation is not None:
                     images = apply_augmentation(images, plan_augmentation(self.augmentation, gen, chunk, self.width, self.height))
-                parts.append(self._encode_posteriors(images))
+                parts.append(self._encode_posteriors(images)[:part.shape[0]])
             pools.append((source, torch.cat(parts)))
         return pools
 
@@ -300,7 +314,7 @@ class Trainer:
         c, dev = self.config, self.accelerator.device
         scene = rng.randrange(len(self.scenes)) if c.mode == 3 else 0
         pool_index = None
-        if self.pools is not None:  # images come already augmented and encoded, from the scene's pool
+        if self.pools is not None:  # images come already encoded (and augmented, with a pool), from the scene's pool
             source, _ = self.pools[scene]
             pool_index = torch.randint(0, source.shape[0], (c.batch_size,), generator=gen)
             idx, images, plan = source[pool_index], None, None
@@ -393,16 +407,17 @@ class Trainer:
         t0, start_step = time.perf_counter(), self.step
         fused = c.fuse_micro_batches
         # A step's loss is read back (the one host-device sync) only after the next step has been
-        # queued, so the host prepares step k+1 while the GPU still runs step k and the GPU never
-        # waits for Python. Callbacks, the progress bar and ``losses`` therefore see step k once
-        # step k+1 is queued (or training ends); checkpoints flush it first.
-        pending: tuple[int, torch.Tensor] | None = None
+        # queued, and only up to the step it belongs to (ScalarReadback waits for an event recorded
+        # after the loss, not for the whole stream): the host prepares step k+2 while the GPU runs
+        # step k+1, so the GPU never waits for Python. Callbacks, the progress bar and ``losses``
+        # therefore see step k once step k+1 is queued (or training ends); checkpoints flush it first.
+        pending: tuple[int, ScalarReadback] | None = None
 
-        def finish(done: tuple[int, torch.Tensor] | None) -> None:
+        def finish(done: tuple[int, ScalarReadback] | None) -> None:
             if done is None:
                 return
-            step, loss_t = done
-            loss_value = float(loss_t)
+            step, readback = done
+            loss_value = readback.value()
             self.losses.append(loss_value)
             bar.update(1)
             if step % max(1, c.log_every) == 0 or step == c.steps:
@@ -426,7 +441,7 @@ class Trainer:
                 running += loss.detach() / (1 if fused else c.grad_accum)
             self.step += 1
             finish(pending)
-            pending = (self.step, running)
+            pending = (self.step, ScalarReadback(running))
             if self.output_dir and c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
                 finish(pending)
                 pending = None

@@ -48,3 +48,32 @@ def test_host_profile_names_the_function_that_takes_the_time():
     top = {r["function"].split(":")[-1]: r for r in report["top_by_cumulative_time"]}
     assert "busy_loop_for_the_profile" in top
     assert top["busy_loop_for_the_profile"]["calls_per_step"] == 2.0  # 4 calls over 2 steps
+
+
+def test_timeline_splits_idle_time_by_launcher_and_host_lateness():
+    """gpu_timeline.analyse_gaps on a hand-made trace: a CUDA graph of two kernels (a queued 2 us gap),
+    then an eager kernel launched after the GPU went idle (a 20 us host-late gap inside aten::mul)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_timeline import analyse_gaps
+
+    def x(cat, name, ts, dur, tid=1, **args):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid, "args": args}
+
+    events = [
+        x("cuda_runtime", "cudaGraphLaunch", 0, 5, correlation=1),
+        x("kernel", "graph_kernel_a", 10, 10, tid=7, correlation=1),
+        x("kernel", "graph_kernel_b", 22, 8, tid=7, correlation=1),
+        x("cpu_op", "aten::mul", 35, 20),
+        x("cpu_op", "outer_step", 0, 100),
+        x("cuda_runtime", "cudaLaunchKernel", 40, 5, correlation=2),
+        x("kernel", "eager_kernel", 50, 10, tid=7, correlation=2),
+    ]
+    r = analyse_gaps(events, steps=1)
+    assert r["activities_per_step"] == {"graph": 2, "eager": 1}
+    assert r["gpu_busy_ms_per_step"] * 1e3 == 28 and r["idle_ms_per_step"] * 1e3 == 22
+    assert {k: round(v * 1e3, 6) for k, v in r["idle_ms_per_step_by_launcher"].items()} == {"eager, host late": 20, "graph, queued": 2}
+    assert list(r["host_late_idle_ms_per_step_by_host_op"]) == ["aten::mul"], "charged to the innermost op"
+    assert r["largest_gaps"][0]["before"] == "eager_kernel" and r["largest_gaps"][0]["after"] == "graph_kernel_b"
+    assert r["gaps_by_size"]["0-2 us"]["gaps_per_step"] == 0 and r["gaps_by_size"]["2-5 us"]["gaps_per_step"] == 1
+    with pytest.raises(ValueError, match="no GPU kernels"):
+        analyse_gaps([x("cpu_op", "aten::mul", 0, 1)])

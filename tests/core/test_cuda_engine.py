@@ -66,3 +66,17 @@ def test_compiled_engine_prefers_cudnn_attention_on_hopper(engines):
         assert order[0] == int(SDPBackend.CUDNN_ATTENTION), order
     else:
         assert order[0] != int(SDPBackend.CUDNN_ATTENTION), order
+
+
+def test_loss_readback_waits_for_its_own_step_only():
+    """ScalarReadback (the training loop's one-step-late loss read) returns once its value is computed,
+    while work queued after it is still running: reading it does not drain the stream."""
+    from viewneti_backend.transfer import ScalarReadback
+
+    x = torch.arange(10.0, device="cuda")
+    readback = ScalarReadback(x.sum())
+    torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU work queued after the loss
+    assert readback.value() == 45.0
+    assert not torch.cuda.current_stream().query(), "the later work had to be finished: the read synchronised the stream"
+    torch.cuda.synchronize()
+    assert readback.ready()

@@ -240,22 +240,49 @@ def test_augmentation_pool_encodes_once_then_trains_from_the_pool(tiny_base, tin
     assert result.step == 20 and after < before - 0.005, f"{before:.4f} -> {after:.4f}"
 
 
-def test_augmentation_pool_holds_the_source_images_posteriors_and_their_cameras(tiny_base, tiny_model_dir):
-    trainer = make_trainer(5, tiny_base, tiny_model_dir, augmentation=0, augmentation_pool=4)
+def test_without_augmentation_each_image_is_encoded_once_with_its_camera(tiny_base, tiny_model_dir):
+    """Augmentation 0: the images' posteriors are encoded once (a short last chunk padded to the step's batch),
+    each pooled image keeps its camera, and training gives the losses of re-encoding every step."""
+    trainer = make_trainer(5, tiny_base, tiny_model_dir, steps=3, batch_size=3)  # 4 images: chunks of 3 + 1
     source, posteriors = trainer.pools[0]
+    assert torch.equal(source, torch.arange(4))
     mean, std = posteriors.unbind(1)
     with torch.no_grad():
-        posterior = trainer.base.vae.encode(trainer.scene_tensors[0].index_select(0, source).to(trainer.base.dtype)).latent_dist
+        posterior = trainer.base.vae.encode(trainer.scene_tensors[0].to(trainer.base.dtype)).latent_dist
     assert torch.allclose(mean, posterior.mean.float(), atol=1e-5) and torch.allclose(std, posterior.std.float(), atol=1e-5)
     gen, rng = torch.Generator().manual_seed(0), __import__("random").Random(0)
     mb = trainer._sample_batch(gen, rng)
     assert mb.images is None and mb.pool_index is not None
     assert torch.equal(mb.feats, trainer.scene_features[0][source[mb.pool_index]]), "each pooled image keeps its camera"
 
+    encode = trainer.base.vae.encode
+    calls = []
+    trainer.base.vae.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    try:
+        cached = trainer.train(progress=False).losses
+    finally:
+        trainer.base.vae.encode = encode
+    assert not calls, "training must not run the VAE encoder again"
+    fresh = make_trainer(5, tiny_base, tiny_model_dir, steps=3, batch_size=3)
+    fresh.pools = None  # the same run, re-encoding the images every step
+    np.testing.assert_allclose(cached, fresh.train(progress=False).losses, rtol=1e-5)
+    with pytest.raises(InputError, match="augmentation_pool needs augmentation"):
+        TrainConfig(augmentation=0, augmentation_pool=4)
+
 
 def test_augmentation_pool_leaves_the_evaluation_loss_alone_and_refuses_negative_sizes(tiny_base, tiny_model_dir):
-    plain = make_trainer(5, tiny_base, tiny_model_dir)
-    pooled = make_trainer(5, tiny_base, tiny_model_dir, augmentation_pool=4)
+    plain = make_trainer(5, tiny_base, tiny_model_dir, augmentation=7)
+    pooled = make_trainer(5, tiny_base, tiny_model_dir, augmentation=7, augmentation_pool=4)
     assert pooled.evaluate_loss() == pytest.approx(plain.evaluate_loss(), rel=1e-6)  # same seed: same mappers, no pool
     with pytest.raises(InputError, match="augmentation_pool"):
         TrainConfig(augmentation_pool=-1)
+
+
+def test_scalar_readback_is_a_snapshot():
+    """The training loop's loss read-back holds the value as it was when the step was queued."""
+    from viewneti_backend.transfer import ScalarReadback
+
+    t = torch.tensor(2.5)
+    readback = ScalarReadback(t)
+    t.add_(1.0)  # a later in-place change does not reach the snapshot
+    assert readback.ready() and readback.value() == 2.5
