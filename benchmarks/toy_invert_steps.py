@@ -31,7 +31,9 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
-    ap.add_argument("--objects", type=int, default=2, help="held-out objects (seeds 1000000, ...)")
+    ap.add_argument("--objects", type=int, default=2, help="held-out objects (seeds --first-object, ...)")
+    ap.add_argument("--first-object", type=int, default=1000000,
+                    help="seed of the first held-out object (the benchmark's first; later ones extend an earlier run)")
     ap.add_argument("--seeds", default="0", help="comma-separated inversion + render seeds")
     ap.add_argument("--checkpoints", default="150,300,600,1200", help="optimizer steps at which to score the object token")
     ap.add_argument("--guidance", type=float, default=2.0)
@@ -61,7 +63,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     checkpoints = sorted(int(s) for s in args.checkpoints.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = BenchmarkConfig(n_objects=args.objects, seeds=seeds, guidance=args.guidance, render_steps=args.render_steps)
+    cfg = BenchmarkConfig(n_objects=args.objects, first_seed=args.first_object, seeds=seeds, guidance=args.guidance,
+                          render_steps=args.render_steps)
     input_cam, targets = benchmark_cameras(cfg)
     rows: list[dict] = []
 
