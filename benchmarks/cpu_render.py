@@ -71,15 +71,28 @@ def main() -> None:
 
     rows = {"render_cached_pose_s": cached, "render_new_pose_s": new_pose}
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "model": engine.model, "size": args.size, "steps": steps, "guidance": guidance, "n": args.n,
-        **{k: {"p50": statistics.median(v), "mean": statistics.fmean(v), "min": min(v), "max": max(v)} for k, v in rows.items()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "model": engine.model,
+        "size": args.size,
+        "steps": steps,
+        "guidance": guidance,
+        "n": args.n,
+        **{
+            k: {"p50": statistics.median(v), "mean": statistics.fmean(v), "min": min(v), "max": max(v)}
+            for k, v in rows.items()
+        },
         "new_pose_phases_ms": phases,
         "inversion": {"steps": args.invert_steps, "total_s": invert_s, "per_step_s": invert_s / args.invert_steps},
     }
-    print(f"embedded model on CPU ({report['machine']['torch_threads']} torch threads), {args.size}x{args.size}, "
-          f"{steps} steps, guidance {guidance}, n={args.n}")
+    print(
+        f"embedded model on CPU ({report['machine']['torch_threads']} torch threads), {args.size}x{args.size}, "
+        f"{steps} steps, guidance {guidance}, n={args.n}"
+    )
     print(f"{'case':<28}{'p50 s':>8}{'mean s':>8}{'max s':>8}")
     for k in rows:
         r = report[k]

@@ -40,7 +40,7 @@ from viewneti_backend.camera_features import make_parameterization  # noqa: E402
 from viewneti_backend.cameras import Camera, orbit_pose  # noqa: E402
 from viewneti_backend.data import Scene  # noqa: E402
 from viewneti_backend.pipeline import ViewNeTIPipeline, encode_conditions, images_to_tensor  # noqa: E402
-from viewneti_backend.training import Trainer, TrainConfig, new_mapper  # noqa: E402
+from viewneti_backend.training import TrainConfig, Trainer, new_mapper  # noqa: E402
 
 PEAK_TFLOPS = 800.0
 T_START = time.perf_counter()
@@ -138,12 +138,18 @@ def profile_gpu(fn, label: str, top: int = 12) -> dict:
     for e in kernels:
         cats[_category(e.key)] = cats.get(_category(e.key), 0.0) + getattr(e, attr) / 1e3
     ranked = sorted(kernels, key=lambda e: -getattr(e, attr))[:top]
-    out = {"wall_ms_under_profiler": wall_ms, "gpu_busy_ms": busy_ms, "gpu_busy_fraction": busy_ms / wall_ms,
-           "kernel_launches": int(sum(e.count for e in kernels)),
-           "by_category_ms": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
-           "top_kernels": [{"name": e.key[:90], "ms": getattr(e, attr) / 1e3, "calls": e.count} for e in ranked]}
-    log(f"profile {label}: wall {wall_ms:.0f} ms, GPU busy {busy_ms:.0f} ms ({100*busy_ms/wall_ms:.0f}%), "
-        f"{out['kernel_launches']} kernels")
+    out = {
+        "wall_ms_under_profiler": wall_ms,
+        "gpu_busy_ms": busy_ms,
+        "gpu_busy_fraction": busy_ms / wall_ms,
+        "kernel_launches": int(sum(e.count for e in kernels)),
+        "by_category_ms": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
+        "top_kernels": [{"name": e.key[:90], "ms": getattr(e, attr) / 1e3, "calls": e.count} for e in ranked],
+    }
+    log(
+        f"profile {label}: wall {wall_ms:.0f} ms, GPU busy {busy_ms:.0f} ms ({100 * busy_ms / wall_ms:.0f}%), "
+        f"{out['kernel_launches']} kernels"
+    )
     for k, v in out["by_category_ms"].items():
         log(f"    {k:40s} {v:8.1f} ms")
     for k in out["top_kernels"]:
@@ -170,16 +176,28 @@ def profile_host(fn, label: str, steps: int, top: int = 25) -> dict:
     wall_ms = (time.perf_counter() - t0) * 1e3
     stats = pstats.Stats(prof)
     rows = []
-    for (filename, line, name), (cc, nc, tt, ct, _callers) in stats.stats.items():
-        rows.append({"function": f"{Path(filename).name}:{line}:{name}", "calls_per_step": nc / steps,
-                     "self_ms_per_step": tt * 1e3 / steps, "cumulative_ms_per_step": ct * 1e3 / steps})
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():
+        rows.append(
+            {
+                "function": f"{Path(filename).name}:{line}:{name}",
+                "calls_per_step": nc / steps,
+                "self_ms_per_step": tt * 1e3 / steps,
+                "cumulative_ms_per_step": ct * 1e3 / steps,
+            }
+        )
     by_self = sorted(rows, key=lambda r: -r["self_ms_per_step"])[:top]
     by_cum = sorted(rows, key=lambda r: -r["cumulative_ms_per_step"])[:top]
     log(f"host profile {label}: {wall_ms / steps:.0f} ms/step under cProfile")
     for r in by_self:
-        log(f"    self {r['self_ms_per_step']:7.2f} ms  cum {r['cumulative_ms_per_step']:7.2f} ms  "
-            f"x{r['calls_per_step']:<7.1f} {r['function'][:100]}")
-    return {"wall_ms_per_step_under_cprofile": wall_ms / steps, "top_by_self_time": by_self, "top_by_cumulative_time": by_cum}
+        log(
+            f"    self {r['self_ms_per_step']:7.2f} ms  cum {r['cumulative_ms_per_step']:7.2f} ms  "
+            f"x{r['calls_per_step']:<7.1f} {r['function'][:100]}"
+        )
+    return {
+        "wall_ms_per_step_under_cprofile": wall_ms / steps,
+        "top_by_self_time": by_self,
+        "top_by_cumulative_time": by_cum,
+    }
 
 
 def profile_timeline(fn, label: str, steps: int, trace_path: Path) -> dict:
@@ -188,9 +206,8 @@ def profile_timeline(fn, label: str, steps: int, trace_path: Path) -> dict:
     import shutil
     import tempfile
 
-    from torch.profiler import ProfilerActivity, profile
-
     from gpu_timeline import analyse_gaps, load_trace, print_report
+    from torch.profiler import ProfilerActivity, profile
 
     sync()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -227,7 +244,9 @@ def reference_view(base, view_mapper, object_mapper, camera_param, cam: Camera, 
     for t in scheduler.timesteps:  # 30 x 16 = 480 sequential text-encoder passes
         ks, vs = [], []
         for layer in range(base.num_layers):
-            k, v = encode_conditions(base, ids, t.view(1), torch.tensor([layer], device=base.device), object_mapper, view_mapper, feat)
+            k, v = encode_conditions(
+                base, ids, t.view(1), torch.tensor([layer], device=base.device), object_mapper, view_mapper, feat
+            )
             ks.append(k)
             vs.append(v)
         per_step.append(pack_layer_encodings(torch.stack(ks, 1), torch.stack(vs, 1)).to(base.dtype))
@@ -306,8 +325,16 @@ def reference_inversion_steps(base, view_mapper, object_mapper, camera_param, im
 
 def time_inversion(base, vm, scene, width, height, steps, warmup_steps=10, augmentation_pool=0):
     """Mode-5 optimizer steps through the library's Trainer (as Engine.invert runs them)."""
-    cfg = TrainConfig(mode=5, steps=warmup_steps, batch_size=3, grad_accum=3, width=width, height=height, augmentation=7,
-                      augmentation_pool=augmentation_pool)
+    cfg = TrainConfig(
+        mode=5,
+        steps=warmup_steps,
+        batch_size=3,
+        grad_accum=3,
+        width=width,
+        height=height,
+        augmentation=7,
+        augmentation_pool=augmentation_pool,
+    )
     trainer = Trainer(cfg, base, [scene], view_mapper=vm)
     t_a = time.perf_counter()
     trainer.train(progress=False)  # warm-up (and compilation, if the base model is compiled)
@@ -328,23 +355,48 @@ def time_inversion(base, vm, scene, width, height, steps, warmup_steps=10, augme
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/gpu_bench.json")
-    ap.add_argument("--inversion-steps", type=int, default=200, help="fast-path optimizer steps to time (projected to 3000)")
+    ap.add_argument(
+        "--inversion-steps", type=int, default=200, help="fast-path optimizer steps to time (projected to 3000)"
+    )
     ap.add_argument("--reference-inversion-steps", type=int, default=10)
-    ap.add_argument("--eager-inversion-steps", type=int, default=0,
-                    help="optimizer steps to time on the eager fast path (default: --inversion-steps)")
+    ap.add_argument(
+        "--eager-inversion-steps",
+        type=int,
+        default=0,
+        help="optimizer steps to time on the eager fast path (default: --inversion-steps)",
+    )
     ap.add_argument("--live-steps", type=int, default=8, help="DPM-Solver++ steps of the add-on's live preview")
-    ap.add_argument("--compile", default="", help="also time a torch.compile'd UNet in this mode (e.g. reduce-overhead)")
-    ap.add_argument("--inductor-tuning", action="store_true",
-                    help="a trial: compile with the inductor options diffusers recommends (tune_inductor_for_diffusion); "
-                         "the library does not set them (RESULTS.md section 1)")
-    ap.add_argument("--augmentation-pool", type=int, default=0, metavar="N",
-                    help="also time the compiled inversion with TrainConfig.augmentation_pool=N (an option that changes the maths)")
-    ap.add_argument("--smoke", action="store_true", help="tiny widths and sizes on any device: checks the script, times nothing real")
+    ap.add_argument(
+        "--compile", default="", help="also time a torch.compile'd UNet in this mode (e.g. reduce-overhead)"
+    )
+    ap.add_argument(
+        "--inductor-tuning",
+        action="store_true",
+        help="a trial: compile with the inductor options diffusers recommends (tune_inductor_for_diffusion); "
+        "the library does not set them (RESULTS.md section 1)",
+    )
+    ap.add_argument(
+        "--augmentation-pool",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time the compiled inversion with TrainConfig.augmentation_pool=N (an option that changes the maths)",
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny widths and sizes on any device: checks the script, times nothing real",
+    )
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: equivalence,view,live,inversion")
-    ap.add_argument("--profile", nargs="?", const="view,inversion", default="",
-                    help="torch.profiler breakdown of these sections: view, inversion (both compiled), inversion-eager; "
-                         "inversion-host: cProfile of 20 compiled inversion steps; inversion-timeline: the idle gaps between "
-                         "kernels of 3 compiled steps (gpu_timeline.py), trace saved beside --out (default with no value: view,inversion)")
+    ap.add_argument(
+        "--profile",
+        nargs="?",
+        const="view,inversion",
+        default="",
+        help="torch.profiler breakdown of these sections: view, inversion (both compiled), inversion-eager; "
+        "inversion-host: cProfile of 20 compiled inversion steps; inversion-timeline: the idle gaps between "
+        "kernels of 3 compiled steps (gpu_timeline.py), trace saved beside --out (default with no value: view,inversion)",
+    )
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     profiles = set(args.profile.split(","))
@@ -354,8 +406,12 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    report: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (smoke)", "torch": torch.__version__, "peak_tflops_assumed": PEAK_TFLOPS,
-                    "command": " ".join(["python", "benchmarks/gpu_bench.py"] + sys.argv[1:])}
+    report: dict = {
+        "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (smoke)",
+        "torch": torch.__version__,
+        "peak_tflops_assumed": PEAK_TFLOPS,
+        "command": " ".join(["python", "benchmarks/gpu_bench.py"] + sys.argv[1:]),
+    }
     t0 = time.perf_counter()
     base = sd21_base_model(dev.type, torch.float32, tiny=args.smoke)
     report["build_s"] = time.perf_counter() - t0
@@ -383,8 +439,11 @@ def main() -> None:
         ref_img = np.asarray(reference_view(base, vm, om, camera_param, small, 30, 7.5, 0), dtype=np.float64)
         diff = np.abs(fast_img - ref_img)
         mse = float(((fast_img - ref_img) / 255.0).__pow__(2).mean())
-        report["equivalence_image_fp32"] = {"max_abs_diff_8bit": float(diff.max()), "mean_abs_diff_8bit": float(diff.mean()),
-                                            "psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse)}
+        report["equivalence_image_fp32"] = {
+            "max_abs_diff_8bit": float(diff.max()),
+            "mean_abs_diff_8bit": float(diff.mean()),
+            "psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse),
+        }
         gen = torch.Generator().manual_seed(0)
         ns = base.noise_scheduler()
         lat = torch.randn(3, 4, IH // 8, IW // 8, generator=gen).to(dev)
@@ -400,8 +459,10 @@ def main() -> None:
         om.requires_grad_(False)
         rel = float((grads[0] - grads[1]).norm() / grads[0].norm())
         report["equivalence_gradient_fp32"] = {"relative_l2_error": rel}
-        log(f"equivalence fp32: image max|diff| {diff.max():.1f}/255 (PSNR {report['equivalence_image_fp32']['psnr_db']:.1f} dB); "
-              f"gradient rel. error {rel:.2e}")
+        log(
+            f"equivalence fp32: image max|diff| {diff.max():.1f}/255 (PSNR {report['equivalence_image_fp32']['psnr_db']:.1f} dB); "
+            f"gradient rel. error {rel:.2e}"
+        )
         del pipe32
 
     save()
@@ -415,32 +476,49 @@ def main() -> None:
     if "equivalence" not in skip:  # what bf16 frozen parts change in the image (vs the fp32 fast path)
         bf_img = np.asarray(pipe([cam.with_size(IW, IH)], om, seed=0, steps=30, guidance=7.5)[0], dtype=np.float64)
         mse = float((((bf_img - fast_img) / 255.0) ** 2).mean())
-        report["bf16_vs_fp32_image"] = {"max_abs_diff_8bit": float(np.abs(bf_img - fast_img).max()),
-                                        "mean_abs_diff_8bit": float(np.abs(bf_img - fast_img).mean()),
-                                        "psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse)}
-        log(f"bf16 vs fp32 (fast path, 512x384, 30 steps): PSNR {report['bf16_vs_fp32_image']['psnr_db']:.1f} dB, "
-              f"mean |diff| {report['bf16_vs_fp32_image']['mean_abs_diff_8bit']:.2f}/255")
+        report["bf16_vs_fp32_image"] = {
+            "max_abs_diff_8bit": float(np.abs(bf_img - fast_img).max()),
+            "mean_abs_diff_8bit": float(np.abs(bf_img - fast_img).mean()),
+            "psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse),
+        }
+        log(
+            f"bf16 vs fp32 (fast path, 512x384, 30 steps): PSNR {report['bf16_vs_fp32_image']['psnr_db']:.1f} dB, "
+            f"mean |diff| {report['bf16_vs_fp32_image']['mean_abs_diff_8bit']:.2f}/255"
+        )
 
     if "equivalence" not in skip and dev.type == "cuda":  # the compiled path's SDPA order (cuDNN first) vs flash first
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        cudnn_first = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        cudnn_first = [
+            SDPBackend.CUDNN_ATTENTION,
+            SDPBackend.FLASH_ATTENTION,
+            SDPBackend.EFFICIENT_ATTENTION,
+            SDPBackend.MATH,
+        ]
 
         g = torch.Generator(device=dev).manual_seed(0)
         x = torch.randn(2, 4, H // 8, W // 8, device=dev, generator=g, dtype=torch.bfloat16)
-        ehs = torch.randn(2, 2 * base16.num_layers * 77, base16.text.embedding_dim, device=dev, generator=g, dtype=torch.bfloat16)
+        ehs = torch.randn(
+            2, 2 * base16.num_layers * 77, base16.text.embedding_dim, device=dev, generator=g, dtype=torch.bfloat16
+        )
         tt = torch.tensor([500, 500], device=dev)
         with torch.no_grad():
             with sdpa_kernel(cudnn_first, set_priority=True):
                 library = base16.unet(x, tt, encoder_hidden_states=ehs, return_dict=False)[0].float()
                 order = [int(b) for b in torch._C._get_sdp_priority_order()]
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True):
+            with sdpa_kernel(
+                [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True
+            ):
                 flash = base16.unet(x, tt, encoder_hidden_states=ehs, return_dict=False)[0].float()
         report["sdpa_library_order_vs_flash_unet_bf16"] = {
             "sdpa_priority_order": order,
             "relative_l2_error": float((library - flash).norm() / flash.norm()),
-            "max_abs_diff": float((library - flash).abs().max()), "output_abs_mean": float(flash.abs().mean())}
-        log(f"UNet bf16 at {W}x{H}, cuDNN attention first (the compiled path's order) vs flash first: {report['sdpa_library_order_vs_flash_unet_bf16']}")
+            "max_abs_diff": float((library - flash).abs().max()),
+            "output_abs_mean": float(flash.abs().mean()),
+        }
+        log(
+            f"UNet bf16 at {W}x{H}, cuDNN attention first (the compiled path's order) vs flash first: {report['sdpa_library_order_vs_flash_unet_bf16']}"
+        )
 
     def fast_new_pose(c=cam, steps=30):
         pipe.clear_cache()
@@ -456,17 +534,30 @@ def main() -> None:
         mem = peak_mem(fast_new_pose)
         timings = {}
         pipe([cam], om, seed=0, steps=30, guidance=7.5, timings=timings)
-        results[f"view_{W}x{H}_30steps"] = {"fast_new_pose_ms": t_new * 1e3, "fast_cached_pose_ms": t_cached * 1e3,
-                                           "phases_ms": timings, "tflop": flops / 1e12,
-                                           "floor_ms": flops / (PEAK_TFLOPS * 1e12) * 1e3, "peak_mem_gib": mem}
-        log(f"view fast: new pose {t_new*1e3:.0f} ms, cached {t_cached*1e3:.0f} ms, phases {timings}, "
-              f"{flops/1e12:.1f} TFLOP (floor {flops/(PEAK_TFLOPS*1e9):.0f} ms), peak {mem:.1f} GiB")
+        results[f"view_{W}x{H}_30steps"] = {
+            "fast_new_pose_ms": t_new * 1e3,
+            "fast_cached_pose_ms": t_cached * 1e3,
+            "phases_ms": timings,
+            "tflop": flops / 1e12,
+            "floor_ms": flops / (PEAK_TFLOPS * 1e12) * 1e3,
+            "peak_mem_gib": mem,
+        }
+        log(
+            f"view fast: new pose {t_new * 1e3:.0f} ms, cached {t_cached * 1e3:.0f} ms, phases {timings}, "
+            f"{flops / 1e12:.1f} TFLOP (floor {flops / (PEAK_TFLOPS * 1e9):.0f} ms), peak {mem:.1f} GiB"
+        )
         base_ref = with_dtype(base16, torch.float16)
         mem_ref = peak_mem(lambda: reference_view(base_ref, vm, om, camera_param, cam))  # also the warm-up
         t_ref, _ = timed(lambda: reference_view(base_ref, vm, om, camera_param, cam), repeats=2, warmup=0)
-        results[f"view_{W}x{H}_30steps"].update(reference_ms=t_ref * 1e3, reference_peak_mem_gib=mem_ref,
-                                               speedup_new_pose=t_ref / t_new, speedup_cached=t_ref / t_cached)
-        log(f"view reference: {t_ref*1e3:.0f} ms -> speed-up x{t_ref/t_new:.1f} (new pose), x{t_ref/t_cached:.1f} (cached)")
+        results[f"view_{W}x{H}_30steps"].update(
+            reference_ms=t_ref * 1e3,
+            reference_peak_mem_gib=mem_ref,
+            speedup_new_pose=t_ref / t_new,
+            speedup_cached=t_ref / t_cached,
+        )
+        log(
+            f"view reference: {t_ref * 1e3:.0f} ms -> speed-up x{t_ref / t_new:.1f} (new pose), x{t_ref / t_cached:.1f} (cached)"
+        )
         base16 = with_dtype(base_ref, torch.bfloat16)
         pipe = ViewNeTIPipeline(base16, vm)
 
@@ -476,14 +567,20 @@ def main() -> None:
     if "live" not in skip:
         live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, LW, LW)
         for steps in (args.live_steps,):
-            fl = count_flops(lambda: fast_new_pose(live, steps))
-            t_new, _ = timed(lambda: fast_new_pose(live, steps), repeats=5)
-            t_c, _ = timed(lambda: fast_cached(live, steps), repeats=5)
-            mem = peak_mem(lambda: fast_new_pose(live, steps))
-            results[f"live_{LW}x{LW}_{steps}steps"] = {"fast_new_pose_ms": t_new * 1e3, "fast_cached_pose_ms": t_c * 1e3,
-                                                      "tflop": fl / 1e12, "floor_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3,
-                                                      "peak_mem_gib": mem}
-            log(f"live 512x512 {steps} steps: new pose {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms, floor {fl/(PEAK_TFLOPS*1e9):.0f} ms")
+            fl = count_flops(lambda steps=steps: fast_new_pose(live, steps))
+            t_new, _ = timed(lambda steps=steps: fast_new_pose(live, steps), repeats=5)
+            t_c, _ = timed(lambda steps=steps: fast_cached(live, steps), repeats=5)
+            mem = peak_mem(lambda steps=steps: fast_new_pose(live, steps))
+            results[f"live_{LW}x{LW}_{steps}steps"] = {
+                "fast_new_pose_ms": t_new * 1e3,
+                "fast_cached_pose_ms": t_c * 1e3,
+                "tflop": fl / 1e12,
+                "floor_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3,
+                "peak_mem_gib": mem,
+            }
+            log(
+                f"live 512x512 {steps} steps: new pose {t_new * 1e3:.0f} ms, cached {t_c * 1e3:.0f} ms, floor {fl / (PEAK_TFLOPS * 1e9):.0f} ms"
+            )
 
     save()
 
@@ -495,35 +592,61 @@ def main() -> None:
         image = Image.fromarray((np.random.default_rng(0).random((IH, IW, 3)) * 255).astype(np.uint8))
         scene = Scene("bench", [image], [ref_cam])
         # The engine's own configuration: the paper's 3 x 3 micro-batches, fused into one 9-image pass.
-        trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.eager_inversion_steps or args.inversion_steps)
+        trainer, per_step, mem, warm_s = time_inversion(
+            base16, vm, scene, IW, IH, args.eager_inversion_steps or args.inversion_steps
+        )
         x = images_to_tensor([image] * 9, IW, IH).to(dev)
         lat = torch.randn(9, 4, IH // 8, IW // 8, device=dev)
 
         def one_fast_step():
             trainer.optimizer.zero_grad()
             with trainer.accelerator.autocast():
-                loss = batched_loss(base16, trainer.object_mappers[0], vm, lat, torch.randn_like(lat), torch.randint(0, 1000, (9,), device=dev),
-                                    camera_param.features([ref_cam] * 9).to(dev), trainer.noise_scheduler)
+                loss = batched_loss(
+                    base16,
+                    trainer.object_mappers[0],
+                    vm,
+                    lat,
+                    torch.randn_like(lat),
+                    torch.randint(0, 1000, (9,), device=dev),
+                    camera_param.features([ref_cam] * 9).to(dev),
+                    trainer.noise_scheduler,
+                )
             loss.backward()
             base16.vae.encode(x.to(base16.dtype))
 
         fl = count_flops(one_fast_step)
-        res = {"fast_step_ms": per_step * 1e3, "fast_projected_3000_steps_min": per_step * 3000 / 60,
-               "tflop_per_step": fl / 1e12, "floor_step_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3, "peak_mem_gib": mem,
-               "final_loss": trainer.losses[-1]}
+        res = {
+            "fast_step_ms": per_step * 1e3,
+            "fast_projected_3000_steps_min": per_step * 3000 / 60,
+            "tflop_per_step": fl / 1e12,
+            "floor_step_ms": fl / (PEAK_TFLOPS * 1e12) * 1e3,
+            "peak_mem_gib": mem,
+            "final_loss": trainer.losses[-1],
+        }
         if "inversion-eager" in profiles and dev.type == "cuda":
             trainer.config.steps = trainer.step + 3
             res["profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), "inversion eager, 3 steps")
-        log(f"inversion fast: {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps; "
-              f"{fl/1e12:.1f} TFLOP/step (floor {fl/(PEAK_TFLOPS*1e9):.0f} ms), peak {mem:.1f} GiB")
+        log(
+            f"inversion fast: {per_step * 1e3:.0f} ms/step -> {per_step * 3000 / 60:.1f} min per 3000 steps; "
+            f"{fl / 1e12:.1f} TFLOP/step (floor {fl / (PEAK_TFLOPS * 1e9):.0f} ms), peak {mem:.1f} GiB"
+        )
         if dev.type == "cuda":  # the compiled path puts cuDNN attention first: what that does to the eager step
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                              SDPBackend.MATH], set_priority=True):
-                _, cudnn_step, _, _ = time_inversion(base16, vm, scene, IW, IH, args.eager_inversion_steps or args.inversion_steps)
+            with sdpa_kernel(
+                [
+                    SDPBackend.CUDNN_ATTENTION,
+                    SDPBackend.FLASH_ATTENTION,
+                    SDPBackend.EFFICIENT_ATTENTION,
+                    SDPBackend.MATH,
+                ],
+                set_priority=True,
+            ):
+                _, cudnn_step, _, _ = time_inversion(
+                    base16, vm, scene, IW, IH, args.eager_inversion_steps or args.inversion_steps
+                )
             res["fast_step_ms_cudnn_attention_first"] = cudnn_step * 1e3
-            log(f"inversion fast with cuDNN attention first: {cudnn_step*1e3:.0f} ms/step")
+            log(f"inversion fast with cuDNN attention first: {cudnn_step * 1e3:.0f} ms/step")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         base32 = with_dtype(base16, torch.float32)
@@ -536,11 +659,16 @@ def main() -> None:
         reference_inversion_steps(base32, vm, om_ref, camera_param, image, ref_cam, args.reference_inversion_steps)
         sync()
         ref_step = (time.perf_counter() - t_a) / args.reference_inversion_steps
-        res.update(reference_step_ms=ref_step * 1e3, reference_projected_3000_steps_min=ref_step * 3000 / 60,
-                   reference_peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan"),
-                   speedup_per_step=ref_step / per_step)
+        res.update(
+            reference_step_ms=ref_step * 1e3,
+            reference_projected_3000_steps_min=ref_step * 3000 / 60,
+            reference_peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan"),
+            speedup_per_step=ref_step / per_step,
+        )
         results["inversion_mode5_9x512x384"] = res
-        log(f"inversion reference: {ref_step*1e3:.0f} ms/step -> {ref_step*3000/60:.1f} min; speed-up x{ref_step/per_step:.1f}")
+        log(
+            f"inversion reference: {ref_step * 1e3:.0f} ms/step -> {ref_step * 3000 / 60:.1f} min; speed-up x{ref_step / per_step:.1f}"
+        )
 
     save()
 
@@ -566,10 +694,19 @@ def main() -> None:
             t_c, _ = timed(fast_cached, repeats=5, warmup=0)
             phases: dict = {}
             pipe([cam], om, seed=2, steps=30, guidance=7.5, object_key="obj", timings=phases)
-            entry.update({"warmup_s": warm_s, "view_new_pose_ms": t_new * 1e3, "view_cached_ms": t_c * 1e3,
-                          "view_cached_phases_ms": phases, "view_peak_mem_gib": peak_mem(fast_new_pose)})
-            log(f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new*1e3:.0f} ms, cached {t_c*1e3:.0f} ms "
-                  f"(phases {phases})")
+            entry.update(
+                {
+                    "warmup_s": warm_s,
+                    "view_new_pose_ms": t_new * 1e3,
+                    "view_cached_ms": t_c * 1e3,
+                    "view_cached_phases_ms": phases,
+                    "view_peak_mem_gib": peak_mem(fast_new_pose),
+                }
+            )
+            log(
+                f"compiled ({args.compile}): warm-up {warm_s:.0f}s; view new {t_new * 1e3:.0f} ms, cached {t_c * 1e3:.0f} ms "
+                f"(phases {phases})"
+            )
             save()
             if "view" in profiles and dev.type == "cuda":
                 entry["view_cached_profile"] = profile_gpu(fast_cached, "view 768x576 compiled, cached pose")
@@ -578,43 +715,71 @@ def main() -> None:
             live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, LW, LW)
             fast_cached(live, args.live_steps)
             fast_cached(live, args.live_steps)
-            entry["live_new_pose_ms"] = timed(lambda: fast_new_pose(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
+            entry["live_new_pose_ms"] = (
+                timed(lambda: fast_new_pose(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
+            )
             entry["live_cached_ms"] = timed(lambda: fast_cached(live, args.live_steps), repeats=5, warmup=0)[0] * 1e3
-            log(f"compiled live {args.live_steps} steps: new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms")
+            log(
+                f"compiled live {args.live_steps} steps: new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms"
+            )
             save()
         if "inversion" not in skip:
             ref_ms = results["inversion_mode5_9x512x384"]["reference_step_ms"]
             label = "UNet + VAE + CLIP blocks compiled"
             try:
                 trainer, per_step, mem, warm_s = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps)
-                entry.update({"inversion_step_ms": per_step * 1e3, "inversion_projected_3000_steps_min": per_step * 3000 / 60,
-                              "inversion_warmup_s": warm_s, "inversion_peak_mem_gib": mem,
-                              "inversion_speedup_per_step": ref_ms / (per_step * 1e3)})
-                log(f"compiled inversion ({label}): {per_step*1e3:.0f} ms/step -> {per_step*3000/60:.1f} min per 3000 steps "
-                    f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB, x{ref_ms / (per_step * 1e3):.1f} vs reference")
+                entry.update(
+                    {
+                        "inversion_step_ms": per_step * 1e3,
+                        "inversion_projected_3000_steps_min": per_step * 3000 / 60,
+                        "inversion_warmup_s": warm_s,
+                        "inversion_peak_mem_gib": mem,
+                        "inversion_speedup_per_step": ref_ms / (per_step * 1e3),
+                    }
+                )
+                log(
+                    f"compiled inversion ({label}): {per_step * 1e3:.0f} ms/step -> {per_step * 3000 / 60:.1f} min per 3000 steps "
+                    f"(compile + warm-up {warm_s:.0f}s), peak {mem:.1f} GiB, x{ref_ms / (per_step * 1e3):.1f} vs reference"
+                )
                 save()
                 if "inversion" in profiles and dev.type == "cuda":
                     trainer.config.steps = trainer.step + 3
-                    entry["inversion_profile_3_steps"] = profile_gpu(lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps")
+                    entry["inversion_profile_3_steps"] = profile_gpu(
+                        lambda: trainer.train(progress=False), f"inversion, {label}, 3 steps"
+                    )
                 if "inversion-timeline" in profiles and dev.type == "cuda":
                     trainer.config.steps = trainer.step + 3
                     entry["inversion_timeline_3_steps"] = profile_timeline(
-                        lambda: trainer.train(progress=False), f"inversion, {label}", 3, out.with_name(out.stem + "_inversion_trace.json.gz"))
+                        lambda: trainer.train(progress=False),
+                        f"inversion, {label}",
+                        3,
+                        out.with_name(out.stem + "_inversion_trace.json.gz"),
+                    )
                     save()
                 if args.augmentation_pool:
-                    _, pool_step, pool_mem, pool_warm = time_inversion(base16, vm, scene, IW, IH, args.inversion_steps,
-                                                                       augmentation_pool=args.augmentation_pool)
-                    entry.update({"inversion_pool_size": args.augmentation_pool, "inversion_pool_step_ms": pool_step * 1e3,
-                                  "inversion_pool_projected_3000_steps_min": pool_step * 3000 / 60,
-                                  "inversion_pool_setup_s": pool_warm, "inversion_pool_peak_mem_gib": pool_mem})
-                    log(f"compiled inversion with an augmentation pool of {args.augmentation_pool} (changes the maths): "
-                        f"{pool_step*1e3:.0f} ms/step -> {pool_step*3000/60:.1f} min per 3000 steps "
-                        f"(pool + warm-up {pool_warm:.0f}s), peak {pool_mem:.1f} GiB")
+                    _, pool_step, pool_mem, pool_warm = time_inversion(
+                        base16, vm, scene, IW, IH, args.inversion_steps, augmentation_pool=args.augmentation_pool
+                    )
+                    entry.update(
+                        {
+                            "inversion_pool_size": args.augmentation_pool,
+                            "inversion_pool_step_ms": pool_step * 1e3,
+                            "inversion_pool_projected_3000_steps_min": pool_step * 3000 / 60,
+                            "inversion_pool_setup_s": pool_warm,
+                            "inversion_pool_peak_mem_gib": pool_mem,
+                        }
+                    )
+                    log(
+                        f"compiled inversion with an augmentation pool of {args.augmentation_pool} (changes the maths): "
+                        f"{pool_step * 1e3:.0f} ms/step -> {pool_step * 3000 / 60:.1f} min per 3000 steps "
+                        f"(pool + warm-up {pool_warm:.0f}s), peak {pool_mem:.1f} GiB"
+                    )
                     save()
                 if "inversion-host" in profiles:
                     trainer.config.steps = trainer.step + 20
-                    entry["inversion_host_profile_20_steps"] = profile_host(lambda: trainer.train(progress=False),
-                                                                            f"inversion, {label}", 20)
+                    entry["inversion_host_profile_20_steps"] = profile_host(
+                        lambda: trainer.train(progress=False), f"inversion, {label}", 20
+                    )
             except Exception as exc:  # report, keep the rest of the run
                 entry["inversion_error"] = f"{type(exc).__name__}: {exc}"[:2000]
                 log(f"compiled inversion ({label}) FAILED: {entry['inversion_error']}")

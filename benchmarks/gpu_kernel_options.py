@@ -73,9 +73,13 @@ def main() -> None:
     unet, n_l, dev = base.unet, base.num_layers, base.device
     report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "unet_ms": {}, "text_encoder_ms": {}}
     gen = torch.Generator(device="cuda").manual_seed(0)
-    view_x = torch.randn(2, 4, 72, 96, device=dev, generator=gen, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    view_x = torch.randn(2, 4, 72, 96, device=dev, generator=gen, dtype=torch.bfloat16).to(
+        memory_format=torch.channels_last
+    )
     view_ehs = torch.randn(2, 2 * n_l * 77, 1024, device=dev, generator=gen, dtype=torch.bfloat16)
-    train_x = torch.randn(9, 4, 48, 64, device=dev, generator=gen, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    train_x = torch.randn(9, 4, 48, 64, device=dev, generator=gen, dtype=torch.bfloat16).to(
+        memory_format=torch.channels_last
+    )
     train_ehs = torch.randn(9, 2 * n_l * 77, 1024, device=dev, generator=gen, dtype=torch.bfloat16).requires_grad_(True)
     t2, t9 = torch.tensor([500, 500], device=dev), torch.randint(0, 1000, (9,), device=dev, generator=gen)
 
@@ -89,9 +93,17 @@ def main() -> None:
         train_ehs.grad = None
 
     default_order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    cudnn_first = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    for label, bench, order in (("heuristics, flash", False, default_order), ("cudnn.benchmark, flash", True, default_order),
-                                ("cudnn.benchmark, cudnn attention", True, cudnn_first)):
+    cudnn_first = [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ]
+    for label, bench, order in (
+        ("heuristics, flash", False, default_order),
+        ("cudnn.benchmark, flash", True, default_order),
+        ("cudnn.benchmark, cudnn attention", True, cudnn_first),
+    ):
         torch.backends.cudnn.benchmark = bench
         with sdpa_kernel(order, set_priority=True):
             try:

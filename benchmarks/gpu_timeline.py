@@ -67,7 +67,7 @@ class _HostOps:
         best = None
         i = bisect.bisect_right(starts, ts) - 1
         # Enclosing ops start before ts; walk back over a bounded window (ops nest, so the innermost is near).
-        for e in reversed(ops[max(0, i - 400):i + 1]):
+        for e in reversed(ops[max(0, i - 400) : i + 1]):
             if e["ts"] <= ts <= e["ts"] + e.get("dur", 0) and (best is None or e.get("dur", 0) < best.get("dur", 0)):
                 best = e
         return best["name"][:100] if best else "(no host op)"
@@ -77,9 +77,14 @@ def analyse_gaps(events: list[dict], steps: int = 1, top: int = 15) -> dict:
     """Idle time between GPU activities, per step, split by launcher and by host-late / queued."""
     gpu = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in GPU_CATEGORIES), key=lambda e: e["ts"])
     if not gpu:
-        raise ValueError("the trace holds no GPU kernels or copies: was it recorded with ProfilerActivity.CUDA on a GPU?")
-    launchers = {e["args"]["correlation"]: e for e in events
-                 if e.get("ph") == "X" and e.get("cat") in LAUNCH_CATEGORIES and "correlation" in e.get("args", {})}
+        raise ValueError(
+            "the trace holds no GPU kernels or copies: was it recorded with ProfilerActivity.CUDA on a GPU?"
+        )
+    launchers = {
+        e["args"]["correlation"]: e
+        for e in events
+        if e.get("ph") == "X" and e.get("cat") in LAUNCH_CATEGORIES and "correlation" in e.get("args", {})
+    }
     host = _HostOps(events)
     split: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -93,7 +98,11 @@ def analyse_gaps(events: list[dict], steps: int = 1, top: int = 15) -> dict:
     for e in gpu:
         start, end = e["ts"], e["ts"] + e.get("dur", 0.0)
         launcher = launchers.get(e.get("args", {}).get("correlation"))
-        kind = "graph" if launcher is not None and "Graph" in launcher["name"] else ("eager" if launcher is not None else "unknown")
+        kind = (
+            "graph"
+            if launcher is not None and "Graph" in launcher["name"]
+            else ("eager" if launcher is not None else "unknown")
+        )
         counts[kind] = counts.get(kind, 0) + 1
         gap = start - busy_until
         if gap > 0:
@@ -126,18 +135,25 @@ def analyse_gaps(events: list[dict], steps: int = 1, top: int = 15) -> dict:
         "idle_ms_per_step": (span - busy) / per,
         "activities_per_step": {k: v / steps for k, v in counts.items()},
         "idle_ms_per_step_by_launcher": {k: v / per for k, v in sorted(split.items(), key=lambda kv: -kv[1])},
-        "gaps_by_size": {k: {"gaps_per_step": v[0] / steps, "idle_ms_per_step": v[1] / per}
-                         for k, v in buckets.items()},
-        "host_late_idle_ms_per_step_by_host_op": {k: v / per for k, v in sorted(late_by_op.items(), key=lambda kv: -kv[1])[:top]},
+        "gaps_by_size": {
+            k: {"gaps_per_step": v[0] / steps, "idle_ms_per_step": v[1] / per} for k, v in buckets.items()
+        },
+        "host_late_idle_ms_per_step_by_host_op": {
+            k: v / per for k, v in sorted(late_by_op.items(), key=lambda kv: -kv[1])[:top]
+        },
         "largest_gaps": [{"us": g, "after": a, "before": b, "host_op_if_late": op} for g, a, b, op in largest[:top]],
-        "host_launch_calls_ms_per_step": {k: {"calls_per_step": v[0] / steps, "ms_per_step": v[1] / per}
-                                          for k, v in sorted(launch_calls.items(), key=lambda kv: -kv[1][1])[:top]},
+        "host_launch_calls_ms_per_step": {
+            k: {"calls_per_step": v[0] / steps, "ms_per_step": v[1] / per}
+            for k, v in sorted(launch_calls.items(), key=lambda kv: -kv[1][1])[:top]
+        },
     }
 
 
 def print_report(r: dict, log=print) -> None:
-    log(f"timeline: {r['span_ms_per_step']:.1f} ms/step from first to last GPU activity, busy {r['gpu_busy_ms_per_step']:.1f}, "
-        f"idle {r['idle_ms_per_step']:.1f}; activities/step {({k: round(v) for k, v in r['activities_per_step'].items()})}")
+    log(
+        f"timeline: {r['span_ms_per_step']:.1f} ms/step from first to last GPU activity, busy {r['gpu_busy_ms_per_step']:.1f}, "
+        f"idle {r['idle_ms_per_step']:.1f}; activities/step { ({k: round(v) for k, v in r['activities_per_step'].items()}) }"
+    )
     for k, v in r["idle_ms_per_step_by_launcher"].items():
         log(f"    idle {v:6.2f} ms/step  before {k} launches")
     for k, v in r["gaps_by_size"].items():
@@ -153,7 +169,9 @@ def print_report(r: dict, log=print) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trace", help="a chrome-trace JSON (.json or .json.gz) written by torch.profiler")
-    ap.add_argument("--steps", type=int, default=1, help="optimizer steps (or calls) the trace covers: figures are per step")
+    ap.add_argument(
+        "--steps", type=int, default=1, help="optimizer steps (or calls) the trace covers: figures are per step"
+    )
     ap.add_argument("--out", default="", help="also write the analysis here as JSON")
     args = ap.parse_args()
     report = analyse_gaps(load_trace(args.trace), steps=args.steps)

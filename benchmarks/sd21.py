@@ -16,28 +16,58 @@ from viewneti_backend.testing import TEST_WORDS
 from viewneti_backend.toyworld.tokenizer import write_tokenizer
 
 UNET_21 = dict(
-    sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=96,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-    act_fn="silu", norm_num_groups=32, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True,
+    act_fn="silu",
+    norm_num_groups=32,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
 )
 VAE_SD2 = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=768,
-    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", norm_num_groups=32, scaling_factor=0.18215,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=768,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    act_fn="silu",
+    norm_num_groups=32,
+    scaling_factor=0.18215,
 )
 SCHEDULER_21 = dict(
-    _class_name="DDPMScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    num_train_timesteps=1000, prediction_type="v_prediction", clip_sample=False, steps_offset=1,
-    set_alpha_to_one=False, skip_prk_steps=True, timestep_spacing="leading",
+    _class_name="DDPMScheduler",
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    prediction_type="v_prediction",
+    clip_sample=False,
+    steps_offset=1,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    timestep_spacing="leading",
 )
 
 
 TINY = {  # --smoke: same structure, tiny widths, so the script can be checked on a CPU
-    "unet": dict(block_out_channels=(32, 32, 64, 64), attention_head_dim=(2, 2, 4, 4), layers_per_block=1,
-                 norm_num_groups=8, cross_attention_dim=64),
+    "unet": dict(
+        block_out_channels=(32, 32, 64, 64),
+        attention_head_dim=(2, 2, 4, 4),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=64,
+    ),
     "vae": dict(block_out_channels=(16, 16, 32, 32), norm_num_groups=8, layers_per_block=1),
     "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, vocab_size=1000),
 }
@@ -51,12 +81,20 @@ def sd21_base_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, s
     tok_dir = tempfile.mkdtemp(prefix="sd21-tok-")
     write_tokenizer(tok_dir, TEST_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    text_kw = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16)
+    text_kw = dict(
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16
+    )
     if tiny:
         text_kw.update(TINY["text"])
-    te_cfg = CLIPTextConfig(**text_kw, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
+    te_cfg = CLIPTextConfig(
+        **text_kw,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     with torch.device(device):
         text_encoder = CLIPTextModel(te_cfg)
         unet = UNet2DConditionModel(**{**UNET_21, **(TINY["unet"] if tiny else {})})
@@ -67,4 +105,6 @@ def sd21_base_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, s
             for p in m.parameters():
                 if p.dim() > 1:
                     p.mul_(0.5)
-    return assemble_base_model("sd21-random", tokenizer, text_encoder, unet, vae, SCHEDULER_21, torch.device(device), dtype)
+    return assemble_base_model(
+        "sd21-random", tokenizer, text_encoder, unet, vae, SCHEDULER_21, torch.device(device), dtype
+    )

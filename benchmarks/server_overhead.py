@@ -39,8 +39,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50_ms": pct(values, 0.5), "p95_ms": pct(values, 0.95),
-            "mean_ms": statistics.fmean(values), "min_ms": min(values), "max_ms": max(values)}
+    return {
+        "n": len(values),
+        "p50_ms": pct(values, 0.5),
+        "p95_ms": pct(values, 0.95),
+        "mean_ms": statistics.fmean(values),
+        "min_ms": min(values),
+        "max_ms": max(values),
+    }
 
 
 def resolve_model(arg: str | None, tmp: Path) -> tuple[str | None, str]:
@@ -55,8 +61,10 @@ def resolve_model(arg: str | None, tmp: Path) -> tuple[str | None, str]:
         return None, "embedded toy model"
     from viewneti_backend.testing import build_tiny_viewneti_model
 
-    print("note: the embedded toy model is not complete yet (no view-mapper/objects); using a tiny random "
-          "ViewNeTI model", file=sys.stderr)
+    print(
+        "note: the embedded toy model is not complete yet (no view-mapper/objects); using a tiny random ViewNeTI model",
+        file=sys.stderr,
+    )
     return str(build_tiny_viewneti_model(tmp / "tiny-model")), "tiny random model (viewneti_backend.testing)"
 
 
@@ -117,8 +125,17 @@ def run(model, args, tmp: Path) -> tuple[list[float], list[float], dict, dict]:
             for i in range(args.warmup + args.n):
                 pose = orbit_pose(7.0 * i, 20.0, 4.0)
                 cam = Camera(pose, 39.6, args.size, args.size)
-                body = {"camera": {"camera_to_anchor": pose.tolist(), "fov_y_deg": 39.6, "width": args.size,
-                                   "height": args.size}, "seed": i, "steps": args.steps, "guidance": 7.5}
+                body = {
+                    "camera": {
+                        "camera_to_anchor": pose.tolist(),
+                        "fov_y_deg": 39.6,
+                        "width": args.size,
+                        "height": args.size,
+                    },
+                    "seed": i,
+                    "steps": args.steps,
+                    "guidance": 7.5,
+                }
                 order = ("direct", "server") if i % 2 == 0 else ("server", "direct")
                 for path in order:
                     t0 = time.perf_counter()
@@ -161,16 +178,27 @@ def main() -> None:
     d, s = summary(direct), summary(server)
     overhead = {k: s[k] - d[k] for k in ("p50_ms", "p95_ms", "mean_ms")}
     rows = [("direct engine.render", d), ("POST /v1/render", s), ("overhead (server - direct)", overhead)]
-    print(f"\nmodel: {model_desc} ({info.get('base_model')}), {args.size}x{args.size}, {args.steps} steps, "
-          f"device {info.get('device')}, threads {args.threads or 'default'}, n={args.n}")
+    print(
+        f"\nmodel: {model_desc} ({info.get('base_model')}), {args.size}x{args.size}, {args.steps} steps, "
+        f"device {info.get('device')}, threads {args.threads or 'default'}, n={args.n}"
+    )
     print(f"{'path':<30}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
     for name, r in rows:
         print(f"{name:<30}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['mean_ms']:>10.1f}")
     print("server-side breakdown (mean ms): " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     result = {
-        "benchmark": "server_overhead", "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "model": model_desc, "engine_info": info, "size": args.size, "steps": args.steps, "n": args.n,
-        "threads": args.threads, "direct": d, "server": s, "overhead": overhead, "server_breakdown_mean_ms": parts,
+        "benchmark": "server_overhead",
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "model": model_desc,
+        "engine_info": info,
+        "size": args.size,
+        "steps": args.steps,
+        "n": args.n,
+        "threads": args.threads,
+        "direct": d,
+        "server": s,
+        "overhead": overhead,
+        "server_breakdown_mean_ms": parts,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

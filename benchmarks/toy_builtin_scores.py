@@ -22,7 +22,9 @@ def builtin_ground_truth(engine, cameras, objects: list[str], truth: dict | None
     truth = {} if truth is None else truth
     for name in objects:
         if name not in truth:
-            seed = NeTIMapper.from_pretrained(Path(engine.model) / "viewneti" / "objects" / name).config.extra["toy_seed"]
+            seed = NeTIMapper.from_pretrained(Path(engine.model) / "viewneti" / "objects" / name).config.extra[
+                "toy_seed"
+            ]
             truth[name] = render_scene(int(seed), cameras)
     return truth
 

@@ -50,8 +50,8 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-
     from toy_builtin_scores import builtin_ground_truth, orbit_cameras, score_builtin_renders
+
     from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import Engine, resolve_model
 
@@ -75,14 +75,33 @@ def main() -> None:
                 engine.render([cam], objects[0], seed=0)
                 times.append(time.perf_counter() - t0)
             mean = table.mean_over_scenes()
-            rows.append({"context_length": length, "psnr": mean["psnr"], "ssim": mean["ssim"],
-                         "seed_std_psnr": mean["seed_std_psnr"], "new_pose_render_s_median": statistics.median(times),
-                         "new_pose_render_s": times})
-            print(f"context {length:>3} tokens: PSNR {mean['psnr']:.2f} SSIM {mean['ssim']:.3f} "
-                  f"(seed std {mean['seed_std_psnr']:.2f}), 64x64 new pose {statistics.median(times):.3f} s", flush=True)
+            rows.append(
+                {
+                    "context_length": length,
+                    "psnr": mean["psnr"],
+                    "ssim": mean["ssim"],
+                    "seed_std_psnr": mean["seed_std_psnr"],
+                    "new_pose_render_s_median": statistics.median(times),
+                    "new_pose_render_s": times,
+                }
+            )
+            print(
+                f"context {length:>3} tokens: PSNR {mean['psnr']:.2f} SSIM {mean['ssim']:.3f} "
+                f"(seed std {mean['seed_std_psnr']:.2f}), 64x64 new pose {statistics.median(times):.3f} s",
+                flush=True,
+            )
     steps, guidance = engine.sampling.resolve(None, None)
-    report = {"command": " ".join(sys.argv), "model": str(src), "objects": objects, "views": args.views, "seeds": seeds,
-              "steps": steps, "guidance": guidance, "torch_threads": torch.get_num_threads(), "rows": rows}
+    report = {
+        "command": " ".join(sys.argv),
+        "model": str(src),
+        "objects": objects,
+        "views": args.views,
+        "seeds": seeds,
+        "steps": steps,
+        "guidance": guidance,
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
 

@@ -32,14 +32,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
     ap.add_argument("--objects", type=int, default=2, help="held-out objects (seeds --first-object, ...)")
-    ap.add_argument("--first-object", type=int, default=1000000,
-                    help="seed of the first held-out object (the benchmark's first; later ones extend an earlier run)")
+    ap.add_argument(
+        "--first-object",
+        type=int,
+        default=1000000,
+        help="seed of the first held-out object (the benchmark's first; later ones extend an earlier run)",
+    )
     ap.add_argument("--seeds", default="0", help="comma-separated inversion + render seeds")
-    ap.add_argument("--checkpoints", default="150,300,600,1200", help="optimizer steps at which to score the object token")
+    ap.add_argument(
+        "--checkpoints", default="150,300,600,1200", help="optimizer steps at which to score the object token"
+    )
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--render-steps", type=int, default=30)
-    ap.add_argument("--augmentation-pool", type=int, default=0, metavar="N",
-                    help="TrainConfig.augmentation_pool (0: fresh augmentation + encoding each step, the paper's maths)")
+    ap.add_argument(
+        "--augmentation-pool",
+        type=int,
+        default=0,
+        metavar="N",
+        help="TrainConfig.augmentation_pool (0: fresh augmentation + encoding each step, the paper's maths)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "invert_steps.json"))
@@ -48,31 +59,38 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import torch
+    from toy_object_scale import object_area_mask
     from tqdm.auto import tqdm
 
-    from toy_object_scale import object_area_mask
     from viewneti_backend.atomic_files import atomic_write_text
     from viewneti_backend.cameras import Camera
     from viewneti_backend.data import Scene
     from viewneti_backend.engine import Engine, resolve_model
     from viewneti_backend.evaluation import masked_psnr, masked_ssim
     from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene
-    from viewneti_backend.training import Trainer, TrainConfig
+    from viewneti_backend.training import TrainConfig, Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoints = sorted(int(s) for s in args.checkpoints.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = BenchmarkConfig(n_objects=args.objects, first_seed=args.first_object, seeds=seeds, guidance=args.guidance,
-                          render_steps=args.render_steps)
+    cfg = BenchmarkConfig(
+        n_objects=args.objects,
+        first_seed=args.first_object,
+        seeds=seeds,
+        guidance=args.guidance,
+        render_steps=args.render_steps,
+    )
     input_cam, targets = benchmark_cameras(cfg)
     rows: list[dict] = []
 
     def score(images, gt) -> dict:
         truth = np.mean([object_area_mask(im).mean() for im in gt.images])
-        return {"psnr": float(np.mean([masked_psnr(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
-                "ssim": float(np.mean([masked_ssim(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
-                "area_ratio": float(np.mean([object_area_mask(im).mean() for im in images]) / truth)}
+        return {
+            "psnr": float(np.mean([masked_psnr(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
+            "ssim": float(np.mean([masked_ssim(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
+            "area_ratio": float(np.mean([object_area_mask(im).mean() for im in images]) / truth),
+        }
 
     with tempfile.TemporaryDirectory() as library:
         engine = Engine.load(str(resolve_model(args.model)), device=args.device, library_dir=library, compile=False)
@@ -81,34 +99,68 @@ def main() -> None:
             gt, inp = render_scene(toy_seed, targets, args.device), render_scene(toy_seed, [input_cam], args.device)
             # exactly what Engine.invert sets up, with the object-mapper snapshotted along the way
             width, height = engine.training_size(inp.images[0])
-            scene = Scene("ref", inp.images, [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in inp.cameras])
-            trainer = Trainer(TrainConfig(mode=5, steps=checkpoints[-1], seed=s, width=width, height=height,
-                                              augmentation_pool=args.augmentation_pool), engine.base,
-                              [scene], view_mapper=engine.pipeline.view_mapper, device=args.device)
+            scene = Scene(
+                "ref", inp.images, [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in inp.cameras]
+            )
+            trainer = Trainer(
+                TrainConfig(
+                    mode=5,
+                    steps=checkpoints[-1],
+                    seed=s,
+                    width=width,
+                    height=height,
+                    augmentation_pool=args.augmentation_pool,
+                ),
+                engine.base,
+                [scene],
+                view_mapper=engine.pipeline.view_mapper,
+                device=args.device,
+            )
             snapshots, losses = {}, []
 
-            def on_step(step: int, total: int, loss: float) -> None:
+            def on_step(
+                step: int, total: int, loss: float, losses=losses, snapshots=snapshots, trainer=trainer
+            ) -> None:
                 losses.append(loss)
                 if step in checkpoints:
                     snapshots[step] = copy.deepcopy(trainer.object_mappers[0]).eval().requires_grad_(False)
 
             trainer.train(on_step=on_step, progress=False)
-            row = {"object": f"obj_{toy_seed}", "seed": s, "copy_input": score(inp.images * len(targets), gt), "checkpoints": {}}
+            row = {
+                "object": f"obj_{toy_seed}",
+                "seed": s,
+                "copy_input": score(inp.images * len(targets), gt),
+                "checkpoints": {},
+            }
             for step, mapper in snapshots.items():
                 name = f"heldout_{toy_seed}_s{s}_{step}"
                 engine.library.save(name, mapper, steps=step)
                 row["checkpoints"][str(step)] = {
                     **score(engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance), gt),
-                    "mean_loss_last_50": float(np.mean(losses[max(0, step - 50):step]))}
+                    "mean_loss_last_50": float(np.mean(losses[max(0, step - 50) : step])),
+                }
             rows.append(row)
             print(json.dumps(row))
-            summary = {"config": {**vars(args), "benchmark": {k: v for k, v in vars(cfg).items()}}, "device": args.device,
-                       "rows": rows, "command": " ".join(sys.argv)}
-            summary["mean"] = {str(k): {m: float(np.mean([r["checkpoints"][str(k)][m] for r in rows]))
-                                        for m in ("psnr", "ssim", "area_ratio")} for k in checkpoints}
-            summary["mean"]["copy_input"] = {m: float(np.mean([r["copy_input"][m] for r in rows])) for m in ("psnr", "ssim")}
+            summary = {
+                "config": {**vars(args), "benchmark": {k: v for k, v in vars(cfg).items()}},
+                "device": args.device,
+                "rows": rows,
+                "command": " ".join(sys.argv),
+            }
+            summary["mean"] = {
+                str(k): {
+                    m: float(np.mean([r["checkpoints"][str(k)][m] for r in rows]))
+                    for m in ("psnr", "ssim", "area_ratio")
+                }
+                for k in checkpoints
+            }
+            summary["mean"]["copy_input"] = {
+                m: float(np.mean([r["copy_input"][m] for r in rows])) for m in ("psnr", "ssim")
+            }
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(Path(args.out), json.dumps(summary, indent=2))  # after every inversion: a stopped run keeps its rows
+            atomic_write_text(
+                Path(args.out), json.dumps(summary, indent=2)
+            )  # after every inversion: a stopped run keeps its rows
     for k, v in summary["mean"].items():
         print(f"{k:>10}: " + "  ".join(f"{m} {x:.3f}" for m, x in v.items()))
 

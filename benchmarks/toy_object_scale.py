@@ -45,9 +45,13 @@ def main() -> None:
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
     ap.add_argument("--guidance", default="1,2", help="comma-separated classifier-free guidance scales")
     ap.add_argument("--steps", type=int, default=30, help="DPM-Solver++ steps (the benchmark's 30)")
-    ap.add_argument("--ddpm-steps", type=int, default=1000, help="also sample the prior with DDPM at this many steps (0: skip)")
+    ap.add_argument(
+        "--ddpm-steps", type=int, default=1000, help="also sample the prior with DDPM at this many steps (0: skip)"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--radii", default="3.2,3.6,4.0", help="camera distances of the distance-response rows ('' to skip)")
+    ap.add_argument(
+        "--radii", default="3.2,3.6,4.0", help="camera distances of the distance-response rows ('' to skip)"
+    )
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "object_scale.json"))
     args = ap.parse_args()
@@ -101,44 +105,84 @@ def main() -> None:
         with torch.no_grad():
             x = images_to_tensor(gt_images, cfg.size, cfg.size).to(engine.base.device, engine.base.dtype)
             rows["ground truth through the VAE (encode, decode)"] = ratio(
-                engine.pipeline.decode(engine.base.vae.encode(x).latent_dist.mean * engine.base.scaling_factor))
+                engine.pipeline.decode(engine.base.vae.encode(x).latent_dist.mean * engine.base.scaling_factor)
+            )
         prior = load_prior(model, scheduler=None)
         saved = prior.scheduler.config
-        runs = [(f"prior, true view phrase, DPM-Solver++ {args.steps} steps, guidance {g:g}",
-                 DPMSolverMultistepScheduler.from_config(saved), args.steps, g) for g in guidances]
+        runs = [
+            (
+                f"prior, true view phrase, DPM-Solver++ {args.steps} steps, guidance {g:g}",
+                DPMSolverMultistepScheduler.from_config(saved),
+                args.steps,
+                g,
+            )
+            for g in guidances
+        ]
         if args.ddpm_steps:
             # "trailing" spacing: SD 2.1's "leading" + steps_offset would index past step 999 at 1000 steps
-            runs.append((f"prior, true view phrase, DDPM {args.ddpm_steps} steps, guidance 1",
-                         DDPMScheduler.from_config(saved, timestep_spacing="trailing"), args.ddpm_steps, 1.0))
+            runs.append(
+                (
+                    f"prior, true view phrase, DDPM {args.ddpm_steps} steps, guidance 1",
+                    DDPMScheduler.from_config(saved, timestep_spacing="trailing"),
+                    args.ddpm_steps,
+                    1.0,
+                )
+            )
         for label, scheduler, steps, g in tqdm(runs, desc="prior"):
             prior.scheduler = scheduler
             rows[label] = ratio(sample(prior, prompts, seed=args.seed, steps=steps, guidance=g))
         for g in guidances:
             for with_view in (True, False):
-                images = [im for name in objects for im in engine.render(cams, name, seed=args.seed, steps=args.steps,
-                                                                         guidance=g, with_view=with_view)]
-                rows[f"ViewNeTI engine, {'with' if with_view else 'without'} view token, guidance {g:g}"] = ratio(images)
+                images = [
+                    im
+                    for name in objects
+                    for im in engine.render(
+                        cams, name, seed=args.seed, steps=args.steps, guidance=g, with_view=with_view
+                    )
+                ]
+                rows[f"ViewNeTI engine, {'with' if with_view else 'without'} view token, guidance {g:g}"] = ratio(
+                    images
+                )
         distance: dict[str, dict[str, float]] = {}
         for r in [float(x) for x in args.radii.split(",") if x.strip()]:
             at_r = [Camera(orbit_pose(a, cfg.target_elevation, r), cfg.fov_y_deg, cfg.size, cfg.size) for a in azimuths]
-            true_area = float(np.mean([object_area_mask(im).mean() for name in objects
-                                       for im in render_scene(seeds[name], at_r).images]))
+            true_area = float(
+                np.mean(
+                    [object_area_mask(im).mean() for name in objects for im in render_scene(seeds[name], at_r).images]
+                )
+            )
             for g in guidances:
-                images = [im for name in objects for im in engine.render(at_r, name, seed=args.seed, steps=args.steps, guidance=g)]
+                images = [
+                    im
+                    for name in objects
+                    for im in engine.render(at_r, name, seed=args.seed, steps=args.steps, guidance=g)
+                ]
                 generated = float(np.mean([object_area_mask(im).mean() for im in images]))
-                distance[f"radius {r:g}, guidance {g:g}"] = {"true_area": true_area, "generated_area": generated,
-                                                              "ratio": generated / true_area}
+                distance[f"radius {r:g}, guidance {g:g}"] = {
+                    "true_area": true_area,
+                    "generated_area": generated,
+                    "ratio": generated / true_area,
+                }
 
     print(f"object segmentation by saturation vs the renderer's masks on ground truth: IoU {np.mean(iou):.3f}")
     print(f"ground-truth object area: {truth:.4f} of the image")
     for label, r in rows.items():
         print(f"{label:70s} area x{r:.2f}")
     for label, d in distance.items():
-        print(f"with view token, {label:30s} true area {d['true_area']:.3f}  generated {d['generated_area']:.3f}  x{d['ratio']:.2f}")
-    summary = {"model": str(model), "objects": objects, "target_azimuths": azimuths, "seed": args.seed,
-               "segmentation_iou_on_ground_truth": float(np.mean(iou)), "ground_truth_area": truth,
-               "area_ratio_to_ground_truth": rows, "distance_response_with_view_token": distance,
-               "command": " ".join(sys.argv)}
+        print(
+            f"with view token, {label:30s} true area {d['true_area']:.3f}  generated {d['generated_area']:.3f}  x{d['ratio']:.2f}"
+        )
+    summary = {
+        "model": str(model),
+        "objects": objects,
+        "target_azimuths": azimuths,
+        "seed": args.seed,
+        "segmentation_iou_on_ground_truth": float(np.mean(iou)),
+        "ground_truth_area": truth,
+        "area_ratio_to_ground_truth": rows,
+        "distance_response_with_view_token": distance,
+        "command": " ".join(sys.argv),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
 

@@ -37,8 +37,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import torch
-
     from toy_builtin_scores import builtin_ground_truth, orbit_cameras, score_builtin_renders
+
     from viewneti_backend.engine import Engine
 
     if args.threads:
@@ -60,17 +60,36 @@ def main() -> None:
                     engine.render([one], objects[0], seed=seed + 1, steps=steps, guidance=guidance)
                 cached_s = (time.perf_counter() - t0) / 3
                 mean = table.mean_over_scenes()
-                rows.append({"steps": steps, "guidance": guidance, "psnr": mean["psnr"], "ssim": mean["ssim"],
-                             "seed_std_psnr": mean["seed_std_psnr"], "render_64_cached_pose_s": cached_s})
-                print(f"guidance {guidance:>4} steps {steps:>3}: PSNR {mean['psnr']:.2f} SSIM {mean['ssim']:.3f} "
-                      f"(seed std {mean['seed_std_psnr']:.2f}), 64x64 cached pose {cached_s:.3f} s", flush=True)
-    report = {"objects": objects, "views": args.views, "seeds": seeds, "torch_threads": torch.get_num_threads(),
-              "sampling_defaults_now": engine.sampling.to_dict(), "rows": rows}
+                rows.append(
+                    {
+                        "steps": steps,
+                        "guidance": guidance,
+                        "psnr": mean["psnr"],
+                        "ssim": mean["ssim"],
+                        "seed_std_psnr": mean["seed_std_psnr"],
+                        "render_64_cached_pose_s": cached_s,
+                    }
+                )
+                print(
+                    f"guidance {guidance:>4} steps {steps:>3}: PSNR {mean['psnr']:.2f} SSIM {mean['ssim']:.3f} "
+                    f"(seed std {mean['seed_std_psnr']:.2f}), 64x64 cached pose {cached_s:.3f} s",
+                    flush=True,
+                )
+    report = {
+        "objects": objects,
+        "views": args.views,
+        "seeds": seeds,
+        "torch_threads": torch.get_num_threads(),
+        "sampling_defaults_now": engine.sampling.to_dict(),
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     best = max(rows, key=lambda r: r["psnr"])
-    print(f"best PSNR: steps {best['steps']}, guidance {best['guidance']} ({best['psnr']:.2f} dB); "
-          f"mean over settings {np.mean([r['psnr'] for r in rows]):.2f} dB")
+    print(
+        f"best PSNR: steps {best['steps']}, guidance {best['guidance']} ({best['psnr']:.2f} dB); "
+        f"mean over settings {np.mean([r['psnr'] for r in rows]):.2f} dB"
+    )
 
 
 if __name__ == "__main__":

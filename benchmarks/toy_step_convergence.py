@@ -49,8 +49,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import torch
-
     from toy_builtin_scores import builtin_ground_truth, orbit_cameras
+
     from viewneti_backend.engine import Engine
     from viewneti_backend.evaluation import masked_psnr
 
@@ -63,9 +63,14 @@ def main() -> None:
         engine = Engine.load(device="cpu", library_dir=library)
         objects = engine.library.names()
         truth = builtin_ground_truth(engine, cams, objects)
-        truth_sharpness = float(np.mean([sharpness(im, truth[o].masks[k]) for o in objects for k, im in enumerate(truth[o].images)]))
-        reference = {(o, s): engine.render(cams, o, seed=s, steps=args.reference_steps, guidance=args.guidance)
-                     for o in objects for s in seeds}
+        truth_sharpness = float(
+            np.mean([sharpness(im, truth[o].masks[k]) for o in objects for k, im in enumerate(truth[o].images)])
+        )
+        reference = {
+            (o, s): engine.render(cams, o, seed=s, steps=args.reference_steps, guidance=args.guidance)
+            for o in objects
+            for s in seeds
+        }
         for steps in [int(s) for s in args.steps.split(",")]:
             psnr, sharp = [], []
             for o in objects:
@@ -74,10 +79,19 @@ def main() -> None:
                     psnr += [masked_psnr(p, r) for p, r in zip(preds, reference[(o, s)])]
                     sharp += [sharpness(p, truth[o].masks[k]) for k, p in enumerate(preds)]
             rows[steps] = {"psnr_to_reference": float(np.mean(psnr)), "sharpness": float(np.mean(sharp))}
-            print(f"{steps:>3} steps: {rows[steps]['psnr_to_reference']:.2f} dB from the {args.reference_steps}-step render, "
-                  f"sharpness {rows[steps]['sharpness']:.4f} (ground truth {truth_sharpness:.4f})", flush=True)
-    report = {"config": vars(args), "model": str(engine.model), "sampling_config": dict(engine.base.scheduler_config),
-              "ground_truth_sharpness": truth_sharpness, "rows": rows, "command": " ".join(sys.argv)}
+            print(
+                f"{steps:>3} steps: {rows[steps]['psnr_to_reference']:.2f} dB from the {args.reference_steps}-step render, "
+                f"sharpness {rows[steps]['sharpness']:.4f} (ground truth {truth_sharpness:.4f})",
+                flush=True,
+            )
+    report = {
+        "config": vars(args),
+        "model": str(engine.model),
+        "sampling_config": dict(engine.base.scheduler_config),
+        "ground_truth_sharpness": truth_sharpness,
+        "rows": rows,
+        "command": " ".join(sys.argv),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))
 

@@ -31,8 +31,11 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=3, help="held-out objects (seeds 1000000, ...)")
     ap.add_argument("--seeds", default="0", help="comma-separated inversion + render seeds")
     ap.add_argument("--invert-steps", type=int, default=300, help="mode-5 optimizer steps per inversion")
-    ap.add_argument("--settings", default="leading:10,leading:30,trailing:4,trailing:6,trailing:10,trailing:30",
-                    help="comma-separated SPACING:STEPS pairs to render each inverted object with")
+    ap.add_argument(
+        "--settings",
+        default="leading:10,leading:30,trailing:4,trailing:6,trailing:10,trailing:30",
+        help="comma-separated SPACING:STEPS pairs to render each inverted object with",
+    )
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "timestep_spacing.json"))
@@ -61,8 +64,10 @@ def main() -> None:
     input_cam, targets = benchmark_cameras(cfg)
 
     def score(images, gt) -> dict:
-        return {"psnr": float(np.mean([masked_psnr(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
-                "ssim": float(np.mean([masked_ssim(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)]))}
+        return {
+            "psnr": float(np.mean([masked_psnr(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
+            "ssim": float(np.mean([masked_ssim(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
+        }
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as library:
@@ -73,24 +78,46 @@ def main() -> None:
             gt, inp = render_scene(toy_seed, targets), render_scene(toy_seed, [input_cam])
             name = f"heldout_{toy_seed}_s{s}"
             engine.invert(inp.images, inp.cameras, name, args.invert_steps, seed=s)  # mode 5, as in the benchmark
-            row = {"object": f"obj_{toy_seed}", "seed": s, "copy_input": score(inp.images * len(targets), gt), "settings": {}}
+            row = {
+                "object": f"obj_{toy_seed}",
+                "seed": s,
+                "copy_input": score(inp.images * len(targets), gt),
+                "settings": {},
+            }
             for spacing, steps in settings:
                 # the engine builds its sampler from this dict on every render (base_model.sampling_scheduler)
                 engine.base.scheduler_config["timestep_spacing"] = spacing
                 row["settings"][f"{spacing}:{steps}"] = {
-                    "viewneti_mode5": score(engine.render(targets, name, seed=s, steps=steps, guidance=args.guidance), gt),
-                    "no_view_token": score(engine.render(targets, name, seed=s, steps=steps, guidance=args.guidance,
-                                                         with_view=False), gt)}
+                    "viewneti_mode5": score(
+                        engine.render(targets, name, seed=s, steps=steps, guidance=args.guidance), gt
+                    ),
+                    "no_view_token": score(
+                        engine.render(targets, name, seed=s, steps=steps, guidance=args.guidance, with_view=False), gt
+                    ),
+                }
             engine.base.scheduler_config["timestep_spacing"] = shipped_spacing
             rows.append(row)
             print(json.dumps(row), flush=True)
-            mean = {key: {arm: {m: float(np.mean([r["settings"][key][arm][m] for r in rows])) for m in ("psnr", "ssim")}
-                          for arm in ("viewneti_mode5", "no_view_token")} for key in rows[0]["settings"]}
-            summary = {"config": vars(args), "model": str(engine.model), "shipped_spacing": shipped_spacing, "rows": rows,
-                       "mean": mean, "copy_input": {m: float(np.mean([r["copy_input"][m] for r in rows])) for m in ("psnr", "ssim")},
-                       "command": " ".join(sys.argv)}
+            mean = {
+                key: {
+                    arm: {m: float(np.mean([r["settings"][key][arm][m] for r in rows])) for m in ("psnr", "ssim")}
+                    for arm in ("viewneti_mode5", "no_view_token")
+                }
+                for key in rows[0]["settings"]
+            }
+            summary = {
+                "config": vars(args),
+                "model": str(engine.model),
+                "shipped_spacing": shipped_spacing,
+                "rows": rows,
+                "mean": mean,
+                "copy_input": {m: float(np.mean([r["copy_input"][m] for r in rows])) for m in ("psnr", "ssim")},
+                "command": " ".join(sys.argv),
+            }
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(Path(args.out), json.dumps(summary, indent=2))  # after every object: a stopped run keeps its rows
+            atomic_write_text(
+                Path(args.out), json.dumps(summary, indent=2)
+            )  # after every object: a stopped run keeps its rows
     print(f"{'setting':>14}  {'mode 5 PSNR':>11}  {'SSIM':>6}  {'no-view PSNR':>12}  {'SSIM':>6}")
     for key, v in summary["mean"].items():
         a, b = v["viewneti_mode5"], v["no_view_token"]

@@ -28,8 +28,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import viewneti_backend.training as training  # noqa: E402
 from sd21 import sd21_base_model  # noqa: E402
+
+import viewneti_backend.training as training  # noqa: E402
 from viewneti_backend.atomic_files import atomic_write_text  # noqa: E402
 from viewneti_backend.base_model import compile_base_model  # noqa: E402
 from viewneti_backend.camera_features import make_parameterization  # noqa: E402
@@ -52,8 +53,12 @@ def label(obj, name: str, region: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--compile", action="store_true", help="compile the UNet, VAE and CLIP blocks as the CUDA path does "
-                                                            "(inductor on the CPU, mode 'default': no CUDA graphs here)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the UNet, VAE and CLIP blocks as the CUDA path does "
+        "(inductor on the CPU, mode 'default': no CUDA graphs here)",
+    )
     ap.add_argument("--out", default="", help="write the counts as JSON here")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -68,11 +73,17 @@ def main() -> None:
     cfg = training.TrainConfig(mode=5, steps=2, batch_size=3, grad_accum=3, width=w, height=h, augmentation=7)
     trainer = training.Trainer(cfg, base, [Scene("s", [image], [cams[1]])], view_mapper=view_mapper, device="cpu")
     trainer.train(progress=False)  # warm-up (and compilation)
-    for obj, name, region in [(training, "apply_augmentation", "augmentation"), (trainer, "_sample_batch", "sample batch"),
-                              (trainer.base.vae, "encode", "VAE encode"), (trainer.mappers, "forward", "object-mapper"),
-                              (trainer.frozen_view, "forward", "frozen view-mapper"), (trainer.base.text, "encode", "text encode"),
-                              (trainer.base.text, "_transformer", "CLIP blocks"), (trainer.optimizer, "step", "optimizer"),
-                              (trainer.accelerator, "backward", "backward call")]:
+    for obj, name, region in [
+        (training, "apply_augmentation", "augmentation"),
+        (trainer, "_sample_batch", "sample batch"),
+        (trainer.base.vae, "encode", "VAE encode"),
+        (trainer.mappers, "forward", "object-mapper"),
+        (trainer.frozen_view, "forward", "frozen view-mapper"),
+        (trainer.base.text, "encode", "text encode"),
+        (trainer.base.text, "_transformer", "CLIP blocks"),
+        (trainer.optimizer, "step", "optimizer"),
+        (trainer.accelerator, "backward", "backward call"),
+    ]:
         label(obj, name, region)
     steps = 2
     trainer.config.steps = trainer.step + steps
@@ -85,7 +96,7 @@ def main() -> None:
     def walk(event, compiled: bool, region: str) -> None:
         name = event.name
         if name.startswith("region:"):
-            region = region + " / " + name[len("region:"):] if region else name[len("region:"):]
+            region = region + " / " + name[len("region:") :] if region else name[len("region:") :]
         if name.startswith("autograd::engine"):
             region = "autograd backward (eager part)"
         compiled = compiled or "ompiled" in name  # "Torch-Compiled Region", "CompiledFunction"
@@ -100,17 +111,30 @@ def main() -> None:
             walk(event, False, "")
     rows = sorted(((r, sum(c.values()) / steps, c) for r, c in per_region.items()), key=lambda x: -x[1])
     total = sum(n for _, n, _ in rows)
-    print(f"eager aten ops per step outside compiled graphs ({'compiled' if args.compile else 'eager'} model): "
-          f"{total:.0f}, plus {sum(host_only.values()) / steps:.0f} CPU-side random draws")
+    print(
+        f"eager aten ops per step outside compiled graphs ({'compiled' if args.compile else 'eager'} model): "
+        f"{total:.0f}, plus {sum(host_only.values()) / steps:.0f} CPU-side random draws"
+    )
     print(f"{'region':45s} {'ops':>7s}  most frequent")
     for region, n, c in rows:
         print(f"{region:45s} {n:7.1f}  " + ", ".join(f"{k[6:]} {v / steps:g}" for k, v in c.most_common(5)))
     if args.out:
-        atomic_write_text(Path(args.out), json.dumps({
-            "command": " ".join(["python", "benchmarks/training_eager_ops.py"] + sys.argv[1:]), "compiled": args.compile,
-            "steps_profiled": steps, "eager_ops_per_step": total, "host_only_random_draws_per_step": sum(host_only.values()) / steps,
-            "by_region": {r: {"ops_per_step": n, "ops": {k: v / steps for k, v in c.most_common()}} for r, n, c in rows}},
-            indent=2))
+        atomic_write_text(
+            Path(args.out),
+            json.dumps(
+                {
+                    "command": " ".join(["python", "benchmarks/training_eager_ops.py"] + sys.argv[1:]),
+                    "compiled": args.compile,
+                    "steps_profiled": steps,
+                    "eager_ops_per_step": total,
+                    "host_only_random_draws_per_step": sum(host_only.values()) / steps,
+                    "by_region": {
+                        r: {"ops_per_step": n, "ops": {k: v / steps for k, v in c.most_common()}} for r, n, c in rows
+                    },
+                },
+                indent=2,
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sd21 import UNET_21, VAE_SD2  # noqa: E402
+
 from viewneti_backend.atomic_files import atomic_write_text  # noqa: E402
 from viewneti_backend.text_conditioning import _text_transformer  # noqa: E402
 
@@ -47,8 +48,17 @@ def main() -> None:
     with torch.device("meta"):
         unet = UNet2DConditionModel(**UNET_21).requires_grad_(False)
         vae = AutoencoderKL(**VAE_SD2).requires_grad_(False)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                                            num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu")).requires_grad_(False)
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=23,
+                num_attention_heads=16,
+                max_position_embeddings=77,
+                hidden_act="gelu",
+            )
+        ).requires_grad_(False)
     encoder = _text_transformer(text).encoder
     n, w, h, prompts = args.images, args.width, args.height, args.images * args.layers
 
@@ -61,20 +71,38 @@ def main() -> None:
 
     def unet_forward_backward():
         states = torch.empty(n, 77, 1024, device="meta", requires_grad=True)
-        unet(torch.empty(n, 4, h // 8, w // 8, device="meta"), torch.zeros(n, device="meta"),
-             encoder_hidden_states=states).sample.sum().backward()
+        unet(
+            torch.empty(n, 4, h // 8, w // 8, device="meta"),
+            torch.zeros(n, device="meta"),
+            encoder_hidden_states=states,
+        ).sample.sum().backward()
 
-    parts = {"VAE encoder, forward": tflop(vae_encode), "CLIP text encoder, forward + backward": tflop(clip_forward_backward),
-             "UNet, forward + backward": tflop(unet_forward_backward)}
+    parts = {
+        "VAE encoder, forward": tflop(vae_encode),
+        "CLIP text encoder, forward + backward": tflop(clip_forward_backward),
+        "UNet, forward + backward": tflop(unet_forward_backward),
+    }
     total = sum(parts.values())
     print(f"mode-5 step: {n} images at {w}x{h}, {prompts} prompts")
     for name, t in parts.items():
         print(f"  {name:40s} {t:6.2f} TFLOP  {100 * t / total:4.1f} %")
     print(f"  {'total':40s} {total:6.2f} TFLOP")
     if args.out:
-        atomic_write_text(Path(args.out), json.dumps({"command": " ".join(["python", "benchmarks/training_step_flops.py"] + sys.argv[1:]),
-                                                      "images": n, "width": w, "height": h, "prompts": prompts,
-                                                      "tflop": parts, "total_tflop": total}, indent=2))
+        atomic_write_text(
+            Path(args.out),
+            json.dumps(
+                {
+                    "command": " ".join(["python", "benchmarks/training_step_flops.py"] + sys.argv[1:]),
+                    "images": n,
+                    "width": w,
+                    "height": h,
+                    "prompts": prompts,
+                    "tflop": parts,
+                    "total_tflop": total,
+                },
+                indent=2,
+            ),
+        )
 
 
 if __name__ == "__main__":

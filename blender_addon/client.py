@@ -347,7 +347,7 @@ class Client:
     def get_bytes(self, path):
         """GET a binary resource by absolute path (e.g. a frame URL from an SSE event)."""
         if path.startswith(self._prefix + "/") and self._prefix:
-            path = path[len(self._prefix):]
+            path = path[len(self._prefix) :]
         return self._call("GET", path, accept="*/*")[2]
 
     def frame(self, job_id, frame):

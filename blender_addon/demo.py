@@ -63,7 +63,11 @@ def keyframe_orbit(bpy, camera, anchor, frames: int, radius: float, elevation_de
     el = math.radians(elevation_deg)
     for f in range(1, frames + 1):
         az = 2 * math.pi * (f - 1) / frames
-        camera.location = (radius * math.sin(az) * math.cos(el), -radius * math.cos(az) * math.cos(el), radius * math.sin(el))
+        camera.location = (
+            radius * math.sin(az) * math.cos(el),
+            -radius * math.cos(az) * math.cos(el),
+            radius * math.sin(el),
+        )
         camera.keyframe_insert("location", frame=f)
 
 
@@ -88,11 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="outputs/demo", help="output folder (frames, contact sheet, .blend, server data)")
     ap.add_argument("--frames", type=int, default=12, help="frames on the orbit (default 12)")
     ap.add_argument("--object", default="toy_000", help="object token to render (default: the toy world's toy_000)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="denoising steps per frame (default: the model's recommended value, see /v1/health)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps per frame (default: the model's recommended value, see /v1/health)",
+    )
     ap.add_argument("--resolution", type=int, default=64, help="long side in pixels (toy model: 64)")
-    ap.add_argument("--guidance", type=float, default=None,
-                    help="guidance scale (default: the model's recommended value; toy model: 2, SD 2: 7.5)")
+    ap.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance scale (default: the model's recommended value; toy model: 2, SD 2: 7.5)",
+    )
     ap.add_argument("--invert-steps", type=int, default=60, help="optimizer steps of the inversion (0: skip it)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
@@ -103,8 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     print(f"[1/6] starting the render service on {url} (toy-world model) ...", flush=True)
     with open(log, "wb") as fh:
-        server = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(out / "server-data")],
-                                  cwd=str(ROOT), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(out / "server-data")],
+            cwd=str(ROOT),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     try:
         health = wait_for_health(url, server, log)
         print(f"      {health['base_model']} on {health['device']}, view-mapper {health['view_mapper']}", flush=True)
@@ -115,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         from blender_addon import build
 
         zip_path = build.build(str(out / "dist"))
-        assert bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True) == {"FINISHED"}
+        assert bpy.ops.extensions.package_install_files(
+            filepath=zip_path, repo="user_default", enable_on_install=True
+        ) == {"FINISHED"}
         package = "bl_ext.user_default.viewneti"
         prefs = bpy.context.preferences.addons[package].preferences
         prefs.backend_url, prefs.timeout = url, 3600.0  # headless jobs block until done; CPU inversions take minutes
@@ -141,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         settings.use_model_defaults = args.steps is None and args.guidance is None
         if not settings.use_model_defaults:
             settings.steps = args.steps if args.steps is not None else settings.model_steps or settings.steps
-            settings.guidance = args.guidance if args.guidance is not None else settings.model_guidance or settings.guidance
+            settings.guidance = (
+                args.guidance if args.guidance is not None else settings.model_guidance or settings.guidance
+            )
         settings.object_name = args.object
 
         print(f"[4/6] Render Camera Path: {args.frames} frames of '{args.object}' ...", flush=True)
@@ -152,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = [sorted((out / "frames" / args.object).glob("frame_*.png"))]
 
         if args.invert_steps:
-            print(f"[5/6] Invert Reference: frame 1 -> new object '{INVERTED}' ({args.invert_steps} steps) ...", flush=True)
+            print(
+                f"[5/6] Invert Reference: frame 1 -> new object '{INVERTED}' ({args.invert_steps} steps) ...",
+                flush=True,
+            )
             if forget_previous_inversion(url, INVERTED):
                 print(f"      (deleted the previous run's '{INVERTED}' from the demo's server data)", flush=True)
             scene.frame_set(1)

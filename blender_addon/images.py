@@ -27,7 +27,7 @@ def png_size(data):
 def encode_png(width, height, rgba, flip=True):
     """8-bit RGBA PNG from ``width*height*4`` bytes; `flip` turns Blender's bottom-up rows top-down."""
     stride = width * 4
-    rows = [bytes(rgba[y * stride:(y + 1) * stride]) for y in range(height)]
+    rows = [bytes(rgba[y * stride : (y + 1) * stride]) for y in range(height)]
     if flip:
         rows.reverse()
     raw = b"".join(b"\x00" + row for row in rows)

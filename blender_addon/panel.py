@@ -82,8 +82,10 @@ class VIEWNETI_PT_main(_SidebarPanel, bpy.types.Panel):
         settings = context.scene.viewneti
         box = layout.box()
         row = box.row()
-        row.label(text=settings.bl_rna.properties["backend_state"].enum_items[settings.backend_state].name,
-                  icon=STATE_ICONS.get(settings.backend_state, "QUESTION"))
+        row.label(
+            text=settings.bl_rna.properties["backend_state"].enum_items[settings.backend_state].name,
+            icon=STATE_ICONS.get(settings.backend_state, "QUESTION"),
+        )
         row.operator("viewneti.refresh_status", text="", icon="FILE_REFRESH")
         box.prop(runtime.prefs(context), "backend_url", text="")
         if settings.backend_state == "OK" and settings.backend_info:

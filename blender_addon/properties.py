@@ -100,8 +100,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         name="Anchor",
         type=bpy.types.Object,
         description=(
-            "The subject: poses are taken relative to it and its scale sets the distance unit. "
-            "Empty = world origin"
+            "The subject: poses are taken relative to it and its scale sets the distance unit. Empty = world origin"
         ),
     )
     object_name: StringProperty(

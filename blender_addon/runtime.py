@@ -174,9 +174,7 @@ def fetch_backend(client):
 def apply_backend(scene, info, objects, announce=True):
     settings = scene.viewneti
     settings.backend_state = "OK"
-    settings.backend_info = (
-        f"{info.get('base_model', '?')} on {info.get('device', '?')} · v{info.get('version', '?')}"
-    )
+    settings.backend_info = f"{info.get('base_model', '?')} on {info.get('device', '?')} · v{info.get('version', '?')}"
     apply_sampling_defaults(settings, info.get("sampling_defaults"))
     settings.objects.clear()
     for entry in objects:
@@ -310,9 +308,7 @@ def live_running():
 def start_live(scene):
     stop_live()
     client = make_client()
-    SESSION.live = LiveController(
-        lambda item: client.render(item[1]), debounce=prefs().live_debounce, max_in_flight=2
-    )
+    SESSION.live = LiveController(lambda item: client.render(item[1]), debounce=prefs().live_debounce, max_in_flight=2)
     SESSION.live_scene = scene.name
     scene.viewneti.live = True
     set_status(scene, "Live: move the active camera")
@@ -345,8 +341,15 @@ def live_step():
         except ValueError as exc:
             set_status(scene, f"Live paused: {exc}")
         else:
-            key = (camera.name,) + camera_pose.pose_key(request["camera"]) + (
-                request.get("object", ""), request["seed"], request.get("steps"), request.get("guidance"),
+            key = (
+                (camera.name,)
+                + camera_pose.pose_key(request["camera"])
+                + (
+                    request.get("object", ""),
+                    request["seed"],
+                    request.get("steps"),
+                    request.get("guidance"),
+                )
             )
             controller.observe(key, (camera.name, request))
     for result in controller.tick():
@@ -594,7 +597,11 @@ def start_backend(scene):
     with open(SESSION.backend_log, "ab") as log:
         try:
             SESSION.backend_proc = subprocess.Popen(
-                args, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                args,
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=os.name == "posix",
             )
         except OSError as exc:

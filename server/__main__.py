@@ -12,8 +12,9 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from viewneti_backend.compile_modes import COMPILE_CHOICES, COMPILE_HELP
 
@@ -45,42 +46,90 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="viewneti-server", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="viewneti-server",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     m = p.add_argument_group("model")
-    m.add_argument("--model", metavar="ID_OR_DIR", default=None,
-                   help="diffusers model: a Hugging Face hub id or a local folder with a Stable-Diffusion-"
-                        "architecture pipeline (default: $VIEWNETI_MODEL, else the embedded toy-world model)")
-    m.add_argument("--view-mapper", metavar="DIR", default=None,
-                   help="folder of a pretrained view-mapper checkpoint (default: the one bundled with the model, if any)")
+    m.add_argument(
+        "--model",
+        metavar="ID_OR_DIR",
+        default=None,
+        help="diffusers model: a Hugging Face hub id or a local folder with a Stable-Diffusion-"
+        "architecture pipeline (default: $VIEWNETI_MODEL, else the embedded toy-world model)",
+    )
+    m.add_argument(
+        "--view-mapper",
+        metavar="DIR",
+        default=None,
+        help="folder of a pretrained view-mapper checkpoint (default: the one bundled with the model, if any)",
+    )
     m.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    m.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="dtype of the frozen model parts (default: bfloat16 on GPUs that support it, else float16; float32 on CPU)")
-    m.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
-                   help=COMPILE_HELP + "; the server compiles its live-preview size before it reports ready (default auto)")
-    m.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads torch may use (default: torch's choice; 1 is often fastest on a busy "
-                        "machine with few cores)")
+    m.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="dtype of the frozen model parts (default: bfloat16 on GPUs that support it, else float16; float32 on CPU)",
+    )
+    m.add_argument(
+        "--compile",
+        default="auto",
+        choices=COMPILE_CHOICES,
+        help=COMPILE_HELP + "; the server compiles its live-preview size before it reports ready (default auto)",
+    )
+    m.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch may use (default: torch's choice; 1 is often fastest on a busy machine with few cores)",
+    )
     n = p.add_argument_group("network")
-    n.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to listen on (default {DEFAULT_HOST}; any other address requires --token)")
-    n.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
-    n.add_argument("--token", default=None,
-                   help="access token that clients must send as 'Authorization: Bearer <token>' (default: "
-                        "$VIEWNETI_TOKEN; required for non-loopback --host). Prefer the environment variable: "
-                        "command lines are visible to other users")
+    n.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}; any other address requires --token)",
+    )
+    n.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
+    n.add_argument(
+        "--token",
+        default=None,
+        help="access token that clients must send as 'Authorization: Bearer <token>' (default: "
+        "$VIEWNETI_TOKEN; required for non-loopback --host). Prefer the environment variable: "
+        "command lines are visible to other users",
+    )
     s = p.add_argument_group("storage and limits")
-    s.add_argument("--data-dir", type=Path, default=None,
-                   help=f"where the object library and jobs are kept (default: $VIEWNETI_DATA_DIR or {default_data_dir()})")
-    s.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
-                   help=f"largest request body accepted, in MB; larger ones get 413 (default {DEFAULT_MAX_BODY_MB:g})")
-    s.add_argument("--max-size", type=int, default=2048,
-                   help="largest image side a render may request (default 2048, or the model's limit if lower)")
+    s.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"where the object library and jobs are kept (default: $VIEWNETI_DATA_DIR or {default_data_dir()})",
+    )
+    s.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=DEFAULT_MAX_BODY_MB,
+        help=f"largest request body accepted, in MB; larger ones get 413 (default {DEFAULT_MAX_BODY_MB:g})",
+    )
+    s.add_argument(
+        "--max-size",
+        type=int,
+        default=2048,
+        help="largest image side a render may request (default 2048, or the model's limit if lower)",
+    )
     s.add_argument("--max-steps", type=int, default=150, help="most denoising steps a render may request (default 150)")
     s.add_argument("--max-jobs", type=int, default=64, help="most queued/running jobs; more get 429 (default 64)")
     o = p.add_argument_group("logging")
-    o.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="log verbosity; 'info' logs one line per request (default info)")
+    o.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity; 'info' logs one line per request (default info)",
+    )
     return p
 
 
@@ -90,17 +139,30 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise SystemExit("--max-body-mb must be positive")
     return ServerConfig(
         data_dir=(args.data_dir or default_data_dir()).expanduser().resolve(),
-        host=args.host, port=args.port, model=args.model, view_mapper=args.view_mapper,
-        device=args.device, dtype=args.dtype, compile=args.compile, token=token,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        view_mapper=args.view_mapper,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        token=token,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_size=max(16, min(2048, args.max_size)), max_steps=max(1, min(150, args.max_steps)),
+        max_size=max(16, min(2048, args.max_size)),
+        max_steps=max(1, min(150, args.max_steps)),
         max_queued_jobs=max(1, args.max_jobs),
     )
 
 
 def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Callable[[], Any]:
-    kwargs = dict(model=config.model, view_mapper=config.view_mapper, device=config.device, dtype=config.dtype,
-                  library_dir=config.objects_dir, compile=config.compile)
+    kwargs = dict(
+        model=config.model,
+        view_mapper=config.view_mapper,
+        device=config.device,
+        dtype=config.dtype,
+        library_dir=config.objects_dir,
+        compile=config.compile,
+    )
     hook = os.environ.get("VIEWNETI_SERVER_ENGINE")
 
     def factory() -> Any:
@@ -122,8 +184,11 @@ def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Call
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,8 +218,17 @@ def main(argv: list[str] | None = None) -> None:
             app.state.begin_shutdown()
             super().handle_exit(sig, frame)
 
-    Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level, access_log=False,
-                          timeout_graceful_shutdown=10, server_header=False)).run()
+    Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+    ).run()
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -31,8 +32,19 @@ from .events import EventHub, job_event_stream
 from .images import decode_base64_image, encode_png
 from .jobs import JobStore
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware
-from .schemas import (CameraIn, CancelOut, ErrorOut, HealthOut, InvertRequest, JobCreated, JobOut, JobsOut, ObjectsOut,
-                      RenderRequest, SequenceRequest)
+from .schemas import (
+    CameraIn,
+    CancelOut,
+    ErrorOut,
+    HealthOut,
+    InvertRequest,
+    JobCreated,
+    JobOut,
+    JobsOut,
+    ObjectsOut,
+    RenderRequest,
+    SequenceRequest,
+)
 from .worker import ClientGone, RenderTask, Worker
 
 log = logging.getLogger("viewneti.server")
@@ -47,8 +59,11 @@ except ImportError:  # pragma: no cover - older library
 
 def validate_name(name: str, what: str = "object name") -> str:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ApiError(400, f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter "
-                            "or digit (no paths, dots or spaces)")
+        raise ApiError(
+            400,
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter "
+            "or digit (no paths, dots or spaces)",
+        )
     if _library_validate_name is not None:
         _library_validate_name(name)
     return name
@@ -60,8 +75,11 @@ def parse_camera(cam: CameraIn, what: str, config: ServerConfig, max_size: int) 
     except CameraError as exc:
         raise ApiError(400, f"{what}: {exc}") from None
     if camera.width > max_size or camera.height > max_size:
-        raise ApiError(422, f"{what}: {camera.width}x{camera.height} is larger than this server allows "
-                            f"({max_size} per side, see GET /v1/health max_size): request a smaller image")
+        raise ApiError(
+            422,
+            f"{what}: {camera.width}x{camera.height} is larger than this server allows "
+            f"({max_size} per side, see GET /v1/health max_size): request a smaller image",
+        )
     return camera
 
 
@@ -90,7 +108,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         title="ViewNeTI render service",
         version=viewneti_backend.__version__,
         description="Novel views of a frozen Stable-Diffusion-architecture model steered by ViewNeTI tokens. "
-                    "The contract is server/API.md.",
+        "The contract is server/API.md.",
         lifespan=lifespan,
     )
     app.state.config, app.state.worker, app.state.store, app.state.hub = config, worker, store, hub
@@ -140,12 +158,18 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         extra = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
         return {
             **extra,
-            "status": "ok", "api": API_VERSION,
+            "status": "ok",
+            "api": API_VERSION,
             "version": str(info.get("version") or viewneti_backend.__version__),
-            "base_model": info.get("base_model"), "device": info.get("device"), "dtype": info.get("dtype"),
-            "view_mapper": info.get("view_mapper"), "default_object": info.get("default_object"),
-            "queue_depth": worker.queue_depth(), "native_size": info.get("native_size"),
-            "max_size": max_size(), "max_steps": config.max_steps,
+            "base_model": info.get("base_model"),
+            "device": info.get("device"),
+            "dtype": info.get("dtype"),
+            "view_mapper": info.get("view_mapper"),
+            "default_object": info.get("default_object"),
+            "queue_depth": worker.queue_depth(),
+            "native_size": info.get("native_size"),
+            "max_size": max_size(),
+            "max_steps": config.max_steps,
             "sampling_defaults": sampling_defaults().to_dict(),
         }
 
@@ -164,9 +188,16 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         return Response(status_code=204)
 
     # -- live render ---------------------------------------------------------------------------------
-    @r.post("/render", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "the rendered view (PNG)"},
-                       **_COMMON, 404: _ERR, 409: _ERR})
+    @r.post(
+        "/render",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "the rendered view (PNG)"},
+            **_COMMON,
+            404: _ERR,
+            409: _ERR,
+        },
+    )
     async def render(body: RenderRequest, request: Request) -> Response:
         t_arrival = getattr(request.state, "t_arrival", time.perf_counter())
         camera = parse_camera(body.camera, "camera", config, max_size())
@@ -174,8 +205,15 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         worker.ready_or_raise()
         obj = check_object(body.object)
         steps, guidance = sampling_defaults().resolve(body.steps, body.guidance)
-        task = RenderTask([camera], obj, body.seed, steps, guidance, session=body.session,
-                          request_id=getattr(request.state, "request_id", None))
+        task = RenderTask(
+            [camera],
+            obj,
+            body.seed,
+            steps,
+            guidance,
+            session=body.session,
+            request_id=getattr(request.state, "request_id", None),
+        )
         fut = asyncio.wrap_future(worker.submit_render(task))
         gone = asyncio.ensure_future(_wait_disconnect(request))
         try:
@@ -201,25 +239,33 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "total": round((t_end - t_arrival) * 1000.0, 2),
         }
         request.state.timings = timings
-        return Response(png, media_type="image/png",
-                        headers={"X-Seed": str(body.seed), "X-Timings-Ms": json.dumps(timings, separators=(",", ":"))})
+        return Response(
+            png,
+            media_type="image/png",
+            headers={"X-Seed": str(body.seed), "X-Timings-Ms": json.dumps(timings, separators=(",", ":"))},
+        )
 
     # -- jobs ----------------------------------------------------------------------------------------
     def check_job_capacity() -> None:
         if len(store.active()) >= config.max_queued_jobs:
-            raise ApiError(429, f"too many active jobs ({config.max_queued_jobs}): wait for some to finish or "
-                                "cancel them (POST /v1/jobs/{id}/cancel)")
+            raise ApiError(
+                429,
+                f"too many active jobs ({config.max_queued_jobs}): wait for some to finish or "
+                "cancel them (POST /v1/jobs/{id}/cancel)",
+            )
 
-    @r.post("/jobs/sequence", status_code=202, response_model=JobCreated,
-            responses={**_COMMON, 404: _ERR, 429: _ERR})
+    @r.post("/jobs/sequence", status_code=202, response_model=JobCreated, responses={**_COMMON, 404: _ERR, 429: _ERR})
     async def create_sequence(body: SequenceRequest, request: Request) -> Any:
         ms = max_size()
         cameras = [parse_camera(c, f"cameras[{i}]", config, ms) for i, c in enumerate(body.cameras)]
         check_steps(body.steps)
         frames = body.frames if body.frames is not None else list(range(len(cameras)))
         if len(frames) != len(cameras):
-            raise ApiError(422, f"frames has {len(frames)} entries but cameras has {len(cameras)}: send one frame "
-                                "number per camera, or leave frames out")
+            raise ApiError(
+                422,
+                f"frames has {len(frames)} entries but cameras has {len(cameras)}: send one frame "
+                "number per camera, or leave frames out",
+            )
         if len(set(frames)) != len(frames):
             raise ApiError(422, "frames must be unique (they name the output files)")
         bad = [f for f in frames if not 0 <= f <= 9_999_999]
@@ -229,17 +275,35 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         obj = check_object(body.object)
         check_job_capacity()
         steps, guidance = sampling_defaults().resolve(body.steps, body.guidance)
-        runtime = {"cameras": cameras, "frames": frames, "object": obj, "seed": body.seed, "steps": steps,
-                   "guidance": guidance}
-        request_record = {"kind": "sequence", "cameras": [c.to_wire() for c in body.cameras], "frames": frames,
-                          "object": obj, "seed": body.seed, "steps": steps, "guidance": guidance}
-        job = await run_in_threadpool(store.create, "sequence", len(cameras), request_record,
-                                      request_id=getattr(request.state, "request_id", None), runtime=runtime)
+        runtime = {
+            "cameras": cameras,
+            "frames": frames,
+            "object": obj,
+            "seed": body.seed,
+            "steps": steps,
+            "guidance": guidance,
+        }
+        request_record = {
+            "kind": "sequence",
+            "cameras": [c.to_wire() for c in body.cameras],
+            "frames": frames,
+            "object": obj,
+            "seed": body.seed,
+            "steps": steps,
+            "guidance": guidance,
+        }
+        job = await run_in_threadpool(
+            store.create,
+            "sequence",
+            len(cameras),
+            request_record,
+            request_id=getattr(request.state, "request_id", None),
+            runtime=runtime,
+        )
         worker.submit_job(job)
         return {"job_id": job.job_id, "kind": job.kind, "total": job.total}
 
-    @r.post("/jobs/invert", status_code=202, response_model=JobCreated,
-            responses={**_COMMON, 409: _ERR, 429: _ERR})
+    @r.post("/jobs/invert", status_code=202, response_model=JobCreated, responses={**_COMMON, 409: _ERR, 429: _ERR})
     async def create_invert(body: InvertRequest, request: Request) -> Any:
         validate_name(body.name, "name")
         if len(body.images) != len(body.cameras):
@@ -248,23 +312,43 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         cameras = [parse_camera(c, f"cameras[{i}]", config, ms) for i, c in enumerate(body.cameras)]
         worker.ready_or_raise()
         if worker.has_object(body.name):
-            raise ApiError(409, f"an object named {body.name!r} already exists: pick another name or delete it first "
-                                f"(DELETE /v1/objects/{body.name})")
+            raise ApiError(
+                409,
+                f"an object named {body.name!r} already exists: pick another name or delete it first "
+                f"(DELETE /v1/objects/{body.name})",
+            )
         if any(j.kind == "invert" and j.name == body.name for j in store.active()):
             raise ApiError(409, f"an inversion for {body.name!r} is already queued or running: pick another name")
         check_job_capacity()
 
         def decode_all() -> list:
-            return [decode_base64_image(s, what=f"images[{i}]", max_bytes=config.max_image_bytes,
-                                        max_pixels=config.max_image_pixels) for i, s in enumerate(body.images)]
+            return [
+                decode_base64_image(
+                    s, what=f"images[{i}]", max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels
+                )
+                for i, s in enumerate(body.images)
+            ]
 
         images = await run_in_threadpool(decode_all)
         runtime = {"images": images, "cameras": cameras, "seed": body.seed, "preview_every": body.preview_every}
-        request_record = {"kind": "invert", "name": body.name, "cameras": [c.to_wire() for c in body.cameras],
-                          "steps": body.steps, "seed": body.seed, "preview_every": body.preview_every,
-                          "image_sizes": [list(im.size) for im in images]}
-        job = await run_in_threadpool(store.create, "invert", body.steps, request_record, name=body.name,
-                                      request_id=getattr(request.state, "request_id", None), runtime=runtime)
+        request_record = {
+            "kind": "invert",
+            "name": body.name,
+            "cameras": [c.to_wire() for c in body.cameras],
+            "steps": body.steps,
+            "seed": body.seed,
+            "preview_every": body.preview_every,
+            "image_sizes": [list(im.size) for im in images],
+        }
+        job = await run_in_threadpool(
+            store.create,
+            "invert",
+            body.steps,
+            request_record,
+            name=body.name,
+            request_id=getattr(request.state, "request_id", None),
+            runtime=runtime,
+        )
         worker.submit_job(job)
         return {"job_id": job.job_id, "kind": job.kind, "total": job.total}
 
@@ -282,23 +366,33 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         state = await run_in_threadpool(worker.cancel_job, job)
         return {"job_id": job.job_id, "state": state}
 
-    @r.get("/jobs/{job_id}/frames/{frame}", response_class=FileResponse,
-           responses={200: {"content": {"image/png": {}}}, 404: _ERR})
+    @r.get(
+        "/jobs/{job_id}/frames/{frame}",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/png": {}}}, 404: _ERR},
+    )
     async def get_frame(job_id: str, frame: int) -> Any:
         job = store.get(job_id)
         path = store.frame_path(job, frame)
         if path is None:
-            raise ApiError(404, f"frame {frame} of job {job_id} is not rendered (yet): watch the job's events "
-                                "for 'frame' or check frames_done in GET /v1/jobs/{id}")
+            raise ApiError(
+                404,
+                f"frame {frame} of job {job_id} is not rendered (yet): watch the job's events "
+                "for 'frame' or check frames_done in GET /v1/jobs/{id}",
+            )
         return FileResponse(path, media_type="image/png")
 
-    @r.get("/jobs/{job_id}/events", response_class=StreamingResponse,
-           responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}, 404: _ERR})
+    @r.get(
+        "/jobs/{job_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}, 404: _ERR},
+    )
     async def job_events(job_id: str) -> StreamingResponse:
         job = store.get(job_id)
         stream = job_event_stream(job.job_id, hub, lambda: store.snapshot_events(job))
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     app.include_router(r)
     return app

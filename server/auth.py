@@ -21,9 +21,14 @@ class BearerTokenMiddleware:
         value = header(scope, b"authorization") or b""
         scheme, _, given = value.partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
-            msg = ("missing access token: send the header 'Authorization: Bearer <token>' with the token the "
-                   "server was started with (--token / VIEWNETI_TOKEN)") if not value else \
-                  "wrong access token: use the token the server was started with (--token / VIEWNETI_TOKEN)"
+            msg = (
+                (
+                    "missing access token: send the header 'Authorization: Bearer <token>' with the token the "
+                    "server was started with (--token / VIEWNETI_TOKEN)"
+                )
+                if not value
+                else "wrong access token: use the token the server was started with (--token / VIEWNETI_TOKEN)"
+            )
             await send_json(send, 401, {"error": msg}, [(b"www-authenticate", b"Bearer")])
             return
         await self.app(scope, receive, send)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 TERMINAL_EVENTS = {"done", "error", "cancelled", "interrupted"}
 KEEPALIVE_S = 15.0
@@ -95,8 +96,9 @@ class _Dedup:
         return True
 
 
-async def job_event_stream(job_id: str, hub: EventHub, snapshot: Callable[[], list[Event]],
-                           keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[str]:
+async def job_event_stream(
+    job_id: str, hub: EventHub, snapshot: Callable[[], list[Event]], keepalive_s: float = KEEPALIVE_S
+) -> AsyncIterator[str]:
     """Subscribe first, then replay ``snapshot()``, then follow live events until a terminal one."""
     q = hub.subscribe(job_id)
     seen = _Dedup()
@@ -107,7 +109,7 @@ async def job_event_stream(job_id: str, hub: EventHub, snapshot: Callable[[], li
         while not seen.finished:
             try:
                 event, data = await asyncio.wait_for(q.get(), timeout=keepalive_s)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 yield ": keepalive\n\n"
                 continue
             if seen.accept(event, data):

@@ -31,8 +31,11 @@ def decode_base64_image(data: str, *, what: str, max_bytes: int, max_pixels: int
         _, _, data = data.partition(",")
     # base64 is 4/3 of the raw size: reject before allocating the decoded bytes.
     if len(data) > (max_bytes * 4) // 3 + 8:
-        raise ApiError(413, f"{what}: the encoded image is larger than {max_bytes // (1024 * 1024)} MB: "
-                            "downscale it or save it as JPEG")
+        raise ApiError(
+            413,
+            f"{what}: the encoded image is larger than {max_bytes // (1024 * 1024)} MB: "
+            "downscale it or save it as JPEG",
+        )
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
@@ -43,7 +46,7 @@ def decode_base64_image(data: str, *, what: str, max_bytes: int, max_pixels: int
 
 
 def decode_image_bytes(raw: bytes, *, what: str, max_pixels: int) -> Image.Image:
-    side = int(max_pixels ** 0.5)
+    side = int(max_pixels**0.5)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -55,8 +58,9 @@ def decode_image_bytes(raw: bytes, *, what: str, max_pixels: int) -> Image.Image
             if w < 1 or h < 1:
                 raise ApiError(400, f"{what}: the image is empty ({w}x{h})")
             if w * h > max_pixels or w > side or h > side:
-                raise ApiError(413, f"{what}: the image is {w}x{h} pixels, more than the limit of "
-                                    f"{side}x{side}: downscale it")
+                raise ApiError(
+                    413, f"{what}: the image is {w}x{h} pixels, more than the limit of {side}x{side}: downscale it"
+                )
             img.load()
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
@@ -64,13 +68,17 @@ def decode_image_bytes(raw: bytes, *, what: str, max_pixels: int) -> Image.Image
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, f"{what}: the image decompresses to too many pixels (decompression bomb?): "
-                            "send a normal image of at most 4096x4096") from None
+        raise ApiError(
+            413,
+            f"{what}: the image decompresses to too many pixels (decompression bomb?): "
+            "send a normal image of at most 4096x4096",
+        ) from None
     except Image.UnidentifiedImageError:
         raise ApiError(400, f"{what}: not a PNG, JPEG or WebP image (could not identify the file)") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        raise ApiError(400, f"{what}: the image could not be decoded ({type(exc).__name__}: {exc}); "
-                            "re-save it as PNG or JPEG") from None
+        raise ApiError(
+            400, f"{what}: the image could not be decoded ({type(exc).__name__}: {exc}); re-save it as PNG or JPEG"
+        ) from None
     return out
 
 

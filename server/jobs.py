@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ PERSIST_INTERVAL_S = 1.0
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def frame_filename(frame: int) -> str:
@@ -64,8 +63,23 @@ class Job:
     last_preview: dict[str, Any] | None = field(default=None, repr=False)
     persisted_at: float = field(default=0.0, repr=False)
 
-    _PUBLIC = ("job_id", "kind", "state", "step", "total", "loss", "eta_s", "phase", "error", "result",
-               "frames_done", "created", "updated", "name", "request_id")
+    _PUBLIC = (
+        "job_id",
+        "kind",
+        "state",
+        "step",
+        "total",
+        "loss",
+        "eta_s",
+        "phase",
+        "error",
+        "result",
+        "frames_done",
+        "created",
+        "updated",
+        "name",
+        "request_id",
+    )
 
     def public(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self._PUBLIC}
@@ -77,7 +91,7 @@ class Job:
         return self.state in TERMINAL_STATES
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> "Job":
+    def from_record(cls, rec: dict[str, Any]) -> Job:
         kw = {k: rec[k] for k in cls._PUBLIC if k in rec}
         return cls(**kw)
 
@@ -133,10 +147,19 @@ class JobStore:
         atomic_write_bytes(self.job_dir(job) / "job.json", data, fsync=fsync)
 
     # -- creation and lookup -------------------------------------------------------------------------
-    def create(self, kind: str, total: int, request: dict[str, Any], *, name: str | None = None,
-               request_id: str | None = None, runtime: dict[str, Any] | None = None) -> Job:
-        job = Job(job_id=uuid.uuid4().hex, kind=kind, total=total, name=name, request_id=request_id,
-                  runtime=runtime or {})
+    def create(
+        self,
+        kind: str,
+        total: int,
+        request: dict[str, Any],
+        *,
+        name: str | None = None,
+        request_id: str | None = None,
+        runtime: dict[str, Any] | None = None,
+    ) -> Job:
+        job = Job(
+            job_id=uuid.uuid4().hex, kind=kind, total=total, name=name, request_id=request_id, runtime=runtime or {}
+        )
         d = self.job_dir(job)
         d.mkdir(parents=True, exist_ok=False)
         atomic_write_bytes(d / "request.json", json.dumps(request).encode(), fsync=False)
@@ -177,8 +200,9 @@ class JobStore:
         elif state in ("cancelled", "interrupted"):
             self.hub.publish(job.job_id, state, {})
 
-    def progress(self, job: Job, step: int, *, loss: float | None = None, eta_s: float | None = None,
-                 phase: str | None = None) -> None:
+    def progress(
+        self, job: Job, step: int, *, loss: float | None = None, eta_s: float | None = None, phase: str | None = None
+    ) -> None:
         with self._lock:
             job.step, job.loss, job.eta_s = int(step), loss, eta_s
             if phase is not None:
@@ -213,8 +237,14 @@ class JobStore:
         return {"index": index, "frame": frame, "url": f"/v1/jobs/{job.job_id}/frames/{frame}"}
 
     def _progress_data(self, job: Job) -> dict[str, Any]:
-        return {"step": job.step, "total": job.total, "loss": job.loss, "eta_s": job.eta_s, "phase": job.phase,
-                "state": job.state}
+        return {
+            "step": job.step,
+            "total": job.total,
+            "loss": job.loss,
+            "eta_s": job.eta_s,
+            "phase": job.phase,
+            "state": job.state,
+        }
 
     def _publish_progress(self, job: Job) -> None:
         self.hub.publish(job.job_id, "progress", self._progress_data(job))

@@ -76,8 +76,10 @@ class BodyLimitMiddleware:
 
     def _message(self) -> str:
         mb = self.max_bytes / (1024 * 1024)
-        return (f"request body too large: the limit is {mb:g} MB (server option --max-body-mb); "
-                "send fewer or smaller images")
+        return (
+            f"request body too large: the limit is {mb:g} MB (server option --max-body-mb); "
+            "send fewer or smaller images"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

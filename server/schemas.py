@@ -16,35 +16,73 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 Row = Annotated[list[float], Field(min_length=4, max_length=4)]
 Size = Annotated[int, Field(ge=16, le=2048, multiple_of=8)]
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image")]
+Seed = Annotated[
+    int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image")
+]
 Steps = Annotated[int, Field(ge=1, le=150, description="denoising steps")]
 Guidance = Annotated[float, Field(ge=0.0, le=30.0, allow_inf_nan=False, description="classifier-free guidance scale")]
-OptSteps = Annotated[Steps | None, Field(description=(
-    "denoising steps, 1..150; omitted or null: the model's default (GET /v1/health sampling_defaults.steps, "
-    "capped at the server's max_steps)"))]
-OptGuidance = Annotated[Guidance | None, Field(description=(
-    "classifier-free guidance scale, 0..30; omitted or null: the model's default "
-    "(GET /v1/health sampling_defaults.guidance)"))]
-ObjectName = Annotated[str, Field(min_length=1, max_length=64, description="object token (GET /v1/objects); default: the model's default object")]
+OptSteps = Annotated[
+    Steps | None,
+    Field(
+        description=(
+            "denoising steps, 1..150; omitted or null: the model's default (GET /v1/health sampling_defaults.steps, "
+            "capped at the server's max_steps)"
+        )
+    ),
+]
+OptGuidance = Annotated[
+    Guidance | None,
+    Field(
+        description=(
+            "classifier-free guidance scale, 0..30; omitted or null: the model's default "
+            "(GET /v1/health sampling_defaults.guidance)"
+        )
+    ),
+]
+ObjectName = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=64, description="object token (GET /v1/objects); default: the model's default object"
+    ),
+]
 
 
 class CameraIn(BaseModel):
     """A pinhole camera in Blender's convention, relative to the anchor (see API.md, Conventions)."""
 
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "camera_to_anchor": [[1, 0, 0, 0], [0, 0, -1, -4], [0, 1, 0, 0], [0, 0, 0, 1]],
-        "fov_y_deg": 39.6, "width": 64, "height": 64}})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "camera_to_anchor": [[1, 0, 0, 0], [0, 0, -1, -4], [0, 1, 0, 0], [0, 0, 0, 1]],
+                "fov_y_deg": 39.6,
+                "width": 64,
+                "height": 64,
+            }
+        }
+    )
 
-    camera_to_anchor: Annotated[list[Row], Field(min_length=4, max_length=4, description=(
-        "4x4 row-major camera-to-anchor matrix (Blender convention: camera looks down -Z, +Y up); "
-        "finite, bottom row [0,0,0,1], orthonormal rotation with det +1"))]
+    camera_to_anchor: Annotated[
+        list[Row],
+        Field(
+            min_length=4,
+            max_length=4,
+            description=(
+                "4x4 row-major camera-to-anchor matrix (Blender convention: camera looks down -Z, +Y up); "
+                "finite, bottom row [0,0,0,1], orthonormal rotation with det +1"
+            ),
+        ),
+    ]
     fov_y_deg: Annotated[float, Field(gt=0.0, lt=180.0, description="vertical field of view in degrees")] = 39.6
     width: Size = 512
     height: Size = 512
 
     def to_wire(self) -> dict[str, Any]:
-        return {"camera_to_anchor": self.camera_to_anchor, "fov_y_deg": self.fov_y_deg,
-                "width": self.width, "height": self.height}
+        return {
+            "camera_to_anchor": self.camera_to_anchor,
+            "fov_y_deg": self.fov_y_deg,
+            "width": self.width,
+            "height": self.height,
+        }
 
 
 class RenderRequest(BaseModel):
@@ -53,14 +91,27 @@ class RenderRequest(BaseModel):
     seed: Seed = 0
     steps: OptSteps = None
     guidance: OptGuidance = None
-    session: Annotated[str | None, Field(max_length=128, description=(
-        "live-mode key: a newer render of the same session supersedes an older one (409 for the older)"))] = None
+    session: Annotated[
+        str | None,
+        Field(
+            max_length=128,
+            description=(
+                "live-mode key: a newer render of the same session supersedes an older one (409 for the older)"
+            ),
+        ),
+    ] = None
 
 
 class SequenceRequest(BaseModel):
     cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=10000)]
-    frames: Annotated[list[int] | None, Field(min_length=1, max_length=10000, description=(
-        "frame numbers used in file names (one per camera, unique, 0..9999999); default 0..N-1"))] = None
+    frames: Annotated[
+        list[int] | None,
+        Field(
+            min_length=1,
+            max_length=10000,
+            description=("frame numbers used in file names (one per camera, unique, 0..9999999); default 0..N-1"),
+        ),
+    ] = None
     object: ObjectName | None = None
     seed: Seed = 0
     steps: OptSteps = None
@@ -69,8 +120,14 @@ class SequenceRequest(BaseModel):
 
 class InvertRequest(BaseModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="name of the new object token (must not exist yet)")]
-    images: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=16, description=(
-        "base64-encoded PNG, JPEG or WebP files (each <= 20 MB encoded, <= 4096x4096)"))]
+    images: Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(
+            min_length=1,
+            max_length=16,
+            description=("base64-encoded PNG, JPEG or WebP files (each <= 20 MB encoded, <= 4096x4096)"),
+        ),
+    ]
     cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=16, description="the camera of each image")]
     steps: Annotated[int, Field(ge=1, le=100000, description="optimisation steps")] = 300
     seed: Seed = 0
@@ -89,7 +146,9 @@ class SamplingDefaultsOut(BaseModel):
 
     guidance: float = Field(description="guidance used when a request leaves 'guidance' out")
     steps: int = Field(description="steps used when a request leaves 'steps' out (capped at max_steps)")
-    live_steps: int = Field(description="recommended steps for interactive (live) previews; clients send them explicitly")
+    live_steps: int = Field(
+        description="recommended steps for interactive (live) previews; clients send them explicitly"
+    )
 
 
 class HealthOut(BaseModel):
@@ -135,10 +194,14 @@ class JobOut(BaseModel):
     total: int
     loss: float | None = None
     eta_s: float | None = None
-    phase: Literal["compiling", "training"] | None = Field(default=None, description=(
-        "what an inversion is doing: 'compiling' (the first inversion at this training size in this server "
-        "process compiles the training graph, minutes on CUDA; step 0, no ETA yet), then 'training'; "
-        "null before the inversion starts and for sequences"))
+    phase: Literal["compiling", "training"] | None = Field(
+        default=None,
+        description=(
+            "what an inversion is doing: 'compiling' (the first inversion at this training size in this server "
+            "process compiles the training graph, minutes on CUDA; step 0, no ETA yet), then 'training'; "
+            "null before the inversion starts and for sequences"
+        ),
+    )
     error: str | None = None
     result: dict[str, Any] | None = None
     frames_done: list[int] = []

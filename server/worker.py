@@ -19,9 +19,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from viewneti_backend.errors import Cancelled, InputError
 
@@ -72,8 +73,14 @@ def _fail(future: Future, exc: BaseException) -> None:
 
 
 class Worker:
-    def __init__(self, engine_factory: Callable[[], Any], store: JobStore, *, name: str = "viewneti-worker",
-                 serve_renders_during_jobs: bool = True) -> None:
+    def __init__(
+        self,
+        engine_factory: Callable[[], Any],
+        store: JobStore,
+        *,
+        name: str = "viewneti-worker",
+        serve_renders_during_jobs: bool = True,
+    ) -> None:
         self._engine_factory = engine_factory
         self._serve_during_jobs = serve_renders_during_jobs
         self._store = store
@@ -127,8 +134,10 @@ class Worker:
         if self.state == "loading":
             raise NotReady("the model is still loading: retry in a few seconds (GET /v1/health says when it is ready)")
         if self.state == "failed":
-            raise NotReady(f"the model failed to load: {self.load_error}. Fix the server's --model/--view-mapper "
-                           "options and restart it")
+            raise NotReady(
+                f"the model failed to load: {self.load_error}. Fix the server's --model/--view-mapper "
+                "options and restart it"
+            )
 
     def has_object(self, name: str) -> bool:
         return any(o.get("name") == name for o in self.objects)
@@ -221,8 +230,7 @@ class Worker:
         with self._cv:
             self.engine, self.info, self.objects = engine, info, objects
             self.state = "ready"
-        log.info("model ready in %.1fs: %s", time.perf_counter() - t0,
-                 ", ".join(f"{k}={v}" for k, v in info.items()))
+        log.info("model ready in %.1fs: %s", time.perf_counter() - t0, ", ".join(f"{k}={v}" for k, v in info.items()))
         while True:
             with self._cv:
                 while not self._stopping and not self._tasks and not self._jobs:
@@ -250,8 +258,9 @@ class Worker:
         for job in leftover:  # e.g. a sequence stopped between two frames
             if not job.terminal:
                 job.runtime.pop("images", None)
-                self._store.set_state(job, "interrupted", error="the server shut down while this job was running; "
-                                                                "submit it again")
+                self._store.set_state(
+                    job, "interrupted", error="the server shut down while this job was running; submit it again"
+                )
 
     def _serve_pending_tasks(self) -> None:
         """Run the queued renders/library calls now (called between two steps of a long job)."""
@@ -279,8 +288,15 @@ class Worker:
         try:
             if should_stop():
                 raise Cancelled("stopped before it started")
-            images = self.engine.render(task.cameras, task.object_name, task.seed, task.steps, task.guidance,
-                                        should_stop=should_stop, timings=task.timings)
+            images = self.engine.render(
+                task.cameras,
+                task.object_name,
+                task.seed,
+                task.steps,
+                task.guidance,
+                should_stop=should_stop,
+                timings=task.timings,
+            )
             task.finished_at = time.perf_counter()
             if not task.future.done():
                 task.future.set_result(images)
@@ -326,7 +342,9 @@ class Worker:
             if job.cancel.is_set():
                 self._finish_job(job, "cancelled")
             else:
-                self._finish_job(job, "interrupted", error="the server shut down while this job was running; submit it again")
+                self._finish_job(
+                    job, "interrupted", error="the server shut down while this job was running; submit it again"
+                )
         except InputError as exc:
             self._finish_job(job, "error", error=str(exc))
         except ApiError as exc:
@@ -339,8 +357,9 @@ class Worker:
         rt = job.runtime
         i = len(job.frames_done)
         cams, frames = rt["cameras"], rt["frames"]
-        images = self.engine.render([cams[i]], rt["object"], rt["seed"], rt["steps"], rt["guidance"],
-                                    should_stop=should_stop)
+        images = self.engine.render(
+            [cams[i]], rt["object"], rt["seed"], rt["steps"], rt["guidance"], should_stop=should_stop
+        )
         png = encode_png(images[0])
         done = i + 1
         elapsed = time.perf_counter() - rt["t_start"]
@@ -356,17 +375,29 @@ class Worker:
             step = int(p.get("step", 0))
             loss = p.get("loss")
             eta = p.get("eta_s")
-            self._store.progress(job, step, loss=None if loss is None else float(loss),
-                                 eta_s=None if eta is None else float(eta), phase=p.get("phase"))
+            self._store.progress(
+                job,
+                step,
+                loss=None if loss is None else float(loss),
+                eta_s=None if eta is None else float(eta),
+                phase=p.get("phase"),
+            )
             preview = p.get("preview")
             if preview is not None:
                 self._store.preview(job, step, png_base64(preview))
             if self._serve_during_jobs:
                 self._serve_pending_tasks()
 
-        result = self.engine.invert(rt["images"], rt["cameras"], job.name, job.total, seed=rt["seed"],
-                                    on_progress=on_progress, should_stop=should_stop,
-                                    preview_every=rt["preview_every"])
+        result = self.engine.invert(
+            rt["images"],
+            rt["cameras"],
+            job.name,
+            job.total,
+            seed=rt["seed"],
+            on_progress=on_progress,
+            should_stop=should_stop,
+            preview_every=rt["preview_every"],
+        )
         self.objects = list(self.engine.list_objects())
         job.step = job.total
         self._finish_job(job, "done", result=dict(result), eta_s=0.0)

@@ -26,12 +26,14 @@ class PerLayerCrossAttnProcessor:
     def split(self, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, n, l = self.seq_len, encoder_hidden_states.shape[1], self.layer_index
         if n == 2 * self.num_layers * s:
-            keys = encoder_hidden_states[:, l * s:(l + 1) * s]
-            values = encoder_hidden_states[:, (self.num_layers + l) * s:(self.num_layers + l + 1) * s]
+            keys = encoder_hidden_states[:, l * s : (l + 1) * s]
+            values = encoder_hidden_states[:, (self.num_layers + l) * s : (self.num_layers + l + 1) * s]
             return keys, values
         return encoder_hidden_states, encoder_hidden_states
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         if encoder_hidden_states is None:
             raise RuntimeError("PerLayerCrossAttnProcessor is for cross-attention layers only")
         residual = hidden_states
@@ -61,7 +63,9 @@ class PerLayerCrossAttnProcessor:
             key = attn.norm_k(key)
         mask = None
         if attention_mask is not None:
-            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch).view(batch, attn.heads, -1, key.shape[2])
+            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch).view(
+                batch, attn.heads, -1, key.shape[2]
+            )
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
@@ -120,7 +124,11 @@ def fuse_self_attention_projections(unet: nn.Module) -> int:
 
     count = 0
     for name, module in unet.named_modules():
-        if name.endswith("attn1") and hasattr(module, "fuse_projections") and not getattr(module, "fused_projections", False):
+        if (
+            name.endswith("attn1")
+            and hasattr(module, "fuse_projections")
+            and not getattr(module, "fused_projections", False)
+        ):
             module.fuse_projections()
             module.to_qkv.requires_grad_(False)
             module.set_processor(FusedAttnProcessor2_0())
@@ -152,8 +160,10 @@ def prefer_cudnn_attention(device: torch.device) -> bool:
     if _PROCESS_SDPA_ORDER is None:
         # The public context manager, entered for the life of the process (the reference keeps it
         # from being collected, which would restore the previous order).
-        _PROCESS_SDPA_ORDER = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
-                                           SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True)
+        _PROCESS_SDPA_ORDER = sdpa_kernel(
+            [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+            set_priority=True,
+        )
         _PROCESS_SDPA_ORDER.__enter__()
     return True
 

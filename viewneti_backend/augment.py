@@ -74,7 +74,7 @@ def _color_jitter(img: torch.Tensor, s: float, gen: torch.Generator) -> torch.Te
 
 def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     r = torch.arange(5, dtype=img.dtype, device=img.device) - 2
-    k = torch.exp(-(r ** 2) / (2 * sigma ** 2))
+    k = torch.exp(-(r**2) / (2 * sigma**2))
     k = k / k.sum()
     c = img.shape[0]
     x = F.pad(img[None], (2, 2, 2, 2), mode="reflect")
@@ -112,7 +112,9 @@ def augment_image(img: torch.Tensor, cfg: AugmentationConfig | None, gen: torch.
     return x
 
 
-def _draw_crop(cfg: AugmentationConfig, gen: torch.Generator, width: int, height: int) -> tuple[float, float, float, float]:
+def _draw_crop(
+    cfg: AugmentationConfig, gen: torch.Generator, width: int, height: int
+) -> tuple[float, float, float, float]:
     """torchvision's ``RandomResizedCrop.get_params``, drawn from ``gen``, as an affine zoom
     (scale x, scale y, centre x, centre y) in ``affine_grid`` coordinates.
 
@@ -238,14 +240,16 @@ class AugmentationPlan:
     height: int
 
     @staticmethod
-    def concat(plans: "list[AugmentationPlan]") -> "AugmentationPlan":
+    def concat(plans: list[AugmentationPlan]) -> AugmentationPlan:
         first = plans[0]
         if any((p.config, p.width, p.height) != (first.config, first.width, first.height) for p in plans):
             raise ValueError("only plans of one augmentation at one image size concatenate")
         return AugmentationPlan(first.config, tuple(i for p in plans for i in p.images), first.width, first.height)
 
 
-def plan_augmentation(cfg: AugmentationConfig, gen: torch.Generator, n: int, width: int, height: int) -> AugmentationPlan:
+def plan_augmentation(
+    cfg: AugmentationConfig, gen: torch.Generator, n: int, width: int, height: int
+) -> AugmentationPlan:
     """Draw the augmentation of ``n`` images from ``gen`` (CPU only): what `augment_batch` draws, in its order."""
     return AugmentationPlan(cfg, tuple(_plan_image(cfg, gen, width, height) for _ in range(n)), width, height)
 
@@ -265,7 +269,9 @@ def apply_augmentation(images: torch.Tensor, plan: AugmentationPlan) -> torch.Te
     """Apply a drawn plan to a [N, 3, H, W] batch on its device: batched ops, no host syncs."""
     b, c, h, w = images.shape
     if len(plan.images) != b or (plan.width, plan.height) != (w, h):
-        raise ValueError(f"a plan for {len(plan.images)} images of {plan.width}x{plan.height} applied to {b} of {w}x{h}")
+        raise ValueError(
+            f"a plan for {len(plan.images)} images of {plan.width}x{plan.height} applied to {b} of {w}x{h}"
+        )
     cfg, plans = plan.config, plan.images
 
     # Every per-image parameter in one flat float32 CPU tensor; segment sizes are known here, on the CPU.

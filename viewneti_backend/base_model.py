@@ -20,8 +20,14 @@ from .attention import fuse_self_attention_projections, install_per_layer_proces
 from .errors import InputError
 from .text_conditioning import TextConditioner
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -116,15 +122,21 @@ def model_fingerprint(text_encoder: torch.nn.Module, unet: torch.nn.Module) -> s
     rows = table[: min(256, table.shape[0])].detach().to(torch.bfloat16).float().sum(dim=1).cpu().numpy()
     conv = unet.conv_in.weight.detach().to(torch.bfloat16).float().sum().item()
     payload = {
-        "vocab": int(table.shape[0]), "dim": int(table.shape[1]),
-        "rows": np.round(rows, 1).tolist(), "conv_in": round(conv, 1),
+        "vocab": int(table.shape[0]),
+        "dim": int(table.shape[1]),
+        "rows": np.round(rows, 1).tolist(),
+        "conv_in": round(conv, 1),
         "unet": [int(c) for c in unet.config.block_out_channels],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_base_model(model: str | os.PathLike, device: str | None = None, dtype: str | torch.dtype | None = None,
-                    local_files_only: bool | None = None) -> BaseModel:
+def load_base_model(
+    model: str | os.PathLike,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    local_files_only: bool | None = None,
+) -> BaseModel:
     """Load tokenizer, text encoder, UNet, VAE and scheduler config from a hub id or a local folder."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -136,9 +148,13 @@ def load_base_model(model: str | os.PathLike, device: str | None = None, dtype: 
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     local = _is_local(model)
     if not local and (model.startswith((".", "/", "~")) or os.sep in model and model.count("/") > 1):
-        raise InputError(f"model folder '{model}' does not exist: pass a diffusers folder or a hub id such as stabilityai/stable-diffusion-2-1")
+        raise InputError(
+            f"model folder '{model}' does not exist: pass a diffusers folder or a hub id such as stabilityai/stable-diffusion-2-1"
+        )
     if local:
-        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (Path(model) / s).is_dir()]
+        missing = [
+            s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (Path(model) / s).is_dir()
+        ]
         if missing:
             raise InputError(
                 f"'{model}' is not a Stable-Diffusion-architecture diffusers folder: missing subfolder(s) {', '.join(missing)}"
@@ -152,7 +168,7 @@ def load_base_model(model: str | os.PathLike, device: str | None = None, dtype: 
         from diffusers import DDPMScheduler
 
         scheduler_config = dict(DDPMScheduler.load_config(model, subfolder="scheduler", **kw))
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         hint = " (offline: HF_HUB_OFFLINE is set, so only cached or local models load)" if local_files_only else ""
         raise InputError(f"cannot load a Stable-Diffusion-architecture model from '{model}'{hint}: {exc}") from None
     if len(tokenizer) < 300:
@@ -161,8 +177,9 @@ def load_base_model(model: str | os.PathLike, device: str | None = None, dtype: 
     return assemble_base_model(name, tokenizer, text_encoder, unet, vae, scheduler_config, dev, dt)
 
 
-def assemble_base_model(name: str, tokenizer, text_encoder, unet, vae, scheduler_config: dict,
-                        device: torch.device, dtype: torch.dtype) -> BaseModel:
+def assemble_base_model(
+    name: str, tokenizer, text_encoder, unet, vae, scheduler_config: dict, device: torch.device, dtype: torch.dtype
+) -> BaseModel:
     """Freeze the components, move them, and patch the UNet's cross-attention for per-layer encodings."""
     for module in (text_encoder, unet, vae):
         module.requires_grad_(False)
@@ -175,17 +192,27 @@ def assemble_base_model(name: str, tokenizer, text_encoder, unet, vae, scheduler
     num_layers = install_per_layer_processors(unet, seq_len)
     text = TextConditioner(tokenizer, text_encoder)
     if unet.config.cross_attention_dim != text.embedding_dim:
-        raise InputError(f"'{name}': UNet cross_attention_dim {unet.config.cross_attention_dim} != text width {text.embedding_dim}")
+        raise InputError(
+            f"'{name}': UNet cross_attention_dim {unet.config.cross_attention_dim} != text width {text.embedding_dim}"
+        )
     return BaseModel(
-        name=name, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
+        name=name,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        vae=vae,
         scheduler_config={k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")},
-        device=device, dtype=dtype, num_layers=num_layers, text=text,
+        device=device,
+        dtype=dtype,
+        num_layers=num_layers,
+        text=text,
         fingerprint=model_fingerprint(text_encoder, unet),
     )
 
 
-def compile_base_model(base: BaseModel, mode: str = "reduce-overhead", vae: bool = True,
-                       text_encoder_for_training: bool = True) -> BaseModel:
+def compile_base_model(
+    base: BaseModel, mode: str = "reduce-overhead", vae: bool = True, text_encoder_for_training: bool = True
+) -> BaseModel:
     """torch.compile the UNet and the VAE encoder/decoder (CUDA graphs with ``reduce-overhead``),
     after fusing each self-attention layer's q/k/v projections into one matmul.
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class CameraParameterization(ABC):
         """Un-normalised features, [N, dim]."""
 
     @abstractmethod
-    def fit(self, cameras: Sequence[Camera]) -> "CameraParameterization":
+    def fit(self, cameras: Sequence[Camera]) -> CameraParameterization:
         """Compute the normalisation statistics from the training cameras."""
 
     @abstractmethod
@@ -60,7 +61,9 @@ class CameraParameterization(ABC):
 
     def features(self, cameras: Sequence[Camera]) -> torch.Tensor:
         if not self.stats:
-            raise InputError(f"camera parameterisation '{self.name}' has no statistics: fit it on the training cameras first")
+            raise InputError(
+                f"camera parameterisation '{self.name}' has no statistics: fit it on the training cameras first"
+            )
         return torch.from_numpy(self.normalize(self.raw(cameras))).float()
 
     def to_config(self) -> dict[str, Any]:
@@ -79,7 +82,7 @@ class Dtu12d(CameraParameterization):
         rows = [np.round(cam.with_size(w, h).projection_matrix().reshape(-1), 4) for cam in cameras]
         return np.stack(rows).astype(np.float64)
 
-    def fit(self, cameras: Sequence[Camera]) -> "Dtu12d":
+    def fit(self, cameras: Sequence[Camera]) -> Dtu12d:
         raw = self.raw(cameras)
         self.stats.update(min=raw.min(0).tolist(), max=raw.max(0).tolist())
         return self
@@ -102,11 +105,12 @@ class AnchorPose13d(CameraParameterization):
             rows.append(np.concatenate([m[:3, :3].reshape(-1), m[:3, 3], [fov]]))
         return np.stack(rows)
 
-    def fit(self, cameras: Sequence[Camera]) -> "AnchorPose13d":
+    def fit(self, cameras: Sequence[Camera]) -> AnchorPose13d:
         raw = self.raw(cameras)
         self.stats.update(
             radius=float(np.linalg.norm(raw[:, 9:12], axis=1).max()),
-            fov_min=float(raw[:, 12].min()), fov_max=float(raw[:, 12].max()),
+            fov_min=float(raw[:, 12].min()),
+            fov_max=float(raw[:, 12].max()),
         )
         return self
 
@@ -135,10 +139,14 @@ class AnchorDistance14d(CameraParameterization):
             rows.append(np.concatenate([m[:3, :3].reshape(-1), position / distance, [math.log(distance), fov]]))
         return np.stack(rows)
 
-    def fit(self, cameras: Sequence[Camera]) -> "AnchorDistance14d":
+    def fit(self, cameras: Sequence[Camera]) -> AnchorDistance14d:
         raw = self.raw(cameras)
-        self.stats.update(log_distance_min=float(raw[:, 12].min()), log_distance_max=float(raw[:, 12].max()),
-                          fov_min=float(raw[:, 13].min()), fov_max=float(raw[:, 13].max()))
+        self.stats.update(
+            log_distance_min=float(raw[:, 12].min()),
+            log_distance_max=float(raw[:, 12].max()),
+            fov_min=float(raw[:, 13].min()),
+            fov_max=float(raw[:, 13].max()),
+        )
         return self
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
@@ -146,8 +154,11 @@ class AnchorDistance14d(CameraParameterization):
         # Clamped to the training distances: the mapper's Fourier features turn an extrapolated
         # distance (a Blender camera at twice the training radius reads as ~+5) into a wrong *view*;
         # clamped, such a camera renders the right view at the nearest trained distance.
-        out[:, 12] = np.clip(_minmax(raw[:, 12], np.asarray(self.stats["log_distance_min"]),
-                                     np.asarray(self.stats["log_distance_max"])), -1.0, 1.0)
+        out[:, 12] = np.clip(
+            _minmax(raw[:, 12], np.asarray(self.stats["log_distance_min"]), np.asarray(self.stats["log_distance_max"])),
+            -1.0,
+            1.0,
+        )
         out[:, 13] = _minmax(raw[:, 13], np.asarray(self.stats["fov_min"]), np.asarray(self.stats["fov_max"]))
         return out
 

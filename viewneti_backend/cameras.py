@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class Camera:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Camera":
+    def from_json(cls, data: dict[str, Any]) -> Camera:
         """Build and validate a camera from the wire format (see server/API.md)."""
         if not isinstance(data, dict):
             raise CameraError("camera must be an object with camera_to_anchor, fov_y_deg, width, height")
@@ -69,7 +70,7 @@ class Camera:
             "height": int(self.height),
         }
 
-    def validated(self, *, size_multiple: int = 8) -> "Camera":
+    def validated(self, *, size_multiple: int = 8) -> Camera:
         validate_pose(self.camera_to_anchor)
         if not math.isfinite(self.fov_y_deg) or not 0.0 < self.fov_y_deg < 180.0:
             raise CameraError(f"fov_y_deg must be in (0, 180) degrees, got {self.fov_y_deg}")
@@ -100,7 +101,7 @@ class Camera:
         """3x4 pixel projection P = K [R | t] in the OpenCV convention (the DTU calibration format)."""
         return compose_projection(self.intrinsics(), self.world_to_camera_cv())
 
-    def with_size(self, width: int, height: int) -> "Camera":
+    def with_size(self, width: int, height: int) -> Camera:
         return Camera(self.camera_to_anchor, self.fov_y_deg, width, height)
 
 
@@ -158,7 +159,9 @@ def fov_y_from_intrinsics(k: np.ndarray, height: int) -> float:
 # ------------------------------------------------------------------------------------------------
 # Pose construction
 # ------------------------------------------------------------------------------------------------
-def look_at(eye: Sequence[float], target: Sequence[float] = (0.0, 0.0, 0.0), up: Sequence[float] = (0.0, 0.0, 1.0)) -> np.ndarray:
+def look_at(
+    eye: Sequence[float], target: Sequence[float] = (0.0, 0.0, 0.0), up: Sequence[float] = (0.0, 0.0, 1.0)
+) -> np.ndarray:
     """Camera-to-world (Blender convention) of a camera at ``eye`` looking at ``target``."""
     eye = np.asarray(eye, dtype=np.float64)
     forward = np.asarray(target, dtype=np.float64) - eye
@@ -177,7 +180,9 @@ def look_at(eye: Sequence[float], target: Sequence[float] = (0.0, 0.0, 0.0), up:
     return m
 
 
-def orbit_pose(azimuth_deg: float, elevation_deg: float, radius: float, target: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+def orbit_pose(
+    azimuth_deg: float, elevation_deg: float, radius: float, target: Sequence[float] = (0.0, 0.0, 0.0)
+) -> np.ndarray:
     """Camera on a sphere around ``target``: azimuth 0 looks from -Y towards +Y (Blender's front view),
     increasing azimuth moves the camera counter-clockwise seen from above (+Z)."""
     az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
@@ -255,7 +260,9 @@ def read_dtu_projection(path: str | Path) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(3, 4)
 
 
-def dtu_projection_to_camera(p: np.ndarray, width: int = 1600, height: int = 1200, anchor_to_world: np.ndarray | None = None) -> Camera:
+def dtu_projection_to_camera(
+    p: np.ndarray, width: int = 1600, height: int = 1200, anchor_to_world: np.ndarray | None = None
+) -> Camera:
     k, w2c = decompose_projection(p)
     c2w = opencv_w2c_to_blender_c2w(w2c)
     return Camera(camera_to_anchor(c2w, anchor_to_world), fov_y_from_intrinsics(k, height), width, height)
@@ -310,7 +317,9 @@ def read_transforms_json(path: str | Path) -> list[TransformsFrame]:
     return out
 
 
-def write_transforms_json(path: str | Path, frames: Sequence[TransformsFrame], extra: dict[str, Any] | None = None) -> None:
+def write_transforms_json(
+    path: str | Path, frames: Sequence[TransformsFrame], extra: dict[str, Any] | None = None
+) -> None:
     """Write a nerfstudio-style ``transforms.json`` (per-frame fl_x/fl_y/cx/cy/w/h, OpenGL poses)."""
     rows = []
     for fr in frames:
@@ -318,8 +327,12 @@ def write_transforms_json(path: str | Path, frames: Sequence[TransformsFrame], e
         row = {
             "file_path": fr.file_path,
             "transform_matrix": fr.camera.camera_to_anchor.tolist(),
-            "fl_x": k[0, 0], "fl_y": k[1, 1], "cx": k[0, 2], "cy": k[1, 2],
-            "w": fr.camera.width, "h": fr.camera.height,
+            "fl_x": k[0, 0],
+            "fl_y": k[1, 1],
+            "cx": k[0, 2],
+            "cy": k[1, 2],
+            "w": fr.camera.width,
+            "h": fr.camera.height,
         }
         if fr.mask_path:
             row["mask_path"] = fr.mask_path

@@ -31,11 +31,21 @@ def _views(text: str | None) -> list[int] | None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="hub id or local diffusers folder of an SD-architecture model (default: the embedded toy world, or $VIEWNETI_MODEL)")
+    g.add_argument(
+        "--model",
+        help="hub id or local diffusers folder of an SD-architecture model (default: the embedded toy world, or $VIEWNETI_MODEL)",
+    )
     g.add_argument("--view-mapper", help="folder of a pretrained view-mapper (default: the one bundled with the model)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype of the frozen parts (default: bf16 on CUDA, fp32 on CPU)")
-    g.add_argument("--library", help="folder of user object tokens (default: $VIEWNETI_DATA_DIR/objects or ~/.local/share/viewneti/objects)")
+    g.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help="dtype of the frozen parts (default: bf16 on CUDA, fp32 on CPU)",
+    )
+    g.add_argument(
+        "--library",
+        help="folder of user object tokens (default: $VIEWNETI_DATA_DIR/objects or ~/.local/share/viewneti/objects)",
+    )
     g.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default auto)")
 
 
@@ -47,8 +57,9 @@ def default_library() -> Path:
 def _engine(args):
     from .engine import Engine
 
-    return Engine.load(args.model, args.view_mapper, args.device, args.dtype, args.library or default_library(),
-                       compile=args.compile)
+    return Engine.load(
+        args.model, args.view_mapper, args.device, args.dtype, args.library or default_library(), compile=args.compile
+    )
 
 
 def _cameras_from_args(args, native: int):
@@ -63,25 +74,38 @@ def _cameras_from_args(args, native: int):
 
         scene = load_transforms_scene(args.transforms, _views(args.views))
         return [c.with_size(size, size) if args.size else c for c in scene.cameras]
-    return [Camera(orbit_pose(args.azimuth + 360.0 * i / args.orbit, args.elevation, args.radius), args.fov, size, size).validated()
-            for i in range(args.orbit)]
+    return [
+        Camera(
+            orbit_pose(args.azimuth + 360.0 * i / args.orbit, args.elevation, args.radius), args.fov, size, size
+        ).validated()
+        for i in range(args.orbit)
+    ]
 
 
 def _add_camera_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cameras (one of: --cameras, --transforms, or an orbit)")
-    g.add_argument("--cameras", help="JSON file: a list of {camera_to_anchor, fov_y_deg, width, height} (the HTTP API's format)")
+    g.add_argument(
+        "--cameras", help="JSON file: a list of {camera_to_anchor, fov_y_deg, width, height} (the HTTP API's format)"
+    )
     g.add_argument("--transforms", help="a transforms.json scene: render its cameras (with --views to pick some)")
     g.add_argument("--views", help="comma-separated view indices into --transforms")
     g.add_argument("--orbit", type=int, default=8, help="number of cameras on an orbit around the anchor (default 8)")
-    g.add_argument("--azimuth", type=float, default=0.0, help="azimuth of the first orbit camera in degrees; 0 = Blender front view, from -Y")
+    g.add_argument(
+        "--azimuth",
+        type=float,
+        default=0.0,
+        help="azimuth of the first orbit camera in degrees; 0 = Blender front view, from -Y",
+    )
     g.add_argument("--elevation", type=float, default=25.0, help="orbit elevation in degrees (default 25)")
     g.add_argument("--radius", type=float, default=3.6, help="orbit radius in anchor units (default 3.6)")
     g.add_argument("--fov", type=float, default=40.0, help="vertical field of view in degrees (default 40)")
     g.add_argument("--size", type=int, help="square image size in pixels (default: the model's native size)")
 
 
-_SAMPLING_HELP = ("(default: the model's recommended value from <model>/viewneti/sampling.json; "
-                  "30 steps / guidance 7.5 for models without one; `viewneti info` shows it)")
+_SAMPLING_HELP = (
+    "(default: the model's recommended value from <model>/viewneti/sampling.json; "
+    "30 steps / guidance 7.5 for models without one; `viewneti info` shows it)"
+)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -142,14 +166,25 @@ def cmd_invert(args) -> int:
 
 def cmd_train(args) -> int:
     from .data import load_dtu_scene, load_image_folder, load_scene_collection, load_transforms_scene
-    from .training import Trainer, TrainConfig
+    from .training import TrainConfig, Trainer
 
     cfg = TrainConfig(
-        mode=args.mode, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        scale_lr=not args.no_scale_lr, weight_decay=args.weight_decay, augmentation=args.augmentation,
-        width=args.width, height=args.height, camera_parameterization=args.camera_parameterization,
-        save_every=args.save_every, seed=args.seed, mixed_precision=args.mixed_precision,
-        augmentation_pool=args.augmentation_pool)
+        mode=args.mode,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        scale_lr=not args.no_scale_lr,
+        weight_decay=args.weight_decay,
+        augmentation=args.augmentation,
+        width=args.width,
+        height=args.height,
+        camera_parameterization=args.camera_parameterization,
+        save_every=args.save_every,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        augmentation_pool=args.augmentation_pool,
+    )
     views = _views(args.views)
     camera_param = None
     if args.dtu_root:
@@ -170,8 +205,15 @@ def cmd_train(args) -> int:
             scenes = [s.subset(views) for s in scenes]
     else:
         scenes = [load_transforms_scene(args.data, views)]
-    trainer = Trainer(cfg, _model_or_default(args.model), scenes, view_mapper=args.view_mapper, output_dir=args.out,
-                      device=args.device, camera_param=camera_param)
+    trainer = Trainer(
+        cfg,
+        _model_or_default(args.model),
+        scenes,
+        view_mapper=args.view_mapper,
+        output_dir=args.out,
+        device=args.device,
+        camera_param=camera_param,
+    )
     if args.resume:
         step = trainer.resume(args.resume)
         print(f"resumed from step {step}")
@@ -212,12 +254,26 @@ def cmd_eval(args) -> int:
                 from PIL import Image
 
                 mask = Image.fromarray(mask.astype("uint8") * 255).resize(pred.size)
-            table.add(args.object or engine.default_object, i, seed, masked_psnr(pred, gt, mask), masked_ssim(pred, gt, mask),
-                      lp(pred, gt, mask) if lp else None)
+            table.add(
+                args.object or engine.default_object,
+                i,
+                seed,
+                masked_psnr(pred, gt, mask),
+                masked_ssim(pred, gt, mask),
+                lp(pred, gt, mask) if lp else None,
+            )
     print(table.format())
     if args.json:
-        Path(args.json).write_text(json.dumps({"per_scene": table.per_scene(), "mean": table.mean_over_scenes(),
-                                               "sampling": {"steps": steps, "guidance": guidance}}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "per_scene": table.per_scene(),
+                    "mean": table.mean_over_scenes(),
+                    "sampling": {"steps": steps, "guidance": guidance},
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
@@ -225,11 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="viewneti",
         description="ViewNeTI: view control of a frozen Stable-Diffusion-architecture model through learned text tokens. "
-                    "Pretrain a view-mapper (mode 3), fit objects to one or a few photos (mode 5), render novel views, evaluate.",
+        "Pretrain a view-mapper (mode 3), fit objects to one or a few photos (mode 5), render novel views, evaluate.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n  viewneti info\n  viewneti render --orbit 8 --out outputs/orbit --sheet\n"
-               "  viewneti invert --transforms my_scene/transforms.json --views 0 --name mug --steps 3000\n"
-               "  viewneti train --mode 3 --data scenes/ --steps 50000 --out runs/pretrain\n",
+        "  viewneti invert --transforms my_scene/transforms.json --views 0 --name mug --steps 3000\n"
+        "  viewneti train --mode 3 --data scenes/ --steps 50000 --out runs/pretrain\n",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -250,18 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("invert", help="fit a new object token to reference image(s) (ViewNeTI mode 5)")
     _add_model_args(p)
-    p.add_argument("--transforms", required=True, help="transforms.json scene holding the reference image(s) and camera(s)")
+    p.add_argument(
+        "--transforms", required=True, help="transforms.json scene holding the reference image(s) and camera(s)"
+    )
     p.add_argument("--views", help="comma-separated indices of the reference views (default 0)")
     p.add_argument("--name", required=True, help="name of the new object token (letters, digits, _ and -)")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps (paper: 3000)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_invert)
 
-    p = sub.add_parser("train", help="train mappers: modes 0, 2, 3, 4, 5 (see README)",
-                       description="Train ViewNeTI mappers. Modes: 0 object only (image folder); 2 view+object on one scene; "
-                                   "3 shared view-mapper + one object per scene (pretraining, --data holds one folder per scene); "
-                                   "4 fine-tune a pretrained view-mapper + new object; 5 frozen pretrained view-mapper + new object. "
-                                   "Runs on one device, or several with `accelerate launch -m viewneti_backend.cli train ...`.")
+    p = sub.add_parser(
+        "train",
+        help="train mappers: modes 0, 2, 3, 4, 5 (see README)",
+        description="Train ViewNeTI mappers. Modes: 0 object only (image folder); 2 view+object on one scene; "
+        "3 shared view-mapper + one object per scene (pretraining, --data holds one folder per scene); "
+        "4 fine-tune a pretrained view-mapper + new object; 5 frozen pretrained view-mapper + new object. "
+        "Runs on one device, or several with `accelerate launch -m viewneti_backend.cli train ...`.",
+    )
     p.add_argument("--mode", type=int, required=True, choices=[0, 2, 3, 4, 5])
     p.add_argument("--model", help="base model (default: the embedded toy world)")
     p.add_argument("--view-mapper", help="pretrained view-mapper folder (modes 4 and 5)")
@@ -271,25 +332,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", help="comma-separated view indices to train on (e.g. 25 for DTU 1-view)")
     p.add_argument("--limit-scenes", type=int, help="mode 3: use only the first N scenes")
     p.add_argument("--out", required=True, help="run folder: checkpoints, view_mapper/, objects/<scene>/")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (paper: 3000 for modes 2/4/5, 50000 for mode 3)")
+    p.add_argument(
+        "--steps", type=int, default=3000, help="optimizer steps (paper: 3000 for modes 2/4/5, 50000 for mode 3)"
+    )
     p.add_argument("--batch-size", type=int, default=3, help="images per micro-batch (paper: 3)")
     p.add_argument("--grad-accum", type=int, default=3, help="micro-batches per optimizer step (paper: 3)")
-    p.add_argument("--lr", type=float, default=1e-3, help="base learning rate, scaled by batch x accumulation x processes (paper: 1e-3 -> 9e-3)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="base learning rate, scaled by batch x accumulation x processes (paper: 1e-3 -> 9e-3)",
+    )
     p.add_argument("--no-scale-lr", action="store_true", help="use --lr as is")
     p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--augmentation", type=int, choices=[0, 5, 7], help="0 none (each image is then VAE-encoded once, not every step), 5 (pretraining default), "
-                        "7 (per-scene default)")
-    p.add_argument("--augmentation-pool", type=int, default=0, metavar="N",
-                   help="faster, changes the maths (off by default): VAE-encode N augmented copies of each scene once and "
-                        "draw every step's images from them, instead of augmenting and encoding afresh each step")
+    p.add_argument(
+        "--augmentation",
+        type=int,
+        choices=[0, 5, 7],
+        help="0 none (each image is then VAE-encoded once, not every step), 5 (pretraining default), "
+        "7 (per-scene default)",
+    )
+    p.add_argument(
+        "--augmentation-pool",
+        type=int,
+        default=0,
+        metavar="N",
+        help="faster, changes the maths (off by default): VAE-encode N augmented copies of each scene once and "
+        "draw every step's images from them, instead of augmenting and encoding afresh each step",
+    )
     p.add_argument("--width", type=int, help="training width (default: model native size)")
     p.add_argument("--height", type=int, help="training height (default: model native size)")
-    p.add_argument("--camera-parameterization", default="anchor-pose-13d", choices=["anchor-pose-13d", "anchor-distance-14d", "dtu-12d"])
+    p.add_argument(
+        "--camera-parameterization",
+        default="anchor-pose-13d",
+        choices=["anchor-pose-13d", "anchor-distance-14d", "dtu-12d"],
+    )
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--resume", help="checkpoint-<step> folder or run folder to continue from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: auto; accelerate launch decides under it)")
-    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="dtype of frozen parts (default: bf16 on CUDA)")
+    p.add_argument(
+        "--mixed-precision", choices=["no", "bf16", "fp16"], help="dtype of frozen parts (default: bf16 on CUDA)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="render a scene's cameras and score them (masked PSNR/SSIM, LPIPS-VGG)")
@@ -301,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.add_argument("--size", type=int, help="render size (default native)")
     p.add_argument("--no-view", action="store_true", help="object token only (baseline)")
-    p.add_argument("--lpips", action="store_true", help="also compute LPIPS-VGG (needs the lpips package and cached weights)")
+    p.add_argument(
+        "--lpips", action="store_true", help="also compute LPIPS-VGG (needs the lpips package and cached weights)"
+    )
     p.add_argument("--json", help="write the table as JSON here")
     p.set_defaults(func=cmd_eval)
 

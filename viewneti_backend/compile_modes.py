@@ -9,11 +9,13 @@ from .errors import InputError
 
 COMPILE_MODES = ("reduce-overhead", "max-autotune", "default")
 COMPILE_CHOICES = ("auto", "off") + COMPILE_MODES
-COMPILE_HELP = ("torch.compile the UNet, VAE and (for inversion) the text encoder: auto = CUDA graphs "
-                "(reduce-overhead) on CUDA, off on the CPU; max-autotune also times GEMM/convolution kernels. "
-                "Each new image size compiles once (~1.5 min at SD 2 scale; max-autotune: over 8 min for an "
-                "inversion at SD 2 scale on an H200): "
-                "off starts fastest")
+COMPILE_HELP = (
+    "torch.compile the UNet, VAE and (for inversion) the text encoder: auto = CUDA graphs "
+    "(reduce-overhead) on CUDA, off on the CPU; max-autotune also times GEMM/convolution kernels. "
+    "Each new image size compiles once (~1.5 min at SD 2 scale; max-autotune: over 8 min for an "
+    "inversion at SD 2 scale on an H200): "
+    "off starts fastest"
+)
 
 
 def resolve_compile_mode(compile: bool | str | None, device) -> str | None:

@@ -5,9 +5,9 @@ Everything becomes a :class:`Scene`: images + their anchor-relative cameras (+ o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -39,15 +39,21 @@ class Scene:
         if not self.images:
             raise InputError(f"scene '{self.name}' has no images")
         if self.cameras is not None and len(self.cameras) != len(self.images):
-            raise InputError(f"scene '{self.name}': {len(self.images)} images but {len(self.cameras)} cameras: give one camera per image")
+            raise InputError(
+                f"scene '{self.name}': {len(self.images)} images but {len(self.cameras)} cameras: give one camera per image"
+            )
 
-    def subset(self, indices: Sequence[int]) -> "Scene":
+    def subset(self, indices: Sequence[int]) -> Scene:
         bad = [i for i in indices if not 0 <= i < len(self.images)]
         if bad:
             raise InputError(f"scene '{self.name}' has {len(self.images)} views; view indices {bad} do not exist")
-        return Scene(self.name, [self.images[i] for i in indices],
-                     None if self.cameras is None else [self.cameras[i] for i in indices],
-                     None if self.masks is None else [self.masks[i] for i in indices], dict(self.meta))
+        return Scene(
+            self.name,
+            [self.images[i] for i in indices],
+            None if self.cameras is None else [self.cameras[i] for i in indices],
+            None if self.masks is None else [self.masks[i] for i in indices],
+            dict(self.meta),
+        )
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -112,8 +118,13 @@ def load_image_folder(path: str | Path, name: str | None = None) -> Scene:
     return Scene(name or path.name, [_open_rgb(f) for f in files], None)
 
 
-def load_dtu_scene(root: str | Path, scan: int, views: Sequence[int] | None = None, lighting: int = 3,
-                   size: tuple[int, int] = (512, 384)) -> Scene:
+def load_dtu_scene(
+    root: str | Path,
+    scan: int,
+    views: Sequence[int] | None = None,
+    lighting: int = 3,
+    size: tuple[int, int] = (512, 384),
+) -> Scene:
     """DTU "Rectified" + "Calibration/cal18" layout; cameras from the raw 3x4 projection matrices.
 
     The anchor is DTU's world frame; images are resized (bicubic) to ``size`` (W, H).

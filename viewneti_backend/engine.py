@@ -14,23 +14,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from PIL import Image
 
 from . import __version__
 from .base_model import BaseModel, compile_base_model, load_base_model
-from .compile_modes import resolve_compile_mode
 from .cameras import MAX_SIZE, Camera, orbit_pose
+from .compile_modes import resolve_compile_mode
 from .data import Scene
 from .errors import InputError
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
 from .sampling_defaults import BUNDLE_DIR, SamplingDefaults
 from .tokens import ObjectLibrary, validate_token_name
-from .training import Trainer, TrainConfig
-
+from .training import TrainConfig, Trainer
 
 
 def embedded_model_dir() -> Path:
@@ -58,9 +57,17 @@ def bundled_view_mapper(model: str) -> Path | None:
 class Engine:
     """Render novel views and invert reference images with one frozen base model."""
 
-    def __init__(self, base: BaseModel, view_mapper: NeTIMapper | None, library: ObjectLibrary, *,
-                 model: str, view_mapper_name: str | None, train_long_side: int = 512,
-                 sampling: SamplingDefaults | None = None):
+    def __init__(
+        self,
+        base: BaseModel,
+        view_mapper: NeTIMapper | None,
+        library: ObjectLibrary,
+        *,
+        model: str,
+        view_mapper_name: str | None,
+        train_long_side: int = 512,
+        sampling: SamplingDefaults | None = None,
+    ):
         self.base = base
         self.pipeline = ViewNeTIPipeline(base, view_mapper)
         self.library = library
@@ -74,9 +81,15 @@ class Engine:
         self._compiled_training_sizes: set[tuple[int, int]] = set()
 
     @classmethod
-    def load(cls, model: str | None = None, view_mapper: str | None = None, device: str | None = None,
-             dtype: str | None = None, library_dir: str | Path | None = None,
-             compile: bool | str | None = None) -> "Engine":
+    def load(
+        cls,
+        model: str | None = None,
+        view_mapper: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        library_dir: str | Path | None = None,
+        compile: bool | str | None = None,
+    ) -> Engine:
         """``compile``: see :func:`.compile_modes.resolve_compile_mode` (default: CUDA graphs on CUDA only,
         eager on the CPU); a compiled engine should :meth:`warmup` before its first user request."""
         model = resolve_model(model)
@@ -91,7 +104,11 @@ class Engine:
             vm.requires_grad_(False).eval()
         builtin = [Path(model) / BUNDLE_DIR / "objects"] if Path(model).is_dir() else []
         library = ObjectLibrary(library_dir, builtin)
-        name = None if vm_path is None else (vm_path.parent.parent.name + "/" + vm_path.name if vm_path.name == "view_mapper" else vm_path.name)
+        name = (
+            None
+            if vm_path is None
+            else (vm_path.parent.parent.name + "/" + vm_path.name if vm_path.name == "view_mapper" else vm_path.name)
+        )
         sampling = SamplingDefaults.for_model(model)  # viewneti/sampling.json, else SD 2's 7.5 / 30
         engine = cls(base, vm, library, model=model, view_mapper_name=name, sampling=sampling)
         engine.compile_mode = compile_mode
@@ -115,11 +132,17 @@ class Engine:
 
     def info(self) -> dict:
         return {
-            "version": __version__, "base_model": self.base.name, "device": str(self.base.device),
-            "dtype": str(self.base.dtype).replace("torch.", ""), "compile": self.compile_mode or "off",
+            "version": __version__,
+            "base_model": self.base.name,
+            "device": str(self.base.device),
+            "dtype": str(self.base.dtype).replace("torch.", ""),
+            "compile": self.compile_mode or "off",
             "view_mapper": self.view_mapper_name,
-            "default_object": self.default_object, "native_size": self.base.native_size, "max_size": MAX_SIZE,
-            "prediction_type": self.base.prediction_type, "cross_attention_layers": self.base.num_layers,
+            "default_object": self.default_object,
+            "native_size": self.base.native_size,
+            "max_size": MAX_SIZE,
+            "prediction_type": self.base.prediction_type,
+            "cross_attention_layers": self.base.num_layers,
             "sampling_defaults": self.sampling.to_dict(),
         }
 
@@ -140,9 +163,19 @@ class Engine:
         return name, self.library.load(name, device=self.base.device, expect_fingerprint=self.base.fingerprint)
 
     # -- rendering ---------------------------------------------------------------------------------
-    def render(self, cameras: Sequence[Camera], object_name: str | None = None, seed: int = 0, steps: int | None = None,
-               guidance: float | None = None, *, with_view: bool = True, should_stop: Callable[[], bool] | None = None,
-               on_step: Callable[[int, int], None] | None = None, timings: dict | None = None) -> list[Image.Image]:
+    def render(
+        self,
+        cameras: Sequence[Camera],
+        object_name: str | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        *,
+        with_view: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        timings: dict | None = None,
+    ) -> list[Image.Image]:
         """Novel views of an object; cameras of different sizes are rendered in per-size batches.
 
         ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`)."""
@@ -154,9 +187,18 @@ class Engine:
         for i, cam in enumerate(cameras):
             groups.setdefault((cam.width, cam.height), []).append(i)
         for idxs in groups.values():
-            images = self.pipeline([cameras[i] for i in idxs], mapper, seed=seed, steps=steps, guidance=guidance,
-                                   with_view=with_view, object_key=name, should_stop=should_stop, on_step=on_step,
-                                   timings=timings)
+            images = self.pipeline(
+                [cameras[i] for i in idxs],
+                mapper,
+                seed=seed,
+                steps=steps,
+                guidance=guidance,
+                with_view=with_view,
+                object_key=name,
+                should_stop=should_stop,
+                on_step=on_step,
+                timings=timings,
+            )
             for i, im in zip(idxs, images):
                 out[i] = im
         return out  # type: ignore[return-value]
@@ -169,9 +211,19 @@ class Engine:
         scale = long_side / max(w, h)
         return max(8, round(w * scale / 8) * 8), max(8, round(h * scale / 8) * 8)
 
-    def invert(self, images: Sequence[Image.Image], cameras: Sequence[Camera], name: str, steps: int, *, seed: int = 0,
-               on_progress: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
-               preview_every: int = 0, config: TrainConfig | None = None) -> dict:
+    def invert(
+        self,
+        images: Sequence[Image.Image],
+        cameras: Sequence[Camera],
+        name: str,
+        steps: int,
+        *,
+        seed: int = 0,
+        on_progress: Callable[[dict], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        preview_every: int = 0,
+        config: TrainConfig | None = None,
+    ) -> dict:
         """Fit a new object token to reference image(s) with the frozen view-mapper; saved only when done.
 
         ``config`` sets training options (e.g. ``augmentation_pool``); mode, steps and seed come from
@@ -186,13 +238,19 @@ class Engine:
             raise InputError(f"give one camera per reference image ({len(images)} images, {len(cameras)} cameras)")
         width, height = self.training_size(images[0])
         options = config or TrainConfig()
-        cfg = dataclasses.replace(options, mode=5, steps=steps, seed=seed,
-                                  width=options.width or width, height=options.height or height)
+        cfg = dataclasses.replace(
+            options, mode=5, steps=steps, seed=seed, width=options.width or width, height=options.height or height
+        )
         width, height = cfg.width, cfg.height
         cams = [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in cameras]
         scene = Scene(name, [im.convert("RGB") for im in images], cams)
-        trainer = Trainer(cfg, self.base, [scene], view_mapper=self.pipeline.view_mapper, device=str(self.base.device)
-                          if self.base.device.type == "cpu" else None)
+        trainer = Trainer(
+            cfg,
+            self.base,
+            [scene],
+            view_mapper=self.pipeline.view_mapper,
+            device=str(self.base.device) if self.base.device.type == "cpu" else None,
+        )
         size = (width, height)
         compiling = self.compile_mode is not None and size not in self._compiled_training_sizes
         if on_progress is not None and compiling:
@@ -218,8 +276,14 @@ class Engine:
             event = {"step": step, "total": total, "loss": loss, "eta_s": eta, "preview": None, "phase": "training"}
             if preview_every and (step % preview_every == 0 or step == total):
                 mapper = trainer.object_mappers[0].eval()
-                event["preview"] = self.pipeline([preview_cam], mapper, seed=seed, steps=self.sampling.steps, guidance=self.sampling.guidance,
-                                                 use_cache=False)[0]
+                event["preview"] = self.pipeline(
+                    [preview_cam],
+                    mapper,
+                    seed=seed,
+                    steps=self.sampling.steps,
+                    guidance=self.sampling.guidance,
+                    use_cache=False,
+                )[0]
                 mapper.train()
             on_progress(event)
 

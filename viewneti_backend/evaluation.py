@@ -55,14 +55,18 @@ class LPIPSMetric:
         try:
             import lpips  # noqa: F401
         except ImportError:
-            raise RuntimeError("LPIPS needs the 'lpips' package (pip install 'viewneti[eval]') and cached VGG weights") from None
+            raise RuntimeError(
+                "LPIPS needs the 'lpips' package (pip install 'viewneti[eval]') and cached VGG weights"
+            ) from None
         import lpips
         import torch
 
         try:
             self.model = lpips.LPIPS(net="vgg", verbose=False).to(device).eval()
         except Exception as exc:  # download attempted and failed offline
-            raise RuntimeError(f"LPIPS-VGG weights are not available locally ({exc}); run once with network access") from None
+            raise RuntimeError(
+                f"LPIPS-VGG weights are not available locally ({exc}); run once with network access"
+            ) from None
         self.torch, self.device = torch, device
 
     def __call__(self, pred, gt, mask=None) -> float:
@@ -123,5 +127,7 @@ class EvalTable:
             lines.append(f"{scene:<16}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{lp:>8}{m['n']:>5}")
         mm = self.mean_over_scenes()
         lp = f"{mm['lpips']:.3f}" if "lpips" in mm else "-"
-        lines.append(f"{'mean':<16}{mm['psnr']:>8.2f}{mm['ssim']:>8.3f}{lp:>8}  (seed std PSNR {mm['seed_std_psnr']:.2f})")
+        lines.append(
+            f"{'mean':<16}{mm['psnr']:>8.2f}{mm['ssim']:>8.3f}{lp:>8}  (seed std PSNR {mm['seed_std_psnr']:.2f})"
+        )
         return "\n".join(lines)

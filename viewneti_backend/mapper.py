@@ -62,7 +62,7 @@ class MapperConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MapperConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MapperConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
@@ -101,12 +101,18 @@ class NeTIMapper(nn.Module):
         self.encoding = FourierFeatures(config.sigmas(), config.encoding_dim, config.fourier_seed)
         h = config.hidden_dim
         self.net = nn.Sequential(
-            nn.Linear(config.encoding_dim, h), nn.LayerNorm(h), nn.LeakyReLU(0.01),
-            nn.Linear(h, h), nn.LayerNorm(h), nn.LeakyReLU(0.01),
+            nn.Linear(config.encoding_dim, h),
+            nn.LayerNorm(h),
+            nn.LeakyReLU(0.01),
+            nn.Linear(h, h),
+            nn.LayerNorm(h),
+            nn.LeakyReLU(0.01),
             nn.Linear(h, 2 * config.embedding_dim),
         )
 
-    def normalized_inputs(self, timesteps: torch.Tensor, layers: torch.Tensor, camera: torch.Tensor | None) -> torch.Tensor:
+    def normalized_inputs(
+        self, timesteps: torch.Tensor, layers: torch.Tensor, camera: torch.Tensor | None
+    ) -> torch.Tensor:
         """[t/T*2-1, l/L*2-1, camera...] as in the reference (camera features are already in [-1, 1])."""
         c = self.config
         t_n = timesteps.float() / c.num_train_timesteps * 2.0 - 1.0
@@ -120,8 +126,12 @@ class NeTIMapper(nn.Module):
             parts.append(camera.float())
         return torch.cat(parts, dim=-1)
 
-    def forward(self, timesteps: torch.Tensor, layers: torch.Tensor, camera: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.normalized_inputs(timesteps.to(self.B_device), layers.to(self.B_device), None if camera is None else camera.to(self.B_device))
+    def forward(
+        self, timesteps: torch.Tensor, layers: torch.Tensor, camera: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalized_inputs(
+            timesteps.to(self.B_device), layers.to(self.B_device), None if camera is None else camera.to(self.B_device)
+        )
         out = self.net(self.encoding(x))
         word, bypass = out.split(self.config.embedding_dim, dim=-1)
         word = nn.functional.normalize(word, dim=-1) * self.config.norm_target
@@ -148,7 +158,9 @@ class NeTIMapper(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, expect_fingerprint: str | None = None, device: str | torch.device = "cpu") -> "NeTIMapper":
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, expect_fingerprint: str | None = None, device: str | torch.device = "cpu"
+    ) -> NeTIMapper:
         directory = Path(directory)
         cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not cfg_path.is_file() or not w_path.is_file():

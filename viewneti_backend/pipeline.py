@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,9 +25,15 @@ from .mapper import NeTIMapper
 from .text_conditioning import OBJECT_PROMPT, VIEW_OBJECT_PROMPT, Injection
 
 
-def encode_conditions(base: BaseModel, input_ids: torch.Tensor, timesteps: torch.Tensor, layers: torch.Tensor,
-                      object_mapper: NeTIMapper | None, view_mapper: NeTIMapper | None = None,
-                      camera_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_conditions(
+    base: BaseModel,
+    input_ids: torch.Tensor,
+    timesteps: torch.Tensor,
+    layers: torch.Tensor,
+    object_mapper: NeTIMapper | None,
+    view_mapper: NeTIMapper | None = None,
+    camera_features: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One batched text-encoder pass for N (prompt, t, l[, camera]) rows -> keys, values [N, S, D]."""
     injections: dict[int, Injection] = {}
     if object_mapper is not None:
@@ -54,13 +60,22 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 class ViewNeTIPipeline:
     """Frozen backbone + a view-mapper + object tokens -> novel views."""
 
-    def __init__(self, base: BaseModel, view_mapper: NeTIMapper | None = None, *, sampler: str = "dpmsolver++",
-                 cache_size: int = 16):
+    def __init__(
+        self,
+        base: BaseModel,
+        view_mapper: NeTIMapper | None = None,
+        *,
+        sampler: str = "dpmsolver++",
+        cache_size: int = 16,
+    ):
         self.base = base
         self.view_mapper = view_mapper.to(base.device).eval() if view_mapper is not None else None
         self.camera_param: CameraParameterization | None = None
         if view_mapper is not None:
-            if view_mapper.config.num_layers != base.num_layers or view_mapper.config.embedding_dim != base.text.embedding_dim:
+            if (
+                view_mapper.config.num_layers != base.num_layers
+                or view_mapper.config.embedding_dim != base.text.embedding_dim
+            ):
                 raise InputError(
                     f"view-mapper was built for {view_mapper.config.num_layers} layers x {view_mapper.config.embedding_dim} dims, "
                     f"the model has {base.num_layers} x {base.text.embedding_dim}: use a view-mapper trained for this model"
@@ -81,10 +96,15 @@ class ViewNeTIPipeline:
 
     def prompt(self, with_view: bool) -> str:
         t = self.base.text
-        return VIEW_OBJECT_PROMPT.format(view=t.view_token, object=t.object_token) if with_view else OBJECT_PROMPT.format(object=t.object_token)
+        return (
+            VIEW_OBJECT_PROMPT.format(view=t.view_token, object=t.object_token)
+            if with_view
+            else OBJECT_PROMPT.format(object=t.object_token)
+        )
 
-    def _compute_packed(self, cameras: Sequence[Camera], object_mapper: NeTIMapper, timesteps: torch.Tensor,
-                        with_view: bool) -> torch.Tensor:
+    def _compute_packed(
+        self, cameras: Sequence[Camera], object_mapper: NeTIMapper, timesteps: torch.Tensor, with_view: bool
+    ) -> torch.Tensor:
         """All T x L encodings of every camera in one text-encoder call -> [B, T, 2*L*S, D]."""
         b, n_t, n_l = len(cameras), len(timesteps), self.base.num_layers
         t, l = layer_grid(timesteps.to(self.base.device), n_l, b)
@@ -98,8 +118,15 @@ class ViewNeTIPipeline:
         return packed.view(b, n_t, 2 * n_l * s, d)
 
     @torch.no_grad()
-    def view_encodings(self, cameras: Sequence[Camera], object_mapper: NeTIMapper, timesteps: torch.Tensor,
-                       with_view: bool = True, cache_key: str | None = None, use_cache: bool = True) -> torch.Tensor:
+    def view_encodings(
+        self,
+        cameras: Sequence[Camera],
+        object_mapper: NeTIMapper,
+        timesteps: torch.Tensor,
+        with_view: bool = True,
+        cache_key: str | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Packed per-layer encodings for every camera and step: [T, B, 2*L*S, D].
 
         Cached per (object, pose, schedule) so live re-renders and other seeds skip the text encoder;
@@ -110,8 +137,16 @@ class ViewNeTIPipeline:
         if not use_cache or cache_key is None:
             return self._compute_packed(cameras, object_mapper, timesteps, with_view).transpose(0, 1)
         tkey = tuple(int(t) for t in timesteps)
-        keys = [(cache_key, with_view, tkey, cam.camera_to_anchor.round(9).tobytes() if with_view else b"",
-                 round(cam.fov_y_deg, 6) if with_view else 0) for cam in cameras]
+        keys = [
+            (
+                cache_key,
+                with_view,
+                tkey,
+                cam.camera_to_anchor.round(9).tobytes() if with_view else b"",
+                round(cam.fov_y_deg, 6) if with_view else 0,
+            )
+            for cam in cameras
+        ]
         todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
         if todo:
             first = {k: keys.index(k) for k in todo}
@@ -147,10 +182,22 @@ class ViewNeTIPipeline:
         return to_pil(images)
 
     @torch.no_grad()
-    def __call__(self, cameras: Sequence[Camera], object_mapper: NeTIMapper, *, seed: int = 0, steps: int = 30,
-                 guidance: float = 7.5, with_view: bool = True, object_key: str | None = None, use_cache: bool = True,
-                 should_stop: Callable[[], bool] | None = None, on_step: Callable[[int, int], None] | None = None,
-                 timings: dict | None = None, output: str = "pil"):
+    def __call__(
+        self,
+        cameras: Sequence[Camera],
+        object_mapper: NeTIMapper,
+        *,
+        seed: int = 0,
+        steps: int = 30,
+        guidance: float = 7.5,
+        with_view: bool = True,
+        object_key: str | None = None,
+        use_cache: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        timings: dict | None = None,
+        output: str = "pil",
+    ):
         if not cameras:
             raise InputError("no cameras given")
         width, height = cameras[0].width, cameras[0].height
@@ -163,7 +210,9 @@ class ViewNeTIPipeline:
         scheduler = self.base.sampling_scheduler(self.sampler)
         scheduler.set_timesteps(steps, device=self.base.device)
         timesteps = scheduler.timesteps
-        cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key, use_cache).to(self.base.dtype)
+        cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key, use_cache).to(
+            self.base.dtype
+        )
         b = len(cameras)
         use_cfg = guidance != 1.0
         if use_cfg:

@@ -45,8 +45,10 @@ def _check_guidance(value: object, where: str) -> float:
         raise SamplingDefaultsError(f"{where}: 'guidance' must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or not MIN_GUIDANCE <= value <= MAX_GUIDANCE:
-        raise SamplingDefaultsError(f"{where}: 'guidance' must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g} "
-                                    f"(classifier-free guidance scale), got {value!r}")
+        raise SamplingDefaultsError(
+            f"{where}: 'guidance' must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g} "
+            f"(classifier-free guidance scale), got {value!r}"
+        )
     return value
 
 
@@ -82,10 +84,12 @@ class SamplingDefaults:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, data: object, where: str = "sampling defaults") -> "SamplingDefaults":
+    def from_dict(cls, data: object, where: str = "sampling defaults") -> SamplingDefaults:
         if not isinstance(data, dict):
-            raise SamplingDefaultsError(f"{where}: expected a JSON object like "
-                                        f"{{\"guidance\": 7.5, \"steps\": 30, \"live_steps\": 8}}, got {type(data).__name__}")
+            raise SamplingDefaultsError(
+                f"{where}: expected a JSON object like "
+                f'{{"guidance": 7.5, "steps": 30, "live_steps": 8}}, got {type(data).__name__}'
+            )
         known = cls.keys()
         for key in data:
             if key not in known:
@@ -97,7 +101,7 @@ class SamplingDefaults:
         return cls(guidance=guidance, steps=steps, live_steps=live_steps)
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "SamplingDefaults":
+    def from_json(cls, path: str | os.PathLike) -> SamplingDefaults:
         """Read and validate one ``sampling.json``; errors name the file and the offending key."""
         path = Path(path)
         try:
@@ -111,7 +115,7 @@ class SamplingDefaults:
         return cls.from_dict(data, str(path))
 
     @classmethod
-    def for_model(cls, model_dir: str | os.PathLike | None) -> "SamplingDefaults":
+    def for_model(cls, model_dir: str | os.PathLike | None) -> SamplingDefaults:
         """The model's ``viewneti/sampling.json``, or Stable Diffusion 2's values when it has none
         (including hub ids and other non-folder model names)."""
         if model_dir:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw
 
 
-def contact_sheet(paths: Sequence[str | Path] | Sequence[Image.Image], out: str | Path, columns: int | None = None,
-                  cell: int | None = None, labels: Sequence[str] | None = None) -> Path:
+def contact_sheet(
+    paths: Sequence[str | Path] | Sequence[Image.Image],
+    out: str | Path,
+    columns: int | None = None,
+    cell: int | None = None,
+    labels: Sequence[str] | None = None,
+) -> Path:
     images = [p if isinstance(p, Image.Image) else Image.open(p).convert("RGB") for p in paths]
     if not images:
         raise ValueError("contact_sheet needs at least one image")

@@ -13,12 +13,41 @@ import torch
 
 from .toyworld.tokenizer import write_tokenizer
 
-TEST_WORDS = ["a", "photo", "of", "the", "view", "object", "seen", "from", "left", "right", "front", "back",
-              "above", "red", "green", "blue", "box", "sphere", "cube", "on", "with", "rendering"]
+TEST_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "view",
+    "object",
+    "seen",
+    "from",
+    "left",
+    "right",
+    "front",
+    "back",
+    "above",
+    "red",
+    "green",
+    "blue",
+    "box",
+    "sphere",
+    "cube",
+    "on",
+    "with",
+    "rendering",
+]
 
 
-def build_tiny_pipeline(folder: str | Path, *, prediction_type: str = "v_prediction", sample_size: int = 64,
-                        text_width: int = 32, seed: int = 0, words: list[str] | None = None) -> Path:
+def build_tiny_pipeline(
+    folder: str | Path,
+    *,
+    prediction_type: str = "v_prediction",
+    sample_size: int = 64,
+    text_width: int = 32,
+    seed: int = 0,
+    words: list[str] | None = None,
+) -> Path:
     """Save a random-weight SD-architecture pipeline (UNet, VAE, CLIP text encoder, tokenizer, scheduler)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -27,28 +56,70 @@ def build_tiny_pipeline(folder: str | Path, *, prediction_type: str = "v_predict
     torch.manual_seed(seed)
     write_tokenizer(folder / "tokenizer", words or TEST_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32),
-                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=sample_size)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_width,
+            intermediate_size=2 * text_width,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=sample_size,
+    )
     unet = UNet2DConditionModel(
-        sample_size=sample_size // 4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=text_width, attention_head_dim=4, norm_num_groups=8)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False, steps_offset=1)
+        sample_size=sample_size // 4,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=text_width,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type=prediction_type,
+        clip_sample=False,
+        steps_offset=1,
+    )
     for name, module in (("text_encoder", text_encoder), ("vae", vae), ("unet", unet)):
         module.save_pretrained(folder / name, safe_serialization=True)
     scheduler.save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "requires_safety_checker": False}))
+    (folder / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "_diffusers_version": "0.30.0",
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "scheduler": ["diffusers", "DDPMScheduler"],
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+                "requires_safety_checker": False,
+            }
+        )
+    )
     return folder
 
 
@@ -71,7 +142,9 @@ def build_tiny_viewneti_model(folder: str | Path, *, steps: int = 2, seed: int =
     for name in ("thing_a", "thing_b"):
         images = [Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)) for _ in range(4)]
         scenes.append(Scene(name, images, [Camera(orbit_pose(a, 20, 4), 40, 64, 64) for a in (0, 90, 180, 270)]))
-    trainer = Trainer(TrainConfig(mode=3, steps=steps, batch_size=2, grad_accum=1, seed=seed), base, scenes, device="cpu")
+    trainer = Trainer(
+        TrainConfig(mode=3, steps=steps, batch_size=2, grad_accum=1, seed=seed), base, scenes, device="cpu"
+    )
     result = trainer.train(progress=False)
     result.view_mapper.save_pretrained(folder / "viewneti" / "view_mapper")
     for name, mapper in result.object_mappers.items():

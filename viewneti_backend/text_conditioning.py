@@ -55,7 +55,9 @@ def _text_transformer(text_encoder: nn.Module) -> nn.Module:
 class TextConditioner:
     """Owns the tokenizer + frozen text encoder and turns (prompt, injections) into key/value encodings."""
 
-    def __init__(self, tokenizer, text_encoder: nn.Module, view_token: str = VIEW_TOKEN, object_token: str = OBJECT_TOKEN):
+    def __init__(
+        self, tokenizer, text_encoder: nn.Module, view_token: str = VIEW_TOKEN, object_token: str = OBJECT_TOKEN
+    ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.view_token, self.object_token = view_token, object_token
@@ -100,10 +102,14 @@ class TextConditioner:
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids [N, S] on the encoder's device; placeholders are counted here, on the CPU."""
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")["input_ids"]
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )["input_ids"]
         for token_id in (self.view_token_id, self.object_token_id):
             if bool(((ids == token_id).sum(dim=1) > 1).any()):
-                raise InputError(f"a prompt contains the placeholder {self.tokenizer.convert_ids_to_tokens(token_id)} more than once")
+                raise InputError(
+                    f"a prompt contains the placeholder {self.tokenizer.convert_ids_to_tokens(token_id)} more than once"
+                )
         return to_device(ids, self.device)
 
     def token_ids(self, prompt: str) -> torch.Tensor:
@@ -124,25 +130,33 @@ class TextConditioner:
         s = hidden.shape[1]
         # An explicit additive causal mask works across transformers versions (4.x takes it as
         # causal_attention_mask, 5.x as a prepared 4D attention_mask).
-        causal = torch.full((s, s), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype).triu(1)[None, None]
+        causal = torch.full((s, s), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype).triu(1)[
+            None, None
+        ]
         if self._legacy_causal_mask is None:
             self._legacy_causal_mask = "causal_attention_mask" in inspect.signature(tm.encoder.forward).parameters
-        encoder = self._training_encoder if self._training_encoder is not None and torch.is_grad_enabled() else tm.encoder
+        encoder = (
+            self._training_encoder if self._training_encoder is not None and torch.is_grad_enabled() else tm.encoder
+        )
         if self._legacy_causal_mask:
             return encoder(inputs_embeds=hidden, causal_attention_mask=causal).last_hidden_state
         return encoder(inputs_embeds=hidden, attention_mask=causal).last_hidden_state
 
-    def encode(self, input_ids: torch.Tensor, injections: dict[int, Injection] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, input_ids: torch.Tensor, injections: dict[int, Injection] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode N prompts; returns (keys_states, values_states), each [N, S, D] after the final LayerNorm."""
         tm = _text_transformer(self.text_encoder)
         x = self._embed(input_ids)
         injections = injections or {}
         for token_id, inj in injections.items():
-            mask = (input_ids == token_id)
+            mask = input_ids == token_id
             # Checked on CPU ids only: reading a device tensor here would stall the GPU on every call.
             # Ids on the device come from tokenize(), which already allows each placeholder at most once.
             if input_ids.device.type == "cpu" and not torch.all(mask.sum(dim=1) == 1):
-                raise InputError(f"each prompt must contain the placeholder token {self.tokenizer.convert_ids_to_tokens(token_id)} exactly once")
+                raise InputError(
+                    f"each prompt must contain the placeholder token {self.tokenizer.convert_ids_to_tokens(token_id)} exactly once"
+                )
             x = torch.where(mask[..., None], inj.word.to(x.dtype)[:, None, :], x)
         h = self._transformer(x)
         h_bypass = h

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -43,7 +43,12 @@ class ObjectLibrary:
 
     @staticmethod
     def _is_token_dir(path: Path) -> bool:
-        return path.is_dir() and not path.name.startswith(".") and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+        return (
+            path.is_dir()
+            and not path.name.startswith(".")
+            and (path / CONFIG_NAME).is_file()
+            and (path / WEIGHTS_NAME).is_file()
+        )
 
     def _locate(self, name: str) -> tuple[Path, bool] | None:
         for d in self.builtin_dirs:
@@ -67,25 +72,36 @@ class ObjectLibrary:
     def entry(self, name: str) -> dict:
         found = self._locate(validate_token_name(name))
         if not found:
-            raise NotFoundError(f"unknown object '{name}': GET /v1/objects (or `viewneti info`) lists the available ones")
+            raise NotFoundError(
+                f"unknown object '{name}': GET /v1/objects (or `viewneti info`) lists the available ones"
+            )
         path, builtin = found
         import json
 
         cfg = json.loads((path / CONFIG_NAME).read_text())
         extra = cfg.get("extra", {})
-        return {"name": name, "builtin": builtin, "base_model": cfg.get("base_model", ""),
-                "created": extra.get("created", ""), "steps": int(extra.get("steps", 0))}
+        return {
+            "name": name,
+            "builtin": builtin,
+            "base_model": cfg.get("base_model", ""),
+            "created": extra.get("created", ""),
+            "steps": int(extra.get("steps", 0)),
+        }
 
     def list(self) -> list[dict]:
         return [self.entry(n) for n in self.names()]
 
-    def load(self, name: str, *, device: torch.device | str = "cpu", expect_fingerprint: str | None = None) -> NeTIMapper:
+    def load(
+        self, name: str, *, device: torch.device | str = "cpu", expect_fingerprint: str | None = None
+    ) -> NeTIMapper:
         with self._lock:
             if name in self._cache:
                 return self._cache[name]
         found = self._locate(validate_token_name(name))
         if not found:
-            raise NotFoundError(f"unknown object '{name}': GET /v1/objects (or `viewneti info`) lists the available ones")
+            raise NotFoundError(
+                f"unknown object '{name}': GET /v1/objects (or `viewneti info`) lists the available ones"
+            )
         mapper = NeTIMapper.from_pretrained(found[0], expect_fingerprint=expect_fingerprint, device=device)
         mapper.requires_grad_(False).eval()
         with self._lock:
@@ -98,7 +114,11 @@ class ObjectLibrary:
             raise InputError("this library has no writable folder: start with a data directory to save objects")
         if not overwrite and self._locate(name):
             raise InputError(f"an object named '{name}' already exists: choose another name or delete it first")
-        mapper.config.extra = {**mapper.config.extra, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "steps": int(steps)}
+        mapper.config.extra = {
+            **mapper.config.extra,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "steps": int(steps),
+        }
         mapper.save_pretrained(self.user_dir / name)
         with self._lock:
             self._cache.pop(name, None)

@@ -19,9 +19,9 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,12 @@ from torch import nn
 from .attention import pack_layer_encodings
 from .augment import AUGMENTATIONS, AugmentationPlan, apply_augmentation, plan_augmentation
 from .base_model import BaseModel, load_base_model
-from .camera_features import DEFAULT_PARAMETERIZATION, CameraParameterization, make_parameterization, parameterization_from_config
+from .camera_features import (
+    DEFAULT_PARAMETERIZATION,
+    CameraParameterization,
+    make_parameterization,
+    parameterization_from_config,
+)
 from .data import Scene
 from .errors import Cancelled, InputError
 from .mapper import MapperConfig, NeTIMapper
@@ -81,8 +86,10 @@ class TrainConfig:
         if self.augmentation_pool < 0:
             raise InputError(f"augmentation_pool must be 0 (off) or a number of images, got {self.augmentation_pool}")
         if self.augmentation_pool and self.augmentation == 0:
-            raise InputError("augmentation_pool needs augmentation: with augmentation 0 each image is encoded once anyway; "
-                             "drop --augmentation-pool or pick an augmentation")
+            raise InputError(
+                "augmentation_pool needs augmentation: with augmentation 0 each image is encoded once anyway; "
+                "drop --augmentation-pool or pick an augmentation"
+            )
 
     @property
     def uses_view(self) -> bool:
@@ -116,24 +123,29 @@ class TrainableMappers(nn.Module):
                 merged.append([scene, rows])
         outs, start = [], 0
         for scene, rows in merged:
-            outs.append(self.objects[scene](timesteps[start:start + rows], layers[start:start + rows]))
+            outs.append(self.objects[scene](timesteps[start : start + rows], layers[start : start + rows]))
             start += rows
         obj = tuple(torch.cat(parts) for parts in zip(*outs)) if len(outs) > 1 else outs[0]
         view = self.view(timesteps, layers, camera) if self.view is not None and camera is not None else None
         return obj, view
 
 
-def new_mapper(base: BaseModel, kind: str, camera_param: CameraParameterization | None = None, token: str | None = None) -> NeTIMapper:
+def new_mapper(
+    base: BaseModel, kind: str, camera_param: CameraParameterization | None = None, token: str | None = None
+) -> NeTIMapper:
     is_view = kind == "view"
     cfg = MapperConfig(
-        kind=kind, token=token or (base.text.view_token if is_view else base.text.object_token),
-        embedding_dim=base.text.embedding_dim, num_layers=base.num_layers,
+        kind=kind,
+        token=token or (base.text.view_token if is_view else base.text.object_token),
+        embedding_dim=base.text.embedding_dim,
+        num_layers=base.num_layers,
         num_train_timesteps=base.num_train_timesteps,
         camera_dim=camera_param.dim if is_view else 0,
         camera_parameterization=camera_param.to_config() if is_view else None,
         norm_target=base.text.reference_norm("view" if is_view else "object"),
         super_word="view" if is_view else "object",
-        base_model=base.name, base_model_fingerprint=base.fingerprint,
+        base_model=base.name,
+        base_model_fingerprint=base.fingerprint,
     )
     return NeTIMapper(cfg)
 
@@ -188,15 +200,26 @@ class MicroBatch:
     noise: torch.Tensor  # [B, C, h, w] (CPU)
     t: torch.Tensor  # [B] timesteps (CPU)
     posterior_noise: torch.Tensor  # [B, C, h, w] the VAE posterior sample's draw (CPU)
-    pool_index: torch.Tensor | None = None  # [B] entries of the scene's encoded pool (CPU): its images, or its augmentation pool
+    pool_index: torch.Tensor | None = (
+        None  # [B] entries of the scene's encoded pool (CPU): its images, or its augmentation pool
+    )
 
 
 class Trainer:
     """Runs one ViewNeTI training mode. Works in-process (engine inversion) and under ``accelerate launch``."""
 
-    def __init__(self, config: TrainConfig, base: BaseModel | str, scenes: Sequence[Scene], *,
-                 view_mapper: NeTIMapper | str | None = None, output_dir: str | Path | None = None,
-                 device: str | None = None, accelerator=None, camera_param: CameraParameterization | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        base: BaseModel | str,
+        scenes: Sequence[Scene],
+        *,
+        view_mapper: NeTIMapper | str | None = None,
+        output_dir: str | Path | None = None,
+        device: str | None = None,
+        accelerator=None,
+        camera_param: CameraParameterization | None = None,
+    ):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -206,18 +229,29 @@ class Trainer:
         if c.mode != 3 and len(scenes) != 1:
             raise InputError(f"mode {c.mode} trains on exactly one scene, got {len(scenes)}: use mode 3 for many")
         if c.uses_view and any(s.cameras is None for s in scenes):
-            raise InputError(f"mode {c.mode} needs a camera per image: use a transforms.json or DTU scene, or mode 0 for plain images")
+            raise InputError(
+                f"mode {c.mode} needs a camera per image: use a transforms.json or DTU scene, or mode 0 for plain images"
+            )
         if c.mode in (4, 5) and view_mapper is None:
-            raise InputError(f"mode {c.mode} starts from a pretrained view-mapper: pass --view-mapper (a mode-3 result)")
+            raise InputError(
+                f"mode {c.mode} starts from a pretrained view-mapper: pass --view-mapper (a mode-3 result)"
+            )
         mp = c.mixed_precision
         if mp is None:
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() and device != "cpu" else "no"
         self.accelerator = accelerator or Accelerator(
-            gradient_accumulation_steps=1 if c.fuse_micro_batches else c.grad_accum, mixed_precision=mp, cpu=device == "cpu",
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=c.mode == 3)])
+            gradient_accumulation_steps=1 if c.fuse_micro_batches else c.grad_accum,
+            mixed_precision=mp,
+            cpu=device == "cpu",
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=c.mode == 3)],
+        )
         acc = self.accelerator
         frozen_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
-        self.base = load_base_model(base, device=str(acc.device), dtype=frozen_dtype) if isinstance(base, (str, os.PathLike)) else base
+        self.base = (
+            load_base_model(base, device=str(acc.device), dtype=frozen_dtype)
+            if isinstance(base, (str, os.PathLike))
+            else base
+        )
         b = self.base
         self.scenes = list(scenes)
         self.width = c.width or b.native_size
@@ -247,19 +281,22 @@ class Trainer:
         self.mappers = TrainableMappers(self.view_mapper if train_view else None, self.object_mappers)
         params = [p for p in self.mappers.parameters() if p.requires_grad]
         lr = c.lr * (c.batch_size * c.grad_accum * acc.num_processes if c.scale_lr else 1)
-        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=c.weight_decay,
-                                           fused=acc.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=c.weight_decay, fused=acc.device.type == "cuda"
+        )
         self.mappers, self.optimizer = acc.prepare(self.mappers, self.optimizer)
         self.noise_scheduler = b.noise_scheduler()
         # sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) for every t, on the device once: what the scheduler's
         # add_noise / get_velocity compute per call (same float32 values) in ~19 kernels each.
         acp = self.noise_scheduler.alphas_cumprod.to(acc.device, torch.float32)
-        self.noise_coefficients = torch.stack([acp ** 0.5, (1 - acp) ** 0.5])
+        self.noise_coefficients = torch.stack([acp**0.5, (1 - acp) ** 0.5])
         self.augmentation = AUGMENTATIONS.get(c.augmentation_key)
         # Images resized once; each micro-batch draws its augmentation, applied to a fused step's images at once.
         self.scene_tensors = [images_to_tensor(s.images, self.width, self.height).to(acc.device) for s in self.scenes]
         self.scene_features = [
-            self.camera_param.features([cam.with_size(self.width, self.height) for cam in s.cameras]) if self.camera_param else None
+            self.camera_param.features([cam.with_size(self.width, self.height) for cam in s.cameras])
+            if self.camera_param
+            else None
             for s in self.scenes
         ]
         self.pools = self._encode_pools()
@@ -295,17 +332,19 @@ class Trainer:
                 source = torch.randint(0, tensors.shape[0], (-(-c.augmentation_pool // chunk) * chunk,), generator=gen)
             parts = []
             for start in range(0, source.shape[0], chunk):
-                part = source[start:start + chunk]
+                part = source[start : start + chunk]
                 whole = torch.cat([part, part[:1].expand(chunk - part.shape[0])])  # a short last chunk is padded
                 images = tensors.index_select(0, to_device(whole, dev))
                 if self.augmentation is not None:
-                    images = apply_augmentation(images, plan_augmentation(self.augmentation, gen, chunk, self.width, self.height))
-                parts.append(self._encode_posteriors(images)[:part.shape[0]])
+                    images = apply_augmentation(
+                        images, plan_augmentation(self.augmentation, gen, chunk, self.width, self.height)
+                    )
+                parts.append(self._encode_posteriors(images)[: part.shape[0]])
             pools.append((source, torch.cat(parts)))
         return pools
 
     # -- micro-batches -----------------------------------------------------------------------------
-    def _sample_batch(self, gen: torch.Generator, rng: random.Random) -> "MicroBatch":
+    def _sample_batch(self, gen: torch.Generator, rng: random.Random) -> MicroBatch:
         """One micro-batch: a scene, augmented images, camera features, prompts, noise and timesteps.
 
         Every random draw comes from CPU generators, so a run is reproducible on any device, and
@@ -322,12 +361,20 @@ class Trainer:
             n = self.scene_tensors[scene].shape[0]
             idx = torch.randint(0, n, (c.batch_size,), generator=gen)
             images = self.scene_tensors[scene].index_select(0, to_device(idx, dev))
-            plan = plan_augmentation(self.augmentation, gen, c.batch_size, self.width, self.height) if self.augmentation else None
+            plan = (
+                plan_augmentation(self.augmentation, gen, c.batch_size, self.width, self.height)
+                if self.augmentation
+                else None
+            )
         feats = self.scene_features[scene][idx] if self.scene_features[scene] is not None else None
         if c.uses_view:
-            prompts = [VIEW_OBJECT_PROMPT.format(view=self.base.text.view_token, object=self.base.text.object_token)] * c.batch_size
+            prompts = [
+                VIEW_OBJECT_PROMPT.format(view=self.base.text.view_token, object=self.base.text.object_token)
+            ] * c.batch_size
         else:
-            prompts = [rng.choice(OBJECT_TEMPLATES).format(object=self.base.text.object_token) for _ in range(c.batch_size)]
+            prompts = [
+                rng.choice(OBJECT_TEMPLATES).format(object=self.base.text.object_token) for _ in range(c.batch_size)
+            ]
         f = self.base.vae_scale_factor
         shape = (c.batch_size, self.base.latent_channels, self.height // f, self.width // f)
         noise = torch.randn(shape, generator=gen)
@@ -339,7 +386,7 @@ class Trainer:
             return self.base.text.token_ids(prompts[0]).expand(len(prompts), -1)
         return self.base.text.tokenize(prompts)
 
-    def loss_on(self, batches: Sequence["MicroBatch"]) -> torch.Tensor:
+    def loss_on(self, batches: Sequence[MicroBatch]) -> torch.Tensor:
         """Mean loss over one or more micro-batches run as one batch (their mean, if equal-sized)."""
         b, acc = self.base, self.accelerator
         dev = acc.device
@@ -347,7 +394,9 @@ class Trainer:
         bs = sum(len(mb.t) for mb in batches)
         eps = to_device(torch.cat([mb.posterior_noise for mb in batches]), dev)
         if batches[0].pool_index is not None:  # encoded once: look the posteriors up
-            posteriors = torch.cat([self.pools[mb.scene][1].index_select(0, to_device(mb.pool_index, dev)) for mb in batches])
+            posteriors = torch.cat(
+                [self.pools[mb.scene][1].index_select(0, to_device(mb.pool_index, dev)) for mb in batches]
+            )
         else:
             images = torch.cat([mb.images for mb in batches])
             if batches[0].augmentation is not None:  # one batched augmentation for every fused micro-batch
@@ -359,7 +408,9 @@ class Trainer:
         t = to_device(torch.cat([mb.t for mb in batches]), dev)
         signal_scale, noise_scale = self.noise_coefficients[:, t].view(2, bs, 1, 1, 1).unbind(0)
         noisy = signal_scale * latents + noise_scale * noise  # = noise_scheduler.add_noise
-        target = noise if b.prediction_type == "epsilon" else signal_scale * noise - noise_scale * latents  # get_velocity
+        target = (
+            noise if b.prediction_type == "epsilon" else signal_scale * noise - noise_scale * latents
+        )  # get_velocity
         t_rep = t.repeat_interleave(n_l)
         l_rep = torch.arange(n_l, device=dev).repeat(bs)
         feats = None
@@ -395,15 +446,26 @@ class Trainer:
         return sum(losses) / len(losses)
 
     # -- loop ----------------------------------------------------------------------------------------
-    def train(self, *, on_step: Callable[[int, int, float], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, progress: bool = True) -> TrainResult:
+    def train(
+        self,
+        *,
+        on_step: Callable[[int, int, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: bool = True,
+    ) -> TrainResult:
         from tqdm.auto import tqdm
 
         c, acc = self.config, self.accelerator
         self.mappers.train()
         gen = torch.Generator().manual_seed(c.seed * 1000003 + self.step + acc.process_index)
         rng = random.Random(c.seed * 7919 + self.step + acc.process_index)
-        bar = tqdm(total=c.steps, initial=self.step, disable=not (progress and acc.is_main_process), desc=f"mode {c.mode}", unit="step")
+        bar = tqdm(
+            total=c.steps,
+            initial=self.step,
+            disable=not (progress and acc.is_main_process),
+            desc=f"mode {c.mode}",
+            unit="step",
+        )
         t0, start_step = time.perf_counter(), self.step
         fused = c.fuse_micro_batches
         # A step's loss is read back (the one host-device sync) only after the next step has been
@@ -421,7 +483,7 @@ class Trainer:
             self.losses.append(loss_value)
             bar.update(1)
             if step % max(1, c.log_every) == 0 or step == c.steps:
-                bar.set_postfix(loss=f"{sum(self.losses[-c.log_every:]) / len(self.losses[-c.log_every:]):.4f}")
+                bar.set_postfix(loss=f"{sum(self.losses[-c.log_every :]) / len(self.losses[-c.log_every :]):.4f}")
             if on_step is not None:
                 on_step(step, c.steps, loss_value)
 
@@ -457,7 +519,9 @@ class Trainer:
 
     def result(self) -> TrainResult:
         names = [s.name for s in self.scenes]
-        return TrainResult(self.view_mapper, dict(zip(names, self.object_mappers)), self.losses, self.step, self.output_dir)
+        return TrainResult(
+            self.view_mapper, dict(zip(names, self.object_mappers)), self.losses, self.step, self.output_dir
+        )
 
     # -- persistence ---------------------------------------------------------------------------------
     def _save_mappers(self, folder: Path) -> None:
@@ -481,10 +545,19 @@ class Trainer:
         tmp.mkdir(parents=True)
         self._save_mappers(tmp)
         save_optimizer(self.optimizer, tmp / "optimizer.safetensors")
-        (tmp / "trainer_state.json").write_text(json.dumps({
-            "step": self.step, "config": asdict(self.config), "losses": self.losses,
-            "scenes": [s.name for s in self.scenes], "base_model": self.base.name,
-            "base_model_fingerprint": self.base.fingerprint}, indent=1))
+        (tmp / "trainer_state.json").write_text(
+            json.dumps(
+                {
+                    "step": self.step,
+                    "config": asdict(self.config),
+                    "losses": self.losses,
+                    "scenes": [s.name for s in self.scenes],
+                    "base_model": self.base.name,
+                    "base_model_fingerprint": self.base.fingerprint,
+                },
+                indent=1,
+            )
+        )
         from .atomic_files import replace_directory
 
         replace_directory(tmp, final)
@@ -500,11 +573,15 @@ class Trainer:
         if not (path / "trainer_state.json").is_file():
             found = sorted(path.glob("checkpoint-*")) if path.is_dir() else []
             if not found:
-                raise InputError(f"no checkpoint found at {path}: pass a checkpoint-<step> folder or a run folder holding one")
+                raise InputError(
+                    f"no checkpoint found at {path}: pass a checkpoint-<step> folder or a run folder holding one"
+                )
             path = found[-1]
         state = json.loads((path / "trainer_state.json").read_text())
         if state["scenes"] != [s.name for s in self.scenes]:
-            raise InputError(f"checkpoint {path} was trained on scenes {state['scenes']}, not {[s.name for s in self.scenes]}")
+            raise InputError(
+                f"checkpoint {path} was trained on scenes {state['scenes']}, not {[s.name for s in self.scenes]}"
+            )
         if self.view_mapper is not None and (path / "view_mapper").is_dir():
             self.view_mapper.load_state_dict(NeTIMapper.from_pretrained(path / "view_mapper").state_dict())
         for scene, mapper in zip(self.scenes, self.object_mappers):

@@ -17,8 +17,19 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_gpu_bench_smoke_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "--smoke", "--out", str(out),
-           "--inversion-steps", "2", "--eager-inversion-steps", "1", "--reference-inversion-steps", "1"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "gpu_bench.py"),
+        "--smoke",
+        "--out",
+        str(out),
+        "--inversion-steps",
+        "2",
+        "--eager-inversion-steps",
+        "1",
+        "--reference-inversion-steps",
+        "1",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -71,7 +82,10 @@ def test_timeline_splits_idle_time_by_launcher_and_host_lateness():
     r = analyse_gaps(events, steps=1)
     assert r["activities_per_step"] == {"graph": 2, "eager": 1}
     assert r["gpu_busy_ms_per_step"] * 1e3 == 28 and r["idle_ms_per_step"] * 1e3 == 22
-    assert {k: round(v * 1e3, 6) for k, v in r["idle_ms_per_step_by_launcher"].items()} == {"eager, host late": 20, "graph, queued": 2}
+    assert {k: round(v * 1e3, 6) for k, v in r["idle_ms_per_step_by_launcher"].items()} == {
+        "eager, host late": 20,
+        "graph, queued": 2,
+    }
     assert list(r["host_late_idle_ms_per_step_by_host_op"]) == ["aten::mul"], "charged to the innermost op"
     assert r["largest_gaps"][0]["before"] == "eager_kernel" and r["largest_gaps"][0]["after"] == "graph_kernel_b"
     assert r["gaps_by_size"]["0-2 us"]["gaps_per_step"] == 0 and r["gaps_by_size"]["2-5 us"]["gaps_per_step"] == 1

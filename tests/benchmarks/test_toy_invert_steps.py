@@ -14,9 +14,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_toy_invert_steps_scores_the_objects_it_is_given_with_the_pool_option(tmp_path):
     out = tmp_path / "steps.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "toy_invert_steps.py"), "--objects", "1", "--first-object", "1000003",
-           "--checkpoints", "1", "--render-steps", "1", "--augmentation-pool", "9", "--threads", "1", "--out", str(out)]
-    run = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "toy_invert_steps.py"),
+        "--objects",
+        "1",
+        "--first-object",
+        "1000003",
+        "--checkpoints",
+        "1",
+        "--render-steps",
+        "1",
+        "--augmentation-pool",
+        "9",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    run = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [(r["object"], r["seed"]) for r in report["rows"]] == [("obj_1000003", 0)]

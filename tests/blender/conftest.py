@@ -24,7 +24,9 @@ os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="viewnet
 try:
     import bpy  # noqa: F401
 except ImportError as exc:  # never skip silently: the add-on tests are part of the core suite
-    raise ImportError("the Blender add-on tests need the bpy module: run `make setup` (bpy==5.0.1, Python 3.11)") from exc
+    raise ImportError(
+        "the Blender add-on tests need the bpy module: run `make setup` (bpy==5.0.1, Python 3.11)"
+    ) from exc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from addon_testutil import PACKAGE, ROOT, addon_prefs, free_port  # noqa: E402
@@ -46,9 +48,7 @@ def addon_zip(tmp_path_factory):
 @pytest.fixture(scope="session")
 def addon(addon_zip):
     """The add-on installed from its zip as a user extension, enabled; yields its module."""
-    result = bpy.ops.extensions.package_install_files(
-        filepath=addon_zip, repo="user_default", enable_on_install=True
-    )
+    result = bpy.ops.extensions.package_install_files(filepath=addon_zip, repo="user_default", enable_on_install=True)
     assert result == {"FINISHED"}
     assert PACKAGE in bpy.context.preferences.addons
     yield sys.modules[PACKAGE]
@@ -96,7 +96,11 @@ def server_url(tmp_path_factory):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(data_dir)],
-            cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            cwd=str(ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
     try:
         deadline = time.monotonic() + 120

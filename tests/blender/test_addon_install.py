@@ -9,7 +9,6 @@ import zipfile
 import addon_utils
 import bpy
 import pytest
-
 from addon_testutil import PACKAGE, ROOT
 
 pytestmark = pytest.mark.blender

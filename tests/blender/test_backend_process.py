@@ -5,7 +5,6 @@ import time
 
 import bpy
 import pytest
-
 from addon_testutil import ROOT, addon_module, addon_prefs, free_port
 
 pytestmark = pytest.mark.blender

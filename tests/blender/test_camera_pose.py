@@ -21,9 +21,7 @@ def close(a, b, tol=1e-9):
 def is_rotation(m, tol=1e-9):
     """Orthonormal with det +1, checked in double precision (mathutils is float32)."""
     r = [row[:3] for row in m[:3]]
-    gram_ok = all(
-        abs(sum(r[k][i] * r[k][j] for k in range(3)) - (i == j)) < tol for i in range(3) for j in range(3)
-    )
+    gram_ok = all(abs(sum(r[k][i] * r[k][j] for k in range(3)) - (i == j)) < tol for i in range(3) for j in range(3))
     det = (
         r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
         - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
@@ -146,8 +144,12 @@ def test_render_size_follows_aspect():
 
 
 def test_pose_key_ignores_float_noise():
-    payload = {"camera_to_anchor": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4], [0, 0, 0, 1]],
-               "fov_y_deg": 39.6, "width": 64, "height": 64}
+    payload = {
+        "camera_to_anchor": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4], [0, 0, 0, 1]],
+        "fov_y_deg": 39.6,
+        "width": 64,
+        "height": 64,
+    }
     noisy = dict(payload, camera_to_anchor=[[1 + 1e-9, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4], [0, 0, 0, 1]])
     assert camera_pose.pose_key(payload) == camera_pose.pose_key(noisy)
     moved = dict(payload, camera_to_anchor=[[1, 0, 0, 0.01], [0, 1, 0, 0], [0, 0, 1, 4], [0, 0, 0, 1]])

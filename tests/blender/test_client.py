@@ -5,6 +5,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from addon_testutil import free_port
 
 from blender_addon.client import (
     BackendError,
@@ -15,16 +16,19 @@ from blender_addon.client import (
     Superseded,
     parse_sse,
 )
-from addon_testutil import free_port
 
 pytestmark = pytest.mark.blender
 
 
 def test_sse_basic_events():
     lines = [
-        "event: progress\n", 'data: {"step": 1, "total": 3}\n', "\n",
+        "event: progress\n",
+        'data: {"step": 1, "total": 3}\n',
+        "\n",
         ": keep-alive comment\n",
-        "event: done\r\n", 'data: {"result": {"name": "mug"}}\r\n', "\r\n",
+        "event: done\r\n",
+        'data: {"result": {"name": "mug"}}\r\n',
+        "\r\n",
     ]
     events = list(parse_sse(lines))
     assert [(e.event, e.data) for e in events] == [

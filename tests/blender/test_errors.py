@@ -7,7 +7,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import bpy
 import pytest
-
 from addon_testutil import addon_module, addon_prefs, free_port
 
 pytestmark = pytest.mark.blender

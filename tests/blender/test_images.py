@@ -5,7 +5,6 @@ import zlib
 
 import bpy
 import pytest
-
 from addon_testutil import addon_module
 
 pytestmark = pytest.mark.blender
@@ -25,14 +24,14 @@ def decode_png_rgba(data):
     width, height = struct.unpack(">II", data[16:24])
     pos, idat = 8, b""
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        if data[pos + 4:pos + 8] == b"IDAT":
-            idat += data[pos + 8:pos + 8 + length]
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
         pos += 12 + length
     raw = zlib.decompress(idat)
     stride = width * 4 + 1
     assert all(raw[y * stride] == 0 for y in range(height))
-    return width, height, [raw[y * stride + 1:(y + 1) * stride] for y in range(height)]
+    return width, height, [raw[y * stride + 1 : (y + 1) * stride] for y in range(height)]
 
 
 def test_store_png_creates_then_updates_in_place(images):

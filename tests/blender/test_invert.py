@@ -6,7 +6,6 @@ import uuid
 
 import bpy
 import pytest
-
 from addon_testutil import addon_module
 
 pytestmark = pytest.mark.blender
@@ -87,7 +86,9 @@ def test_the_demo_replaces_its_previous_inversion_instead_of_failing(live_scene,
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("viewneti_demo_script", Path(__file__).resolve().parents[2] / "blender_addon" / "demo.py")
+    spec = importlib.util.spec_from_file_location(
+        "viewneti_demo_script", Path(__file__).resolve().parents[2] / "blender_addon" / "demo.py"
+    )
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     runtime = addon_module("runtime")

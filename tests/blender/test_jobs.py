@@ -86,11 +86,13 @@ def frame_event(i, f):
 
 
 def test_sequence_survives_a_stalled_stream_and_writes_each_frame_once(tmp_path):
-    client = ScriptedClient([
-        [frame_event(0, 10), ("progress", {"step": 1, "total": 3}), TimeoutError("stalled")],
-        # the server replays the state on reconnect: frame 10 again, then the rest
-        [frame_event(0, 10), frame_event(1, 11), frame_event(2, 12), ("done", {"result": {}})],
-    ])
+    client = ScriptedClient(
+        [
+            [frame_event(0, 10), ("progress", {"step": 1, "total": 3}), TimeoutError("stalled")],
+            # the server replays the state on reconnect: frame 10 again, then the rest
+            [frame_event(0, 10), frame_event(1, 11), frame_event(2, 12), ("done", {"result": {}})],
+        ]
+    )
     request = {"cameras": [{}, {}, {}], "frames": [10, 11, 12]}
     job = SequenceJob(client, request, str(tmp_path)).start()
     assert job.wait(5)
@@ -127,7 +129,7 @@ def test_cancel_before_the_server_answered_is_sent_after_submit(tmp_path):
 
 
 def test_invert_follows_the_phase_of_progress_events():
-    """"compiling" (step 0, no ETA) then "training"; an event without a phase keeps the last one."""
+    """ "compiling" (step 0, no ETA) then "training"; an event without a phase keeps the last one."""
     seen = []
 
     class Recording(InvertJob):
@@ -136,13 +138,23 @@ def test_invert_follows_the_phase_of_progress_events():
             if name == "progress":
                 seen.append((self.step, self.phase, self.eta_s))
 
-    client = ScriptedClient([[
-        ("progress", {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": None, "state": "queued"}),
-        ("progress", {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": "compiling", "state": "running"}),
-        ("progress", {"step": 1, "total": 3, "loss": 0.5, "eta_s": 2.0, "phase": "training", "state": "running"}),
-        ("progress", {"step": 2, "total": 3, "loss": 0.4, "eta_s": 1.0}),
-        ("done", {"result": {"name": "a", "steps": 3}}),
-    ]])
+    client = ScriptedClient(
+        [
+            [
+                ("progress", {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": None, "state": "queued"}),
+                (
+                    "progress",
+                    {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": "compiling", "state": "running"},
+                ),
+                (
+                    "progress",
+                    {"step": 1, "total": 3, "loss": 0.5, "eta_s": 2.0, "phase": "training", "state": "running"},
+                ),
+                ("progress", {"step": 2, "total": 3, "loss": 0.4, "eta_s": 1.0}),
+                ("done", {"result": {"name": "a", "steps": 3}}),
+            ]
+        ]
+    )
     job = Recording(client, {"name": "a", "steps": 3}).start()
     assert job.wait(5) and job.state == "done"
     assert seen == [(0, None, None), (0, "compiling", None), (1, "training", 2.0), (2, "training", 1.0)]
@@ -150,12 +162,16 @@ def test_invert_follows_the_phase_of_progress_events():
 
 def test_invert_previews_progress_and_result():
     preview = base64.b64encode(PNG).decode()
-    client = ScriptedClient([[
-        ("progress", {"step": 1, "total": 3, "loss": 0.5, "eta_s": 2.0}),
-        ("preview", {"step": 1, "png_base64": preview}),
-        ("preview", {"step": 2, "png_base64": "not base64!"}),  # ignored, not fatal
-        ("done", {"result": {"name": "a", "steps": 3}}),
-    ]])
+    client = ScriptedClient(
+        [
+            [
+                ("progress", {"step": 1, "total": 3, "loss": 0.5, "eta_s": 2.0}),
+                ("preview", {"step": 1, "png_base64": preview}),
+                ("preview", {"step": 2, "png_base64": "not base64!"}),  # ignored, not fatal
+                ("done", {"result": {"name": "a", "steps": 3}}),
+            ]
+        ]
+    )
     job = InvertJob(client, {"name": "a", "steps": 3}).start()
     assert job.wait(5)
     assert job.state == "done" and job.result["name"] == "a"

@@ -5,10 +5,10 @@ import time
 
 import bpy
 import pytest
+from addon_testutil import addon_module, addon_prefs
 
 from blender_addon.client import RenderResult, Superseded
 from blender_addon.live import LiveController
-from addon_testutil import addon_module, addon_prefs
 
 pytestmark = pytest.mark.blender
 

@@ -8,7 +8,6 @@ import types
 
 import bpy
 import pytest
-
 from addon_testutil import addon_module
 
 pytestmark = pytest.mark.blender
@@ -57,8 +56,13 @@ def test_panels_draw_in_each_state(scene):
     settings = scene.viewneti
     log = draw_all(bpy.context)
     ops = {entry[1] for entry in log if entry[0] == "operator"}
-    assert {"viewneti.render_view", "viewneti.toggle_live", "viewneti.render_path",
-            "viewneti.invert_reference", "viewneti.refresh_status"} <= ops
+    assert {
+        "viewneti.render_view",
+        "viewneti.toggle_live",
+        "viewneti.render_path",
+        "viewneti.invert_reference",
+        "viewneti.refresh_status",
+    } <= ops
 
     settings.backend_state = "DOWN"
     settings.status_message = "No ViewNeTI backend is running at http://127.0.0.1:1. Start it or fix the URL."
@@ -85,14 +89,18 @@ def test_compiling_phase_reaches_the_panel_instead_of_an_eta(scene):
     the panel says so instead of an ETA; the first training step replaces it with the ETA."""
     jobs, runtime, panel = addon_module("jobs"), addon_module("runtime"), addon_module("panel")
     job = jobs.InvertJob(None, {"name": "mug", "steps": 10})
-    job._handle("progress", {"step": 0, "total": 10, "loss": None, "eta_s": None, "phase": "compiling", "state": "running"})
+    job._handle(
+        "progress", {"step": 0, "total": 10, "loss": None, "eta_s": None, "phase": "compiling", "state": "running"}
+    )
     assert job.poll() and job.phase == "compiling" and job.state == "running"
     runtime.sync_job(scene, job)
     assert scene.viewneti.job_phase == "compiling" and scene.viewneti.job_running
     text = labels(draw_all(bpy.context))
     assert panel.COMPILING_TEXT in text and "ETA" not in text
 
-    job._handle("progress", {"step": 1, "total": 10, "loss": 0.5, "eta_s": 90.0, "phase": "training", "state": "running"})
+    job._handle(
+        "progress", {"step": 1, "total": 10, "loss": 0.5, "eta_s": 90.0, "phase": "training", "state": "running"}
+    )
     job.poll()
     runtime.sync_job(scene, job)
     assert scene.viewneti.job_phase == "training"

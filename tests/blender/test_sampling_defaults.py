@@ -6,15 +6,21 @@ import time
 
 import bpy
 import pytest
-
 from addon_testutil import addon_module, addon_prefs
+
 from blender_addon.client import RenderResult
 from tests.blender.test_panel import draw_all
 
 pytestmark = pytest.mark.blender
 
-HEALTH = {"status": "ok", "api": "v1", "base_model": "toy", "device": "cpu", "version": "0.1.0",
-          "sampling_defaults": {"guidance": 2.0, "steps": 20, "live_steps": 8}}
+HEALTH = {
+    "status": "ok",
+    "api": "v1",
+    "base_model": "toy",
+    "device": "cpu",
+    "version": "0.1.0",
+    "sampling_defaults": {"guidance": 2.0, "steps": 20, "live_steps": 8},
+}
 
 
 def test_use_model_defaults_is_on_in_a_fresh_file(scene):

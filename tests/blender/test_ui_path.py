@@ -7,7 +7,6 @@ import time
 
 import bpy
 import pytest
-
 from addon_testutil import addon_module
 
 pytestmark = pytest.mark.blender

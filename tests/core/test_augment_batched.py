@@ -3,15 +3,29 @@
 import pytest
 import torch
 
-from viewneti_backend.augment import (AUGMENTATIONS, AugmentationConfig, AugmentationPlan, apply_augmentation, augment_batch,
-                                      augment_image, plan_augmentation)
+from viewneti_backend.augment import (
+    AUGMENTATIONS,
+    AugmentationConfig,
+    AugmentationPlan,
+    apply_augmentation,
+    augment_batch,
+    augment_image,
+    plan_augmentation,
+)
 
 ALL_ON = AugmentationConfig(jitter_p=1.0, blur_p=1.0, rotation_deg=10.0, rotation_p=1.0, crop_scale=(0.70, 1.30))
 ALL_OFF = AugmentationConfig(jitter_p=0.0, blur_p=0.0, rotation_p=0.0, crop_scale=(1.0, 1.0))
 # Strong, half-probability effects: mixed subsets in every batch, and a blur wide enough to see (at sigma 0.1-0.2
 # the 5-tap kernel is within ~4e-6 of the identity, so the real configs barely exercise it).
-MIXED = AugmentationConfig(jitter=0.2, jitter_p=0.5, blur_p=0.5, blur_sigma=(0.5, 1.5), rotation_deg=30.0,
-                           rotation_p=0.5, crop_scale=(0.5, 1.5))
+MIXED = AugmentationConfig(
+    jitter=0.2,
+    jitter_p=0.5,
+    blur_p=0.5,
+    blur_sigma=(0.5, 1.5),
+    rotation_deg=30.0,
+    rotation_p=0.5,
+    crop_scale=(0.5, 1.5),
+)
 CONFIGS = {"key7": AUGMENTATIONS[7], "key5": AUGMENTATIONS[5], "all_on": ALL_ON, "mixed": MIXED}
 
 
@@ -71,6 +85,7 @@ def test_image_with_no_augmentation_drawn_is_bit_identical():
     out = augment_batch(x, ALL_OFF, g_bat)
     ref = torch.stack([augment_image(im, ALL_OFF, g_ref) for im in x])
     assert torch.equal(out, x) and out is not x
+    assert torch.equal(ref, x)  # the per-image path agrees
     assert torch.equal(g_ref.get_state(), g_bat.get_state())  # the jitter and blur coins are still drawn
 
 
@@ -107,7 +122,7 @@ def test_crops_stay_inside_the_image_like_torchvisions_random_resized_crop(key, 
         assert sw * sh >= cfg.crop_scale[0] * (1 - 0.05)  # area fraction from the scale range (pixel rounding)
     full = sum(sw == 1 and sh == 1 for sw, sh, _, _ in crops) / len(crops)
     zoom = [1 / (sw * sh) ** 0.5 for sw, sh, _, _ in crops]
-    assert max(zoom) <= 1 / 0.70 ** 0.5 + 0.02
+    assert max(zoom) <= 1 / 0.70**0.5 + 0.02
     if key == 5 and width == height:  # scale [0.95, 1.05]: most draws do not fit, the fallback is the whole image
         assert full > 0.5, full
     if key == 7:

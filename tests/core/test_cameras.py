@@ -17,9 +17,20 @@ from viewneti_backend.camera_features import (
     parameterization_from_config,
 )
 from viewneti_backend.cameras import (
-    Camera, CameraError, TransformsFrame, blender_c2w_to_opencv_w2c, camera_to_anchor, decompose_projection,
-    dtu_projection_to_camera, intrinsics_from_fov, look_at, opencv_w2c_to_blender_c2w, orbit_pose, pose_to_orbit,
-    read_transforms_json, write_transforms_json,
+    Camera,
+    CameraError,
+    TransformsFrame,
+    blender_c2w_to_opencv_w2c,
+    camera_to_anchor,
+    decompose_projection,
+    dtu_projection_to_camera,
+    intrinsics_from_fov,
+    look_at,
+    opencv_w2c_to_blender_c2w,
+    orbit_pose,
+    pose_to_orbit,
+    read_transforms_json,
+    write_transforms_json,
 )
 
 angles = st.floats(-179.0, 179.0)
@@ -97,7 +108,9 @@ def test_anchor_relative_pose(az, el, r, scale):
 
 def test_transforms_json_roundtrip(tmp_path):
     cams = [Camera(orbit_pose(a, 20, 4), 40, 64, 48) for a in (0, 120, 240)]
-    write_transforms_json(tmp_path / "transforms.json", [TransformsFrame(f"images/{i}.png", c) for i, c in enumerate(cams)])
+    write_transforms_json(
+        tmp_path / "transforms.json", [TransformsFrame(f"images/{i}.png", c) for i, c in enumerate(cams)]
+    )
     frames = read_transforms_json(tmp_path / "transforms.json")
     for f, c in zip(frames, cams):
         np.testing.assert_allclose(f.camera.camera_to_anchor, c.camera_to_anchor, atol=1e-12)
@@ -106,27 +119,41 @@ def test_transforms_json_roundtrip(tmp_path):
 
 
 def test_blender_nerf_camera_angle_x(tmp_path):
-    data = {"camera_angle_x": math.radians(60), "frames": [{"file_path": "a", "transform_matrix": orbit_pose(0, 0, 3).tolist()}]}
+    data = {
+        "camera_angle_x": math.radians(60),
+        "frames": [{"file_path": "a", "transform_matrix": orbit_pose(0, 0, 3).tolist()}],
+    }
     (tmp_path / "transforms.json").write_text(json.dumps(data))
     fr = read_transforms_json(tmp_path / "transforms.json")[0]
     assert fr.camera.fov_x_deg == pytest.approx(60.0)
 
 
-@pytest.mark.parametrize("matrix, message", [
-    ([[float("nan")] * 4] * 4, "NaN"),
-    (np.diag([2.0, 2.0, 2.0, 1.0]).tolist(), "not orthonormal"),
-    (np.diag([1.0, 1.0, -1.0, 1.0]).tolist(), "reflection"),
-    ([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]], "bottom row"),
-    ([[1, 0, 0], [0, 1, 0], [0, 0, 1]], "4x4"),
-    ("not a matrix", "4x4"),
-])
+@pytest.mark.parametrize(
+    "matrix, message",
+    [
+        ([[float("nan")] * 4] * 4, "NaN"),
+        (np.diag([2.0, 2.0, 2.0, 1.0]).tolist(), "not orthonormal"),
+        (np.diag([1.0, 1.0, -1.0, 1.0]).tolist(), "reflection"),
+        ([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]], "bottom row"),
+        ([[1, 0, 0], [0, 1, 0], [0, 0, 1]], "4x4"),
+        ("not a matrix", "4x4"),
+    ],
+)
 def test_bad_poses_are_rejected_with_a_reason(matrix, message):
     with pytest.raises(CameraError, match=message):
         Camera.from_json({"camera_to_anchor": matrix, "fov_y_deg": 40, "width": 64, "height": 64})
 
 
-@pytest.mark.parametrize("fov, w, h, message", [(0, 64, 64, "fov_y_deg"), (180, 64, 64, "fov_y_deg"),
-                                                (40, 8, 64, "width"), (40, 64, 4096, "height"), (40, 60, 64, "multiple of 8")])
+@pytest.mark.parametrize(
+    "fov, w, h, message",
+    [
+        (0, 64, 64, "fov_y_deg"),
+        (180, 64, 64, "fov_y_deg"),
+        (40, 8, 64, "width"),
+        (40, 64, 4096, "height"),
+        (40, 60, 64, "multiple of 8"),
+    ],
+)
 def test_bad_intrinsics_are_rejected(fov, w, h, message):
     with pytest.raises(CameraError, match=message):
         Camera(np.eye(4), fov, w, h).validated()
@@ -175,7 +202,9 @@ def test_anchor_distance_14d_clamps_distances_outside_the_training_range():
     (extrapolated, the mapper's Fourier features turned it into a wrong view); in range, unchanged."""
     p = AnchorDistance14d().fit([Camera(orbit_pose(a, 25, r), 40, 64, 64) for a in (0, 120, 240) for r in (3.2, 4.0)])
     for az in (30, 150):
-        near, inside, far = (p.features([Camera(orbit_pose(az, 25, r), 40, 64, 64)]).numpy()[0] for r in (1.5, 3.6, 9.0))
+        near, inside, far = (
+            p.features([Camera(orbit_pose(az, 25, r), 40, 64, 64)]).numpy()[0] for r in (1.5, 3.6, 9.0)
+        )
         at_min, at_max = (p.features([Camera(orbit_pose(az, 25, r), 40, 64, 64)]).numpy()[0] for r in (3.2, 4.0))
         np.testing.assert_allclose(near, at_min, atol=1e-6)
         np.testing.assert_allclose(far, at_max, atol=1e-6)
@@ -185,8 +214,8 @@ def test_anchor_distance_14d_clamps_distances_outside_the_training_range():
 def test_the_training_commands_offer_every_registered_parameterisation():
     """`viewneti train` and `viewneti toyworld pretrain` list their choices without importing torch;
     the lists must not drift from the registry."""
-    from viewneti_backend.cli import build_parser
     from viewneti_backend.camera_features import PARAMETERIZATIONS
+    from viewneti_backend.cli import build_parser
 
     parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices

@@ -32,12 +32,17 @@ def test_bypass_only_changes_values_at_the_placeholder(tiny_base):
     pos = int((ids[0] == text.object_token_id).nonzero())
     diff = (values - values0).abs().sum(-1)[0]
     assert diff[pos] > 1e-3
-    assert torch.all(diff[:pos] == 0) and torch.all(diff[pos + 1:] == 0)
+    assert torch.all(diff[:pos] == 0) and torch.all(diff[pos + 1 :] == 0)
 
 
 def test_mapper_word_embedding_has_reference_norm(tiny_base):
-    cfg = MapperConfig("object", "<object>", tiny_base.text.embedding_dim, tiny_base.num_layers,
-                       norm_target=tiny_base.text.reference_norm("object"))
+    cfg = MapperConfig(
+        "object",
+        "<object>",
+        tiny_base.text.embedding_dim,
+        tiny_base.num_layers,
+        norm_target=tiny_base.text.reference_norm("object"),
+    )
     mapper = NeTIMapper(cfg)
     word, bypass = mapper(torch.tensor([0, 500, 999]), torch.tensor([0, 1, 2]))
     torch.testing.assert_close(word.norm(dim=-1), torch.full((3,), cfg.norm_target))
@@ -99,9 +104,11 @@ def test_batched_encodings_equal_sequential(tiny_model_dir, tiny_base):
     with torch.no_grad():
         k_b, v_b = encode_conditions(tiny_base, ids.expand(len(t), -1), t, l, mapper_o, mapper_v, cams)
         for i in range(len(t)):
-            k_s, v_s = encode_conditions(tiny_base, ids, t[i:i + 1], l[i:i + 1], mapper_o, mapper_v, cams[i:i + 1])
-            torch.testing.assert_close(k_b[i:i + 1], k_s, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(v_b[i:i + 1], v_s, rtol=1e-5, atol=1e-5)
+            k_s, v_s = encode_conditions(
+                tiny_base, ids, t[i : i + 1], l[i : i + 1], mapper_o, mapper_v, cams[i : i + 1]
+            )
+            torch.testing.assert_close(k_b[i : i + 1], k_s, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(v_b[i : i + 1], v_s, rtol=1e-5, atol=1e-5)
     # distinct (t, l) really give distinct encodings
     assert not torch.allclose(v_b[0], v_b[1])
 

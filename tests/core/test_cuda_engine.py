@@ -9,13 +9,14 @@ import torch
 from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.engine import Engine
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA GPU: the compiled (CUDA-graph) path only exists there")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled (CUDA-graph) path only exists there"
+)
 
 
 def _psnr(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mse = ((a - b) ** 2).mean() / 255.0 ** 2
+    mse = ((a - b) ** 2).mean() / 255.0**2
     return float("inf") if mse == 0 else -10 * np.log10(mse)
 
 
@@ -77,6 +78,8 @@ def test_loss_readback_waits_for_its_own_step_only():
     readback = ScalarReadback(x.sum())
     torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU work queued after the loss
     assert readback.value() == 45.0
-    assert not torch.cuda.current_stream().query(), "the later work had to be finished: the read synchronised the stream"
+    assert not torch.cuda.current_stream().query(), (
+        "the later work had to be finished: the read synchronised the stream"
+    )
     torch.cuda.synchronize()
     assert readback.ready()

@@ -21,8 +21,12 @@ def write_dtu(root, scan, cams):
     (root / "Calibration" / "cal18").mkdir(parents=True)
     for i, cam in enumerate(cams):
         p = cam.projection_matrix()
-        (root / "Calibration" / "cal18" / f"pos_{i + 1:03d}.txt").write_text("\n".join(" ".join(f"{v:.6f}" for v in row) for row in p))
-        Image.new("RGB", (1600, 1200), (i * 20 % 255, 50, 90)).save(root / "Rectified" / f"scan{scan}" / f"rect_{i + 1:03d}_3_r5000.png")
+        (root / "Calibration" / "cal18" / f"pos_{i + 1:03d}.txt").write_text(
+            "\n".join(" ".join(f"{v:.6f}" for v in row) for row in p)
+        )
+        Image.new("RGB", (1600, 1200), (i * 20 % 255, 50, 90)).save(
+            root / "Rectified" / f"scan{scan}" / f"rect_{i + 1:03d}_3_r5000.png"
+        )
 
 
 def test_dtu_layout_loads_with_cameras_from_projection_matrices(tmp_path):
@@ -79,7 +83,12 @@ def test_cli_info_render_and_errors(tiny_model_dir, tmp_path, capsys, monkeypatc
     assert info["default_object"] == "thing_a" and len(info["objects"]) == 2
     assert info["compile"] == "off", "auto compiles on CUDA only"
     out = tmp_path / "views"
-    assert cli_main(["render", "--model", str(tiny_model_dir), "--orbit", "2", "--steps", "3", "--out", str(out), "--sheet"]) == 0
+    assert (
+        cli_main(
+            ["render", "--model", str(tiny_model_dir), "--orbit", "2", "--steps", "3", "--out", str(out), "--sheet"]
+        )
+        == 0
+    )
     files = sorted(p.name for p in out.iterdir())
     assert files == ["thing_a_sheet.png", "thing_a_view000_seed0.png", "thing_a_view001_seed0.png"]
     assert Image.open(out / "thing_a_view000_seed0.png").size == (64, 64)
@@ -93,9 +102,36 @@ def test_cli_trains_on_dtu_with_dtu12d_statistics_from_all_cal18_cameras(tiny_mo
     cams = [Camera(orbit_pose(a, 30, 5), 50, 1600, 1200) for a in (0, 40, 80, 120)]
     write_dtu(tmp_path / "dtu", 8, cams)
     out = tmp_path / "run"
-    assert cli_main(["train", "--mode", "2", "--model", str(tiny_model_dir), "--dtu-root", str(tmp_path / "dtu"),
-                     "--scans", "8", "--views", "0,1", "--steps", "2", "--batch-size", "1", "--grad-accum", "1",
-                     "--camera-parameterization", "dtu-12d", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                "--mode",
+                "2",
+                "--model",
+                str(tiny_model_dir),
+                "--dtu-root",
+                str(tmp_path / "dtu"),
+                "--scans",
+                "8",
+                "--views",
+                "0,1",
+                "--steps",
+                "2",
+                "--batch-size",
+                "1",
+                "--grad-accum",
+                "1",
+                "--camera-parameterization",
+                "dtu-12d",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "view_mapper" / "mapper_config.json").read_text())
     stats = cfg["camera_parameterization"]["stats"]
     from viewneti_backend.camera_features import Dtu12d
@@ -112,7 +148,9 @@ def test_compile_modes_resolve_per_device():
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_compile_mode(None, cpu) is None and resolve_compile_mode("auto", cpu) is None
-    assert resolve_compile_mode("auto", cuda) == "reduce-overhead" and resolve_compile_mode(True, cpu) == "reduce-overhead"
+    assert (
+        resolve_compile_mode("auto", cuda) == "reduce-overhead" and resolve_compile_mode(True, cpu) == "reduce-overhead"
+    )
     assert resolve_compile_mode("off", cuda) is None and resolve_compile_mode(False, cuda) is None
     assert resolve_compile_mode("max-autotune", cpu) == "max-autotune"
     with pytest.raises(InputError, match="unknown compile mode 'fast'"):

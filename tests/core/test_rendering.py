@@ -51,7 +51,9 @@ def test_batch_of_views_matches_single_renders(engine):
 def test_render_can_be_stopped_at_a_step_boundary(engine):
     calls = []
     with pytest.raises(Cancelled):
-        engine.render([cam(0)], None, steps=10, should_stop=lambda: len(calls) >= 3, on_step=lambda i, n: calls.append(i))
+        engine.render(
+            [cam(0)], None, steps=10, should_stop=lambda: len(calls) >= 3, on_step=lambda i, n: calls.append(i)
+        )
     assert calls == [1, 2, 3]
 
 
@@ -100,8 +102,14 @@ def test_cancelled_inversion_writes_nothing(engine):
     ref = Image.new("RGB", (64, 64), "red")
     steps = []
     with pytest.raises(Cancelled):
-        engine.invert([ref], [cam(0)], "never", steps=50, on_progress=lambda e: steps.append(e["step"]),
-                      should_stop=lambda: len(steps) >= 2)
+        engine.invert(
+            [ref],
+            [cam(0)],
+            "never",
+            steps=50,
+            on_progress=lambda e: steps.append(e["step"]),
+            should_stop=lambda: len(steps) >= 2,
+        )
     assert len(steps) == 2
     assert not engine.has_object("never")
     assert not any(p.name.startswith((".never", "never")) for p in engine.library.user_dir.iterdir())
@@ -123,7 +131,9 @@ def test_token_from_another_base_model_fails_clearly(tiny_model_dir, tmp_path):
     other = build_tiny_pipeline(tmp_path / "other", seed=7)
     base = load_base_model(other, device="cpu")
     with pytest.raises(IncompatibleModelError, match="trained against base model"):
-        NeTIMapper.from_pretrained(tiny_model_dir / "viewneti" / "objects" / "thing_a", expect_fingerprint=base.fingerprint)
+        NeTIMapper.from_pretrained(
+            tiny_model_dir / "viewneti" / "objects" / "thing_a", expect_fingerprint=base.fingerprint
+        )
 
 
 def test_fingerprint_is_stable_across_dtypes(tiny_model_dir, tiny_base):
@@ -131,14 +141,17 @@ def test_fingerprint_is_stable_across_dtypes(tiny_model_dir, tiny_base):
     assert bf16.fingerprint == tiny_base.fingerprint
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda e: e.render([cam(0)], "nope", steps=2), NotFoundError, "unknown object"),
-    (lambda e: e.render([cam(0)], "../etc", steps=2), InputError, "invalid object name"),
-    (lambda e: e.render([cam(0), cam(0, size=96)][:1], None, steps=0), InputError, "steps"),
-    (lambda e: e.invert([Image.new("RGB", (8, 8))], [], "x", 1), InputError, "one camera per"),
-    (lambda e: e.invert([Image.new("RGB", (8, 8))], [cam(0)], "a/b", 1), InputError, "invalid object name"),
-    (lambda e: e.delete_object("thing_a"), InputError, "built-in"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda e: e.render([cam(0)], "nope", steps=2), NotFoundError, "unknown object"),
+        (lambda e: e.render([cam(0)], "../etc", steps=2), InputError, "invalid object name"),
+        (lambda e: e.render([cam(0), cam(0, size=96)][:1], None, steps=0), InputError, "steps"),
+        (lambda e: e.invert([Image.new("RGB", (8, 8))], [], "x", 1), InputError, "one camera per"),
+        (lambda e: e.invert([Image.new("RGB", (8, 8))], [cam(0)], "a/b", 1), InputError, "invalid object name"),
+        (lambda e: e.delete_object("thing_a"), InputError, "built-in"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(engine, call, error, message):
     with pytest.raises(error, match=message):
         call(engine)
@@ -159,8 +172,8 @@ def test_epsilon_prediction_models_are_supported(tmp_path):
     folder = build_tiny_pipeline(tmp_path / "eps", prediction_type="epsilon")
     base = load_base_model(folder, device="cpu")
     assert base.prediction_type == "epsilon"
-    from viewneti_backend.training import Trainer, TrainConfig
     from tests.core.test_training import toy_scene
+    from viewneti_backend.training import TrainConfig, Trainer
 
     trainer = Trainer(TrainConfig(mode=0, steps=2, batch_size=1, grad_accum=1), base, [toy_scene("a", 0)], device="cpu")
     assert trainer.train(progress=False).step == 2
@@ -212,8 +225,13 @@ def test_first_compiled_inversion_at_a_size_says_it_is_compiling(engine, monkeyp
     first, second, wide = [], [], []
     engine.invert([ref], [cam(5)], "phase_first", steps=2, on_progress=first.append)
     engine.invert([ref], [cam(5)], "phase_second", steps=1, on_progress=second.append)
-    engine.invert([Image.new("RGB", (96, 64), "green")], [Camera(orbit_pose(5, 20, 4), 40.0, 96, 64)], "phase_wide",
-                  steps=1, on_progress=wide.append)
+    engine.invert(
+        [Image.new("RGB", (96, 64), "green")],
+        [Camera(orbit_pose(5, 20, 4), 40.0, 96, 64)],
+        "phase_wide",
+        steps=1,
+        on_progress=wide.append,
+    )
     for name in ("phase_first", "phase_second", "phase_wide"):
         engine.delete_object(name)
     assert first[0] == {"step": 0, "total": 2, "loss": None, "eta_s": None, "preview": None, "phase": "compiling"}

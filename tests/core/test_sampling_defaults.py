@@ -62,19 +62,22 @@ def test_save_round_trips(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name != "sampling.json"]  # no temporary left behind
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"guidance": 0.5}, "'guidance' must be between 1 and 30"),
-    ({"guidance": 31}, "'guidance' must be between 1 and 30"),
-    ({"guidance": "2"}, "'guidance' must be a number"),
-    ({"guidance": True}, "'guidance' must be a number"),
-    ({"steps": 0}, "'steps' must be between 1 and 150"),
-    ({"steps": 151}, "'steps' must be between 1 and 150"),
-    ({"steps": 2.5}, "'steps' must be a whole number"),
-    ({"steps": None}, "'steps' must be a whole number"),
-    ({"live_steps": 0}, "'live_steps' must be between 1 and 150"),
-    ({"guidance": 2.0, "stepz": 20}, "unknown key 'stepz'"),
-    ([2.0, 20], "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"guidance": 0.5}, "'guidance' must be between 1 and 30"),
+        ({"guidance": 31}, "'guidance' must be between 1 and 30"),
+        ({"guidance": "2"}, "'guidance' must be a number"),
+        ({"guidance": True}, "'guidance' must be a number"),
+        ({"steps": 0}, "'steps' must be between 1 and 150"),
+        ({"steps": 151}, "'steps' must be between 1 and 150"),
+        ({"steps": 2.5}, "'steps' must be a whole number"),
+        ({"steps": None}, "'steps' must be a whole number"),
+        ({"live_steps": 0}, "'live_steps' must be between 1 and 150"),
+        ({"guidance": 2.0, "stepz": 20}, "unknown key 'stepz'"),
+        ([2.0, 20], "expected a JSON object"),
+    ],
+)
 def test_bad_values_are_clear_errors_naming_key_and_file(tmp_path, data, message):
     path = write(tmp_path / "sampling.json", data)
     with pytest.raises(SamplingDefaultsError, match=message) as exc:
@@ -160,7 +163,9 @@ def test_render_uses_model_defaults_when_left_out(engine):
     calls = []
     implicit = engine.render([cam(0)], None, seed=4, on_step=lambda i, n: calls.append((i, n)))[0]
     assert calls and calls[-1] == (MODEL_DEFAULTS["steps"], MODEL_DEFAULTS["steps"])
-    explicit = engine.render([cam(0)], None, seed=4, steps=MODEL_DEFAULTS["steps"], guidance=MODEL_DEFAULTS["guidance"])[0]
+    explicit = engine.render(
+        [cam(0)], None, seed=4, steps=MODEL_DEFAULTS["steps"], guidance=MODEL_DEFAULTS["guidance"]
+    )[0]
     assert np.array_equal(arr(implicit), arr(explicit))
 
 
@@ -186,8 +191,20 @@ def test_cli_steps_and_guidance_default_to_the_model(model_with_defaults, tmp_pa
     monkeypatch.setenv("VIEWNETI_DATA_DIR", str(tmp_path / "data"))
     common = ["render", "--model", str(model_with_defaults), "--orbit", "1", "--seed", "2"]
     assert cli_main(common + ["--out", str(tmp_path / "implicit")]) == 0
-    assert cli_main(common + ["--out", str(tmp_path / "explicit"), "--steps", str(MODEL_DEFAULTS["steps"]),
-                              "--guidance", str(MODEL_DEFAULTS["guidance"])]) == 0
+    assert (
+        cli_main(
+            common
+            + [
+                "--out",
+                str(tmp_path / "explicit"),
+                "--steps",
+                str(MODEL_DEFAULTS["steps"]),
+                "--guidance",
+                str(MODEL_DEFAULTS["guidance"]),
+            ]
+        )
+        == 0
+    )
     assert cli_main(common + ["--out", str(tmp_path / "override"), "--guidance", "7.5"]) == 0
     name = "thing_a_view000_seed2.png"
     implicit, explicit, override = (arr(Image.open(tmp_path / d / name)) for d in ("implicit", "explicit", "override"))

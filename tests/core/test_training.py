@@ -15,7 +15,7 @@ from viewneti_backend.cameras import Camera, TransformsFrame, orbit_pose, write_
 from viewneti_backend.data import Scene, load_scene_collection, load_transforms_scene
 from viewneti_backend.errors import InputError
 from viewneti_backend.mapper import NeTIMapper
-from viewneti_backend.training import Trainer, TrainConfig, load_optimizer, save_optimizer
+from viewneti_backend.training import TrainConfig, Trainer, load_optimizer, save_optimizer
 
 AZIMUTHS = (0, 90, 180, 270)
 
@@ -42,7 +42,9 @@ def write_scene(folder: Path, scene: Scene) -> Path:
 def make_trainer(mode, base, model_dir, out=None, steps=20, **kw):
     scenes = [toy_scene("a", 0), toy_scene("b", 1)] if mode == 3 else [toy_scene("a", 0)]
     vm = model_dir / "viewneti" / "view_mapper" if mode in (4, 5) else None
-    cfg = TrainConfig(**{"mode": mode, "steps": steps, "batch_size": 2, "grad_accum": 1, "augmentation": 0, "lr": 3e-3, **kw})
+    cfg = TrainConfig(
+        **{"mode": mode, "steps": steps, "batch_size": 2, "grad_accum": 1, "augmentation": 0, "lr": 3e-3, **kw}
+    )
     return Trainer(cfg, base, scenes, view_mapper=vm, output_dir=out, device="cpu")
 
 
@@ -207,10 +209,39 @@ def test_mode3_under_accelerate_launch_with_two_cpu_processes(tiny_model_dir, tm
         write_scene(tmp_path / "scenes" / name, toy_scene(name, seed))
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "viewneti_backend.cli", "train", "--mode", "3",
-           "--model", str(tiny_model_dir), "--data", str(tmp_path / "scenes"), "--steps", "3", "--batch-size", "1",
-           "--grad-accum", "2", "--out", str(out), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "viewneti_backend.cli",
+        "train",
+        "--mode",
+        "3",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(tmp_path / "scenes"),
+        "--steps",
+        "3",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = json.loads((out / "checkpoint-000003" / "trainer_state.json").read_text())
@@ -249,7 +280,9 @@ def test_without_augmentation_each_image_is_encoded_once_with_its_camera(tiny_ba
     mean, std = posteriors.unbind(1)
     with torch.no_grad():
         posterior = trainer.base.vae.encode(trainer.scene_tensors[0].to(trainer.base.dtype)).latent_dist
-    assert torch.allclose(mean, posterior.mean.float(), atol=1e-5) and torch.allclose(std, posterior.std.float(), atol=1e-5)
+    assert torch.allclose(mean, posterior.mean.float(), atol=1e-5) and torch.allclose(
+        std, posterior.std.float(), atol=1e-5
+    )
     gen, rng = torch.Generator().manual_seed(0), __import__("random").Random(0)
     mb = trainer._sample_batch(gen, rng)
     assert mb.images is None and mb.pool_index is not None

@@ -27,8 +27,12 @@ def embedded_model_is_complete() -> bool:
 
     d = embedded_model_dir()
     objects = d / BUNDLE_DIR / "objects"
-    return ((d / "model_index.json").is_file() and bundled_view_mapper(str(d)) is not None
-            and objects.is_dir() and any(p.is_dir() for p in objects.iterdir()))
+    return (
+        (d / "model_index.json").is_file()
+        and bundled_view_mapper(str(d)) is not None
+        and objects.is_dir()
+        and any(p.is_dir() for p in objects.iterdir())
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +63,10 @@ def server(tmp_path_factory, test_model) -> ServerProcess:
     r = httpx.post(srv.url + "/v1/render", json=render_body(), timeout=300)
     if r.status_code != 200:
         srv.stop()
-        pytest.fail(f"the test server cannot render ({r.status_code}: {r.text[:500]}); model: "
-                    f"{test_model or 'embedded'}", pytrace=False)
+        pytest.fail(
+            f"the test server cannot render ({r.status_code}: {r.text[:500]}); model: {test_model or 'embedded'}",
+            pytrace=False,
+        )
     yield srv
     srv.stop()
 
@@ -84,5 +90,3 @@ def make_server(tmp_path, test_model):
     yield make
     for srv in started:
         srv.kill()
-
-

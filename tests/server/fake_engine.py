@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +35,23 @@ class FakeEngine:
             time.sleep(load_s)
 
     @classmethod
-    def load(cls, model=None, view_mapper=None, device=None, dtype=None, library_dir=None, compile=None) -> "FakeEngine":
+    def load(cls, model=None, view_mapper=None, device=None, dtype=None, library_dir=None, compile=None) -> FakeEngine:
         if model is not None and model != "fake":
             raise InputError(f"fake engine: unknown model {model!r}")
         return cls(library_dir)
 
     def info(self) -> dict:
-        return {"version": "0.1.0", "base_model": "fake-prior", "device": "cpu", "dtype": "float32",
-                "view_mapper": "fake-view-mapper", "default_object": BUILTIN, "native_size": 64, "max_size": 2048,
-                "sampling_defaults": dict(SAMPLING)}
+        return {
+            "version": "0.1.0",
+            "base_model": "fake-prior",
+            "device": "cpu",
+            "dtype": "float32",
+            "view_mapper": "fake-view-mapper",
+            "default_object": BUILTIN,
+            "native_size": 64,
+            "max_size": 2048,
+            "sampling_defaults": dict(SAMPLING),
+        }
 
     def _custom(self) -> list[dict]:
         if not self.library_dir:
@@ -54,7 +62,9 @@ class FakeEngine:
         return out
 
     def list_objects(self) -> list[dict]:
-        return [{"name": BUILTIN, "builtin": True, "base_model": "fake-prior", "created": None, "steps": 0}] + self._custom()
+        return [
+            {"name": BUILTIN, "builtin": True, "base_model": "fake-prior", "created": None, "steps": 0}
+        ] + self._custom()
 
     def has_object(self, name: str) -> bool:
         return any(o["name"] == name for o in self.list_objects())
@@ -66,8 +76,18 @@ class FakeEngine:
             raise NotFoundError(f"unknown object {name!r}")
         (self.library_dir / f"{name}.json").unlink()
 
-    def render(self, cameras, object_name=None, seed=0, steps=None, guidance=None, *, should_stop=None, on_step=None,
-               timings=None):
+    def render(
+        self,
+        cameras,
+        object_name=None,
+        seed=0,
+        steps=None,
+        guidance=None,
+        *,
+        should_stop=None,
+        on_step=None,
+        timings=None,
+    ):
         steps = SAMPLING["steps"] if steps is None else steps
         guidance = SAMPLING["guidance"] if guidance is None else guidance
         obj = object_name or BUILTIN
@@ -107,10 +127,23 @@ class FakeEngine:
                 if preview_every and step % preview_every == 0:
                     preview = Image.new("RGB", (32, 32), (step % 256, 0, 0))
                 el = time.perf_counter() - t0
-                on_progress({"step": step, "total": steps, "loss": 1.0 / step, "eta_s": el / step * (steps - step),
-                             "preview": preview, "phase": "training"})
-        entry = {"name": name, "builtin": False, "base_model": "fake-prior",
-                 "created": datetime.now(timezone.utc).isoformat(), "steps": steps}
+                on_progress(
+                    {
+                        "step": step,
+                        "total": steps,
+                        "loss": 1.0 / step,
+                        "eta_s": el / step * (steps - step),
+                        "preview": preview,
+                        "phase": "training",
+                    }
+                )
+        entry = {
+            "name": name,
+            "builtin": False,
+            "base_model": "fake-prior",
+            "created": datetime.now(UTC).isoformat(),
+            "steps": steps,
+        }
         tmp = self.library_dir / f".{name}.json.tmp"
         tmp.write_text(json.dumps(entry))
         os.replace(tmp, self.library_dir / f"{name}.json")

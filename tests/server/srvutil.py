@@ -24,8 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 USE_FAKE = os.environ.get("VIEWNETI_TEST_FAKE_ENGINE") == "1"
-STEPS = 4          # denoising steps used by the tests (tiny: CPU toy model)
-SIZE = 64          # image side used by the tests
+STEPS = 4  # denoising steps used by the tests (tiny: CPU toy model)
+SIZE = 64  # image side used by the tests
 STARTUP_TIMEOUT_S = float(os.environ.get("VIEWNETI_TEST_STARTUP_S", "300"))
 
 
@@ -58,8 +58,16 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class ServerProcess:
     """One ``python -m server`` process with its own data dir and log file."""
 
-    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                 args: list[str] | None = None, env: dict[str, str] | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port()
@@ -72,10 +80,20 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}" if host in ("0.0.0.0", "127.0.0.1") else f"http://{host}:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "server", "--host", self.host, "--port", str(self.port),
-                "--data-dir", str(self.data_dir), *self.args]
+        return [
+            sys.executable,
+            "-m",
+            "server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.args,
+        ]
 
-    def start(self, wait: bool = True) -> "ServerProcess":
+    def start(self, wait: bool = True) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = server_env(self.env)
@@ -132,18 +150,29 @@ class ServerProcess:
 # ---------------------------------------------------------------------------------------------------
 # Request helpers
 # ---------------------------------------------------------------------------------------------------
-def wire_camera(azimuth: float = 30.0, elevation: float = 20.0, radius: float = 4.0, size: int = SIZE,
-                height: int | None = None, fov: float = 39.6) -> dict[str, Any]:
+def wire_camera(
+    azimuth: float = 30.0,
+    elevation: float = 20.0,
+    radius: float = 4.0,
+    size: int = SIZE,
+    height: int | None = None,
+    fov: float = 39.6,
+) -> dict[str, Any]:
     from viewneti_backend.cameras import orbit_pose
 
-    return {"camera_to_anchor": orbit_pose(azimuth, elevation, radius).tolist(), "fov_y_deg": fov,
-            "width": size, "height": height or size}
+    return {
+        "camera_to_anchor": orbit_pose(azimuth, elevation, radius).tolist(),
+        "fov_y_deg": fov,
+        "width": size,
+        "height": height or size,
+    }
 
 
 def render_body(**kw: Any) -> dict[str, Any]:
     """A /v1/render body at the tests' few steps; guidance is left to the model's default unless given."""
-    cam = kw.pop("camera", None) or wire_camera(**{k: kw.pop(k) for k in list(kw) if k in
-                                                    ("azimuth", "elevation", "radius", "size", "height")})
+    cam = kw.pop("camera", None) or wire_camera(
+        **{k: kw.pop(k) for k in list(kw) if k in ("azimuth", "elevation", "radius", "size", "height")}
+    )
     body = {"camera": cam, "seed": 0, "steps": STEPS}
     body.update(kw)
     return body
@@ -174,7 +203,9 @@ def png_b64(size: tuple[int, int] = (64, 64), color=(200, 50, 50), fmt: str = "P
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def read_events(client: httpx.Client, job_id: str, timeout: float = 600.0, stop_after: str | None = None) -> list[tuple[str, dict]]:
+def read_events(
+    client: httpx.Client, job_id: str, timeout: float = 600.0, stop_after: str | None = None
+) -> list[tuple[str, dict]]:
     """Read a job's SSE stream to its end (or until an event named ``stop_after``)."""
     import json
 
@@ -193,8 +224,9 @@ def read_events(client: httpx.Client, job_id: str, timeout: float = 600.0, stop_
     return events
 
 
-def wait_job(client: httpx.Client, job_id: str, states=("done", "error", "cancelled", "interrupted"),
-             timeout: float = 600.0) -> dict:
+def wait_job(
+    client: httpx.Client, job_id: str, states=("done", "error", "cancelled", "interrupted"), timeout: float = 600.0
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()

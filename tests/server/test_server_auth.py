@@ -7,25 +7,50 @@ import sys
 
 import httpx
 import pytest
-
 from srvutil import REPO, render_body, server_env
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "myhost.example"])
 def test_non_loopback_bind_without_token_refuses_to_start(tmp_path, host):
-    p = subprocess.run([sys.executable, "-m", "server", "--host", host, "--port", "1", "--data-dir", str(tmp_path / "d")],
-                       cwd=REPO, env=server_env(), capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "server", "--host", host, "--port", "1", "--data-dir", str(tmp_path / "d")],
+        cwd=REPO,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode != 0
     assert "token" in p.stderr.lower() and host in p.stderr
     assert not (tmp_path / "d").exists()  # refused before touching anything
 
 
 def test_help_reads_like_documentation():
-    p = subprocess.run([sys.executable, "-m", "server", "--help"], cwd=REPO, env=server_env(),
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "server", "--help"],
+        cwd=REPO,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0
-    for opt in ("--model", "--view-mapper", "--host", "--port", "--device", "--dtype", "--data-dir", "--token",
-                "--max-body-mb", "--log-level", "VIEWNETI_TOKEN", "VIEWNETI_DATA_DIR", "127.0.0.1", "7860"):
+    for opt in (
+        "--model",
+        "--view-mapper",
+        "--host",
+        "--port",
+        "--device",
+        "--dtype",
+        "--data-dir",
+        "--token",
+        "--max-body-mb",
+        "--log-level",
+        "VIEWNETI_TOKEN",
+        "VIEWNETI_DATA_DIR",
+        "127.0.0.1",
+        "7860",
+    ):
         assert opt in p.stdout, opt
 
 

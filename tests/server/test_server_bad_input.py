@@ -9,7 +9,6 @@ import struct
 import zlib
 
 import pytest
-
 from srvutil import png_b64, render_body, wire_camera
 
 GOOD_POSE = wire_camera()["camera_to_anchor"]
@@ -32,8 +31,10 @@ def _reflected():
 
 def _png_header_only(width: int, height: int, rows: int = 4) -> bytes:
     """A valid PNG whose header claims width x height (a decompression-bomb shape), with a few rows of data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
     raw = b"".join(b"\x00" + b"\x00" * width for _ in range(rows))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
@@ -54,10 +55,13 @@ def _gif() -> str:
 @pytest.fixture(scope="module")
 def data_snapshot(server, client):
     def snap():
-        jobs = sorted(p.name for p in (server.data_dir / "jobs").iterdir()) if (server.data_dir / "jobs").exists() else []
+        jobs = (
+            sorted(p.name for p in (server.data_dir / "jobs").iterdir()) if (server.data_dir / "jobs").exists() else []
+        )
         objs = sorted(str(p.relative_to(server.data_dir)) for p in (server.data_dir / "objects").rglob("*"))
         names = sorted(o["name"] for o in client.get("/v1/objects").json()["objects"])
         return jobs, objs, names
+
     return snap, snap()
 
 
@@ -116,7 +120,7 @@ def test_non_finite_pose_is_rejected(client, literal):
     pose = [[repr(float(v)) for v in row] for row in GOOD_POSE]
     pose[0][3] = literal
     pose_txt = "[" + ",".join("[" + ",".join(r) + "]" for r in pose) + "]"
-    raw = '{"camera": {"camera_to_anchor": %s, "fov_y_deg": 39.6, "width": 64, "height": 64}, "steps": 2}' % pose_txt
+    raw = f'{{"camera": {{"camera_to_anchor": {pose_txt}, "fov_y_deg": 39.6, "width": 64, "height": 64}}, "steps": 2}}'
     r = client.post("/v1/render", content=raw, headers={"Content-Type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
     err = r.json()["error"]
@@ -129,13 +133,16 @@ def test_unknown_object_is_404(client):
     assert "GET /v1/objects" in r.json()["error"]
 
 
-@pytest.mark.parametrize("raw,ctype", [
-    (b"{not json", "application/json"),
-    (b"", "application/json"),
-    (b"[1, 2, 3]", "application/json"),
-    (b"\xff\xfe\x00garbage", "application/json"),
-    (json.dumps(render_body()).encode(), "text/plain"),
-])
+@pytest.mark.parametrize(
+    "raw,ctype",
+    [
+        (b"{not json", "application/json"),
+        (b"", "application/json"),
+        (b"[1, 2, 3]", "application/json"),
+        (b"\xff\xfe\x00garbage", "application/json"),
+        (json.dumps(render_body()).encode(), "text/plain"),
+    ],
+)
 def test_malformed_bodies(client, raw, ctype):
     r = client.post("/v1/render", content=raw, headers={"Content-Type": ctype})
     assert 400 <= r.status_code < 500, r.text
@@ -221,14 +228,17 @@ def test_bad_sequence_request(client, data_snapshot, case):
     assert needle.lower() in r.json()["error"].lower(), (case, r.json())
 
 
-@pytest.mark.parametrize("path,status", [
-    ("/v1/objects/%2e%2e%2fx", 400),       # ../x
-    ("/v1/objects/a%2Fb", 400),            # a/b
-    ("/v1/objects/%2e", 400),              # .
-    ("/v1/objects/a%00b", 400),            # NUL
-    ("/v1/objects/..%2F..%2Fetc%2Fpasswd", 400),
-    ("/v1/objects/no_such_object", 404),
-])
+@pytest.mark.parametrize(
+    "path,status",
+    [
+        ("/v1/objects/%2e%2e%2fx", 400),  # ../x
+        ("/v1/objects/a%2Fb", 400),  # a/b
+        ("/v1/objects/%2e", 400),  # .
+        ("/v1/objects/a%00b", 400),  # NUL
+        ("/v1/objects/..%2F..%2Fetc%2Fpasswd", 400),
+        ("/v1/objects/no_such_object", 404),
+    ],
+)
 def test_bad_delete(client, data_snapshot, path, status):
     r = client.delete(path)
     assert r.status_code == status, (path, r.text)

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-
 from srvutil import STEPS, png_array, png_b64, read_events, render_body, wait_job, wire_camera
 
 INVERT_STEPS = 12
@@ -46,8 +45,14 @@ def test_sequence_job_writes_frames_and_streams_events(client):
 def inverted(client):
     """One finished inversion, shared by the tests below."""
     name = f"inv_{int(time.time() * 1000) % 10**8}"
-    body = {"name": name, "images": [png_b64((64, 64))], "cameras": [wire_camera(azimuth=20.0)],
-            "steps": INVERT_STEPS, "seed": 0, "preview_every": 4}
+    body = {
+        "name": name,
+        "images": [png_b64((64, 64))],
+        "cameras": [wire_camera(azimuth=20.0)],
+        "steps": INVERT_STEPS,
+        "seed": 0,
+        "preview_every": 4,
+    }
     r = client.post("/v1/jobs/invert", json=body)
     assert r.status_code == 202, r.text
     job = r.json()
@@ -64,7 +69,9 @@ def test_inversion_progress_events_arrive_in_order(inverted):
     trained = [s for s in steps if s > 0]
     assert steps == sorted(steps) and len(set(trained)) == len(trained), steps
     # step 0 may come twice on a compiled server: queued/running, then "compiling" (never on the CPU)
-    assert [d["phase"] for d in progress if d["step"] == 0] in ([], [None], ["compiling"], [None, "compiling"]), progress
+    assert [d["phase"] for d in progress if d["step"] == 0] in ([], [None], ["compiling"], [None, "compiling"]), (
+        progress
+    )
     assert all(d["phase"] == "training" for d in progress if d["step"] > 0), progress
     assert steps[-1] == INVERT_STEPS
     assert all(d["total"] == INVERT_STEPS for d in progress)
@@ -83,8 +90,9 @@ def test_finished_inversion_token_is_listed_and_renders(client, inverted):
     st = client.get(f"/v1/jobs/{job['job_id']}").json()
     assert st["state"] == "done" and st["result"]["name"] == name
     # the same name again: conflict
-    again = client.post("/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()],
-                                                  "steps": 2})
+    again = client.post(
+        "/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()], "steps": 2}
+    )
     assert again.status_code == 409 and "already exists" in again.json()["error"]
     # cancelling a finished job is a conflict
     assert client.post(f"/v1/jobs/{job['job_id']}/cancel").status_code == 409
@@ -92,13 +100,16 @@ def test_finished_inversion_token_is_listed_and_renders(client, inverted):
 
 def test_cancel_stops_inversion_within_a_step(client):
     name = f"cancelme_{int(time.time() * 1000) % 10**8}"
-    r = client.post("/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()],
-                                              "steps": 100000, "preview_every": 0})
+    r = client.post(
+        "/v1/jobs/invert",
+        json={"name": name, "images": [png_b64()], "cameras": [wire_camera()], "steps": 100000, "preview_every": 0},
+    )
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
     assert read_events(client, job_id, stop_after="progress")[0][0] == "progress"
     while client.get(f"/v1/jobs/{job_id}").json()["step"] < 3:
         time.sleep(0.02)
+
     # measure the step time over two whole optimizer steps (one fused step of 9 images can take
     # seconds on a 2-core CPU), then cancel
     def wait_step_change(s):
@@ -155,8 +166,9 @@ def test_live_render_is_served_during_an_inversion(client):
     ref = client.post("/v1/render", json=render_body(seed=21, azimuth=33.0))
     assert ref.status_code == 200
     name = f"busy_{int(time.time() * 1000) % 10**8}"
-    job_id = client.post("/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()],
-                                                   "steps": 100000}).json()["job_id"]
+    job_id = client.post(
+        "/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()], "steps": 100000}
+    ).json()["job_id"]
     read_events(client, job_id, stop_after="progress")
     while client.get(f"/v1/jobs/{job_id}").json()["step"] < 1:
         time.sleep(0.02)

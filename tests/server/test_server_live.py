@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from srvutil import STEPS, render_body
 
 
-
 def slow_steps(client, target_s: float = 3.0) -> int:
     """Steps for a render that keeps the worker busy for about ``target_s`` (measured, not assumed)."""
     t0 = time.monotonic()
@@ -45,8 +44,12 @@ def test_newer_render_of_a_session_supersedes_queued_ones(server):
     blocker, bres, bc = _occupy_worker(server)
     clients = [server.client() for _ in range(5)]
     results: dict[int, tuple] = {}
-    threads = [threading.Thread(target=_post, args=(clients[i], render_body(azimuth=10.0 * i, session="live-A"),
-                                                    results, i, 0.25 * i)) for i in range(5)]
+    threads = [
+        threading.Thread(
+            target=_post, args=(clients[i], render_body(azimuth=10.0 * i, session="live-A"), results, i, 0.25 * i)
+        )
+        for i in range(5)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -93,7 +96,10 @@ def test_in_flight_render_is_cut_at_the_next_step(server):
 
 
 def test_independent_sessions_do_not_interfere(server, client):
-    bodies = {s: render_body(session=s, azimuth=az, seed=11) for s, az in (("sess-1", 0.0), ("sess-2", 60.0), ("sess-3", 200.0))}
+    bodies = {
+        s: render_body(session=s, azimuth=az, seed=11)
+        for s, az in (("sess-1", 0.0), ("sess-2", 60.0), ("sess-3", 200.0))
+    }
     # reference images, rendered one at a time
     ref = {s: client.post("/v1/render", json=b).content for s, b in bodies.items()}
     results = {}
@@ -104,7 +110,7 @@ def test_independent_sessions_do_not_interfere(server, client):
             threads.append(threading.Thread(target=_post, args=(clients[s], b, results, (s, round_))))
     # one request per session at a time: a session never supersedes itself here
     for round_ in range(3):
-        batch = threads[round_ * 3:(round_ + 1) * 3]
+        batch = threads[round_ * 3 : (round_ + 1) * 3]
         for t in batch:
             t.start()
         for t in batch:
@@ -124,7 +130,9 @@ def test_load_8_clients_x_25_renders(server):
         with server.client() as c:
             for i in range(n_req):
                 r = c.post("/v1/render", json=render_body(seed=k * 100 + i, steps=min(STEPS, 2), azimuth=float(i * 7)))
-                out.append((r.status_code, r.headers.get("x-request-id"), r.headers.get("content-type"), len(r.content)))
+                out.append(
+                    (r.status_code, r.headers.get("x-request-id"), r.headers.get("content-type"), len(r.content))
+                )
         return out
 
     with ThreadPoolExecutor(n_clients) as ex:
@@ -156,5 +164,7 @@ def test_client_that_gives_up_frees_the_worker(server):
     elapsed = time.monotonic() - t0
     assert r.status_code == 200
     # relative to the measured speed, so a busy machine cannot make it flaky
-    assert elapsed < 0.6 * full_s, f"the abandoned render kept the worker busy ({elapsed:.1f}s; a full one takes {full_s:.1f}s)"
+    assert elapsed < 0.6 * full_s, (
+        f"the abandoned render kept the worker busy ({elapsed:.1f}s; a full one takes {full_s:.1f}s)"
+    )
     c.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from srvutil import SIZE, png_array, png_size, render_body, wire_camera
 
 
@@ -14,8 +13,17 @@ def test_health_reports_model_and_queue(client):
     assert r.status_code == 200
     h = r.json()
     assert h["status"] == "ok" and h["api"] == "v1"
-    for key in ("version", "base_model", "device", "dtype", "view_mapper", "default_object", "queue_depth",
-                "native_size", "max_size"):
+    for key in (
+        "version",
+        "base_model",
+        "device",
+        "dtype",
+        "view_mapper",
+        "default_object",
+        "queue_depth",
+        "native_size",
+        "max_size",
+    ):
         assert key in h, key
     assert isinstance(h["queue_depth"], int)
     assert r.headers["x-request-id"]
@@ -86,6 +94,14 @@ def test_openapi_schema_is_served(client):
     r = client.get("/openapi.json")
     assert r.status_code == 200
     paths = r.json()["paths"]
-    for p in ("/v1/health", "/v1/objects", "/v1/render", "/v1/jobs/sequence", "/v1/jobs/invert",
-              "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel"):
+    for p in (
+        "/v1/health",
+        "/v1/objects",
+        "/v1/render",
+        "/v1/jobs/sequence",
+        "/v1/jobs/invert",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/cancel",
+    ):
         assert p in paths, p

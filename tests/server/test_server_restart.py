@@ -9,8 +9,16 @@ from srvutil import STEPS, png_b64, read_events, render_body, wait_job, wire_cam
 
 
 def _invert(c, name, steps, preview_every=0):
-    r = c.post("/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()],
-                                         "steps": steps, "preview_every": preview_every})
+    r = c.post(
+        "/v1/jobs/invert",
+        json={
+            "name": name,
+            "images": [png_b64()],
+            "cameras": [wire_camera()],
+            "steps": steps,
+            "preview_every": preview_every,
+        },
+    )
     assert r.status_code == 202, r.text
     return r.json()["job_id"]
 

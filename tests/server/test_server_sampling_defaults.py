@@ -8,8 +8,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
-
 from srvutil import STEPS, USE_FAKE, png_array, read_events, render_body, wire_camera
 
 SD = {"guidance": 7.5, "steps": 30, "live_steps": 8}
@@ -115,8 +113,11 @@ def test_defaults_are_capped_at_max_steps_and_explicit_values_pass_through(tmp_p
         _wait_ready(c)
         h = c.get("/v1/health").json()
         assert h["max_steps"] == 3
-        assert h["sampling_defaults"] == {"guidance": SAMPLING["guidance"], "steps": 3,
-                                          "live_steps": min(3, SAMPLING["live_steps"])}
+        assert h["sampling_defaults"] == {
+            "guidance": SAMPLING["guidance"],
+            "steps": 3,
+            "live_steps": min(3, SAMPLING["live_steps"]),
+        }
         assert c.post("/v1/render", json=body).status_code == 200
         assert c.post("/v1/render", json={**body, "steps": 2, "guidance": 0.0}).status_code == 200
         assert c.post("/v1/render", json={**body, "steps": 4}).status_code == 422  # explicit: still checked

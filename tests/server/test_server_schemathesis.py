@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from srvutil import png_size, render_body
 
 MAX_EXAMPLES = int(os.environ.get("VIEWNETI_SCHEMATHESIS_EXAMPLES", "60"))
@@ -26,11 +25,30 @@ MIN_CASES = 500
 def test_schemathesis_finds_no_server_errors(make_server, tmp_path):
     srv = make_server(args=["--max-size", "128", "--max-steps", "30", "--max-body-mb", "8"]).start()
     exe = Path(sys.executable).with_name("schemathesis")
-    cmd = [str(exe), "run", f"{srv.url}/openapi.json", "--checks", "not_a_server_error",
-           "--max-examples", str(MAX_EXAMPLES), "--request-timeout", "120", "--workers", "1",
-           "--seed", os.environ.get("VIEWNETI_SCHEMATHESIS_SEED", "20240601"), "--no-color"]
-    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1500,
-                       env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"})
+    cmd = [
+        str(exe),
+        "run",
+        f"{srv.url}/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--request-timeout",
+        "120",
+        "--workers",
+        "1",
+        "--seed",
+        os.environ.get("VIEWNETI_SCHEMATHESIS_SEED", "20240601"),
+        "--no-color",
+    ]
+    p = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"},
+    )
     out = p.stdout + p.stderr
     tail = "\n".join(out.splitlines()[-80:])
     m = re.search(r"(\d+) generated, (\d+) passed", out)

@@ -10,9 +10,9 @@ import threading
 import time
 
 import pytest
+from fake_engine import FakeEngine
 from PIL import Image
 
-from fake_engine import FakeEngine
 from server.config import ServerConfig, is_loopback_host
 from server.errors import ApiError, Superseded
 from server.events import EventHub, job_event_stream
@@ -51,7 +51,9 @@ def test_decode_rejects_other_formats(fmt):
 
 def test_decode_limits():
     with pytest.raises(ApiError) as e:
-        decode_base64_image(_encode("PNG", size=(300, 10)), what="img", max_bytes=LIMITS["max_bytes"], max_pixels=256 * 256)
+        decode_base64_image(
+            _encode("PNG", size=(300, 10)), what="img", max_bytes=LIMITS["max_bytes"], max_pixels=256 * 256
+        )
     assert e.value.status == 413
     big = base64.b64encode(b"\0" * 2000).decode()
     with pytest.raises(ApiError) as e:
@@ -120,6 +122,7 @@ def test_event_stream_replays_then_follows(tmp_path):
         events = [c.split("\n")[0][7:] for c in out if c.startswith("event:")]
         assert events == ["progress", "frame", "progress", "frame", "progress", "done"], events
         assert hub.subscriber_count(job.job_id) == 0
+
     asyncio.run(run())
 
 
@@ -139,6 +142,7 @@ class CompilingEngine(FakeEngine):
 def test_inversion_phase_reaches_the_event_stream_and_the_job_record(tmp_path):
     """The step-0 "compiling" event is not dropped as a repeat of the queued step 0 by a client that
     follows the job live; the job record keeps the last phase, on disk too."""
+
     async def run():
         hub = EventHub()
         hub.bind(asyncio.get_running_loop())
@@ -147,8 +151,13 @@ def test_inversion_phase_reaches_the_event_stream_and_the_job_record(tmp_path):
         w.start()
         while w.state != "ready":
             await asyncio.sleep(0.01)
-        job = store.create("invert", 3, {}, name="phased", runtime={"images": [None], "cameras": [_cam()], "seed": 0,
-                                                                     "preview_every": 0})
+        job = store.create(
+            "invert",
+            3,
+            {},
+            name="phased",
+            runtime={"images": [None], "cameras": [_cam()], "seed": 0, "preview_every": 0},
+        )
         assert job.public()["phase"] is None
         out = []
 
@@ -162,11 +171,17 @@ def test_inversion_phase_reaches_the_event_stream_and_the_job_record(tmp_path):
         w.submit_job(job)
         await asyncio.wait_for(task, 5)
         w.stop()
-        assert [(d["step"], d["phase"]) for d in out] == [(0, None), (0, "compiling"), (1, "training"),
-                                                          (2, "training"), (3, "training")], out
+        assert [(d["step"], d["phase"]) for d in out] == [
+            (0, None),
+            (0, "compiling"),
+            (1, "training"),
+            (2, "training"),
+            (3, "training"),
+        ], out
         assert out[1]["eta_s"] is None
         assert job.state == "done" and job.public()["phase"] == "training"
         assert json.loads((tmp_path / "jobs" / job.job_id / "job.json").read_text())["phase"] == "training"
+
     asyncio.run(run())
 
 

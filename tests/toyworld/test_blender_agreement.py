@@ -5,13 +5,13 @@ This proves that the renderer's camera convention (pose, field of view, pixel ce
 
 from __future__ import annotations
 
+import bpy  # noqa: E402  (installed by `make setup`; never skipped)
 import numpy as np
 import pytest
 
 from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.toyworld.renderer import ToyObject, render
 
-import bpy  # noqa: E402  (installed by `make setup`; never skipped)
 pytestmark = pytest.mark.blender
 
 POSES = [(0, 20), (60, 35), (130, 12), (200, 45), (270, 25), (330, 50), (95, 30), (165, 40)]

@@ -27,7 +27,9 @@ def model_copy(tiny_model_dir, tmp_path):
 def test_pretrain_rewrites_the_bundle_and_keeps_sampling_defaults(model_copy, tmp_path):
     SamplingDefaults(guidance=3.0, steps=12, live_steps=4).save(model_copy / "viewneti" / "sampling.json")
     before = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper").state_dict()
-    cfg = PretrainConfig(n_objects=2, views=3, steps=2, batch_size=2, grad_accum=2, ship_objects=2, size=64, compile=False)
+    cfg = PretrainConfig(
+        n_objects=2, views=3, steps=2, batch_size=2, grad_accum=2, ship_objects=2, size=64, compile=False
+    )
     summary = pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
 
     bundle = model_copy / "viewneti"
@@ -37,15 +39,27 @@ def test_pretrain_rewrites_the_bundle_and_keeps_sampling_defaults(model_copy, tm
     assert after.config.extra["steps"] == 2
     assert any(not (before[k] == v).all() for k, v in after.state_dict().items()), "view-mapper was not trained"
     # the model's sampling defaults are not the mapper's: they survive a re-pretrain unchanged
-    assert SamplingDefaults.from_json(bundle / "sampling.json") == SamplingDefaults(guidance=3.0, steps=12, live_steps=4)
+    assert SamplingDefaults.from_json(bundle / "sampling.json") == SamplingDefaults(
+        guidance=3.0, steps=12, live_steps=4
+    )
     assert not [p.name for p in model_copy.iterdir() if p.name.startswith(".")], "staging folder left behind"
     assert json.loads((tmp_path / "out" / "pretrain_summary.json").read_text())["steps"] == 2
 
 
 def test_pretrain_at_one_radius_trains_on_that_distance_only(model_copy, tmp_path):
     """--radius-range 3.6,3.6: every training camera at 3.6 (13d's radius statistic is exactly it)."""
-    cfg = PretrainConfig(n_objects=2, views=3, steps=1, batch_size=2, grad_accum=1, ship_objects=1, size=64,
-                         compile=False, radius_range=(3.6, 3.6), camera_parameterization="anchor-pose-13d")
+    cfg = PretrainConfig(
+        n_objects=2,
+        views=3,
+        steps=1,
+        batch_size=2,
+        grad_accum=1,
+        ship_objects=1,
+        size=64,
+        compile=False,
+        radius_range=(3.6, 3.6),
+        camera_parameterization="anchor-pose-13d",
+    )
     pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
     mapper = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper")
     assert mapper.config.camera_parameterization["stats"]["radius"] == pytest.approx(3.6, abs=1e-6)
@@ -58,19 +72,34 @@ def test_pretrain_refuses_a_bad_radius_range_before_touching_the_bundle(model_co
 
     before = (model_copy / "viewneti" / "view_mapper" / "mapper.safetensors").read_bytes()
     with pytest.raises(InputError, match="radius range"):
-        pretrain_view_mapper(PretrainConfig(n_objects=1, views=2, steps=1, radius_range=(4.0, 3.2), compile=False),
-                             model_copy, tmp_path / "out", device="cpu", progress=False)
+        pretrain_view_mapper(
+            PretrainConfig(n_objects=1, views=2, steps=1, radius_range=(4.0, 3.2), compile=False),
+            model_copy,
+            tmp_path / "out",
+            device="cpu",
+            progress=False,
+        )
     with pytest.raises(SystemExit):
         cli_main(["toyworld", "pretrain", "--model", str(model_copy), "--radius-range", "4,3", "--device", "cpu"])
     assert "MIN,MAX" in capsys.readouterr().err
     assert (model_copy / "viewneti" / "view_mapper" / "mapper.safetensors").read_bytes() == before
 
+
 def test_pretrain_with_the_distance_parameterisation_ships_a_mapper_the_engine_renders_with(model_copy, tmp_path):
     from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import Engine
 
-    cfg = PretrainConfig(n_objects=2, views=3, steps=1, batch_size=2, grad_accum=1, ship_objects=1, size=64,
-                         compile=False, camera_parameterization="anchor-distance-14d")
+    cfg = PretrainConfig(
+        n_objects=2,
+        views=3,
+        steps=1,
+        batch_size=2,
+        grad_accum=1,
+        ship_objects=1,
+        size=64,
+        compile=False,
+        camera_parameterization="anchor-distance-14d",
+    )
     pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
     mapper = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper")
     assert mapper.config.camera_parameterization["name"] == "anchor-distance-14d"
@@ -168,15 +197,22 @@ def test_prior_ceiling_scores_five_rows_on_the_shipped_built_ins(tmp_path):
     summary = prior_ceiling(cfg, embedded_model_dir(), tmp_path, device="cpu")
     assert summary["objects"] == ["toy_000", "toy_001", "toy_002", "toy_003"]
     offsets = [f"ground_truth_azimuth_off_by_{d}deg" for d in ("10", "22.5", "45")]
-    for method in ("viewneti_seen_token", "copy_input", "no_view_token", "text_with_true_view_phrase",
-                   "text_without_view_phrase", *offsets):
+    for method in (
+        "viewneti_seen_token",
+        "copy_input",
+        "no_view_token",
+        "text_with_true_view_phrase",
+        "text_without_view_phrase",
+        *offsets,
+    ):
         res = summary["results"][method]
         assert sorted(res["per_object"]) == summary["objects"]
         assert all(v["n"] == 2 for v in res["per_object"].values())
         assert np.isfinite(res["mean"]["psnr"]) and 0.0 <= res["mean"]["ssim"] <= 1.0
     ours = summary["results"]["viewneti_seen_token"]["mean"]["psnr"]
     assert summary["margin_db"]["seen_token_vs_copy_input"]["mean"] == pytest.approx(
-        ours - summary["results"]["copy_input"]["mean"]["psnr"])
+        ours - summary["results"]["copy_input"]["mean"]["psnr"]
+    )
     assert json.loads((tmp_path / "prior_ceiling.json").read_text())["margin_db"] == summary["margin_db"]
     # the renderer's own views: the further off the azimuth, the lower the score
     scale = [summary["results"][row]["mean"]["psnr"] for row in offsets]
@@ -209,7 +245,9 @@ def test_nvs_benchmark_can_invert_with_the_augmentation_pool_option(tiny_model_d
 
     pools = []
     original = Trainer._encode_pools
-    monkeypatch.setattr(Trainer, "_encode_pools", lambda self: pools.append(self.config.augmentation_pool) or original(self))
+    monkeypatch.setattr(
+        Trainer, "_encode_pools", lambda self: pools.append(self.config.augmentation_pool) or original(self)
+    )
     cfg = BenchmarkConfig(n_objects=1, seeds=[0], n_targets=2, invert_steps=2, render_steps=2, augmentation_pool=9)
     summary = nvs_benchmark(cfg, tiny_model_dir, tmp_path, device="cpu", progress=False)
     assert summary["complete"] and pools == [9]

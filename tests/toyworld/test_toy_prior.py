@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from viewneti_backend.toyworld.prior import (
-    LatentBuffer, PriorTrainConfig, RenderStream, drop_captions, load_prior, sample, tokenize, train_prior,
+    LatentBuffer,
+    PriorTrainConfig,
+    RenderStream,
+    drop_captions,
+    load_prior,
+    sample,
+    tokenize,
+    train_prior,
 )
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "viewneti_backend" / "toyworld" / "weights" / "prior"
@@ -115,7 +122,15 @@ def test_shipped_prior_view_phrases_change_the_image():
     red = lambda im: ((im[..., 0].astype(int) - np.maximum(im[..., 1], im[..., 2]).astype(int)) > 60).mean()  # noqa: E731
     left, back_right = [], []
     for seed in (0, 3):
-        ims = sample(pipe, [base + ", seen from the left, from slightly above", base + ", seen from the back right, from slightly above"], steps=8, seed=seed)
+        ims = sample(
+            pipe,
+            [
+                base + ", seen from the left, from slightly above",
+                base + ", seen from the back right, from slightly above",
+            ],
+            steps=8,
+            seed=seed,
+        )
         assert np.abs(ims[0].astype(float) - ims[1].astype(float)).mean() > 8.0
         left.append(red(ims[0]))
         back_right.append(red(ims[1]))

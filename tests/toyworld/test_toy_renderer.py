@@ -93,7 +93,12 @@ def test_torch_orbit_matches_numpy_orbit():
 
 def test_rays_agree_with_camera_intrinsics():
     cam = Camera(orbit_pose(33, 27, 3.4), 41.0, 40, 24)
-    o, d = camera_rays(torch.as_tensor(cam.camera_to_anchor[None]), torch.tensor([cam.fov_y_deg], dtype=torch.float64), cam.width, cam.height)
+    o, d = camera_rays(
+        torch.as_tensor(cam.camera_to_anchor[None]),
+        torch.tensor([cam.fov_y_deg], dtype=torch.float64),
+        cam.width,
+        cam.height,
+    )
     p = cam.projection_matrix()
     pts = (o + 2.5 * d)[0].numpy()
     uvw = p @ np.concatenate([pts, np.ones((len(pts), 1))], 1).T

@@ -4,7 +4,14 @@ import random
 
 import pytest
 
-from viewneti_backend.toyworld.captions import azimuth_bucket, caption, describe, elevation_bucket, view_phrase, vocabulary
+from viewneti_backend.toyworld.captions import (
+    azimuth_bucket,
+    caption,
+    describe,
+    elevation_bucket,
+    view_phrase,
+    vocabulary,
+)
 from viewneti_backend.toyworld.renderer import ToyObject
 from viewneti_backend.toyworld.tokenizer import BOS, EOS, load_tokenizer, write_tokenizer
 

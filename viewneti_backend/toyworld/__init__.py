@@ -6,15 +6,15 @@ Everything uses the project's camera convention (:mod:`viewneti_backend.cameras`
 the anchor is the world origin (the centre of the object's footprint on the ground plane z=0).
 """
 
+from pathlib import Path as _Path
+
 from .renderer import (  # noqa: F401
-    ToyObject,
     Primitive,
+    ToyObject,
     orbit_cameras,
     random_cameras,
     render,
 )
-
-from pathlib import Path as _Path
 
 WEIGHTS_DIR = _Path(__file__).resolve().parent / "weights"
 

@@ -23,7 +23,9 @@ def _material(bpy: Any, name: str, rgb: tuple[float, float, float]) -> Any:
     return mat
 
 
-def build_blender_scene(obj_spec: ToyObject | dict, *, ground: bool = True, segments: int = 64, clear: bool = True) -> list[Any]:
+def build_blender_scene(
+    obj_spec: ToyObject | dict, *, ground: bool = True, segments: int = 64, clear: bool = True
+) -> list[Any]:
     """Create the object's primitives (and a ground plane) in the current scene; returns the new objects.
 
     Boxes get one material per face in the renderer's face order (+X, -X, +Y, -Y, +Z, -Z); curved
@@ -51,13 +53,24 @@ def build_blender_scene(obj_spec: ToyObject | dict, *, ground: bool = True, segm
             ob = bpy.context.active_object
             ob.scale = tuple(float(v) for v in p.size)
         elif p.kind == "sphere":
-            bpy.ops.mesh.primitive_uv_sphere_add(radius=float(p.size[0]), segments=segments, ring_count=segments // 2, location=loc, rotation=rot)
+            bpy.ops.mesh.primitive_uv_sphere_add(
+                radius=float(p.size[0]), segments=segments, ring_count=segments // 2, location=loc, rotation=rot
+            )
             ob = bpy.context.active_object
         elif p.kind == "cylinder":
-            bpy.ops.mesh.primitive_cylinder_add(radius=float(p.size[0]), depth=2.0 * float(p.size[2]), vertices=segments, location=loc, rotation=rot)
+            bpy.ops.mesh.primitive_cylinder_add(
+                radius=float(p.size[0]), depth=2.0 * float(p.size[2]), vertices=segments, location=loc, rotation=rot
+            )
             ob = bpy.context.active_object
         elif p.kind == "cone":
-            bpy.ops.mesh.primitive_cone_add(radius1=float(p.size[0]), radius2=0.0, depth=2.0 * float(p.size[2]), vertices=segments, location=loc, rotation=rot)
+            bpy.ops.mesh.primitive_cone_add(
+                radius1=float(p.size[0]),
+                radius2=0.0,
+                depth=2.0 * float(p.size[2]),
+                vertices=segments,
+                location=loc,
+                rotation=rot,
+            )
             ob = bpy.context.active_object
         else:
             raise ValueError(f"unknown primitive kind {p.kind!r}")

@@ -8,11 +8,17 @@ continuous view control in the prior on its own.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from .renderer import COLOR_NAMES, KINDS, ToyObject
 
-SIDE_PHRASE = {"left": "on its left side", "right": "on its right side", "front": "on its front", "back": "on its back", "top": "on top"}
+SIDE_PHRASE = {
+    "left": "on its left side",
+    "right": "on its right side",
+    "front": "on its front",
+    "back": "on its back",
+    "top": "on top",
+}
 ACCENT_PHRASE = {"left": "left side", "right": "right side", "front": "front", "back": "back"}
 AZIMUTH_BUCKETS = ("front", "front right", "right", "back right", "back", "back left", "left", "front left")
 ELEVATION_BUCKETS = ((23.0, "from a low angle"), (37.0, "from slightly above"), (91.0, "from high above"))
@@ -106,14 +112,22 @@ def caption(
     return text
 
 
-def captions_for(objs: Sequence[ToyObject], azimuths: Sequence[float], elevations: Sequence[float], rng: random.Random, **kwargs) -> list[str]:
+def captions_for(
+    objs: Sequence[ToyObject], azimuths: Sequence[float], elevations: Sequence[float], rng: random.Random, **kwargs
+) -> list[str]:
     return [caption(o, float(a), float(e), rng, **kwargs) for o, a, e in zip(objs, azimuths, elevations)]
 
 
 def vocabulary() -> list[str]:
     """Every word a caption can contain, plus the prompt and extra words (sorted, unique)."""
     words = set(EXTRA_WORDS) | set(COLOR_NAMES) | set(KINDS)
-    for s in list(SIDE_PHRASE.values()) + list(ACCENT_PHRASE.values()) + list(AZIMUTH_BUCKETS) + list(PREFIXES) + list(GENERIC):
+    for s in (
+        list(SIDE_PHRASE.values())
+        + list(ACCENT_PHRASE.values())
+        + list(AZIMUTH_BUCKETS)
+        + list(PREFIXES)
+        + list(GENERIC)
+    ):
         words.update(s.split())
     for _, p in ELEVATION_BUCKETS:
         words.update(p.split())

@@ -33,7 +33,9 @@ from .renderer import DEFAULT_FOV_Y_DEG, ELEVATION_RANGE, RADIUS_RANGE, CameraSa
 class DatasetConfig:
     n_objects: int = 20
     views: int = 24
-    first_seed: int = 0  # objects use seeds first_seed .. first_seed + n_objects - 1 (held-out: >= prior.HELDOUT_SEED_START)
+    first_seed: int = (
+        0  # objects use seeds first_seed .. first_seed + n_objects - 1 (held-out: >= prior.HELDOUT_SEED_START)
+    )
     size: int = 64
     cameras: str = "random"  # "random" (the prior's training distribution) or "orbit" (even azimuths, fixed elevation)
     orbit_elevation_deg: float = 30.0
@@ -52,7 +54,12 @@ def object_dir_name(seed: int) -> str:
 def dataset_cameras(cfg: DatasetConfig, object_seed: int) -> list[Camera]:
     if cfg.cameras == "orbit":
         return [
-            Camera(orbit_pose(360.0 * i / cfg.views, cfg.orbit_elevation_deg, cfg.orbit_radius), cfg.fov_y_deg, cfg.size, cfg.size)
+            Camera(
+                orbit_pose(360.0 * i / cfg.views, cfg.orbit_elevation_deg, cfg.orbit_radius),
+                cfg.fov_y_deg,
+                cfg.size,
+                cfg.size,
+            )
             for i in range(cfg.views)
         ]
     if cfg.cameras != "random":
@@ -61,7 +68,14 @@ def dataset_cameras(cfg: DatasetConfig, object_seed: int) -> list[Camera]:
     return sampler.sample(cfg.views, size=cfg.size, seed=cfg.seed * 1_000_003 + object_seed)
 
 
-def render_object_folder(obj: ToyObject, cameras: list[Camera], folder: str | Path, device: str | torch.device = "cpu", supersample: int = 2, extra: dict[str, Any] | None = None) -> Path:
+def render_object_folder(
+    obj: ToyObject,
+    cameras: list[Camera],
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    supersample: int = 2,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Render ``obj`` from ``cameras`` into ``folder`` (images/, masks/, transforms.json)."""
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -74,12 +88,20 @@ def render_object_folder(obj: ToyObject, cameras: list[Camera], folder: str | Pa
         Image.fromarray(rgb8[i]).save(folder / img)
         Image.fromarray(mask8[i]).save(folder / msk)
         az, el, rad = pose_to_orbit(cam.camera_to_anchor)
-        frames.append(TransformsFrame(img, cam, msk, {"azimuth_deg": round(az, 4), "elevation_deg": round(el, 4), "radius": round(rad, 4)}))
-    write_transforms_json(folder / "transforms.json", frames, {"toy_object": obj.to_json(), "toy_seed": obj.seed, **(extra or {})})
+        frames.append(
+            TransformsFrame(
+                img, cam, msk, {"azimuth_deg": round(az, 4), "elevation_deg": round(el, 4), "radius": round(rad, 4)}
+            )
+        )
+    write_transforms_json(
+        folder / "transforms.json", frames, {"toy_object": obj.to_json(), "toy_seed": obj.seed, **(extra or {})}
+    )
     return folder
 
 
-def render_dataset(cfg: DatasetConfig, out_dir: str | Path, device: str | torch.device = "cpu", progress: bool = True) -> list[Path]:
+def render_dataset(
+    cfg: DatasetConfig, out_dir: str | Path, device: str | torch.device = "cpu", progress: bool = True
+) -> list[Path]:
     """Render ``cfg.n_objects`` objects x ``cfg.views`` views into ``out_dir``; returns the object folders."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -88,7 +110,9 @@ def render_dataset(cfg: DatasetConfig, out_dir: str | Path, device: str | torch.
     folders = []
     for s in tqdm(range(cfg.first_seed, cfg.first_seed + cfg.n_objects), desc="render", disable=not progress):
         obj = ToyObject.from_seed(s)
-        folders.append(render_object_folder(obj, dataset_cameras(cfg, s), out_dir / object_dir_name(s), device, cfg.supersample))
+        folders.append(
+            render_object_folder(obj, dataset_cameras(cfg, s), out_dir / object_dir_name(s), device, cfg.supersample)
+        )
     index = {"objects": [f.name for f in folders], "config": asdict(cfg)}
     (out_dir / "index.json").write_text(json.dumps(index, indent=1))
     return folders

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic_files import atomic_write_text, replace_directory
 from ..cameras import Camera, orbit_pose
-from ..data import Scene
 from ..compile_modes import resolve_compile_mode
+from ..data import Scene
 from ..errors import Cancelled, InputError
 from ..evaluation import EvalTable, masked_psnr, masked_ssim
-from ..atomic_files import atomic_write_text, replace_directory
 from ..sampling_defaults import FILENAME as SAMPLING_FILENAME
 from .prior import HELDOUT_SEED_START
 from .renderer import RADIUS_RANGE, ToyObject, random_cameras, render, to_uint8
@@ -65,28 +65,47 @@ class PretrainConfig:
     radius_range: tuple[float, float] = RADIUS_RANGE
 
 
-def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None,
-                         progress: bool = True) -> dict:
+def pretrain_view_mapper(
+    cfg: PretrainConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None, progress: bool = True
+) -> dict:
     """Train mode 3 on toy objects; write the view-mapper and a few objects into ``model_dir/viewneti``."""
     from ..base_model import load_base_model
-    from ..training import Trainer, TrainConfig
+    from ..training import TrainConfig, Trainer
 
     lo, hi = cfg.radius_range
     if not 0 < lo <= hi:
-        raise InputError(f"radius range {cfg.radius_range}: give 0 < min <= max (e.g. 3.2,4.0, or 3.6,3.6 for one radius)")
+        raise InputError(
+            f"radius range {cfg.radius_range}: give 0 < min <= max (e.g. 3.2,4.0, or 3.6,3.6 for one radius)"
+        )
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    scenes = [render_scene(s, random_cameras(cfg.views, seed=10_000 + s, size=cfg.size, radius_range=(float(lo), float(hi))),
-                           dev, name=f"toy_{i:03d}")
-              for i, s in enumerate(range(cfg.first_seed, cfg.first_seed + cfg.n_objects))]
+    scenes = [
+        render_scene(
+            s,
+            random_cameras(cfg.views, seed=10_000 + s, size=cfg.size, radius_range=(float(lo), float(hi))),
+            dev,
+            name=f"toy_{i:03d}",
+        )
+        for i, s in enumerate(range(cfg.first_seed, cfg.first_seed + cfg.n_objects))
+    ]
     base = load_base_model(model_dir, device=dev)
     compile_mode = resolve_compile_mode("auto" if cfg.compile else "off", base.device)
     if compile_mode is not None:
         from ..base_model import compile_base_model
 
         compile_base_model(base, compile_mode)
-    tc = TrainConfig(mode=3, steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
-                     augmentation=cfg.augmentation, width=cfg.size, height=cfg.size, seed=cfg.seed, log_every=100,
-                     camera_parameterization=cfg.camera_parameterization)
+    tc = TrainConfig(
+        mode=3,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        lr=cfg.lr,
+        augmentation=cfg.augmentation,
+        width=cfg.size,
+        height=cfg.size,
+        seed=cfg.seed,
+        log_every=100,
+        camera_parameterization=cfg.camera_parameterization,
+    )
     trainer = Trainer(tc, base, scenes, output_dir=None, device=dev)
     t0 = time.perf_counter()
     deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
@@ -111,8 +130,13 @@ def pretrain_view_mapper(cfg: PretrainConfig, model_dir: str | Path, out_dir: st
     replace_directory(staging, bundle)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"config": asdict(cfg), "steps": trainer.step, "minutes": minutes,
-               "loss_first_100": float(np.mean(trainer.losses[:100])), "loss_last_100": float(np.mean(trainer.losses[-100:]))}
+    summary = {
+        "config": asdict(cfg),
+        "steps": trainer.step,
+        "minutes": minutes,
+        "loss_first_100": float(np.mean(trainer.losses[:100])),
+        "loss_last_100": float(np.mean(trainer.losses[-100:])),
+    }
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -135,8 +159,14 @@ class BenchmarkConfig:
     augmentation_pool: int = 0  # inversions with TrainConfig.augmentation_pool (an option); 0: the paper's maths
 
 
-def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None,
-                  progress: bool = True, resume: bool = False) -> dict:
+def nvs_benchmark(
+    cfg: BenchmarkConfig,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    device: str | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> dict:
     """Single input view -> 16 novel views on held-out objects: ViewNeTI mode 5 vs copy-input vs no-view.
 
     ``nvs_benchmark.json`` is rewritten after every object with every per-view score, so a run that
@@ -167,16 +197,25 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
 
     def write_summary(objects_done: int) -> dict:
         # rewritten after every object, so a run that is stopped early still leaves its numbers
-        results = {m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes(), "pooled": t.mean_pooled()}
-                   for m, t in tables.items()}
+        results = {
+            m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes(), "pooled": t.mean_pooled()}
+            for m, t in tables.items()
+        }
         a, b, c = (results[m]["mean"]["psnr"] for m in ("viewneti_mode5", "copy_input", "no_view_token"))
-        summary = {"config": asdict(cfg), "model": str(model_dir), "device": str(engine.base.device),
-                   "objects_done": objects_done, "complete": objects_done == cfg.n_objects, "results": results,
-                   "mean_invert_s": float(np.mean(timing["invert_s"])) if timing["invert_s"] else None,
-                   "mean_render_views_s": float(np.mean(timing["render_s"])) if timing["render_s"] else None,
-                   "margin_db": {"vs_copy_input": a - b, "vs_no_view_token": a - c},
-                   "per_object_margin_db": _per_object_margins(results),
-                   "rows": {m: t.rows for m, t in tables.items()}, "timing": timing}
+        summary = {
+            "config": asdict(cfg),
+            "model": str(model_dir),
+            "device": str(engine.base.device),
+            "objects_done": objects_done,
+            "complete": objects_done == cfg.n_objects,
+            "results": results,
+            "mean_invert_s": float(np.mean(timing["invert_s"])) if timing["invert_s"] else None,
+            "mean_render_views_s": float(np.mean(timing["render_s"])) if timing["render_s"] else None,
+            "margin_db": {"vs_copy_input": a - b, "vs_no_view_token": a - c},
+            "per_object_margin_db": _per_object_margins(results),
+            "rows": {m: t.rows for m, t in tables.items()},
+            "timing": timing,
+        }
         atomic_write_text(out / "nvs_benchmark.json", json.dumps(summary, indent=2))
         return summary
 
@@ -204,25 +243,36 @@ def nvs_benchmark(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
             if i >= start:
                 for k in range(cfg.n_targets):
                     g, m = gt.images[k], gt.masks[k]
-                    for method, img in (("viewneti_mode5", preds[k]), ("copy_input", inp.images[0]), ("no_view_token", plain[k])):
+                    for method, img in (
+                        ("viewneti_mode5", preds[k]),
+                        ("copy_input", inp.images[0]),
+                        ("no_view_token", plain[k]),
+                    ):
                         tables[method].add(f"obj_{seed}", k, s, masked_psnr(img, g, m), masked_ssim(img, g, m))
             if s == cfg.seeds[0] and i < 4:
-                sheet_rows += [inp.images[0]] + gt.images[::2] + [inp.images[0]] + preds[::2] + [inp.images[0]] + plain[::2]
+                sheet_rows += (
+                    [inp.images[0]] + gt.images[::2] + [inp.images[0]] + preds[::2] + [inp.images[0]] + plain[::2]
+                )
         if i >= start:
             summary = write_summary(i + 1)
         if sheet_rows:
-            contact_sheet(sheet_rows, out / "nvs_sheet.png", columns=1 + len(gt.images[::2]), labels=[""] * len(sheet_rows))
+            contact_sheet(
+                sheet_rows, out / "nvs_sheet.png", columns=1 + len(gt.images[::2]), labels=[""] * len(sheet_rows)
+            )
     if not summary:  # resumed a run that had already finished
         summary = write_summary(cfg.n_objects)
     a, b, c = (summary["results"][m]["mean"]["psnr"] for m in ("viewneti_mode5", "copy_input", "no_view_token"))
     text = "\n\n".join(t.format(f"== {m} ==") for m, t in tables.items())
-    (out / "nvs_benchmark.txt").write_text(text + f"\n\nmargin vs copy-input {a - b:+.2f} dB, vs no-view {a - c:+.2f} dB\n")
+    (out / "nvs_benchmark.txt").write_text(
+        text + f"\n\nmargin vs copy-input {a - b:+.2f} dB, vs no-view {a - c:+.2f} dB\n"
+    )
     print(text)
     return summary
 
 
-def _load_partial_benchmark(path: Path, cfg: BenchmarkConfig, model_dir: str, tables: dict[str, EvalTable],
-                            timing: dict[str, list[float]]) -> int:
+def _load_partial_benchmark(
+    path: Path, cfg: BenchmarkConfig, model_dir: str, tables: dict[str, EvalTable], timing: dict[str, list[float]]
+) -> int:
     """Fill ``tables`` and ``timing`` from a stopped run's JSON; returns how many objects it scored."""
     if not path.is_file():
         raise InputError(f"nothing to resume: {path} does not exist (run without --resume to start)")
@@ -235,8 +285,10 @@ def _load_partial_benchmark(path: Path, cfg: BenchmarkConfig, model_dir: str, ta
     previous = {"augmentation_pool": 0, **prev["config"]}  # runs from before the option had it off
     if previous != json.loads(json.dumps(asdict(cfg))):
         changed = sorted(k for k in asdict(cfg) if previous.get(k) != asdict(cfg)[k])
-        raise InputError(f"{path} was made with other settings ({', '.join(changed)} differ): give the same options, "
-                         "or another --out to start a new run")
+        raise InputError(
+            f"{path} was made with other settings ({', '.join(changed)} differ): give the same options, "
+            "or another --out to start a new run"
+        )
     if prev.get("model") != model_dir:
         raise InputError(f"{path} was made with the model {prev.get('model')}, not {model_dir}: give the same --model")
     for method, table in tables.items():
@@ -248,9 +300,13 @@ def _load_partial_benchmark(path: Path, cfg: BenchmarkConfig, model_dir: str, ta
 
 def benchmark_cameras(cfg: BenchmarkConfig) -> tuple[Camera, list[Camera]]:
     """The input camera and the ``n_targets`` target cameras evenly spaced on the orbit after it."""
-    input_cam = Camera(orbit_pose(cfg.input_azimuth, cfg.input_elevation, cfg.radius), cfg.fov_y_deg, cfg.size, cfg.size)
-    targets = [Camera(orbit_pose(a, cfg.target_elevation, cfg.radius), cfg.fov_y_deg, cfg.size, cfg.size)
-               for a in target_azimuths(cfg)]
+    input_cam = Camera(
+        orbit_pose(cfg.input_azimuth, cfg.input_elevation, cfg.radius), cfg.fov_y_deg, cfg.size, cfg.size
+    )
+    targets = [
+        Camera(orbit_pose(a, cfg.target_elevation, cfg.radius), cfg.fov_y_deg, cfg.size, cfg.size)
+        for a in target_azimuths(cfg)
+    ]
     return input_cam, targets
 
 
@@ -297,59 +353,109 @@ def _prior_ceiling(cfg: BenchmarkConfig, engine, prior, out_dir: str | Path, dev
     from .prior import sample
 
     input_cam, targets = benchmark_cameras(cfg)
-    methods = ("viewneti_seen_token", "copy_input", "no_view_token", "text_with_true_view_phrase", "text_without_view_phrase")
+    methods = (
+        "viewneti_seen_token",
+        "copy_input",
+        "no_view_token",
+        "text_with_true_view_phrase",
+        "text_without_view_phrase",
+    )
     # A scale for the scores: the renderer's own ground truth, seen from an azimuth off by this much.
     offsets = (10.0, 22.5, 45.0)
     offset_rows = {f"ground_truth_azimuth_off_by_{d:g}deg": d for d in offsets}
     tables = {m: EvalTable() for m in methods + tuple(offset_rows)}
     objects = [o["name"] for o in engine.list_objects() if o.get("builtin")]
     if not objects:
-        raise InputError("the model ships no built-in objects (viewneti/objects): run `viewneti toyworld pretrain` first")
+        raise InputError(
+            "the model ships no built-in objects (viewneti/objects): run `viewneti toyworld pretrain` first"
+        )
     for name in objects:
         _, mapper = engine.object_mapper(name)
         toy_seed = int(mapper.config.extra.get("toy_seed", -1))
         if toy_seed < 0:
-            raise InputError(f"built-in object '{name}' does not record its toy_seed: it was not made by `toyworld pretrain`")
+            raise InputError(
+                f"built-in object '{name}' does not record its toy_seed: it was not made by `toyworld pretrain`"
+            )
         gt, inp = render_scene(toy_seed, targets, dev), render_scene(toy_seed, [input_cam], dev)
-        shifted = {row: render_scene(toy_seed, [Camera(orbit_pose(a + d, cfg.target_elevation, cfg.radius), cfg.fov_y_deg,
-                                                       cfg.size, cfg.size) for a in target_azimuths(cfg)], dev).images
-                   for row, d in offset_rows.items()}
+        shifted = {
+            row: render_scene(
+                toy_seed,
+                [
+                    Camera(orbit_pose(a + d, cfg.target_elevation, cfg.radius), cfg.fov_y_deg, cfg.size, cfg.size)
+                    for a in target_azimuths(cfg)
+                ],
+                dev,
+            ).images
+            for row, d in offset_rows.items()
+        }
         text = describe(ToyObject.from_seed(toy_seed))
         for s in cfg.seeds:
             rows = {
-                "viewneti_seen_token": engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance),
+                "viewneti_seen_token": engine.render(
+                    targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance
+                ),
                 "copy_input": inp.images * len(targets),
                 **shifted,
-                "no_view_token": engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance, with_view=False),
-                "text_with_true_view_phrase": list(sample(prior, [f"{text}, {view_phrase(a, cfg.target_elevation)}"
-                                                                  for a in target_azimuths(cfg)],
-                                                          seed=s, steps=cfg.render_steps, guidance=cfg.guidance)),
-                "text_without_view_phrase": list(sample(prior, [text] * len(targets), seed=s, steps=cfg.render_steps,
-                                                        guidance=cfg.guidance)),
+                "no_view_token": engine.render(
+                    targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance, with_view=False
+                ),
+                "text_with_true_view_phrase": list(
+                    sample(
+                        prior,
+                        [f"{text}, {view_phrase(a, cfg.target_elevation)}" for a in target_azimuths(cfg)],
+                        seed=s,
+                        steps=cfg.render_steps,
+                        guidance=cfg.guidance,
+                    )
+                ),
+                "text_without_view_phrase": list(
+                    sample(prior, [text] * len(targets), seed=s, steps=cfg.render_steps, guidance=cfg.guidance)
+                ),
             }
             for method, images in rows.items():
                 for k, img in enumerate(images):
-                    tables[method].add(name, k, s, masked_psnr(img, gt.images[k], gt.masks[k]),
-                                       masked_ssim(img, gt.images[k], gt.masks[k]))
+                    tables[method].add(
+                        name,
+                        k,
+                        s,
+                        masked_psnr(img, gt.images[k], gt.masks[k]),
+                        masked_ssim(img, gt.images[k], gt.masks[k]),
+                    )
     results = {m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes()} for m, t in tables.items()}
-    margins = {f"seen_token_vs_{b}": _paired_margin(results, "viewneti_seen_token", b)
-               for b in ("copy_input", "no_view_token", "text_with_true_view_phrase")}
-    margins["text_view_phrase_vs_without"] = _paired_margin(results, "text_with_true_view_phrase", "text_without_view_phrase")
-    summary = {"config": asdict(cfg), "device": dev, "objects": objects, "results": results, "margin_db": margins,
-               "azimuth_offsets_deg": list(offsets)}
+    margins = {
+        f"seen_token_vs_{b}": _paired_margin(results, "viewneti_seen_token", b)
+        for b in ("copy_input", "no_view_token", "text_with_true_view_phrase")
+    }
+    margins["text_view_phrase_vs_without"] = _paired_margin(
+        results, "text_with_true_view_phrase", "text_without_view_phrase"
+    )
+    summary = {
+        "config": asdict(cfg),
+        "device": dev,
+        "objects": objects,
+        "results": results,
+        "margin_db": margins,
+        "azimuth_offsets_deg": list(offsets),
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "prior_ceiling.json", json.dumps(summary, indent=2))
     return summary
 
 
-def mode2_interpolation(model_dir: str | Path, out_dir: str | Path, seed: int = HELDOUT_SEED_START + 100, views: int = 6,
-                        steps: int = 1000, device: str | None = None) -> dict:
+def mode2_interpolation(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    seed: int = HELDOUT_SEED_START + 100,
+    views: int = 6,
+    steps: int = 1000,
+    device: str | None = None,
+) -> dict:
     """ViewNeTI 'finding 1': view- and object-mapper from scratch on 6 views of one object, then render
     views between them (interpolation) and score them against ground truth."""
     from ..engine import Engine
     from ..sheets import contact_sheet
-    from ..training import Trainer, TrainConfig
+    from ..training import TrainConfig, Trainer
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir)
@@ -369,7 +475,13 @@ def mode2_interpolation(model_dir: str | Path, out_dir: str | Path, seed: int = 
         table.add("mode2", k, 0, masked_psnr(p, g, gt.masks[k]), masked_ssim(p, g, gt.masks[k]))
     copy = EvalTable()
     for k, g in enumerate(gt.images):  # nearest training view as the baseline
-        copy.add("nearest_train_view", k, 0, masked_psnr(scene.images[k], g, gt.masks[k]), masked_ssim(scene.images[k], g, gt.masks[k]))
+        copy.add(
+            "nearest_train_view",
+            k,
+            0,
+            masked_psnr(scene.images[k], g, gt.masks[k]),
+            masked_ssim(scene.images[k], g, gt.masks[k]),
+        )
     contact_sheet(scene.images + gt.images + preds, out / "mode2_sheet.png", columns=views, labels=[""] * (3 * views))
     summary = {"mode2": table.mean_over_scenes(), "nearest_train_view": copy.mean_over_scenes(), "steps": steps}
     (out / "mode2_interpolation.json").write_text(json.dumps(summary, indent=2))

@@ -24,17 +24,26 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .captions import caption
-from .renderer import DEFAULT_FOV_Y_DEG, CameraSampler, ToyObject, index_packed, orbit_poses_torch, pack_objects, render_packed
+from .renderer import (
+    DEFAULT_FOV_Y_DEG,
+    CameraSampler,
+    ToyObject,
+    index_packed,
+    orbit_poses_torch,
+    pack_objects,
+    render_packed,
+)
 from .tokenizer import load_tokenizer, write_tokenizer
 
 HELDOUT_SEED_START = 1_000_000
@@ -61,11 +70,20 @@ class PriorArchitecture:
     text_intermediate: int = 512
 
     @classmethod
-    def tiny(cls) -> "PriorArchitecture":
+    def tiny(cls) -> PriorArchitecture:
         """A very small variant for CPU tests."""
         return cls(
-            image_size=32, vae_channels=(16, 32), vae_norm_groups=8, unet_channels=(32, 32), unet_layers_per_block=1,
-            unet_heads=(2, 2), unet_norm_groups=8, text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64,
+            image_size=32,
+            vae_channels=(16, 32),
+            vae_norm_groups=8,
+            unet_channels=(32, 32),
+            unet_layers_per_block=1,
+            unet_heads=(2, 2),
+            unet_norm_groups=8,
+            text_hidden=32,
+            text_layers=1,
+            text_heads=2,
+            text_intermediate=64,
         )
 
 
@@ -107,11 +125,21 @@ class PriorTrainConfig:
     progress: bool = True
 
     @classmethod
-    def tiny(cls) -> "PriorTrainConfig":
+    def tiny(cls) -> PriorTrainConfig:
         """Seconds on a CPU: for tests."""
         return cls(
-            arch=PriorArchitecture.tiny(), n_objects=16, supersample=1, vae_steps=3, vae_batch=4,
-            unet_steps=3, unet_batch=4, warmup_steps=1, log_every=1, progress=False, buffer_size=8, buffer_refresh=2,
+            arch=PriorArchitecture.tiny(),
+            n_objects=16,
+            supersample=1,
+            vae_steps=3,
+            vae_batch=4,
+            unet_steps=3,
+            unet_batch=4,
+            warmup_steps=1,
+            log_every=1,
+            progress=False,
+            buffer_size=8,
+            buffer_refresh=2,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -130,9 +158,15 @@ def scheduler_config() -> dict[str, Any]:
     (seen objects: +0.3 dB at 10 steps, +1.1 dB at 4) and 4 trailing steps beat 10 leading ones,
     on held-out inversions too (benchmarks/RESULTS.md §5)."""
     return dict(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="v_prediction", clip_sample=False, steps_offset=1,
-        timestep_spacing="trailing", variance_type="fixed_small",
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction",
+        clip_sample=False,
+        steps_offset=1,
+        timestep_spacing="trailing",
+        variance_type="fixed_small",
     )
 
 
@@ -147,10 +181,15 @@ def build_components(arch: PriorArchitecture, tokenizer_dir: str | Path) -> dict
     tokenizer = load_tokenizer(tokenizer_dir)
     nb = len(arch.vae_channels)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * nb, up_block_types=("UpDecoderBlock2D",) * nb,
-        block_out_channels=tuple(arch.vae_channels), layers_per_block=arch.vae_layers_per_block,
-        latent_channels=arch.latent_channels, norm_num_groups=arch.vae_norm_groups, sample_size=arch.image_size,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * nb,
+        up_block_types=("UpDecoderBlock2D",) * nb,
+        block_out_channels=tuple(arch.vae_channels),
+        layers_per_block=arch.vae_layers_per_block,
+        latent_channels=arch.latent_channels,
+        norm_num_groups=arch.vae_norm_groups,
+        sample_size=arch.image_size,
         scaling_factor=1.0,
     )
     latent_size = arch.image_size // 2 ** (nb - 1)
@@ -158,33 +197,59 @@ def build_components(arch: PriorArchitecture, tokenizer_dir: str | Path) -> dict
     down = ("CrossAttnDownBlock2D",) * (nu - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (nu - 1)
     unet = UNet2DConditionModel(
-        sample_size=latent_size, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
-        down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
-        block_out_channels=tuple(arch.unet_channels), layers_per_block=arch.unet_layers_per_block,
-        cross_attention_dim=arch.text_hidden, attention_head_dim=tuple(arch.unet_heads),
-        use_linear_projection=True, norm_num_groups=arch.unet_norm_groups,
+        sample_size=latent_size,
+        in_channels=arch.latent_channels,
+        out_channels=arch.latent_channels,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=tuple(arch.unet_channels),
+        layers_per_block=arch.unet_layers_per_block,
+        cross_attention_dim=arch.text_hidden,
+        attention_head_dim=tuple(arch.unet_heads),
+        use_linear_projection=True,
+        norm_num_groups=arch.unet_norm_groups,
     )
     text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=arch.text_hidden, intermediate_size=arch.text_intermediate,
-        num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads, max_position_embeddings=77,
-        hidden_act="gelu", projection_dim=arch.text_hidden,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=arch.text_hidden,
+        intermediate_size=arch.text_intermediate,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=arch.text_hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     text_encoder = CLIPTextModel(text_config)
     scheduler = DDPMScheduler(**scheduler_config())
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-def save_prior(components: dict[str, Any], out_dir: str | Path, *, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:
+def save_prior(
+    components: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    dtype: torch.dtype = torch.float16,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write a StableDiffusionPipeline folder (safetensors, ``dtype`` storage) loadable offline with from_pretrained."""
     from diffusers import StableDiffusionPipeline  # noqa: PLC0415
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe = StableDiffusionPipeline(
-        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
-        unet=components["unet"], scheduler=components["scheduler"], safety_checker=None, feature_extractor=None,
-        image_encoder=None, requires_safety_checker=False,
+        vae=components["vae"],
+        text_encoder=components["text_encoder"],
+        tokenizer=components["tokenizer"],
+        unet=components["unet"],
+        scheduler=components["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
     )
     from diffusers.utils import logging as dlogging  # noqa: PLC0415
 
@@ -209,13 +274,20 @@ def save_prior(components: dict[str, Any], out_dir: str | Path, *, dtype: torch.
     return out_dir
 
 
-def load_prior(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, scheduler: str | None = "dpm"):
+def load_prior(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    scheduler: str | None = "dpm",
+):
     """Load the prior as a ``StableDiffusionPipeline`` (offline). ``scheduler="dpm"`` swaps in a
     DPMSolverMultistepScheduler built from the saved config; ``None`` keeps the saved DDPMScheduler."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline  # noqa: PLC0415
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # diffusers >= 0.36 prefers dtype= (older ones only know torch_dtype)
+        warnings.simplefilter(
+            "ignore", FutureWarning
+        )  # diffusers >= 0.36 prefers dtype= (older ones only know torch_dtype)
         pipe = StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
     if scheduler == "dpm":
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
@@ -248,7 +320,15 @@ class RenderStream:
         poses = orbit_poses_torch(p["azimuth"], p["elevation"], p["radius"]).to(self.device)
         size = self.cfg.arch.image_size
         with torch.no_grad():
-            rgb, mask = render_packed(index_packed(self.packed, idx.to(self.device)), poses, self.cfg.fov_y_deg, size, size, supersample=self.cfg.supersample, chunk=256)
+            rgb, mask = render_packed(
+                index_packed(self.packed, idx.to(self.device)),
+                poses,
+                self.cfg.fov_y_deg,
+                size,
+                size,
+                supersample=self.cfg.supersample,
+                chunk=256,
+            )
         out = {"image": rgb.permute(0, 3, 1, 2) * 2.0 - 1.0, "mask": mask[:, None].float(), "index": idx, **p}
         if with_captions:
             out["caption"] = [
@@ -260,7 +340,9 @@ class RenderStream:
 
 def tokenize(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
     """Token ids [N, 77] (padded like SD 2) on ``device``."""
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="np").input_ids
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="np"
+    ).input_ids
     return torch.from_numpy(ids).to(device)
 
 
@@ -321,7 +403,9 @@ class EMA:
 # ------------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------------
-def train_vae(vae, stream: RenderStream, cfg: PriorTrainConfig, device: torch.device, log: Callable[[str], None] = print) -> dict[str, float]:
+def train_vae(
+    vae, stream: RenderStream, cfg: PriorTrainConfig, device: torch.device, log: Callable[[str], None] = print
+) -> dict[str, float]:
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     budget = None if cfg.vae_max_minutes is None else 60.0 * cfg.vae_max_minutes
@@ -355,7 +439,7 @@ def train_vae(vae, stream: RenderStream, cfg: PriorTrainConfig, device: torch.de
         opt.step()
         hist.append(l1.detach())
         if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
-            recent = float(torch.stack(hist[-cfg.log_every:]).mean())
+            recent = float(torch.stack(hist[-cfg.log_every :]).mean())
             msg = f"vae step {step} l1 {recent:.4f} l2 {float(l2.detach()):.4f} kl {float(kl.detach()):.4f} ({time.time() - t0:.0f}s)"
             log(msg)
     else:
@@ -363,10 +447,22 @@ def train_vae(vae, stream: RenderStream, cfg: PriorTrainConfig, device: torch.de
     vae.eval()
     # SD-style latent scaling: unit variance latents
     with torch.no_grad(), _autocast(device):
-        zs = torch.cat([vae.encode(stream.next(min(256, 4 * cfg.vae_batch), with_captions=False)["image"]).latent_dist.sample().float() for _ in range(2)])
+        zs = torch.cat(
+            [
+                vae.encode(stream.next(min(256, 4 * cfg.vae_batch), with_captions=False)["image"])
+                .latent_dist.sample()
+                .float()
+                for _ in range(2)
+            ]
+        )
     scaling = float(1.0 / zs.std().clamp_min(1e-6))
     vae.register_to_config(scaling_factor=scaling)
-    res = {"vae_steps": step, "vae_l1": float(torch.stack(hist[-50:]).mean()), "vae_seconds": time.time() - t0, "scaling_factor": scaling}
+    res = {
+        "vae_steps": step,
+        "vae_l1": float(torch.stack(hist[-50:]).mean()),
+        "vae_seconds": time.time() - t0,
+        "scaling_factor": scaling,
+    }
     log(f"vae done: {res}")
     return res
 
@@ -378,7 +474,9 @@ class LatentBuffer:
     ~0.17 s on a CPU core); this keeps the UNet busy while the data stays diverse. Each render's
     caption is drawn once, when it enters the pool, from the same distribution as on the fly."""
 
-    def __init__(self, stream: RenderStream, vae, tokenizer, size: int, refresh: int, device: torch.device, chunk: int = 512):
+    def __init__(
+        self, stream: RenderStream, vae, tokenizer, size: int, refresh: int, device: torch.device, chunk: int = 512
+    ):
         self.stream, self.vae, self.tokenizer, self.device, self.refresh = stream, vae, tokenizer, device, refresh
         self.sf = float(vae.config.scaling_factor)
         parts = [self._encode(min(chunk, size - start)) for start in range(0, size, chunk)]
@@ -390,7 +488,11 @@ class LatentBuffer:
         b = self.stream.next(n, with_captions=True)
         with _autocast(self.device):
             dist = self.vae.encode(b["image"]).latent_dist
-        return dist.mean.to(torch.float16), dist.std.to(torch.float16), tokenize(self.tokenizer, b["caption"], self.device)
+        return (
+            dist.mean.to(torch.float16),
+            dist.std.to(torch.float16),
+            tokenize(self.tokenizer, b["caption"], self.device),
+        )
 
     def __len__(self) -> int:
         return self.mean.shape[0]
@@ -402,16 +504,28 @@ class LatentBuffer:
             slots = torch.randint(0, len(self), (self.refresh,), generator=self.gen).to(self.device)
             self.mean[slots], self.std[slots], self.ids[slots] = self._encode(self.refresh)
         pick = torch.randint(0, len(self), (batch,), generator=self.gen).to(self.device)
-        lat = (self.mean[pick].float() + self.std[pick].float() * torch.randn(batch, *self.mean.shape[1:], device=self.device)) * self.sf
+        lat = (
+            self.mean[pick].float()
+            + self.std[pick].float() * torch.randn(batch, *self.mean.shape[1:], device=self.device)
+        ) * self.sf
         return {"latents": lat, "input_ids": self.ids[pick]}
 
 
-def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrainConfig, device: torch.device, log: Callable[[str], None] = print) -> dict[str, float]:
+def train_unet(
+    components: dict[str, Any],
+    stream: RenderStream,
+    cfg: PriorTrainConfig,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
     unet, vae, te, tok, noise_sched = (components[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
     unet.to(device).train()
     te.to(device).train()
     vae.to(device).eval().requires_grad_(False)
-    params = [{"params": list(unet.parameters()), "lr": cfg.unet_lr}, {"params": list(te.parameters()), "lr": cfg.text_lr}]
+    params = [
+        {"params": list(unet.parameters()), "lr": cfg.unet_lr},
+        {"params": list(te.parameters()), "lr": cfg.text_lr},
+    ]
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay, betas=(0.9, 0.99), fused=device.type == "cuda")
     base_lrs = [g["lr"] for g in opt.param_groups]
     budget = None if cfg.unet_max_minutes is None else 60.0 * cfg.unet_max_minutes
@@ -473,9 +587,11 @@ def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrain
         ema.update()
         hist.append(err.detach().mean())
         if step % cfg.log_every == 0 or step == cfg.unet_steps - 1:
-            recent = float(torch.stack(hist[-cfg.log_every:]).mean())
-            log(f"unet step {step} mse {recent:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s; "
-                f"batch preparation {1000 * data_s / (step + 1):.0f} ms/step on the host)")
+            recent = float(torch.stack(hist[-cfg.log_every :]).mean())
+            log(
+                f"unet step {step} mse {recent:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s; "
+                f"batch preparation {1000 * data_s / (step + 1):.0f} ms/step on the host)"
+            )
     else:
         step = cfg.unet_steps
     ema.copy_to()
@@ -486,8 +602,14 @@ def train_unet(components: dict[str, Any], stream: RenderStream, cfg: PriorTrain
     return res
 
 
-def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: str | Path | None = None, log: Callable[[str], None] = print,
-                command: str | None = None) -> dict[str, Any]:
+def train_prior(
+    config: PriorTrainConfig,
+    out_dir: str | Path,
+    *,
+    resume_from: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Train the toy prior end to end and save it as a diffusers folder in ``out_dir``.
 
     ``resume_from``: a saved prior folder; its VAE is kept (``vae_steps`` is ignored) and the UNet and
@@ -505,7 +627,13 @@ def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: s
     t0 = time.time()
     if resume_from is not None:
         pipe = load_prior(resume_from, "cpu", torch.float32, scheduler=None)
-        comps = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer, "scheduler": pipe.scheduler}
+        comps = {
+            "unet": pipe.unet,
+            "vae": pipe.vae,
+            "text_encoder": pipe.text_encoder,
+            "tokenizer": pipe.tokenizer,
+            "scheduler": pipe.scheduler,
+        }
         prev = json.loads((Path(resume_from) / "toyworld.json").read_text()).get("metrics", {})
         prev_history = list(prev.get("history", []))
         metrics: dict[str, Any] = {k: v for k, v in prev.items() if k.startswith("vae") or k == "scaling_factor"}
@@ -526,8 +654,12 @@ def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: s
     metrics["device"] = str(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
     run = {
         "stage": "unet+text_encoder (resumed)" if resume_from is not None else "vae, then unet+text_encoder",
-        "unet_steps": metrics["unet_steps"], "unet_batch": cfg.unet_batch, "unet_lr": cfg.unet_lr,
-        "unet_mse": metrics["unet_mse"], "seconds": metrics["total_seconds"], "device": metrics["device"],
+        "unet_steps": metrics["unet_steps"],
+        "unet_batch": cfg.unet_batch,
+        "unet_lr": cfg.unet_lr,
+        "unet_mse": metrics["unet_mse"],
+        "seconds": metrics["total_seconds"],
+        "device": metrics["device"],
     }
     if command is not None:
         run["command"] = command
@@ -544,11 +676,19 @@ def train_prior(config: PriorTrainConfig, out_dir: str | Path, *, resume_from: s
 # Sampling helpers
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def sample(pipe, prompts: list[str], *, seed: int = 0, steps: int = 25, guidance: float = 4.0, negative: str | None = None) -> np.ndarray:
+def sample(
+    pipe, prompts: list[str], *, seed: int = 0, steps: int = 25, guidance: float = 4.0, negative: str | None = None
+) -> np.ndarray:
     """Sample images (uint8 [N, H, W, 3]) from the prior, one per prompt, each from ``seed``."""
     gens = [torch.Generator(device="cpu").manual_seed(seed) for _ in prompts]
-    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np",
-               negative_prompt=[negative] * len(prompts) if negative else None)
+    out = pipe(
+        prompts,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=gens,
+        output_type="np",
+        negative_prompt=[negative] * len(prompts) if negative else None,
+    )
     return (np.clip(out.images, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -559,14 +699,22 @@ def image_grid(images: np.ndarray | list[np.ndarray], cols: int) -> np.ndarray:
     grid = np.full((rows * h, cols * w, c), 255, dtype=np.uint8)
     for i, im in enumerate(images):
         r, cc = divmod(i, cols)
-        grid[r * h:(r + 1) * h, cc * w:(cc + 1) * w] = im
+        grid[r * h : (r + 1) * h, cc * w : (cc + 1) * w] = im
     return grid
 
 
 VIEW_COLUMNS = ((0.0, "front"), (90.0, "right"), (180.0, "back"), (270.0, "left"))
 
 
-def sanity_grid(pipe, out_png: str | Path | None = None, *, seeds: list[int] | None = None, steps: int = 25, guidance: float = 4.0, sample_seed: int = 0) -> np.ndarray:
+def sanity_grid(
+    pipe,
+    out_png: str | Path | None = None,
+    *,
+    seeds: list[int] | None = None,
+    steps: int = 25,
+    guidance: float = 4.0,
+    sample_seed: int = 0,
+) -> np.ndarray:
     """One row per held-out object: ground-truth renders from the front/right/back/left, then samples for
     its caption without a view phrase and with "seen from the front/right/back/left, from slightly above"."""
     from .captions import describe  # noqa: PLC0415
@@ -597,7 +745,9 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description="Train the toy-world prior (a tiny Stable-Diffusion-architecture model).")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--resume", default=None, help="continue UNet/text-encoder training from this prior folder (keeps its VAE)")
+    ap.add_argument(
+        "--resume", default=None, help="continue UNet/text-encoder training from this prior folder (keeps its VAE)"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--n-objects", type=int, default=PriorTrainConfig.n_objects)
     ap.add_argument("--vae-steps", type=int, default=PriorTrainConfig.vae_steps)
@@ -614,7 +764,12 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     cfg = PriorTrainConfig.tiny() if a.tiny else PriorTrainConfig()
     if not a.tiny:
-        cfg.n_objects, cfg.vae_steps, cfg.unet_steps, cfg.unet_batch = a.n_objects, a.vae_steps, a.unet_steps, a.unet_batch
+        cfg.n_objects, cfg.vae_steps, cfg.unet_steps, cfg.unet_batch = (
+            a.n_objects,
+            a.vae_steps,
+            a.unet_steps,
+            a.unet_batch,
+        )
         cfg.vae_max_minutes, cfg.unet_max_minutes = a.vae_minutes, a.unet_minutes
         cfg.buffer_size, cfg.buffer_refresh, cfg.unet_lr = a.buffer_size, a.buffer_refresh, a.unet_lr
     cfg.device, cfg.seed, cfg.progress = a.device, a.seed, False

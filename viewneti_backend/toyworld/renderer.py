@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,18 +116,23 @@ class ToyObject:
         return {"seed": self.seed, "accent": self.accent, "parts": [asdict(p) for p in self.parts]}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ToyObject":
+    def from_json(cls, data: dict[str, Any]) -> ToyObject:
         parts = [
             Primitive(
-                kind=p["kind"], center=tuple(p["center"]), size=tuple(p["size"]), color=p["color"],
-                yaw_deg=float(p.get("yaw_deg", 0.0)), face_colors=p.get("face_colors"), side=p.get("side", "body"),
+                kind=p["kind"],
+                center=tuple(p["center"]),
+                size=tuple(p["size"]),
+                color=p["color"],
+                yaw_deg=float(p.get("yaw_deg", 0.0)),
+                face_colors=p.get("face_colors"),
+                side=p.get("side", "body"),
             )
             for p in data["parts"]
         ]
         return cls(seed=int(data["seed"]), parts=parts, accent=data.get("accent"))
 
     @classmethod
-    def from_seed(cls, seed: int) -> "ToyObject":
+    def from_seed(cls, seed: int) -> ToyObject:
         """Deterministic procedural object: a box (or cylinder) body with a differently coloured face
         and 1-3 parts of other colours stuck to its sides or on top (at least one on a side)."""
         rng = random.Random(int(seed) * 7919 + 17)
@@ -188,7 +194,9 @@ class ToyObject:
                 else:
                     center = (r3(-0.3, 0.3) * bx, by + out, hz)
             yaw = rng.choice((0.0, 0.0, 30.0, 45.0)) if kind == "box" else 0.0
-            parts.append(Primitive(kind, tuple(round(float(v), 4) for v in center), tuple(size), color, yaw, None, side))
+            parts.append(
+                Primitive(kind, tuple(round(float(v), 4) for v in center), tuple(size), color, yaw, None, side)
+            )
         return cls(seed=int(seed), parts=parts, accent=accent)
 
     def radius(self) -> float:
@@ -221,7 +229,13 @@ def pack_objects(objects: Sequence[ToyObject], device: torch.device | str = "cpu
             rot[i, j] = p.rotation()
             faces[i, j] = [PALETTE[c] for c in p.faces()]
     f = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-    return {"kind": torch.as_tensor(kind, device=device), "center": f(center), "size": f(size), "rot": f(rot), "faces": f(faces)}
+    return {
+        "kind": torch.as_tensor(kind, device=device),
+        "center": f(center),
+        "size": f(size),
+        "rot": f(rot),
+        "faces": f(faces),
+    }
 
 
 def index_packed(packed: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -231,7 +245,9 @@ def index_packed(packed: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str
 # ------------------------------------------------------------------------------------------------
 # Ray generation
 # ------------------------------------------------------------------------------------------------
-def camera_rays(poses: torch.Tensor, fov_y_deg: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+def camera_rays(
+    poses: torch.Tensor, fov_y_deg: torch.Tensor, width: int, height: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """World-space rays through pixel centres: origins and unit directions [B, H*W, 3].
 
     Pixel (i, j) (row, column) has its centre at u = j + 0.5, v = i + 0.5; with the OpenCV intrinsics
@@ -240,7 +256,9 @@ def camera_rays(poses: torch.Tensor, fov_y_deg: torch.Tensor, width: int, height
     """
     dev, dt = poses.device, poses.dtype
     f = 0.5 * height / torch.tan(torch.deg2rad(fov_y_deg.to(dev, dt)) / 2.0)  # [B]
-    v, u = torch.meshgrid(torch.arange(height, device=dev, dtype=dt) + 0.5, torch.arange(width, device=dev, dtype=dt) + 0.5, indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(height, device=dev, dtype=dt) + 0.5, torch.arange(width, device=dev, dtype=dt) + 0.5, indexing="ij"
+    )
     x = (u.reshape(-1) - width / 2.0)[None] / f[:, None]
     y = -(v.reshape(-1) - height / 2.0)[None] / f[:, None]
     d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # [B, N, 3]
@@ -253,7 +271,9 @@ def camera_rays(poses: torch.Tensor, fov_y_deg: torch.Tensor, width: int, height
 def orbit_poses_torch(azimuth_deg: torch.Tensor, elevation_deg: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """Batched :func:`viewneti_backend.cameras.orbit_pose` (looking at the anchor): [B, 4, 4]."""
     az, el = torch.deg2rad(azimuth_deg), torch.deg2rad(elevation_deg)
-    eye = radius[:, None] * torch.stack([torch.sin(az) * torch.cos(el), -torch.cos(az) * torch.cos(el), torch.sin(el)], -1)
+    eye = radius[:, None] * torch.stack(
+        [torch.sin(az) * torch.cos(el), -torch.cos(az) * torch.cos(el), torch.sin(el)], -1
+    )
     fwd = -eye / eye.norm(dim=-1, keepdim=True)
     up = torch.tensor([0.0, 0.0, 1.0], device=eye.device, dtype=eye.dtype).expand_as(fwd)
     right = torch.cross(fwd, up, dim=-1)
@@ -293,7 +313,9 @@ def _hit_sphere(o: torch.Tensor, d: torch.Tensor, h: torch.Tensor) -> torch.Tens
     return _first_positive(-b - sq, -b + sq, disc >= 0)
 
 
-def _quadratic_roots(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _quadratic_roots(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     a = torch.where(a.abs() < 1e-12, torch.full_like(a, 1e-12), a)
     disc = b * b - 4 * a * c
     sq = disc.clamp_min(0).sqrt()
@@ -395,7 +417,11 @@ def _local_normals(p: torch.Tensor, h: torch.Tensor, kind: torch.Tensor) -> tupl
     face_cone = torch.where(base, 5, 0)
     ks = kind[..., None]
     n = torch.where(ks == 0, n_box, torch.where(ks == 1, n_sph, torch.where(ks == 2, n_cyl, n_cone)))
-    face = torch.where(kind == 0, face_box, torch.where(kind == 1, torch.zeros_like(face_box), torch.where(kind == 2, face_cyl, face_cone)))
+    face = torch.where(
+        kind == 0,
+        face_box,
+        torch.where(kind == 1, torch.zeros_like(face_box), torch.where(kind == 2, face_cyl, face_cone)),
+    )
     return n, face
 
 
@@ -405,7 +431,9 @@ def _gather_m(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x[b, idx]
 
 
-def _shade(o: torch.Tensor, d: torch.Tensor, prims: dict[str, torch.Tensor], shadows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _shade(
+    o: torch.Tensor, d: torch.Tensor, prims: dict[str, torch.Tensor], shadows: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     t_obj, idx = intersect(o, d, prims)
     dz = d[..., 2]
     t_ground = torch.where(dz < -1e-6, -o[..., 2] / _safe(dz), torch.full_like(dz, _INF))
@@ -541,8 +569,7 @@ def orbit_cameras(
     ``size`` is an int (square) or (width, height)."""
     w, h = (size, size) if isinstance(size, int) else size
     return [
-        Camera(orbit_pose(start_azimuth_deg + 360.0 * i / n, elevation_deg, radius), fov_y_deg, w, h)
-        for i in range(n)
+        Camera(orbit_pose(start_azimuth_deg + 360.0 * i / n, elevation_deg, radius), fov_y_deg, w, h) for i in range(n)
     ]
 
 
@@ -554,7 +581,9 @@ class CameraSampler:
     radius_range: tuple[float, float] = RADIUS_RANGE
     fov_y_deg: float = DEFAULT_FOV_Y_DEG
 
-    def sample_params(self, n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    def sample_params(
+        self, n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
+    ) -> dict[str, torch.Tensor]:
         u = torch.rand(n, 3, generator=generator).to(device)
         az = 360.0 * u[:, 0]
         el = self.elevation_range[0] + (self.elevation_range[1] - self.elevation_range[0]) * u[:, 1]
@@ -571,7 +600,9 @@ class CameraSampler:
         ]
 
 
-def random_cameras(n: int, seed: int | None = None, size: int | tuple[int, int] = DEFAULT_SIZE, **kwargs: Any) -> list[Camera]:
+def random_cameras(
+    n: int, seed: int | None = None, size: int | tuple[int, int] = DEFAULT_SIZE, **kwargs: Any
+) -> list[Camera]:
     """``n`` random training cameras (see :class:`CameraSampler`)."""
     return CameraSampler(**kwargs).sample(n, size=size, seed=seed)
 
