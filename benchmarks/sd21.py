@@ -108,3 +108,53 @@ def sd21_base_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, s
     return assemble_base_model(
         "sd21-random", tokenizer, text_encoder, unet, vae, SCHEDULER_21, torch.device(device), dtype
     )
+
+
+def write_sd21_viewneti_model(folder, *, tiny: bool = False, device: str = "cuda", seed: int = 0):
+    """Save random-weight SD 2.1 components as an ordinary diffusers folder, with a random view-mapper
+    (anchor-pose-13d) and one object token bundled under ``viewneti/``: what a user's SD 2.1 folder plus
+    a trained view-mapper looks like to ``viewneti-server --model FOLDER``. Weights in bf16 (the server's
+    CUDA dtype); the mappers in fp32, as trained."""
+    import json
+    from pathlib import Path
+
+    from viewneti_backend.base_model import load_base_model
+    from viewneti_backend.camera_features import make_parameterization
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.training import new_mapper
+
+    folder = Path(folder)
+    base = sd21_base_model(
+        device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32, seed=seed, tiny=tiny
+    )
+    base.tokenizer.save_pretrained(folder / "tokenizer")
+    for name in ("text_encoder", "unet", "vae"):
+        getattr(base, name).save_pretrained(folder / name, safe_serialization=True)
+    from diffusers import DDPMScheduler
+
+    DDPMScheduler.from_config({k: v for k, v in SCHEDULER_21.items() if k != "_class_name"}).save_pretrained(
+        folder / "scheduler"
+    )
+    (folder / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "scheduler": ["diffusers", "DDPMScheduler"],
+            }
+        )
+    )
+    del base
+    # mappers for the model as it loads back (its fingerprint is what the engine checks)
+    loaded = load_base_model(folder, device=device)
+    cams = [Camera(orbit_pose(az, el, 4.0), 40.0, 768, 576) for az in range(0, 360, 30) for el in (10, 30)]
+    view = new_mapper(loaded, "view", make_parameterization("anchor-pose-13d").fit(cams))
+    view.save_pretrained(folder / "viewneti" / "view_mapper")
+    new_mapper(loaded, "object").save_pretrained(folder / "viewneti" / "objects" / "bench_object")
+    del loaded
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return folder

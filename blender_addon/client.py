@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 API_VERSION = "v1"
 DEFAULT_URL = "http://127.0.0.1:7860"
+# Render formats: stills stay lossless PNG; live previews ask for JPEG, which the backend encodes in about
+# a millisecond and Blender decodes fastest (PNG stays acceptable, for older backends).
+STILL_ACCEPT = "image/png"
+LIVE_ACCEPT = "image/jpeg, image/png;q=0.5"
 
 
 class BackendError(Exception):
@@ -311,11 +315,11 @@ class Client:
     def delete_object(self, name):
         self._json("DELETE", "/v1/objects/" + urllib.parse.quote(name, safe=""))
 
-    def render(self, request, timeout=None):
-        """POST /v1/render; returns a `RenderResult` with the PNG bytes."""
-        _status, headers, payload = self._call("POST", "/v1/render", request, timeout, accept="image/png")
-        if not payload.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise BackendError("The backend's render was not a PNG image: check the backend's log.")
+    def render(self, request, timeout=None, accept=STILL_ACCEPT):
+        """POST /v1/render; returns a `RenderResult` with the image bytes (PNG, or JPEG if `accept` prefers it)."""
+        _status, headers, payload = self._call("POST", "/v1/render", request, timeout, accept=accept)
+        if not payload.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
+            raise BackendError("The backend's render was not a PNG or JPEG image: check the backend's log.")
         try:
             timings = json.loads(headers.get("x-timings-ms", "{}"))
         except ValueError:

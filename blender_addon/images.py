@@ -12,6 +12,7 @@ import bpy
 
 OWNER_KEY = "viewneti"  # custom property marking images made by the add-on
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 # -- pure PNG helpers ------------------------------------------------------------------------
@@ -22,6 +23,40 @@ def png_size(data):
     if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
     return struct.unpack(">II", data[16:24])
+
+
+def jpeg_size(data):
+    """(width, height) from a JPEG's first start-of-frame marker, or None if the bytes are not a JPEG."""
+    if not data.startswith(JPEG_SIGNATURE):
+        return None
+    i, n = 2, len(data)
+    while i + 9 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: height, width follow
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
+def image_size(data):
+    """(width, height, Blender file format) of PNG or JPEG bytes, or None for anything else."""
+    size = png_size(data)
+    if size is not None:
+        return size[0], size[1], "PNG"
+    size = jpeg_size(data)
+    if size is not None:
+        return size[0], size[1], "JPEG"
+    return None
 
 
 def encode_png(width, height, rgba, flip=True):
@@ -53,15 +88,16 @@ def _linear_to_srgb(x):
 
 
 def store_png(name, data, image=None):
-    """Create or update a packed image from PNG bytes; no temp file, datablock identity kept.
+    """Create or update a packed image from PNG (or JPEG: live previews) bytes; no temp file, datablock
+    identity kept.
 
     `image` (e.g. the camera's last render) is updated in place when it is one of ours, so every
     user of it (camera background, texture nodes) shows the newest render. Otherwise an image of
     ours called `name` is reused, or a new one is made; a user's own image is never overwritten.
     """
-    size = png_size(data)
+    size = image_size(data)
     if size is None:
-        raise ValueError("not a PNG image")
+        raise ValueError("not a PNG or JPEG image")
     if not _updatable(image):
         image = bpy.data.images.get(name)
         if not _updatable(image):
@@ -69,7 +105,7 @@ def store_png(name, data, image=None):
             image[OWNER_KEY] = "still"
     image.pack(data=data, data_len=len(data))
     image.source = "FILE"
-    image.file_format = "PNG"
+    image.file_format = size[2]
     image.buffers_free()  # decode the new packed bytes on next use (size and pixels update)
     return image
 

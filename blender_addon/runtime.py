@@ -19,7 +19,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import camera_pose, images
-from .client import DEFAULT_URL, BackendError, BackendNotReady, BackendUnavailable, Client, Superseded
+from .client import DEFAULT_URL, LIVE_ACCEPT, BackendError, BackendNotReady, BackendUnavailable, Client, Superseded
 from .jobs import InvertJob, SequenceJob
 from .live import LiveController
 
@@ -308,7 +308,9 @@ def live_running():
 def start_live(scene):
     stop_live()
     client = make_client()
-    SESSION.live = LiveController(lambda item: client.render(item[1]), debounce=prefs().live_debounce, max_in_flight=2)
+    SESSION.live = LiveController(
+        lambda item: client.render(item[1], accept=LIVE_ACCEPT), debounce=prefs().live_debounce, max_in_flight=2
+    )
     SESSION.live_scene = scene.name
     scene.viewneti.live = True
     set_status(scene, "Live: move the active camera")

@@ -77,7 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         default="auto",
         choices=COMPILE_CHOICES,
-        help=COMPILE_HELP + "; the server compiles its live-preview size before it reports ready (default auto)",
+        help=COMPILE_HELP + "; the server is ready as soon as the model is loaded and compiles in the background "
+        "(see --warmup; default auto)",
+    )
+    m.add_argument(
+        "--warmup",
+        metavar="SHAPES",
+        default=None,
+        help="comma-separated render shapes to compile in the background at start, each WIDTHxHEIGHT or "
+        "WIDTHxHEIGHTxVIEWS (views per UNet call, as a sequence job batches them); 'none' for nothing "
+        "(default: the live size, the model's native view size, and that size batched for sequences: "
+        "512x512,768x576,768x576x4 for SD 2.1). Until a shape is compiled, renders at it run uncompiled "
+        "(same images, slower); GET /v1/health lists compiled_shapes",
+    )
+    m.add_argument(
+        "--no-compile-new-sizes",
+        dest="compile_new_shapes",
+        action="store_false",
+        help="do not compile other sizes on first use (they keep rendering uncompiled)",
     )
     m.add_argument(
         "--threads",
@@ -133,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_warmup(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if value.strip().lower() in ("none", ""):
+        return ()
+    labels = tuple(v.strip() for v in value.split(",") if v.strip())
+    from viewneti_backend.errors import InputError
+    from viewneti_backend.render_shape import RenderShape
+
+    try:
+        for label in labels:
+            RenderShape.parse(label)
+    except InputError as exc:
+        raise SystemExit(f"--warmup: {exc}") from None
+    return labels
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     token = args.token or os.environ.get("VIEWNETI_TOKEN") or None
     if args.max_body_mb <= 0:
@@ -146,6 +180,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         dtype=args.dtype,
         compile=args.compile,
+        warmup=_parse_warmup(args.warmup),
+        compile_new_shapes=args.compile_new_shapes,
         token=token,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_size=max(16, min(2048, args.max_size)),
@@ -175,10 +211,7 @@ def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Call
             return getattr(importlib.import_module(mod), attr)(**kwargs)
         from viewneti_backend.engine import Engine  # heavy import: only in the worker, after the server is up
 
-        engine = Engine.load(**kwargs)
-        if engine.compile_mode is not None:  # pay the compile before the first request
-            engine.warmup([(512, 512)], steps=8)
-        return engine
+        return Engine.load(**kwargs)  # a compiled engine compiles its warm-up shapes in the background
 
     return factory
 

@@ -102,6 +102,19 @@ class RenderRequest(BaseModel):
     ] = None
 
 
+class CompileRequest(BaseModel):
+    """A render shape to compile ahead of use (e.g. the add-on's resolution, when it changes)."""
+
+    width: Size = 512
+    height: Size = 512
+    views: Annotated[int, Field(ge=1, le=16, description="views per UNet call (a sequence job's batch)")] = 1
+
+
+class CompileOut(BaseModel):
+    shape: str
+    status: str = Field(description="ready | queued | compiling | eager (this engine does not compile)")
+
+
 class SequenceRequest(BaseModel):
     cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=10000)]
     frames: Annotated[

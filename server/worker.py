@@ -20,12 +20,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from viewneti_backend.errors import Cancelled, InputError
 
+from .compiler import BackgroundCompiler
 from .errors import ApiError, NotReady, ShuttingDown, Superseded
 from .images import encode_png, png_base64
 from .jobs import Job, JobStore
@@ -80,8 +81,16 @@ class Worker:
         *,
         name: str = "viewneti-worker",
         serve_renders_during_jobs: bool = True,
+        warmup: list[str] | None = None,
+        compile_new_shapes: bool = True,
     ) -> None:
         self._engine_factory = engine_factory
+        self._warmup = warmup  # shape labels such as "768x576x4"; None: the engine's defaults
+        self._compile_new_shapes = compile_new_shapes
+        self.compiler: BackgroundCompiler | None = None
+        # PNG encoding and writing of sequence frames, off the worker thread: the next frames render meanwhile
+        self._frame_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="viewneti-frames")
+        self._png_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="viewneti-png")
         self._serve_during_jobs = serve_renders_during_jobs
         self._store = store
         self._cv = threading.Condition()
@@ -118,9 +127,13 @@ class Worker:
             self._cv.notify_all()
         for t in tasks:
             _fail(t.future, ShuttingDown())
+        if self.compiler is not None:
+            self.compiler.stop()
         # The worker thread marks the active jobs 'interrupted' as it leaves its loop.
         if self._thread.ident is not None:
             self._thread.join(timeout)
+        self._frame_writer.shutdown(wait=True)
+        self._png_pool.shutdown(wait=True)
         self.state = "stopped"
 
     def begin_stop(self) -> None:
@@ -231,6 +244,8 @@ class Worker:
             self.engine, self.info, self.objects = engine, info, objects
             self.state = "ready"
         log.info("model ready in %.1fs: %s", time.perf_counter() - t0, ", ".join(f"{k}={v}" for k, v in info.items()))
+        if getattr(engine, "compiled", False):
+            self._start_compiler(engine)
         while True:
             with self._cv:
                 while not self._stopping and not self._tasks and not self._jobs:
@@ -261,6 +276,33 @@ class Worker:
                 self._store.set_state(
                     job, "interrupted", error="the server shut down while this job was running; submit it again"
                 )
+
+    def _start_compiler(self, engine: Any) -> None:
+        from viewneti_backend.render_shape import RenderShape
+
+        try:
+            shapes = (
+                engine.default_warmup_shapes()
+                if self._warmup is None
+                else [RenderShape.parse(label) for label in self._warmup]
+            )
+        except InputError as exc:
+            log.error("--warmup: %s; compiling nothing ahead", exc)
+            shapes = []
+        self.compiler = BackgroundCompiler(engine, compile_new_shapes=self._compile_new_shapes)
+        engine.on_uncompiled_shape = self.compiler.request
+        self.compiler.start(shapes)
+        log.info(
+            "serving now; compiling in the background: %s (until then those sizes render eager)",
+            ", ".join(s.label() for s in shapes) or "nothing ahead (new sizes compile on first use)",
+        )
+
+    def compile_status(self) -> dict[str, Any] | None:
+        return None if self.compiler is None else self.compiler.status()
+
+    def request_compile(self, shape: Any) -> bool:
+        """Compile a shape in the background (e.g. the add-on's resolution); False if nothing to do."""
+        return self.compiler is not None and self.compiler.request(shape, warmup=True)
 
     def _serve_pending_tasks(self) -> None:
         """Run the queued renders/library calls now (called between two steps of a long job)."""
@@ -318,6 +360,11 @@ class Worker:
 
     # -- jobs ----------------------------------------------------------------------------------------
     def _finish_job(self, job: Job, state: str, **fields: Any) -> None:
+        for w in job.runtime.pop("writes", []):  # frames already rendered are stored before the final event
+            try:
+                w.result()
+            except Exception:  # noqa: BLE001 - a failed write is reported by the 'done' path, not here
+                log.exception("writing frames of job %s failed", job.job_id)
         with self._cv:
             if job in self._jobs:
                 self._jobs.remove(job)
@@ -354,19 +401,37 @@ class Worker:
             self._finish_job(job, "error", error=f"internal error ({type(exc).__name__}: {exc}); see the server log")
 
     def _sequence_frame(self, job: Job, should_stop: Callable[[], bool]) -> None:
+        """Render the next frames of a sequence in one engine call (``engine.sequence_batch`` views per
+        UNet call; their poses in one text-encoder call), then hand them to the frame writer, which
+        encodes and stores them while the worker renders the next ones (or serves live renders)."""
         rt = job.runtime
-        i = len(job.frames_done)
         cams, frames = rt["cameras"], rt["frames"]
+        i = rt.setdefault("next_index", len(job.frames_done))
+        n = max(1, int(getattr(self.engine, "sequence_batch", 1)))
+        batch = cams[i : i + n]
         images = self.engine.render(
-            [cams[i]], rt["object"], rt["seed"], rt["steps"], rt["guidance"], should_stop=should_stop
+            batch, rt["object"], rt["seed"], rt["steps"], rt["guidance"], should_stop=should_stop
         )
-        png = encode_png(images[0])
-        done = i + 1
-        elapsed = time.perf_counter() - rt["t_start"]
-        eta = elapsed / done * (job.total - done)
-        self._store.frame_done(job, i, frames[i], png, eta_s=round(eta, 2))
-        if done >= job.total:
+        rt["next_index"] = i + len(batch)
+        last = rt["next_index"] >= job.total
+        writes = rt.setdefault("writes", [])
+        writes.append(self._frame_writer.submit(self._write_frames, job, i, frames[i : i + len(batch)], images))
+        if last:
+            for w in writes:
+                w.result()  # re-raises a failed write: the job ends 'error', not 'done'
+            writes.clear()
             self._finish_job(job, "done", result={"frames": list(job.frames_done)}, eta_s=0.0)
+
+    def _write_frames(self, job: Job, first: int, frames: list[int], images: list[Any]) -> None:
+        if job.terminal:
+            return
+        pngs = list(self._png_pool.map(encode_png, images))
+        for k, png in enumerate(pngs):
+            if job.terminal:  # cancelled meanwhile: no frame events after the final one
+                return
+            done = first + k + 1
+            elapsed = time.perf_counter() - job.runtime["t_start"]
+            self._store.frame_done(job, first + k, frames[k], png, eta_s=round(elapsed / done * (job.total - done), 2))
 
     def _invert(self, job: Job, should_stop: Callable[[], bool]) -> None:
         rt = job.runtime

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,9 @@ class BaseModel:
     num_layers: int  # cross-attention layers, in call order
     text: TextConditioner
     fingerprint: str
+    # The uncompiled modules ("unet", "vae_decoder") once compile_base_model has wrapped them: renders at a
+    # shape that has no compiled graph yet run these instead of blocking on a compile (see engine.py).
+    eager: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     @property
     def prediction_type(self) -> str:
@@ -226,8 +229,14 @@ def compile_base_model(
     """
     prefer_cudnn_attention(base.device)
     fuse_self_attention_projections(base.unet)
+    import torch._dynamo
+
+    # A server compiles several shapes (sizes x batch) over its life; each is one more cache entry.
+    torch._dynamo.config.cache_size_limit = max(int(torch._dynamo.config.cache_size_limit), 64)
+    base.eager["unet"] = base.unet
     base.unet = torch.compile(base.unet, mode=mode, fullgraph=False, dynamic=False)
     if vae:
+        base.eager["vae_decoder"] = base.vae.decoder
         base.vae.decoder = torch.compile(base.vae.decoder, mode=mode, fullgraph=False, dynamic=False)
         base.vae.encoder = torch.compile(base.vae.encoder, mode=mode, fullgraph=False, dynamic=False)
     if text_encoder_for_training:

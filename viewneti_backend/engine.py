@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,12 +22,13 @@ from PIL import Image
 
 from . import __version__
 from .base_model import BaseModel, compile_base_model, load_base_model
-from .cameras import MAX_SIZE, Camera, orbit_pose
+from .cameras import MAX_SIZE, Camera
 from .compile_modes import resolve_compile_mode
 from .data import Scene
 from .errors import InputError
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
+from .render_shape import RenderShape
 from .sampling_defaults import BUNDLE_DIR, SamplingDefaults
 from .tokens import ObjectLibrary, validate_token_name
 from .training import TrainConfig, Trainer
@@ -76,9 +78,21 @@ class Engine:
         self.train_long_side = train_long_side
         self.sampling = sampling or SamplingDefaults()  # the model's recommended steps/guidance
         self.compile_mode: str | None = None  # set by load(); None = eager
+        # views per UNet call in a sequence job: on a GPU several frames fill it far better than one;
+        # on a CPU one frame per call keeps live renders interleaving with the job
+        self.sequence_batch = 4 if base.device.type == "cuda" else 1
         # training sizes (width, height) whose compiled training graph exists in this process: the first
         # inversion at a new size compiles it (minutes at SD 2 scale on CUDA), and says so to on_progress
         self._compiled_training_sizes: set[tuple[int, int]] = set()
+        # render shapes whose compiled graphs exist; a render at any other shape runs eager (same maths)
+        # instead of blocking for a compile, and is reported to on_uncompiled_shape (the server then
+        # compiles it in the background: see compile_shape)
+        self.ready_shapes: set[RenderShape] = set()
+        # cleared while a render runs: a background compile (pure Python, minutes) waits on it, so it does
+        # not starve a render of the GIL (measured: an eager 768x576 view took 19 s instead of ~1 s)
+        self.idle = threading.Event()
+        self.idle.set()
+        self.on_uncompiled_shape: Callable[[RenderShape], None] | None = None
 
     @classmethod
     def load(
@@ -112,17 +126,42 @@ class Engine:
         sampling = SamplingDefaults.for_model(model)  # viewneti/sampling.json, else SD 2's 7.5 / 30
         engine = cls(base, vm, library, model=model, view_mapper_name=name, sampling=sampling)
         engine.compile_mode = compile_mode
+        if compile_mode is not None:
+            engine.pipeline.prepare()  # the unconditional encoding, before any background compile reads it
         return engine
 
+    @property
+    def compiled(self) -> bool:
+        return self.compile_mode is not None
+
+    def compile_shape(self, shape: RenderShape) -> float:
+        """Compile (and run once) the render graphs of one shape; returns the seconds it took.
+
+        Touches no mapper, cache or text encoder (blank conditioning), so the server can call it from a
+        background thread while its worker keeps rendering other shapes eagerly."""
+        t0 = time.perf_counter()
+        if self.compiled and shape not in self.ready_shapes:
+            guidance = 2.0 if shape.cfg else 1.0
+            for _ in range(2):  # the first call compiles; the second records the CUDA graph
+                self.pipeline.run_graphs(shape.views, shape.width, shape.height, guidance)
+            self.ready_shapes.add(shape)
+        return time.perf_counter() - t0
+
+    def default_warmup_shapes(self) -> list[RenderShape]:
+        """What a user asks for first: the live preview (square, at most 512), the model's native view
+        (native x 3/4 native, SD 2.1's 768x576), and that view batched as a sequence job renders it."""
+        native = self.base.native_size
+        live = min(512, native)
+        view_h = max(8, round(native * 3 / 4 / 8) * 8)
+        shapes = [RenderShape(1, live, live), RenderShape(1, native, view_h)]
+        if self.sequence_batch > 1:
+            shapes.append(RenderShape(self.sequence_batch, native, view_h))
+        return list(dict.fromkeys(shapes))
+
     def warmup(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 8) -> None:
-        """Render one throw-away view per size so compilation happens before the first user request."""
-        if self.default_object is None:
-            return
+        """Compile the render graphs of single views at these sizes before the first user request."""
         for width, height in sizes:
-            cam = Camera(orbit_pose(0.0, 25.0, 4.0), 40.0, width, height)
-            self.render([cam], None, seed=0, steps=steps)
-            self.render([cam], None, seed=1, steps=steps)
-        self.pipeline.clear_cache()
+            self.compile_shape(RenderShape(1, width, height))
 
     # -- information -------------------------------------------------------------------------------
     @property
@@ -140,6 +179,7 @@ class Engine:
             "view_mapper": self.view_mapper_name,
             "default_object": self.default_object,
             "native_size": self.base.native_size,
+            "sequence_batch": self.sequence_batch,
             "max_size": MAX_SIZE,
             "prediction_type": self.base.prediction_type,
             "cross_attention_layers": self.base.num_layers,
@@ -179,6 +219,35 @@ class Engine:
         """Novel views of an object; cameras of different sizes are rendered in per-size batches.
 
         ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`)."""
+        self.idle.clear()
+        try:
+            return self._render(
+                cameras,
+                object_name,
+                seed,
+                steps,
+                guidance,
+                with_view,
+                should_stop=should_stop,
+                on_step=on_step,
+                timings=timings,
+            )
+        finally:
+            self.idle.set()
+
+    def _render(
+        self,
+        cameras: Sequence[Camera],
+        object_name: str | None,
+        seed: int,
+        steps: int | None,
+        guidance: float | None,
+        with_view: bool,
+        *,
+        should_stop: Callable[[], bool] | None,
+        on_step: Callable[[int, int], None] | None,
+        timings: dict | None,
+    ) -> list[Image.Image]:
         steps, guidance = self.sampling.resolve(steps, guidance)
         name, mapper = self.object_mapper(object_name)
         with_view = with_view and self.pipeline.view_mapper is not None
@@ -186,7 +255,15 @@ class Engine:
         groups: dict[tuple[int, int], list[int]] = {}
         for i, cam in enumerate(cameras):
             groups.setdefault((cam.width, cam.height), []).append(i)
-        for idxs in groups.values():
+        for (width, height), idxs in groups.items():
+            eager = False
+            if self.compiled:
+                shape = RenderShape(len(idxs), width, height, guidance != 1.0)
+                eager = shape not in self.ready_shapes
+                if eager and self.on_uncompiled_shape is not None:
+                    self.on_uncompiled_shape(shape)
+            if timings is not None:
+                timings["eager"] = float(eager)
             images = self.pipeline(
                 [cameras[i] for i in idxs],
                 mapper,
@@ -198,6 +275,7 @@ class Engine:
                 should_stop=should_stop,
                 on_step=on_step,
                 timings=timings,
+                eager=eager,
             )
             for i, im in zip(idxs, images):
                 out[i] = im

@@ -94,6 +94,10 @@ class ViewNeTIPipeline:
             self._uncond = pack_plain_encoding(plain, self.base.num_layers)
         return self._uncond
 
+    def prepare(self) -> None:
+        """Compute what every render shares (the unconditional encoding) now rather than on first use."""
+        self._uncond_packed()
+
     def prompt(self, with_view: bool) -> str:
         t = self.base.text
         return (
@@ -176,10 +180,74 @@ class ViewNeTIPipeline:
         noise = torch.randn(1, c, height // f, width // f, generator=gen, dtype=torch.float32)
         return (noise.expand(batch, -1, -1, -1) * sigma).to(self.base.device, self.base.dtype).contiguous()
 
+    def _modules(self, eager: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(UNet, VAE decoder) to run: the compiled ones, or with ``eager`` the uncompiled originals."""
+        vae = self.base.vae
+        if eager:
+            return self.base.eager.get("unet", self.base.unet), self.base.eager.get("vae_decoder", vae.decoder)
+        return self.base.unet, vae.decoder
+
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        images = self.base.vae.decode(latents.to(self.base.dtype) / self.base.scaling_factor).sample
-        return to_pil(images)
+    def decode_tensor(self, latents: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        """Latents -> images in [-1, 1]: AutoencoderKL.decode without tiling/slicing, with a chosen decoder."""
+        vae = self.base.vae
+        z = latents.to(self.base.dtype) / self.base.scaling_factor
+        if getattr(vae, "post_quant_conv", None) is not None:
+            z = vae.post_quant_conv(z)
+        return self._modules(eager)[1](z)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, eager: bool = False) -> list[Image.Image]:
+        return to_pil(self.decode_tensor(latents, eager))
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        cond: torch.Tensor,
+        latents: torch.Tensor,
+        scheduler,
+        guidance: float,
+        *,
+        eager: bool = False,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop: ``cond`` [T, B, ...] packed encodings, ``latents`` [B, C, h, w] initial noise."""
+        unet = self._modules(eager)[0]
+        timesteps, steps = scheduler.timesteps, len(scheduler.timesteps)
+        use_cfg = guidance != 1.0
+        uncond = self._uncond_packed().to(self.base.dtype).expand(latents.shape[0], -1, -1) if use_cfg else None
+        for i, t in enumerate(timesteps):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped at step {i} of {steps}")
+            model_in = torch.cat([latents, latents]) if use_cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            ehs = torch.cat([uncond, cond[i]]) if uncond is not None else cond[i]
+            pred = unet(model_in, t, encoder_hidden_states=ehs, return_dict=False)[0]
+            if use_cfg:
+                pred_u, pred_c = pred.chunk(2)
+                pred = pred_u + guidance * (pred_c - pred_u)
+            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(i + 1, steps)
+        return latents
+
+    @torch.no_grad()
+    def run_graphs(self, batch: int, width: int, height: int, guidance: float, steps: int = 2) -> None:
+        """Run the compiled UNet and decoder once at one shape with blank conditioning (compiles that shape).
+
+        The inputs go through the same code as a render (scheduler, noise, CFG concat, decode), so the
+        compiled graphs' guards match a real request exactly; no mapper, cache or text encoder is touched,
+        which lets a background thread do this while the worker renders."""
+        scheduler = self.base.sampling_scheduler(self.sampler)
+        scheduler.set_timesteps(steps, device=self.base.device)
+        uncond = self._uncond_packed()
+        cond = torch.zeros((steps, batch, *uncond.shape[1:]), device=self.base.device, dtype=self.base.dtype)
+        latents = self.initial_latents(0, batch, height, width, float(scheduler.init_noise_sigma))
+        latents = self.denoise(cond, latents, scheduler, guidance)
+        self.decode_tensor(latents)
+        if self.base.device.type == "cuda":
+            torch.cuda.synchronize(self.base.device)
 
     @torch.no_grad()
     def __call__(
@@ -197,7 +265,10 @@ class ViewNeTIPipeline:
         on_step: Callable[[int, int], None] | None = None,
         timings: dict | None = None,
         output: str = "pil",
+        eager: bool = False,
     ):
+        """Render one view per camera. ``eager`` runs the uncompiled UNet/decoder (a shape that has no
+        compiled graph yet); same maths."""
         if not cameras:
             raise InputError("no cameras given")
         width, height = cameras[0].width, cameras[0].height
@@ -213,29 +284,15 @@ class ViewNeTIPipeline:
         cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key, use_cache).to(
             self.base.dtype
         )
-        b = len(cameras)
-        use_cfg = guidance != 1.0
-        if use_cfg:
-            uncond = self._uncond_packed().to(self.base.dtype).expand(b, -1, -1)
         sync()
         t1 = time.perf_counter()
-        latents = self.initial_latents(seed, b, height, width, float(scheduler.init_noise_sigma))
-        for i, t in enumerate(timesteps):
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"stopped at step {i} of {steps}")
-            model_in = torch.cat([latents, latents]) if use_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            ehs = torch.cat([uncond, cond[i]]) if use_cfg else cond[i]
-            pred = self.base.unet(model_in, t, encoder_hidden_states=ehs, return_dict=False)[0]
-            if use_cfg:
-                pred_u, pred_c = pred.chunk(2)
-                pred = pred_u + guidance * (pred_c - pred_u)
-            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
-            if on_step is not None:
-                on_step(i + 1, steps)
+        latents = self.initial_latents(seed, len(cameras), height, width, float(scheduler.init_noise_sigma))
+        latents = self.denoise(
+            cond, latents, scheduler, guidance, eager=eager, should_stop=should_stop, on_step=on_step
+        )
         sync()
         t2 = time.perf_counter()
-        result = latents if output == "latent" else self.decode(latents)
+        result = latents if output == "latent" else self.decode(latents, eager)
         sync()
         t3 = time.perf_counter()
         if timings is not None:

@@ -90,3 +90,33 @@ def test_reference_file_in_another_format_is_converted(images, tmp_path):
     assert images.png_size(data) == (8, 6)
     with pytest.raises(ValueError, match="not found"):
         images.read_image_file(str(tmp_path / "missing.png"))
+
+
+def _jpeg(width, height, color, progressive=False):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, format="JPEG", quality=95, progressive=progressive)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_size_reads_the_frame_header(images, progressive):
+    data = _jpeg(40, 24, (10, 200, 30), progressive)
+    assert images.jpeg_size(data) == (40, 24)
+    assert images.image_size(data) == (40, 24, "JPEG")
+    assert images.jpeg_size(b"\x89PNG\r\n\x1a\n") is None and images.jpeg_size(data[:20]) is None
+    assert images.image_size(b"GIF89a....") is None
+
+
+def test_store_png_takes_live_jpeg_previews_and_back(images):
+    """Live mode asks the backend for JPEG (encoded in ~1 ms); the same image datablock then takes PNGs again."""
+    image = images.store_png("ViewNeTI live", _jpeg(32, 16, (250, 10, 10)))
+    assert image.file_format == "JPEG" and tuple(image.size) == (32, 16)
+    values = [0.0] * (32 * 16 * 4)
+    image.pixels.foreach_get(values)
+    assert values[0] > 0.9 and values[1] < 0.1  # red, decoded by Blender
+    again = images.store_png("ViewNeTI live", solid_png(images, 8, 8, (0, 0, 255, 255)), image)
+    assert again == image and image.file_format == "PNG" and tuple(image.size) == (8, 8)

@@ -47,3 +47,18 @@ def test_render_view_sets_packed_background_and_survives_reload(live_scene, tmp_
     assert tuple(image.size) == (64, 48)
     assert camera.data.background_images[0].image == image
     assert pixels(image) == pytest.approx(second, abs=1e-6)
+
+
+def test_live_renders_come_back_as_jpeg_and_stills_as_png(live_scene):
+    from addon_testutil import addon_module
+
+    runtime, client_mod = addon_module("runtime"), addon_module("client")
+    request = runtime.build_render_request(live_scene, live_scene.camera)
+    client = runtime.make_client()
+    live = client.render(request, accept=client_mod.LIVE_ACCEPT)
+    still = client.render(request)
+    assert live.png.startswith(b"\xff\xd8\xff") and still.png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = request["camera"]["width"], request["camera"]["height"]
+    images = addon_module("images")
+    assert images.image_size(live.png) == (width, height, "JPEG")
+    assert images.image_size(still.png) == (width, height, "PNG")

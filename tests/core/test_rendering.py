@@ -179,16 +179,48 @@ def test_epsilon_prediction_models_are_supported(tmp_path):
     assert trainer.train(progress=False).step == 2
 
 
-def test_warmup_renders_each_size_and_leaves_no_cached_encodings(engine):
-    calls = []
-    original = engine.render
-    engine.render = lambda cams, *a, **k: calls.append(cams[0].width) or original(cams, *a, **k)
-    try:
-        engine.warmup([(64, 64), (96, 64)], steps=2)
-    finally:
-        del engine.render
-    assert calls == [64, 64, 96, 96]
-    assert not engine.pipeline._cache
+def test_uncompiled_shapes_render_eager_until_compiled(engine, monkeypatch):
+    """A compiled engine never blocks a render on a compile: a shape without a compiled graph runs the
+    eager modules, is reported once per render to on_uncompiled_shape, and after compile_shape (blank
+    conditioning: no mapper, cache or text encoder touched) renders on the compiled path. Here the
+    'compiled' modules are the eager ones, so both paths must give the same pixels."""
+    from viewneti_backend.render_shape import RenderShape
+
+    monkeypatch.setattr(engine, "compile_mode", "reduce-overhead")
+    monkeypatch.setattr(engine, "ready_shapes", set())
+    seen: list[RenderShape] = []
+    monkeypatch.setattr(engine, "on_uncompiled_shape", seen.append)
+    c = cam(30)
+    timings: dict = {}
+    eager_img = engine.render([c], None, seed=3, steps=2, timings=timings)[0]
+    assert timings["eager"] == 1.0 and seen == [RenderShape(1, 64, 64, True)]
+    engine.pipeline.clear_cache()
+
+    def no_text_encoder(*args, **kwargs):
+        raise AssertionError("compile_shape ran the text encoder")
+
+    with monkeypatch.context() as m:
+        m.setattr(engine.base.text, "encode", no_text_encoder)
+        assert engine.compile_shape(RenderShape(1, 64, 64)) >= 0.0
+    assert not engine.pipeline._cache and engine.ready_shapes == {RenderShape(1, 64, 64)}
+    timings = {}
+    compiled_img = engine.render([c], None, seed=3, steps=2, timings=timings)[0]
+    assert timings["eager"] == 0.0 and len(seen) == 1
+    assert np.array_equal(arr(eager_img), arr(compiled_img))
+    engine.render([c, cam(60)], None, seed=3, steps=2)  # two views per call: another shape
+    assert seen[-1] == RenderShape(2, 64, 64, True)
+
+
+def test_render_shape_parse_and_label():
+    from viewneti_backend.errors import InputError
+    from viewneti_backend.render_shape import RenderShape
+
+    assert RenderShape.parse("768x576") == RenderShape(1, 768, 576)
+    assert RenderShape.parse("768X576x4") == RenderShape(4, 768, 576)
+    assert RenderShape(4, 768, 576).label() == "768x576x4" and RenderShape(1, 512, 512).label() == "512x512"
+    for bad in ("512", "axb", "0x64", "64x64x0", "1x2x3x4"):
+        with pytest.raises(InputError, match="width x height"):
+            RenderShape.parse(bad)
 
 
 def test_inversion_eta_leaves_out_the_first_step(engine, monkeypatch):

@@ -30,6 +30,9 @@ class FakeEngine:
         if self.library_dir:
             self.library_dir.mkdir(parents=True, exist_ok=True)
         self.step_s = float(os.environ.get("VIEWNETI_FAKE_STEP_S", "0.01")) if step_s is None else step_s
+        # views per render call in sequence jobs, as a GPU engine batches them
+        self.sequence_batch = int(os.environ.get("VIEWNETI_FAKE_SEQUENCE_BATCH", "1"))
+        self.render_calls: list[int] = []  # views per call, for tests
         load_s = float(os.environ.get("VIEWNETI_FAKE_LOAD_S", "0"))
         if load_s:
             time.sleep(load_s)
@@ -49,6 +52,7 @@ class FakeEngine:
             "view_mapper": "fake-view-mapper",
             "default_object": BUILTIN,
             "native_size": 64,
+            "sequence_batch": self.sequence_batch,
             "max_size": 2048,
             "sampling_defaults": dict(SAMPLING),
         }

@@ -1,0 +1,306 @@
+"""Speed as a user feels it: the real ``viewneti-server``, timed from a client.
+
+Starts the server as a subprocess exactly as a user does (``python -m server --model FOLDER``) and
+times each request from the client's side of one keep-alive HTTP connection (what the Blender add-on
+uses): queueing, text encoding, denoising, decoding, image encoding and the transfer all count, and
+so does compilation on first use. Sections:
+
+- cold start: process start -> ``/v1/health`` 200 (ready to serve), and -> warm-up shapes compiled
+  (the log says what compiled when; until then those sizes render uncompiled);
+- first request at the native view size right after ready (while its graph still compiles);
+- live 512x512 (8 steps) and view 768x576 (30 steps), new pose / same pose, PNG and JPEG;
+- a 24-frame sequence job at 768x576 (frames batched per UNet call), and whether its frames match
+  one-by-one renders;
+- a request at a size nobody warmed up (640x480): served uncompiled at once, compiled in the background.
+
+GPU (the numbers in RESULTS.md): SD 2.1-sized random weights written to a diffusers folder first::
+
+    python benchmarks/server_gpu.py --out benchmarks/server_gpu.json
+
+CPU smoke run of the same script on the toy model (what the test suite runs)::
+
+    python benchmarks/server_gpu.py --smoke --out /tmp/server_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def orbit(az: float, el: float = 20.0, radius: float = 4.0) -> list[list[float]]:
+    from viewneti_backend.cameras import orbit_pose
+
+    return orbit_pose(az, el, radius).tolist()
+
+
+class Client:
+    """One keep-alive connection, like the add-on's; every call timed from send to last byte."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+
+    def call(self, method: str, path: str, body: dict | None = None, accept: str = "application/json"):
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": accept}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        t0 = time.perf_counter()
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+            payload = resp.read()
+        except (ConnectionError, http.client.HTTPException, OSError):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=900)
+            raise
+        ms = (time.perf_counter() - t0) * 1e3
+        return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), payload, ms
+
+    def json(self, method: str, path: str, body: dict | None = None):
+        status, _, payload, _ = self.call(method, path, body)
+        return status, json.loads(payload or b"null")
+
+
+def render_body(az: float, width: int, height: int, steps: int, seed: int = 0) -> dict:
+    cam = {"camera_to_anchor": orbit(az), "fov_y_deg": 40.0, "width": width, "height": height}
+    return {"camera": cam, "seed": seed, "steps": steps, "guidance": 7.5}
+
+
+def timed_renders(client: Client, bodies: list[dict], accept: str) -> dict:
+    times, splits = [], []
+    for body in bodies:
+        status, headers, payload, ms = client.call("POST", "/v1/render", body, accept=accept)
+        if status != 200:
+            raise RuntimeError(f"render failed: {status} {payload[:300]!r}")
+        times.append(ms)
+        splits.append(json.loads(headers.get("x-timings-ms", "{}")))
+    keys = sorted({k for s in splits for k in s})
+    return {
+        "n": len(times),
+        "client_p50_ms": round(statistics.median(times), 1),
+        "client_min_ms": round(min(times), 1),
+        "client_max_ms": round(max(times), 1),
+        "server_p50_ms": {k: round(statistics.median(s.get(k, 0.0) for s in splits), 1) for k in keys},
+        "bytes": len(payload),
+        "media_type": headers.get("content-type"),
+    }
+
+
+def wait_health(client: Client, proc: subprocess.Popen, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
+        try:
+            status, health = client.json("GET", "/v1/health")
+            if status == 200:
+                return health
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("the server did not become ready in time")
+
+
+def wait_compiled(client: Client, shapes: list[str], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    health: dict = {}
+    while time.monotonic() < deadline:
+        _, health = client.json("GET", "/v1/health")
+        state = health.get("compiled_shapes")
+        if state is None or all(s in state["ready"] or s in state["failed"] for s in shapes):
+            return health
+        time.sleep(0.25)
+    raise RuntimeError(f"shapes {shapes} did not compile in {timeout:.0f} s: {health.get('compiled_shapes')}")
+
+
+def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    status, job = client.json("POST", "/v1/jobs/sequence", {"cameras": cameras, "steps": steps, "guidance": 7.5})
+    if status != 202:
+        raise RuntimeError(f"sequence failed: {status} {job}")
+    while True:
+        _, state = client.json("GET", f"/v1/jobs/{job['job_id']}")
+        if state["state"] in ("done", "error", "cancelled", "interrupted"):
+            break
+        time.sleep(0.01)
+    seconds = time.perf_counter() - t0
+    if state["state"] != "done":
+        raise RuntimeError(f"sequence ended {state['state']}: {state.get('error')}")
+    return seconds, state
+
+
+def pixels(data: bytes):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="CPU check of the script on the toy model (tiny sizes)")
+    p.add_argument("--model", default=None, help="model folder (default: write SD 2.1-sized random weights)")
+    p.add_argument("--work", type=Path, default=None, help="folder for the model and the server's data")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "server_gpu.json")
+    p.add_argument("--repeats", type=int, default=10, help="requests per timed row")
+    p.add_argument("--frames", type=int, default=24, help="frames of the sequence job")
+    p.add_argument("--port", type=int, default=7871)
+    args = p.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="server-gpu-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        live, view, new_size = (64, 64, 3), (64, 48, 4), (48, 32)
+    else:
+        live, view, new_size = (512, 512, 8), (768, 576, 30), (640, 480)
+    report: dict = {
+        "command": "python benchmarks/server_gpu.py " + " ".join(sys.argv[1:]),
+        "host": platform.node(),
+        "python": platform.python_version(),
+    }
+
+    def save() -> None:  # after every section: a run stopped by a time limit keeps what it measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    model = args.model
+    if model is None and not args.smoke:
+        import torch
+
+        from benchmarks.sd21 import write_sd21_viewneti_model
+
+        t0 = time.perf_counter()
+        model = str(write_sd21_viewneti_model(work / "sd21-random", device="cuda"))
+        report["model_write_s"] = round(time.perf_counter() - t0, 1)
+        report["gpu"] = torch.cuda.get_device_name(0)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "server", "--port", str(args.port), "--data-dir", str(work / "data")]
+    if model:
+        cmd += ["--model", model]
+    log_path = work / "server.log"
+    t_start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = Client(args.port)
+        health = wait_health(client, proc, timeout=900)
+        report["ready_s"] = round(time.perf_counter() - t_start, 1)
+        report["health_at_ready"] = health
+        warm = (health.get("compiled_shapes") or {}).get("queued", [])
+        compiling = (health.get("compiled_shapes") or {}).get("compiling")
+        warm_shapes = ([compiling] if compiling else []) + list(warm)
+
+        # the first view at the native size, while its graph is (probably) still compiling
+        first = timed_renders(client, [render_body(10.0, view[0], view[1], view[2])], "image/png")
+        report["first_view_after_ready"] = first
+        save()
+
+        health = wait_compiled(client, warm_shapes, timeout=1200)
+        report["warmup_compiled_s"] = round(time.perf_counter() - t_start, 1)
+        report["compiled_shapes"] = health.get("compiled_shapes")
+        save()
+
+        rows: dict = {}
+        n = args.repeats
+        for accept, tag in (("image/png", "png"), ("image/jpeg", "jpeg")):
+            for (w, h, steps), name in ((live, "live"), (view, "view")):
+                same = [render_body(30.0, w, h, steps)] * (n + 1)
+                new = [render_body(40.0 + 7.0 * k, w, h, steps) for k in range(n + 1)]
+                timed_renders(client, same[:1], accept)  # encodings of 'same' cached; warm
+                rows[f"{name}_{w}x{h}_{steps}steps_{tag}_new_pose"] = timed_renders(client, new[1:], accept)
+                rows[f"{name}_{w}x{h}_{steps}steps_{tag}_same_pose"] = timed_renders(client, same[1:], accept)
+        report["renders"] = rows
+        save()
+
+        cams = [
+            {"camera_to_anchor": orbit(360.0 * k / args.frames), "fov_y_deg": 40.0, "width": view[0], "height": view[1]}
+            for k in range(args.frames)
+        ]
+        run_sequence(client, cams[:4], view[2])  # warm the sequence path (batched shape compiled at start)
+        seconds, state = run_sequence(client, cams, view[2])
+        report["sequence"] = {
+            "frames": args.frames,
+            "size": f"{view[0]}x{view[1]}",
+            "steps": view[2],
+            "seconds": round(seconds, 2),
+            "ms_per_frame": round(seconds * 1e3 / args.frames, 1),
+            "sequence_batch": health.get("sequence_batch"),
+        }
+        # frames of the job against one-by-one renders of the same cameras (same seed)
+        diffs = []
+        for k in range(min(4, args.frames)):
+            _, _, frame, _ = client.call("GET", f"/v1/jobs/{state['job_id']}/frames/{k}", accept="image/png")
+            _, _, single, _ = client.call(
+                "POST", "/v1/render", {"camera": cams[k], "seed": 0, "steps": view[2], "guidance": 7.5}, "image/png"
+            )
+            d = abs(pixels(frame) - pixels(single))
+            diffs.append(
+                {"frame": k, "max_abs_diff": int(d.max()), "fraction_differing": round(float((d > 0).mean()), 5)}
+            )
+        report["sequence"]["vs_single_renders"] = diffs
+        save()
+
+        # a size nobody warmed up: answered uncompiled at once, compiled in the background
+        w, h = new_size
+        body = render_body(50.0, w, h, view[2])
+        report["new_size_first_request"] = timed_renders(client, [body], "image/png")
+        label = f"{w}x{h}"
+        t0 = time.perf_counter()
+        health = wait_compiled(client, [label], timeout=1200) if health.get("compiled_shapes") else health
+        report["new_size_compile_s"] = round(time.perf_counter() - t0, 1)
+        timed_renders(client, [body], "image/png")  # first compiled call records the CUDA graph
+        report["new_size_after_compile"] = timed_renders(client, [body] * 3, "image/png")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    report["server_log_compile_lines"] = [
+        line.strip() for line in log_path.read_text().splitlines() if "compil" in line or "ready" in line
+    ][-20:]
+    save()
+    print_table(report)
+
+
+def print_table(report: dict) -> None:
+    print(f"\nserver start -> ready {report['ready_s']} s, warm-up shapes compiled at {report['warmup_compiled_s']} s")
+    f = report["first_view_after_ready"]
+    print(f"first view right after ready: {f['client_p50_ms']} ms (server {f['server_p50_ms']})")
+    print(f"\n{'request':58s} {'client p50':>10s} {'min':>7s} {'max':>7s}  server split (p50 ms)")
+    for name, row in report["renders"].items():
+        split = {k: v for k, v in row["server_p50_ms"].items() if k != "total"}
+        print(
+            f"{name:58s} {row['client_p50_ms']:10.1f} {row['client_min_ms']:7.1f} {row['client_max_ms']:7.1f}  {split}"
+        )
+    s = report["sequence"]
+    print(
+        f"\nsequence {s['frames']} x {s['size']}, {s['steps']} steps: {s['seconds']} s ({s['ms_per_frame']} ms a frame)"
+    )
+    print(f"  vs one-by-one renders: {s['vs_single_renders']}")
+    n = report["new_size_first_request"]
+    print(
+        f"new size: first request {n['client_p50_ms']} ms, compiled in the background in "
+        f"{report['new_size_compile_s']} s, then {report['new_size_after_compile']['client_p50_ms']} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

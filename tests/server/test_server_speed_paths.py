@@ -1,0 +1,183 @@
+"""The server's speed paths (issue 19), on the CPU: the client picks the image format (Accept), sequence
+jobs render several frames per engine call and store them off the worker thread, and a compiled engine
+compiles render shapes in a background thread that yields to renders. GPU timings: benchmarks/server_gpu.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from srvutil import HERE, ServerProcess, png_array, read_events, render_body, wire_camera
+
+from server.compiler import BackgroundCompiler
+from server.images import JPEG, PNG, encode_png_stored, negotiate_image_type
+from viewneti_backend.render_shape import RenderShape
+
+
+# -- image formats ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "accept, expected",
+    [
+        (None, PNG),
+        ("", PNG),
+        ("*/*", PNG),
+        ("image/*", PNG),
+        ("image/png", PNG),
+        ("image/jpeg", JPEG),
+        ("image/jpeg, */*;q=0.1", JPEG),
+        ("image/png;q=0.5, image/jpeg", JPEG),
+        ("image/jpeg;q=0, */*", PNG),
+        ("image/webp, image/jpeg;q=0.8", JPEG),
+        ("text/html, application/json", PNG),  # neither offered: the default, not 406
+        ("image/jpeg;q=bogus, image/png", PNG),
+    ],
+)
+def test_accept_negotiation(accept, expected):
+    assert negotiate_image_type(accept) == expected
+
+
+def test_stored_png_is_lossless_and_deterministic():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(48, 80, 3), dtype=np.uint8)
+    data = encode_png_stored(Image.fromarray(arr))
+    assert data == encode_png_stored(Image.fromarray(arr.copy()))
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG" and im.size == (80, 48) and im.mode == "RGB"
+        assert np.array_equal(np.asarray(im), arr)
+    assert len(data) > arr.size  # stored, not compressed: the point is ~1 ms to encode
+
+
+def test_render_in_the_format_the_client_asks_for(client):
+    body = render_body(seed=5)
+    png = client.post("/v1/render", json=body, headers={"Accept": "image/png"})
+    jpg = client.post("/v1/render", json=body, headers={"Accept": "image/jpeg"})
+    assert png.status_code == 200 and jpg.status_code == 200, (png.text, jpg.text)
+    assert png.headers["content-type"] == "image/png" and jpg.headers["content-type"] == "image/jpeg"
+    assert "accept" in png.headers["vary"].lower()
+    with Image.open(io.BytesIO(jpg.content)) as im:
+        assert im.format == "JPEG" and im.size == (body["camera"]["width"], body["camera"]["height"])
+        approx = np.asarray(im.convert("RGB"), dtype=np.int16)
+    exact = png_array(png.content).astype(np.int16)
+    assert np.abs(approx - exact).mean() < 12  # the same view, lossy
+    again = client.post("/v1/render", json=body, headers={"Accept": "image/jpeg"})
+    assert again.content == jpg.content  # bytes stay deterministic per format
+    timings = json.loads(jpg.headers["x-timings-ms"])
+    assert timings["image"] >= 0 and "png" not in timings
+
+
+def test_compile_route_on_an_uncompiled_engine(client):
+    r = client.post("/v1/compile", json={"width": 64, "height": 48, "views": 2})
+    assert r.status_code == 202, r.text
+    assert r.json() == {"shape": "64x48x2", "status": "eager"}
+    bad = client.post("/v1/compile", json={"width": 63, "height": 48})
+    assert 400 <= bad.status_code < 500 and "multiple of 8" in bad.text
+    assert client.get("/v1/health").json()["compiled_shapes"] is None
+
+
+# -- sequences: several frames per engine call ------------------------------------------------------------
+def test_sequence_frames_batched_per_engine_call(tmp_path):
+    env = {
+        "PYTHONPATH": str(HERE),
+        "VIEWNETI_SERVER_ENGINE": "fake_engine:load",
+        "VIEWNETI_FAKE_SEQUENCE_BATCH": "3",
+        "VIEWNETI_FAKE_STEP_S": "0.005",
+    }
+    srv = ServerProcess(tmp_path / "data", env=env).start()
+    try:
+        with srv.client() as c:
+            assert c.get("/v1/health").json()["sequence_batch"] == 3
+            cams = [wire_camera(azimuth=15.0 * k) for k in range(7)]
+            frames = [100 + k for k in range(7)]
+            r = c.post("/v1/jobs/sequence", json={"cameras": cams, "frames": frames, "seed": 2, "steps": 2})
+            assert r.status_code == 202, r.text
+            events = read_events(c, r.json()["job_id"])
+            assert events[-1][0] == "done", events
+            assert [d["frame"] for n, d in events if n == "frame"] == frames  # in order, each once
+            progress = [d["step"] for n, d in events if n == "progress"]
+            assert progress == sorted(progress) and progress[-1] == 7
+            for f, cam in zip(frames, cams):  # frame k is camera k's view, as one-by-one renders give it
+                got = c.get(f"/v1/jobs/{r.json()['job_id']}/frames/{f}")
+                one = c.post("/v1/render", json=render_body(camera=cam, seed=2, steps=2))
+                assert np.array_equal(png_array(got.content), png_array(one.content))
+    finally:
+        srv.stop()
+
+
+# -- background compilation ---------------------------------------------------------------------------------
+class _CompilingEngine:
+    """Stands in for a compiled Engine: compile_shape is a stretch of pure-Python work, one 'step' a call."""
+
+    def __init__(self, fail: set[RenderShape] | None = None) -> None:
+        self.ready_shapes: set[RenderShape] = set()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.progress = 0
+        self.fail = fail or set()
+
+    def _step(self) -> None:
+        self.progress += 1
+        time.sleep(0.001)
+
+    def compile_shape(self, shape: RenderShape) -> float:
+        for _ in range(200):
+            self._step()
+        if shape in self.fail:
+            raise RuntimeError("inductor said no")
+        self.ready_shapes.add(shape)
+        return 0.0
+
+
+def _wait(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_background_compiler_queues_each_shape_once_and_reports():
+    bad = RenderShape(1, 32, 32)
+    engine = _CompilingEngine(fail={bad})
+    compiler = BackgroundCompiler(engine)
+    shapes = [RenderShape(1, 64, 64), RenderShape(4, 64, 48)]
+    compiler.start(shapes)
+    assert compiler.request(shapes[0]) is False  # already queued
+    assert compiler.request(bad) is True
+    _wait(lambda: len(engine.ready_shapes) == 2 and "32x32" in compiler.status()["failed"])
+    status = compiler.status()
+    assert status["ready"] == ["64x48x4", "64x64"] and status["queued"] == [] and status["compiling"] is None
+    assert "inductor said no" in status["failed"]["32x32"]
+    assert compiler.request(shapes[1]) is False and compiler.request(bad) is False  # never retried
+    compiler.stop()
+
+
+def test_background_compiler_can_be_limited_to_the_warmup_list():
+    engine = _CompilingEngine()
+    compiler = BackgroundCompiler(engine, compile_new_shapes=False)
+    compiler.start([])
+    assert compiler.request(RenderShape(1, 64, 64)) is False  # a new request shape: stays eager
+    assert compiler.request(RenderShape(1, 64, 64), warmup=True) is True  # asked for explicitly
+    _wait(lambda: RenderShape(1, 64, 64) in engine.ready_shapes)
+    compiler.stop()
+
+
+def test_background_compile_pauses_while_the_engine_renders():
+    engine = _CompilingEngine()
+    compiler = BackgroundCompiler(engine)
+    engine.idle.clear()  # a render is running
+    compiler.start([RenderShape(1, 64, 64)])
+    _wait(lambda: compiler.status()["compiling"] == "64x64")
+    time.sleep(0.3)
+    paused_at = engine.progress
+    time.sleep(0.3)
+    assert engine.progress == paused_at <= 2  # no progress at all while the render runs
+    engine.idle.set()
+    _wait(lambda: RenderShape(1, 64, 64) in engine.ready_shapes)
+    assert engine.progress == 200
+    compiler.stop()
