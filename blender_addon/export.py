@@ -75,6 +75,13 @@ GEOMETRY_TYPES = {
     "EMPTY",
 }
 MASK_SAMPLES = 16  # Cycles samples of a mask render: coverage-antialiased edges, the loader thresholds at 50 %
+MASK_CYCLES_SETTINGS = {  # a mask render: emission only, no light paths
+    "samples": MASK_SAMPLES,
+    "use_adaptive_sampling": False,
+    "use_denoising": False,
+    "max_bounces": 0,
+    "transparent_max_bounces": 0,
+}
 MAX_VIEWS = 1000
 
 
@@ -659,6 +666,8 @@ class ExportJob:
                 st.set(vs, attr, o[attr])
             st.set(r, "film_transparent", False)
             st.set(r.image_settings, "color_mode", "RGB")
+            for attr in MASK_CYCLES_SETTINGS:  # the user's Cycles settings back after a mask render
+                st.set(scene.cycles, attr, st.original(scene.cycles, attr))
             if self.settings.samples > 0:
                 if self._image_engine == "CYCLES":
                     st.set(scene.cycles, "samples", self.settings.samples)
@@ -666,15 +675,8 @@ class ExportJob:
                     st.set(scene.eevee, "taa_render_samples", self.settings.samples)
         else:
             st.set(r, "engine", "CYCLES")
-            c = scene.cycles
-            for attr, value in (
-                ("samples", MASK_SAMPLES),
-                ("use_adaptive_sampling", False),
-                ("use_denoising", False),
-                ("max_bounces", 0),
-                ("transparent_max_bounces", 0),
-            ):
-                st.set(c, attr, value)
+            for attr, value in MASK_CYCLES_SETTINGS.items():
+                st.set(scene.cycles, attr, value)
             st.set(scene, "world", self._mask_world)
             st.set(layer, "material_override", self._mask_material)
             st.set(vs, "view_transform", "Standard")

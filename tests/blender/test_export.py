@@ -278,3 +278,24 @@ def test_operator_explains_what_is_missing(scene, tmp_path):
     scene.viewneti.export.width = 30
     assert bpy.ops.viewneti.export_views() == {"CANCELLED"}
     assert "multiple of 8" in scene.viewneti.export.message and not (tmp_path / "views").exists()
+
+
+def test_every_image_render_uses_the_scenes_own_settings(scene, tmp_path):
+    """The mask render's settings (16 samples, no bounces, Standard view) never leak into an image."""
+    export = addon_module("export")
+    cube, sphere, _, _ = build_scene(scene)
+    scene.cycles.samples, scene.cycles.max_bounces = 3, 5
+    settings = export.ExportSettings(views=1, width=W, height=H, engine="CYCLES")
+    job = export.ExportJob(scene, export.subjects_from_objects([cube, sphere]), str(tmp_path / "v"), settings)
+    seen, configure = [], job._configure
+
+    def spy(phase):
+        configure(phase)
+        cycles, view = scene.cycles, scene.view_settings.view_transform
+        seen.append((phase, cycles.samples, cycles.max_bounces, view, scene.render.engine))
+
+    job._configure = spy
+    assert job.run().state == "done"
+    view = scene.view_settings.view_transform
+    assert seen == [("image", 3, 5, view, "CYCLES"), ("mask", export.MASK_SAMPLES, 0, "Standard", "CYCLES")] * 2
+    assert (scene.cycles.samples, scene.cycles.max_bounces) == (3, 5)
