@@ -10,7 +10,7 @@ except ImportError:  # imported outside Blender, e.g. by `python -m blender_addo
     bpy = None
 
 if bpy is not None:
-    from . import operators, panel, properties, runtime
+    from . import export, operators, panel, properties, runtime
 
     _register_classes, _unregister_classes = bpy.utils.register_classes_factory(
         properties.CLASSES + operators.CLASSES + panel.CLASSES
@@ -23,6 +23,7 @@ if bpy is not None:
             bpy.app.handlers.load_pre.append(runtime.on_load_pre)
 
     def unregister():
+        export.cancel_active()
         runtime.shutdown(cancel_job=True)
         runtime.stop_backend()
         if runtime.on_load_pre in bpy.app.handlers.load_pre:

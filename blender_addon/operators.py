@@ -8,7 +8,7 @@ in scripts); no exception leaves an operator.
 
 import bpy
 
-from . import images, runtime
+from . import export, images, runtime
 
 
 def _active_camera(context):
@@ -253,6 +253,121 @@ class VIEWNETI_OT_stop_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _export_running():
+    return export.ACTIVE is not None and not export.ACTIVE.finished
+
+
+class VIEWNETI_OT_export_views(bpy.types.Operator):
+    """Render views of each chosen object around its anchor, with masks, into transforms.json folders to train a view-mapper on (viewneti pretrain)"""
+
+    bl_idname = "viewneti.export_views"
+    bl_label = "Export Training Views"
+
+    @classmethod
+    def poll(cls, context):
+        props = context.scene.viewneti.export
+        if _export_running():
+            cls.poll_message_set("An export is running: wait for it or cancel it")
+            return False
+        if props.source == "COLLECTION" and props.collection is None:
+            cls.poll_message_set("Pick the collection whose objects to export")
+            return False
+        if props.source == "SELECTED" and not any(export.renderable(o) for o in context.selected_objects):
+            cls.poll_message_set("Select the objects to export (meshes, curves, ...)")
+            return False
+        return True
+
+    def _start(self, context):
+        props = context.scene.viewneti.export
+        try:
+            job = export.build_job(context, props)
+        except ValueError as exc:
+            props.state, props.message = "error", str(exc)
+            self.report({"WARNING"}, str(exc))
+            return None
+        export.ACTIVE = self._job = job
+        export.sync(props, job)
+        return job
+
+    def _end(self, context):
+        job, export.ACTIVE = self._job, None
+        try:
+            export.sync(context.scene.viewneti.export, job)
+        except (ReferenceError, AttributeError):
+            pass  # the file was closed meanwhile
+        runtime.tag_redraw()
+        if job.state != "done":
+            self.report({"WARNING"}, job.message)
+            return {"CANCELLED"}
+        self.report({"INFO"}, job.message)
+        return {"FINISHED"}
+
+    def execute(self, context):
+        """Headless Blender and scripts: the whole export, here (no timer would ever drive it)."""
+        job = self._start(context)
+        if job is None:
+            return {"CANCELLED"}
+        props = context.scene.viewneti.export
+        try:
+            job.run(on_progress=lambda j: export.sync(props, j))
+        finally:
+            if not job.finished:  # an exception escaped run(): leave nothing half-written
+                job.cancel()
+        return self._end(context)
+
+    def invoke(self, context, event):
+        """In the UI: one render per timer tick, progress in the panel; Esc or Cancel stops it."""
+        if runtime.synchronous():
+            return self.execute(context)
+        if self._start(context) is None:
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.02, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        job = self._job
+        if event.type == "ESC" and event.value == "PRESS":
+            job.cancel()
+        elif event.type == "TIMER" and not job.finished:
+            job.step()
+            export.sync(context.scene.viewneti.export, job)
+            runtime.tag_redraw()
+        if job.finished:
+            context.window_manager.event_timer_remove(self._timer)
+            return self._end(context)
+        return {"PASS_THROUGH"}
+
+    def cancel(self, context):
+        """Blender ends modal operators itself on file load and quit: stop the export cleanly."""
+        self._job.cancel()
+        context.window_manager.event_timer_remove(self._timer)
+        export.ACTIVE = None
+
+
+class VIEWNETI_OT_cancel_export(bpy.types.Operator):
+    """Stop the running export: the object in progress is discarded, finished objects are kept"""
+
+    bl_idname = "viewneti.cancel_export"
+    bl_label = "Cancel Export"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        if not _export_running():
+            cls.poll_message_set("No export is running")
+            return False
+        return True
+
+    def execute(self, context):
+        job = export.ACTIVE
+        if job is not None:
+            job.cancel()
+            export.sync(context.scene.viewneti.export, job)
+        return {"FINISHED"}
+
+
 CLASSES = (
     VIEWNETI_OT_refresh_status,
     VIEWNETI_OT_render_view,
@@ -263,4 +378,6 @@ CLASSES = (
     VIEWNETI_OT_clear_background,
     VIEWNETI_OT_start_backend,
     VIEWNETI_OT_stop_backend,
+    VIEWNETI_OT_export_views,
+    VIEWNETI_OT_cancel_export,
 )

@@ -205,4 +205,48 @@ class VIEWNETI_PT_invert(_SidebarPanel, bpy.types.Panel):
             layout.template_icon(icon_value=preview.preview_ensure().icon_id, scale=6.0)
 
 
-CLASSES = (VIEWNETI_PT_main, VIEWNETI_PT_view, VIEWNETI_PT_path, VIEWNETI_PT_invert)
+class VIEWNETI_PT_export(_SidebarPanel, bpy.types.Panel):
+    """Export Training Views: the chosen objects rendered around their anchors, with masks (for viewneti pretrain)."""
+
+    bl_label = "Export Training Views"
+    bl_parent_id = "VIEWNETI_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        props = context.scene.viewneti.export
+        layout.row().prop(props, "source", expand=True)
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        col = layout.column()
+        if props.source == "COLLECTION":
+            col.prop(props, "collection")
+        col.prop(props, "output_dir")
+        col.prop(props, "views")
+        col.prop(props, "layout")
+        sub = col.column(align=True)
+        if props.layout == "ORBIT":
+            sub.prop(props, "elevation")
+        else:
+            sub.prop(props, "elevation_min")
+            sub.prop(props, "elevation_max")
+        col.prop(props, "azimuth_offset")
+        col.prop(props, "anchor")
+        col.prop(props, "distance")
+        col.prop(props, "fov_y_deg")
+        sub = col.column(align=True)
+        sub.prop(props, "width")
+        sub.prop(props, "height")
+        col.prop(props, "engine")
+        col.prop(props, "samples")
+        col.prop(props, "other_objects")
+        layout.operator("viewneti.export_views", icon="RENDER_RESULT")
+        if props.state == "running":
+            row = layout.row(align=True)
+            row.progress(factor=props.done / max(1, props.total), type="BAR", text=props.message)
+            row.operator("viewneti.cancel_export", text="", icon="CANCEL")
+        elif props.message:
+            _wrapped(layout, props.message, context, icon="CHECKMARK" if props.state == "done" else "INFO")
+
+
+CLASSES = (VIEWNETI_PT_main, VIEWNETI_PT_view, VIEWNETI_PT_path, VIEWNETI_PT_invert, VIEWNETI_PT_export)

@@ -15,6 +15,7 @@ from bpy.props import (
     StringProperty,
 )
 
+from . import export
 from .client import DEFAULT_URL
 
 
@@ -90,6 +91,57 @@ class VIEWNETI_ObjectItem(bpy.types.PropertyGroup):
     # `name` is inherited from PropertyGroup and used by prop_search
     builtin: BoolProperty(name="Built-in", default=False)
     steps: IntProperty(name="Steps", default=0)
+
+
+_EXPORT = export.ExportSettings  # the export's defaults live there, once
+
+
+class VIEWNETI_ExportSettings(bpy.types.PropertyGroup):
+    """Export Training Views: what to render, how, where; and the running export's progress."""
+
+    source: EnumProperty(
+        name="Objects",
+        items=(
+            ("SELECTED", "Selected", "Each selected object (with its children) is one training object"),
+            ("COLLECTION", "Collection", "Each object of a collection (with its children) is one training object"),
+        ),
+        default="SELECTED",
+    )
+    collection: PointerProperty(name="Collection", type=bpy.types.Collection)
+    output_dir: StringProperty(
+        name="Output Folder",
+        description="One transforms.json folder per object goes here (for viewneti train --mode 3 / pretrain)",
+        subtype="DIR_PATH",
+        default="//viewneti_training_views/",
+    )
+    views: IntProperty(name="Views", description="Renders per object", default=_EXPORT.views, min=1, max=1000)
+    layout: EnumProperty(name="Cameras", items=export.LAYOUTS, default=_EXPORT.layout)
+    elevation: FloatProperty(name="Elevation", default=_EXPORT.elevation, min=-89.0, max=89.0)
+    elevation_min: FloatProperty(name="Elevation Min", default=_EXPORT.elevation_min, min=-89.0, max=89.0)
+    elevation_max: FloatProperty(name="Elevation Max", default=_EXPORT.elevation_max, min=-89.0, max=89.0)
+    azimuth_offset: FloatProperty(
+        name="Azimuth Offset",
+        description="Azimuth of the first view (0 = front, from -Y)",
+        default=_EXPORT.azimuth_offset,
+    )
+    distance: FloatProperty(
+        name="Distance",
+        description="Camera distance from the anchor in anchor units (Anchor Bounds: bounding radii)",
+        default=_EXPORT.distance,
+        min=0.01,
+    )
+    fov_y_deg: FloatProperty(name="Field of View", description="Vertical, degrees", default=_EXPORT.fov_y_deg)
+    width: IntProperty(name="Width", default=_EXPORT.width, min=16, max=2048, step=8)
+    height: IntProperty(name="Height", default=_EXPORT.height, min=16, max=2048, step=8)
+    engine: EnumProperty(name="Engine", items=export.ENGINES, default=_EXPORT.engine)
+    samples: IntProperty(name="Samples", description="0 = the engine's own setting", default=_EXPORT.samples, min=0)
+    other_objects: EnumProperty(name="Other Objects", items=export.OTHER_OBJECTS, default=_EXPORT.other_objects)
+    anchor: EnumProperty(name="Anchor", items=export.ANCHORS, default=_EXPORT.anchor)
+    # progress of the running (or last) export, written by the add-on
+    state: StringProperty(default="")
+    done: IntProperty(default=0)
+    total: IntProperty(default=0)
+    message: StringProperty(default="")
 
 
 class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
@@ -197,6 +249,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     model_guidance: FloatProperty(name="Model Guidance", default=0.0, min=0.0)
     status_message: StringProperty(name="Status", default="")
     last_timings: StringProperty(name="Last Timings", default="")
+    export: PointerProperty(type=VIEWNETI_ExportSettings)
 
     # job state (written by the add-on; survives redraws and reloads as a record of the last job)
     job_kind: StringProperty(default="")
@@ -227,6 +280,7 @@ class VIEWNETI_CameraSettings(bpy.types.PropertyGroup):
 CLASSES = (
     VIEWNETI_AddonPreferences,
     VIEWNETI_ObjectItem,
+    VIEWNETI_ExportSettings,
     VIEWNETI_SceneSettings,
     VIEWNETI_CameraSettings,
 )

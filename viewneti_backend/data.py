@@ -97,9 +97,17 @@ def load_transforms_scene(path: str | Path, views: Sequence[int] | None = None, 
 
 
 def load_scene_collection(root: str | Path, limit: int | None = None) -> list[Scene]:
-    """Every sub-folder of ``root`` holding a ``transforms.json`` is one scene (mode 3)."""
+    """Every sub-folder of ``root`` holding a ``transforms.json`` is one scene (mode 3).
+
+    Hidden folders are skipped: the Blender add-on's Export Training Views stages each object in one
+    (``.viewneti-export-*``) and renames it into place only when it is complete.
+    """
     root = Path(root)
-    dirs = sorted(p for p in root.iterdir() if (p / "transforms.json").is_file()) if root.is_dir() else []
+    dirs = (
+        sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / "transforms.json").is_file())
+        if root.is_dir()
+        else []
+    )
     if not dirs:
         raise InputError(f"{root} holds no scene folders with a transforms.json: mode 3 needs one folder per scene")
     scenes = []

@@ -56,6 +56,15 @@ def bundled_view_mapper(model: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+def training_size(native_size: int, image_size: tuple[int, int], long_side: int = 512) -> tuple[int, int]:
+    """The size a model trains at on images of this size: long side min(native, 512) (the paper trains
+    SD 2.1 at 512x384), the images' aspect, multiples of 8. Inversion and `viewneti pretrain` share it."""
+    long_side = min(native_size, long_side)
+    w, h = image_size
+    scale = long_side / max(w, h)
+    return max(8, round(w * scale / 8) * 8), max(8, round(h * scale / 8) * 8)
+
+
 class Engine:
     """Render novel views and invert reference images with one frozen base model."""
 
@@ -284,10 +293,7 @@ class Engine:
     # -- inversion (ViewNeTI mode 5) ----------------------------------------------------------------
     def training_size(self, image: Image.Image) -> tuple[int, int]:
         """Long side = min(native, 512) (the paper trains SD 2 at 512x384), aspect kept, multiples of 8."""
-        long_side = min(self.base.native_size, self.train_long_side)
-        w, h = image.size
-        scale = long_side / max(w, h)
-        return max(8, round(w * scale / 8) * 8), max(8, round(h * scale / 8) * 8)
+        return training_size(self.base.native_size, image.size, self.train_long_side)
 
     def invert(
         self,

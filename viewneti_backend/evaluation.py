@@ -131,3 +131,62 @@ class EvalTable:
             f"{'mean':<16}{mm['psnr']:>8.2f}{mm['ssim']:>8.3f}{lp:>8}  (seed std PSNR {mm['seed_std_psnr']:.2f})"
         )
         return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Single-view novel view synthesis: ViewNeTI mode 5 against the two baselines of the toy benchmark
+# (toyworld/nvs.py) and of `viewneti pretrain`'s held-out evaluation, scored the same way in both.
+# ------------------------------------------------------------------------------------------------
+NVS_METHODS = ("viewneti_mode5", "copy_input", "no_view_token")
+
+
+def nvs_tables() -> dict[str, EvalTable]:
+    return {m: EvalTable() for m in NVS_METHODS}
+
+
+def score_novel_views(
+    tables: dict[str, EvalTable],
+    scene: str,
+    seed: int,
+    gt_images: list,
+    gt_masks: list,
+    input_image,
+    mode5: list,
+    no_view: list,
+) -> None:
+    """Masked PSNR / SSIM of each target view k for the three methods: mode 5's render, the input view
+    copied (baseline a), the object token without the view token (baseline b)."""
+    for k, (g, m) in enumerate(zip(gt_images, gt_masks)):
+        for method, img in (("viewneti_mode5", mode5[k]), ("copy_input", input_image), ("no_view_token", no_view[k])):
+            tables[method].add(scene, k, seed, masked_psnr(img, g, m), masked_ssim(img, g, m))
+
+
+def paired_margin(results: dict, ours: str, base: str) -> dict:
+    """Paired per-object PSNR difference ours - base: mean, std over objects, wins."""
+    mine = results[ours]["per_object"]
+    d = np.array([mine[o]["psnr"] - results[base]["per_object"][o]["psnr"] for o in mine])
+    return {"mean": float(d.mean()), "std": float(d.std()), "wins": int((d > 0).sum()), "objects": len(d)}
+
+
+def nvs_results(tables: dict[str, EvalTable]) -> dict:
+    """Per method: per-object means, the mean over objects (per seed, then over seeds) and the pooled mean;
+    plus mode 5's margins over each baseline (of the means, and paired per object)."""
+    results = {
+        m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes(), "pooled": t.mean_pooled()}
+        for m, t in tables.items()
+    }
+    a, b, c = (results[m]["mean"]["psnr"] for m in NVS_METHODS)
+    return {
+        "results": results,
+        "margin_db": {"vs_copy_input": a - b, "vs_no_view_token": a - c},
+        "per_object_margin_db": {
+            f"vs_{base}": paired_margin(results, "viewneti_mode5", base) for base in ("copy_input", "no_view_token")
+        },
+    }
+
+
+def format_nvs(tables: dict[str, EvalTable]) -> str:
+    """One table per method, then mode 5's margins in dB."""
+    text = "\n\n".join(t.format(f"== {m} ==") for m, t in tables.items())
+    a, b, c = (tables[m].mean_over_scenes()["psnr"] for m in NVS_METHODS)
+    return text + f"\n\nmargin vs copy-input {a - b:+.2f} dB, vs no-view {a - c:+.2f} dB\n"

@@ -18,9 +18,46 @@ COLLECTION_NAME = "ToyWorld"
 
 
 def _material(bpy: Any, name: str, rgb: tuple[float, float, float]) -> Any:
+    """A Lambertian material of this colour (the toy renderer's shading), in the viewport and in renders."""
     mat = bpy.data.materials.get(name) or bpy.data.materials.new(name)
     mat.diffuse_color = (*rgb, 1.0)
+    nodes = mat.node_tree.nodes
+    nodes.clear()
+    diffuse = nodes.new("ShaderNodeBsdfDiffuse")
+    diffuse.inputs["Color"].default_value = (*rgb, 1.0)
+    output = nodes.new("ShaderNodeOutputMaterial")
+    mat.node_tree.links.new(diffuse.outputs["BSDF"], output.inputs["Surface"])
     return mat
+
+
+def add_toy_lighting() -> Any:
+    """The toy renderer's light in Blender: its sun (direction and share of the light) and a uniform grey
+    world for the ambient and sky fill; 'Standard' view transform, so a colour renders as itself."""
+    import math
+
+    import bpy  # noqa: PLC0415
+    from mathutils import Vector  # noqa: PLC0415
+
+    from .renderer import AMBIENT, SKY_FILL, SUN, SUN_DIRECTION
+
+    scene = bpy.context.scene
+    sun = bpy.data.objects.get("toy_sun")
+    if sun is None:
+        sun = bpy.data.objects.new("toy_sun", bpy.data.lights.new("toy_sun", "SUN"))
+        scene.collection.objects.link(sun)
+    # a sun light shines down its local -Z: point +Z at the sun; irradiance E gives radiance albedo * E / pi
+    sun.rotation_euler = Vector(tuple(float(v) for v in SUN_DIRECTION)).to_track_quat("Z", "Y").to_euler()
+    sun.data.energy = SUN * math.pi
+    sun.data.angle = 0.0
+    world = scene.world or bpy.data.worlds.new("toy_world")
+    scene.world = world
+    background = world.node_tree.nodes.get("Background")
+    if background is not None:
+        grey = AMBIENT + 0.5 * SKY_FILL
+        background.inputs["Color"].default_value = (grey, grey, grey, 1.0)
+        background.inputs["Strength"].default_value = 1.0
+    scene.view_settings.view_transform = "Standard"
+    return sun
 
 
 def build_blender_scene(

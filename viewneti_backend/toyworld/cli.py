@@ -1,6 +1,6 @@
 """``viewneti toyworld ...``: rebuild and measure the embedded toy world.
 
-viewneti toyworld render-dataset --out data/toy --objects 20 --views 24
+viewneti toyworld render-dataset --out data/toy --objects 20 --views 24 [--renderer blender]
 viewneti toyworld train-prior --out viewneti_backend/toyworld/weights/prior [--vae-minutes 2 --unet-minutes 8]
 viewneti toyworld pretrain --model viewneti_backend/toyworld/weights/prior --minutes 6
 viewneti toyworld benchmark --model viewneti_backend/toyworld/weights/prior --out benchmarks/toyworld
@@ -27,7 +27,12 @@ def _render_dataset(args) -> int:
     cfg = DatasetConfig(
         n_objects=args.objects, views=args.views, first_seed=args.first_seed, size=args.size, cameras=args.cameras
     )
-    folders = render_dataset(cfg, args.out, device=args.device or "cpu")
+    if args.renderer == "blender":
+        from .blender_dataset import render_dataset_blender
+
+        folders = render_dataset_blender(cfg, args.out, samples=args.samples)
+    else:
+        folders = render_dataset(cfg, args.out, device=args.device or "cpu")
     print(f"wrote {len(folders)} object folders (transforms.json + images/ + masks/) to {args.out}")
     return 0
 
@@ -132,6 +137,14 @@ def add_toyworld_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--cameras", choices=["random", "orbit"], default="random")
+    p.add_argument(
+        "--renderer",
+        choices=["torch", "blender"],
+        default="torch",
+        help="torch: the toy ray caster (default); blender: the same objects as Blender meshes, rendered by Cycles "
+        "and written by the Blender add-on's Export Training Views exporter (needs bpy and the checkout)",
+    )
+    p.add_argument("--samples", type=int, default=16, help="Cycles samples per view with --renderer blender")
     p.add_argument("--device", help="cpu or cuda")
     p.set_defaults(func=_render_dataset)
 

@@ -28,7 +28,16 @@ from ..cameras import Camera, orbit_pose
 from ..compile_modes import resolve_compile_mode
 from ..data import Scene
 from ..errors import Cancelled, InputError
-from ..evaluation import EvalTable, masked_psnr, masked_ssim
+from ..evaluation import (
+    EvalTable,
+    format_nvs,
+    masked_psnr,
+    masked_ssim,
+    nvs_results,
+    nvs_tables,
+    paired_margin,
+    score_novel_views,
+)
 from ..sampling_defaults import FILENAME as SAMPLING_FILENAME
 from .prior import HELDOUT_SEED_START
 from .renderer import RADIUS_RANGE, ToyObject, random_cameras, render, to_uint8
@@ -184,7 +193,7 @@ def nvs_benchmark(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     library = out / "library"
-    tables = {"viewneti_mode5": EvalTable(), "copy_input": EvalTable(), "no_view_token": EvalTable()}
+    tables = nvs_tables()
     timing: dict[str, list[float]] = {"invert_s": [], "render_s": []}
     start = 0
     if resume:
@@ -197,22 +206,18 @@ def nvs_benchmark(
 
     def write_summary(objects_done: int) -> dict:
         # rewritten after every object, so a run that is stopped early still leaves its numbers
-        results = {
-            m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes(), "pooled": t.mean_pooled()}
-            for m, t in tables.items()
-        }
-        a, b, c = (results[m]["mean"]["psnr"] for m in ("viewneti_mode5", "copy_input", "no_view_token"))
+        scores = nvs_results(tables)
         summary = {
             "config": asdict(cfg),
             "model": str(model_dir),
             "device": str(engine.base.device),
             "objects_done": objects_done,
             "complete": objects_done == cfg.n_objects,
-            "results": results,
+            "results": scores["results"],
             "mean_invert_s": float(np.mean(timing["invert_s"])) if timing["invert_s"] else None,
             "mean_render_views_s": float(np.mean(timing["render_s"])) if timing["render_s"] else None,
-            "margin_db": {"vs_copy_input": a - b, "vs_no_view_token": a - c},
-            "per_object_margin_db": _per_object_margins(results),
+            "margin_db": scores["margin_db"],
+            "per_object_margin_db": scores["per_object_margin_db"],
             "rows": {m: t.rows for m, t in tables.items()},
             "timing": timing,
         }
@@ -241,14 +246,7 @@ def nvs_benchmark(
                 timing["render_s"].append(time.perf_counter() - t0)
             plain = engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance, with_view=False)
             if i >= start:
-                for k in range(cfg.n_targets):
-                    g, m = gt.images[k], gt.masks[k]
-                    for method, img in (
-                        ("viewneti_mode5", preds[k]),
-                        ("copy_input", inp.images[0]),
-                        ("no_view_token", plain[k]),
-                    ):
-                        tables[method].add(f"obj_{seed}", k, s, masked_psnr(img, g, m), masked_ssim(img, g, m))
+                score_novel_views(tables, f"obj_{seed}", s, gt.images, gt.masks, inp.images[0], preds, plain)
             if s == cfg.seeds[0] and i < 4:
                 sheet_rows += (
                     [inp.images[0]] + gt.images[::2] + [inp.images[0]] + preds[::2] + [inp.images[0]] + plain[::2]
@@ -261,11 +259,8 @@ def nvs_benchmark(
             )
     if not summary:  # resumed a run that had already finished
         summary = write_summary(cfg.n_objects)
-    a, b, c = (summary["results"][m]["mean"]["psnr"] for m in ("viewneti_mode5", "copy_input", "no_view_token"))
-    text = "\n\n".join(t.format(f"== {m} ==") for m, t in tables.items())
-    (out / "nvs_benchmark.txt").write_text(
-        text + f"\n\nmargin vs copy-input {a - b:+.2f} dB, vs no-view {a - c:+.2f} dB\n"
-    )
+    text = format_nvs(tables)
+    (out / "nvs_benchmark.txt").write_text(text)
     print(text)
     return summary
 
@@ -312,18 +307,6 @@ def benchmark_cameras(cfg: BenchmarkConfig) -> tuple[Camera, list[Camera]]:
 
 def target_azimuths(cfg: BenchmarkConfig) -> list[float]:
     return [cfg.input_azimuth + 360.0 * (k + 1) / (cfg.n_targets + 1) for k in range(cfg.n_targets)]
-
-
-def _paired_margin(results: dict, ours: str, base: str) -> dict:
-    """Paired per-object PSNR difference ours - base: mean, std over objects, wins."""
-    mine = results[ours]["per_object"]
-    d = np.array([mine[o]["psnr"] - results[base]["per_object"][o]["psnr"] for o in mine])
-    return {"mean": float(d.mean()), "std": float(d.std()), "wins": int((d > 0).sum()), "objects": len(d)}
-
-
-def _per_object_margins(results: dict) -> dict:
-    """Paired per-object PSNR differences of mode 5 against each baseline: mean, std over objects, wins."""
-    return {f"vs_{base}": _paired_margin(results, "viewneti_mode5", base) for base in ("copy_input", "no_view_token")}
 
 
 def prior_ceiling(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None) -> dict:
@@ -423,10 +406,10 @@ def _prior_ceiling(cfg: BenchmarkConfig, engine, prior, out_dir: str | Path, dev
                     )
     results = {m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes()} for m, t in tables.items()}
     margins = {
-        f"seen_token_vs_{b}": _paired_margin(results, "viewneti_seen_token", b)
+        f"seen_token_vs_{b}": paired_margin(results, "viewneti_seen_token", b)
         for b in ("copy_input", "no_view_token", "text_with_true_view_phrase")
     }
-    margins["text_view_phrase_vs_without"] = _paired_margin(
+    margins["text_view_phrase_vs_without"] = paired_margin(
         results, "text_with_true_view_phrase", "text_without_view_phrase"
     )
     summary = {

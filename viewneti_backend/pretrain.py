@@ -1,0 +1,301 @@
+"""``viewneti pretrain``: a view-mapper for any SD-architecture model from a folder of multi-view objects
+(Blender's Export Training Views, or any nerfstudio ``transforms.json`` folders), then a held-out test.
+
+1. Mode 3 on all but the held-out objects: one shared view-mapper + one object-mapper per object,
+   the preset's steps, augmentation 5, batch 3 x accumulation 3 (the paper's pretraining), at the
+   model's training size (long side min(native, 512), the data's aspect: 512x384 for SD 2.1 on 4:3
+   views, as in the paper).
+2. For each held-out object: mode 5 (a new object token, the new view-mapper frozen) on one input
+   view, then its other views rendered and scored against the exported ground truth (masked PSNR /
+   SSIM), next to copying the input view and the token without the view token: the toy benchmark's
+   protocol and scoring (:func:`viewneti_backend.evaluation.score_novel_views`).
+
+Writes ``OUT/view_mapper`` (for ``viewneti-server --view-mapper``), ``OUT/objects/<object>``,
+``OUT/checkpoint-*``, and ``OUT/pretrain_eval.json`` / ``.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .atomic_files import atomic_write_text
+from .data import Scene, load_scene_collection
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Training and evaluation settings of one use; any of them can be overridden on the command line."""
+
+    steps: int
+    invert_steps: int  # mode-5 steps per held-out object
+    seeds: tuple[int, ...]  # each held-out object is inverted and rendered once per seed
+    eval_targets: int  # novel views scored per held-out object (0 = every view but the input)
+    holdout_fraction: float  # objects held out for the test: max(1, round(fraction x objects))
+    batch_size: int = 3
+    grad_accum: int = 3
+    augmentation: int = 5
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        steps=3000,
+        invert_steps=500,
+        seeds=(0,),
+        eval_targets=8,
+        holdout_fraction=0.0,
+        description="a first view-mapper in minutes on one GPU: 3000 steps, 1 held-out object, 500-step inversions",
+    ),
+    "paper": Preset(
+        steps=50000,
+        invert_steps=3000,
+        seeds=(0, 1),
+        eval_targets=0,
+        holdout_fraction=0.15,
+        description="the paper's pretraining (50k steps) and single-view protocol (3000-step inversions, seeds 0 "
+        "and 1, every other view scored), 15 % of the objects held out (DTU: 15 test scans of 103)",
+    ),
+}
+
+
+@dataclass
+class PretrainRun:
+    """One `viewneti pretrain` run (the CLI's options after the preset is applied)."""
+
+    data: str
+    out: str
+    model: str | None = None
+    preset: str = "quick"
+    steps: int | None = None
+    invert_steps: int | None = None
+    seeds: tuple[int, ...] | None = None
+    eval_targets: int | None = None
+    holdout: list[str] | int | None = None  # names, a count, or None (the preset's fraction)
+    input_view: int = 0
+    width: int | None = None
+    height: int | None = None
+    render_steps: int | None = None  # None: the model's recommended value (viewneti/sampling.json)
+    guidance: float | None = None
+    camera_parameterization: str = "anchor-pose-13d"
+    save_every: int = 0
+    seed: int = 0
+    device: str | None = None
+    mixed_precision: str | None = None
+    compile: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> dict:
+        """The preset with this run's overrides: what is actually used."""
+        if self.preset not in PRESETS:
+            raise InputError(f"unknown preset {self.preset!r}: use one of {', '.join(PRESETS)}")
+        p = PRESETS[self.preset]
+        return {
+            "steps": self.steps or p.steps,
+            "invert_steps": self.invert_steps or p.invert_steps,
+            "seeds": list(self.seeds if self.seeds else p.seeds),
+            "eval_targets": p.eval_targets if self.eval_targets is None else self.eval_targets,
+            "batch_size": p.batch_size,
+            "grad_accum": p.grad_accum,
+            "augmentation": p.augmentation,
+            "holdout_fraction": p.holdout_fraction,
+        }
+
+
+def split_objects(scenes: list[Scene], holdout: list[str] | int | None, fraction: float) -> tuple[list, list]:
+    """(training scenes, held-out scenes): named ones, or the last N in name order (N from the fraction)."""
+    names = [s.name for s in scenes]
+    if isinstance(holdout, list):
+        missing = [n for n in holdout if n not in names]
+        if missing:
+            raise InputError(f"held-out objects {missing} are not in the data (it has {', '.join(names)})")
+        held = [s for s in scenes if s.name in holdout]
+    else:
+        count = max(1, round(fraction * len(scenes))) if holdout is None else int(holdout)
+        if count < 0:
+            raise InputError("--holdout takes a count >= 0 or comma-separated object names")
+        held = scenes[len(scenes) - count :] if count else []
+    train = [s for s in scenes if s not in held]
+    if not train:
+        raise InputError(
+            f"nothing left to train on: {len(scenes)} objects, {len(held)} held out. Export more objects, or "
+            "give --holdout 0 to train on all of them without the held-out test"
+        )
+    return train, held
+
+
+def evenly_spaced(candidates: list[int], count: int) -> list[int]:
+    """``count`` entries spread over ``candidates`` (all of them for count 0 or more than there are)."""
+    if count <= 0 or count >= len(candidates):
+        return list(candidates)
+    return [candidates[round(i * (len(candidates) - 1) / max(1, count - 1))] for i in range(count)]
+
+
+def _resized_mask(mask, size: tuple[int, int]):
+    import numpy as np
+
+    if mask is None:
+        return None
+    img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(img) > 127
+
+
+def run_pretrain(run: PretrainRun, progress: bool = True) -> dict:
+    """Train, test on the held-out objects, write the results; returns the summary (also in the JSON)."""
+    import torch
+
+    from .base_model import load_base_model
+    from .engine import resolve_model, training_size
+    from .evaluation import format_nvs, nvs_results
+    from .training import TrainConfig, Trainer
+
+    settings = run.resolved()
+    out = Path(run.out)
+    scenes = load_scene_collection(run.data)
+    train_scenes, held = split_objects(scenes, run.holdout, settings["holdout_fraction"])
+    model = resolve_model(run.model)
+    device = run.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    base = load_base_model(model, device=device)
+    width, height = training_size(base.native_size, train_scenes[0].images[0].size)
+    width, height = run.width or width, run.height or height
+    print(
+        f"pretrain ({run.preset}): {len(train_scenes)} objects, {len(held)} held out "
+        f"({', '.join(s.name for s in held) or 'none'}); {settings['steps']} steps at {width}x{height} on {device}"
+    )
+    if run.compile != "off":
+        from .base_model import compile_base_model
+        from .compile_modes import resolve_compile_mode
+
+        mode = resolve_compile_mode(run.compile, base.device)
+        if mode is not None:
+            compile_base_model(base, mode)
+    config = TrainConfig(
+        mode=3,
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        grad_accum=settings["grad_accum"],
+        augmentation=settings["augmentation"],
+        width=width,
+        height=height,
+        camera_parameterization=run.camera_parameterization,
+        save_every=run.save_every,
+        seed=run.seed,
+        mixed_precision=run.mixed_precision,
+    )
+    t0 = time.perf_counter()
+    trainer = Trainer(config, base, train_scenes, output_dir=out, device=device)
+    result = trainer.train(progress=progress)
+    train_minutes = (time.perf_counter() - t0) / 60
+    summary: dict = {
+        "preset": run.preset,
+        "settings": settings,
+        "run": {k: v for k, v in asdict(run).items() if k != "extra"},
+        "model": model,
+        "base_model": base.name,
+        "device": str(base.device),
+        "train": {
+            "objects": [s.name for s in train_scenes],
+            "steps": result.step,
+            "size": [width, height],
+            "minutes": train_minutes,
+            "loss_first_100": sum(result.losses[:100]) / max(1, len(result.losses[:100])),
+            "loss_last_100": sum(result.losses[-100:]) / max(1, len(result.losses[-100:])),
+        },
+        "view_mapper": str(out / "view_mapper"),
+        "heldout": [s.name for s in held],
+    }
+    if held:
+        summary.update(_evaluate(run, settings, base, model, out, held, (width, height), progress))
+        tables = summary.pop("_tables")
+        text = format_nvs(tables)
+        print(text)
+        atomic_write_text(out / "pretrain_eval.txt", text)
+        summary.update(nvs_results(tables))
+        summary["rows"] = {m: t.rows for m, t in tables.items()}
+    atomic_write_text(out / "pretrain_eval.json", json.dumps(summary, indent=2))
+    print(f"wrote {out / 'view_mapper'} and {out / 'pretrain_eval.json'}")
+    return summary
+
+
+def _evaluate(run, settings, base, model, out: Path, held: list[Scene], size: tuple[int, int], progress: bool) -> dict:
+    """Mode 5 on one view of each held-out object with the new (frozen) view-mapper; score its other views."""
+    from .cameras import Camera
+    from .engine import Engine
+    from .evaluation import nvs_tables, score_novel_views
+    from .mapper import NeTIMapper
+    from .sampling_defaults import SamplingDefaults
+    from .tokens import ObjectLibrary
+    from .training import TrainConfig
+
+    library_dir = out / "eval_library"
+    shutil.rmtree(library_dir, ignore_errors=True)  # this run's inversions only
+    view_mapper = NeTIMapper.from_pretrained(
+        out / "view_mapper", expect_fingerprint=base.fingerprint, device=base.device
+    )
+    view_mapper.requires_grad_(False).eval()
+    engine = Engine(
+        base,
+        view_mapper,
+        ObjectLibrary(library_dir),
+        model=model,
+        view_mapper_name=str(out / "view_mapper"),
+        sampling=SamplingDefaults.for_model(model),
+    )
+    steps, guidance = engine.sampling.resolve(run.render_steps, run.guidance)
+    tables = nvs_tables()
+    width, height = size
+    no_masks = []
+    timing = {"invert_s": [], "render_s": []}
+    for scene in held:
+        n, scene_cameras = len(scene.images), scene.cameras
+        if scene_cameras is None:
+            raise InputError(f"held-out object '{scene.name}' has no cameras: it needs a transforms.json")
+        if not 0 <= run.input_view < n:
+            raise InputError(f"held-out object '{scene.name}' has {n} views; --input-view {run.input_view} is not one")
+        others = evenly_spaced([i for i in range(n) if i != run.input_view], settings["eval_targets"])
+        if not others:
+            raise InputError(f"held-out object '{scene.name}' has a single view: nothing to score the novel views on")
+        cameras = [Camera(scene_cameras[i].camera_to_anchor, scene_cameras[i].fov_y_deg, width, height) for i in others]
+        gt = [scene.images[i].resize((width, height), Image.Resampling.BICUBIC) for i in others]
+        masks = [_resized_mask(scene.masks[i], (width, height)) if scene.masks else None for i in others]
+        if not scene.masks:
+            no_masks.append(scene.name)
+        source = scene.images[run.input_view]
+        input_image = source.resize((width, height), Image.Resampling.BICUBIC)
+        input_camera = scene_cameras[run.input_view]
+        for seed in settings["seeds"]:
+            name = f"heldout_{scene.name}_s{seed}"[:64]
+            t0 = time.perf_counter()
+            engine.invert(  # at the size the view-mapper was trained at
+                [source],
+                [input_camera],
+                name,
+                settings["invert_steps"],
+                seed=seed,
+                config=TrainConfig(width=width, height=height),
+            )
+            timing["invert_s"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            preds = engine.render(cameras, name, seed=seed, steps=steps, guidance=guidance)
+            timing["render_s"].append(time.perf_counter() - t0)
+            plain = engine.render(cameras, name, seed=seed, steps=steps, guidance=guidance, with_view=False)
+            score_novel_views(tables, scene.name, seed, gt, masks, input_image, preds, plain)
+        if progress:
+            print(f"held-out {scene.name}: {len(others)} novel views x {len(settings['seeds'])} seeds scored")
+    return {
+        "_tables": tables,
+        "eval": {
+            "input_view": run.input_view,
+            "render_steps": steps,
+            "guidance": guidance,
+            "size": [width, height],
+            "unmasked_objects": no_masks,  # scored over the whole image: their folders have no mask_path
+            "timing": timing,
+        },
+    }
