@@ -311,7 +311,7 @@ class Client:
     def delete_object(self, name):
         self._json("DELETE", "/v1/objects/" + urllib.parse.quote(name, safe=""))
 
-    def render(self, request, timeout=None):
+    def render(self, request: dict, timeout=None):
         """POST /v1/render; returns a `RenderResult` with the PNG bytes."""
         _status, headers, payload = self._call("POST", "/v1/render", request, timeout, accept="image/png")
         if not payload.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -321,7 +321,7 @@ class Client:
         except ValueError:
             timings = {}
         try:
-            seed = int(headers.get("x-seed", request.get("seed", 0)))
+            seed = int(headers["x-seed"] if "x-seed" in headers else request.get("seed", 0))
         except (TypeError, ValueError):
             seed = 0
         return RenderResult(payload, seed, headers.get("x-request-id", ""), timings)
