@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -111,6 +112,8 @@ class ViewNeTIPipeline:
         ids = self.base.text.token_ids(self.prompt(with_view)).expand(len(t), -1)
         feats = None
         if with_view:
+            if self.camera_param is None:  # set together with the view-mapper
+                raise InputError("no view-mapper is loaded: load one (--view-mapper) or render without view control")
             feats = self.camera_param.features(cameras).to(self.base.device).repeat_interleave(n_t * n_l, dim=0)
         k, v = encode_conditions(self.base, ids, t, l, object_mapper, self.view_mapper if with_view else None, feats)
         s, d = k.shape[1], k.shape[2]
@@ -181,6 +184,42 @@ class ViewNeTIPipeline:
         images = self.base.vae.decode(latents.to(self.base.dtype) / self.base.scaling_factor).sample
         return to_pil(images)
 
+    @overload
+    def __call__(
+        self,
+        cameras: Sequence[Camera],
+        object_mapper: NeTIMapper,
+        *,
+        seed: int = 0,
+        steps: int = 30,
+        guidance: float = 7.5,
+        with_view: bool = True,
+        object_key: str | None = None,
+        use_cache: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        timings: dict | None = None,
+        output: Literal["pil"] = "pil",
+    ) -> list[Image.Image]: ...
+
+    @overload
+    def __call__(
+        self,
+        cameras: Sequence[Camera],
+        object_mapper: NeTIMapper,
+        *,
+        seed: int = 0,
+        steps: int = 30,
+        guidance: float = 7.5,
+        with_view: bool = True,
+        object_key: str | None = None,
+        use_cache: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        timings: dict | None = None,
+        output: Literal["latent"],
+    ) -> torch.Tensor: ...
+
     @torch.no_grad()
     def __call__(
         self,
@@ -197,7 +236,8 @@ class ViewNeTIPipeline:
         on_step: Callable[[int, int], None] | None = None,
         timings: dict | None = None,
         output: str = "pil",
-    ):
+    ) -> list[Image.Image] | torch.Tensor:
+        """Render ``cameras``: PIL images, or the final latents with ``output="latent"``."""
         if not cameras:
             raise InputError("no cameras given")
         width, height = cameras[0].width, cameras[0].height
@@ -224,13 +264,13 @@ class ViewNeTIPipeline:
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped at step {i} of {steps}")
             model_in = torch.cat([latents, latents]) if use_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
+            model_in = scheduler.scale_model_input(model_in, t)  # pyright: ignore[reportArgumentType]  DDIMScheduler annotates timestep int; diffusers' own pipelines pass this tensor
             ehs = torch.cat([uncond, cond[i]]) if use_cfg else cond[i]
             pred = self.base.unet(model_in, t, encoder_hidden_states=ehs, return_dict=False)[0]
             if use_cfg:
                 pred_u, pred_c = pred.chunk(2)
                 pred = pred_u + guidance * (pred_c - pred_u)
-            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            latents = scheduler.step(pred, t, latents, return_dict=False)[0]  # pyright: ignore[reportArgumentType]  as above
             if on_step is not None:
                 on_step(i + 1, steps)
         sync()
@@ -249,6 +289,6 @@ def images_to_tensor(images: Sequence[Image.Image], width: int, height: int) -> 
     for im in images:
         im = im.convert("RGB")
         if im.size != (width, height):
-            im = im.resize((width, height), Image.BICUBIC)
+            im = im.resize((width, height), Image.Resampling.BICUBIC)
         arrs.append(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
