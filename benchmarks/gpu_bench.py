@@ -120,10 +120,15 @@ def _category(name: str) -> str:
     return "element-wise / other (eager)"
 
 
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    if p.grad is None:
+        raise RuntimeError("a parameter got no gradient from backward()")
+    return p.grad
+
+
 def profile_gpu(fn, label: str, top: int = 12) -> dict:
     """torch.profiler over fn(): GPU busy fraction, time per kernel category, top kernels."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import DeviceType, ProfilerActivity, profile
 
     sync()
     t0 = time.perf_counter()
@@ -176,7 +181,7 @@ def profile_host(fn, label: str, steps: int, top: int = 25) -> dict:
     wall_ms = (time.perf_counter() - t0) * 1e3
     stats = pstats.Stats(prof)
     rows = []
-    for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # pyright: ignore[reportAttributeAccessIssue]  typeshed omits pstats.Stats.stats
         rows.append(
             {
                 "function": f"{Path(filename).name}:{line}:{name}",
@@ -455,7 +460,7 @@ def main() -> None:
         for fn in (reference_loss, batched_loss):
             om.zero_grad()
             fn(base, om, vm, lat, noise, t, feats, ns).backward()
-            grads.append(torch.cat([p.grad.flatten() for p in om.parameters()]).clone())
+            grads.append(torch.cat([_grad(p).flatten() for p in om.parameters()]).clone())
         om.requires_grad_(False)
         rel = float((grads[0] - grads[1]).norm() / grads[0].norm())
         report["equivalence_gradient_fp32"] = {"relative_l2_error": rel}

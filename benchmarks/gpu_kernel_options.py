@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,8 +36,7 @@ from viewneti_backend.atomic_files import atomic_write_text  # noqa: E402
 
 def cuda_ms(fn, repeats: int = 5, warmup: int = 3) -> float:
     """GPU kernel time per call (CUPTI durations summed), so eager launch overhead does not hide kernel choices."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import DeviceType, ProfilerActivity, profile
 
     for _ in range(warmup):
         fn()
@@ -121,7 +121,7 @@ def main() -> None:
         report["text_encoder_ms"]["eager_480_wall"] = wall_ms(lambda: text.encode(ids))
         # The CLIP blocks under torch.compile (CUDA graphs), the batch padded to 512 rows (a bucket size,
         # so that a few graphs would serve every request; rows never interact, so padding is exact).
-        tm = getattr(text.text_encoder, "text_model", text.text_encoder)
+        tm: Any = getattr(text.text_encoder, "text_model", text.text_encoder)  # CLIP, duck-typed across transformers
         tm.encoder = torch.compile(tm.encoder, mode="reduce-overhead", fullgraph=False, dynamic=False)
         padded = ids[:1].expand(512, -1)
         t_a = time.perf_counter()

@@ -62,7 +62,7 @@ class _HostOps:
 
     def innermost(self, tid, ts: float) -> str:
         ops, starts = self.by_tid.get(tid), self.starts.get(tid)
-        if not ops:
+        if not ops or starts is None:  # starts are set with ops
             return "(no host op)"
         best = None
         i = bisect.bisect_right(starts, ts) - 1
@@ -112,7 +112,7 @@ def analyse_gaps(events: list[dict], steps: int = 1, top: int = 15) -> dict:
             b = buckets[_bucket(gap)]
             b[0] += 1
             b[1] += gap
-            op = host.innermost(launcher.get("tid"), launcher["ts"]) if late else ""
+            op = host.innermost(launcher.get("tid"), launcher["ts"]) if late and launcher is not None else ""
             if late:
                 late_by_op[op] = late_by_op.get(op, 0.0) + gap
             largest.append((gap, prev_name[:70], e["name"][:70], op))

@@ -8,6 +8,7 @@ SD 2's 49408-row table, so every matrix has its real size.
 from __future__ import annotations
 
 import tempfile
+from typing import Any
 
 import torch
 
@@ -15,7 +16,7 @@ from viewneti_backend.base_model import assemble_base_model
 from viewneti_backend.testing import TEST_WORDS
 from viewneti_backend.toyworld.tokenizer import write_tokenizer
 
-UNET_21 = dict(
+UNET_21: dict[str, Any] = dict(
     sample_size=96,
     in_channels=4,
     out_channels=4,
@@ -32,7 +33,7 @@ UNET_21 = dict(
     flip_sin_to_cos=True,
     freq_shift=0,
 )
-VAE_SD2 = dict(
+VAE_SD2: dict[str, Any] = dict(
     in_channels=3,
     out_channels=3,
     latent_channels=4,
@@ -74,14 +75,14 @@ TINY = {  # --smoke: same structure, tiny widths, so the script can be checked o
 
 
 def sd21_base_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0, tiny: bool = False):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     tok_dir = tempfile.mkdtemp(prefix="sd21-tok-")
     write_tokenizer(tok_dir, TEST_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    text_kw = dict(
+    text_kw: dict[str, Any] = dict(
         vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16
     )
     if tiny:
@@ -110,6 +111,18 @@ def sd21_base_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, s
     )
 
 
+DDPM_KEYS = (
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "num_train_timesteps",
+    "prediction_type",
+    "clip_sample",
+    "steps_offset",
+    "timestep_spacing",
+)
+
+
 def write_sd21_viewneti_model(folder, *, tiny: bool = False, device: str = "cuda", seed: int = 0):
     """Save random-weight SD 2.1 components as an ordinary diffusers folder, with a random view-mapper
     (anchor-pose-13d) and one object token bundled under ``viewneti/``: what a user's SD 2.1 folder plus
@@ -127,14 +140,14 @@ def write_sd21_viewneti_model(folder, *, tiny: bool = False, device: str = "cuda
     base = sd21_base_model(
         device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32, seed=seed, tiny=tiny
     )
-    base.tokenizer.save_pretrained(folder / "tokenizer")
+    tokenizer: Any = base.tokenizer
+    tokenizer.save_pretrained(folder / "tokenizer")
     for name in ("text_encoder", "unet", "vae"):
         getattr(base, name).save_pretrained(folder / name, safe_serialization=True)
-    from diffusers import DDPMScheduler
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
-    DDPMScheduler.from_config({k: v for k, v in SCHEDULER_21.items() if k != "_class_name"}).save_pretrained(
-        folder / "scheduler"
-    )
+    scheduler: Any = DDPMScheduler.from_config({k: v for k, v in SCHEDULER_21.items() if k in DDPM_KEYS})
+    scheduler.save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(
         json.dumps(
             {

@@ -97,7 +97,8 @@ def start_server(model, args, data: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 600
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            stderr = proc.stderr.read().decode() if proc.stderr is not None else ""  # a pipe: never None
+            raise SystemExit(f"server exited: {stderr[-2000:]}")
         try:
             if httpx.get(url + "/v1/health", timeout=5).status_code == 200:
                 return proc, url

@@ -100,7 +100,7 @@ def main() -> None:
             # exactly what Engine.invert sets up, with the object-mapper snapshotted along the way
             width, height = engine.training_size(inp.images[0])
             scene = Scene(
-                "ref", inp.images, [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in inp.cameras]
+                "ref", inp.images, [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in inp.posed_cameras()]
             )
             trainer = Trainer(
                 TrainConfig(

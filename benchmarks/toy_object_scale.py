@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -59,7 +60,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import torch
-    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
     from tqdm.auto import tqdm
 
     from viewneti_backend.cameras import Camera, orbit_pose
@@ -90,7 +91,7 @@ def main() -> None:
             gt_images += gt.images
             text = describe(ToyObject.from_seed(seeds[name]))
             prompts += [f"{text}, {view_phrase(a, cfg.target_elevation)}" for a in azimuths]
-            for image, mask in zip(gt.images, gt.masks):
+            for image, mask in zip(gt.images, gt.object_masks()):
                 seg, true = object_area_mask(image), mask > 0.5
                 gt_area.append(seg.mean())
                 iou.append((seg & true).sum() / max(1, (seg | true).sum()))
@@ -109,7 +110,7 @@ def main() -> None:
             )
         prior = load_prior(model, scheduler=None)
         saved = prior.scheduler.config
-        runs = [
+        runs: list[tuple[str, Any, int, float]] = [  # (label, a diffusers scheduler, steps, guidance)
             (
                 f"prior, true view phrase, DPM-Solver++ {args.steps} steps, guidance {g:g}",
                 DPMSolverMultistepScheduler.from_config(saved),

@@ -77,7 +77,9 @@ def main() -> None:
         for toy_seed, s in tqdm(jobs, desc="objects"):
             gt, inp = render_scene(toy_seed, targets), render_scene(toy_seed, [input_cam])
             name = f"heldout_{toy_seed}_s{s}"
-            engine.invert(inp.images, inp.cameras, name, args.invert_steps, seed=s)  # mode 5, as in the benchmark
+            engine.invert(
+                inp.images, inp.posed_cameras(), name, args.invert_steps, seed=s
+            )  # mode 5, as in the benchmark
             row = {
                 "object": f"obj_{toy_seed}",
                 "seed": s,

@@ -106,7 +106,10 @@ def main() -> None:
         for child in event.cpu_children:
             walk(child, compiled, region)
 
-    for event in prof.events():
+    events = prof.events()
+    if events is None:
+        raise RuntimeError("the profiler recorded no events")
+    for event in events:
         if event.cpu_parent is None:
             walk(event, False, "")
     rows = sorted(((r, sum(c.values()) / steps, c) for r, c in per_region.items()), key=lambda x: -x[1])

@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=16, help="UNet cross-attention layers = prompts per image")
     ap.add_argument("--out", default="", help="write the table as JSON here")
     args = ap.parse_args()
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.device("meta"):

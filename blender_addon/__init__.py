@@ -17,12 +17,16 @@ if bpy is not None:
     )
 
     def register():
+        if bpy is None:  # unreachable (defined only when bpy imported); narrows bpy for the type checker
+            raise RuntimeError("the ViewNeTI add-on registers only inside Blender")
         _register_classes()
         properties.register_properties()
         if runtime.on_load_pre not in bpy.app.handlers.load_pre:
             bpy.app.handlers.load_pre.append(runtime.on_load_pre)
 
     def unregister():
+        if bpy is None:  # unreachable, as in register()
+            raise RuntimeError("the ViewNeTI add-on unregisters only inside Blender")
         export.cancel_active()
         runtime.shutdown(cancel_job=True)
         runtime.stop_backend()

@@ -52,7 +52,7 @@ def build(out_dir, source=HERE):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", default="dist", help="output folder (default: dist)")
     args = parser.parse_args(argv)
     print(build(args.out))

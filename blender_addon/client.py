@@ -315,7 +315,7 @@ class Client:
     def delete_object(self, name):
         self._json("DELETE", "/v1/objects/" + urllib.parse.quote(name, safe=""))
 
-    def render(self, request, timeout=None, accept=STILL_ACCEPT):
+    def render(self, request: dict, timeout=None, accept=STILL_ACCEPT):
         """POST /v1/render; returns a `RenderResult` with the image bytes (PNG, or JPEG if `accept` prefers it)."""
         _status, headers, payload = self._call("POST", "/v1/render", request, timeout, accept=accept)
         if not payload.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
@@ -325,7 +325,7 @@ class Client:
         except ValueError:
             timings = {}
         try:
-            seed = int(headers.get("x-seed", request.get("seed", 0)))
+            seed = int(headers["x-seed"] if "x-seed" in headers else request.get("seed", 0))
         except (TypeError, ValueError):
             seed = 0
         return RenderResult(payload, seed, headers.get("x-request-id", ""), timings)

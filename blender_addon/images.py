@@ -98,7 +98,7 @@ def store_png(name, data, image=None):
     size = image_size(data)
     if size is None:
         raise ValueError("not a PNG or JPEG image")
-    if not _updatable(image):
+    if image is None or not _updatable(image):
         image = bpy.data.images.get(name)
         if not _updatable(image):
             image = bpy.data.images.new(name, width=size[0], height=size[1])
@@ -135,6 +135,8 @@ def background_slot(camera_data, create=True):
 def set_camera_background(camera_data, image):
     """Show `image` behind the camera (visible when looking through it; never in renders)."""
     bg = background_slot(camera_data)
+    if bg is None:  # create=True always returns a slot
+        raise RuntimeError("could not add a background image slot to the camera")
     bg.source = "IMAGE"
     bg.image = image
     bg.show_background_image = True

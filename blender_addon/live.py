@@ -24,7 +24,7 @@ class LiveResult:
     generation: int
     request: dict
     value: object = None  # whatever the render function returned
-    error: Exception = None
+    error: Exception | None = None
 
 
 class LiveController:

@@ -204,7 +204,11 @@ class VIEWNETI_OT_clear_background(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        images.clear_camera_background(_active_camera(context).data)
+        camera = _active_camera(context)
+        if camera is None:  # poll() saw one, but the context can change before execute()
+            self.report({"WARNING"}, "No active camera: select a camera object first")
+            return {"CANCELLED"}
+        images.clear_camera_background(camera.data)
         return {"FINISHED"}
 
 

@@ -20,7 +20,7 @@ from bpy.app.handlers import persistent
 
 from . import camera_pose, images
 from .client import DEFAULT_URL, LIVE_ACCEPT, BackendError, BackendNotReady, BackendUnavailable, Client, Superseded
-from .jobs import InvertJob, SequenceJob
+from .jobs import InvertJob, Job, SequenceJob
 from .live import LiveController
 
 TICK_FAST = 0.05  # while live mode or a job needs attention
@@ -40,13 +40,13 @@ class _Session:
     def __init__(self):
         self.calls = queue.Queue()  # (callback, value, error) from run_async workers
         self.calls_pending = 0
-        self.live = None
+        self.live: LiveController | None = None
         self.live_scene = ""
-        self.job = None
+        self.job: Job | None = None
         self.job_scene = ""
         self.job_camera = ""
         self.preview_serial = 0
-        self.backend_proc = None
+        self.backend_proc: subprocess.Popen | None = None
         self.backend_log = ""
         self.backend_scene = ""
         self.backend_next_check = 0.0
@@ -478,7 +478,7 @@ def start_invert(scene):
 
 
 def cancel_job():
-    if job_running():
+    if job_running() and SESSION.job is not None:
         SESSION.job.cancel()
         scene = _scene(SESSION.job_scene)
         if scene is not None:

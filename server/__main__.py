@@ -191,7 +191,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Callable[[], Any]:
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         model=config.model,
         view_mapper=config.view_mapper,
         device=config.device,

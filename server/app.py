@@ -196,14 +196,15 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         return Response(status_code=204)
 
     # -- compilation -------------------------------------------------------------------------------
-    @r.post("/compile", status_code=202, response_model=CompileOut, responses=_COMMON)
+    @r.post("/compile", status_code=202, response_model=CompileOut, responses={**_COMMON})
     async def compile_shape(body: CompileRequest) -> Any:
         """Compile a render shape in the background; renders at it run uncompiled until it is ready."""
         from viewneti_backend.render_shape import RenderShape
 
         worker.ready_or_raise()
-        wire = {"camera_to_anchor": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}
-        camera = parse_camera(CameraIn(**wire, width=body.width, height=body.height), "size", config, max_size())
+        identity = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+        probe = CameraIn.model_validate({"camera_to_anchor": identity, "width": body.width, "height": body.height})
+        camera = parse_camera(probe, "size", config, max_size())
         shape = RenderShape(body.views, camera.width, camera.height)
         worker.request_compile(shape)
         status = worker.compile_status()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.types import Send
+from starlette.types import Scope, Send
 
 
 async def send_json(
@@ -18,7 +18,7 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-def header(scope: dict, name: bytes) -> bytes | None:
+def header(scope: Scope, name: bytes) -> bytes | None:
     for k, v in scope.get("headers", ()):
         if k.lower() == name:
             return v

@@ -70,7 +70,7 @@ class _Dedup:
         self.last_step = -1
         self.last_phase = None
         self.last_preview = -1
-        self.frames: set[int] = set()
+        self.frames: set[int | None] = set()  # a frame event without an index is recorded once, as None
         self.finished = False
 
     def accept(self, event: str, data: dict[str, Any]) -> bool:

@@ -12,6 +12,8 @@ patched UNet still runs stock prompts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,7 +97,7 @@ def install_per_layer_processors(unet: nn.Module, seq_len: int) -> int:
     names = cross_attention_layer_names(unet)
     if not names:
         raise ValueError("this UNet has no cross-attention layers (attn2): not a Stable-Diffusion-architecture model")
-    modules = dict(unet.named_modules())
+    modules: dict[str, Any] = dict(unet.named_modules())  # Any: diffusers Attention layers, duck-typed (set_processor)
     for index, name in enumerate(names):
         modules[name].set_processor(PerLayerCrossAttnProcessor(index, len(names), seq_len))
     return len(names)
@@ -129,9 +131,10 @@ def fuse_self_attention_projections(unet: nn.Module) -> int:
             and hasattr(module, "fuse_projections")
             and not getattr(module, "fused_projections", False)
         ):
-            module.fuse_projections()
-            module.to_qkv.requires_grad_(False)
-            module.set_processor(FusedAttnProcessor2_0())
+            layer: Any = module  # a diffusers Attention layer, duck-typed by the hasattr checks above
+            layer.fuse_projections()
+            layer.to_qkv.requires_grad_(False)
+            layer.set_processor(FusedAttnProcessor2_0())
             count += 1
     return count
 

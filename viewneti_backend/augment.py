@@ -279,19 +279,21 @@ def apply_augmentation(images: torch.Tensor, plan: AugmentationPlan) -> torch.Te
     blr = [i for i, p in enumerate(plans) if p.sigma is not None]
     rot = [i for i, p in enumerate(plans) if p.rotation is not None]
     crop = cfg.crop_scale != (1.0, 1.0)
-    contrast_round = [any(plans[i].jitter[k][0] == 1 for i in jit) for k in range(4)]
+    jitters = [p.jitter for p in plans if p.jitter is not None]  # the plans of `jit`, in order (likewise below)
+    contrast_round = [any(j[k][0] == 1 for j in jitters) for k in range(4)]
     flat: list[float] = []
-    for i in jit:
-        for op, f, a in plans[i].jitter:
+    for rounds in jitters:
+        for op, f, a in rounds:
             flat += _jitter_round(op, f, a)
     flat += [float(i) for i in jit]
-    flat += _blur_taps([plans[i].sigma for i in blr]) if blr else []
+    flat += _blur_taps([p.sigma for p in plans if p.sigma is not None]) if blr else []
     flat += [float(i) for i in blr]
-    for i in rot:
-        a = plans[i].rotation
+    for a in [p.rotation for p in plans if p.rotation is not None]:
         flat += [math.cos(a), -math.sin(a), 0.0, math.sin(a), math.cos(a), 0.0]
     flat += [float(i) for i in rot]
     for p in plans if crop else []:
+        if p.crop is None:  # _plan_image draws a crop for every image when the config crops
+            raise ValueError("an augmentation plan for a cropping config has an image without a crop")
         sw, sh, cx, cy = p.crop
         flat += [sw, 0.0, cx, 0.0, sh, cy]
     sizes = [len(jit) * 48, len(jit), len(blr) * 5, len(blr), len(rot) * 6, len(rot), b * 6 if crop else 0]

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ import torch
 from .attention import fuse_self_attention_projections, install_per_layer_processors, prefer_cudnn_attention
 from .errors import InputError
 from .text_conditioning import TextConditioner
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
 
 DTYPES = {
     "float32": torch.float32,
@@ -61,9 +65,11 @@ class BaseModel:
 
     name: str
     tokenizer: object
-    text_encoder: torch.nn.Module
-    unet: torch.nn.Module
-    vae: torch.nn.Module
+    # Any: diffusers/transformers models are reached through config attributes and return_dict unions that
+    # their annotations do not express (CLIPTextModel, UNet2DConditionModel or its torch.compile wrapper, AutoencoderKL).
+    text_encoder: Any
+    unet: Any
+    vae: Any
     scheduler_config: dict
     device: torch.device
     dtype: torch.dtype
@@ -98,20 +104,27 @@ class BaseModel:
     def scaling_factor(self) -> float:
         return float(getattr(self.vae.config, "scaling_factor", 0.18215))
 
-    def noise_scheduler(self):
-        from diffusers import DDPMScheduler
+    def noise_scheduler(self) -> DDPMScheduler:
+        from diffusers import DDPMScheduler  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
 
-        return DDPMScheduler.from_config(self.scheduler_config)
+        # diffusers types from_config/load_config as "X | (X, unused kwargs)"; the tuple comes only with
+        # return_unused_kwargs=True, never passed here: the casts in this module state that.
+        return cast("DDPMScheduler", DDPMScheduler.from_config(self.scheduler_config))
 
-    def sampling_scheduler(self, name: str = "dpmsolver++"):
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    def sampling_scheduler(
+        self, name: str = "dpmsolver++"
+    ) -> DPMSolverMultistepScheduler | DDIMScheduler | EulerDiscreteScheduler:
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
 
         if name in ("dpmsolver++", "dpm++", "dpmsolver"):
-            return DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
+            return cast(
+                "DPMSolverMultistepScheduler",
+                DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++"),
+            )
         if name == "ddim":
-            return DDIMScheduler.from_config(self.scheduler_config)
+            return cast("DDIMScheduler", DDIMScheduler.from_config(self.scheduler_config))
         if name == "euler":
-            return EulerDiscreteScheduler.from_config(self.scheduler_config)
+            return cast("EulerDiscreteScheduler", EulerDiscreteScheduler.from_config(self.scheduler_config))
         raise InputError(f"unknown sampler '{name}': use dpmsolver++, ddim or euler")
 
 
@@ -119,7 +132,7 @@ def _is_local(model: str) -> bool:
     return os.path.isdir(model)
 
 
-def model_fingerprint(text_encoder: torch.nn.Module, unet: torch.nn.Module) -> str:
+def model_fingerprint(text_encoder: Any, unet: Any) -> str:  # Any: as BaseModel's fields
     """A short hash that identifies a base model across dtypes/devices (object tokens remember it)."""
     table = text_encoder.get_input_embeddings().weight
     rows = table[: min(256, table.shape[0])].detach().to(torch.bfloat16).float().sum(dim=1).cpu().numpy()
@@ -141,7 +154,7 @@ def load_base_model(
     local_files_only: bool | None = None,
 ) -> BaseModel:
     """Load tokenizer, text encoder, UNet, VAE and scheduler config from a hub id or a local folder."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
     from transformers import CLIPTextModel, CLIPTokenizer
 
     model = str(model)
@@ -162,15 +175,15 @@ def load_base_model(
             raise InputError(
                 f"'{model}' is not a Stable-Diffusion-architecture diffusers folder: missing subfolder(s) {', '.join(missing)}"
             )
-    kw = {"local_files_only": local_files_only}
+    kw: dict[str, Any] = {"local_files_only": local_files_only}
     try:
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
         text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dt, **kw)
         unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dt, **kw)
         vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dt, **kw)
-        from diffusers import DDPMScheduler
+        from diffusers import DDPMScheduler  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
 
-        scheduler_config = dict(DDPMScheduler.load_config(model, subfolder="scheduler", **kw))
+        scheduler_config = dict(cast(dict, DDPMScheduler.load_config(model, subfolder="scheduler", **kw)))
     except (OSError, ValueError) as exc:
         hint = " (offline: HF_HUB_OFFLINE is set, so only cached or local models load)" if local_files_only else ""
         raise InputError(f"cannot load a Stable-Diffusion-architecture model from '{model}'{hint}: {exc}") from None

@@ -173,5 +173,7 @@ def make_parameterization(name: str, stats: dict[str, Any] | None = None) -> Cam
     return PARAMETERIZATIONS[name](stats)
 
 
-def parameterization_from_config(config: dict[str, Any]) -> CameraParameterization:
+def parameterization_from_config(config: dict[str, Any] | None) -> CameraParameterization:
+    if config is None:  # a mapper config's camera_parameterization: None for object mappers
+        raise InputError("this mapper stores no camera parameterization: it is not a view-mapper")
     return make_parameterization(config["name"], config.get("stats"))

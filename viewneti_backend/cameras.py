@@ -160,7 +160,9 @@ def fov_y_from_intrinsics(k: np.ndarray, height: int) -> float:
 # Pose construction
 # ------------------------------------------------------------------------------------------------
 def look_at(
-    eye: Sequence[float], target: Sequence[float] = (0.0, 0.0, 0.0), up: Sequence[float] = (0.0, 0.0, 1.0)
+    eye: Sequence[float] | np.ndarray,
+    target: Sequence[float] | np.ndarray = (0.0, 0.0, 0.0),
+    up: Sequence[float] | np.ndarray = (0.0, 0.0, 1.0),
 ) -> np.ndarray:
     """Camera-to-world (Blender convention) of a camera at ``eye`` looking at ``target``."""
     eye = np.asarray(eye, dtype=np.float64)

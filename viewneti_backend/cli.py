@@ -73,7 +73,7 @@ def _cameras_from_args(args, native: int):
         from .data import load_transforms_scene
 
         scene = load_transforms_scene(args.transforms, _views(args.views))
-        return [c.with_size(size, size) if args.size else c for c in scene.cameras]
+        return [c.with_size(size, size) if args.size else c for c in scene.posed_cameras()]
     return [
         Camera(
             orbit_pose(args.azimuth + 360.0 * i / args.orbit, args.elevation, args.radius), args.fov, size, size
@@ -158,7 +158,9 @@ def cmd_invert(args) -> int:
         bar.update(ev["step"] - bar.n)
         bar.set_postfix(loss=f"{ev['loss']:.4f}")
 
-    entry = engine.invert(scene.images, scene.cameras, args.name, args.steps, seed=args.seed, on_progress=progress)
+    entry = engine.invert(
+        scene.images, scene.posed_cameras(), args.name, args.steps, seed=args.seed, on_progress=progress
+    )
     bar.close()
     print(json.dumps(entry, indent=2))
     return 0
@@ -245,7 +247,7 @@ def cmd_eval(args) -> int:
     print(f"sampling: {steps} steps, guidance {guidance:g}", file=sys.stderr)
     for seed in [int(s) for s in args.seeds.split(",")]:
         size = args.size or engine.base.native_size
-        cams = [c.with_size(size, size) for c in scene.cameras]
+        cams = [c.with_size(size, size) for c in scene.posed_cameras()]
         preds = engine.render(cams, args.object, seed, steps, guidance, with_view=not args.no_view)
         for i, (pred, gt) in enumerate(zip(preds, scene.images)):
             gt = gt.resize(pred.size)
@@ -255,7 +257,7 @@ def cmd_eval(args) -> int:
 
                 mask = Image.fromarray(mask.astype("uint8") * 255).resize(pred.size)
             table.add(
-                args.object or engine.default_object,
+                args.object or engine.default_object or "",  # never "": render() above raises without an object
                 i,
                 seed,
                 masked_psnr(pred, gt, mask),

@@ -43,6 +43,18 @@ class Scene:
                 f"scene '{self.name}': {len(self.images)} images but {len(self.cameras)} cameras: give one camera per image"
             )
 
+    def posed_cameras(self) -> list[Camera]:
+        """The cameras, where poses are required: a clear error for a scene without them (mode 0)."""
+        if self.cameras is None:
+            raise InputError(f"scene '{self.name}' has no camera poses: give a scene with cameras (transforms, DTU)")
+        return self.cameras
+
+    def object_masks(self) -> list[np.ndarray]:
+        """The masks, where they are required (masked metrics): a clear error for a scene without them."""
+        if self.masks is None:
+            raise InputError(f"scene '{self.name}' has no object masks: masked metrics need one mask per image")
+        return self.masks
+
     def subset(self, indices: Sequence[int]) -> Scene:
         bad = [i for i in indices if not 0 <= i < len(self.images)]
         if bad:
@@ -146,7 +158,7 @@ def load_dtu_scene(
         if not img_path.is_file() or not cal_path.is_file():
             raise InputError(f"DTU files missing for scan {scan}, camera {cam_id}: expected {img_path} and {cal_path}")
         cam = dtu_projection_to_camera(read_dtu_projection(cal_path), 1600, 1200)
-        images.append(_open_rgb(img_path).resize(size, Image.BICUBIC))
+        images.append(_open_rgb(img_path).resize(size, Image.Resampling.BICUBIC))
         cameras.append(cam.with_size(*size))
     return Scene(f"scan{scan}", images, cameras, meta={"dtu_views": views})
 

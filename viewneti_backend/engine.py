@@ -125,7 +125,7 @@ class Engine:
         if vm_path is not None:
             vm = NeTIMapper.from_pretrained(vm_path, expect_fingerprint=base.fingerprint, device=base.device)
             vm.requires_grad_(False).eval()
-        builtin = [Path(model) / BUNDLE_DIR / "objects"] if Path(model).is_dir() else []
+        builtin: list[str | Path] = [Path(model) / BUNDLE_DIR / "objects"] if Path(model).is_dir() else []
         library = ObjectLibrary(library_dir, builtin)
         name = (
             None
@@ -322,10 +322,8 @@ class Engine:
             raise InputError(f"give one camera per reference image ({len(images)} images, {len(cameras)} cameras)")
         width, height = self.training_size(images[0])
         options = config or TrainConfig()
-        cfg = dataclasses.replace(
-            options, mode=5, steps=steps, seed=seed, width=options.width or width, height=options.height or height
-        )
-        width, height = cfg.width, cfg.height
+        width, height = options.width or width, options.height or height
+        cfg = dataclasses.replace(options, mode=5, steps=steps, seed=seed, width=width, height=height)
         cams = [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in cameras]
         scene = Scene(name, [im.convert("RGB") for im in images], cams)
         trainer = Trainer(

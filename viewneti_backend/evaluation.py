@@ -45,7 +45,7 @@ def masked_ssim(pred, gt, mask=None) -> float:
 
     p, g = _as_float(pred), _as_float(gt)
     m = _as_mask(mask, g.shape)[..., None]
-    return float(structural_similarity(p * m, g * m, channel_axis=-1, data_range=1.0))
+    return float(structural_similarity(p * m, g * m, channel_axis=-1, data_range=1.0))  # pyright: ignore[reportArgumentType]  skimage's return type includes the full=True/gradient=True tuples
 
 
 class LPIPSMetric:
@@ -53,12 +53,12 @@ class LPIPSMetric:
 
     def __init__(self, device: str = "cpu"):
         try:
-            import lpips  # noqa: F401
+            import lpips  # noqa: F401  # pyright: ignore[reportMissingImports]  optional: the viewneti[eval] extra
         except ImportError:
             raise RuntimeError(
                 "LPIPS needs the 'lpips' package (pip install 'viewneti[eval]') and cached VGG weights"
             ) from None
-        import lpips
+        import lpips  # pyright: ignore[reportMissingImports]  optional: checked just above
         import torch
 
         try:

@@ -78,6 +78,8 @@ class FourierFeatures(nn.Module):
     buffer: not stored, regenerated from the seed.
     """
 
+    B: torch.Tensor  # the buffer registered in __init__
+
     def __init__(self, sigmas: list[float], out_dim: int = 64, seed: int = 0):
         super().__init__()
         if out_dim % 2:

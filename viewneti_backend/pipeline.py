@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -115,6 +116,8 @@ class ViewNeTIPipeline:
         ids = self.base.text.token_ids(self.prompt(with_view)).expand(len(t), -1)
         feats = None
         if with_view:
+            if self.camera_param is None:  # set together with the view-mapper
+                raise InputError("no view-mapper is loaded: load one (--view-mapper) or render without view control")
             feats = self.camera_param.features(cameras).to(self.base.device).repeat_interleave(n_t * n_l, dim=0)
         k, v = encode_conditions(self.base, ids, t, l, object_mapper, self.view_mapper if with_view else None, feats)
         s, d = k.shape[1], k.shape[2]
@@ -180,7 +183,7 @@ class ViewNeTIPipeline:
         noise = torch.randn(1, c, height // f, width // f, generator=gen, dtype=torch.float32)
         return (noise.expand(batch, -1, -1, -1) * sigma).to(self.base.device, self.base.dtype).contiguous()
 
-    def _modules(self, eager: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    def _modules(self, eager: bool) -> tuple[Any, Any]:
         """(UNet, VAE decoder) to run: the compiled ones, or with ``eager`` the uncompiled originals."""
         vae = self.base.vae
         if eager:
@@ -221,13 +224,13 @@ class ViewNeTIPipeline:
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped at step {i} of {steps}")
             model_in = torch.cat([latents, latents]) if use_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
+            model_in = scheduler.scale_model_input(model_in, t)  # pyright: ignore[reportArgumentType]  DDIMScheduler annotates timestep int; diffusers' own pipelines pass this tensor
             ehs = torch.cat([uncond, cond[i]]) if uncond is not None else cond[i]
             pred = unet(model_in, t, encoder_hidden_states=ehs, return_dict=False)[0]
             if use_cfg:
                 pred_u, pred_c = pred.chunk(2)
                 pred = pred_u + guidance * (pred_c - pred_u)
-            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            latents = scheduler.step(pred, t, latents, return_dict=False)[0]  # pyright: ignore[reportArgumentType]  as above
             if on_step is not None:
                 on_step(i + 1, steps)
         return latents
@@ -249,6 +252,44 @@ class ViewNeTIPipeline:
         if self.base.device.type == "cuda":
             torch.cuda.synchronize(self.base.device)
 
+    @overload
+    def __call__(
+        self,
+        cameras: Sequence[Camera],
+        object_mapper: NeTIMapper,
+        *,
+        seed: int = 0,
+        steps: int = 30,
+        guidance: float = 7.5,
+        with_view: bool = True,
+        object_key: str | None = None,
+        use_cache: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        timings: dict | None = None,
+        output: Literal["pil"] = "pil",
+        eager: bool = False,
+    ) -> list[Image.Image]: ...
+
+    @overload
+    def __call__(
+        self,
+        cameras: Sequence[Camera],
+        object_mapper: NeTIMapper,
+        *,
+        seed: int = 0,
+        steps: int = 30,
+        guidance: float = 7.5,
+        with_view: bool = True,
+        object_key: str | None = None,
+        use_cache: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        timings: dict | None = None,
+        output: Literal["latent"],
+        eager: bool = False,
+    ) -> torch.Tensor: ...
+
     @torch.no_grad()
     def __call__(
         self,
@@ -266,9 +307,9 @@ class ViewNeTIPipeline:
         timings: dict | None = None,
         output: str = "pil",
         eager: bool = False,
-    ):
-        """Render one view per camera. ``eager`` runs the uncompiled UNet/decoder (a shape that has no
-        compiled graph yet); same maths."""
+    ) -> list[Image.Image] | torch.Tensor:
+        """Render ``cameras``: PIL images, or the final latents with ``output="latent"``. ``eager`` runs the
+        uncompiled UNet/decoder (a shape that has no compiled graph yet); same maths."""
         if not cameras:
             raise InputError("no cameras given")
         width, height = cameras[0].width, cameras[0].height
@@ -306,6 +347,6 @@ def images_to_tensor(images: Sequence[Image.Image], width: int, height: int) -> 
     for im in images:
         im = im.convert("RGB")
         if im.size != (width, height):
-            im = im.resize((width, height), Image.BICUBIC)
+            im = im.resize((width, height), Image.Resampling.BICUBIC)
         arrs.append(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()

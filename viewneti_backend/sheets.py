@@ -31,7 +31,7 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     for i, (im, label) in enumerate(zip(images, labels)):
         x, y = (i % cols) * w, (i // cols) * (h + pad)
-        sheet.paste(im.resize((w, h), Image.NEAREST), (x, y))
+        sheet.paste(im.resize((w, h), Image.Resampling.NEAREST), (x, y))
         if label:
             draw.text((x + 2, y + h + 1), label[:24], fill="black")
     out = Path(out)

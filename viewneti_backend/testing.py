@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -42,14 +43,14 @@ TEST_WORDS = [
 def build_tiny_pipeline(
     folder: str | Path,
     *,
-    prediction_type: str = "v_prediction",
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "v_prediction",
     sample_size: int = 64,
     text_width: int = 32,
     seed: int = 0,
     words: list[str] | None = None,
 ) -> Path:
     """Save a random-weight SD-architecture pipeline (UNet, VAE, CLIP text encoder, tokenizer, scheduler)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
@@ -72,9 +73,9 @@ def build_tiny_pipeline(
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3,  # pyright: ignore[reportArgumentType]  diffusers annotates a one-element tuple for any length
+        up_block_types=("UpDecoderBlock2D",) * 3,  # pyright: ignore[reportArgumentType]  diffusers annotates a one-element tuple for any length
+        block_out_channels=(16, 32, 32),  # pyright: ignore[reportArgumentType]  diffusers annotates a one-element tuple for any length
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
@@ -146,6 +147,8 @@ def build_tiny_viewneti_model(folder: str | Path, *, steps: int = 2, seed: int =
         TrainConfig(mode=3, steps=steps, batch_size=2, grad_accum=1, seed=seed), base, scenes, device="cpu"
     )
     result = trainer.train(progress=False)
+    if result.view_mapper is None:  # mode 3 trains one
+        raise RuntimeError("mode-3 training returned no view-mapper")
     result.view_mapper.save_pretrained(folder / "viewneti" / "view_mapper")
     for name, mapper in result.object_mappers.items():
         mapper.save_pretrained(folder / "viewneti" / "objects" / name)

@@ -12,7 +12,9 @@ pass all of them at once so the text encoder runs as one batched call.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +49,7 @@ class Injection:
     alpha: float
 
 
-def _text_transformer(text_encoder: nn.Module) -> nn.Module:
+def _text_transformer(text_encoder: nn.Module) -> Any:  # CLIPTextTransformer or CLIPTextModel: duck-typed
     # transformers 5 exposes embeddings/encoder/final_layer_norm on CLIPTextModel itself; 4.x nests them.
     return getattr(text_encoder, "text_model", text_encoder)
 
@@ -67,13 +69,13 @@ class TextConditioner:
         self.view_token_id = tokenizer.convert_tokens_to_ids(view_token)
         self.object_token_id = tokenizer.convert_tokens_to_ids(object_token)
         tm = _text_transformer(text_encoder)
-        self._table = tm.embeddings.token_embedding
+        self._table: nn.Embedding = tm.embeddings.token_embedding
         self.max_length = int(getattr(tokenizer, "model_max_length", 77) or 77)
         if self.max_length > tm.embeddings.position_embedding.weight.shape[0]:
             self.max_length = tm.embeddings.position_embedding.weight.shape[0]
         self._cache: dict[str, torch.Tensor] = {}
         self._legacy_causal_mask: bool | None = None
-        self._training_encoder: nn.Module | None = None  # see compile_for_training
+        self._training_encoder: Callable[..., Any] | None = None  # see compile_for_training
 
     def compile_for_training(self, mode: str = "reduce-overhead") -> None:
         """Use a ``torch.compile``'d copy of the CLIP blocks whenever gradients are on (inversion).

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -134,14 +135,16 @@ def new_mapper(
     base: BaseModel, kind: str, camera_param: CameraParameterization | None = None, token: str | None = None
 ) -> NeTIMapper:
     is_view = kind == "view"
+    if is_view and camera_param is None:
+        raise ValueError("a view-mapper needs a camera parameterization (camera_param)")
     cfg = MapperConfig(
         kind=kind,
         token=token or (base.text.view_token if is_view else base.text.object_token),
         embedding_dim=base.text.embedding_dim,
         num_layers=base.num_layers,
         num_train_timesteps=base.num_train_timesteps,
-        camera_dim=camera_param.dim if is_view else 0,
-        camera_parameterization=camera_param.to_config() if is_view else None,
+        camera_dim=camera_param.dim if is_view and camera_param is not None else 0,
+        camera_parameterization=camera_param.to_config() if is_view and camera_param is not None else None,
         norm_target=base.text.reference_norm("view" if is_view else "object"),
         super_word="view" if is_view else "object",
         base_model=base.name,
@@ -186,6 +189,17 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     step: int = 0
     output_dir: Path | None = None
+
+
+_T = TypeVar("_T")
+
+
+def _all_present(values: list[_T | None], what: str) -> list[_T]:
+    """The micro-batches of one step are alike: where the first has a value, every one has."""
+    present = [v for v in values if v is not None]
+    if len(present) != len(values):
+        raise RuntimeError(f"the micro-batches of one step disagree on their {what}")
+    return present
 
 
 @dataclass
@@ -262,10 +276,12 @@ class Trainer:
         if isinstance(view_mapper, (str, os.PathLike)):
             view_mapper = NeTIMapper.from_pretrained(view_mapper, expect_fingerprint=b.fingerprint)
         if c.mode in (4, 5):
+            if view_mapper is None:
+                raise InputError(f"mode {c.mode} trains with a pretrained view-mapper: pass view_mapper")
             self.camera_param = parameterization_from_config(view_mapper.config.camera_parameterization)
             self.view_mapper = view_mapper.to(acc.device)
         elif c.uses_view:
-            all_cams = [cam.with_size(self.width, self.height) for s in self.scenes for cam in s.cameras]
+            all_cams = [cam.with_size(self.width, self.height) for s in self.scenes for cam in s.posed_cameras()]
             # ``camera_param`` lets a caller fit the statistics on a wider population (dtu-12d: all
             # 64 cal18 cameras, as the reference does); otherwise they come from the training cameras.
             self.camera_param = camera_param or make_parameterization(c.camera_parameterization).fit(all_cams)
@@ -294,7 +310,7 @@ class Trainer:
         # Images resized once; each micro-batch draws its augmentation, applied to a fused step's images at once.
         self.scene_tensors = [images_to_tensor(s.images, self.width, self.height).to(acc.device) for s in self.scenes]
         self.scene_features = [
-            self.camera_param.features([cam.with_size(self.width, self.height) for cam in s.cameras])
+            self.camera_param.features([cam.with_size(self.width, self.height) for cam in s.posed_cameras()])
             if self.camera_param
             else None
             for s in self.scenes
@@ -366,7 +382,8 @@ class Trainer:
                 if self.augmentation
                 else None
             )
-        feats = self.scene_features[scene][idx] if self.scene_features[scene] is not None else None
+        scene_feats = self.scene_features[scene]
+        feats = scene_feats[idx] if scene_feats is not None else None
         if c.uses_view:
             prompts = [
                 VIEW_OBJECT_PROMPT.format(view=self.base.text.view_token, object=self.base.text.object_token)
@@ -378,7 +395,7 @@ class Trainer:
         f = self.base.vae_scale_factor
         shape = (c.batch_size, self.base.latent_channels, self.height // f, self.width // f)
         noise = torch.randn(shape, generator=gen)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (c.batch_size,), generator=gen)
+        t = torch.randint(0, self.noise_scheduler.config["num_train_timesteps"], (c.batch_size,), generator=gen)
         return MicroBatch(scene, images, plan, feats, prompts, noise, t, torch.randn(shape, generator=gen), pool_index)
 
     def _token_ids(self, prompts: list[str]) -> torch.Tensor:
@@ -394,13 +411,17 @@ class Trainer:
         bs = sum(len(mb.t) for mb in batches)
         eps = to_device(torch.cat([mb.posterior_noise for mb in batches]), dev)
         if batches[0].pool_index is not None:  # encoded once: look the posteriors up
+            pools, pool_index = self.pools, _all_present([mb.pool_index for mb in batches], "pool indices")
+            if pools is None:
+                raise RuntimeError("micro-batches index an encoded pool, but this trainer has none")
             posteriors = torch.cat(
-                [self.pools[mb.scene][1].index_select(0, to_device(mb.pool_index, dev)) for mb in batches]
+                [pools[mb.scene][1].index_select(0, to_device(i, dev)) for mb, i in zip(batches, pool_index)]
             )
         else:
-            images = torch.cat([mb.images for mb in batches])
+            images = torch.cat(_all_present([mb.images for mb in batches], "images"))
             if batches[0].augmentation is not None:  # one batched augmentation for every fused micro-batch
-                images = apply_augmentation(images, AugmentationPlan.concat([mb.augmentation for mb in batches]))
+                plans = _all_present([mb.augmentation for mb in batches], "augmentation plans")
+                images = apply_augmentation(images, AugmentationPlan.concat(plans))
             posteriors = self._encode_posteriors(images)
         mean, std = posteriors.unbind(1)
         latents = (mean + std * eps) * b.scaling_factor  # a sample of the VAE posterior, with each image's own draw
@@ -415,7 +436,8 @@ class Trainer:
         l_rep = torch.arange(n_l, device=dev).repeat(bs)
         feats = None
         if batches[0].feats is not None:
-            feats = to_device(torch.cat([mb.feats for mb in batches]), dev).repeat_interleave(n_l, dim=0)
+            feats = to_device(torch.cat(_all_present([mb.feats for mb in batches], "camera features")), dev)
+            feats = feats.repeat_interleave(n_l, dim=0)
         ids = self._token_ids([p for mb in batches for p in mb.prompts]).repeat_interleave(n_l, dim=0)
         groups = [(mb.scene, len(mb.t) * n_l) for mb in batches]
         obj, view = self.mappers(t_rep, l_rep, feats if self.config.mode != 5 else None, groups)
@@ -426,6 +448,8 @@ class Trainer:
             with torch.no_grad():
                 view = self.frozen_view(t_rep, l_rep, feats)
         if view is not None:
+            if self.view_mapper is None:  # view encodings come from it (trained or frozen)
+                raise RuntimeError("view encodings without a view-mapper")
             inj[b.text.view_token_id] = Injection(view[0], view[1], self.view_mapper.config.alpha)
         with acc.autocast():
             keys, values = b.text.encode(ids, inj)

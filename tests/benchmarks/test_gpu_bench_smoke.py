@@ -49,7 +49,7 @@ def test_gpu_bench_smoke_writes_every_section(tmp_path):
 def test_host_profile_names_the_function_that_takes_the_time():
     """--profile inversion-host reads where the host's time per step goes; check it on a known workload."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import gpu_bench
+    import gpu_bench  # pyright: ignore[reportMissingImports]  benchmarks/ is on sys.path from the line above
 
     def busy_loop_for_the_profile():
         return sum(i * i for i in range(20000))
@@ -65,7 +65,7 @@ def test_timeline_splits_idle_time_by_launcher_and_host_lateness():
     """gpu_timeline.analyse_gaps on a hand-made trace: a CUDA graph of two kernels (a queued 2 us gap),
     then an eager kernel launched after the GPU went idle (a 20 us host-late gap inside aten::mul)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gpu_timeline import analyse_gaps
+    from gpu_timeline import analyse_gaps  # pyright: ignore[reportMissingImports]  benchmarks/ is on sys.path, above
 
     def x(cat, name, ts, dur, tid=1, **args):
         return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid, "args": args}

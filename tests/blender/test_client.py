@@ -41,6 +41,7 @@ def test_sse_multiline_data_default_name_id_and_bytes():
     parser = SSEParser()
     out = [parser.feed_line(line) for line in (b"id: 7\n", b"data: line one\n", b"data:line two\n", b"\n")]
     assert out[:3] == [None, None, None]
+    assert out[3] is not None
     assert out[3].event == "message" and out[3].data == "line one\nline two" and out[3].id == "7"
 
 

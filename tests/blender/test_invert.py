@@ -89,6 +89,7 @@ def test_the_demo_replaces_its_previous_inversion_instead_of_failing(live_scene,
     spec = importlib.util.spec_from_file_location(
         "viewneti_demo_script", Path(__file__).resolve().parents[2] / "blender_addon" / "demo.py"
     )
+    assert spec is not None and spec.loader is not None
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     runtime = addon_module("runtime")

@@ -25,7 +25,7 @@ class ScriptedClient:
         self.cancelled = []
         self.downloads = []
         self.submitted = threading.Event()
-        self.gate = None
+        self.gate: threading.Event | None = None
 
     def submit_sequence(self, request):
         return self._submit()
@@ -174,5 +174,5 @@ def test_invert_previews_progress_and_result():
     )
     job = InvertJob(client, {"name": "a", "steps": 3}).start()
     assert job.wait(5)
-    assert job.state == "done" and job.result["name"] == "a"
+    assert job.state == "done" and job.result is not None and job.result["name"] == "a"
     assert job.preview_png == PNG and job.preview_serial == 1 and job.loss == 0.5

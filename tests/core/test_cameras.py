@@ -231,4 +231,5 @@ def test_the_training_commands_offer_every_registered_parameterisation():
     from viewneti_backend.mapper import NeTIMapper
 
     shipped = NeTIMapper.from_pretrained(embedded_model_dir() / "viewneti" / "view_mapper")
+    assert shipped.config.camera_parameterization is not None
     assert shipped.config.camera_parameterization["name"] == defaults["pretrain"]

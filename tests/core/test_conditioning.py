@@ -9,6 +9,11 @@ from viewneti_backend.pipeline import encode_conditions, layer_grid
 from viewneti_backend.text_conditioning import Injection
 
 
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    assert t.grad is not None, "no gradient reached this tensor"
+    return t.grad
+
+
 def test_known_word_with_zero_bypass_equals_plain_prompt(tiny_base):
     text = tiny_base.text
     ids_placeholder = text.tokenize([f"a photo of a {text.object_token}"])
@@ -65,7 +70,7 @@ def test_each_cross_attention_layer_receives_its_own_encoding(tiny_base):
     unet, n_l = tiny_base.unet, tiny_base.num_layers
     names = cross_attention_layer_names(unet)
     modules = dict(unet.named_modules())
-    seen: list[tuple[int, float]] = []
+    seen: list[tuple[int, float, float]] = []
     originals = {}
     for name in names:
         proc = modules[name].processor
@@ -77,7 +82,7 @@ def test_each_cross_attention_layer_receives_its_own_encoding(tiny_base):
             seen.append((proc.layer_index, float(k[0, 0, 0]), float(v[0, 0, 0])))
             return k, v
 
-        proc.split = spy
+        proc.split = spy  # pyright: ignore[reportAttributeAccessIssue]  a spy replaces the bound method (restored below)
     try:
         s, d = 77, tiny_base.text.embedding_dim
         keys = torch.arange(n_l, dtype=torch.float32)[None, :, None, None].expand(1, n_l, s, d).clone()
@@ -136,7 +141,7 @@ def test_fused_self_attention_projections_keep_the_maths_and_stay_frozen(tiny_mo
         ehs.grad = None
         out = base.unet(x, t, encoder_hidden_states=ehs, return_dict=False)[0]
         out.square().mean().backward()
-        return out.detach(), ehs.grad.clone()
+        return out.detach(), _grad(ehs).clone()
 
     before, grad_before = run()
     assert fuse_self_attention_projections(base.unet) > 0
@@ -171,9 +176,10 @@ def test_compiled_text_encoder_serves_training_only(tiny_model_dir, monkeypatch)
     inj = {text.object_token_id: Injection(word, None, 0.0)}
     eager_keys, _ = text.encode(ids, inj)
     eager_keys.sum().backward()
-    eager_grad = word.grad.clone()
+    eager_grad = _grad(word).clone()
 
     text.compile_for_training("reduce-overhead")
+    assert isinstance(text._training_encoder, Recording)
     assert text._training_encoder.kwargs == {"mode": "reduce-overhead", "fullgraph": False, "dynamic": False}
     word.grad = None
     keys, _ = text.encode(ids, inj)

@@ -64,9 +64,9 @@ def test_compiled_engine_prefers_cudnn_attention_on_hopper(engines):
 
     order = torch._C._get_sdp_priority_order()
     if torch.cuda.get_device_capability() >= (9, 0):
-        assert order[0] == int(SDPBackend.CUDNN_ATTENTION), order
+        assert order[0] == SDPBackend.CUDNN_ATTENTION.value, order
     else:
-        assert order[0] != int(SDPBackend.CUDNN_ATTENTION), order
+        assert order[0] != SDPBackend.CUDNN_ATTENTION.value, order
 
 
 def test_loss_readback_waits_for_its_own_step_only():

@@ -34,8 +34,8 @@ def test_dtu_layout_loads_with_cameras_from_projection_matrices(tmp_path):
     write_dtu(tmp_path, 8, cams)
     scene = load_dtu_scene(tmp_path, 8, views=[0, 2])
     assert scene.name == "scan8" and scene.images[0].size == (512, 384)
-    np.testing.assert_allclose(scene.cameras[1].camera_to_anchor, cams[2].camera_to_anchor, atol=1e-4)
-    assert scene.cameras[1].fov_y_deg == pytest.approx(50, abs=1e-3)
+    np.testing.assert_allclose(scene.posed_cameras()[1].camera_to_anchor, cams[2].camera_to_anchor, atol=1e-4)
+    assert scene.posed_cameras()[1].fov_y_deg == pytest.approx(50, abs=1e-3)
     assert len(dtu_calibration_cameras(tmp_path)) == 3
     with pytest.raises(InputError, match="DTU files missing"):
         load_dtu_scene(tmp_path, 8, views=[5])

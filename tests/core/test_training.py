@@ -17,6 +17,12 @@ from viewneti_backend.errors import InputError
 from viewneti_backend.mapper import NeTIMapper
 from viewneti_backend.training import TrainConfig, Trainer, load_optimizer, save_optimizer
 
+
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    assert t.grad is not None, "no gradient reached this tensor"
+    return t.grad
+
+
 AZIMUTHS = (0, 90, 180, 270)
 
 
@@ -32,7 +38,7 @@ def toy_scene(name: str, seed: int) -> Scene:
 def write_scene(folder: Path, scene: Scene) -> Path:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     frames = []
-    for i, (img, cam) in enumerate(zip(scene.images, scene.cameras)):
+    for i, (img, cam) in enumerate(zip(scene.images, scene.posed_cameras())):
         img.save(folder / "images" / f"{i:03d}.png")
         frames.append(TransformsFrame(f"images/{i:03d}.png", cam))
     write_transforms_json(folder / "transforms.json", frames)
@@ -90,7 +96,7 @@ def test_fused_micro_batches_with_augmentation_give_the_same_gradient_as_accumul
         for p in params:
             p.grad = None
         loss_fn().backward()
-        return torch.cat([p.grad.flatten() for p in params])
+        return torch.cat([_grad(p).flatten() for p in params])
 
     fused = grads(lambda: trainer.loss_on(batches))
     accumulated = grads(lambda: sum(trainer.loss_on([mb]) for mb in batches) / len(batches))
@@ -104,8 +110,8 @@ def test_noise_coefficients_reproduce_the_schedulers_add_noise_and_velocity(tiny
     x, noise = torch.randn(4, 4, 8, 8, generator=gen), torch.randn(4, 4, 8, 8, generator=gen)
     t = torch.tensor([0, 1, 500, 999])
     a, b = trainer.noise_coefficients[:, t].view(2, 4, 1, 1, 1).unbind(0)
-    assert torch.equal(a * x + b * noise, trainer.noise_scheduler.add_noise(x, noise, t))
-    assert torch.equal(a * noise - b * x, trainer.noise_scheduler.get_velocity(x, noise, t))
+    assert torch.equal(a * x + b * noise, trainer.noise_scheduler.add_noise(x, noise, t))  # pyright: ignore[reportArgumentType]  diffusers annotates the legacy IntTensor; it takes any integer tensor
+    assert torch.equal(a * noise - b * x, trainer.noise_scheduler.get_velocity(x, noise, t))  # pyright: ignore[reportArgumentType]  as above
 
 
 def test_fused_and_unfused_training_both_run(tiny_base, tiny_model_dir):
@@ -119,6 +125,7 @@ def test_fused_and_unfused_training_both_run(tiny_base, tiny_model_dir):
 def test_mode5_leaves_the_view_mapper_bit_identical(tiny_base, tiny_model_dir):
     original = NeTIMapper.from_pretrained(tiny_model_dir / "viewneti" / "view_mapper").state_dict()
     trainer = make_trainer(5, tiny_base, tiny_model_dir, steps=5)
+    assert trainer.view_mapper is not None
     assert all(not p.requires_grad for p in trainer.view_mapper.parameters())
     trainer.train(progress=False)
     for k, v in trainer.view_mapper.state_dict().items():
@@ -133,6 +140,7 @@ def test_mode4_trains_the_view_mapper(tiny_base, tiny_model_dir):
     original = NeTIMapper.from_pretrained(tiny_model_dir / "viewneti" / "view_mapper").state_dict()
     trainer = make_trainer(4, tiny_base, tiny_model_dir, steps=3)
     trainer.train(progress=False)
+    assert trainer.view_mapper is not None
     assert any(not torch.equal(v.cpu(), original[k]) for k, v in trainer.view_mapper.state_dict().items())
 
 
@@ -199,7 +207,7 @@ def test_transforms_scene_collection_loads(tmp_path):
     assert [s.name for s in scenes] == ["s1", "s2"]
     one = load_transforms_scene(tmp_path / "scenes" / "s1", views=[1, 3])
     assert len(one.images) == 2
-    np.testing.assert_allclose(one.cameras[0].camera_to_anchor, orbit_pose(90, 20, 4), atol=1e-9)
+    np.testing.assert_allclose(one.posed_cameras()[0].camera_to_anchor, orbit_pose(90, 20, 4), atol=1e-9)
     with pytest.raises(InputError, match="do not exist"):
         load_transforms_scene(tmp_path / "scenes" / "s1", views=[9])
 
@@ -254,6 +262,7 @@ def test_mode3_under_accelerate_launch_with_two_cpu_processes(tiny_model_dir, tm
 def test_augmentation_pool_encodes_once_then_trains_from_the_pool(tiny_base, tiny_model_dir):
     """The option: N augmented copies VAE-encoded at the start, none during training; the loss still falls."""
     trainer = make_trainer(5, tiny_base, tiny_model_dir, steps=20, augmentation=7, augmentation_pool=5)
+    assert trainer.pools is not None
     source, posteriors = trainer.pools[0]
     mean, std = posteriors.unbind(1)
     assert source.shape[0] == 6 and mean.shape[0] == 6 and std.shape == mean.shape  # 5 rounded up to whole batches of 2
@@ -275,6 +284,7 @@ def test_without_augmentation_each_image_is_encoded_once_with_its_camera(tiny_ba
     """Augmentation 0: the images' posteriors are encoded once (a short last chunk padded to the step's batch),
     each pooled image keeps its camera, and training gives the losses of re-encoding every step."""
     trainer = make_trainer(5, tiny_base, tiny_model_dir, steps=3, batch_size=3)  # 4 images: chunks of 3 + 1
+    assert trainer.pools is not None
     source, posteriors = trainer.pools[0]
     assert torch.equal(source, torch.arange(4))
     mean, std = posteriors.unbind(1)
@@ -286,7 +296,9 @@ def test_without_augmentation_each_image_is_encoded_once_with_its_camera(tiny_ba
     gen, rng = torch.Generator().manual_seed(0), __import__("random").Random(0)
     mb = trainer._sample_batch(gen, rng)
     assert mb.images is None and mb.pool_index is not None
-    assert torch.equal(mb.feats, trainer.scene_features[0][source[mb.pool_index]]), "each pooled image keeps its camera"
+    features = trainer.scene_features[0]
+    assert mb.feats is not None and features is not None
+    assert torch.equal(mb.feats, features[source[mb.pool_index]]), "each pooled image keeps its camera"
 
     encode = trainer.base.vae.encode
     calls = []

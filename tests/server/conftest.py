@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def embedded_model_is_complete() -> bool:
 
 
 @pytest.fixture(scope="session")
-def test_model(tmp_path_factory) -> str | None:
+def test_model(tmp_path_factory) -> Iterator[str | None]:
     """The model the test servers load: $VIEWNETI_TEST_MODEL if set, else the embedded toy model, or
     (while that is incomplete) a tiny random ViewNeTI model made by ``viewneti_backend.testing``.
     Passed to the servers through VIEWNETI_MODEL."""
@@ -57,7 +58,7 @@ def test_model(tmp_path_factory) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, test_model) -> ServerProcess:
+def server(tmp_path_factory, test_model) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path_factory.mktemp("srv") / "data", args=["--max-body-mb", "8"]).start()
     # Fail fast (instead of a cascade of timeouts) if the loaded model cannot render at all.
     r = httpx.post(srv.url + "/v1/render", json=render_body(), timeout=300)
@@ -72,7 +73,7 @@ def server(tmp_path_factory, test_model) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def client(server) -> httpx.Client:
+def client(server) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
 

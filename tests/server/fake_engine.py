@@ -78,6 +78,7 @@ class FakeEngine:
             raise InputError(f"{name!r} is built into the model and cannot be deleted")
         if not self.has_object(name):
             raise NotFoundError(f"unknown object {name!r}")
+        assert self.library_dir is not None, "this fake engine was made without a library folder"
         (self.library_dir / f"{name}.json").unlink()
 
     def render(
@@ -148,6 +149,7 @@ class FakeEngine:
             "created": datetime.now(UTC).isoformat(),
             "steps": steps,
         }
+        assert self.library_dir is not None, "this fake engine was made without a library folder"
         tmp = self.library_dir / f".{name}.json.tmp"
         tmp.write_text(json.dumps(entry))
         os.replace(tmp, self.library_dir / f"{name}.json")

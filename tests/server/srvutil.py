@@ -218,6 +218,7 @@ def read_events(
             if line.startswith("event:"):
                 name = line[6:].strip()
             elif line.startswith("data:"):
+                assert name is not None, f"a data line before any event line: {line!r}"
                 events.append((name, json.loads(line[5:])))
                 if name == stop_after or name in ("done", "error", "cancelled", "interrupted"):
                     break

@@ -308,7 +308,7 @@ def test_compile_flag_reaches_the_engine_loader(tmp_path, monkeypatch):
 
     seen = {}
     module = types.ModuleType("recording_loader")
-    module.load = lambda **kwargs: seen.update(kwargs) or "engine"
+    module.load = lambda **kwargs: seen.update(kwargs) or "engine"  # pyright: ignore[reportAttributeAccessIssue]  a stand-in module, filled at run time
     monkeypatch.setitem(sys.modules, "recording_loader", module)
     monkeypatch.setenv("VIEWNETI_SERVER_ENGINE", "recording_loader:load")
     config = config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path), "--compile", "off"]))

@@ -21,6 +21,7 @@ def test_dataset_roundtrip(tmp_path):
     assert len(frames) == 5
     for fr in frames:
         img = np.asarray(Image.open(folders[0] / fr.file_path))
+        assert fr.mask_path is not None
         msk = np.asarray(Image.open(folders[0] / fr.mask_path))
         assert img.shape == (32, 32, 3) and msk.shape == (32, 32)
         assert fr.camera.width == 32 and abs(fr.camera.fov_y_deg - 40.0) < 1e-6

@@ -62,6 +62,7 @@ def test_pretrain_at_one_radius_trains_on_that_distance_only(model_copy, tmp_pat
     )
     pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
     mapper = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper")
+    assert mapper.config.camera_parameterization is not None
     assert mapper.config.camera_parameterization["stats"]["radius"] == pytest.approx(3.6, abs=1e-6)
     assert tuple(mapper.config.extra["toyworld_pretrain"]["radius_range"]) == (3.6, 3.6)
 
@@ -102,6 +103,7 @@ def test_pretrain_with_the_distance_parameterisation_ships_a_mapper_the_engine_r
     )
     pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
     mapper = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper")
+    assert mapper.config.camera_parameterization is not None
     assert mapper.config.camera_parameterization["name"] == "anchor-distance-14d"
     assert set(mapper.config.camera_parameterization["stats"]) >= {"log_distance_min", "log_distance_max"}
     engine = Engine.load(str(model_copy), device="cpu", library_dir=tmp_path / "lib", compile=False)

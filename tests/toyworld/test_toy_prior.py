@@ -42,14 +42,14 @@ def test_tiny_training_end_to_end(tiny_prior):
 
 
 def test_loads_as_stable_diffusion_pipeline_and_samples(tiny_prior):
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
 
     out, _ = tiny_prior
     pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True)
     assert pipe.text_encoder.config.eos_token_id == pipe.tokenizer.eos_token_id
     pipe = load_prior(out)
     assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
-    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config["prediction_type"] == "v_prediction"
     ims = sample(pipe, ["a red box", ""], steps=2, guidance=3.0)
     assert ims.shape == (2, 32, 32, 3) and ims.dtype == np.uint8
 

@@ -64,7 +64,7 @@ def dataset_cameras(cfg: DatasetConfig, object_seed: int) -> list[Camera]:
         ]
     if cfg.cameras != "random":
         raise ValueError(f"cameras must be 'random' or 'orbit', got {cfg.cameras!r}")
-    sampler = CameraSampler(tuple(cfg.elevation_range), tuple(cfg.radius_range), cfg.fov_y_deg)
+    sampler = CameraSampler((*cfg.elevation_range,), (*cfg.radius_range,), cfg.fov_y_deg)  # tuples of JSON lists
     return sampler.sample(cfg.views, size=cfg.size, seed=cfg.seed * 1_000_003 + object_seed)
 
 

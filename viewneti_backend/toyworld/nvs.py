@@ -129,6 +129,8 @@ def pretrain_view_mapper(
     bundle = Path(model_dir) / "viewneti"
     staging = bundle.with_name(f".viewneti.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
+    if result.view_mapper is None:  # pretraining trains the view-mapper
+        raise RuntimeError("pretraining returned no view-mapper")
     result.view_mapper.config.extra = {"toyworld_pretrain": asdict(cfg), "steps": trainer.step}
     result.view_mapper.save_pretrained(staging / "view_mapper")
     for scene, mapper in list(zip(scenes, result.object_mappers.values()))[: cfg.ship_objects]:
@@ -238,7 +240,7 @@ def nvs_benchmark(
             if not engine.library.exists(name):  # a resumed run reuses every finished inversion
                 t0 = time.perf_counter()
                 options = TrainConfig(augmentation_pool=cfg.augmentation_pool) if cfg.augmentation_pool else None
-                engine.invert(inp.images, inp.cameras, name, cfg.invert_steps, seed=s, config=options)
+                engine.invert(inp.images, inp.posed_cameras(), name, cfg.invert_steps, seed=s, config=options)
                 timing["invert_s"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             preds = engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance)
@@ -246,7 +248,7 @@ def nvs_benchmark(
                 timing["render_s"].append(time.perf_counter() - t0)
             plain = engine.render(targets, name, seed=s, steps=cfg.render_steps, guidance=cfg.guidance, with_view=False)
             if i >= start:
-                score_novel_views(tables, f"obj_{seed}", s, gt.images, gt.masks, inp.images[0], preds, plain)
+                score_novel_views(tables, f"obj_{seed}", s, gt.images, gt.object_masks(), inp.images[0], preds, plain)
             if s == cfg.seeds[0] and i < 4:
                 sheet_rows += (
                     [inp.images[0]] + gt.images[::2] + [inp.images[0]] + preds[::2] + [inp.images[0]] + plain[::2]
@@ -401,8 +403,8 @@ def _prior_ceiling(cfg: BenchmarkConfig, engine, prior, out_dir: str | Path, dev
                         name,
                         k,
                         s,
-                        masked_psnr(img, gt.images[k], gt.masks[k]),
-                        masked_ssim(img, gt.images[k], gt.masks[k]),
+                        masked_psnr(img, gt.images[k], gt.object_masks()[k]),
+                        masked_ssim(img, gt.images[k], gt.object_masks()[k]),
                     )
     results = {m: {"per_object": t.per_scene(), "mean": t.mean_over_scenes()} for m, t in tables.items()}
     margins = {
@@ -455,15 +457,15 @@ def mode2_interpolation(
     preds = pipe(between, result.object_mappers["mode2"], seed=0, steps=30, guidance=2.0)
     table = EvalTable()
     for k, (p, g) in enumerate(zip(preds, gt.images)):
-        table.add("mode2", k, 0, masked_psnr(p, g, gt.masks[k]), masked_ssim(p, g, gt.masks[k]))
+        table.add("mode2", k, 0, masked_psnr(p, g, gt.object_masks()[k]), masked_ssim(p, g, gt.object_masks()[k]))
     copy = EvalTable()
     for k, g in enumerate(gt.images):  # nearest training view as the baseline
         copy.add(
             "nearest_train_view",
             k,
             0,
-            masked_psnr(scene.images[k], g, gt.masks[k]),
-            masked_ssim(scene.images[k], g, gt.masks[k]),
+            masked_psnr(scene.images[k], g, gt.object_masks()[k]),
+            masked_ssim(scene.images[k], g, gt.object_masks()[k]),
         )
     contact_sheet(scene.images + gt.images + preds, out / "mode2_sheet.png", columns=views, labels=[""] * (3 * views))
     summary = {"mode2": table.mean_over_scenes(), "nearest_train_view": copy.mean_over_scenes(), "steps": steps}

@@ -172,7 +172,7 @@ def scheduler_config() -> dict[str, Any]:
 
 def build_components(arch: PriorArchitecture, tokenizer_dir: str | Path) -> dict[str, Any]:
     """Fresh (randomly initialised) unet, vae, text_encoder, plus tokenizer and scheduler."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: PLC0415
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: PLC0415  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
     from transformers import CLIPTextConfig, CLIPTextModel  # noqa: PLC0415
 
     tokenizer_dir = Path(tokenizer_dir)
@@ -183,9 +183,9 @@ def build_components(arch: PriorArchitecture, tokenizer_dir: str | Path) -> dict
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * nb,
-        up_block_types=("UpDecoderBlock2D",) * nb,
-        block_out_channels=tuple(arch.vae_channels),
+        down_block_types=("DownEncoderBlock2D",) * nb,  # pyright: ignore[reportArgumentType]  diffusers annotates a one-element tuple for any length
+        up_block_types=("UpDecoderBlock2D",) * nb,  # pyright: ignore[reportArgumentType]  diffusers annotates a one-element tuple for any length
+        block_out_channels=tuple(arch.vae_channels),  # pyright: ignore[reportArgumentType]  diffusers annotates a one-element tuple for any length
         layers_per_block=arch.vae_layers_per_block,
         latent_channels=arch.latent_channels,
         norm_num_groups=arch.vae_norm_groups,
@@ -206,7 +206,7 @@ def build_components(arch: PriorArchitecture, tokenizer_dir: str | Path) -> dict
         block_out_channels=tuple(arch.unet_channels),
         layers_per_block=arch.unet_layers_per_block,
         cross_attention_dim=arch.text_hidden,
-        attention_head_dim=tuple(arch.unet_heads),
+        attention_head_dim=tuple(arch.unet_heads),  # pyright: ignore[reportArgumentType]  diffusers annotates a one-element tuple for any length
         use_linear_projection=True,
         norm_num_groups=arch.unet_norm_groups,
     )
@@ -236,7 +236,7 @@ def save_prior(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a StableDiffusionPipeline folder (safetensors, ``dtype`` storage) loadable offline with from_pretrained."""
-    from diffusers import StableDiffusionPipeline  # noqa: PLC0415
+    from diffusers import StableDiffusionPipeline  # noqa: PLC0415  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,9 +246,9 @@ def save_prior(
         tokenizer=components["tokenizer"],
         unet=components["unet"],
         scheduler=components["scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
+        safety_checker=None,  # pyright: ignore[reportArgumentType]  diffusers takes None here (optional component)
+        feature_extractor=None,  # pyright: ignore[reportArgumentType]  diffusers takes None here (optional component)
+        image_encoder=None,  # pyright: ignore[reportArgumentType]  diffusers takes None here (optional component)
         requires_safety_checker=False,
     )
     from diffusers.utils import logging as dlogging  # noqa: PLC0415
@@ -282,7 +282,7 @@ def load_prior(
 ):
     """Load the prior as a ``StableDiffusionPipeline`` (offline). ``scheduler="dpm"`` swaps in a
     DPMSolverMultistepScheduler built from the saved config; ``None`` keeps the saved DDPMScheduler."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline  # noqa: PLC0415
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline  # noqa: PLC0415  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
 
     with warnings.catch_warnings():
         warnings.simplefilter(
@@ -310,7 +310,9 @@ class RenderStream:
         self.device = device
         self.objects = [ToyObject.from_seed(s) for s in range(cfg.n_objects)]
         self.packed = pack_objects(self.objects, device)
-        self.sampler = CameraSampler(tuple(cfg.elevation_range), tuple(cfg.radius_range), cfg.fov_y_deg)
+        self.sampler = CameraSampler(
+            (*cfg.elevation_range,), (*cfg.radius_range,), cfg.fov_y_deg
+        )  # tuples of JSON lists
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset)
         self.rng = random.Random(cfg.seed * 1000 + seed_offset)
 
@@ -329,7 +331,12 @@ class RenderStream:
                 supersample=self.cfg.supersample,
                 chunk=256,
             )
-        out = {"image": rgb.permute(0, 3, 1, 2) * 2.0 - 1.0, "mask": mask[:, None].float(), "index": idx, **p}
+        out: dict[str, Any] = {
+            "image": rgb.permute(0, 3, 1, 2) * 2.0 - 1.0,
+            "mask": mask[:, None].float(),
+            "index": idx,
+            **p,
+        }
         if with_captions:
             out["caption"] = [
                 caption(self.objects[int(i)], float(a), float(e), self.rng, p_view=self.cfg.p_view)
@@ -392,7 +399,7 @@ class EMA:
     def update(self) -> None:
         self.step += 1
         d = min(self.decay, (1 + self.step) / (10 + self.step))
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)  # pyright: ignore[reportPrivateImportUsage]  torch's fused foreach ops are public API, not in its exports
 
     @torch.no_grad()
     def copy_to(self) -> None:
@@ -625,6 +632,7 @@ def train_prior(
         torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(out_dir)
     t0 = time.time()
+    prev_history: list = []  # the resumed run's history (below)
     if resume_from is not None:
         pipe = load_prior(resume_from, "cpu", torch.float32, scheduler=None)
         comps = {
@@ -734,7 +742,7 @@ def sanity_grid(
     if out_png is not None:
         from PIL import Image  # noqa: PLC0415
 
-        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(out_png)
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(out_png)
     return grid
 
 

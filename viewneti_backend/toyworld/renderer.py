@@ -195,7 +195,15 @@ class ToyObject:
                     center = (r3(-0.3, 0.3) * bx, by + out, hz)
             yaw = rng.choice((0.0, 0.0, 30.0, 45.0)) if kind == "box" else 0.0
             parts.append(
-                Primitive(kind, tuple(round(float(v), 4) for v in center), tuple(size), color, yaw, None, side)
+                Primitive(
+                    kind,
+                    (round(float(center[0]), 4), round(float(center[1]), 4), round(float(center[2]), 4)),
+                    size,
+                    color,
+                    yaw,
+                    None,
+                    side,
+                )
             )
         return cls(seed=int(seed), parts=parts, accent=accent)
 
