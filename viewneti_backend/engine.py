@@ -21,10 +21,11 @@ from PIL import Image
 
 from . import __version__
 from .base_model import BaseModel, compile_base_model, load_base_model
-from .cameras import MAX_SIZE, Camera, orbit_pose
+from .cameras import Camera, orbit_pose
 from .compile_modes import resolve_compile_mode
 from .data import Scene
 from .errors import InputError
+from .limits import MAX_SIZE
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
 from .sampling_defaults import BUNDLE_DIR, SamplingDefaults
@@ -47,6 +48,28 @@ def resolve_model(model: str | os.PathLike | None) -> str:
     if not (path / "model_index.json").is_file():
         raise InputError(f"the embedded toy model is missing at {path}: reinstall the package, or pass --model")
     return str(path)
+
+
+# Where a reference image is transparent, the object stands in front of what the model renders behind
+# its objects: the toy world's sky at the horizon (toyworld/renderer.py SKY_HORIZON), white for other
+# models (the usual studio background of object photos). The trainer has no masked loss, so the alpha
+# channel decides the background the token is fitted against.
+TOY_BACKGROUND = (219, 227, 237)
+DEFAULT_BACKGROUND = (255, 255, 255)
+
+
+def reference_background(model: str) -> tuple[int, int, int]:
+    return TOY_BACKGROUND if (Path(model) / "toyworld.json").is_file() else DEFAULT_BACKGROUND
+
+
+def flatten_reference(image: Image.Image, background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> Image.Image:
+    """An RGB reference: an image with alpha is composited over ``background`` (alpha = object mask)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, background)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
 
 
 def bundled_view_mapper(model: str) -> Path | None:
@@ -76,6 +99,7 @@ class Engine:
         self.train_long_side = train_long_side
         self.sampling = sampling or SamplingDefaults()  # the model's recommended steps/guidance
         self.compile_mode: str | None = None  # set by load(); None = eager
+        self.background = reference_background(model)  # behind the transparent parts of a reference
         # training sizes (width, height) whose compiled training graph exists in this process: the first
         # inversion at a new size compiles it (minutes at SD 2 scale on CUDA), and says so to on_progress
         self._compiled_training_sizes: set[tuple[int, int]] = set()
@@ -144,6 +168,7 @@ class Engine:
             "prediction_type": self.base.prediction_type,
             "cross_attention_layers": self.base.num_layers,
             "sampling_defaults": self.sampling.to_dict(),
+            "reference_background": "#{:02x}{:02x}{:02x}".format(*self.background),
         }
 
     def list_objects(self) -> list[dict]:
@@ -243,7 +268,7 @@ class Engine:
         )
         width, height = cfg.width, cfg.height
         cams = [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in cameras]
-        scene = Scene(name, [im.convert("RGB") for im in images], cams)
+        scene = Scene(name, [flatten_reference(im, self.background) for im in images], cams)
         trainer = Trainer(
             cfg,
             self.base,

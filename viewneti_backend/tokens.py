@@ -6,7 +6,6 @@ a writable folder and are written atomically: a crash never leaves a half-writte
 
 from __future__ import annotations
 
-import re
 import shutil
 import threading
 from datetime import UTC, datetime
@@ -15,9 +14,10 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, NotFoundError
+from .limits import NAME_RE
 from .mapper import CONFIG_NAME, WEIGHTS_NAME, NeTIMapper
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_PATTERN = NAME_RE  # defined in .limits
 
 
 def validate_token_name(name: object) -> str:
