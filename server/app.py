@@ -94,7 +94,10 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         hub.bind(asyncio.get_running_loop())
-        config.objects_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            config.objects_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only data dir: serve renders of the built-in objects, refuse jobs
+            log.warning("cannot create the object library folder %s: %s", config.objects_dir, exc)
         store.load()
         worker.start()
         log.info("ViewNeTI server: data dir %s; loading the model in the background", config.data_dir)

@@ -37,7 +37,10 @@ class ObjectLibrary:
         self.user_dir = Path(user_dir) if user_dir else None
         self.builtin_dirs = [Path(d) for d in (builtin_dirs or []) if Path(d).is_dir()]
         if self.user_dir:
-            self.user_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.user_dir.mkdir(parents=True, exist_ok=True)
+            except OSError:  # a read-only data dir: list/load what is there; save() says what is wrong
+                pass
         self._cache: dict[str, NeTIMapper] = {}
         self._lock = threading.Lock()
 
@@ -60,7 +63,7 @@ class ObjectLibrary:
 
     def names(self) -> list[str]:
         seen: list[str] = []
-        for d in self.builtin_dirs + ([self.user_dir] if self.user_dir else []):
+        for d in self.builtin_dirs + ([self.user_dir] if self.user_dir and self.user_dir.is_dir() else []):
             for p in sorted(d.iterdir()):
                 if self._is_token_dir(p) and p.name not in seen:
                     seen.append(p.name)
