@@ -8,8 +8,9 @@ distances; the rotation sent must be orthonormal, so every scale is removed from
 
 import math
 
+from .limits import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE  # noqa: F401 - MAX_SIZE is used by runtime.py
+
 IDENTITY = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
-MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 16, 2048, 8
 
 
 class PoseError(ValueError):

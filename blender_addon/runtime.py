@@ -18,7 +18,7 @@ import urllib.parse
 import bpy
 from bpy.app.handlers import persistent
 
-from . import camera_pose, images
+from . import camera_pose, images, limits
 from .client import DEFAULT_URL, BackendError, BackendNotReady, BackendUnavailable, Client, Superseded
 from .jobs import InvertJob, SequenceJob
 from .live import LiveController
@@ -438,22 +438,25 @@ def start_sequence(scene, camera_obj):
 
 
 def build_invert_request(scene):
-    import base64
-
+    """The POST /v1/jobs/invert body (main thread); its image is encoded later by the InvertJob."""
     settings = scene.viewneti
     camera_obj = settings.invert_camera
     if camera_obj is None:
         raise ValueError("Pick the camera that took the reference image.")
+    name = settings.invert_name.strip()
+    if not limits.NAME_RE.match(name):
+        raise ValueError(f"Object name '{name}' is not valid: {limits.NAME_RULE}.")
+    # pixels are copied here (bpy, main thread); converting and encoding them is the job thread's work
     if settings.invert_source == "IMAGE":
         if settings.invert_image is None:
             raise ValueError("Pick a reference image datablock.")
-        data = images.image_to_png_bytes(settings.invert_image)
+        data = images.image_snapshot(settings.invert_image)
     else:
         if not settings.invert_filepath:
             raise ValueError("Pick a reference image file.")
-        data = images.read_image_file(settings.invert_filepath)
+        data = images.read_image_snapshot(settings.invert_filepath)
     # the reference camera's pose at the current frame, at the image's own size when known
-    size = images.png_size(data)
+    size = images.snapshot_size(data)
     camera = camera_pose.camera_payload(camera_obj, settings.anchor, scene.render, settings.resolution)
     if size is not None:
         frame_w, frame_h = size
@@ -462,8 +465,8 @@ def build_invert_request(scene):
             frame_w, frame_h, min(max(frame_w, frame_h), camera_pose.MAX_SIZE)
         )
     return {
-        "name": settings.invert_name.strip(),
-        "images": [base64.b64encode(data).decode("ascii")],
+        "name": name,
+        "images": [data],  # bytes or a PixelSnapshot: InvertJob encodes it off the main thread
         "cameras": [camera],
         "steps": settings.invert_steps,
         "seed": settings.seed,
