@@ -353,6 +353,14 @@ class Worker:
             self._finish_job(job, "error", error=str(exc))
         except ApiError as exc:
             self._finish_job(job, "error", error=exc.message)
+        except OSError as exc:  # e.g. a full disk while writing a frame or the new token
+            log.warning("job %s failed: %s", job.job_id, exc)
+            self._finish_job(
+                job,
+                "error",
+                error=f"could not write the result to the server's data directory ({exc.strerror or exc}): "
+                "free disk space (or fix its permissions) and submit the job again",
+            )
         except BaseException as exc:  # noqa: BLE001
             log.exception("job %s failed", job.job_id)
             self._finish_job(job, "error", error=f"internal error ({type(exc).__name__}: {exc}); see the server log")

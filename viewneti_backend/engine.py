@@ -308,6 +308,7 @@ class Engine:
                     steps=self.sampling.steps,
                     guidance=self.sampling.guidance,
                     use_cache=False,
+                    should_stop=should_stop,  # a cancel during a preview stops at its next denoising step
                 )[0]
                 mapper.train()
             on_progress(event)
