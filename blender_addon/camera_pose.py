@@ -131,7 +131,7 @@ def _round_size(x):
 
 
 def render_size(frame_width, frame_height, long_side):
-    """Image size for a request: the frame's aspect, the given long side, multiples of 8 in [16, 2048]."""
+    """Image size for a request: the frame's aspect, the given long side, multiples of SIZE_MULTIPLE in [MIN_SIZE, MAX_SIZE]."""
     if frame_width <= 0 or frame_height <= 0:
         raise PoseError("The output resolution must be positive.")
     long_side = _round_size(long_side)

@@ -15,6 +15,7 @@ from bpy.props import (
     StringProperty,
 )
 
+from . import limits
 from .client import DEFAULT_URL
 
 
@@ -123,7 +124,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         description="Denoising steps (only used with Use Model Defaults off)",
         default=30,
         min=1,
-        max=150,
+        max=limits.MAX_STEPS,
     )
     guidance: FloatProperty(
         name="Guidance",
@@ -136,9 +137,9 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         name="Resolution",
         description="Long side of the rendered image in pixels; the short side follows the scene's output aspect",
         default=512,
-        min=16,
-        max=2048,
-        step=8,
+        min=limits.MIN_SIZE,
+        max=limits.MAX_SIZE,
+        step=limits.SIZE_MULTIPLE,
     )
     live: BoolProperty(name="Live", description="Re-render when the active camera moves", default=False)
 
@@ -174,7 +175,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     invert_name: StringProperty(
         name="Name", description="Name of the new object token (letters, digits, _ and -)", default="my_object"
     )
-    invert_steps: IntProperty(name="Steps", default=300, min=1, max=100000)
+    invert_steps: IntProperty(name="Steps", default=limits.DEFAULT_INVERT_STEPS, min=1, max=limits.MAX_INVERT_STEPS)
     invert_preview_every: IntProperty(
         name="Preview Every", description="Steps between previews (0 = none)", default=50, min=0
     )

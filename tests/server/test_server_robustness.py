@@ -223,6 +223,10 @@ def test_sixteen_bit_grey_exif_and_alpha_are_decoded_as_seen():
     assert im.mode == "RGBA"
     flat = np.asarray(flatten_reference(im, (10, 20, 30)))
     assert tuple(flat[0, 0]) == (255, 0, 0) and tuple(flat[7, 0]) == (10, 20, 30)
+    from viewneti_backend.engine import DEFAULT_BACKGROUND, TOY_BACKGROUND, embedded_model_dir, reference_background
+
+    assert reference_background(str(embedded_model_dir())) == TOY_BACKGROUND  # the toy world's sky
+    assert reference_background("/nonexistent/sd2") == DEFAULT_BACKGROUND
 
 
 # -- disk: full, read-only, SIGKILL ------------------------------------------------------------------
@@ -331,3 +335,18 @@ def test_sequence_frames_on_disk_are_listed_after_sigkill(make_server, tmp_path)
         assert job["frames_done"] == [f for f in frames if f in on_disk]
         for f in job["frames_done"]:
             assert c.get(f"/v1/jobs/{job_id}/frames/{f}").status_code == 200
+
+
+def test_an_rgba_reference_inverts_on_the_model_background(client):
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[16:48, 16:48] = (200, 40, 40, 255)  # an opaque red object on a transparent background
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    name = f"rgba_{int(time.time() * 1000) % 10**8}"
+    r = client.post(
+        "/v1/jobs/invert", json=_invert_body(name, steps=2, images=[base64.b64encode(buf.getvalue()).decode()])
+    )
+    assert r.status_code == 202, r.text
+    events = read_events(client, r.json()["job_id"])
+    assert events[-1][0] == "done", events[-1]
+    assert client.delete(f"/v1/objects/{name}").status_code == 204
