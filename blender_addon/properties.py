@@ -196,6 +196,8 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     model_steps: IntProperty(name="Model Steps", default=0, min=0)
     model_live_steps: IntProperty(name="Model Live Steps", default=0, min=0)
     model_guidance: FloatProperty(name="Model Guidance", default=0.0, min=0.0)
+    # the backend's largest render side (GET /v1/health max_size; a CPU server caps it low), 0 = not known
+    backend_max_size: IntProperty(name="Backend Max Size", default=0, min=0)
     status_message: StringProperty(name="Status", default="")
     last_timings: StringProperty(name="Last Timings", default="")
 

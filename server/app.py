@@ -332,9 +332,8 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 f"steps={body.steps} is more than this server allows for an inversion ({config.max_invert_steps}, "
                 "GET /v1/health max_invert_steps; server option --max-invert-steps): use fewer steps",
             )
-        # the camera of a reference may be larger than a render (the trainer resizes to its training size)
-        ms = max(max_size(), limits.MAX_SIZE)
-        cameras = [parse_camera(c, f"cameras[{i}]", config, ms) for i, c in enumerate(body.cameras)]
+        # a reference's camera is not capped like a render: the trainer works at its own training size
+        cameras = [parse_camera(c, f"cameras[{i}]", config, limits.MAX_SIZE) for i, c in enumerate(body.cameras)]
         for i, cam in enumerate(cameras):
             problem = limits.aspect_error(cam.width, cam.height, f"cameras[{i}]")
             if problem:
