@@ -32,7 +32,9 @@ Without --model the embedded toy-world model is used (runs on a CPU, no download
 EPILOG = """\
 data directory:
   <data-dir>/objects/   the token library: objects created by inversion (kept across restarts)
-  <data-dir>/jobs/<id>/ one folder per job: job.json (state), request.json, frame_NNNNNN.png
+  <data-dir>/jobs/<id>/ one folder per job: job.json (state), request.json, frame_NNNNNN.png,
+                      reference_NN.bin (a waiting inversion's uploaded images, removed when it ends)
+  A full or read-only data dir: the server still starts and renders; new jobs get 507.
 
 security:
   The server binds 127.0.0.1 by default, reachable from this machine only. To listen on any other
