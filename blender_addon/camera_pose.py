@@ -8,8 +8,9 @@ distances; the rotation sent must be orthonormal, so every scale is removed from
 
 import math
 
+from .limits import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE  # noqa: F401 - MAX_SIZE is used by runtime.py
+
 IDENTITY = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
-MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 16, 2048, 8
 
 
 class PoseError(ValueError):
@@ -130,7 +131,7 @@ def _round_size(x):
 
 
 def render_size(frame_width, frame_height, long_side):
-    """Image size for a request: the frame's aspect, the given long side, multiples of 8 in [16, 2048]."""
+    """Image size for a request: the frame's aspect, the given long side, multiples of SIZE_MULTIPLE in [MIN_SIZE, MAX_SIZE]."""
     if frame_width <= 0 or frame_height <= 0:
         raise PoseError("The output resolution must be positive.")
     long_side = _round_size(long_side)

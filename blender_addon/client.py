@@ -3,12 +3,24 @@
 No bpy here: every call blocks, so the add-on only calls it from worker threads (or from the
 synchronous paths used when Blender runs headless). Every failure becomes a `BackendError` whose
 text tells the user what to do, because that text ends up verbatim in the panel.
+
+A backend cannot freeze or flood the add-on: every call has a total deadline (its timeout; a
+watchdog closes the socket of a server that trickles bytes), response bodies and event lines have
+size caps (limits.py), only 2xx answers count as success (a redirect is reported, never followed),
+and a rendered PNG must have the size that was asked for (read from its header before anything
+decodes it).
 """
 
 import http.client
 import json
+import socket
+import struct
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
+
+from . import limits
 
 API_VERSION = "v1"
 DEFAULT_URL = "http://127.0.0.1:7860"
@@ -37,6 +49,132 @@ class BackendNotReady(BackendError):
 
 class Superseded(BackendError):
     """A newer live request from the same session replaced this one (HTTP 409, superseded)."""
+
+
+class StreamSilent(BackendUnavailable):
+    """An event stream sent nothing but keep-alives for too long (the caller polls the job instead)."""
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data):
+    """(width, height) from a PNG's IHDR, or None if the bytes are not a PNG (nothing is decoded)."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def jpeg_size(data):
+    """(width, height) from a JPEG's first start-of-frame marker, or None if the bytes are not a JPEG."""
+    if not data.startswith(JPEG_SIGNATURE):
+        return None
+    i, n = 2, len(data)
+    while i + 9 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: height, width follow
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
+def image_size(data):
+    """(width, height, Blender file format) of PNG or JPEG bytes, or None for anything else (nothing decoded)."""
+    size = png_size(data)
+    if size is not None:
+        return size[0], size[1], "PNG"
+    size = jpeg_size(data)
+    if size is not None:
+        return size[0], size[1], "JPEG"
+    return None
+
+
+def check_png(data, expected=None, what="image"):
+    """The PNG's size, refusing non-PNGs, a size other than `expected` and anything over MAX_SIZE."""
+    if png_size(data) is None:
+        raise BackendError(f"The backend's {what} was not a PNG image: check the backend's log.")
+    return check_image(data, expected, what)
+
+
+def check_image(data, expected=None, what="image"):
+    """Like `check_png`, for PNG or JPEG (live renders come as JPEG): the size, from the header alone."""
+    found = image_size(data)
+    if found is None:
+        raise BackendError(f"The backend's {what} was not a PNG or JPEG image: check the backend's log.")
+    size = found[:2]
+    if expected is not None and tuple(size) != tuple(expected):
+        raise BackendError(
+            f"The backend sent a {size[0]}x{size[1]} {what} for a {expected[0]}x{expected[1]} request: "
+            "it is not behaving like a ViewNeTI backend. Check the URL in the add-on preferences."
+        )
+    if not (0 < size[0] <= limits.MAX_SIZE and 0 < size[1] <= limits.MAX_SIZE):
+        raise BackendError(f"The backend sent a {size[0]}x{size[1]} {what}, larger than any render: ignored.")
+    return size
+
+
+class _Watchdog:
+    """Shuts the connection's socket down at the deadline, so that no read can outlive the call's
+    timeout (a socket timeout alone restarts with every byte a trickling server sends)."""
+
+    def __init__(self, conn, seconds):
+        self.conn = conn
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self):
+        self.fired = True
+        sock = getattr(self.conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self):
+        self._timer.cancel()
+
+
+def read_capped(response, limit, what="response"):
+    """The body, refusing (BackendError) one larger than `limit` bytes, declared or not."""
+    try:
+        declared = int(response.getheader("content-length") or -1)
+    except ValueError:
+        declared = -1
+    if declared > limit:
+        raise BackendError(_too_large(what, limit))
+    chunks, n = [], 0
+    while True:
+        chunk = response.read(min(256 * 1024, limit + 1 - n))
+        if not chunk:
+            if n < declared:  # the connection ended early (http.client returns what it got)
+                raise http.client.IncompleteRead(b"".join(chunks), declared - n)
+            return b"".join(chunks)
+        n += len(chunk)
+        if n > limit:
+            raise BackendError(_too_large(what, limit))
+        chunks.append(chunk)
+
+
+def _too_large(what, limit):
+    return (
+        f"The backend's {what} is larger than {limit // (1024 * 1024)} MB, more than any ViewNeTI answer: "
+        "check the URL in the add-on preferences."
+    )
 
 
 @dataclass
@@ -115,21 +253,34 @@ def parse_sse(lines):
 class EventStream:
     """An open SSE response; iterate for events, `close()` from any thread to stop reading."""
 
-    def __init__(self, conn, response):
+    def __init__(self, conn, response, max_silence=None, max_line=limits.MAX_SSE_LINE_BYTES):
         self._conn = conn
         self._response = response
         self.closed = False
+        self.max_silence = max_silence  # seconds without an event (keep-alives don't count): StreamSilent
+        self.max_line = max_line
 
     def __iter__(self):
         parser = SSEParser()
+        last_event = time.monotonic()
+        pending = 0  # bytes of the event being assembled
         try:
             while True:
-                line = self._response.readline()
+                line = self._response.readline(self.max_line + 1)
                 if not line:
                     return
+                pending += len(line)
+                if len(line) > self.max_line or pending > self.max_line:
+                    raise BackendError(_too_large("event", self.max_line))
                 event = parser.feed_line(line)
+                now = time.monotonic()
                 if event is not None:
+                    pending, last_event = 0, now
                     yield event
+                elif not line.strip():
+                    pending = 0
+                if self.max_silence is not None and now - last_event > self.max_silence:
+                    raise StreamSilent(f"The job's event stream sent only keep-alives for {self.max_silence:g} s.")
         except (AttributeError, ValueError, OSError, http.client.HTTPException):
             # close() from another thread makes the response unreadable: that is a normal end
             if self.closed:
@@ -186,8 +337,11 @@ class Client:
         cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
         return cls(self._host, self._port, timeout=timeout)
 
-    def _send(self, method, path, body=None, timeout=None, accept="application/json"):
-        """Send a request; return (connection, response) or raise a user-facing BackendError."""
+    def _send(self, method, path, body=None, timeout=None, accept="application/json", watchdog=None):
+        """Send a request; return (connection, response) or raise a user-facing BackendError.
+
+        The connection, the request and the response head must complete within `timeout` (the
+        watchdog's deadline); the caller reads the body under the same watchdog, then cancels it."""
         timeout = self.timeout if timeout is None else timeout
         headers = {"Accept": accept}
         data = None
@@ -197,37 +351,51 @@ class Client:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         conn = self._connect(timeout)
+        dog = _Watchdog(conn, timeout)
+        if watchdog is not None:
+            watchdog.append(dog)
         try:
             conn.request(method, self._prefix + path, body=data, headers=headers)
             response = conn.getresponse()
         except ConnectionRefusedError:
+            dog.cancel()
             conn.close()
             raise BackendUnavailable(
                 f"No ViewNeTI backend is running at {self.base_url}. Start it "
                 "(python -m server --port PORT, or Start Backend in the panel) "
                 "or fix the URL in the add-on preferences."
             ) from None
-        except TimeoutError:
-            conn.close()
-            raise BackendUnavailable(
-                f"The backend at {self.base_url} did not answer within {timeout:g} s. It may be "
-                "busy or stuck: wait, raise the timeout in the add-on preferences, or restart it."
-            ) from None
         except (OSError, http.client.HTTPException) as exc:
+            dog.cancel()
             conn.close()
+            if isinstance(exc, TimeoutError) or dog.fired:
+                raise BackendUnavailable(
+                    f"The backend at {self.base_url} did not answer within {timeout:g} s. It may be "
+                    "busy or stuck: wait, raise the timeout in the add-on preferences, or restart it."
+                ) from None
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise BackendUnavailable(
                 f"Cannot reach the backend at {self.base_url} ({reason}). "
                 "Check the URL in the add-on preferences and that the backend is running."
             ) from None
-        if response.status >= 400:
+        if not 200 <= response.status < 300:
             try:
-                payload = response.read()
-            except (OSError, http.client.HTTPException):
+                payload = read_capped(response, limits.MAX_JSON_BYTES, "error answer")
+            except (OSError, http.client.HTTPException, BackendError):
                 payload = b""
             finally:
+                dog.cancel()
                 conn.close()
+            if 300 <= response.status < 400:
+                location = response.getheader("location") or "elsewhere"
+                raise BackendError(
+                    f"{self.base_url} answered {method} {path} with a redirect ({response.status} to {location}); "
+                    "a ViewNeTI backend never redirects. Point the add-on preferences at the backend itself.",
+                    response.status,
+                )
             raise self._http_error(method, path, response.status, payload)
+        if watchdog is None:
+            dog.cancel()
         return conn, response
 
     def _http_error(self, method, path, status, payload):
@@ -268,19 +436,28 @@ class Client:
             )
         return BackendError(message or f"The backend rejected {method} {path} (HTTP {status}).", status, body)
 
-    def _call(self, method, path, body=None, timeout=None, accept="application/json"):
-        conn, response = self._send(method, path, body, timeout, accept)
+    def _call(self, method, path, body=None, timeout=None, accept="application/json", limit=limits.MAX_JSON_BYTES):
+        dogs = []
+        conn, response = self._send(method, path, body, timeout, accept, watchdog=dogs)
         try:
-            payload = response.read()
+            payload = read_capped(response, limit)
             headers = {k.lower(): v for k, v in response.getheaders()}
             return response.status, headers, payload
-        except TimeoutError:
-            raise BackendUnavailable(
-                f"The backend at {self.base_url} stopped answering mid-response. Try again."
-            ) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if dogs and dogs[0].fired:
+                timeout = self.timeout if timeout is None else timeout
+                raise BackendUnavailable(
+                    f"The backend at {self.base_url} did not finish its answer within {timeout:g} s. It may be "
+                    "busy or stuck: wait, raise the timeout in the add-on preferences, or restart it."
+                ) from None
+            if isinstance(exc, TimeoutError):
+                raise BackendUnavailable(
+                    f"The backend at {self.base_url} stopped answering mid-response. Try again."
+                ) from None
             raise BackendUnavailable(f"Connection to {self.base_url} broke: {exc}. Try again.") from None
         finally:
+            for dog in dogs:
+                dog.cancel()
             conn.close()
 
     def _json(self, method, path, body=None, timeout=None):
@@ -317,9 +494,12 @@ class Client:
 
     def render(self, request: dict, timeout=None, accept=STILL_ACCEPT):
         """POST /v1/render; returns a `RenderResult` with the image bytes (PNG, or JPEG if `accept` prefers it)."""
-        _status, headers, payload = self._call("POST", "/v1/render", request, timeout, accept=accept)
-        if not payload.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
-            raise BackendError("The backend's render was not a PNG or JPEG image: check the backend's log.")
+        _status, headers, payload = self._call(
+            "POST", "/v1/render", request, timeout, accept=accept, limit=limits.MAX_IMAGE_BYTES
+        )
+        camera = request.get("camera") if isinstance(request, dict) else None
+        expected = (camera["width"], camera["height"]) if isinstance(camera, dict) and "width" in camera else None
+        check_image(payload, expected, "render")
         try:
             timings = json.loads(headers.get("x-timings-ms", "{}"))
         except ValueError:
@@ -352,17 +532,18 @@ class Client:
         """GET a binary resource by absolute path (e.g. a frame URL from an SSE event)."""
         if path.startswith(self._prefix + "/") and self._prefix:
             path = path[len(self._prefix) :]
-        return self._call("GET", path, accept="*/*")[2]
+        return self._call("GET", path, accept="*/*", limit=limits.MAX_IMAGE_BYTES)[2]
 
     def frame(self, job_id, frame):
         return self.get_bytes(f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}/frames/{int(frame)}")
 
-    def events(self, job_id, timeout=None):
-        """Open the job's SSE stream; the socket timeout bounds the silence between two lines."""
+    def events(self, job_id, timeout=None, max_silence=None):
+        """Open the job's SSE stream; the socket timeout bounds the silence between two lines, and
+        `max_silence` (seconds) the time without an event (keep-alives only: StreamSilent)."""
         conn, response = self._send(
             "GET",
             f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}/events",
             timeout=timeout,
             accept="text/event-stream",
         )
-        return EventStream(conn, response)
+        return EventStream(conn, response, max_silence=max_silence)

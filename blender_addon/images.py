@@ -1,8 +1,10 @@
 """Images: PNG bytes <-> image datablocks, and the one camera background slot the add-on owns.
 
-Main thread only (bpy). The PNG helpers at the top are pure and also used off the main thread.
+Main thread only (bpy). The PNG helpers at the top are pure and also used off the main thread, as
+is :class:`PixelSnapshot` (pixels read on the main thread, converted and encoded on a worker).
 """
 
+import array
 import os
 import struct
 import tempfile
@@ -10,53 +12,12 @@ import zlib
 
 import bpy
 
+from .client import PNG_SIGNATURE, image_size, jpeg_size, png_size  # noqa: F401 - png_size/jpeg_size are part of this module's API
+
 OWNER_KEY = "viewneti"  # custom property marking images made by the add-on
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 # -- pure PNG helpers ------------------------------------------------------------------------
-
-
-def png_size(data):
-    """(width, height) from a PNG's IHDR, or None if the bytes are not a PNG."""
-    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", data[16:24])
-
-
-def jpeg_size(data):
-    """(width, height) from a JPEG's first start-of-frame marker, or None if the bytes are not a JPEG."""
-    if not data.startswith(JPEG_SIGNATURE):
-        return None
-    i, n = 2, len(data)
-    while i + 9 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: height, width follow
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
-        i += 2 + length
-    return None
-
-
-def image_size(data):
-    """(width, height, Blender file format) of PNG or JPEG bytes, or None for anything else."""
-    size = png_size(data)
-    if size is not None:
-        return size[0], size[1], "PNG"
-    size = jpeg_size(data)
-    if size is not None:
-        return size[0], size[1], "JPEG"
-    return None
 
 
 def encode_png(width, height, rgba, flip=True):
@@ -82,6 +43,60 @@ def _clamp(x):
 def _linear_to_srgb(x):
     x = _clamp(x)
     return 12.92 * x if x <= 0.0031308 else 1.055 * x ** (1 / 2.4) - 0.055
+
+
+_LUT_SIZE = 4096  # linear float -> sRGB byte through a table: 12 bits of input are below a byte's step
+_SRGB_LUT = bytes(int(_linear_to_srgb(i / (_LUT_SIZE - 1)) * 255 + 0.5) for i in range(_LUT_SIZE))
+_BYTE_LUT = bytes(int(i / (_LUT_SIZE - 1) * 255 + 0.5) for i in range(_LUT_SIZE))
+
+
+class PixelSnapshot:
+    """An image's float RGBA pixels (bottom-up rows, as Blender keeps them), copied on the main thread;
+    :meth:`to_png` converts and encodes them on any thread (seconds for a large float image)."""
+
+    def __init__(self, width, height, pixels, is_float):
+        self.width, self.height, self.pixels, self.is_float = int(width), int(height), pixels, bool(is_float)
+
+    @property
+    def size(self):
+        return self.width, self.height
+
+    def to_png(self):
+        n = _LUT_SIZE - 1
+        color = _SRGB_LUT if self.is_float else _BYTE_LUT  # float buffers hold linear values; PNG wants sRGB
+        out = bytearray(len(self.pixels))
+        for i, v in enumerate(self.pixels):
+            k = 0 if not v > 0.0 else (n if v >= 1.0 else int(v * n + 0.5))  # NaN -> 0
+            out[i] = _BYTE_LUT[k] if i % 4 == 3 else color[k]  # alpha stays linear
+        return encode_png(self.width, self.height, bytes(out))
+
+
+def image_snapshot(image, use_file=True):
+    """What to upload for an image datablock (main thread, fast): the original file bytes when
+    possible (packed or on-disk PNG/JPEG, no colour management round trip), else a PixelSnapshot."""
+    if use_file and not image.is_dirty and image.source == "FILE" and image.file_format in {"PNG", "JPEG"}:
+        if image.packed_file is not None:
+            return bytes(image.packed_file.data)
+        path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
+        if path and os.path.isfile(path):
+            with open(path, "rb") as handle:
+                return handle.read()
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ValueError(f"Image '{image.name}' has no pixels: load or generate it first.")
+    pixels = array.array("f", bytes(4 * width * height * 4))
+    image.pixels.foreach_get(pixels)
+    return PixelSnapshot(width, height, pixels, image.is_float)
+
+
+def upload_bytes(snapshot):
+    """Encoded bytes of what :func:`image_snapshot` returned (any thread)."""
+    return snapshot.to_png() if isinstance(snapshot, PixelSnapshot) else snapshot
+
+
+def snapshot_size(snapshot):
+    """(width, height) of a snapshot or of PNG bytes, else None (JPEG: the server reads it)."""
+    return snapshot.size if isinstance(snapshot, PixelSnapshot) else png_size(snapshot)
 
 
 # -- datablocks ------------------------------------------------------------------------------
@@ -195,28 +210,19 @@ def image_to_png_bytes(image, use_file=True):
 
     Packed or on-disk PNG/JPEG bytes go as they are (no colour management round trip); anything
     else (generated, float, edited) is encoded from its pixels, float buffers converted to sRGB.
+    Blocking: the add-on's invert path takes an :func:`image_snapshot` and encodes it on the job's
+    worker thread instead.
     """
-    if use_file and not image.is_dirty and image.source == "FILE" and image.file_format in {"PNG", "JPEG"}:
-        if image.packed_file is not None:
-            return bytes(image.packed_file.data)
-        path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
-        if path and os.path.isfile(path):
-            with open(path, "rb") as handle:
-                return handle.read()
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ValueError(f"Image '{image.name}' has no pixels: load or generate it first.")
-    pixels = [0.0] * (width * height * 4)
-    image.pixels.foreach_get(pixels)
-    if image.is_float:  # float buffers hold linear values; PNG wants sRGB (alpha stays linear)
-        values = (_linear_to_srgb(v) if i % 4 != 3 else _clamp(v) for i, v in enumerate(pixels))
-    else:  # byte buffers already hold display values
-        values = (_clamp(v) for v in pixels)
-    return encode_png(width, height, bytes(int(v * 255 + 0.5) for v in values))
+    return upload_bytes(image_snapshot(image, use_file))
 
 
 def read_image_file(path):
     """Upload bytes of a reference image on disk: PNG/JPEG as they are, other formats via Blender."""
+    return upload_bytes(read_image_snapshot(path))
+
+
+def read_image_snapshot(path):
+    """:func:`read_image_file` without the encoding: file bytes, or a PixelSnapshot of what Blender read."""
     path = bpy.path.abspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"Reference image not found: {path}")
@@ -228,7 +234,7 @@ def read_image_file(path):
     try:
         if image.size[0] == 0:
             raise ValueError(f"Blender cannot read the reference image {path}: use a PNG or JPEG.")
-        return image_to_png_bytes(image, use_file=False)
+        return image_snapshot(image, use_file=False)
     finally:
         bpy.data.images.remove(image)
 

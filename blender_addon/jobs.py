@@ -2,8 +2,13 @@
 
 A worker thread submits the job, follows its Server-Sent Events stream (reconnecting when the
 stream stalls: the server replays the state on connect) and does the blocking side work that needs
-no bpy: downloading frames and writing them atomically. Everything the UI needs is handed to the
-main thread through a queue and applied by `poll()`, which the timer (or a headless test) calls.
+no bpy: encoding reference pixels, downloading frames and writing them atomically. Everything the
+UI needs is handed to the main thread through a queue and applied by `poll()`, which the timer (or
+a headless test) calls.
+
+A stream that sends only keep-alives for `max_silence` seconds is dropped for polling
+``GET /v1/jobs/{id}`` (progress and frames come from the job record), and reopened once the record
+shows a change: a job can't stay "running" in the panel after the backend has finished it.
 """
 
 import base64
@@ -15,7 +20,7 @@ import threading
 import time
 import uuid
 
-from .client import BackendError, BackendUnavailable
+from .client import BackendError, BackendUnavailable, StreamSilent, check_png
 
 TERMINAL = ("done", "error", "cancelled", "interrupted")
 FRAME_PATTERN = "frame_{:06d}.png"
@@ -26,11 +31,13 @@ class Job:
 
     kind = ""
 
-    def __init__(self, client, request, stream_timeout=30.0, max_reconnects=5):
+    def __init__(self, client, request, stream_timeout=30.0, max_reconnects=5, max_silence=60.0, poll_s=1.0):
         self.client = client
         self.request = request
         self.stream_timeout = stream_timeout
         self.max_reconnects = max_reconnects
+        self.max_silence = max_silence  # seconds of keep-alives only before polling the job instead
+        self.poll_s = poll_s
         self.state = "pending"
         self.job_id = ""
         self.step = 0
@@ -172,20 +179,25 @@ class Job:
         triggers a state check; only a backend that stops answering that check ends the job here.
         """
         failures = 0
+        silent = False
+        last = None
         while not self._stop.is_set():
-            try:
-                self._stream = self.client.events(job_id, timeout=self.stream_timeout)
-                for event in self._stream:
-                    if self._stop.is_set():
-                        return
-                    if self._handle(event.event, event.data if isinstance(event.data, dict) else {}):
-                        return
-            except (BackendUnavailable, OSError, ValueError, http.client.HTTPException):
-                pass  # stalled or broken: the state check below decides what to do
-            finally:
-                if self._stream is not None:
-                    self._stream.close()
-                    self._stream = None
+            if not silent:
+                try:
+                    self._stream = self.client.events(job_id, timeout=self.stream_timeout, max_silence=self.max_silence)
+                    for event in self._stream:
+                        if self._stop.is_set():
+                            return
+                        if self._handle(event.event, event.data if isinstance(event.data, dict) else {}):
+                            return
+                except StreamSilent:
+                    silent = True  # poll the job record until it changes
+                except (BackendUnavailable, OSError, ValueError, http.client.HTTPException):
+                    pass  # stalled or broken: the state check below decides what to do
+                finally:
+                    if self._stream is not None:
+                        self._stream.close()
+                        self._stream = None
             if self._stop.is_set():
                 return
             try:
@@ -200,7 +212,22 @@ class Job:
             if state.get("state") in TERMINAL:
                 self._handle_state(state)
                 return
-            time.sleep(0.2)  # still running: reopen the stream (the server replays the state)
+            seen = (state.get("state"), state.get("step"), len(state.get("frames_done") or ()))
+            if silent:
+                self._handle_running_state(state)
+                if last is not None and seen != last:
+                    silent = False  # news on the record: the stream may be working again
+                else:
+                    self._stop.wait(self.poll_s)
+            else:
+                time.sleep(0.2)  # still running: reopen the stream (the server replays the state)
+            last = seen
+
+    def _handle_running_state(self, state):
+        """Progress from a job record (GET /v1/jobs/{id}), used while the stream is silent."""
+        data = {k: state[k] for k in ("step", "total", "loss", "eta_s", "phase") if state.get(k) is not None}
+        if data:
+            self._handle("progress", data)
 
     def _handle_state(self, state):
         name = state["state"]
@@ -234,6 +261,11 @@ class SequenceJob(Job):
         self.total = len(self.frames)
         self.written = {}  # frame number -> path, main-thread view
         self._seen = set()  # worker-side: frames already written (events replay on reconnect)
+        self._sizes = {
+            f: (int(c["width"]), int(c["height"]))
+            for f, c in zip(self.frames, request["cameras"])
+            if isinstance(c, dict) and "width" in c and "height" in c
+        }
 
     def frame_path(self, frame):
         return os.path.join(self.output_dir, FRAME_PATTERN.format(frame))
@@ -248,7 +280,7 @@ class SequenceJob(Job):
             if frame not in self._seen:
                 url = data.get("url") or f"/v1/jobs/{self.job_id}/frames/{frame}"
                 path = self.frame_path(frame)
-                write_atomic(path, self.client.get_bytes(url))
+                write_atomic(path, self._checked(frame, self.client.get_bytes(url)))
                 self._seen.add(frame)
                 self._post("frame", {"frame": frame, "path": path})
             return False
@@ -257,10 +289,21 @@ class SequenceJob(Job):
             for frame in self.frames:
                 if frame not in self._seen:
                     path = self.frame_path(frame)
-                    write_atomic(path, self.client.frame(self.job_id, frame))
+                    write_atomic(path, self._checked(frame, self.client.frame(self.job_id, frame)))
                     self._seen.add(frame)
                     self._post("frame", {"frame": frame, "path": path})
         return super()._handle(name, data)
+
+    def _checked(self, frame, png):
+        """The frame's PNG, refused (BackendError) unless it has the size its camera asked for."""
+        check_png(png, self._sizes.get(frame), f"frame {frame}")
+        return png
+
+    def _handle_running_state(self, state):
+        super()._handle_running_state(state)
+        for frame in state.get("frames_done") or ():
+            if isinstance(frame, int) and frame in self._sizes and frame not in self._seen:
+                self._handle("frame", {"frame": frame})
 
     def _apply(self, name, data):
         if name == "frame":
@@ -288,13 +331,14 @@ class InvertJob(Job):
         self.preview_serial = 0  # bumps on every new preview so the UI knows to refresh
 
     def _submit(self):
-        return self.client.submit_invert(self.request)
+        return self.client.submit_invert(encoded_invert_request(self.request))
 
     def _handle(self, name, data):
         if name == "preview":
             try:
                 png = base64.b64decode(data.get("png_base64", ""), validate=True)
-            except (binascii.Error, ValueError):
+                check_png(png, what="preview")  # read from its header: never decode a bomb
+            except (binascii.Error, ValueError, BackendError):
                 return False  # a broken preview is not worth failing the job for
             self._post("preview", {"step": data.get("step", 0), "png": png})
             return False
@@ -309,6 +353,19 @@ class InvertJob(Job):
         super()._apply(name, data)
         if name == "done":
             self.message = f"New object '{self.name}' is ready"
+
+
+def encoded_invert_request(request):
+    """The request with every image as base64 text: bytes are encoded, and objects with ``to_png()``
+    (``images.PixelSnapshot``: pixels copied on the main thread) are converted here, on the job's
+    worker thread, so that a large float image never blocks Blender's UI."""
+    encoded = []
+    for item in request.get("images", []):
+        if not isinstance(item, str):
+            data = item.to_png() if hasattr(item, "to_png") else bytes(item)
+            item = base64.b64encode(data).decode("ascii")
+        encoded.append(item)
+    return {**request, "images": encoded}
 
 
 def write_atomic(path, data):

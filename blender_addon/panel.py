@@ -129,8 +129,10 @@ class VIEWNETI_PT_view(_SidebarPanel, bpy.types.Panel):
         _sampling_rows(col, settings)
         col.prop(settings, "resolution")
         try:
-            width, height = camera_pose.render_size(*camera_pose.scene_frame_size(scene.render), settings.resolution)
-            col.label(text=f"{width} × {height} px (scene aspect)")
+            long_side = runtime.request_resolution(settings)
+            width, height = camera_pose.render_size(*camera_pose.scene_frame_size(scene.render), long_side)
+            capped = " (backend maximum)" if long_side < settings.resolution else ""
+            col.label(text=f"{width} × {height} px (scene aspect){capped}")
         except ValueError:
             pass
 

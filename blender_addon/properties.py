@@ -15,7 +15,7 @@ from bpy.props import (
     StringProperty,
 )
 
-from . import export
+from . import export, limits
 from .client import DEFAULT_URL
 
 
@@ -175,7 +175,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         description="Denoising steps (only used with Use Model Defaults off)",
         default=30,
         min=1,
-        max=150,
+        max=limits.MAX_STEPS,
     )
     guidance: FloatProperty(
         name="Guidance",
@@ -188,9 +188,9 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         name="Resolution",
         description="Long side of the rendered image in pixels; the short side follows the scene's output aspect",
         default=512,
-        min=16,
-        max=2048,
-        step=8,
+        min=limits.MIN_SIZE,
+        max=limits.MAX_SIZE,
+        step=limits.SIZE_MULTIPLE,
     )
     live: BoolProperty(name="Live", description="Re-render when the active camera moves", default=False)
 
@@ -226,7 +226,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     invert_name: StringProperty(
         name="Name", description="Name of the new object token (letters, digits, _ and -)", default="my_object"
     )
-    invert_steps: IntProperty(name="Steps", default=300, min=1, max=100000)
+    invert_steps: IntProperty(name="Steps", default=limits.DEFAULT_INVERT_STEPS, min=1, max=limits.MAX_INVERT_STEPS)
     invert_preview_every: IntProperty(
         name="Preview Every", description="Steps between previews (0 = none)", default=50, min=0
     )
@@ -247,6 +247,8 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     model_steps: IntProperty(name="Model Steps", default=0, min=0)
     model_live_steps: IntProperty(name="Model Live Steps", default=0, min=0)
     model_guidance: FloatProperty(name="Model Guidance", default=0.0, min=0.0)
+    # the backend's largest render side (GET /v1/health max_size; a CPU server caps it low), 0 = not known
+    backend_max_size: IntProperty(name="Backend Max Size", default=0, min=0)
     status_message: StringProperty(name="Status", default="")
     last_timings: StringProperty(name="Last Timings", default="")
     export: PointerProperty(type=VIEWNETI_ExportSettings)

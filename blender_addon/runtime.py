@@ -18,7 +18,7 @@ import urllib.parse
 import bpy
 from bpy.app.handlers import persistent
 
-from . import camera_pose, images
+from . import camera_pose, images, limits
 from .client import DEFAULT_URL, LIVE_ACCEPT, BackendError, BackendNotReady, BackendUnavailable, Client, Superseded
 from .jobs import InvertJob, Job, SequenceJob
 from .live import LiveController
@@ -176,6 +176,10 @@ def apply_backend(scene, info, objects, announce=True):
     settings.backend_state = "OK"
     settings.backend_info = f"{info.get('base_model', '?')} on {info.get('device', '?')} · v{info.get('version', '?')}"
     apply_sampling_defaults(settings, info.get("sampling_defaults"))
+    try:
+        settings.backend_max_size = max(0, int(info.get("max_size") or 0))
+    except (TypeError, ValueError):
+        settings.backend_max_size = 0
     settings.objects.clear()
     for entry in objects:
         item = settings.objects.add()
@@ -241,6 +245,13 @@ def refresh_backend(scene, announce=True):
 # -- single renders and live mode ------------------------------------------------------------
 
 
+def request_resolution(settings):
+    """The long side to request: the panel's Resolution, at most the backend's max_size (GET /v1/health;
+    a CPU backend allows far less than a GPU one), so a default setting never earns a 422."""
+    cap = settings.backend_max_size
+    return min(settings.resolution, cap) if cap >= limits.MIN_SIZE else settings.resolution
+
+
 def session_key():
     return f"blender-{os.getpid()}"
 
@@ -250,7 +261,7 @@ def build_render_request(scene, camera_obj, live=False):
     settings = scene.viewneti
     cam_settings = camera_obj.data.viewneti
     request = {
-        "camera": camera_pose.camera_payload(camera_obj, settings.anchor, scene.render, settings.resolution),
+        "camera": camera_pose.camera_payload(camera_obj, settings.anchor, scene.render, request_resolution(settings)),
         "seed": cam_settings.seed if cam_settings.use_seed else settings.seed,
         "session": session_key(),
     }
@@ -404,7 +415,9 @@ def build_sequence_request(scene, camera_obj):
     try:
         for frame in frames:
             scene.frame_set(frame)
-            cameras.append(camera_pose.camera_payload(camera_obj, settings.anchor, scene.render, settings.resolution))
+            cameras.append(
+                camera_pose.camera_payload(camera_obj, settings.anchor, scene.render, request_resolution(settings))
+            )
     finally:
         scene.frame_set(original)
     cam_settings = camera_obj.data.viewneti
@@ -440,23 +453,26 @@ def start_sequence(scene, camera_obj):
 
 
 def build_invert_request(scene):
-    import base64
-
+    """The POST /v1/jobs/invert body (main thread); its image is encoded later by the InvertJob."""
     settings = scene.viewneti
     camera_obj = settings.invert_camera
     if camera_obj is None:
         raise ValueError("Pick the camera that took the reference image.")
+    name = settings.invert_name.strip()
+    if not limits.NAME_RE.match(name):
+        raise ValueError(f"Object name '{name}' is not valid: {limits.NAME_RULE}.")
+    # pixels are copied here (bpy, main thread); converting and encoding them is the job thread's work
     if settings.invert_source == "IMAGE":
         if settings.invert_image is None:
             raise ValueError("Pick a reference image datablock.")
-        data = images.image_to_png_bytes(settings.invert_image)
+        data = images.image_snapshot(settings.invert_image)
     else:
         if not settings.invert_filepath:
             raise ValueError("Pick a reference image file.")
-        data = images.read_image_file(settings.invert_filepath)
+        data = images.read_image_snapshot(settings.invert_filepath)
     # the reference camera's pose at the current frame, at the image's own size when known
-    size = images.png_size(data)
-    camera = camera_pose.camera_payload(camera_obj, settings.anchor, scene.render, settings.resolution)
+    size = images.snapshot_size(data)
+    camera = camera_pose.camera_payload(camera_obj, settings.anchor, scene.render, request_resolution(settings))
     if size is not None:
         frame_w, frame_h = size
         camera["fov_y_deg"] = camera_pose.camera_fov_y_deg(camera_obj.data, frame_w, frame_h)
@@ -464,8 +480,8 @@ def build_invert_request(scene):
             frame_w, frame_h, min(max(frame_w, frame_h), camera_pose.MAX_SIZE)
         )
     return {
-        "name": settings.invert_name.strip(),
-        "images": [base64.b64encode(data).decode("ascii")],
+        "name": name,
+        "images": [data],  # bytes or a PixelSnapshot: InvertJob encodes it off the main thread
         "cameras": [camera],
         "steps": settings.invert_steps,
         "seed": settings.seed,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from viewneti_backend import limits
 from viewneti_backend.compile_modes import COMPILE_CHOICES, COMPILE_HELP
 
 from .config import DEFAULT_HOST, DEFAULT_MAX_BODY_MB, DEFAULT_PORT, ServerConfig, default_data_dir
@@ -31,7 +32,9 @@ Without --model the embedded toy-world model is used (runs on a CPU, no download
 EPILOG = """\
 data directory:
   <data-dir>/objects/   the token library: objects created by inversion (kept across restarts)
-  <data-dir>/jobs/<id>/ one folder per job: job.json (state), request.json, frame_NNNNNN.png
+  <data-dir>/jobs/<id>/ one folder per job: job.json (state), request.json, frame_NNNNNN.png,
+                      reference_NN.bin (a waiting inversion's uploaded images, removed when it ends)
+  A full or read-only data dir: the server still starts and renders; new jobs get 507.
 
 security:
   The server binds 127.0.0.1 by default, reachable from this machine only. To listen on any other
@@ -135,11 +138,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-size",
         type=int,
-        default=2048,
-        help="largest image side a render may request (default 2048, or the model's limit if lower)",
+        default=limits.MAX_SIZE,
+        help=f"largest image side a render may request (default {limits.MAX_SIZE}, or the model's limit if lower; "
+        f"on a CPU at most {limits.CPU_SIZE_FACTOR}x the model's native size, since the cost grows with the square "
+        "of the pixel count). GET /v1/health reports the cap in effect as max_size",
     )
-    s.add_argument("--max-steps", type=int, default=150, help="most denoising steps a render may request (default 150)")
+    s.add_argument(
+        "--max-steps",
+        type=int,
+        default=limits.MAX_STEPS,
+        help=f"most denoising steps a render may request (default and upper bound {limits.MAX_STEPS})",
+    )
+    s.add_argument(
+        "--max-invert-steps",
+        type=int,
+        default=limits.DEFAULT_MAX_INVERT_STEPS,
+        help=f"most optimisation steps an inversion may request; more get 422 (default "
+        f"{limits.DEFAULT_MAX_INVERT_STEPS}, at most {limits.MAX_INVERT_STEPS}); GET /v1/health max_invert_steps",
+    )
     s.add_argument("--max-jobs", type=int, default=64, help="most queued/running jobs; more get 429 (default 64)")
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        default=ServerConfig.max_connections,
+        help="most open client connections; past it, connections with no request in progress are closed "
+        f"first (default {ServerConfig.max_connections}). A request's headers must arrive within "
+        f"{ServerConfig.head_timeout_s:g} s and its body within {ServerConfig.body_timeout_s:g} s",
+    )
     o = p.add_argument_group("logging")
     o.add_argument(
         "--log-level",
@@ -184,9 +209,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         compile_new_shapes=args.compile_new_shapes,
         token=token,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_size=max(16, min(2048, args.max_size)),
-        max_steps=max(1, min(150, args.max_steps)),
+        max_size=max(limits.MIN_SIZE, min(limits.MAX_SIZE, args.max_size)),
+        max_steps=max(1, min(limits.MAX_STEPS, args.max_steps)),
+        max_invert_steps=max(1, min(limits.MAX_INVERT_STEPS, args.max_invert_steps)),
         max_queued_jobs=max(1, args.max_jobs),
+        max_connections=max(8, args.max_connections),
     )
 
 
@@ -238,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from .app import create_app
+    from .connections import ConnectionLimits, guarded_protocol
 
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads must be at least 1")
@@ -260,6 +288,10 @@ def main(argv: list[str] | None = None) -> None:
             access_log=False,
             timeout_graceful_shutdown=10,
             server_header=False,
+            http=guarded_protocol(
+                ConnectionLimits(config.head_timeout_s, config.body_timeout_s, config.max_connections)
+            ),
+            timeout_keep_alive=5,
         )
     ).run()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 
 import viewneti_backend
+from viewneti_backend import limits
 from viewneti_backend.cameras import Camera, CameraError
 from viewneti_backend.sampling_defaults import SamplingDefaults
 
@@ -29,7 +29,13 @@ from .auth import BearerTokenMiddleware
 from .config import ServerConfig
 from .errors import ApiError, install_exception_handlers
 from .events import EventHub, job_event_stream
-from .images import RESPONSE_TYPES, decode_base64_image, encode_response_image, negotiate_image_type
+from .images import (
+    RESPONSE_TYPES,
+    decode_base64,
+    decode_image_bytes,
+    encode_response_image,
+    negotiate_image_type,
+)
 from .jobs import JobStore
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware
 from .schemas import (
@@ -51,7 +57,7 @@ from .worker import ClientGone, RenderTask, Worker
 
 log = logging.getLogger("viewneti.server")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_NAME = limits.NAME_RE
 
 try:  # the library's own rule, when present; the contract's pattern is checked in any case
     from viewneti_backend.tokens import validate_token_name as _library_validate_name
@@ -63,8 +69,7 @@ def validate_name(name: str, what: str = "object name") -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ApiError(
             400,
-            f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter "
-            "or digit (no paths, dots or spaces)",
+            f"invalid {what} {name!r}: {limits.NAME_RULE}",
         )
     if _library_validate_name is not None:
         _library_validate_name(name)
@@ -102,7 +107,10 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         hub.bind(asyncio.get_running_loop())
-        config.objects_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            config.objects_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only data dir: serve renders of the built-in objects, refuse jobs
+            log.warning("cannot create the object library folder %s: %s", config.objects_dir, exc)
         store.load()
         worker.start()
         log.info("ViewNeTI server: data dir %s; loading the model in the background", config.data_dir)
@@ -129,7 +137,10 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
     r = APIRouter(prefix="/v1")
 
     def max_size() -> int:
-        return min(config.max_size, int(worker.info.get("max_size") or config.max_size))
+        """--max-size, the engine's own limit and, on a CPU, the device cap (limits.device_max_size)."""
+        info = worker.info
+        configured = min(config.max_size, int(info.get("max_size") or config.max_size))
+        return limits.device_max_size(info.get("device"), info.get("native_size"), configured)
 
     def check_object(name: str | None) -> str | None:
         if name is None:
@@ -177,6 +188,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "native_size": info.get("native_size"),
             "max_size": max_size(),
             "max_steps": config.max_steps,
+            "max_invert_steps": config.max_invert_steps,
             "sampling_defaults": sampling_defaults().to_dict(),
             "compiled_shapes": worker.compile_status(),
         }
@@ -294,7 +306,12 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 "cancel them (POST /v1/jobs/{id}/cancel)",
             )
 
-    @r.post("/jobs/sequence", status_code=202, response_model=JobCreated, responses={**_COMMON, 404: _ERR, 429: _ERR})
+    @r.post(
+        "/jobs/sequence",
+        status_code=202,
+        response_model=JobCreated,
+        responses={**_COMMON, 404: _ERR, 429: _ERR, 507: _ERR},
+    )
     async def create_sequence(body: SequenceRequest, request: Request) -> Any:
         ms = max_size()
         cameras = [parse_camera(c, f"cameras[{i}]", config, ms) for i, c in enumerate(body.cameras)]
@@ -333,23 +350,40 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "guidance": guidance,
         }
         job = await run_in_threadpool(
-            store.create,
-            "sequence",
-            len(cameras),
-            request_record,
-            request_id=getattr(request.state, "request_id", None),
-            runtime=runtime,
+            lambda: store.create(
+                "sequence",
+                len(cameras),
+                request_record,
+                request_id=getattr(request.state, "request_id", None),
+                runtime=runtime,
+                max_active=config.max_queued_jobs,
+            )
         )
         worker.submit_job(job)
         return {"job_id": job.job_id, "kind": job.kind, "total": job.total}
 
-    @r.post("/jobs/invert", status_code=202, response_model=JobCreated, responses={**_COMMON, 409: _ERR, 429: _ERR})
+    @r.post(
+        "/jobs/invert",
+        status_code=202,
+        response_model=JobCreated,
+        responses={**_COMMON, 409: _ERR, 429: _ERR, 507: _ERR},
+    )
     async def create_invert(body: InvertRequest, request: Request) -> Any:
         validate_name(body.name, "name")
         if len(body.images) != len(body.cameras):
             raise ApiError(422, f"{len(body.images)} images but {len(body.cameras)} cameras: send one camera per image")
-        ms = max(max_size(), 4096)
-        cameras = [parse_camera(c, f"cameras[{i}]", config, ms) for i, c in enumerate(body.cameras)]
+        if body.steps > config.max_invert_steps:
+            raise ApiError(
+                422,
+                f"steps={body.steps} is more than this server allows for an inversion ({config.max_invert_steps}, "
+                "GET /v1/health max_invert_steps; server option --max-invert-steps): use fewer steps",
+            )
+        # a reference's camera is not capped like a render: the trainer works at its own training size
+        cameras = [parse_camera(c, f"cameras[{i}]", config, limits.MAX_SIZE) for i, c in enumerate(body.cameras)]
+        for i, cam in enumerate(cameras):
+            problem = limits.aspect_error(cam.width, cam.height, f"cameras[{i}]")
+            if problem:
+                raise ApiError(422, problem)
         worker.ready_or_raise()
         if worker.has_object(body.name):
             raise ApiError(
@@ -361,16 +395,29 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             raise ApiError(409, f"an inversion for {body.name!r} is already queued or running: pick another name")
         check_job_capacity()
 
-        def decode_all() -> list:
-            return [
-                decode_base64_image(
-                    s, what=f"images[{i}]", max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels
-                )
-                for i, s in enumerate(body.images)
-            ]
+        def check_all() -> tuple[list[bytes], list[list[int]]]:
+            """Decode each image once to refuse bad ones now (4xx, nothing written); keep only the file
+            bytes: a queued inversion holds no decoded pixels (the worker decodes them when it starts)."""
+            raws, sizes = [], []
+            for i, s in enumerate(body.images):
+                what = f"images[{i}]"
+                raw = decode_base64(s, what=what, max_bytes=config.max_image_bytes)
+                image = decode_image_bytes(raw, what=what, max_pixels=config.max_image_pixels)
+                problem = limits.aspect_error(image.width, image.height, what)
+                if problem:
+                    raise ApiError(422, problem)
+                raws.append(raw)
+                sizes.append(list(image.size))
+                del image
+            return raws, sizes
 
-        images = await run_in_threadpool(decode_all)
-        runtime = {"images": images, "cameras": cameras, "seed": body.seed, "preview_every": body.preview_every}
+        raws, sizes = await run_in_threadpool(check_all)
+        runtime = {
+            "cameras": cameras,
+            "seed": body.seed,
+            "preview_every": body.preview_every,
+            "max_pixels": config.max_image_pixels,
+        }
         request_record = {
             "kind": "invert",
             "name": body.name,
@@ -378,16 +425,19 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "steps": body.steps,
             "seed": body.seed,
             "preview_every": body.preview_every,
-            "image_sizes": [list(im.size) for im in images],
+            "image_sizes": sizes,
         }
         job = await run_in_threadpool(
-            store.create,
-            "invert",
-            body.steps,
-            request_record,
-            name=body.name,
-            request_id=getattr(request.state, "request_id", None),
-            runtime=runtime,
+            lambda: store.create(
+                "invert",
+                body.steps,
+                request_record,
+                name=body.name,
+                request_id=getattr(request.state, "request_id", None),
+                runtime=runtime,
+                references=raws,
+                max_active=config.max_queued_jobs,
+            )
         )
         worker.submit_job(job)
         return {"job_id": job.job_id, "kind": job.kind, "total": job.total}

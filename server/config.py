@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from viewneti_backend import limits
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_BODY_MB = 64.0
@@ -46,11 +48,16 @@ class ServerConfig:
     token: str | None = None
     max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1024 * 1024)
     # Operational caps on top of the contract's limits (a small machine may want lower ones).
-    max_size: int = 2048
-    max_steps: int = 150
+    max_size: int = limits.MAX_SIZE  # on a CPU also capped by limits.device_max_size
+    max_steps: int = limits.MAX_STEPS
+    max_invert_steps: int = limits.DEFAULT_MAX_INVERT_STEPS
     max_queued_jobs: int = 64
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
+    max_image_bytes: int = limits.MAX_REFERENCE_BYTES
+    max_image_pixels: int = limits.MAX_REFERENCE_PIXELS
+    # Sockets: see server/connections.py (idle ones are shed first; a request head must arrive in time).
+    max_connections: int = 256
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 120.0
 
     @property
     def objects_dir(self) -> Path:

@@ -3,6 +3,10 @@
 Limits are checked before any pixel is decoded: the encoded size, then the header's width x height
 (PIL reads only the header in ``Image.open``), then the pixels are loaded with PIL's own
 decompression-bomb guard turned into an error. Only PNG, JPEG and WebP are accepted.
+
+Decoded references are what the camera saw: the EXIF orientation is applied, 16-bit greyscale is
+scaled to 8 bits (not clipped to white), and an image with an alpha channel stays RGBA: the engine
+composites it on the background its model expects (:func:`viewneti_backend.engine.flatten_reference`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import warnings
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from viewneti_backend import limits
 
 from .errors import ApiError
 
@@ -24,11 +30,16 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # PIL's own guard applies to every decode in the process: anything above this raises
 # DecompressionBombError (we check the header first, so this is a second line of defence).
-Image.MAX_IMAGE_PIXELS = 4096 * 4096
+Image.MAX_IMAGE_PIXELS = limits.MAX_REFERENCE_PIXELS
 
 
 def decode_base64_image(data: str, *, what: str, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Decode one base64 image (a ``data:image/...;base64,`` prefix is accepted) into RGB, or raise ApiError."""
+    """Decode one base64 image (a ``data:image/...;base64,`` prefix is accepted) into RGB(A), or raise ApiError."""
+    return decode_image_bytes(decode_base64(data, what=what, max_bytes=max_bytes), what=what, max_pixels=max_pixels)
+
+
+def decode_base64(data: str, *, what: str, max_bytes: int) -> bytes:
+    """The file bytes of one base64 image upload, size-checked (no pixel is decoded)."""
     if not isinstance(data, str) or not data:
         raise ApiError(400, f"{what}: expected a base64-encoded PNG, JPEG or WebP string")
     if data.startswith("data:"):
@@ -46,7 +57,21 @@ def decode_base64_image(data: str, *, what: str, max_bytes: int, max_pixels: int
         raise ApiError(400, f"{what}: not valid base64: encode the image file's bytes with standard base64") from None
     if len(raw) > max_bytes:
         raise ApiError(413, f"{what}: the image file is larger than {max_bytes // (1024 * 1024)} MB")
-    return decode_image_bytes(raw, what=what, max_pixels=max_pixels)
+    return raw
+
+
+def _to_display_mode(img: Image.Image) -> Image.Image:
+    """RGB, or RGBA when the image has transparency; 16/32-bit greyscale scaled, not clipped."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+    return img.convert("RGBA" if has_alpha else "RGB")
 
 
 def decode_image_bytes(raw: bytes, *, what: str, max_pixels: int) -> Image.Image:
@@ -68,14 +93,15 @@ def decode_image_bytes(raw: bytes, *, what: str, max_pixels: int) -> Image.Image
             img.load()
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
-            out = img.convert("RGB")
+            img = ImageOps.exif_transpose(img) or img  # what the camera saw, not the sensor's row order
+            out = _to_display_mode(img)
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ApiError(
             413,
             f"{what}: the image decompresses to too many pixels (decompression bomb?): "
-            "send a normal image of at most 4096x4096",
+            f"send a normal image of at most {limits.MAX_REFERENCE_SIDE}x{limits.MAX_REFERENCE_SIDE}",
         ) from None
     except Image.UnidentifiedImageError:
         raise ApiError(400, f"{what}: not a PNG, JPEG or WebP image (could not identify the file)") from None

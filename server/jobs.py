@@ -1,9 +1,17 @@
 """Job records (sequence renders and inversions), persisted as JSON and published as events.
 
 Layout: ``<data_dir>/jobs/<job_id>/job.json`` (state), ``request.json`` (the request without images),
-``frame_{frame:06d}.png`` (sequence frames). Every file is written to a temporary name and renamed
-into place, so a crash never leaves a half-written record or frame. On startup, jobs found
-``queued`` or ``running`` (the server died under them) are marked ``interrupted``.
+``reference_NN.bin`` (an inversion's uploaded image files while it waits or runs; decoded only when
+it starts, removed when it ends), ``frame_{frame:06d}.png`` (sequence frames). Every file is written
+to a temporary name and renamed into place, so a crash never leaves a half-written record or frame.
+On startup, jobs found ``queued`` or ``running`` (the server died under them) are marked
+``interrupted``, and a sequence's ``frames_done`` is read from the frame files present (the record is
+saved at most once a second while frames arrive).
+
+A full or read-only disk never hides a job's fate: state changes are published to subscribers before
+the record is saved, a failed save is logged and retried with the next change, and GET reports the
+in-memory state. A data dir that cannot be written at startup leaves the server serving renders and
+refusing new jobs with 507 and a message that says what to fix.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -29,7 +38,22 @@ log = logging.getLogger("viewneti.server")
 ACTIVE_STATES = ("queued", "running")
 TERMINAL_STATES = ("done", "error", "cancelled", "interrupted")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_FRAME_FILE = re.compile(r"^frame_(\d{6,7})\.png$")
 PERSIST_INTERVAL_S = 1.0
+INSUFFICIENT_STORAGE = 507
+
+
+def reference_filename(index: int) -> str:
+    return f"reference_{index:02d}.bin"
+
+
+def storage_error(dir: Path, exc: OSError) -> ApiError:
+    reason = exc.strerror or type(exc).__name__
+    return ApiError(
+        INSUFFICIENT_STORAGE,
+        f"cannot write the job to the server's data directory {dir} ({reason}): free disk space or make it "
+        "writable (or restart the server with another --data-dir); renders still work",
+    )
 
 
 def now_iso() -> str:
@@ -107,15 +131,27 @@ class JobStore:
         self.hub = hub
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
+        self.storage_problem: str | None = None  # why new jobs are refused (read-only / full data dir)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def load(self) -> list[str]:
-        """Read every job record; mark those that were queued/running as interrupted. Returns their ids."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Read every job record; mark those that were queued/running as interrupted. Returns their ids.
+
+        Never fails on an unwritable data dir: the records are read, and ``storage_problem`` says why
+        new jobs are refused."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-probe"
+            atomic_write_bytes(probe, b"ok", fsync=False)
+            probe.unlink()
+            self.storage_problem = None
+        except OSError as exc:
+            self.storage_problem = storage_error(self.dir, exc).message
+            log.warning("the jobs folder is not writable: %s", self.storage_problem)
         interrupted = []
         for rec_path in sorted(self.dir.glob("*/job.json")):
-            for tmp in rec_path.parent.glob(".*.tmp"):  # leftovers of a crash mid-write
-                try:
+            for tmp in [*rec_path.parent.glob(".*.tmp"), *rec_path.parent.glob("reference_*.bin")]:
+                try:  # leftovers of a crash mid-write, references of jobs that will not run
                     tmp.unlink()
                 except OSError:
                     pass
@@ -127,11 +163,13 @@ class JobStore:
             if job.job_id != rec_path.parent.name:
                 log.warning("skipping job record %s: its id does not match its folder", rec_path)
                 continue
+            if job.kind == "sequence":
+                self._frames_from_disk(job)
             if job.state in ACTIVE_STATES:
                 job.state = "interrupted"
                 job.error = "the server stopped while this job was queued or running; submit it again"
                 job.updated = now_iso()
-                self._persist(job, fsync=True)
+                self._try_persist(job, fsync=True)
                 interrupted.append(job.job_id)
             self._jobs[job.job_id] = job
         if interrupted:
@@ -141,10 +179,38 @@ class JobStore:
     def job_dir(self, job: Job | str) -> Path:
         return self.dir / (job if isinstance(job, str) else job.job_id)
 
+    def _frames_from_disk(self, job: Job) -> None:
+        """frames_done = the frame files present, in the request's order (a SIGKILL may have cut the
+        record's last save; a frame file exists only once it is complete)."""
+        d = self.job_dir(job)
+        try:
+            present = {int(m.group(1)) for p in d.iterdir() if (m := _FRAME_FILE.match(p.name))}
+        except OSError:
+            return
+        try:
+            order = [int(f) for f in json.loads((d / "request.json").read_text()).get("frames") or []]
+        except (OSError, ValueError, TypeError, AttributeError):
+            order = []
+        frames = [f for f in order if f in present] or sorted(present)
+        if frames != job.frames_done:
+            job.frames_done = frames
+            job.step = max(job.step, len(frames))
+
     def _persist(self, job: Job, *, fsync: bool) -> None:
         job.persisted_at = time.monotonic()
         data = json.dumps(job.public(), indent=1).encode()
         atomic_write_bytes(self.job_dir(job) / "job.json", data, fsync=fsync)
+
+    def _try_persist(self, job: Job, *, fsync: bool) -> bool:
+        """Save the record; a full or read-only disk is logged, not raised (the state lives on in memory
+        and the next change retries)."""
+        try:
+            self._persist(job, fsync=fsync)
+            return True
+        except OSError as exc:
+            job.persisted_at = 0.0  # retry at the next progress report
+            log.warning("could not save job %s (%s): %s", job.job_id, job.state, exc)
+            return False
 
     # -- creation and lookup -------------------------------------------------------------------------
     def create(
@@ -156,17 +222,71 @@ class JobStore:
         name: str | None = None,
         request_id: str | None = None,
         runtime: dict[str, Any] | None = None,
+        references: list[bytes] | None = None,
+        max_active: int | None = None,
     ) -> Job:
+        """Create and save a job; ``references`` (image files) are spooled into its folder.
+
+        The checks that depend on the other jobs (one active inversion per name: 409; at most
+        ``max_active`` active jobs: 429) and the reservation happen under one lock, so concurrent
+        requests cannot both pass them."""
+        if self.storage_problem and not self._storage_ok_again():
+            raise ApiError(INSUFFICIENT_STORAGE, self.storage_problem)
         job = Job(
             job_id=uuid.uuid4().hex, kind=kind, total=total, name=name, request_id=request_id, runtime=runtime or {}
         )
-        d = self.job_dir(job)
-        d.mkdir(parents=True, exist_ok=False)
-        atomic_write_bytes(d / "request.json", json.dumps(request).encode(), fsync=False)
         with self._lock:
-            self._persist(job, fsync=True)
-            self._jobs[job.job_id] = job
+            active = [j for j in self._jobs.values() if j.state in ACTIVE_STATES]
+            if name is not None and any(j.kind == kind and j.name == name for j in active):
+                raise ApiError(409, f"an inversion for {name!r} is already queued or running: pick another name")
+            if max_active is not None and len(active) >= max_active:
+                raise ApiError(
+                    429,
+                    f"too many active jobs ({max_active}): wait for some to finish or "
+                    "cancel them (POST /v1/jobs/{id}/cancel)",
+                )
+            self._jobs[job.job_id] = job  # reserved: the name and the slot are taken from here on
+        d = self.job_dir(job)
+        try:
+            d.mkdir(parents=True, exist_ok=False)
+            atomic_write_bytes(d / "request.json", json.dumps(request).encode(), fsync=False)
+            for i, data in enumerate(references or []):
+                atomic_write_bytes(d / reference_filename(i), data, fsync=False)
+            job.runtime["references"] = len(references or [])
+            with self._lock:
+                self._persist(job, fsync=True)
+        except OSError as exc:
+            with self._lock:
+                self._jobs.pop(job.job_id, None)
+            shutil.rmtree(d, ignore_errors=True)
+            raise storage_error(self.dir, exc) from None
         return job
+
+    def _storage_ok_again(self) -> bool:
+        """Re-probe a data dir that was unwritable (space freed, remounted read-write)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-probe"
+            atomic_write_bytes(probe, b"ok", fsync=False)
+            probe.unlink()
+        except OSError:
+            return False
+        self.storage_problem = None
+        return True
+
+    def read_references(self, job: Job) -> list[bytes]:
+        """The spooled image files of an inversion, in request order."""
+        d = self.job_dir(job)
+        return [(d / reference_filename(i)).read_bytes() for i in range(int(job.runtime.get("references", 0)))]
+
+    def drop_references(self, job: Job) -> None:
+        """Remove an inversion's spooled images (it has ended: they are not needed again)."""
+        n, job.runtime["references"] = int(job.runtime.get("references", 0)), 0
+        for i in range(n):
+            try:
+                (self.job_dir(job) / reference_filename(i)).unlink()
+            except OSError:
+                pass
 
     def get(self, job_id: str) -> Job:
         with self._lock:
@@ -185,12 +305,20 @@ class JobStore:
 
     # -- updates (worker thread and handlers) --------------------------------------------------------
     def set_state(self, job: Job, state: str, **fields: Any) -> None:
+        """Change the state, publish it, then save it: subscribers learn the outcome even when the disk
+        is full (the save failure is logged; GET reports the in-memory state)."""
         with self._lock:
             job.state = state
             for k, v in fields.items():
                 setattr(job, k, v)
             job.updated = now_iso()
-            self._persist(job, fsync=state in TERMINAL_STATES)
+        if state in TERMINAL_STATES:
+            self.drop_references(job)
+        self._publish_state(job, state)
+        with self._lock:
+            self._try_persist(job, fsync=state in TERMINAL_STATES)
+
+    def _publish_state(self, job: Job, state: str) -> None:
         if state == "running":
             self._publish_progress(job)
         elif state == "done":
@@ -208,9 +336,10 @@ class JobStore:
             if phase is not None:
                 job.phase = phase
             job.updated = now_iso()
-            if time.monotonic() - job.persisted_at >= PERSIST_INTERVAL_S:
-                self._persist(job, fsync=False)
         self._publish_progress(job)
+        with self._lock:
+            if time.monotonic() - job.persisted_at >= PERSIST_INTERVAL_S:
+                self._try_persist(job, fsync=False)
 
     def preview(self, job: Job, step: int, png_b64: str) -> None:
         data = {"step": int(step), "png_base64": png_b64}

@@ -11,21 +11,23 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from viewneti_backend import limits
+
 MAX_SEED = 2**31 - 1
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+NAME_PATTERN = limits.NAME_PATTERN
 
 Row = Annotated[list[float], Field(min_length=4, max_length=4)]
-Size = Annotated[int, Field(ge=16, le=2048, multiple_of=8)]
+Size = Annotated[int, Field(ge=limits.MIN_SIZE, le=limits.MAX_SIZE, multiple_of=limits.SIZE_MULTIPLE)]
 Seed = Annotated[
     int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image")
 ]
-Steps = Annotated[int, Field(ge=1, le=150, description="denoising steps")]
+Steps = Annotated[int, Field(ge=1, le=limits.MAX_STEPS, description="denoising steps")]
 Guidance = Annotated[float, Field(ge=0.0, le=30.0, allow_inf_nan=False, description="classifier-free guidance scale")]
 OptSteps = Annotated[
     Steps | None,
     Field(
         description=(
-            "denoising steps, 1..150; omitted or null: the model's default (GET /v1/health sampling_defaults.steps, "
+            f"denoising steps, 1..{limits.MAX_STEPS}; omitted or null: the model's default (GET /v1/health sampling_defaults.steps, "
             "capped at the server's max_steps)"
         )
     ),
@@ -137,14 +139,29 @@ class InvertRequest(BaseModel):
         list[Annotated[str, Field(min_length=1)]],
         Field(
             min_length=1,
-            max_length=16,
-            description=("base64-encoded PNG, JPEG or WebP files (each <= 20 MB encoded, <= 4096x4096)"),
+            max_length=limits.MAX_REFERENCES,
+            description=(
+                f"base64-encoded PNG, JPEG or WebP files (each <= {limits.MAX_REFERENCE_BYTES // 2**20} MB encoded, "
+                f"<= {limits.MAX_REFERENCE_SIDE}x{limits.MAX_REFERENCE_SIDE}, aspect ratio <= "
+                f"{limits.MAX_INVERT_ASPECT:g}:1); the alpha channel of an RGBA image is the object's mask"
+            ),
         ),
     ]
-    cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=16, description="the camera of each image")]
-    steps: Annotated[int, Field(ge=1, le=100000, description="optimisation steps")] = 300
+    cameras: Annotated[
+        list[CameraIn], Field(min_length=1, max_length=limits.MAX_REFERENCES, description="the camera of each image")
+    ]
+    steps: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=limits.MAX_INVERT_STEPS,
+            description="optimisation steps (the server may cap lower: GET /v1/health max_invert_steps)",
+        ),
+    ] = limits.DEFAULT_INVERT_STEPS
     seed: Seed = 0
-    preview_every: Annotated[int, Field(ge=0, le=100000, description="send a preview every N steps (0: none)")] = 0
+    preview_every: Annotated[
+        int, Field(ge=0, le=limits.MAX_INVERT_STEPS, description="send a preview every N steps (0: none)")
+    ] = 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,6 +196,7 @@ class HealthOut(BaseModel):
     native_size: int | None = None
     max_size: int | None = None
     max_steps: int | None = None
+    max_invert_steps: int | None = None
     sampling_defaults: SamplingDefaultsOut | None = None
 
 

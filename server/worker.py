@@ -24,11 +24,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from viewneti_backend import limits
 from viewneti_backend.errors import Cancelled, InputError
 
 from .compiler import BackgroundCompiler
 from .errors import ApiError, NotReady, ShuttingDown, Superseded
-from .images import encode_png, png_base64
+from .images import decode_image_bytes, encode_png, png_base64
 from .jobs import Job, JobStore
 
 log = logging.getLogger("viewneti.server")
@@ -214,6 +215,7 @@ class Worker:
             else:
                 cancel_now = False
         if cancel_now:
+            job.runtime.pop("images", None)  # never decoded while queued; dropped in any case
             self._store.set_state(job, "cancelled")
             return "cancelled"
         return "cancelling"
@@ -381,6 +383,8 @@ class Worker:
                 self._store.set_state(job, "running")
             if should_stop():
                 raise Cancelled()
+            if job.kind == "invert" and "images" not in job.runtime:
+                self._decode_references(job)
             if job.kind == "sequence":
                 self._sequence_frame(job, should_stop)
             else:
@@ -396,9 +400,31 @@ class Worker:
             self._finish_job(job, "error", error=str(exc))
         except ApiError as exc:
             self._finish_job(job, "error", error=exc.message)
+        except OSError as exc:  # e.g. a full disk while writing a frame or the new token
+            log.warning("job %s failed: %s", job.job_id, exc)
+            self._finish_job(
+                job,
+                "error",
+                error=f"could not write the result to the server's data directory ({exc.strerror or exc}): "
+                "free disk space (or fix its permissions) and submit the job again",
+            )
         except BaseException as exc:  # noqa: BLE001
             log.exception("job %s failed", job.job_id)
             self._finish_job(job, "error", error=f"internal error ({type(exc).__name__}: {exc}); see the server log")
+
+    def _decode_references(self, job: Job) -> None:
+        """Decode an inversion's spooled image files now that it runs (a queued job holds no pixels)."""
+        rt = job.runtime
+        try:
+            raws = self._store.read_references(job)
+        except OSError as exc:
+            raise ApiError(500, f"the job's reference images could not be read back ({exc}); submit it again") from None
+        rt["images"] = [
+            decode_image_bytes(
+                raw, what=f"images[{i}]", max_pixels=int(rt.get("max_pixels") or limits.MAX_REFERENCE_PIXELS)
+            )
+            for i, raw in enumerate(raws)
+        ]
 
     def _sequence_frame(self, job: Job, should_stop: Callable[[], bool]) -> None:
         """Render the next frames of a sequence in one engine call (``engine.sequence_batch`` views per

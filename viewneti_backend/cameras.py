@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .limits import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE
 
 # Flip between an OpenGL/Blender camera frame (-Z forward, +Y up) and an OpenCV one (+Z forward, +Y down).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 ORTHONORMAL_TOLERANCE = 1e-3
-MIN_SIZE, MAX_SIZE = 16, 2048
 
 
 class CameraError(InputError):
@@ -70,7 +70,7 @@ class Camera:
             "height": int(self.height),
         }
 
-    def validated(self, *, size_multiple: int = 8) -> Camera:
+    def validated(self, *, size_multiple: int = SIZE_MULTIPLE) -> Camera:
         validate_pose(self.camera_to_anchor)
         if not math.isfinite(self.fov_y_deg) or not 0.0 < self.fov_y_deg < 180.0:
             raise CameraError(f"fov_y_deg must be in (0, 180) degrees, got {self.fov_y_deg}")

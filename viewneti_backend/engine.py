@@ -22,10 +22,11 @@ from PIL import Image
 
 from . import __version__
 from .base_model import BaseModel, compile_base_model, load_base_model
-from .cameras import MAX_SIZE, Camera
+from .cameras import Camera
 from .compile_modes import resolve_compile_mode
 from .data import Scene
 from .errors import InputError
+from .limits import MAX_SIZE
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
 from .render_shape import RenderShape
@@ -49,6 +50,28 @@ def resolve_model(model: str | os.PathLike | None) -> str:
     if not (path / "model_index.json").is_file():
         raise InputError(f"the embedded toy model is missing at {path}: reinstall the package, or pass --model")
     return str(path)
+
+
+# Where a reference image is transparent, the object stands in front of what the model renders behind
+# its objects: the toy world's sky at the horizon (toyworld/renderer.py SKY_HORIZON), white for other
+# models (the usual studio background of object photos). The trainer has no masked loss, so the alpha
+# channel decides the background the token is fitted against.
+TOY_BACKGROUND = (219, 227, 237)
+DEFAULT_BACKGROUND = (255, 255, 255)
+
+
+def reference_background(model: str) -> tuple[int, int, int]:
+    return TOY_BACKGROUND if (Path(model) / "toyworld.json").is_file() else DEFAULT_BACKGROUND
+
+
+def flatten_reference(image: Image.Image, background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> Image.Image:
+    """An RGB reference: an image with alpha is composited over ``background`` (alpha = object mask)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, background)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
 
 
 def bundled_view_mapper(model: str) -> Path | None:
@@ -90,6 +113,7 @@ class Engine:
         # views per UNet call in a sequence job: on a GPU several frames fill it far better than one;
         # on a CPU one frame per call keeps live renders interleaving with the job
         self.sequence_batch = 4 if base.device.type == "cuda" else 1
+        self.background = reference_background(model)  # behind the transparent parts of a reference
         # training sizes (width, height) whose compiled training graph exists in this process: the first
         # inversion at a new size compiles it (minutes at SD 2 scale on CUDA), and says so to on_progress
         self._compiled_training_sizes: set[tuple[int, int]] = set()
@@ -193,6 +217,7 @@ class Engine:
             "prediction_type": self.base.prediction_type,
             "cross_attention_layers": self.base.num_layers,
             "sampling_defaults": self.sampling.to_dict(),
+            "reference_background": "#{:02x}{:02x}{:02x}".format(*self.background),
         }
 
     def list_objects(self) -> list[dict]:
@@ -325,7 +350,7 @@ class Engine:
         width, height = options.width or width, options.height or height
         cfg = dataclasses.replace(options, mode=5, steps=steps, seed=seed, width=width, height=height)
         cams = [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in cameras]
-        scene = Scene(name, [im.convert("RGB") for im in images], cams)
+        scene = Scene(name, [flatten_reference(im, self.background) for im in images], cams)
         trainer = Trainer(
             cfg,
             self.base,
@@ -365,6 +390,7 @@ class Engine:
                     steps=self.sampling.steps,
                     guidance=self.sampling.guidance,
                     use_cache=False,
+                    should_stop=should_stop,  # a cancel during a preview stops at its next denoising step
                 )[0]
                 mapper.train()
             on_progress(event)

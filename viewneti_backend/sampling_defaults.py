@@ -23,6 +23,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from . import limits
 from .atomic_files import atomic_write_text
 from .errors import InputError
 
@@ -33,7 +34,7 @@ SD_GUIDANCE = 7.5
 SD_STEPS = 30
 SD_LIVE_STEPS = 8
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
-MIN_STEPS, MAX_STEPS = 1, 150
+MIN_STEPS, MAX_STEPS = 1, limits.MAX_STEPS
 
 
 class SamplingDefaultsError(InputError):

@@ -6,7 +6,6 @@ a writable folder and are written atomically: a crash never leaves a half-writte
 
 from __future__ import annotations
 
-import re
 import shutil
 import threading
 from datetime import UTC, datetime
@@ -15,9 +14,10 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, NotFoundError
+from .limits import NAME_RE
 from .mapper import CONFIG_NAME, WEIGHTS_NAME, NeTIMapper
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_PATTERN = NAME_RE  # defined in .limits
 
 
 def validate_token_name(name: object) -> str:
@@ -37,7 +37,10 @@ class ObjectLibrary:
         self.user_dir = Path(user_dir) if user_dir else None
         self.builtin_dirs = [Path(d) for d in (builtin_dirs or []) if Path(d).is_dir()]
         if self.user_dir:
-            self.user_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.user_dir.mkdir(parents=True, exist_ok=True)
+            except OSError:  # a read-only data dir: list/load what is there; save() says what is wrong
+                pass
         self._cache: dict[str, NeTIMapper] = {}
         self._lock = threading.Lock()
 
@@ -60,7 +63,7 @@ class ObjectLibrary:
 
     def names(self) -> list[str]:
         seen: list[str] = []
-        for d in self.builtin_dirs + ([self.user_dir] if self.user_dir else []):
+        for d in self.builtin_dirs + ([self.user_dir] if self.user_dir and self.user_dir.is_dir() else []):
             for p in sorted(d.iterdir()):
                 if self._is_token_dir(p) and p.name not in seen:
                     seen.append(p.name)

@@ -39,7 +39,7 @@ class ScriptedClient:
         self.submitted.set()
         return {"job_id": "j1", "total": self.total}
 
-    def events(self, job_id, timeout=None):
+    def events(self, job_id, timeout=None, max_silence=None):
         script = self.streams.pop(0) if self.streams else [BackendUnavailable("down")]
 
         def gen():

@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 USE_FAKE = os.environ.get("VIEWNETI_TEST_FAKE_ENGINE") == "1"
 STEPS = 4  # denoising steps used by the tests (tiny: CPU toy model)
 SIZE = 64  # image side used by the tests
+LONG_INVERT = 5000  # steps of an inversion that runs until the test cancels or kills it (<= --max-invert-steps)
 STARTUP_TIMEOUT_S = float(os.environ.get("VIEWNETI_TEST_STARTUP_S", "300"))
 
 

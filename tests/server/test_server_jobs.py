@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from srvutil import STEPS, png_array, png_b64, read_events, render_body, wait_job, wire_camera
+from srvutil import LONG_INVERT, STEPS, png_array, png_b64, read_events, render_body, wait_job, wire_camera
 
 INVERT_STEPS = 12
 
@@ -102,7 +102,13 @@ def test_cancel_stops_inversion_within_a_step(client):
     name = f"cancelme_{int(time.time() * 1000) % 10**8}"
     r = client.post(
         "/v1/jobs/invert",
-        json={"name": name, "images": [png_b64()], "cameras": [wire_camera()], "steps": 100000, "preview_every": 0},
+        json={
+            "name": name,
+            "images": [png_b64()],
+            "cameras": [wire_camera()],
+            "steps": LONG_INVERT,
+            "preview_every": 0,
+        },
     )
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
@@ -128,7 +134,7 @@ def test_cancel_stops_inversion_within_a_step(client):
     elapsed = time.monotonic() - t0
     assert final["state"] == "cancelled", final
     assert elapsed < max(2.0, 3 * step_s + 1.0), (elapsed, step_s)
-    assert final["step"] < 100000
+    assert final["step"] < LONG_INVERT
     assert name not in [o["name"] for o in client.get("/v1/objects").json()["objects"]]
     # the stream of a cancelled job ends with 'cancelled'
     assert read_events(client, job_id)[-1][0] == "cancelled"
@@ -167,7 +173,7 @@ def test_live_render_is_served_during_an_inversion(client):
     assert ref.status_code == 200
     name = f"busy_{int(time.time() * 1000) % 10**8}"
     job_id = client.post(
-        "/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()], "steps": 100000}
+        "/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()], "steps": LONG_INVERT}
     ).json()["job_id"]
     read_events(client, job_id, stop_after="progress")
     while client.get(f"/v1/jobs/{job_id}").json()["step"] < 1:

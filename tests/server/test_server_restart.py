@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-from srvutil import STEPS, png_b64, read_events, render_body, wait_job, wire_camera
+from srvutil import LONG_INVERT, STEPS, png_b64, read_events, render_body, wait_job, wire_camera
 
 
 def _invert(c, name, steps, preview_every=0):
@@ -60,7 +60,7 @@ def test_sigkill_during_inversion_leaves_library_intact_and_job_interrupted(make
         assert read_events(c, done_id)[-1][0] == "done"
         objects_before = sorted(o["name"] for o in c.get("/v1/objects").json()["objects"])
         ref = c.post("/v1/render", json=render_body(object="survivor", seed=1)).content
-        job_id = _invert(c, "victim", 100000)
+        job_id = _invert(c, "victim", LONG_INVERT)
         read_events(c, job_id, stop_after="progress")
         while c.get(f"/v1/jobs/{job_id}").json()["step"] < 2:
             time.sleep(0.02)
@@ -94,7 +94,7 @@ def test_sigterm_during_inversion_ends_streams_and_marks_job_interrupted(make_se
     data = tmp_path / "data"
     srv = make_server(data).start()
     with srv.client() as c:
-        job_id = _invert(c, "stopped", 100000)
+        job_id = _invert(c, "stopped", LONG_INVERT)
         read_events(c, job_id, stop_after="progress")
         streamed: list = []
         t = threading.Thread(target=lambda: streamed.extend(read_events(srv.client(), job_id, timeout=60)))

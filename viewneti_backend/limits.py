@@ -1,0 +1,79 @@
+"""Every size, step and name limit of the project, defined once (stdlib only: no torch, no numpy).
+
+The server's request schemas, its caps, the camera checks and the token library read these values;
+the Blender add-on (stdlib only, never imports this package) keeps a copy of the wire-level ones in
+``blender_addon/limits.py``, and ``tests/core/test_limits.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import re
+
+# -- image sizes (the wire contract) ----------------------------------------------------------------
+MIN_SIZE = 16  # smallest image side a render may request
+MAX_SIZE = 2048  # largest image side any server allows (a server may cap lower, see device_max_size)
+SIZE_MULTIPLE = 8  # sides are multiples of the VAE's downsampling factor (the latent grid)
+
+# -- steps ------------------------------------------------------------------------------------------
+MAX_STEPS = 150  # denoising steps of one render (contract); --max-steps may only lower it
+MAX_INVERT_STEPS = 100_000  # contract bound of an inversion's optimisation steps
+DEFAULT_MAX_INVERT_STEPS = 5_000  # server cap (--max-invert-steps); the paper's 3000-step runs fit under it
+DEFAULT_INVERT_STEPS = 300
+
+# -- inversion references ---------------------------------------------------------------------------
+MAX_REFERENCE_SIDE = 4096  # a reference image may be at most this many pixels per side ...
+MAX_REFERENCE_PIXELS = MAX_REFERENCE_SIDE * MAX_REFERENCE_SIDE  # ... and this many in all
+MAX_REFERENCE_BYTES = 20 * 1024 * 1024  # encoded file size of one reference
+MAX_REFERENCES = 16  # images (and cameras) per inversion
+# Long side / short side of an inversion reference (and its camera). The trainer resizes the long
+# side to the training size: beyond 4:1 the short side falls below a few latent cells (8 at SD 2's
+# 512, 2 in the toy world), and the fitted token learns a smear.
+MAX_INVERT_ASPECT = 4.0
+
+# -- device-aware render cap ------------------------------------------------------------------------
+# On a CPU the attention cost grows with the square of the pixel count (toy world, 1 step, 1 thread:
+# 64 px 0.3 s, 256 px 2.1 s, 512 px 30 s, 1024 px ~4 min), so a CPU server caps the side at this many
+# times the model's native size (toy world: 256); GPUs keep MAX_SIZE.
+CPU_SIZE_FACTOR = 4
+
+# -- names ------------------------------------------------------------------------------------------
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # object tokens: they become folder names
+NAME_MAX_LENGTH = 64
+NAME_RE = re.compile(NAME_PATTERN)
+NAME_RULE = "use 1-64 letters, digits, '_' or '-', starting with a letter or digit (no paths, dots or spaces)"
+
+
+def is_valid_name(name: object) -> bool:
+    return isinstance(name, str) and NAME_RE.match(name) is not None
+
+
+def size_error(what: str, value: int) -> str | None:
+    """Why ``value`` is not a valid image side, or None."""
+    if not MIN_SIZE <= value <= MAX_SIZE:
+        return f"{what} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {value}"
+    if value % SIZE_MULTIPLE:
+        return f"{what} must be a multiple of {SIZE_MULTIPLE} (the model's latent grid), got {value}"
+    return None
+
+
+def device_max_size(device: str | None, native_size: int | None, configured: int = MAX_SIZE) -> int:
+    """The largest render side a server on ``device`` allows: ``configured`` (--max-size) capped at
+    MAX_SIZE, and on a CPU also at CPU_SIZE_FACTOR x the model's native size (rounded to SIZE_MULTIPLE)."""
+    cap = min(int(configured), MAX_SIZE)
+    if device is not None and str(device).split(":")[0] == "cpu" and native_size:
+        cpu_cap = (int(native_size) * CPU_SIZE_FACTOR) // SIZE_MULTIPLE * SIZE_MULTIPLE
+        cap = min(cap, max(MIN_SIZE, cpu_cap))
+    return cap
+
+
+def aspect_error(width: int, height: int, what: str = "the image") -> str | None:
+    """Why an inversion reference of ``width`` x ``height`` is refused (too elongated), or None."""
+    lo, hi = sorted((int(width), int(height)))
+    if lo <= 0:
+        return f"{what} is empty ({width}x{height})"
+    if hi / lo > MAX_INVERT_ASPECT:
+        return (
+            f"{what} is {width}x{height}, an aspect ratio of {hi / lo:.1f}:1; inversion accepts at most "
+            f"{MAX_INVERT_ASPECT:g}:1: crop it closer to the object"
+        )
+    return None
