@@ -60,6 +60,7 @@ class Camera:
     fy: float | None = None
     cx: float | None = None
     cy: float | None = None
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "camera_to_anchor", np.asarray(self.camera_to_anchor, dtype=np.float64))
@@ -67,6 +68,8 @@ class Camera:
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, float(v))
+        if self.calibration is not None:
+            self.calibration.check_matches(self)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -111,7 +114,16 @@ class Camera:
             fov_y = math.degrees(2.0 * math.atan(0.5 * height / fy))  # fy alone defines the vertical fov
         else:
             fov_y = 39.6
-        cam = cls(_as_matrix(data["camera_to_anchor"]), fov_y, width, height, **intr)
+        cam = cls(
+            _as_matrix(data["camera_to_anchor"]),
+            fov_y,
+            width,
+            height,
+            fx=intr.get("fx"),
+            fy=intr.get("fy"),
+            cx=intr.get("cx"),
+            cy=intr.get("cy"),
+        )
         return cam.validated()
 
     def to_json(self) -> dict[str, Any]:
@@ -188,13 +200,21 @@ class Camera:
         """Size-independent intrinsics (fov_y and K's entries over the image size), for caches."""
         k = self.intrinsics()
         w, h = float(self.width), float(self.height)
-        return (round(self.fov_y_deg, 6), *(round(v, 9) for v in (k[0, 0] / w, k[1, 1] / h, k[0, 2] / w, k[1, 2] / h)))
+        key = (round(self.fov_y_deg, 6), *(round(v, 9) for v in (k[0, 0] / w, k[1, 1] / h, k[0, 2] / w, k[1, 2] / h)))
+        if self.calibration is not None:  # the verbatim P may differ from K[R|t] in its last digits
+            key += (hash(self.calibration.projection.tobytes()),)
+        return key
 
     def world_to_camera_cv(self) -> np.ndarray:
         return blender_c2w_to_opencv_w2c(self.camera_to_anchor)
 
     def projection_matrix(self) -> np.ndarray:
-        """3x4 pixel projection P = K [R | t] in the OpenCV convention (the DTU calibration format)."""
+        """3x4 pixel projection P = K [R | t] in the OpenCV convention (the DTU calibration format).
+
+        A calibrated camera returns its file's P verbatim at the calibration's image size (scaled
+        rows 1-2 at other sizes), not the K[R|t] rebuilt from it."""
+        if self.calibration is not None:
+            return self.calibration.at_size(self.width, self.height)
         return compose_projection(self.intrinsics(), self.world_to_camera_cv())
 
     def with_size(self, width: int, height: int) -> Camera:
@@ -214,11 +234,54 @@ class Camera:
             scaled(self.fy, sy),
             scaled(self.cx, sx),
             scaled(self.cy, sy),
+            self.calibration,
         )
 
     def with_pose(self, camera_to_anchor: np.ndarray) -> Camera:
-        """The same lens and image at another pose."""
-        return dataclasses.replace(self, camera_to_anchor=camera_to_anchor)
+        """The same lens and image at another pose (a calibrated P no longer applies: dropped)."""
+        return dataclasses.replace(self, camera_to_anchor=camera_to_anchor, calibration=None)
+
+
+# How far a carried calibration P may differ from the camera's own K[R|t] (relative to its largest
+# entry) before the camera is refused as contradictory: decomposition round-off and a printed P's
+# residual skew are ~1e-8.
+CALIBRATION_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibrated 3x4 projection kept verbatim (e.g. a DTU ``pos_XXX.txt``), at its image size.
+
+    Features that read P (dtu-12d) then see the file's numbers exactly, not a K[R|t] rebuilt from
+    the decomposed camera (which differs in the last digits and drops the skew).
+    """
+
+    projection: np.ndarray
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        p = np.array(self.projection, dtype=np.float64)
+        if p.shape != (3, 4) or not np.all(np.isfinite(p)):
+            raise CameraError(f"a calibration projection must be a finite 3x4 matrix, got shape {p.shape}")
+        p.setflags(write=False)
+        object.__setattr__(self, "projection", p)
+
+    def at_size(self, width: int, height: int) -> np.ndarray:
+        if (width, height) == (self.width, self.height):
+            return self.projection.copy()
+        return np.diag([width / self.width, height / self.height, 1.0]) @ self.projection
+
+    def check_matches(self, cam: Camera) -> None:
+        p = self.at_size(cam.width, cam.height)
+        scale = np.linalg.norm(p[2, :3]) * np.sign(np.linalg.det(p[:, :3]))
+        own = compose_projection(cam.intrinsics(), cam.world_to_camera_cv())
+        err = float(np.abs(p / scale - own).max() / max(np.abs(own).max(), 1e-12))
+        if not err <= CALIBRATION_TOLERANCE:
+            raise CameraError(
+                f"the camera's calibration P does not match its pose and intrinsics (relative error {err:.3g}): "
+                "a moved camera must drop its calibration (Camera.with_pose)"
+            )
 
 
 def _as_matrix(value: Any) -> np.ndarray:
@@ -380,10 +443,14 @@ def read_dtu_projection(path: str | Path) -> np.ndarray:
 def dtu_projection_to_camera(
     p: np.ndarray, width: int = 1600, height: int = 1200, anchor_to_world: np.ndarray | None = None
 ) -> Camera:
-    """The camera of a DTU projection with its full intrinsics (fx, fy, cx, cy from P's K)."""
+    """The camera of a DTU projection with its full intrinsics (fx, fy, cx, cy from P's K); in DTU's own
+    frame (no anchor) it also carries P verbatim (:class:`Calibration`)."""
     k, w2c = decompose_projection(p)
     c2w = opencv_w2c_to_blender_c2w(w2c)
-    return Camera.from_intrinsics(camera_to_anchor(c2w, anchor_to_world), k, width, height)
+    cam = Camera.from_intrinsics(camera_to_anchor(c2w, anchor_to_world), k, width, height)
+    if anchor_to_world is None:
+        cam = dataclasses.replace(cam, calibration=Calibration(np.asarray(p, dtype=np.float64), width, height))
+    return cam
 
 
 # ------------------------------------------------------------------------------------------------

@@ -277,6 +277,56 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_import_reference(args) -> int:
+    from .reference_import import import_reference
+
+    result = import_reference(
+        args.file,
+        args.out,
+        dtu_calibration=args.dtu_calibration,
+        num_layers=args.num_layers,
+        overwrite=args.overwrite,
+    )
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_import_reference_parser(sub) -> None:
+    p = sub.add_parser(
+        "import-reference",
+        help="convert the ViewNeTI authors' mapper checkpoint (.pt) to this project's safetensors + JSON",
+        description="Convert a checkpoint written by the ViewNeTI authors' code (github.com/jmhb0/view_neti: "
+        "mapper-steps-N_view.pt or mapper-steps-N_object.pt) into this project's mapper format. The file is read "
+        "with a restricted unpickler: tensors and containers only, the pickled Fourier encoder through an inert "
+        "stand-in whose B must equal the seed-0 matrix; a file asking for anything else is refused and nothing "
+        "is written. A view file becomes OUT/view_mapper, an object file OUT/objects/<scanN> (one per token): "
+        "give OUT = <SD 2.1 folder>/viewneti to bundle them with the model, or pass --view-mapper OUT/view_mapper "
+        "and --library OUT/objects.",
+        epilog="Example:\n  viewneti import-reference mapper-steps-50000_view.pt --out sd21/viewneti "
+        "--dtu-calibration DTU/Calibration/cal18\n  viewneti import-reference mapper-steps-50000_object.pt "
+        "--out sd21/viewneti",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", help="the authors' .pt file (never executed)")
+    p.add_argument("--out", required=True, help="folder to write view_mapper/ and objects/<name>/ into")
+    p.add_argument(
+        "--dtu-calibration",
+        help="DTU's Calibration/cal18 folder (pos_001.txt ... pos_064.txt) or the DTU root holding it; required "
+        "for a view file: the dtu-12d min/max are not stored in it (the authors' code recomputes them from these)",
+    )
+    p.add_argument(
+        "--num-layers",
+        type=int,
+        default=16,
+        help="cross-attention layers the mappers were trained for (the authors' code: 16, SD 2's; change only "
+        "for a different base model)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing view_mapper/ or objects/<name>/")
+    p.set_defaults(func=cmd_import_reference)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="viewneti",
@@ -390,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", help="write the table as JSON here")
     p.set_defaults(func=cmd_eval)
+
+    _add_import_reference_parser(sub)
 
     try:
         from .toyworld.cli import add_toyworld_parser
