@@ -192,11 +192,11 @@ def cmd_train(args) -> int:
         if not scans:
             raise SystemExit("--dtu-root needs --scans (e.g. --scans 8 or a comma-separated list for mode 3)")
         scenes = [load_dtu_scene(args.dtu_root, s, views) for s in scans]
-        if args.camera_parameterization == "dtu-12d":  # min-max over all cal18 cameras, like ViewNeTI
+        if args.camera_parameterization == "dtu-12d":  # min-max over all cal18 files' raw P, like ViewNeTI
             from .camera_features import Dtu12d
-            from .data import dtu_calibration_cameras
+            from .data import dtu_calibration_projections
 
-            camera_param = Dtu12d().fit(dtu_calibration_cameras(args.dtu_root))
+            camera_param = Dtu12d.from_projections(list(dtu_calibration_projections(args.dtu_root).values()))
     elif args.mode == 0:
         scenes = [load_image_folder(args.data)]
     elif args.mode == 3:
