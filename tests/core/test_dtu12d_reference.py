@@ -85,7 +85,7 @@ def test_statistics_and_features_match_the_hand_worked_numbers(dtu_root):
 
 def test_dtu_scene_cameras_at_training_size_feed_the_files_P_unchanged(dtu_root):
     p = Dtu12d.from_projections(list(dtu_calibration_projections(dtu_root).values()))
-    scene = load_dtu_scene(dtu_root, 8, views=[0, 1, 2])
-    assert (scene.cameras[0].width, scene.cameras[0].height) == (512, 384)
-    np.testing.assert_array_equal(p.projections(scene.cameras), np.asarray(FILES).reshape(3, 12))
-    np.testing.assert_allclose(p.features(scene.cameras).numpy(), FEATURES_BY_HAND, rtol=0, atol=2e-7)
+    cams = load_dtu_scene(dtu_root, 8, views=[0, 1, 2]).cameras
+    assert cams is not None and (cams[0].width, cams[0].height) == (512, 384)
+    np.testing.assert_array_equal(p.projections(cams), np.asarray(FILES).reshape(3, 12))
+    np.testing.assert_allclose(p.features(cams).numpy(), FEATURES_BY_HAND, rtol=0, atol=2e-7)
