@@ -286,11 +286,64 @@ def cmd_import_reference(args) -> int:
         dtu_calibration=args.dtu_calibration,
         num_layers=args.num_layers,
         overwrite=args.overwrite,
+        rig=not args.no_rig,
     )
     for note in result["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def cmd_rig(args) -> int:
+    from .camera_rig import CameraRig
+    from .data import dtu_calibration_projections
+    from .errors import InputError
+    from .mapper import NeTIMapper
+
+    mapper = NeTIMapper.from_pretrained(args.view_mapper)
+    param = dict(mapper.config.camera_parameterization or {})
+    if mapper.config.kind != "view" or not param:
+        raise InputError(f"{args.view_mapper} is not a view-mapper")
+    if args.remove:
+        param.pop("rig", None)
+        print(f"removed the camera rig of {args.view_mapper}: cameras go to it unchanged")
+    else:
+        if not args.dtu_calibration:
+            raise InputError("give --dtu-calibration (the cameras the rig is fitted to) or --remove")
+        if param.get("name") != "dtu-12d":
+            raise InputError(f"the rig maps cameras into DTU's frame; this view-mapper uses {param.get('name')}")
+        projections = list(dtu_calibration_projections(args.dtu_calibration).values())
+        rig = CameraRig.fit(projections, anchor_radius=args.anchor_radius)
+        param["rig"] = rig.to_dict()
+        print(json.dumps({"rig": rig.to_dict(), "cap": rig.describe_cap()}, indent=2))
+    mapper.config.camera_parameterization = param
+    mapper.save_pretrained(args.view_mapper)  # atomic: temp folder, then swapped in
+    return 0
+
+
+def _add_rig_parser(sub) -> None:
+    p = sub.add_parser(
+        "rig",
+        help="fit (or remove) the camera rig that drives a DTU-trained view-mapper from Blender cameras",
+        description="A DTU-trained view-mapper (dtu-12d) has only seen DTU's cameras, in DTU's frame (mm, +y down). "
+        "The rig maps a camera given relative to the anchor (Blender convention) into that frame: a similarity "
+        "transform fitted from the calibration cameras (object centre, up, front = middle of the camera cap, "
+        "scale: DTU's mean camera distance = --anchor-radius anchor units) plus DTU's lens. It is stored in the "
+        "view-mapper's config; the engine (CLI, server) then applies it to every camera and reports cameras "
+        "outside the training range. `import-reference` fits one for the authors' view-mapper by default.",
+        epilog="Example:\n  viewneti rig --view-mapper sd21/viewneti/view_mapper --dtu-calibration DTU/Calibration/cal18",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--view-mapper", required=True, help="the view-mapper folder to update")
+    p.add_argument("--dtu-calibration", help="DTU's Calibration/cal18 folder (or the DTU root) to fit the rig to")
+    p.add_argument(
+        "--anchor-radius",
+        type=float,
+        default=3.6,
+        help="anchor units that correspond to DTU's mean camera distance (~0.65 m) (default 3.6: the orbit default)",
+    )
+    p.add_argument("--remove", action="store_true", help="remove the rig: cameras reach the mapper unchanged")
+    p.set_defaults(func=cmd_rig)
 
 
 def _add_import_reference_parser(sub) -> None:
@@ -324,6 +377,12 @@ def _add_import_reference_parser(sub) -> None:
         "for a different base model)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing view_mapper/ or objects/<name>/")
+    p.add_argument(
+        "--no-rig",
+        action="store_true",
+        help="do not attach the camera rig (fitted from --dtu-calibration, see `viewneti rig`) to a view-mapper: "
+        "cameras must then be given in DTU's frame",
+    )
     p.set_defaults(func=cmd_import_reference)
 
 
@@ -442,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     _add_import_reference_parser(sub)
+    _add_rig_parser(sub)
 
     try:
         from .toyworld.cli import add_toyworld_parser

@@ -199,6 +199,7 @@ def read_reference_checkpoint(
     *,
     dtu_calibration: str | Path | None = None,
     num_layers: int = REFERENCE_NUM_LAYERS,
+    rig: bool = True,
 ) -> ImportedMappers:
     """Convert one reference ``.pt`` file (view or object) into mappers in memory; nothing is written."""
     path = Path(path)
@@ -233,6 +234,13 @@ def read_reference_checkpoint(
         camera = Dtu12d.from_projections(list(projections.values()))
         view = _convert_one(mappers[VIEW_KEY], cfg, "view", camera, num_layers, source)
         notes = [f"dtu-12d min/max from {len(projections)} calibration files in {dtu_calibration}"]
+        if rig:  # so Blender cameras (anchor frame) can drive it: see camera_rig.py
+            from .camera_rig import CameraRig
+
+            fitted = CameraRig.fit(list(projections.values()))
+            assert view.config.camera_parameterization is not None
+            view.config.camera_parameterization = {**view.config.camera_parameterization, "rig": fitted.to_dict()}
+            notes.append(f"camera rig attached (remove with `viewneti rig --remove`): {fitted.describe_cap()}")
         if len(projections) != 64:
             notes.append(f"DTU's cal18 has 64 cameras, this folder {len(projections)}: the min/max may differ")
         alpha_obj = _get(cfg, "model", "output_bypass_alpha_object", default=None)
@@ -262,11 +270,12 @@ def import_reference(
     dtu_calibration: str | Path | None = None,
     num_layers: int = REFERENCE_NUM_LAYERS,
     overwrite: bool = False,
+    rig: bool = True,
 ) -> dict[str, Any]:
     """Convert a reference file into ``out``: ``out/view_mapper`` for a view file, ``out/objects/<name>``
     for an object file (the layout of a model's ``viewneti/`` folder). All or nothing: everything is
     converted and checked first, written into a temporary folder, then moved into place."""
-    imported = read_reference_checkpoint(path, dtu_calibration=dtu_calibration, num_layers=num_layers)
+    imported = read_reference_checkpoint(path, dtu_calibration=dtu_calibration, num_layers=num_layers, rig=rig)
     out = Path(out)
     targets: dict[Path, NeTIMapper] = {}
     if imported.view is not None:

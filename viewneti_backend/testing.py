@@ -164,14 +164,16 @@ def synthetic_dtu_projections(
     radius: float = 650.0,
     max_polar_deg: float = 45.0,
     seed: int = 0,
+    k: tuple = DTU_LIKE_K,
+    decimals: int | None = 6,
 ) -> list:
     """``n`` DTU-like 3x4 projections (OpenCV, mm, +y down): cameras on a spherical cap of ``radius``
     around an object at ``centre`` (in front of the cameras, along +z), looking at it, image-up
-    along world -y, with :data:`DTU_LIKE_K`; rows as DTU prints them (6 decimals)."""
+    along world -y, with :data:`DTU_LIKE_K`; rounded as DTU prints them (6 decimals; None: exact)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    k = np.asarray(DTU_LIKE_K)
+    k_mat = np.asarray(k, dtype=np.float64)
     c = np.asarray(centre, dtype=np.float64)
     out = []
     rings = max(1, int(round(n**0.5)))
@@ -186,8 +188,8 @@ def synthetic_dtu_projections(
         right /= np.linalg.norm(right)
         down = np.cross(fwd, right)
         rot = np.stack([right, down, fwd])  # world -> camera rows
-        p = k @ np.concatenate([rot, (-rot @ eye)[:, None]], axis=1)
-        out.append(np.array([[float(f"{v:.6f}") for v in row] for row in p]))
+        p = k_mat @ np.concatenate([rot, (-rot @ eye)[:, None]], axis=1)
+        out.append(p if decimals is None else np.array([[float(f"{v:.{decimals}f}") for v in row] for row in p]))
     return out
 
 
@@ -198,3 +200,34 @@ def write_synthetic_dtu_calibration(folder: str | Path, n: int = 64, **kw) -> Pa
     for i, p in enumerate(synthetic_dtu_projections(n, **kw)):
         (folder / f"pos_{i + 1:03d}.txt").write_text("\n".join(" ".join(f"{v:.6f}" for v in row) for row in p) + "\n")
     return folder
+
+
+def build_dtu_view_mapper(model: str | Path, out: str | Path, *, rig: bool = True, seed: int = 0) -> Path:
+    """A random-weight dtu-12d view-mapper for ``model`` (statistics and rig from a synthetic cal18):
+    what an imported DTU mapper looks like to the engine, for tests of the rig and its warnings."""
+    from .base_model import load_base_model
+    from .camera_features import Dtu12d
+    from .camera_rig import CameraRig
+    from .mapper import MapperConfig, NeTIMapper
+
+    base = load_base_model(model, device="cpu")
+    projections = synthetic_dtu_projections(64)
+    param = Dtu12d.from_projections(projections).to_config()
+    if rig:
+        param["rig"] = CameraRig.fit(projections).to_dict()
+    torch.manual_seed(seed)
+    mapper = NeTIMapper(
+        MapperConfig(
+            kind="view",
+            token=base.text.view_token,
+            embedding_dim=base.text.embedding_dim,
+            num_layers=base.num_layers,
+            camera_dim=12,
+            camera_parameterization=param,
+            norm_target=base.text.reference_norm("view"),
+            super_word="view",
+            base_model=base.name,
+            base_model_fingerprint=base.fingerprint,
+        )
+    )
+    return mapper.save_pretrained(out)
