@@ -25,6 +25,7 @@ DTU_TEST_VIEWS = [1, 2, 9, 10, 11, 12, 14, 15, 23, 24, 26, 27, 29, 30, 31, 32, 3
 DTU_TEST_SCANS = [8, 21, 30, 31, 34, 38, 40, 41, 45, 55, 63, 82, 103, 110, 114]
 DTU_PIXELNERF_EXCLUDED_SCANS = [1, 2, 7, 25, 26, 27, 29, 39, 51, 54, 56, 57, 58, 73, 83, 111, 112, 113, 115, 116, 117]
 DTU_PRETRAIN_SCANS = [s for s in range(3, 129) if s not in DTU_TEST_SCANS + DTU_PIXELNERF_EXCLUDED_SCANS]
+DTU_TRAIN_SIZE = (512, 384)  # (W, H): the paper trains on DTU's 1600x1200 images resized (bicubic) to this
 
 
 @dataclass
@@ -123,7 +124,7 @@ def load_dtu_scene(
     scan: int,
     views: Sequence[int] | None = None,
     lighting: int = 3,
-    size: tuple[int, int] = (512, 384),
+    size: tuple[int, int] = DTU_TRAIN_SIZE,
 ) -> Scene:
     """DTU "Rectified" + "Calibration/cal18" layout; cameras from the raw 3x4 projection matrices.
 
