@@ -183,6 +183,7 @@ class RenderResult:
     seed: int = 0
     request_id: str = ""
     timings_ms: dict = field(default_factory=dict)
+    camera_warning: str = ""  # X-Camera-Warning: the camera is outside the view-mapper's training range
 
 
 @dataclass
@@ -508,7 +509,9 @@ class Client:
             seed = int(headers["x-seed"] if "x-seed" in headers else request.get("seed", 0))
         except (TypeError, ValueError):
             seed = 0
-        return RenderResult(payload, seed, headers.get("x-request-id", ""), timings)
+        return RenderResult(
+            payload, seed, headers.get("x-request-id", ""), timings, headers.get("x-camera-warning", "")
+        )
 
     def submit_sequence(self, request):
         return self._json("POST", "/v1/jobs/sequence", request)

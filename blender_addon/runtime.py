@@ -288,6 +288,9 @@ def apply_render(scene, camera_obj, request, result):
     settings.backend_state = "OK"
     width, height = request["camera"]["width"], request["camera"]["height"]
     settings.status_message = f"Rendered {camera_obj.name} ({width}×{height}, seed {result.seed})"
+    warning = getattr(result, "camera_warning", "")
+    if warning:  # the backend says this camera is outside what the view-mapper was trained on
+        settings.status_message += f". Warning: {warning}"
     tag_redraw()
     return image
 

@@ -287,15 +287,14 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "total": round((t_end - t_arrival) * 1000.0, 2),
         }
         request.state.timings = timings
-        return Response(
-            data,
-            media_type=media_type,
-            headers={
-                "X-Seed": str(body.seed),
-                "X-Timings-Ms": json.dumps(timings, separators=(",", ":")),
-                "Vary": "Accept",
-            },
-        )
+        headers = {
+            "X-Seed": str(body.seed),
+            "X-Timings-Ms": json.dumps(timings, separators=(",", ":")),
+            "Vary": "Accept",
+        }
+        if task.warnings:  # the camera is outside the view-mapper's training range: say so, never silently
+            headers["X-Camera-Warning"] = "; ".join(task.warnings).encode("ascii", "replace").decode()
+        return Response(data, media_type=media_type, headers=headers)
 
     # -- jobs ----------------------------------------------------------------------------------------
     def check_job_capacity() -> None:

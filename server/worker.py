@@ -56,6 +56,7 @@ class RenderTask:
     started_at: float | None = None
     finished_at: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # cameras outside the view-mapper's training range
 
 
 @dataclass(eq=False)
@@ -340,6 +341,7 @@ class Worker:
                 task.guidance,
                 should_stop=should_stop,
                 timings=task.timings,
+                warnings=task.warnings,
             )
             task.finished_at = time.perf_counter()
             if not task.future.done():

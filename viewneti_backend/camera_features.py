@@ -41,6 +41,9 @@ def _log_tan_half_fov(cam: Camera) -> float:
     return math.log(math.tan(math.radians(cam.fov_y_deg) / 2.0))
 
 
+DTU12D_DECIMALS = 4  # the reference prints P with 4 decimals in its view-token strings
+
+
 class CameraParameterization(ABC):
     """Camera -> normalised feature vector; ``stats`` are fitted on training cameras and saved with the mapper."""
 
@@ -70,25 +73,70 @@ class CameraParameterization(ABC):
         return {"name": self.name, "stats": self.stats}
 
 
+def reference_token_round(values: np.ndarray) -> np.ndarray:
+    """The reference's view-token numbers: the float32 value printed with 4 decimals and parsed back.
+
+    (``torch.tensor`` of the file's numbers is float32; ``num_to_string`` formats each with
+    ``f"{x:.4f}"``, which rounds the exact binary value; integers print as integers, same value.)
+    """
+    v32 = np.asarray(values, dtype=np.float64).astype(np.float32)
+    return np.array([float(f"{float(x):.{DTU12D_DECIMALS}f}") for x in v32.reshape(-1)]).reshape(v32.shape)
+
+
 class Dtu12d(CameraParameterization):
-    """ViewNeTI's faithful representation: raw P entries, min-max over the dataset's cameras."""
+    """ViewNeTI's faithful representation, exactly as the reference code computes it.
+
+    - raw: the 3x4 pixel projection P at ``reference_size`` (DTU: 1600x1200), flattened row-major,
+      as float32 and rounded to 4 decimals (the reference parses it back out of its
+      ``<view_dtu12d_cam..._p1_...>`` token strings; :func:`reference_token_round`). A camera read
+      from a calibration file carries that file's P verbatim (``Camera.calibration``), so its
+      features are the file's numbers.
+    - normalisation: per entry min-max to [-1, 1], ``(x - min) / (max - min) * 2 - 1`` in float32 as
+      the reference does; the min/max are over the *unrounded* (float32) P of the whole calibration
+      population (all 64 cal18 cameras for DTU: :meth:`from_projections`), not the training cameras,
+      so pretrained and fine-tuned mappers agree.
+    """
 
     def __init__(self, stats: dict[str, Any] | None = None, reference_size: tuple[int, int] = (1600, 1200)):
         super().__init__("dtu-12d", 12, stats)
         self.stats.setdefault("reference_size", list(reference_size))
 
-    def raw(self, cameras: Sequence[Camera]) -> np.ndarray:
+    def projections(self, cameras: Sequence[Camera]) -> np.ndarray:
+        """Unrounded P at the reference size, [N, 12] (float64)."""
         w, h = self.stats["reference_size"]
-        rows = [np.round(cam.with_size(w, h).projection_matrix().reshape(-1), 4) for cam in cameras]
-        return np.stack(rows).astype(np.float64)
+        return np.stack([cam.with_size(w, h).projection_matrix().reshape(-1) for cam in cameras]).astype(np.float64)
+
+    def raw(self, cameras: Sequence[Camera]) -> np.ndarray:
+        return reference_token_round(self.projections(cameras))
 
     def fit(self, cameras: Sequence[Camera]) -> Dtu12d:
-        raw = self.raw(cameras)
-        self.stats.update(min=raw.min(0).tolist(), max=raw.max(0).tolist())
+        """Statistics from these cameras' unrounded P (use :meth:`from_projections` for the DTU files)."""
+        return self.fit_projections(self.projections(cameras))
+
+    def fit_projections(self, projections: np.ndarray | Sequence[np.ndarray]) -> Dtu12d:
+        flat = np.asarray(projections, dtype=np.float64).reshape(-1, 12)
+        if not len(flat) or not np.all(np.isfinite(flat)):
+            raise InputError("dtu-12d statistics need at least one finite 3x4 projection matrix")
+        f32 = flat.astype(np.float32)  # the reference's torch.tensor of the file's numbers
+        self.stats.update(
+            min=[float(v) for v in f32.min(0)], max=[float(v) for v in f32.max(0)], population=int(len(flat))
+        )
         return self
 
+    @classmethod
+    def from_projections(
+        cls, projections: np.ndarray | Sequence[np.ndarray], reference_size: tuple[int, int] = (1600, 1200)
+    ) -> Dtu12d:
+        """The reference's statistics: min/max of the raw (unrounded) calibration matrices."""
+        return cls(reference_size=reference_size).fit_projections(projections)
+
     def normalize(self, raw: np.ndarray) -> np.ndarray:
-        return _minmax(raw, np.asarray(self.stats["min"]), np.asarray(self.stats["max"]))
+        x = np.asarray(raw, dtype=np.float32)
+        lo, hi = np.asarray(self.stats["min"], np.float32), np.asarray(self.stats["max"], np.float32)
+        span = hi - lo
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = (x - lo) / span * np.float32(2.0) - np.float32(1.0)
+        return np.where(span > 0, out, np.float32(0.0)).astype(np.float32)  # a constant entry: 0 (reference: NaN)
 
 
 class AnchorPose13d(CameraParameterization):

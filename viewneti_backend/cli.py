@@ -167,7 +167,7 @@ def cmd_invert(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .data import load_dtu_scene, load_image_folder, load_scene_collection, load_transforms_scene
+    from .data import DTU_TRAIN_SIZE, load_dtu_scene, load_image_folder, load_scene_collection, load_transforms_scene
     from .training import TrainConfig, Trainer
 
     cfg = TrainConfig(
@@ -179,8 +179,9 @@ def cmd_train(args) -> int:
         scale_lr=not args.no_scale_lr,
         weight_decay=args.weight_decay,
         augmentation=args.augmentation,
-        width=args.width,
-        height=args.height,
+        # DTU: the paper's 512x384 (not the model's square native size) unless given
+        width=args.width or (DTU_TRAIN_SIZE[0] if args.dtu_root else None),
+        height=args.height or (DTU_TRAIN_SIZE[1] if args.dtu_root else None),
         camera_parameterization=args.camera_parameterization,
         save_every=args.save_every,
         seed=args.seed,
@@ -194,11 +195,11 @@ def cmd_train(args) -> int:
         if not scans:
             raise SystemExit("--dtu-root needs --scans (e.g. --scans 8 or a comma-separated list for mode 3)")
         scenes = [load_dtu_scene(args.dtu_root, s, views) for s in scans]
-        if args.camera_parameterization == "dtu-12d":  # min-max over all cal18 cameras, like ViewNeTI
+        if args.camera_parameterization == "dtu-12d":  # min-max over all cal18 files' raw P, like ViewNeTI
             from .camera_features import Dtu12d
-            from .data import dtu_calibration_cameras
+            from .data import dtu_calibration_projections
 
-            camera_param = Dtu12d().fit(dtu_calibration_cameras(args.dtu_root))
+            camera_param = Dtu12d.from_projections(list(dtu_calibration_projections(args.dtu_root).values()))
     elif args.mode == 0:
         scenes = [load_image_folder(args.data)]
     elif args.mode == 3:
@@ -230,10 +231,88 @@ def _model_or_default(model):
     return resolve_model(model)
 
 
+def _size_arg(text: str) -> tuple[int, int]:
+    from .errors import InputError
+
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"sizes are WIDTHxHEIGHT, e.g. 768x576, got {text!r}") from None
+    return w, h
+
+
+def _eval_dtu(args) -> int:
+    """The paper's DTU protocol: render at 768x576 (DTU frame, no rig), score at 400x300 with masks."""
+    from PIL import Image
+
+    from .data import DTU_TEST_VIEWS, DTU_TRAIN_VIEWS, load_dtu_scene
+    from .errors import InputError
+    from .evaluation import DTU_RENDER_SIZE, LPIPSMetric, dtu_scores, dtu_summary, format_dtu_summary, load_dtu_mask
+
+    if not args.scans:
+        raise InputError("--dtu-root needs --scans (e.g. --scans 8,21,30: the paper's 15 test scans)")
+    scans = [int(s) for s in args.scans.split(",")]
+    inputs = [int(v) for v in args.input_views.split(",")] if args.input_views else [25]
+    all_views = DTU_TRAIN_VIEWS + DTU_TEST_VIEWS  # the 34 views (9 input candidates + 25 test)
+    width, height = _size_arg(args.render_size)
+    engine = _engine(args)
+    lp, lpips_missing = None, None
+    try:
+        lp = LPIPSMetric(str(engine.base.device))
+    except RuntimeError as exc:
+        lpips_missing = str(exc)
+        print(f"LPIPS: missing ({exc}); reported as missing, not estimated", file=sys.stderr)
+    steps, guidance = engine.sampling.resolve(args.steps, args.guidance)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows, missing_masks = [], []
+    for scan in scans:
+        scene = load_dtu_scene(args.dtu_root, scan, all_views, lighting=args.lighting, size=DTU_RENDER_SIZE)
+        assert scene.cameras is not None
+        cams = [c.with_size(width, height) for c in scene.cameras]
+        name = (args.object or "scan{scan}").format(scan=scan)
+        masks = {}
+        for cam_id in all_views:
+            masks[cam_id], found = load_dtu_mask(args.masks, scan, cam_id)
+            if not found:
+                missing_masks.append(f"scan{scan}/{cam_id:03d}")
+        for seed in seeds:
+            preds = engine.render(cams, name, seed, steps, guidance, with_view=not args.no_view, use_rig=False)
+            for cam_id, pred, gt in zip(all_views, preds, scene.images):
+                if pred.size != DTU_RENDER_SIZE:  # a smaller --render-size (smoke runs): upsampled first
+                    pred = pred.resize(DTU_RENDER_SIZE, Image.Resampling.BICUBIC)
+                s = dtu_scores(pred, gt, masks[cam_id], lp)
+                rows.append({"scan": scan, "view": cam_id, "seed": seed, "input": cam_id in inputs, **s})
+    test_views = [v for v in DTU_TEST_VIEWS if v not in inputs]
+    summary = dtu_summary(rows, test_views, all_views, lpips_missing=lpips_missing)
+    summary.update(
+        sampling={"steps": steps, "guidance": guidance},
+        render_size=[width, height],
+        input_views=inputs,
+        missing_masks=missing_masks,
+        rows=rows,
+    )
+    print(format_dtu_summary(summary))
+    if missing_masks:
+        print(
+            f"masks: {len(missing_masks)} views have no mask file: scored over the whole image (as the reference)",
+            file=sys.stderr,
+        )
+    if args.json:
+        from .atomic_files import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .data import load_transforms_scene
+    from .errors import InputError
     from .evaluation import EvalTable, LPIPSMetric, masked_psnr, masked_ssim
 
+    if args.dtu_root:
+        return _eval_dtu(args)
+    if not args.transforms:
+        raise InputError("give --transforms (a scene with ground truth) or --dtu-root with --scans")
     engine = _engine(args)
     scene = load_transforms_scene(args.transforms, _views(args.views))
     lp = None
@@ -364,6 +443,115 @@ def _add_pretrain_parser(sub) -> None:
     p.set_defaults(func=cmd_pretrain)
 
 
+def cmd_import_reference(args) -> int:
+    from .reference_import import import_reference
+
+    result = import_reference(
+        args.file,
+        args.out,
+        dtu_calibration=args.dtu_calibration,
+        num_layers=args.num_layers,
+        overwrite=args.overwrite,
+        rig=not args.no_rig,
+    )
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_rig(args) -> int:
+    from .camera_rig import CameraRig
+    from .data import dtu_calibration_projections
+    from .errors import InputError
+    from .mapper import NeTIMapper
+
+    mapper = NeTIMapper.from_pretrained(args.view_mapper)
+    param = dict(mapper.config.camera_parameterization or {})
+    if mapper.config.kind != "view" or not param:
+        raise InputError(f"{args.view_mapper} is not a view-mapper")
+    if args.remove:
+        param.pop("rig", None)
+        print(f"removed the camera rig of {args.view_mapper}: cameras go to it unchanged")
+    else:
+        if not args.dtu_calibration:
+            raise InputError("give --dtu-calibration (the cameras the rig is fitted to) or --remove")
+        if param.get("name") != "dtu-12d":
+            raise InputError(f"the rig maps cameras into DTU's frame; this view-mapper uses {param.get('name')}")
+        projections = list(dtu_calibration_projections(args.dtu_calibration).values())
+        rig = CameraRig.fit(projections, anchor_radius=args.anchor_radius)
+        param["rig"] = rig.to_dict()
+        print(json.dumps({"rig": rig.to_dict(), "cap": rig.describe_cap()}, indent=2))
+    mapper.config.camera_parameterization = param
+    mapper.save_pretrained(args.view_mapper)  # atomic: temp folder, then swapped in
+    return 0
+
+
+def _add_rig_parser(sub) -> None:
+    p = sub.add_parser(
+        "rig",
+        help="fit (or remove) the camera rig that drives a DTU-trained view-mapper from Blender cameras",
+        description="A DTU-trained view-mapper (dtu-12d) has only seen DTU's cameras, in DTU's frame (mm, +y down). "
+        "The rig maps a camera given relative to the anchor (Blender convention) into that frame: a similarity "
+        "transform fitted from the calibration cameras (object centre, up, front = middle of the camera cap, "
+        "scale: DTU's mean camera distance = --anchor-radius anchor units) plus DTU's lens. It is stored in the "
+        "view-mapper's config; the engine (CLI, server) then applies it to every camera and reports cameras "
+        "outside the training range. `import-reference` fits one for the authors' view-mapper by default.",
+        epilog="Example:\n  viewneti rig --view-mapper sd21/viewneti/view_mapper --dtu-calibration DTU/Calibration/cal18",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--view-mapper", required=True, help="the view-mapper folder to update")
+    p.add_argument("--dtu-calibration", help="DTU's Calibration/cal18 folder (or the DTU root) to fit the rig to")
+    p.add_argument(
+        "--anchor-radius",
+        type=float,
+        default=3.6,
+        help="anchor units that correspond to DTU's mean camera distance (~0.65 m) (default 3.6: the orbit default)",
+    )
+    p.add_argument("--remove", action="store_true", help="remove the rig: cameras reach the mapper unchanged")
+    p.set_defaults(func=cmd_rig)
+
+
+def _add_import_reference_parser(sub) -> None:
+    p = sub.add_parser(
+        "import-reference",
+        help="convert the ViewNeTI authors' mapper checkpoint (.pt) to this project's safetensors + JSON",
+        description="Convert a checkpoint written by the ViewNeTI authors' code (github.com/jmhb0/view_neti: "
+        "mapper-steps-N_view.pt or mapper-steps-N_object.pt) into this project's mapper format. The file is read "
+        "with a restricted unpickler: tensors and containers only, the pickled Fourier encoder through an inert "
+        "stand-in whose B must equal the seed-0 matrix; a file asking for anything else is refused and nothing "
+        "is written. A view file becomes OUT/view_mapper, an object file OUT/objects/<scanN> (one per token): "
+        "give OUT = <SD 2.1 folder>/viewneti to bundle them with the model, or pass --view-mapper OUT/view_mapper "
+        "and --library OUT/objects.",
+        epilog="Example:\n  viewneti import-reference mapper-steps-50000_view.pt --out sd21/viewneti "
+        "--dtu-calibration DTU/Calibration/cal18\n  viewneti import-reference mapper-steps-50000_object.pt "
+        "--out sd21/viewneti",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", help="the authors' .pt file (never executed)")
+    p.add_argument("--out", required=True, help="folder to write view_mapper/ and objects/<name>/ into")
+    p.add_argument(
+        "--dtu-calibration",
+        help="DTU's Calibration/cal18 folder (pos_001.txt ... pos_064.txt) or the DTU root holding it; required "
+        "for a view file: the dtu-12d min/max are not stored in it (the authors' code recomputes them from these)",
+    )
+    p.add_argument(
+        "--num-layers",
+        type=int,
+        default=16,
+        help="cross-attention layers the mappers were trained for (the authors' code: 16, SD 2's; change only "
+        "for a different base model)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing view_mapper/ or objects/<name>/")
+    p.add_argument(
+        "--no-rig",
+        action="store_true",
+        help="do not attach the camera rig (fitted from --dtu-calibration, see `viewneti rig`) to a view-mapper: "
+        "cameras must then be given in DTU's frame",
+    )
+    p.set_defaults(func=cmd_import_reference)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="viewneti",
@@ -448,8 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="faster, changes the maths (off by default): VAE-encode N augmented copies of each scene once and "
         "draw every step's images from them, instead of augmenting and encoding afresh each step",
     )
-    p.add_argument("--width", type=int, help="training width (default: model native size)")
-    p.add_argument("--height", type=int, help="training height (default: model native size)")
+    p.add_argument("--width", type=int, help="training width (default: model native size; --dtu-root: 512)")
+    p.add_argument("--height", type=int, help="training height (default: model native size; --dtu-root: 384)")
     p.add_argument(
         "--camera-parameterization",
         default="anchor-pose-13d",
@@ -466,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="render a scene's cameras and score them (masked PSNR/SSIM, LPIPS-VGG)")
     _add_model_args(p)
-    p.add_argument("--transforms", required=True, help="transforms.json scene with ground-truth images (+ masks)")
+    p.add_argument("--transforms", help="transforms.json scene with ground-truth images (+ masks)")
     p.add_argument("--views", help="comma-separated target view indices")
     p.add_argument("--object", help="object token to render")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (paper: 0,1)")
@@ -477,9 +665,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--lpips", action="store_true", help="also compute LPIPS-VGG (needs the lpips package and cached weights)"
     )
     p.add_argument("--json", help="write the table as JSON here")
+    g = p.add_argument_group(
+        "DTU protocol (instead of --transforms)",
+        "The paper's scoring: the 34 views (9 input ids + 25 test ids) of each scan rendered at 768x576 in DTU's "
+        "frame, ground truth 1600x1200 -> 768x576, both -> 400x300 (bicubic tensor resize), RegNeRF/IDR masks "
+        "(> 0.01), masked PSNR, SSIM and LPIPS-VGG on background-zeroed images; means over views per scan and "
+        "seed, then over scans, for the 25 test views and for all 34 views. LPIPS needs the lpips package and "
+        "its weights; without them it is reported as missing.",
+    )
+    g.add_argument("--dtu-root", help="DTU root with Rectified/ and Calibration/cal18/")
+    g.add_argument(
+        "--scans", help="scan ids, comma-separated (the paper's 15: 8,21,30,31,34,38,40,41,45,55,63,82,103,110,114)"
+    )
+    g.add_argument("--masks", help="RegNeRF/IDR mask folder (submission_data/idrmasks: scan<id>/mask/<cam>.png)")
+    g.add_argument("--input-views", default="25", help="the scan's input view id(s), excluded from the 25 (default 25)")
+    g.add_argument("--lighting", type=int, default=3, help="DTU lighting of the ground truth (default 3)")
+    g.add_argument("--render-size", default="768x576", help="render size WxH (the paper: 768x576)")
     p.set_defaults(func=cmd_eval)
 
     _add_pretrain_parser(sub)
+    _add_import_reference_parser(sub)
+    _add_rig_parser(sub)
 
     try:
         from .toyworld.cli import add_toyworld_parser

@@ -25,6 +25,7 @@ DTU_TEST_VIEWS = [1, 2, 9, 10, 11, 12, 14, 15, 23, 24, 26, 27, 29, 30, 31, 32, 3
 DTU_TEST_SCANS = [8, 21, 30, 31, 34, 38, 40, 41, 45, 55, 63, 82, 103, 110, 114]
 DTU_PIXELNERF_EXCLUDED_SCANS = [1, 2, 7, 25, 26, 27, 29, 39, 51, 54, 56, 57, 58, 73, 83, 111, 112, 113, 115, 116, 117]
 DTU_PRETRAIN_SCANS = [s for s in range(3, 129) if s not in DTU_TEST_SCANS + DTU_PIXELNERF_EXCLUDED_SCANS]
+DTU_TRAIN_SIZE = (512, 384)  # (W, H): the paper trains on DTU's 1600x1200 images resized (bicubic) to this
 
 
 @dataclass
@@ -143,7 +144,7 @@ def load_dtu_scene(
     scan: int,
     views: Sequence[int] | None = None,
     lighting: int = 3,
-    size: tuple[int, int] = (512, 384),
+    size: tuple[int, int] = DTU_TRAIN_SIZE,
 ) -> Scene:
     """DTU "Rectified" + "Calibration/cal18" layout; cameras from the raw 3x4 projection matrices.
 
@@ -163,10 +164,31 @@ def load_dtu_scene(
     return Scene(f"scan{scan}", images, cameras, meta={"dtu_views": views})
 
 
+def dtu_calibration_dir(path: str | Path) -> Path:
+    """The folder with ``pos_XXX.txt``: ``path`` itself, or ``path/Calibration/cal18`` of a DTU root."""
+    path = Path(path)
+    for cand in (path, path / "Calibration" / "cal18"):
+        if cand.is_dir() and any(cand.glob("pos_*.txt")):
+            return cand
+    raise InputError(
+        f"no DTU calibration files (pos_001.txt ... pos_064.txt) in {path} or {path / 'Calibration' / 'cal18'}: "
+        "give DTU's Calibration/cal18 folder (or the DTU root holding it)"
+    )
+
+
+def dtu_calibration_projections(path: str | Path) -> dict[int, np.ndarray]:
+    """Every ``pos_XXX.txt`` of a cal18 folder (or DTU root), read verbatim: {0-based camera id: 3x4 P}."""
+    cal = dtu_calibration_dir(path)
+    out: dict[int, np.ndarray] = {}
+    for f in sorted(cal.glob("pos_*.txt")):
+        stem = f.stem.split("_", 1)[1]
+        if not stem.isdigit() or int(stem) < 1:
+            raise InputError(f"{f}: DTU calibration files are named pos_001.txt ... pos_064.txt")
+        out[int(stem) - 1] = read_dtu_projection(f)
+    return dict(sorted(out.items()))
+
+
 def dtu_calibration_cameras(root: str | Path) -> list[Camera]:
-    """All 64 cal18 cameras (the population ViewNeTI's dtu-12d min-max statistics come from)."""
-    cal = Path(root) / "Calibration" / "cal18"
-    files = sorted(cal.glob("pos_*.txt"))
-    if not files:
-        raise InputError(f"no DTU calibration files in {cal}")
-    return [dtu_projection_to_camera(read_dtu_projection(f), 1600, 1200) for f in files]
+    """All 64 cal18 cameras (the population ViewNeTI's dtu-12d min-max statistics come from), each
+    carrying its file's P verbatim."""
+    return [dtu_projection_to_camera(p, 1600, 1200) for p in dtu_calibration_projections(root).values()]

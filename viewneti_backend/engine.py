@@ -22,6 +22,7 @@ from PIL import Image
 
 from . import __version__
 from .base_model import BaseModel, compile_base_model, load_base_model
+from .camera_rig import CameraRig, range_warnings, rig_from_mapper_config
 from .cameras import Camera
 from .compile_modes import resolve_compile_mode
 from .data import Scene
@@ -114,6 +115,9 @@ class Engine:
         # on a CPU one frame per call keeps live renders interleaving with the job
         self.sequence_batch = 4 if base.device.type == "cuda" else 1
         self.background = reference_background(model)  # behind the transparent parts of a reference
+        # A view-mapper trained in another camera frame (DTU) carries a rig: user cameras (anchor frame)
+        # are mapped through it before they reach the mapper (camera_rig.py).
+        self.rig = rig_from_mapper_config(view_mapper.config.camera_parameterization) if view_mapper else None
         # training sizes (width, height) whose compiled training graph exists in this process: the first
         # inversion at a new size compiles it (minutes at SD 2 scale on CUDA), and says so to on_progress
         self._compiled_training_sizes: set[tuple[int, int]] = set()
@@ -218,7 +222,21 @@ class Engine:
             "cross_attention_layers": self.base.num_layers,
             "sampling_defaults": self.sampling.to_dict(),
             "reference_background": "#{:02x}{:02x}{:02x}".format(*self.background),
+            "camera_rig": "dtu" if self.rig is not None else None,
         }
+
+    def mapper_cameras(self, cameras: Sequence[Camera], *, use_rig: bool = True) -> list[Camera]:
+        """The cameras as the view-mapper sees them: through its rig (if any, and ``use_rig``)."""
+        rig: CameraRig | None = self.rig if use_rig else None
+        return [rig.to_dtu(c) for c in cameras] if rig is not None else list(cameras)
+
+    def camera_warnings(self, cameras: Sequence[Camera], *, use_rig: bool = True) -> list[str]:
+        """A message per camera outside the view-mapper's training range (empty: all in range)."""
+        param = self.pipeline.camera_param
+        if param is None or not cameras:
+            return []
+        feats = param.features(self.mapper_cameras(cameras, use_rig=use_rig)).numpy()
+        return range_warnings(feats, self.rig if use_rig else None)
 
     def list_objects(self) -> list[dict]:
         return self.library.list()
@@ -249,11 +267,15 @@ class Engine:
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
         timings: dict | None = None,
+        warnings: list[str] | None = None,
+        use_rig: bool = True,
     ) -> list[Image.Image]:
         """Novel views of an object; cameras of different sizes are rendered in per-size batches.
 
-        ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`)."""
-        self.idle.clear()
+        ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`).
+        ``warnings`` (a list) receives a message per camera outside the view-mapper's training range.
+        ``use_rig=False``: the cameras are already in the view-mapper's own frame (DTU evaluation)."""
+        self.idle.clear()  # a background compile waits while this runs (server/compiler.py)
         try:
             return self._render(
                 cameras,
@@ -265,6 +287,8 @@ class Engine:
                 should_stop=should_stop,
                 on_step=on_step,
                 timings=timings,
+                warnings=warnings,
+                use_rig=use_rig,
             )
         finally:
             self.idle.set()
@@ -281,10 +305,16 @@ class Engine:
         should_stop: Callable[[], bool] | None,
         on_step: Callable[[int, int], None] | None,
         timings: dict | None,
+        warnings: list[str] | None,
+        use_rig: bool,
     ) -> list[Image.Image]:
         steps, guidance = self.sampling.resolve(steps, guidance)
         name, mapper = self.object_mapper(object_name)
         with_view = with_view and self.pipeline.view_mapper is not None
+        if with_view:
+            if warnings is not None:
+                warnings.extend(self.camera_warnings(cameras, use_rig=use_rig))
+            cameras = self.mapper_cameras(cameras, use_rig=use_rig)
         out: list[Image.Image | None] = [None] * len(cameras)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, cam in enumerate(cameras):
@@ -349,7 +379,7 @@ class Engine:
         options = config or TrainConfig()
         width, height = options.width or width, options.height or height
         cfg = dataclasses.replace(options, mode=5, steps=steps, seed=seed, width=width, height=height)
-        cams = [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in cameras]
+        cams = [c.with_size(width, height) for c in self.mapper_cameras(cameras)]
         scene = Scene(name, [flatten_reference(im, self.background) for im in images], cams)
         trainer = Trainer(
             cfg,

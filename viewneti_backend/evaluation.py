@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -190,3 +191,129 @@ def format_nvs(tables: dict[str, EvalTable]) -> str:
     text = "\n\n".join(t.format(f"== {m} ==") for m, t in tables.items())
     a, b, c = (tables[m].mean_over_scenes()["psnr"] for m in NVS_METHODS)
     return text + f"\n\nmargin vs copy-input {a - b:+.2f} dB, vs no-view {a - c:+.2f} dB\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# The DTU protocol exactly as the reference scores it (training/inference_dtu.py, summarize_dtu.py)
+# ------------------------------------------------------------------------------------------------
+DTU_RENDER_SIZE = (768, 576)  # (W, H) the reference samples at
+DTU_SCORE_SIZE = (400, 300)  # (W, H) the metrics are computed at (standard in prior work)
+DTU_MASK_THRESHOLD = 0.01  # mask values (0..1 after the resizes) above this are foreground
+
+
+def dtu_tensor_resize(img: np.ndarray, size: tuple[int, int] = DTU_SCORE_SIZE) -> np.ndarray:
+    """The reference's ``torchvision.transforms.Resize((300, 400), BICUBIC)`` on a uint8 HxWxC image
+    tensor, as torchvision 0.14 (its environment) does it: float32 bicubic interpolation,
+    align_corners=False, no antialiasing (the tensor default then), clamped to 0..255, rounded."""
+    import torch
+
+    w, h = size
+    arr = np.asarray(img)
+    if arr.shape[:2] == (h, w):
+        return arr.copy()
+    t = torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float()
+    out = torch.nn.functional.interpolate(t, size=(h, w), mode="bicubic", align_corners=False, antialias=False)
+    return out.clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+
+
+def dtu_mask_path(masks_root: str | Path, scan: int, cam: int) -> Path:
+    """RegNeRF/IDR masks: ``scan{id}/mask/{cam:03d}.png``, or ``scan{id}/{cam:03d}.png`` when there
+    is no ``mask`` folder (the reference accepts both); ``cam`` is the 0-based camera id."""
+    folder = Path(masks_root) / f"scan{scan}" / "mask"
+    return (folder if folder.is_dir() else folder.parent) / f"{cam:03d}.png"
+
+
+def load_dtu_mask(masks_root: str | Path | None, scan: int, cam: int) -> tuple[np.ndarray, bool]:
+    """The 0/1 float32 HxWx3 mask at 400x300 and whether a file was found (missing: all foreground,
+    as the reference does). RGB, resized to 400x300 (PIL's default resample, bicubic), then the
+    tensor resize (a no-op at that size), /255, > 0.01."""
+    path = dtu_mask_path(masks_root, scan, cam) if masks_root else None
+    if path is not None and path.is_file():
+        with Image.open(path) as im:
+            mask = im.convert("RGB").resize(DTU_SCORE_SIZE, Image.Resampling.BICUBIC)
+        found = True
+    else:
+        mask, found = Image.new("RGB", DTU_SCORE_SIZE, (255, 255, 255)), False
+    m = dtu_tensor_resize(np.asarray(mask)).astype(np.float32) / np.float32(255.0)
+    return (m > DTU_MASK_THRESHOLD).astype(np.float32), found
+
+
+def dtu_scores(pred, gt, mask: np.ndarray, lpips: LPIPSMetric | None = None) -> dict[str, float | None]:
+    """Masked PSNR, SSIM and LPIPS of one view, as the reference computes them.
+
+    ``pred``: the render (768x576); ``gt``: the ground truth at 768x576 (the 1600x1200 image resized
+    with PIL's bicubic); both are resized to 400x300 by :func:`dtu_tensor_resize`. ``mask``: from
+    :func:`load_dtu_mask`. PSNR = -10 log10(sum((gt m - pred m)^2) / sum(m)) over pixels and
+    channels; SSIM: skimage, channel axis first, data_range 1, on background-zeroed float32
+    images; LPIPS-VGG on background-zeroed images in [-1, 1] (None when unavailable).
+    """
+    from skimage.metrics import structural_similarity
+
+    def prep(img) -> np.ndarray:
+        arr = np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img)
+        return dtu_tensor_resize(arr).astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
+
+    p, g, m = prep(pred), prep(gt), mask.transpose(2, 0, 1).astype(np.float32)
+    denom = float(m.sum())
+    mse = float((((g * m) - (p * m)) ** 2).sum() / denom) if denom else float("nan")
+    psnr = float(-10.0 / math.log(10.0) * math.log(mse)) if mse > 0 else (float("inf") if mse == 0 else mse)
+    ssim = float(structural_similarity(p * m, g * m, channel_axis=0, data_range=1.0))  # type: ignore[arg-type]
+    lp = None
+    if lpips is not None:
+        lp = lpips((p * m).transpose(1, 2, 0), (g * m).transpose(1, 2, 0), None)
+    return {"psnr": psnr, "ssim": ssim, "lpips": lp}
+
+
+def dtu_summary(
+    rows: list[dict], test_views: list[int], all_views: list[int], *, lpips_missing: str | None = None
+) -> dict:
+    """Both averagings the paper's code admits, per scan and seed, and the mean table.
+
+    ``rows``: dicts with scan, view, seed, psnr, ssim, lpips. ``test25``: the standard protocol (the
+    25 test views); ``all34``: ``summarize_dtu.py``'s average over all 34 views, inputs included.
+    Means: over views within a scan (per seed), then over scans; then over seeds (with their std).
+    """
+    out: dict = {"lpips_missing": lpips_missing}
+    for label, views in (("test25", test_views), ("all34", all_views)):
+        chosen = [r for r in rows if r["view"] in views]
+        per: dict[str, dict[str, dict]] = {}
+        for r in chosen:
+            per.setdefault(str(r["scan"]), {}).setdefault(str(r["seed"]), {"rows": []})["rows"].append(r)
+        keys = ["psnr", "ssim"] + (["lpips"] if chosen and all(r["lpips"] is not None for r in chosen) else [])
+        for scan in per.values():
+            for seed, cell in scan.items():
+                rs = cell.pop("rows")
+                scan[seed] = {k: float(np.mean([r[k] for r in rs])) for k in keys} | {"n": len(rs)}
+        seeds = sorted({r["seed"] for r in chosen})
+        by_seed = {
+            str(s): {k: float(np.mean([per[sc][str(s)][k] for sc in per if str(s) in per[sc]])) for k in keys}
+            for s in seeds
+        }
+        mean = {k: float(np.mean([by_seed[str(s)][k] for s in seeds])) for k in keys} if seeds else {}
+        std = {f"{k}_seed_std": float(np.std([by_seed[str(s)][k] for s in seeds])) for k in keys} if seeds else {}
+        out[label] = {"views": len(views), "per_scan_seed": per, "per_seed": by_seed, "mean": {**mean, **std}}
+    return out
+
+
+def format_dtu_summary(summary: dict) -> str:
+    lines = []
+    for label, title in (("test25", "25 test views (standard)"), ("all34", "all 34 views (summarize_dtu.py)")):
+        part = summary[label]
+        lines.append(f"== {title}")
+        lines.append(f"{'scan':<8}{'seed':>6}{'PSNR':>9}{'SSIM':>8}{'LPIPS':>8}{'n':>5}")
+        for scan, seeds in part["per_scan_seed"].items():
+            for seed, m in seeds.items():
+                lp = f"{m['lpips']:.3f}" if "lpips" in m else "-"
+                lines.append(f"{'scan' + scan:<8}{seed:>6}{m['psnr']:>9.2f}{m['ssim']:>8.3f}{lp:>8}{m['n']:>5}")
+        for seed, m in part["per_seed"].items():
+            lp = f"{m['lpips']:.3f}" if "lpips" in m else "-"
+            lines.append(f"{'mean':<8}{seed:>6}{m['psnr']:>9.2f}{m['ssim']:>8.3f}{lp:>8}")
+        m = part["mean"]
+        if m:
+            lp = f"{m['lpips']:.3f}" if "lpips" in m else "-"
+            lines.append(
+                f"{'mean':<8}{'all':>6}{m['psnr']:>9.2f}{m['ssim']:>8.3f}{lp:>8}  (seed std PSNR {m['psnr_seed_std']:.2f})"
+            )
+    if summary.get("lpips_missing"):
+        lines.append(f"LPIPS: missing ({summary['lpips_missing']})")
+    return "\n".join(lines)

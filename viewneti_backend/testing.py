@@ -153,3 +153,84 @@ def build_tiny_viewneti_model(folder: str | Path, *, steps: int = 2, seed: int =
     for name, mapper in result.object_mappers.items():
         mapper.save_pretrained(folder / "viewneti" / "objects" / name)
     return folder
+
+
+# DTU-like intrinsics of the 1600x1200 Rectified images (fx != fy, off-centre principal point, a
+# printed P's residual skew), for synthetic calibrations in tests; nothing is downloaded.
+DTU_LIKE_K = ((2892.33, 0.0004, 823.21), (0.0, 2883.18, 619.07), (0.0, 0.0, 1.0))
+
+
+def synthetic_dtu_projections(
+    n: int = 64,
+    *,
+    centre: tuple[float, float, float] = (30.0, -20.0, 620.0),
+    radius: float = 650.0,
+    max_polar_deg: float = 45.0,
+    seed: int = 0,
+    k: tuple = DTU_LIKE_K,
+    decimals: int | None = 6,
+) -> list:
+    """``n`` DTU-like 3x4 projections (OpenCV, mm, +y down): cameras on a spherical cap of ``radius``
+    around an object at ``centre`` (in front of the cameras, along +z), looking at it, image-up
+    along world -y, with :data:`DTU_LIKE_K`; rounded as DTU prints them (6 decimals; None: exact)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    k_mat = np.asarray(k, dtype=np.float64)
+    c = np.asarray(centre, dtype=np.float64)
+    out = []
+    rings = max(1, int(round(n**0.5)))
+    for i in range(n):
+        ring, pos = divmod(i, -(-n // rings))
+        polar = np.radians(max_polar_deg * (ring + 0.5) / rings) + rng.normal(0, 0.01)
+        az = 2 * np.pi * pos / -(-n // rings) + 0.3 * ring + rng.normal(0, 0.01)
+        d = np.array([np.sin(polar) * np.cos(az), np.sin(polar) * np.sin(az), -np.cos(polar)])  # towards cameras
+        eye = c + radius * d
+        fwd = (c - eye) / np.linalg.norm(c - eye)  # camera +z
+        right = np.cross(np.array([0.0, 1.0, 0.0]), fwd)  # image x; world +y is image down
+        right /= np.linalg.norm(right)
+        down = np.cross(fwd, right)
+        rot = np.stack([right, down, fwd])  # world -> camera rows
+        p = k_mat @ np.concatenate([rot, (-rot @ eye)[:, None]], axis=1)
+        out.append(p if decimals is None else np.array([[float(f"{v:.{decimals}f}") for v in row] for row in p]))
+    return out
+
+
+def write_synthetic_dtu_calibration(folder: str | Path, n: int = 64, **kw) -> Path:
+    """Write ``pos_001.txt`` ... as DTU's Calibration/cal18 folder holds them; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(synthetic_dtu_projections(n, **kw)):
+        (folder / f"pos_{i + 1:03d}.txt").write_text("\n".join(" ".join(f"{v:.6f}" for v in row) for row in p) + "\n")
+    return folder
+
+
+def build_dtu_view_mapper(model: str | Path, out: str | Path, *, rig: bool = True, seed: int = 0) -> Path:
+    """A random-weight dtu-12d view-mapper for ``model`` (statistics and rig from a synthetic cal18):
+    what an imported DTU mapper looks like to the engine, for tests of the rig and its warnings."""
+    from .base_model import load_base_model
+    from .camera_features import Dtu12d
+    from .camera_rig import CameraRig
+    from .mapper import MapperConfig, NeTIMapper
+
+    base = load_base_model(model, device="cpu")
+    projections = synthetic_dtu_projections(64)
+    param = Dtu12d.from_projections(projections).to_config()
+    if rig:
+        param["rig"] = CameraRig.fit(projections).to_dict()
+    torch.manual_seed(seed)
+    mapper = NeTIMapper(
+        MapperConfig(
+            kind="view",
+            token=base.text.view_token,
+            embedding_dim=base.text.embedding_dim,
+            num_layers=base.num_layers,
+            camera_dim=12,
+            camera_parameterization=param,
+            norm_target=base.text.reference_norm("view"),
+            super_word="view",
+            base_model=base.name,
+            base_model_fingerprint=base.fingerprint,
+        )
+    )
+    return mapper.save_pretrained(out)

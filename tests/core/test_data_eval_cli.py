@@ -134,6 +134,9 @@ def test_cli_trains_on_dtu_with_dtu12d_statistics_from_all_cal18_cameras(tiny_mo
     )
     cfg = json.loads((out / "view_mapper" / "mapper_config.json").read_text())
     stats = cfg["camera_parameterization"]["stats"]
+    (state,) = out.glob("checkpoint-*/trainer_state.json")
+    train_cfg = json.loads(state.read_text())["config"]
+    assert (train_cfg["width"], train_cfg["height"]) == (512, 384)  # the paper's DTU size, not the native square
     from viewneti_backend.camera_features import Dtu12d
 
     all_cal18 = Dtu12d().fit(dtu_calibration_cameras(tmp_path / "dtu"))  # all four, not only the two trained on

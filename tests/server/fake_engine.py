@@ -92,6 +92,8 @@ class FakeEngine:
         should_stop=None,
         on_step=None,
         timings=None,
+        warnings=None,
+        use_rig=True,
     ):
         steps = SAMPLING["steps"] if steps is None else steps
         guidance = SAMPLING["guidance"] if guidance is None else guidance
