@@ -128,7 +128,8 @@ def test_live_step_with_a_slow_backend_keeps_the_ui_tick_short(scene, monkeypatc
     sent = []
 
     class SlowClient:
-        def render(self, request):
+        def render(self, request, accept=None):
+            assert accept is not None and accept.startswith("image/jpeg")  # live previews ask for JPEG
             sent.append(request)
             release.wait(10)
             w, h = request["camera"]["width"], request["camera"]["height"]

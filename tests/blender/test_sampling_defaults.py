@@ -113,7 +113,7 @@ def test_live_step_sends_the_models_live_steps(scene, monkeypatch):
     sent = []
 
     class Client:
-        def render(self, request):
+        def render(self, request, accept=None):
             sent.append(request)
             w, h = request["camera"]["width"], request["camera"]["height"]
             return RenderResult(encode_png(w, h, bytes([10, 200, 30, 255]) * (w * h)), seed=request["seed"])
