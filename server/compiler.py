@@ -128,6 +128,8 @@ class BackgroundCompiler:
                 "failed": dict(self._failed),
                 "seconds": dict(self._times),
                 "helper_processes": len(self._helpers),
+                # compiled renders that raised inside torch and were redone eager (engine.compiled_failures)
+                "render_failures": {k: dict(v) for k, v in getattr(self._engine, "compiled_failures", {}).items()},
             }
 
     def _helper_loop(self, helper: Any) -> None:

@@ -12,6 +12,8 @@ ships that way, and the same layout works for SD 2 folders.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
 import threading
 import time
@@ -27,7 +29,7 @@ from .cameras import Camera
 from .compile_modes import resolve_compile_mode
 from .compile_warmer import WarmProcess
 from .data import Scene
-from .errors import InputError
+from .errors import Cancelled, InputError
 from .limits import MAX_SIZE
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
@@ -35,6 +37,11 @@ from .render_shape import RenderShape
 from .sampling_defaults import BUNDLE_DIR, SamplingDefaults
 from .tokens import ObjectLibrary, validate_token_name
 from .training import TrainConfig, Trainer
+
+log = logging.getLogger("viewneti.engine")
+
+# a compiled shape whose graphs failed this many renders is given up: it renders eager from then on
+MAX_COMPILED_FAILURES = 2
 
 
 def embedded_model_dir() -> Path:
@@ -131,6 +138,8 @@ class Engine:
         self.idle = threading.Event()
         self.idle.set()
         self.on_uncompiled_shape: Callable[[RenderShape], None] | None = None
+        # label -> {"count", "last_error", "gave_up"}: compiled renders that raised and were redone eager
+        self.compiled_failures: dict[str, dict] = {}
 
     @classmethod
     def load(
@@ -347,7 +356,8 @@ class Engine:
                     self.on_uncompiled_shape(shape)
             if timings is not None:
                 timings["eager"] = float(eager)
-            images = self.pipeline(
+            run = functools.partial(
+                self.pipeline,
                 [cameras[i] for i in idxs],
                 mapper,
                 seed=seed,
@@ -358,11 +368,44 @@ class Engine:
                 should_stop=should_stop,
                 on_step=on_step,
                 timings=timings,
-                eager=eager,
             )
+            try:
+                images = run(eager=eager)
+            except (InputError, Cancelled, MemoryError):
+                raise
+            except Exception as exc:
+                if eager or _is_out_of_memory(exc):
+                    raise
+                self._compiled_render_failed(RenderShape(len(idxs), width, height, guidance != 1.0), exc)
+                if timings is not None:
+                    timings["eager"] = 1.0
+                images = run(eager=True)  # same maths: the user gets the image, not an error
             for i, im in zip(idxs, images):
                 out[i] = im
         return out  # type: ignore[return-value]
+
+    def _compiled_render_failed(self, shape: RenderShape, exc: Exception) -> None:
+        """A compiled graph raised inside torch (seen on an H200: an assertion in CUDA-graph trees'
+        bookkeeping, pytorch#175557): drop this thread's CUDA-graph trees so the graphs re-record, and
+        after :data:`MAX_COMPILED_FAILURES` at one shape render it eager from then on."""
+        label = shape.label()
+        entry = self.compiled_failures.setdefault(label, {"count": 0, "last_error": "", "gave_up": False})
+        entry["count"] += 1
+        entry["last_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        if entry["count"] >= MAX_COMPILED_FAILURES:
+            entry["gave_up"] = True
+            self.ready_shapes.discard(shape)
+        log.warning(
+            "compiled render at %s failed (%d time(s)); rendering it eager%s",
+            label,
+            entry["count"],
+            " from now on" if entry["gave_up"] else " this once and re-recording its CUDA graphs",
+            exc_info=exc,
+        )
+        if self.base.device.type == "cuda":
+            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+            reset_cudagraph_trees()  # this thread's trees only; the next compiled call records afresh
 
     # -- inversion (ViewNeTI mode 5) ----------------------------------------------------------------
     def training_size(self, image: Image.Image) -> tuple[int, int]:
@@ -449,3 +492,8 @@ class Engine:
         entry = self.library.save(name, mapper, steps=steps)
         self.pipeline.forget(name)
         return entry
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (an eager retry would only fail again, slower)."""
+    return type(exc).__name__ == "OutOfMemoryError"

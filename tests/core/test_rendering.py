@@ -211,6 +211,54 @@ def test_uncompiled_shapes_render_eager_until_compiled(engine, monkeypatch):
     assert seen[-1] == RenderShape(2, 64, 64, True)
 
 
+def test_a_compiled_render_that_raises_is_redone_eager_then_given_up(engine, monkeypatch):
+    """A compiled graph that raises inside torch (an H200 run hit an assertion in CUDA-graph trees)
+    costs the user no image: the render is redone eager with the same pixels, the failure is counted,
+    and after MAX_COMPILED_FAILURES at one shape that shape renders eager for good. Input errors,
+    cancellation and eager failures are not retried."""
+    from viewneti_backend.engine import MAX_COMPILED_FAILURES
+    from viewneti_backend.errors import Cancelled
+    from viewneti_backend.render_shape import RenderShape
+
+    shape = RenderShape(1, 64, 64, True)
+    c = cam(45)
+    reference = engine.render([c], None, seed=5, steps=2)[0]
+    monkeypatch.setattr(engine, "compile_mode", "reduce-overhead")
+    monkeypatch.setattr(engine, "ready_shapes", {shape})
+    monkeypatch.setattr(engine, "compiled_failures", {})
+    real_call = type(engine.pipeline).__call__
+    calls: list[bool] = []
+
+    def flaky(self, *args, eager=False, **kwargs):
+        calls.append(eager)
+        if not eager:
+            raise AssertionError("len(node.tensor_weakrefs) == len(node.stack_traces)")
+        return real_call(self, *args, eager=eager, **kwargs)
+
+    monkeypatch.setattr(type(engine.pipeline), "__call__", flaky)
+    timings: dict = {}
+    img = engine.render([c], None, seed=5, steps=2, timings=timings)[0]
+    assert calls == [False, True] and timings["eager"] == 1.0
+    assert np.array_equal(arr(img), arr(reference))
+    failure = engine.compiled_failures[shape.label()]
+    assert failure["count"] == 1 and not failure["gave_up"] and "tensor_weakrefs" in failure["last_error"]
+    assert shape in engine.ready_shapes  # one failure: the graphs get another chance
+    for _ in range(MAX_COMPILED_FAILURES - 1):
+        engine.render([c], None, seed=5, steps=2)
+    assert engine.compiled_failures[shape.label()]["gave_up"] and shape not in engine.ready_shapes
+    calls.clear()
+    engine.render([c], None, seed=5, steps=2)
+    assert calls == [True]  # given up: straight to eager
+
+    def cancelled(self, *args, eager=False, **kwargs):
+        raise Cancelled("stopped at step 1 of 2")
+
+    monkeypatch.setattr(engine, "ready_shapes", {shape})
+    monkeypatch.setattr(type(engine.pipeline), "__call__", cancelled)
+    with pytest.raises(Cancelled):
+        engine.render([c], None, seed=5, steps=2)
+
+
 def test_render_shape_parse_and_label():
     from viewneti_backend.errors import InputError
     from viewneti_backend.render_shape import RenderShape
