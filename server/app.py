@@ -29,9 +29,11 @@ from .auth import BearerTokenMiddleware
 from .config import ServerConfig
 from .errors import ApiError, install_exception_handlers
 from .events import EventHub, job_event_stream
+from .host_origin import HostOriginMiddleware
 from .images import decode_base64_image, encode_png
 from .jobs import JobStore
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .openapi_doc import install_openapi
 from .schemas import (
     CameraIn,
     CancelOut,
@@ -117,6 +119,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(BearerTokenMiddleware, token=config.token)
+    app.add_middleware(HostOriginMiddleware, bind_host=config.host, extra_hosts=config.allowed_hosts)
     app.add_middleware(RequestContextMiddleware)
 
     r = APIRouter(prefix="/v1")
@@ -178,12 +181,14 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         worker.ready_or_raise()
         return {"objects": worker.objects}
 
-    @r.delete("/objects/{name:path}", status_code=204, responses={**_COMMON, 404: _ERR})
+    @r.delete("/objects/{name:path}", status_code=204, responses={**_COMMON, 404: _ERR, 409: _ERR})
     async def delete_object(name: str) -> Response:
         validate_name(name)
         worker.ready_or_raise()
         if not worker.has_object(name):
             raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
+        if any(o.get("name") == name and o.get("builtin") for o in worker.objects):  # a state conflict, not bad input
+            raise ApiError(409, f"{name!r} is a built-in object of the loaded model and cannot be deleted")
         await asyncio.wrap_future(worker.submit_call(lambda engine: engine.delete_object(name)))
         return Response(status_code=204)
 
@@ -395,6 +400,13 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         )
 
     app.include_router(r)
+    install_openapi(
+        app,
+        max_size=max_size,
+        max_steps=config.max_steps,
+        token_required=bool(config.token),
+        ready=lambda: worker.state == "ready",
+    )
     return app
 
 

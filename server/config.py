@@ -10,6 +10,7 @@ from pathlib import Path
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_BODY_MB = 64.0
+TOKEN_FILE_NAME = "token"  # <data-dir>/token: where --token auto writes the per-launch token
 
 
 def default_data_dir() -> Path:
@@ -41,6 +42,10 @@ class ServerConfig:
     dtype: str | None = None
     compile: str = "auto"  # see viewneti_backend.compile_modes
     token: str | None = None
+    # --token auto: the generated token is written here (mode 0600) for the add-on; None: not written.
+    token_file: Path | None = None
+    # --allowed-host: extra names (NAME or NAME:PORT) the Host header may carry (see server/host_origin.py).
+    allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1024 * 1024)
     # Operational caps on top of the contract's limits (a small machine may want lower ones).
     max_size: int = 2048
@@ -56,6 +61,10 @@ class ServerConfig:
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def default_token_file(self) -> Path:
+        return self.data_dir / TOKEN_FILE_NAME
 
     def check_bind(self) -> None:
         """Refuse a non-loopback bind without a token: anyone on the network could drive the GPU."""

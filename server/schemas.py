@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_SEED = 2**31 - 1
+MAX_FRAME = 9_999_999  # frame numbers name files frame_NNNNNNN.png
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 Row = Annotated[list[float], Field(min_length=4, max_length=4)]
@@ -42,7 +43,10 @@ OptGuidance = Annotated[
 ObjectName = Annotated[
     str,
     Field(
-        min_length=1, max_length=64, description="object token (GET /v1/objects); default: the model's default object"
+        min_length=1,
+        max_length=64,
+        pattern=NAME_PATTERN,
+        description="object token (GET /v1/objects); default: the model's default object",
     ),
 ]
 
@@ -105,10 +109,11 @@ class RenderRequest(BaseModel):
 class SequenceRequest(BaseModel):
     cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=10000)]
     frames: Annotated[
-        list[int] | None,
+        list[Annotated[int, Field(ge=0, le=MAX_FRAME)]] | None,
         Field(
             min_length=1,
             max_length=10000,
+            json_schema_extra={"uniqueItems": True},
             description=("frame numbers used in file names (one per camera, unique, 0..9999999); default 0..N-1"),
         ),
     ] = None
