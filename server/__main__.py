@@ -12,6 +12,7 @@ import atexit
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -245,6 +246,9 @@ def publish_auto_token(path: Path, token: str) -> None:
     except OSError as exc:
         raise SystemExit(f"cannot write the access token to {path}: {exc} (use --token-file)") from None
     atexit.register(remove_token_file, path, token)
+    # SIGTERM must exit through atexit (removing the file): before uvicorn installs its handlers, and after,
+    # when uvicorn re-raises the signal it caught once it has shut down gracefully.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     print(
         f"viewneti-server: access token for this launch: {token}\n"
         f"viewneti-server: written to {path} (readable by you only); clients send 'Authorization: Bearer <token>'",
