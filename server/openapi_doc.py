@@ -70,6 +70,12 @@ def patch_schema(base: dict[str, Any], *, max_size: int, max_steps: int, token_r
                     f"image {side} in pixels, a multiple of 8; at most this server's max_size ({max_size}, "
                     "GET /v1/health)"
                 )
+                if float(prop.get("default", 0)) > prop["maximum"]:  # the contract's default is too large here
+                    prop.pop("default")
+                    prop["description"] += "; required on this server (the contract's default is larger)"
+                    required = camera.setdefault("required", [])
+                    if side not in required:
+                        required.append(side)
     for name in _CAPPED_CAMERA_USERS:
         steps = comps.get(name, {}).get("properties", {}).get("steps")
         for alt in (steps or {}).get("anyOf", []):
@@ -90,6 +96,7 @@ def patch_schema(base: dict[str, Any], *, max_size: int, max_steps: int, token_r
                 for param in op.get("parameters", []):
                     if param.get("name") == "name" and param.get("in") == "path":
                         param["schema"] = {**param.get("schema", {}), "pattern": NAME_PATTERN}
+    _add_links(schema)
     if token_required:
         schema["components"]["securitySchemes"] = {
             "bearerAuth": {
@@ -100,6 +107,40 @@ def patch_schema(base: dict[str, Any], *, max_size: int, max_steps: int, token_r
         }
         schema["security"] = [{"bearerAuth": []}]
     return schema
+
+
+# OpenAPI links: where the ids that other operations need come from (clients, and Schemathesis' stateful
+# phase, follow them). (source path, method, status) -> [(link name, target path, method, parameters)].
+_LINKS = {
+    ("/v1/objects", "get", "200"): [
+        ("DeleteObject", "/v1/objects/{name}", "delete", {"name": "$response.body#/objects/0/name"}),
+    ],
+    ("/v1/jobs/sequence", "post", "202"): [
+        ("GetFirstFrame", "/v1/jobs/{job_id}/frames/{frame}", "get", {"job_id": "$response.body#/job_id", "frame": 0}),
+    ],
+    ("/v1/jobs", "get", "200"): [
+        ("GetJob", "/v1/jobs/{job_id}", "get", {"job_id": "$response.body#/jobs/0/job_id"}),
+        ("CancelJob", "/v1/jobs/{job_id}/cancel", "post", {"job_id": "$response.body#/jobs/0/job_id"}),
+        (
+            "GetFrame",
+            "/v1/jobs/{job_id}/frames/{frame}",
+            "get",
+            {"job_id": "$response.body#/jobs/0/job_id", "frame": 0},
+        ),
+    ],
+}
+
+
+def _add_links(schema: dict[str, Any]) -> None:
+    paths = schema.get("paths", {})
+    for (path, method, status), links in _LINKS.items():
+        response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue
+        for name, target, target_method, params in links:
+            op_id = paths.get(target, {}).get(target_method, {}).get("operationId")
+            if op_id:
+                response.setdefault("links", {})[name] = {"operationId": op_id, "parameters": params}
 
 
 def _retarget(node: Any, old: str, new: str) -> None:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from viewneti_backend.cameras import MIN_FOV_DEG
+
 MAX_SEED = 2**31 - 1
 MAX_FRAME = 9_999_999  # frame numbers name files frame_NNNNNNN.png
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -76,7 +78,9 @@ class CameraIn(BaseModel):
             ),
         ),
     ]
-    fov_y_deg: Annotated[float, Field(gt=0.0, lt=180.0, description="vertical field of view in degrees")] = 39.6
+    fov_y_deg: Annotated[
+        float, Field(ge=MIN_FOV_DEG, lt=180.0, description="vertical field of view in degrees (0.01 <= fov < 180)")
+    ] = 39.6
     width: Size = 512
     height: Size = 512
 

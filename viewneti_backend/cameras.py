@@ -27,6 +27,9 @@ GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 ORTHONORMAL_TOLERANCE = 1e-3
 MIN_SIZE, MAX_SIZE = 16, 2048
+# Narrowest field of view accepted: below every Blender camera (5000 mm lens on a 1 mm sensor: 0.0115 deg) and
+# far from where tan(fov/2) underflows (the camera features take its log).
+MIN_FOV_DEG = 0.01
 
 
 class CameraError(InputError):
@@ -72,8 +75,8 @@ class Camera:
 
     def validated(self, *, size_multiple: int = 8) -> Camera:
         validate_pose(self.camera_to_anchor)
-        if not math.isfinite(self.fov_y_deg) or not 0.0 < self.fov_y_deg < 180.0:
-            raise CameraError(f"fov_y_deg must be in (0, 180) degrees, got {self.fov_y_deg}")
+        if not math.isfinite(self.fov_y_deg) or not MIN_FOV_DEG <= self.fov_y_deg < 180.0:
+            raise CameraError(f"fov_y_deg must be in [{MIN_FOV_DEG}, 180) degrees, got {self.fov_y_deg}")
         for name, v in (("width", self.width), ("height", self.height)):
             if not MIN_SIZE <= v <= MAX_SIZE:
                 raise CameraError(f"{name} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {v}")
