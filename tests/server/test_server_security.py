@@ -344,3 +344,64 @@ def test_bad_security_options_are_refused(tmp_path, args, needle):
     )
     assert p.returncode != 0 and needle in p.stderr, p.stderr
     assert not (tmp_path / "d").exists()
+
+
+# -- the pieces, without a server ------------------------------------------------------------------------------------
+def test_host_parsing_units():
+    from server.host_origin import HostOriginMiddleware, parse_allowed_host, split_host_header
+
+    assert split_host_header("LOCALHOST:7860") == ("localhost", 7860)
+    assert split_host_header("[0:0::1]:80") == ("[::1]", 80)
+    assert split_host_header("127.0.0.1") == ("127.0.0.1", 80)  # no port = the http default
+    for bad in ("[::1", "[::1]x", "a:b", "h:0", "h:65536", "h:", "", "a/b:1", "a@b:1"):
+        with pytest.raises(ValueError):
+            split_host_header(bad)
+    assert parse_allowed_host("MyBox.LAN") == ("mybox.lan", None)
+    assert parse_allowed_host("[::2]:8080") == ("[::2]", 8080)
+    assert parse_allowed_host("::2") == ("[::2]", None)
+    mw = HostOriginMiddleware(None, bind_host="0.0.0.0", extra_hosts=["box.lan", "proxy.lan:8443"])  # type: ignore[arg-type]
+    assert mw.host_allowed("localhost", 7860, 7860) and not mw.host_allowed("0.0.0.0", 7860, 7860)
+    assert mw.host_allowed("box.lan", 80, 7860) and mw.host_allowed("box.lan", 7860, 7860)
+    assert not mw.host_allowed("box.lan", 9000, 7860) and not mw.host_allowed("proxy.lan", 7860, 7860)
+    assert mw.origin_allowed("https://proxy.lan:8443", 7860) and mw.origin_allowed("https://box.lan", 7860)
+    assert not mw.origin_allowed("http://localhost:7860/", 7860)  # an Origin never has a path
+    assert not mw.origin_allowed("null", 7860) and not mw.origin_allowed("ws://localhost:7860", 7860)
+    assert HostOriginMiddleware(None, bind_host="192.0.2.7").host_allowed("192.0.2.7", 1, 1)  # type: ignore[arg-type]
+
+
+def test_log_safe_escapes_control_characters():
+    from server.middleware import log_safe
+
+    assert log_safe("/v1/a\nb\r\x1b[0m\x00\\\u2028é") == "/v1/a\\nb\\r\\x1b[0m\\x00\\\\\\u2028é"
+
+
+def test_served_schema_states_this_servers_caps():
+    from server.openapi_doc import REFERENCE_CAMERA, patch_schema
+
+    base = {
+        "paths": {"/v1/objects/{name}": {"delete": {"parameters": [{"name": "name", "in": "path"}], "responses": {}}}},
+        "components": {
+            "schemas": {
+                "CameraIn": {
+                    "properties": {
+                        "width": {"maximum": 2048.0, "default": 512},
+                        "height": {"maximum": 2048.0, "default": 512},
+                    },
+                    "required": ["camera_to_anchor"],
+                },
+                "RenderRequest": {"properties": {"steps": {"anyOf": [{"type": "integer", "maximum": 150}]}}},
+                "InvertRequest": {"properties": {"cameras": {"items": {"$ref": "#/components/schemas/CameraIn"}}}},
+            }
+        },
+    }
+    s = patch_schema(base, max_size=64, max_steps=4, token_required=True)
+    comps = s["components"]["schemas"]
+    assert comps["CameraIn"]["properties"]["width"]["maximum"] == 64 and "width" in comps["CameraIn"]["required"]
+    assert comps[REFERENCE_CAMERA]["properties"]["width"]["maximum"] == 2048.0  # inversion references keep theirs
+    assert comps["InvertRequest"]["properties"]["cameras"]["items"]["$ref"].endswith(REFERENCE_CAMERA)
+    assert comps["RenderRequest"]["properties"]["steps"]["anyOf"][0]["maximum"] == 4
+    op = s["paths"]["/v1/objects/{name}"]["delete"]
+    assert {"401", "403", "421"} <= set(op["responses"]) and op["parameters"][0]["schema"]["pattern"]
+    assert s["security"] == [{"bearerAuth": []}]
+    s = patch_schema(base, max_size=1024, max_steps=150, token_required=False)
+    assert "width" not in s["components"]["schemas"]["CameraIn"]["required"] and "security" not in s
