@@ -86,7 +86,8 @@ def split_host_header(value: str) -> tuple[str, int]:
 
 
 class HostOriginMiddleware:
-    """421 JSON for a foreign, malformed or missing Host; 403 for a foreign Origin and ``Sec-Fetch-Site: cross-site`` (see the module doc).
+    """421 JSON for a foreign, malformed or missing Host; 403 for a foreign Origin and for
+    ``Sec-Fetch-Site: cross-site`` (see the module doc).
 
     ``bind_host`` is the address the server listens on (a specific address is one of its own names);
     ``extra_hosts`` are ``--allowed-host`` entries. The port a request must name is the one its connection

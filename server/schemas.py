@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from viewneti_backend.cameras import MIN_FOV_DEG
 
@@ -17,12 +17,21 @@ MAX_SEED = 2**31 - 1
 MAX_FRAME = 9_999_999  # frame numbers name files frame_NNNNNNN.png
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 64 and 64.0 (no fraction), never true/false or "64" (the model is strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+INTEGRAL = BeforeValidator(_json_integer)  # put after the Field(...) of an int
 Row = Annotated[list[float], Field(min_length=4, max_length=4)]
-Size = Annotated[int, Field(ge=16, le=2048, multiple_of=8)]
+Size = Annotated[int, Field(ge=16, le=2048, multiple_of=8), INTEGRAL]
 Seed = Annotated[
-    int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image")
+    int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image"), INTEGRAL
 ]
-Steps = Annotated[int, Field(ge=1, le=150, description="denoising steps")]
+Steps = Annotated[int, Field(ge=1, le=150, description="denoising steps"), INTEGRAL]
 Guidance = Annotated[float, Field(ge=0.0, le=30.0, allow_inf_nan=False, description="classifier-free guidance scale")]
 OptSteps = Annotated[
     Steps | None,
@@ -53,10 +62,16 @@ ObjectName = Annotated[
 ]
 
 
+# Requests are validated strictly: what the schema calls a number or an integer must be one (no true -> 1,
+# "4" -> 4 coercion); JSON integers are still accepted where a number is expected.
+STRICT = ConfigDict(strict=True)
+
+
 class CameraIn(BaseModel):
     """A pinhole camera in Blender's convention, relative to the anchor (see API.md, Conventions)."""
 
     model_config = ConfigDict(
+        strict=True,
         json_schema_extra={
             "example": {
                 "camera_to_anchor": [[1, 0, 0, 0], [0, 0, -1, -4], [0, 1, 0, 0], [0, 0, 0, 1]],
@@ -64,7 +79,7 @@ class CameraIn(BaseModel):
                 "width": 64,
                 "height": 64,
             }
-        }
+        },
     )
 
     camera_to_anchor: Annotated[
@@ -94,6 +109,8 @@ class CameraIn(BaseModel):
 
 
 class RenderRequest(BaseModel):
+    model_config = STRICT
+
     camera: CameraIn
     object: ObjectName | None = None
     seed: Seed = 0
@@ -111,9 +128,11 @@ class RenderRequest(BaseModel):
 
 
 class SequenceRequest(BaseModel):
+    model_config = STRICT
+
     cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=10000)]
     frames: Annotated[
-        list[Annotated[int, Field(ge=0, le=MAX_FRAME)]] | None,
+        list[Annotated[int, Field(ge=0, le=MAX_FRAME), INTEGRAL]] | None,
         Field(
             min_length=1,
             max_length=10000,
@@ -128,6 +147,8 @@ class SequenceRequest(BaseModel):
 
 
 class InvertRequest(BaseModel):
+    model_config = STRICT
+
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="name of the new object token (must not exist yet)")]
     images: Annotated[
         list[Annotated[str, Field(min_length=1)]],
@@ -138,9 +159,11 @@ class InvertRequest(BaseModel):
         ),
     ]
     cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=16, description="the camera of each image")]
-    steps: Annotated[int, Field(ge=1, le=100000, description="optimisation steps")] = 300
+    steps: Annotated[int, Field(ge=1, le=100000, description="optimisation steps"), INTEGRAL] = 300
     seed: Seed = 0
-    preview_every: Annotated[int, Field(ge=0, le=100000, description="send a preview every N steps (0: none)")] = 0
+    preview_every: Annotated[
+        int, Field(ge=0, le=100000, description="send a preview every N steps (0: none)"), INTEGRAL
+    ] = 0
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -405,3 +405,20 @@ def test_served_schema_states_this_servers_caps():
     assert s["security"] == [{"bearerAuth": []}]
     s = patch_schema(base, max_size=1024, max_steps=150, token_required=False)
     assert "width" not in s["components"]["schemas"]["CameraIn"]["required"] and "security" not in s
+
+
+def test_request_numbers_follow_json_schema():
+    """Found by the fuzzer: pydantic's lax mode took ``"guidance": false`` as 0.0 (a schema-violating request
+    accepted) and strict mode refused ``"height": 64.0`` (an integer for JSON Schema)."""
+    from pydantic import ValidationError
+
+    from server.schemas import RenderRequest
+
+    cam = {"camera_to_anchor": [[1, 0, 0, 0], [0, 0, -1, -4], [0, 1, 0, 0], [0, 0, 0, 1]], "width": 64.0, "height": 64}
+    ok = RenderRequest.model_validate({"camera": cam, "steps": 3.0, "seed": 7, "guidance": 2})
+    assert (ok.camera.width, ok.steps, ok.guidance) == (64, 3, 2.0) and isinstance(ok.steps, int)
+    for bad in ({"guidance": False}, {"guidance": "2"}, {"steps": "3"}, {"seed": True}, {"steps": 3.5}):
+        with pytest.raises(ValidationError):
+            RenderRequest.model_validate({"camera": cam, **bad})
+    with pytest.raises(ValidationError):
+        RenderRequest.model_validate({"camera": {**cam, "fov_y_deg": 5e-324}})  # crashed the camera features
