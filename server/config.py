@@ -62,10 +62,6 @@ class ServerConfig:
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
 
-    @property
-    def default_token_file(self) -> Path:
-        return self.data_dir / TOKEN_FILE_NAME
-
     def check_bind(self) -> None:
         """Refuse a non-loopback bind without a token: anyone on the network could drive the GPU."""
         if not is_loopback_host(self.host) and not self.token:
