@@ -30,6 +30,7 @@ TOKEN = "schemathesis-test-token-0123456789"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the CI run takes ~3 min; room for larger runs by hand
 def test_schemathesis_all_checks_find_nothing(make_server, tmp_path):
     srv = make_server(
         args=["--max-size", "64", "--max-steps", "4", "--max-jobs", "4", "--max-body-mb", "8"], token=TOKEN
