@@ -493,6 +493,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         app,
         max_size=max_size,
         max_steps=config.max_steps,
+        max_invert_steps=config.max_invert_steps,
         token_required=bool(config.token),
         ready=lambda: worker.state == "ready",
     )

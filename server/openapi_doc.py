@@ -1,8 +1,11 @@
 """The served OpenAPI schema tells the truth about *this* server: its caps, its refusals, its auth.
 
 FastAPI generates the schema from the pydantic models (the contract's limits, server/schemas.py). A server
-started with lower caps (``--max-size``, ``--max-steps``) or with the model's own size limit refuses more than
-that, so the served schema is patched to the effective limits. Refusals that every route can give (the
+started with lower caps (``--max-size``, ``--max-steps``, ``--max-invert-steps``), with the model's own size
+limit, or on a CPU (the device-aware size cap, ``limits.device_max_size``) refuses more than that, so the
+served schema is patched to the effective limits: render and compile sizes, render/sequence steps and
+inversion steps. ``POST /v1/render`` answers PNG or JPEG as its ``Accept`` header asks (OpenAPI ignores a
+declared ``Accept`` parameter, so the operation's description and its response types say it). Refusals that every route can give (the
 Host/Origin checks of ``host_origin``, the bearer token) are documented on every operation, and a server with
 a token declares the bearer scheme. What JSON Schema cannot express (a rigid pose, a decodable image, one
 camera per image or frame) is in the descriptions and in server/API.md.
@@ -16,6 +19,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from viewneti_backend import limits
+
+from .images import JPEG, PNG, RESPONSE_TYPES
 from .schemas import NAME_PATTERN
 
 _ERROR_REF = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
@@ -27,6 +33,26 @@ _EVERY_ROUTE = {
 # reference cameras keep the contract's limit (a reference photo may be larger than what the server renders).
 _CAPPED_CAMERA_USERS = ("RenderRequest", "SequenceRequest")
 REFERENCE_CAMERA = "ReferenceCameraIn"
+_CAPPED_SIZE_MODELS = ("CameraIn", "CompileRequest")  # width/height capped at max_size (CameraIn: not references)
+
+_RENDER_DESCRIPTION = (
+    f"Render one view. The response format follows the request's Accept header: {PNG} (default; lossless, "
+    f"uncompressed) or {JPEG} when Accept prefers it (e.g. 'Accept: {JPEG}' or '{JPEG}, {PNG};q=0.5'); "
+    f"an Accept naming neither still gets {PNG}, never 406. Responses carry Vary: Accept."
+)
+_RENDER_HEADERS = {
+    "X-Seed": {"description": "the seed used", "schema": {"type": "string"}},
+    "X-Timings-Ms": {
+        "description": "JSON object of server-side timings in milliseconds (queue, model stages, image, total)",
+        "schema": {"type": "string"},
+    },
+    "X-Camera-Warning": {
+        "description": "present when the camera is outside the view-mapper's training range (the image is still "
+        "rendered)",
+        "schema": {"type": "string"},
+    },
+    "Vary": {"description": "Accept: the format depends on it", "schema": {"type": "string"}},
+}
 
 
 def install_openapi(
@@ -34,6 +60,7 @@ def install_openapi(
     *,
     max_size: Callable[[], int],
     max_steps: int,
+    max_invert_steps: int,
     token_required: bool,
     ready: Callable[[], bool],
 ) -> None:
@@ -45,7 +72,13 @@ def install_openapi(
         if final:
             return final["schema"]
         base = generate()
-        schema = patch_schema(base, max_size=max_size(), max_steps=max_steps, token_required=token_required)
+        schema = patch_schema(
+            base,
+            max_size=max_size(),
+            max_steps=max_steps,
+            max_invert_steps=max_invert_steps,
+            token_required=token_required,
+        )
         if ready():
             final["schema"] = schema
         return schema
@@ -53,7 +86,9 @@ def install_openapi(
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def patch_schema(base: dict[str, Any], *, max_size: int, max_steps: int, token_required: bool) -> dict[str, Any]:
+def patch_schema(
+    base: dict[str, Any], *, max_size: int, max_steps: int, max_invert_steps: int, token_required: bool
+) -> dict[str, Any]:
     schema = copy.deepcopy(base)
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
     camera = comps.get("CameraIn")
@@ -62,25 +97,34 @@ def patch_schema(base: dict[str, Any], *, max_size: int, max_steps: int, token_r
         _retarget(
             comps.get("InvertRequest", {}), "#/components/schemas/CameraIn", f"#/components/schemas/{REFERENCE_CAMERA}"
         )
+    size_cap = float(max_size // 8 * 8)
+    for model in _CAPPED_SIZE_MODELS:
         for side in ("width", "height"):
-            prop = camera.get("properties", {}).get(side)
-            if prop is not None:
-                prop["maximum"] = min(float(prop.get("maximum", max_size)), float(max_size // 8 * 8))
-                prop["description"] = (
-                    f"image {side} in pixels, a multiple of 8; at most this server's max_size ({max_size}, "
-                    "GET /v1/health)"
-                )
-                if float(prop.get("default", 0)) > prop["maximum"]:  # the contract's default is too large here
-                    prop.pop("default")
-                    prop["description"] += "; required on this server (the contract's default is larger)"
-                    required = camera.setdefault("required", [])
-                    if side not in required:
-                        required.append(side)
+            _cap(
+                comps.get(model),
+                side,
+                size_cap,
+                f"image {side} in pixels, a multiple of 8; at most this server's max_size ({max_size}, GET /v1/health; "
+                f"on a CPU at most {limits.CPU_SIZE_FACTOR}x the model's native size)",
+            )
     for name in _CAPPED_CAMERA_USERS:
         steps = comps.get(name, {}).get("properties", {}).get("steps")
         for alt in (steps or {}).get("anyOf", []):
             if alt.get("type") == "integer":
                 alt["maximum"] = min(float(alt.get("maximum", max_steps)), float(max_steps))
+    _cap(
+        comps.get("InvertRequest"),
+        "steps",
+        float(max_invert_steps),
+        f"optimisation steps; at most this server's max_invert_steps ({max_invert_steps}, GET /v1/health)",
+    )
+    render = schema.get("paths", {}).get("/v1/render", {}).get("post")
+    if render is not None:
+        render["description"] = _RENDER_DESCRIPTION
+        ok = render.get("responses", {}).get("200")
+        if ok is not None:
+            ok["content"] = {t: {"schema": {"type": "string", "format": "binary"}} for t in RESPONSE_TYPES}
+            ok.setdefault("headers", {}).update(copy.deepcopy(_RENDER_HEADERS))
     for path, item in schema.get("paths", {}).items():
         for op in item.values():
             if not isinstance(op, dict) or "responses" not in op:
@@ -141,6 +185,22 @@ def _add_links(schema: dict[str, Any]) -> None:
             op_id = paths.get(target, {}).get(target_method, {}).get("operationId")
             if op_id:
                 response.setdefault("links", {})[name] = {"operationId": op_id, "parameters": params}
+
+
+def _cap(model: dict[str, Any] | None, field: str, cap: float, description: str) -> None:
+    """Lower ``model``'s ``field`` maximum to ``cap``; a contract default above it is dropped and the field
+    made required (a request that leaves it out would be refused)."""
+    prop = (model or {}).get("properties", {}).get(field)
+    if model is None or prop is None:
+        return
+    prop["maximum"] = min(float(prop.get("maximum", cap)), cap)
+    prop["description"] = description
+    if float(prop.get("default", 0)) > prop["maximum"]:
+        prop.pop("default")
+        prop["description"] += "; required on this server (the contract's default is larger)"
+        required = model.setdefault("required", [])
+        if field not in required:
+            required.append(field)
 
 
 def _retarget(node: Any, old: str, new: str) -> None:

@@ -164,7 +164,9 @@ class CompileRequest(BaseModel):
 
 class CompileOut(BaseModel):
     shape: str
-    status: str = Field(description="ready | queued | compiling | eager (this engine does not compile)")
+    status: Literal["ready", "queued", "compiling", "eager"] = Field(
+        description="ready | queued | compiling | eager (this engine does not compile)"
+    )
 
 
 class SequenceRequest(BaseModel):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from srvutil import render_body, wait_job, wire_camera
+from srvutil import LONG_INVERT, png_b64, render_body, wait_job, wire_camera
 
 from blender_addon.client import BackendError
 from blender_addon.client import Client as AddonClient
@@ -163,24 +163,33 @@ def test_cross_site_simple_requests_are_still_refused(server):
 
 
 def test_cross_site_cancel_without_body_is_refused(client, server):
-    """A page can POST with no body and no preflight (fetch no-cors, a form): the job must keep running."""
-    cams = [wire_camera(azimuth=a, size=64) for a in range(0, 360, 30)]
-    job = client.post("/v1/jobs/sequence", json={"cameras": cams, "steps": 4}).json()
-    jid = job["job_id"]
+    """A page can POST with no body and no preflight (fetch no-cors, a form): the job must keep running
+    (issue 25). A long inversion, so that the job is still running when the refused cancels arrive."""
+    name = f"xsite{time.monotonic_ns()}"
+    body = {"name": name, "images": [png_b64()], "cameras": [wire_camera()], "steps": LONG_INVERT}
+    r = client.post("/v1/jobs/invert", json=body)
+    assert r.status_code == 202, r.text
+    jid = r.json()["job_id"]
     try:
-        for headers in (
-            {"Origin": "http://evil.example.com", "Sec-Fetch-Site": "cross-site"},
-            {"Origin": "null"},
-            {"Sec-Fetch-Site": "cross-site"},
-            {"Host": f"evil.example.com:{server.port}"},
+        wait_job(client, jid, states=("running",), timeout=120)
+        for headers, status in (
+            ({"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, 403),
+            ({"Origin": "https://evil.example"}, 403),
+            ({"Sec-Fetch-Site": "cross-site"}, 403),
+            ({"Origin": "null"}, 403),
+            ({"Host": f"evil.example.com:{server.port}"}, 421),
         ):
-            r = httpx.post(server.url + f"/v1/jobs/{jid}/cancel", headers=headers)
-            assert r.status_code in (403, 421), (headers, r.status_code, r.text)
-            assert client.get(f"/v1/jobs/{jid}").json()["state"] in ("queued", "running", "done"), headers
+            r = httpx.post(server.url + f"/v1/jobs/{jid}/cancel", headers=headers)  # no body, no Content-Type
+            assert r.status_code == status, (headers, r.status_code, r.text)
+            assert r.json()["error"] and "access-control-allow-origin" not in r.headers
+            assert client.get(f"/v1/jobs/{jid}").json()["state"] == "running", headers
+        time.sleep(0.5)  # a cancel that slipped through would have stopped it by now (steps are ~10 ms)
+        job = client.get(f"/v1/jobs/{jid}").json()
+        assert job["state"] == "running" and not job.get("error"), job
     finally:
-        r = client.post(f"/v1/jobs/{jid}/cancel")
-        assert r.status_code in (202, 409), r.text
-    assert wait_job(client, jid)["state"] in ("cancelled", "done")
+        r = client.post(f"/v1/jobs/{jid}/cancel")  # the same request without Origin: accepted
+        assert r.status_code == 202 and r.json()["state"] in ("cancelling", "cancelled"), r.text
+    assert wait_job(client, jid)["state"] == "cancelled"
 
 
 # -- the access log ------------------------------------------------------------------------------------------------
@@ -198,6 +207,46 @@ def test_control_characters_in_a_path_cannot_forge_log_lines(server):
     line = lines[0]
     assert "\\n2026-01-01" in line and "\\r\\x1b[2J\\x00" in line, line
     assert not any(raw.startswith("2026-01-01 00:00:00,000") for raw in server.log_path.read_text().splitlines())
+
+
+# -- the served schema is this server's ----------------------------------------------------------------------------
+def test_served_schema_tells_the_caps_health_reports(client):
+    """/openapi.json states the inversion step cap, the device-aware size cap (also on /v1/compile) and the
+    render formats, and the server does what it says (issue 25's caps, issue 20's truthful schema)."""
+    from viewneti_backend import limits
+
+    h = client.get("/v1/health").json()
+    spec = client.get("/openapi.json").json()
+    comps = spec["components"]["schemas"]
+    invert_steps = comps["InvertRequest"]["properties"]["steps"]
+    assert invert_steps["maximum"] == h["max_invert_steps"] < limits.MAX_INVERT_STEPS, invert_steps
+    assert str(h["max_invert_steps"]) in invert_steps["description"]
+    assert h["max_size"] == limits.device_max_size(h["device"], h["native_size"])
+    for model in ("CameraIn", "CompileRequest"):
+        for side in ("width", "height"):
+            assert comps[model]["properties"][side]["maximum"] == h["max_size"], (model, side)
+    assert comps["ReferenceCameraIn"]["properties"]["width"]["maximum"] == limits.MAX_SIZE
+    assert set(comps["CompileOut"]["properties"]["status"]["enum"]) == {"ready", "queued", "compiling", "eager"}
+    assert set(spec["paths"]["/v1/compile"]["post"]["responses"]) >= {"202", "403", "421", "422"}
+    render = spec["paths"]["/v1/render"]["post"]
+    assert set(render["responses"]["200"]["content"]) == {"image/png", "image/jpeg"}
+    assert "Accept" in render["description"] and "Vary" in render["responses"]["200"]["headers"]
+
+    # ... and each of those is what the server does
+    name = f"cap{time.monotonic_ns()}"
+    over = {"name": name, "images": [png_b64()], "cameras": [wire_camera()], "steps": h["max_invert_steps"] + 1}
+    r = client.post("/v1/jobs/invert", json=over)
+    assert r.status_code == 422 and "max_invert_steps" in r.json()["error"], r.text
+    if h["max_size"] < limits.MAX_SIZE:  # a CPU server: one multiple of 8 past the cap is refused
+        r = client.post("/v1/compile", json={"width": h["max_size"] + 8, "height": 64})
+        assert r.status_code == 422 and "max_size" in r.json()["error"], r.text
+    r = client.post("/v1/compile", json={"width": 64, "height": 64})
+    assert r.status_code == 202 and r.json()["status"] in comps["CompileOut"]["properties"]["status"]["enum"], r.text
+    for accept, media, magic in (("image/jpeg", "image/jpeg", b"\xff\xd8"), (None, "image/png", b"\x89PNG")):
+        headers = {"Accept": accept} if accept else {}
+        r = client.post("/v1/render", json=render_body(), headers=headers)
+        assert r.status_code == 200 and r.headers["content-type"] == media and r.content.startswith(magic)
+        assert r.headers["vary"] == "Accept"
 
 
 # -- --token auto, --allowed-host ----------------------------------------------------------------------------------
@@ -390,21 +439,34 @@ def test_served_schema_states_this_servers_caps():
                     "required": ["camera_to_anchor"],
                 },
                 "RenderRequest": {"properties": {"steps": {"anyOf": [{"type": "integer", "maximum": 150}]}}},
-                "InvertRequest": {"properties": {"cameras": {"items": {"$ref": "#/components/schemas/CameraIn"}}}},
+                "InvertRequest": {
+                    "properties": {
+                        "cameras": {"items": {"$ref": "#/components/schemas/CameraIn"}},
+                        "steps": {"maximum": 100000.0, "default": 300},
+                    },
+                    "required": ["name"],
+                },
+                "CompileRequest": {"properties": {"width": {"maximum": 2048.0, "default": 512}}},
             }
         },
     }
-    s = patch_schema(base, max_size=64, max_steps=4, token_required=True)
+    s = patch_schema(base, max_size=64, max_steps=4, max_invert_steps=100, token_required=True)
     comps = s["components"]["schemas"]
     assert comps["CameraIn"]["properties"]["width"]["maximum"] == 64 and "width" in comps["CameraIn"]["required"]
+    assert comps["CompileRequest"]["properties"]["width"]["maximum"] == 64 and comps["CompileRequest"]["required"]
     assert comps[REFERENCE_CAMERA]["properties"]["width"]["maximum"] == 2048.0  # inversion references keep theirs
     assert comps["InvertRequest"]["properties"]["cameras"]["items"]["$ref"].endswith(REFERENCE_CAMERA)
     assert comps["RenderRequest"]["properties"]["steps"]["anyOf"][0]["maximum"] == 4
+    invert_steps = comps["InvertRequest"]["properties"]["steps"]
+    assert invert_steps["maximum"] == 100 and "default" not in invert_steps  # the default 300 would be refused
+    assert comps["InvertRequest"]["required"] == ["name", "steps"]
     op = s["paths"]["/v1/objects/{name}"]["delete"]
     assert {"401", "403", "421"} <= set(op["responses"]) and op["parameters"][0]["schema"]["pattern"]
     assert s["security"] == [{"bearerAuth": []}]
-    s = patch_schema(base, max_size=1024, max_steps=150, token_required=False)
+    s = patch_schema(base, max_size=1024, max_steps=150, max_invert_steps=5000, token_required=False)
     assert "width" not in s["components"]["schemas"]["CameraIn"]["required"] and "security" not in s
+    invert_steps = s["components"]["schemas"]["InvertRequest"]["properties"]["steps"]
+    assert invert_steps == {**invert_steps, "maximum": 5000, "default": 300}
 
 
 def test_request_numbers_follow_json_schema():
