@@ -10,7 +10,8 @@ that 400 and never reach the engine.
 This hook repairs positive cases just before they are sent, keeping everything the fuzzer chose that
 the rules allow (sizes, field of view, seeds, steps, counts, the translation, the other fields): the
 rotation becomes a rigid one derived from the drawn numbers, images become a small PNG, lists are cut to
-equal length. The repaired case stays schema-valid (Schemathesis re-validates it), so the
+equal length, an explicit ``fy`` is sent without ``fov_y_deg`` (they must agree) and kept to a field of view
+the camera accepts, and an inversion camera is cut to the 4:1 aspect ratio references may have. The repaired case stays schema-valid (Schemathesis re-validates it), so the
 ``positive_data_acceptance`` check stays strict: any other refusal of a valid request is a real finding.
 Negative cases are never touched.
 
@@ -29,6 +30,8 @@ import os
 from typing import Any
 
 import schemathesis
+
+from viewneti_backend import limits
 
 INVERT_STEPS = int(os.environ.get("VIEWNETI_FUZZ_INVERT_STEPS", "4"))
 FRAMES = int(os.environ.get("VIEWNETI_FUZZ_FRAMES", "3"))
@@ -70,9 +73,25 @@ def rigid_pose(drawn: Any) -> list[list[float]]:
     return [[*rot[0], t[0]], [*rot[1], t[1]], [*rot[2], t[2]], [0.0, 0.0, 0.0, 1.0]]
 
 
-def _repair_camera(cam: Any) -> None:
-    if isinstance(cam, dict) and "camera_to_anchor" in cam:
+def _repair_camera(cam: Any, max_aspect: float | None = None) -> None:
+    if not isinstance(cam, dict):
+        return
+    if "camera_to_anchor" in cam:
         cam["camera_to_anchor"] = rigid_pose(cam["camera_to_anchor"])
+    fy = cam.get("fy")
+    if isinstance(fy, (int, float)) and not isinstance(fy, bool):
+        # fy defines the vertical field of view: send it alone (a drawn fov_y_deg would disagree), and keep the
+        # fov it implies inside the accepted range (a drawn 1e-300 px would mean 180 degrees)
+        cam.pop("fov_y_deg", None)
+        height = cam.get("height", 512)
+        fov = math.degrees(2.0 * math.atan(0.5 * height / fy)) if fy > 0 else 0.0
+        if not limits.MIN_FOV_DEG * 2 <= fov <= 179.0:
+            cam["fy"] = 0.5 * height / math.tan(math.radians(39.6) / 2)
+    w, h = cam.get("width", 512), cam.get("height", 512)  # JSON integers: 632 or 632.0
+    sizes_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (w, h))
+    if max_aspect and sizes_ok and max(w, h) > max_aspect * min(w, h):
+        long_side = int(max_aspect * min(w, h)) // limits.SIZE_MULTIPLE * limits.SIZE_MULTIPLE
+        cam["width" if w > h else "height"] = long_side
 
 
 def repair_body(path: str, body: Any) -> None:
@@ -85,8 +104,9 @@ def repair_body(path: str, body: Any) -> None:
     cams = body.get("cameras")
     if not isinstance(cams, list) or not cams:
         return
+    invert = path.endswith("/jobs/invert")
     for cam in cams:
-        _repair_camera(cam)
+        _repair_camera(cam, limits.MAX_INVERT_ASPECT if invert else None)
     if path.endswith("/jobs/sequence"):
         n = len(cams) if FRAMES <= 0 else min(len(cams), FRAMES)
         frames = body.get("frames")

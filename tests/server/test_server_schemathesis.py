@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from srvutil import HERE, png_size, render_body
+from srvutil import HERE, REPO, png_size, render_body
 
 MAX_EXAMPLES = int(os.environ.get("VIEWNETI_SCHEMATHESIS_EXAMPLES", "8"))
 SEED = os.environ.get("VIEWNETI_SCHEMATHESIS_SEED", "20240601")
@@ -61,7 +61,8 @@ def test_schemathesis_all_checks_find_nothing(make_server, tmp_path):
         "NO_COLOR": "1",
         "SCHEMATHESIS_TELEMETRY": "false",
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        # the hooks import viewneti_backend: this checkout's, not whichever one the venv has installed
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     t0 = time.monotonic()
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1500, env=env)
