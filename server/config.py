@@ -46,6 +46,8 @@ class ServerConfig:
     # render shapes ("WxH" or "WxHxN") compiled in the background at start; None: the engine's defaults
     warmup: tuple[str, ...] | None = None
     compile_new_shapes: bool = True  # compile each new request shape in the background (else it stays eager)
+    # helper processes that compile shapes into torch's on-disk caches first (server/compiler.py); 0: none
+    compile_processes: int = 2
     token: str | None = None
     # --token auto: the generated token is written here (mode 0600) for the add-on; None: not written.
     token_file: Path | None = None
