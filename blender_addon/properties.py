@@ -35,7 +35,10 @@ class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
     )
     token: StringProperty(
         name="Access Token",
-        description="Only for a backend started with --token (needed off 127.0.0.1)",
+        description=(
+            "For a backend started with --token (needed off 127.0.0.1). A backend started from Blender with "
+            "Per-Launch Token on needs none here"
+        ),
         subtype="PASSWORD",
         default="",
     )
@@ -65,6 +68,15 @@ class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
         ),
         default="",
     )
+    backend_token_auto: BoolProperty(
+        name="Per-Launch Token",
+        description=(
+            "Start the backend with '--token auto' (unless the command has its own --token) and use the token "
+            "it writes, so that other users of this computer cannot use it. Turn off for a start command that "
+            "is not the ViewNeTI server itself"
+        ),
+        default=True,
+    )
     backend_workdir: StringProperty(
         name="Working Folder",
         description="Folder to start the backend in (the project checkout); empty = current folder",
@@ -83,6 +95,7 @@ class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
         col.separator()
         col.prop(self, "backend_command")
         col.prop(self, "backend_workdir")
+        col.prop(self, "backend_token_auto")
 
 
 class VIEWNETI_ObjectItem(bpy.types.PropertyGroup):

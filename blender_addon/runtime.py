@@ -51,6 +51,8 @@ class _Session:
         self.backend_scene = ""
         self.backend_next_check = 0.0
         self.backend_checking = False
+        self.backend_token_file = ""  # where the started backend writes its --token auto token
+        self.backend_token = ""  # that token, once read
 
 
 SESSION = _Session()
@@ -68,6 +70,7 @@ class _DefaultPrefs:
     live_debounce = 0.25
     backend_command = ""
     backend_workdir = ""
+    backend_token_auto = True
 
 
 def prefs(context=None):
@@ -78,7 +81,9 @@ def prefs(context=None):
 
 def make_client(context=None):
     p = prefs(context)
-    return Client(p.backend_url, timeout=p.timeout, token=p.token)
+    # a backend this session started with a per-launch token is the one at the URL while it runs
+    token = SESSION.backend_token if SESSION.backend_token and backend_running() else p.token
+    return Client(p.backend_url, timeout=p.timeout, token=token)
 
 
 def set_status(scene, message, state=None):
@@ -594,13 +599,36 @@ def backend_running():
     return SESSION.backend_proc is not None and SESSION.backend_proc.poll() is None
 
 
-def _log_path():
+def _user_folder():
     try:
-        folder = bpy.utils.extension_path_user(__package__, create=True)
+        return bpy.utils.extension_path_user(__package__, create=True)
     except (ValueError, RuntimeError):  # loaded as a legacy add-on: no extension folder
         folder = os.path.join(tempfile.gettempdir(), "viewneti")
         os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, "backend.log")
+        return folder
+
+
+def _log_path():
+    return os.path.join(_user_folder(), "backend.log")
+
+
+def with_token_auto(args, token_file):
+    """The start command plus '--token auto --token-file FILE', unless it chooses its own token."""
+    if any(a == "--token" or a.startswith("--token=") for a in args):
+        return args, ""
+    return [*args, "--token", "auto", "--token-file", token_file], token_file
+
+
+def read_backend_token():
+    """The started backend's per-launch token, once it has written it (it does so before it listens)."""
+    if SESSION.backend_token or not SESSION.backend_token_file:
+        return SESSION.backend_token
+    try:
+        with open(SESSION.backend_token_file, encoding="ascii") as f:
+            SESSION.backend_token = f.read().strip()
+    except (OSError, ValueError):
+        return ""
+    return SESSION.backend_token
 
 
 def start_backend(scene):
@@ -613,6 +641,16 @@ def start_backend(scene):
         raise ValueError("Set the backend's start command in the add-on preferences first.")
     port = urllib.parse.urlsplit(p.backend_url if "://" in p.backend_url else "http://" + p.backend_url).port or 7860
     args = shlex.split(command.replace("{port}", str(port)))
+    SESSION.backend_token, SESSION.backend_token_file = "", ""
+    if getattr(p, "backend_token_auto", True):
+        token_file = os.path.join(_user_folder(), f"backend-{port}.token")
+        try:
+            os.remove(token_file)  # never read a previous launch's token
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ValueError(f"Could not remove the old token file {token_file} ({exc}).") from None
+        args, SESSION.backend_token_file = with_token_auto(args, token_file)
     workdir = bpy.path.abspath(p.backend_workdir) if p.backend_workdir else None
     SESSION.backend_log = _log_path()
     with open(SESSION.backend_log, "ab") as log:
@@ -667,6 +705,8 @@ def backend_step():
     if scene.viewneti.backend_state == "OK" or time.monotonic() < SESSION.backend_next_check:
         return
     SESSION.backend_next_check = time.monotonic() + 1.0
+    if SESSION.backend_token_file and not read_backend_token():
+        return  # it has not written its per-launch token yet: still starting
     SESSION.backend_checking = True
     client = make_client()
 

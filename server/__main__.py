@@ -8,9 +8,11 @@ a fake engine while the real one is being built.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,9 @@ from typing import Any
 from viewneti_backend import limits
 from viewneti_backend.compile_modes import COMPILE_CHOICES, COMPILE_HELP
 
-from .config import DEFAULT_HOST, DEFAULT_MAX_BODY_MB, DEFAULT_PORT, ServerConfig, default_data_dir
+from .auth import AUTO_TOKEN, generate_token, remove_token_file, write_token_file
+from .config import DEFAULT_HOST, DEFAULT_MAX_BODY_MB, DEFAULT_PORT, TOKEN_FILE_NAME, ServerConfig, default_data_dir
+from .host_origin import ALLOWED_HOSTS_ENV, parse_allowed_host
 
 DESCRIPTION = """\
 Run the ViewNeTI render service: an HTTP API (contract: server/API.md, schema at /openapi.json,
@@ -39,12 +43,21 @@ data directory:
 security:
   The server binds 127.0.0.1 by default, reachable from this machine only. To listen on any other
   address you must set an access token (--token or VIEWNETI_TOKEN); clients then send
-  'Authorization: Bearer <token>' with every request. Without a token it refuses to start.
+  'Authorization: Bearer <token>' with every request (every route, /v1/health included). Without a
+  token it refuses to start. '--token auto' makes a new random token at each launch, prints it and
+  writes it to <data-dir>/token (mode 0600; --token-file), so that other users of this machine cannot
+  drive it; the Blender add-on uses this when it starts the backend itself.
+  Web pages cannot drive it: requests must name the server in their Host header (localhost,
+  127.0.0.1, [::1] or the bind address, with the server's port; else 421: DNS rebinding), and any
+  foreign or 'null' Origin or 'Sec-Fetch-Site: cross-site' gets 403. No CORS headers are sent.
+  To reach it under another name (a LAN name, a reverse proxy), add --allowed-host NAME (or
+  VIEWNETI_ALLOWED_HOSTS=NAME1,NAME2).
 
 examples:
   viewneti-server                                  # toy model, http://127.0.0.1:7860
   viewneti-server --model stabilityai/stable-diffusion-2-1 --view-mapper ./mappers/dtu --device cuda
-  VIEWNETI_TOKEN=s3cret viewneti-server --host 0.0.0.0 --port 8080
+  VIEWNETI_TOKEN=s3cret viewneti-server --host 0.0.0.0 --port 8080 --allowed-host mybox.lan
+  viewneti-server --token auto                     # per-launch token in ~/.local/share/viewneti/token
 """
 
 
@@ -129,7 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="access token that clients must send as 'Authorization: Bearer <token>' (default: "
         "$VIEWNETI_TOKEN; required for non-loopback --host). Prefer the environment variable: "
-        "command lines are visible to other users",
+        "command lines are visible to other users. 'auto': a new random token for each launch, printed "
+        "and written to --token-file",
+    )
+    n.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --token auto: where the token is written, readable by this user only "
+        f"(default <data-dir>/{TOKEN_FILE_NAME}); removed when the server stops",
+    )
+    n.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="another name clients may use to reach the server (Host header), e.g. mybox.lan or "
+        "mybox.lan:8080; repeatable (default: $VIEWNETI_ALLOWED_HOSTS, comma-separated). localhost, "
+        "127.0.0.1, [::1] and the --host address are always allowed",
     )
     s = p.add_argument_group("storage and limits")
     s.add_argument(
@@ -203,10 +234,27 @@ def _parse_warmup(value: str | None) -> tuple[str, ...] | None:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     token = args.token or os.environ.get("VIEWNETI_TOKEN") or None
+    data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
+    token_file = None
+    if token is not None and token.strip().lower() == AUTO_TOKEN:
+        token = generate_token()
+        token_file = (args.token_file or data_dir / TOKEN_FILE_NAME).expanduser().resolve()
+    elif args.token_file is not None:
+        raise SystemExit("--token-file only goes with --token auto (a token you chose is already known to you)")
+    allowed = args.allowed_host
+    if allowed is None:
+        allowed = [h for h in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()]
+    for entry in allowed:
+        try:
+            parse_allowed_host(entry)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     if args.max_body_mb <= 0:
         raise SystemExit("--max-body-mb must be positive")
     return ServerConfig(
-        data_dir=(args.data_dir or default_data_dir()).expanduser().resolve(),
+        token_file=token_file,
+        allowed_hosts=tuple(h.strip() for h in allowed),
+        data_dir=data_dir,
         host=args.host,
         port=args.port,
         model=args.model,
@@ -261,6 +309,24 @@ def setup_logging(level: str) -> None:
     )
 
 
+def publish_auto_token(path: Path, token: str) -> None:
+    """--token auto: write the token for the add-on (0600), print it for the user, remove the file at exit."""
+    try:
+        write_token_file(path, token)
+    except OSError as exc:
+        raise SystemExit(f"cannot write the access token to {path}: {exc} (use --token-file)") from None
+    atexit.register(remove_token_file, path, token)
+    # SIGTERM must exit through atexit (removing the file): before uvicorn installs its handlers, and after,
+    # when uvicorn re-raises the signal it caught once it has shut down gracefully.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    print(
+        f"viewneti-server: access token for this launch: {token}\n"
+        f"viewneti-server: written to {path} (readable by you only); clients send 'Authorization: Bearer <token>'",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
@@ -280,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads must be at least 1")
     app = create_app(config, engine_factory_for(config, args.threads))
+    if config.token_file is not None and config.token:
+        publish_auto_token(config.token_file, config.token)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -29,6 +29,7 @@ from .auth import BearerTokenMiddleware
 from .config import ServerConfig
 from .errors import ApiError, install_exception_handlers
 from .events import EventHub, job_event_stream
+from .host_origin import HostOriginMiddleware
 from .images import (
     RESPONSE_TYPES,
     decode_base64,
@@ -38,6 +39,7 @@ from .images import (
 )
 from .jobs import JobStore
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .openapi_doc import install_openapi
 from .schemas import (
     CameraIn,
     CancelOut,
@@ -133,6 +135,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(BearerTokenMiddleware, token=config.token)
+    app.add_middleware(HostOriginMiddleware, bind_host=config.host, extra_hosts=config.allowed_hosts)
     app.add_middleware(RequestContextMiddleware)
 
     r = APIRouter(prefix="/v1")
@@ -199,12 +202,14 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         worker.ready_or_raise()
         return {"objects": worker.objects}
 
-    @r.delete("/objects/{name:path}", status_code=204, responses={**_COMMON, 404: _ERR})
+    @r.delete("/objects/{name:path}", status_code=204, responses={**_COMMON, 404: _ERR, 409: _ERR})
     async def delete_object(name: str) -> Response:
         validate_name(name)
         worker.ready_or_raise()
         if not worker.has_object(name):
             raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
+        if any(o.get("name") == name and o.get("builtin") for o in worker.objects):  # a state conflict, not bad input
+            raise ApiError(409, f"{name!r} is a built-in object of the loaded model and cannot be deleted")
         await asyncio.wrap_future(worker.submit_call(lambda engine: engine.delete_object(name)))
         return Response(status_code=204)
 
@@ -325,9 +330,9 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             )
         if len(set(frames)) != len(frames):
             raise ApiError(422, "frames must be unique (they name the output files)")
-        bad = [f for f in frames if not 0 <= f <= 9_999_999]
+        bad = [f for f in frames if not 0 <= f <= limits.MAX_FRAME]
         if bad:
-            raise ApiError(422, f"frame numbers must be between 0 and 9999999, got {bad[0]}")
+            raise ApiError(422, f"frame numbers must be between 0 and {limits.MAX_FRAME}, got {bad[0]}")
         worker.ready_or_raise()
         obj = check_object(body.object)
         check_job_capacity()
@@ -485,6 +490,14 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         )
 
     app.include_router(r)
+    install_openapi(
+        app,
+        max_size=max_size,
+        max_steps=config.max_steps,
+        max_invert_steps=config.max_invert_steps,
+        token_required=bool(config.token),
+        ready=lambda: worker.state == "ready",
+    )
     return app
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from starlette.types import Scope, Send
+from starlette.types import Send
 
 
 async def send_json(
@@ -18,7 +19,7 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-def header(scope: Scope, name: bytes) -> bytes | None:
+def header(scope: Mapping[str, Any], name: bytes) -> bytes | None:
     for k, v in scope.get("headers", ()):
         if k.lower() == name:
             return v

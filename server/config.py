@@ -12,6 +12,7 @@ from viewneti_backend import limits
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_BODY_MB = 64.0
+TOKEN_FILE_NAME = "token"  # <data-dir>/token: where --token auto writes the per-launch token
 
 
 def default_data_dir() -> Path:
@@ -48,6 +49,10 @@ class ServerConfig:
     # helper processes that compile shapes into torch's on-disk caches first (server/compiler.py); 0: none
     compile_processes: int = 2
     token: str | None = None
+    # --token auto: the generated token is written here (mode 0600) for the add-on; None: not written.
+    token_file: Path | None = None
+    # --allowed-host: extra names (NAME or NAME:PORT) the Host header may carry (see server/host_origin.py).
+    allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1024 * 1024)
     # Operational caps on top of the contract's limits (a small machine may want lower ones).
     max_size: int = limits.MAX_SIZE  # on a CPU also capped by limits.device_max_size

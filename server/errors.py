@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from viewneti_backend.errors import Cancelled, IncompatibleModelError, InputError, NotFoundError
 
+from .middleware import log_safe
+
 log = logging.getLogger("viewneti.server")
 
 
@@ -131,7 +133,8 @@ def install_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _fault(request: Request, exc: Exception) -> JSONResponse:
         rid = _request_id(request)
-        log.error("internal error in %s %s (request %s)", request.method, request.url.path, rid, exc_info=exc)
+        path = log_safe(request.url.path)
+        log.error("internal error in %s %s (request %s)", log_safe(request.method), path, rid, exc_info=exc)
         return JSONResponse(
             error_body(f"internal server error (request id {rid}); the server log has the details"),
             status_code=500,

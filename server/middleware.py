@@ -22,6 +22,23 @@ def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u2028\u2029]")
+
+
+def log_safe(text: object) -> str:
+    """Untrusted text for a log line: control characters (a decoded ``%0A`` in a path, ESC, ...) and the
+    backslash are escaped (``\\n``, ``\\x1b``, ``\\\\``), so that one request is always one unambiguous line."""
+    s = str(text)
+    return _UNPRINTABLE.sub(_escape_char, s)
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}.get(c) or (
+        f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+    )
+
+
 class RequestContextMiddleware:
     """Assigns the request id (echoing a well-formed ``X-Request-Id``), adds it to every response and
     logs one line per request: method, path, status, request id, duration and any timings the
@@ -64,7 +81,8 @@ class RequestContextMiddleware:
             timings = state.get("timings")
             extra = f" timings={json.dumps(timings, separators=(',', ':'))}" if timings else ""
             status = status_holder["status"] or "-"
-            log.info("%s %s %s rid=%s %.1fms%s", scope.get("method"), scope.get("path"), status, rid, ms, extra)
+            method, path = log_safe(scope.get("method")), log_safe(scope.get("path"))
+            log.info("%s %s %s rid=%s %.1fms%s", method, path, status, rid, ms, extra)
 
 
 class BodyLimitMiddleware:

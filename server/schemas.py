@@ -9,19 +9,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from viewneti_backend import limits
 
 MAX_SEED = 2**31 - 1
 NAME_PATTERN = limits.NAME_PATTERN
 
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 64 and 64.0 (no fraction), never true/false or "64" (the model is strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+INTEGRAL = BeforeValidator(_json_integer)  # put after the Field(...) of an int
 Row = Annotated[list[float], Field(min_length=4, max_length=4)]
-Size = Annotated[int, Field(ge=limits.MIN_SIZE, le=limits.MAX_SIZE, multiple_of=limits.SIZE_MULTIPLE)]
+Size = Annotated[int, Field(ge=limits.MIN_SIZE, le=limits.MAX_SIZE, multiple_of=limits.SIZE_MULTIPLE), INTEGRAL]
 Seed = Annotated[
-    int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image")
+    int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image"), INTEGRAL
 ]
-Steps = Annotated[int, Field(ge=1, le=limits.MAX_STEPS, description="denoising steps")]
+Steps = Annotated[int, Field(ge=1, le=limits.MAX_STEPS, description="denoising steps"), INTEGRAL]
 Guidance = Annotated[float, Field(ge=0.0, le=30.0, allow_inf_nan=False, description="classifier-free guidance scale")]
 OptSteps = Annotated[
     Steps | None,
@@ -44,9 +53,17 @@ OptGuidance = Annotated[
 ObjectName = Annotated[
     str,
     Field(
-        min_length=1, max_length=64, description="object token (GET /v1/objects); default: the model's default object"
+        min_length=1,
+        max_length=64,
+        pattern=NAME_PATTERN,
+        description="object token (GET /v1/objects); default: the model's default object",
     ),
 ]
+
+
+# Requests are validated strictly: what the schema calls a number or an integer must be one (no true -> 1,
+# "4" -> 4 coercion); JSON integers are still accepted where a number is expected.
+STRICT = ConfigDict(strict=True)
 
 
 OptPixels = Annotated[
@@ -66,6 +83,7 @@ class CameraIn(BaseModel):
     """A pinhole camera in Blender's convention, relative to the anchor (see API.md, Conventions)."""
 
     model_config = ConfigDict(
+        strict=True,
         json_schema_extra={
             "example": {
                 "camera_to_anchor": [[1, 0, 0, 0], [0, 0, -1, -4], [0, 1, 0, 0], [0, 0, 0, 1]],
@@ -73,7 +91,7 @@ class CameraIn(BaseModel):
                 "width": 64,
                 "height": 64,
             }
-        }
+        },
     )
 
     camera_to_anchor: Annotated[
@@ -87,7 +105,14 @@ class CameraIn(BaseModel):
             ),
         ),
     ]
-    fov_y_deg: Annotated[float, Field(gt=0.0, lt=180.0, description="vertical field of view in degrees")] = 39.6
+    fov_y_deg: Annotated[
+        float,
+        Field(
+            ge=limits.MIN_FOV_DEG,
+            lt=180.0,
+            description=f"vertical field of view in degrees ({limits.MIN_FOV_DEG:g} <= fov < 180)",
+        ),
+    ] = 39.6
     width: Size = 512
     height: Size = 512
     fx: OptPixels = None
@@ -109,6 +134,8 @@ class CameraIn(BaseModel):
 
 
 class RenderRequest(BaseModel):
+    model_config = STRICT
+
     camera: CameraIn
     object: ObjectName | None = None
     seed: Seed = 0
@@ -128,24 +155,33 @@ class RenderRequest(BaseModel):
 class CompileRequest(BaseModel):
     """A render shape to compile ahead of use (e.g. the add-on's resolution, when it changes)."""
 
+    model_config = STRICT
+
     width: Size = 512
     height: Size = 512
-    views: Annotated[int, Field(ge=1, le=16, description="views per UNet call (a sequence job's batch)")] = 1
+    views: Annotated[int, Field(ge=1, le=16, description="views per UNet call (a sequence job's batch)"), INTEGRAL] = 1
 
 
 class CompileOut(BaseModel):
     shape: str
-    status: str = Field(description="ready | queued | compiling | eager (this engine does not compile)")
+    status: Literal["ready", "queued", "compiling", "eager"] = Field(
+        description="ready | queued | compiling | eager (this engine does not compile)"
+    )
 
 
 class SequenceRequest(BaseModel):
+    model_config = STRICT
+
     cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=10000)]
     frames: Annotated[
-        list[int] | None,
+        list[Annotated[int, Field(ge=0, le=limits.MAX_FRAME), INTEGRAL]] | None,
         Field(
             min_length=1,
             max_length=10000,
-            description=("frame numbers used in file names (one per camera, unique, 0..9999999); default 0..N-1"),
+            json_schema_extra={"uniqueItems": True},
+            description=(
+                f"frame numbers used in file names (one per camera, unique, 0..{limits.MAX_FRAME}); default 0..N-1"
+            ),
         ),
     ] = None
     object: ObjectName | None = None
@@ -155,6 +191,8 @@ class SequenceRequest(BaseModel):
 
 
 class InvertRequest(BaseModel):
+    model_config = STRICT
+
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="name of the new object token (must not exist yet)")]
     images: Annotated[
         list[Annotated[str, Field(min_length=1)]],
@@ -178,10 +216,13 @@ class InvertRequest(BaseModel):
             le=limits.MAX_INVERT_STEPS,
             description="optimisation steps (the server may cap lower: GET /v1/health max_invert_steps)",
         ),
+        INTEGRAL,
     ] = limits.DEFAULT_INVERT_STEPS
     seed: Seed = 0
     preview_every: Annotated[
-        int, Field(ge=0, le=limits.MAX_INVERT_STEPS, description="send a preview every N steps (0: none)")
+        int,
+        Field(ge=0, le=limits.MAX_INVERT_STEPS, description="send a preview every N steps (0: none)"),
+        INTEGRAL,
     ] = 0
 
 

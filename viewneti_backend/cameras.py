@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .limits import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE
+from .limits import MAX_SIZE, MIN_FOV_DEG, MIN_SIZE, SIZE_MULTIPLE
 
 # Flip between an OpenGL/Blender camera frame (-Z forward, +Y up) and an OpenCV one (+Z forward, +Y down).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -141,8 +141,8 @@ class Camera:
 
     def validated(self, *, size_multiple: int = SIZE_MULTIPLE) -> Camera:
         validate_pose(self.camera_to_anchor)
-        if not math.isfinite(self.fov_y_deg) or not 0.0 < self.fov_y_deg < 180.0:
-            raise CameraError(f"fov_y_deg must be in (0, 180) degrees, got {self.fov_y_deg}")
+        if not math.isfinite(self.fov_y_deg) or not MIN_FOV_DEG <= self.fov_y_deg < 180.0:
+            raise CameraError(f"fov_y_deg must be in [{MIN_FOV_DEG}, 180) degrees, got {self.fov_y_deg}")
         for name, v in (("width", self.width), ("height", self.height)):
             if not MIN_SIZE <= v <= MAX_SIZE:
                 raise CameraError(f"{name} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {v}")

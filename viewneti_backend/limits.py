@@ -14,6 +14,12 @@ MIN_SIZE = 16  # smallest image side a render may request
 MAX_SIZE = 2048  # largest image side any server allows (a server may cap lower, see device_max_size)
 SIZE_MULTIPLE = 8  # sides are multiples of the VAE's downsampling factor (the latent grid)
 
+# -- cameras ---------------------------------------------------------------------------------------
+# Narrowest field of view accepted: below every Blender camera (5000 mm lens on a 1 mm sensor: 0.0115 deg) and
+# far from where tan(fov/2) underflows (the camera features take its log).
+MIN_FOV_DEG = 0.01
+MAX_FRAME = 9_999_999  # largest frame number of a sequence: frames name files frame_NNNNNNN.png
+
 # -- steps ------------------------------------------------------------------------------------------
 MAX_STEPS = 150  # denoising steps of one render (contract); --max-steps may only lower it
 MAX_INVERT_STEPS = 100_000  # contract bound of an inversion's optimisation steps

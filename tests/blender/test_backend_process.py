@@ -1,11 +1,15 @@
 """Start Backend / Stop Backend: the add-on supervises a local server process it started itself."""
 
+import os
+import stat
 import sys
 import time
 
 import bpy
 import pytest
 from addon_testutil import ROOT, addon_module, addon_prefs, free_port
+
+from blender_addon.client import BackendError, Client
 
 pytestmark = pytest.mark.blender
 
@@ -28,11 +32,33 @@ def test_start_and_stop_a_local_backend(scene, tmp_path):
             time.sleep(0.25)
         assert scene.viewneti.backend_state == "OK", scene.viewneti.status_message
         assert scene.viewneti.backend_info  # model and device from the health check
+        # Per-Launch Token (on by default): started with --token auto, the add-on read the token file
+        token_file = runtime.SESSION.backend_token_file
+        assert "--token" in runtime.SESSION.backend_proc.args and token_file in runtime.SESSION.backend_proc.args
+        assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+        token = runtime.SESSION.backend_token
+        assert len(token) >= 40 and not prefs.token
+        assert runtime.make_client().token == token
+        assert len(runtime.make_client().objects()) >= 1  # the add-on's client, with the token
+        with pytest.raises(BackendError) as err:
+            Client(prefs.backend_url, timeout=30).health()  # anyone else on this machine: refused
+        assert err.value.status == 401
         proc = runtime.SESSION.backend_proc
         assert bpy.ops.viewneti.stop_backend() == {"FINISHED"}
         assert proc.wait(timeout=20) is not None
         assert scene.viewneti.backend_state == "DOWN"
+        assert not os.path.exists(token_file)  # the server removes it when it stops
+        assert runtime.make_client().token == ""  # back to the preferences' token
     finally:
         runtime.stop_backend()
         prefs.backend_command = ""
         prefs.backend_workdir = ""
+
+
+def test_per_launch_token_arguments():
+    runtime = addon_module("runtime")
+    args, path = runtime.with_token_auto(["python", "-m", "server", "--port", "7860"], "/x/backend.token")
+    assert args[-4:] == ["--token", "auto", "--token-file", "/x/backend.token"] and path == "/x/backend.token"
+    for own in (["--token", "s3cret"], ["--token=s3cret"]):  # the command chose its own token: leave it
+        args, path = runtime.with_token_auto(["python", "-m", "server", *own], "/x/backend.token")
+        assert args == ["python", "-m", "server", *own] and path == ""

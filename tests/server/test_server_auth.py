@@ -48,6 +48,10 @@ def test_help_reads_like_documentation():
         "--log-level",
         "VIEWNETI_TOKEN",
         "VIEWNETI_DATA_DIR",
+        "--allowed-host",
+        "--token-file",
+        "VIEWNETI_ALLOWED_HOSTS",
+        "--token auto",
         "127.0.0.1",
         "7860",
     ):

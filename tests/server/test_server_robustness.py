@@ -78,7 +78,7 @@ def test_queued_and_cancelled_inversions_hold_no_decoded_images(tmp_path):
     from server.config import ServerConfig
 
     app = create_app(ServerConfig(data_dir=tmp_path), lambda: FakeEngine(tmp_path / "objects", step_s=0.01))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:  # a Host the server accepts
         deadline = time.monotonic() + 30
         while c.get("/v1/health").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)

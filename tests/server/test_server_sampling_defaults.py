@@ -101,7 +101,7 @@ def _recording_app(tmp_path, engine_cls, **config):
             return super().render(cameras, object_name, seed, steps, guidance, **kw)
 
     app = create_app(ServerConfig(data_dir=tmp_path, **config), lambda: Recording(tmp_path / "objects", step_s=0.0))
-    return TestClient(app), calls
+    return TestClient(app, base_url="http://127.0.0.1:7860"), calls  # a Host the server accepts
 
 
 def test_defaults_are_capped_at_max_steps_and_explicit_values_pass_through(tmp_path):

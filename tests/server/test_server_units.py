@@ -243,7 +243,7 @@ def _app_client(tmp_path, factory):
     from server.app import create_app
 
     app = create_app(ServerConfig(data_dir=tmp_path), factory)
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1:7860")  # a Host the server accepts
 
 
 def test_health_is_503_while_loading_and_after_a_failed_load(tmp_path):
@@ -290,7 +290,7 @@ def test_unexpected_engine_error_is_a_500_without_traceback(tmp_path):
     from server.app import create_app
 
     app = create_app(ServerConfig(data_dir=tmp_path), lambda: Broken(tmp_path / "objects", step_s=0.0))
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1:7860") as c:
         while c.get("/v1/health").status_code != 200:
             time.sleep(0.02)
         r = c.post("/v1/render", json=body, headers={"X-Request-Id": "boom-1"})
