@@ -239,11 +239,10 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "total": round((t_end - t_arrival) * 1000.0, 2),
         }
         request.state.timings = timings
-        return Response(
-            png,
-            media_type="image/png",
-            headers={"X-Seed": str(body.seed), "X-Timings-Ms": json.dumps(timings, separators=(",", ":"))},
-        )
+        headers = {"X-Seed": str(body.seed), "X-Timings-Ms": json.dumps(timings, separators=(",", ":"))}
+        if task.warnings:  # JSON array of strings, ASCII-escaped so that it is a valid header value
+            headers["X-Warnings"] = json.dumps(task.warnings, ensure_ascii=True)
+        return Response(png, media_type="image/png", headers=headers)
 
     # -- jobs ----------------------------------------------------------------------------------------
     def check_job_capacity() -> None:

@@ -54,6 +54,7 @@ class RenderTask:
     started_at: float | None = None
     finished_at: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # from engine.render: sent back as X-Warnings
 
 
 @dataclass(eq=False)
@@ -296,6 +297,7 @@ class Worker:
                 task.guidance,
                 should_stop=should_stop,
                 timings=task.timings,
+                warnings=task.warnings,
             )
             task.finished_at = time.perf_counter()
             if not task.future.done():

@@ -152,6 +152,17 @@ def intrinsics_from_fov(fov_y_deg: float, width: int, height: int) -> np.ndarray
     return np.array([[fy, 0.0, width / 2.0], [0.0, fy, height / 2.0], [0.0, 0.0, 1.0]])
 
 
+def size_for_long_side(width: int, height: int, long_side: int, multiple: int = 8) -> tuple[int, int]:
+    """(w, h) with the aspect of ``width x height``, the long side ``long_side``, both multiples of
+    ``multiple`` (the latent grid) and at least MIN_SIZE: how a non-square camera is resized."""
+    scale = long_side / max(width, height)
+
+    def snap(v: float) -> int:
+        return max(MIN_SIZE, int(math.floor(v / multiple + 0.5)) * multiple)  # half up: 36 -> 40
+
+    return snap(width * scale), snap(height * scale)
+
+
 def fov_y_from_intrinsics(k: np.ndarray, height: int) -> float:
     return math.degrees(2.0 * math.atan(0.5 * height / float(k[1, 1])))
 

@@ -31,6 +31,21 @@ from .sampling_defaults import BUNDLE_DIR, SamplingDefaults
 from .tokens import ObjectLibrary, validate_token_name
 from .training import TrainConfig, Trainer
 
+# A render whose long side is more than this many times the model's native size gets a warning: the
+# model never saw such images (the toy model at 512 px on its 64-px training size draws a tiled mosaic).
+SIZE_WARNING_FACTOR = 2.0
+# Default optimisation steps of an inversion: the paper's 3000 on a GPU (4.8 min on an H200 at SD 2
+# scale); on a CPU one toy-model step (9 images, 64x64) takes ~1.5 s on 2 cores (RESULTS.md §5:
+# 1.3-1.7 s), so 3000 would be 20 h: 150 steps (~4 min) reach 14.3 dB vs 14.8 dB at 600 (RESULTS.md §3).
+GPU_INVERT_STEPS = 3000
+CPU_INVERT_STEPS = 150
+CPU_SECONDS_PER_INVERT_STEP = 1.5
+
+
+def default_invert_steps(device) -> int:
+    """The paper's 3000 steps on an accelerator, :data:`CPU_INVERT_STEPS` on a CPU."""
+    return CPU_INVERT_STEPS if getattr(device, "type", str(device)) == "cpu" else GPU_INVERT_STEPS
+
 
 def embedded_model_dir() -> Path:
     """The toy-world model shipped inside the package (the default when no model is configured)."""
@@ -175,13 +190,17 @@ class Engine:
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
         timings: dict | None = None,
+        warnings: list[str] | None = None,
     ) -> list[Image.Image]:
         """Novel views of an object; cameras of different sizes are rendered in per-size batches.
 
-        ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`)."""
+        ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`).
+        ``warnings``, if given, is extended with :meth:`render_warnings` (the render still happens)."""
         steps, guidance = self.sampling.resolve(steps, guidance)
         name, mapper = self.object_mapper(object_name)
         with_view = with_view and self.pipeline.view_mapper is not None
+        if warnings is not None:
+            warnings.extend(w for w in self.render_warnings(cameras, with_view=with_view) if w not in warnings)
         out: list[Image.Image | None] = [None] * len(cameras)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, cam in enumerate(cameras):
@@ -203,6 +222,23 @@ class Engine:
                 out[i] = im
         return out  # type: ignore[return-value]
 
+    def render_warnings(self, cameras: Sequence[Camera], *, with_view: bool = True) -> list[str]:
+        """What a user should know before trusting these renders: sizes far above the model's native
+        size, cameras outside the view-mapper's trained range. One string per problem."""
+        out: list[str] = []
+        native = self.base.native_size
+        big = [c for c in cameras if max(c.width, c.height) > SIZE_WARNING_FACTOR * native]
+        if big:
+            c = big[0]
+            out.append(
+                f"{c.width}x{c.height} is {max(c.width, c.height) / native:.0f}x the model's native size ({native} px): "
+                f"it was trained at {native} px and draws repeated, unstructured detail at this size; "
+                f"render at a long side of {native} (the default) and upscale if needed"
+            )
+        if with_view and self.pipeline.camera_param is not None:
+            out.extend(self.pipeline.camera_param.range_warnings(cameras))
+        return out
+
     # -- inversion (ViewNeTI mode 5) ----------------------------------------------------------------
     def training_size(self, image: Image.Image) -> tuple[int, int]:
         """Long side = min(native, 512) (the paper trains SD 2 at 512x384), aspect kept, multiples of 8."""
@@ -223,11 +259,13 @@ class Engine:
         should_stop: Callable[[], bool] | None = None,
         preview_every: int = 0,
         config: TrainConfig | None = None,
+        source: dict | None = None,
     ) -> dict:
         """Fit a new object token to reference image(s) with the frozen view-mapper; saved only when done.
 
         ``config`` sets training options (e.g. ``augmentation_pool``); mode, steps and seed come from
-        the arguments, and the size from the reference image unless the config sets one.
+        the arguments, and the size from the reference image unless the config sets one. ``source``
+        (e.g. ``{"views": [0]}``) is stored with the token, so ``viewneti eval`` can leave those views out.
         """
         validate_token_name(name)
         if self.library.exists(name):
@@ -289,6 +327,6 @@ class Engine:
 
         trainer.train(on_step=report, should_stop=should_stop, progress=False)  # Cancelled propagates: nothing saved
         mapper = trainer.object_mappers[0].eval().requires_grad_(False)
-        entry = self.library.save(name, mapper, steps=steps)
+        entry = self.library.save(name, mapper, steps=steps, source=source)
         self.pipeline.forget(name)
         return entry

@@ -108,7 +108,19 @@ class ObjectLibrary:
             self._cache[name] = mapper
         return mapper
 
-    def save(self, name: str, mapper: NeTIMapper, *, steps: int = 0, overwrite: bool = False) -> dict:
+    def source(self, name: str) -> dict:
+        """Where a token came from (``{"views": [...]}`` or ``{"image": ...}``), as saved; {} if unknown."""
+        found = self._locate(validate_token_name(name))
+        if not found:
+            return {}
+        import json
+
+        extra = json.loads((found[0] / CONFIG_NAME).read_text()).get("extra", {})
+        return dict(extra.get("source") or {})
+
+    def save(
+        self, name: str, mapper: NeTIMapper, *, steps: int = 0, overwrite: bool = False, source: dict | None = None
+    ) -> dict:
         validate_token_name(name)
         if self.user_dir is None:
             raise InputError("this library has no writable folder: start with a data directory to save objects")
@@ -118,6 +130,7 @@ class ObjectLibrary:
             **mapper.config.extra,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "steps": int(steps),
+            **({"source": dict(source)} if source else {}),
         }
         mapper.save_pretrained(self.user_dir / name)
         with self._lock:

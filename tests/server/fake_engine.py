@@ -87,6 +87,7 @@ class FakeEngine:
         should_stop=None,
         on_step=None,
         timings=None,
+        warnings=None,
     ):
         steps = SAMPLING["steps"] if steps is None else steps
         guidance = SAMPLING["guidance"] if guidance is None else guidance
@@ -111,6 +112,8 @@ class FakeEngine:
             out.append(Image.fromarray(arr, "RGB"))
         if timings is not None:
             timings.update({"encode": 0.1, "denoise": (t1 - t0) * 1000.0, "decode": 0.1})
+        if warnings is not None and any(max(c.width, c.height) > 2 * 64 for c in cameras):
+            warnings.append("larger than 2x the fake model's native size (64 px)")
         return out
 
     def invert(self, images, cameras, name, steps, *, seed=0, on_progress=None, should_stop=None, preview_every=0):
