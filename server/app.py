@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 import viewneti_backend
 from viewneti_backend.cameras import Camera, CameraError
+from viewneti_backend.errors import NameTakenError
 from viewneti_backend.sampling_defaults import SamplingDefaults
 
 from . import API_VERSION
@@ -41,7 +42,9 @@ from .schemas import (
     JobCreated,
     JobOut,
     JobsOut,
+    ObjectOut,
     ObjectsOut,
+    RenameRequest,
     RenderRequest,
     SequenceRequest,
 )
@@ -186,6 +189,22 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
         await asyncio.wrap_future(worker.submit_call(lambda engine: engine.delete_object(name)))
         return Response(status_code=204)
+
+    @r.post("/objects/{name}/rename", response_model=ObjectOut, responses={**_COMMON, 404: _ERR, 409: _ERR})
+    async def rename_object(name: str, body: RenameRequest) -> Any:
+        validate_name(name)
+        validate_name(body.new_name, "new_name")
+        worker.ready_or_raise()
+        if not worker.has_object(name):
+            raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
+        if any(j.kind == "invert" and j.name == body.new_name for j in store.active()):
+            raise ApiError(409, f"an inversion for {body.new_name!r} is queued or running: pick another name")
+        try:  # on the worker thread, between renders: the library checks and renames in one step
+            return await asyncio.wrap_future(
+                worker.submit_call(lambda engine: engine.rename_object(name, body.new_name))
+            )
+        except NameTakenError as exc:
+            raise ApiError(409, str(exc)) from None
 
     # -- live render ---------------------------------------------------------------------------------
     @r.post(

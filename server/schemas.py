@@ -134,6 +134,12 @@ class InvertRequest(BaseModel):
     preview_every: Annotated[int, Field(ge=0, le=100000, description="send a preview every N steps (0: none)")] = 0
 
 
+class RenameRequest(BaseModel):
+    new_name: Annotated[
+        str, Field(min_length=1, max_length=200, description="the object's new name (letters, digits, _ and -)")
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Responses
 # ---------------------------------------------------------------------------------------------------

@@ -171,6 +171,11 @@ class Engine:
         self.library.delete(name)
         self.pipeline.forget(name)
 
+    def rename_object(self, name: str, new_name: str) -> dict:
+        entry = self.library.rename(name, new_name)
+        self.pipeline.forget(name)
+        return entry
+
     def object_mapper(self, name: str | None) -> tuple[str, NeTIMapper]:
         name = name or self.default_object
         if name is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError, NotFoundError
+from .errors import InputError, NameTakenError, NotFoundError
 from .mapper import CONFIG_NAME, WEIGHTS_NAME, NeTIMapper
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -136,6 +136,31 @@ class ObjectLibrary:
         with self._lock:
             self._cache.pop(name, None)
         return self.entry(name)
+
+    def rename(self, name: str, new_name: str) -> dict:
+        """Give a user object a new name in one ``rename`` of its folder: it is never listed under both
+        names or neither, and an existing object (user or built-in) is never replaced."""
+        validate_token_name(new_name)
+        found = self._locate(validate_token_name(name))
+        if not found:
+            raise NotFoundError(
+                f"unknown object '{name}': GET /v1/objects (or `viewneti info`) lists the available ones"
+            )
+        path, builtin = found
+        if builtin:
+            raise InputError(f"'{name}' is a built-in object of the loaded model and cannot be renamed")
+        if new_name == name:
+            return self.entry(name)
+        target = path.with_name(new_name)
+        with self._lock:
+            if self._locate(new_name) or target.exists():
+                raise NameTakenError(f"an object named '{new_name}' already exists: choose another name")
+            try:
+                path.rename(target)  # atomic on one file system; refuses a non-empty target
+            except OSError as exc:
+                raise NameTakenError(f"cannot rename '{name}' to '{new_name}': {exc.strerror or exc}") from None
+            self._cache.pop(name, None)
+        return self.entry(new_name)
 
     def delete(self, name: str) -> None:
         found = self._locate(validate_token_name(name))

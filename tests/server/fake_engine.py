@@ -76,6 +76,21 @@ class FakeEngine:
             raise NotFoundError(f"unknown object {name!r}")
         (self.library_dir / f"{name}.json").unlink()
 
+    def rename_object(self, name: str, new_name: str) -> dict:
+        from viewneti_backend.errors import NameTakenError
+
+        if name == BUILTIN:
+            raise InputError(f"{name!r} is built into the model and cannot be renamed")
+        if self.has_object(new_name):
+            raise NameTakenError(f"an object named {new_name!r} already exists")
+        entry = json.loads((self.library_dir / f"{name}.json").read_text())
+        entry["name"] = new_name
+        tmp = self.library_dir / f".{new_name}.json.tmp"
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, self.library_dir / f"{new_name}.json")
+        (self.library_dir / f"{name}.json").unlink()
+        return entry
+
     def render(
         self,
         cameras,
