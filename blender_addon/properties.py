@@ -29,7 +29,7 @@ class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
 
     backend_url: StringProperty(
         name="Backend URL",
-        description="Address of the ViewNeTI render service (python -m server)",
+        description="Address of the ViewNeTI render service (viewneti-server, or python -m server)",
         default=DEFAULT_URL,
     )
     token: StringProperty(
@@ -132,9 +132,20 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         min=0.0,
         max=30.0,
     )
+    use_native_resolution: BoolProperty(
+        name="Model's Size",
+        description=(
+            "Render at the size the backend's model was trained at (its native size, e.g. 64 px for the toy "
+            "model: larger renders are slow and draw repeated detail). Turn off to set the resolution yourself"
+        ),
+        default=True,
+    )
     resolution: IntProperty(
         name="Resolution",
-        description="Long side of the rendered image in pixels; the short side follows the scene's output aspect",
+        description=(
+            "Long side of the rendered image in pixels (only used with Model's Size off, or before the backend "
+            "reported its size); the short side follows the scene's output aspect"
+        ),
         default=512,
         min=16,
         max=2048,
@@ -174,7 +185,16 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     invert_name: StringProperty(
         name="Name", description="Name of the new object token (letters, digits, _ and -)", default="my_object"
     )
-    invert_steps: IntProperty(name="Steps", default=300, min=1, max=100000)
+    invert_steps: IntProperty(
+        name="Steps",
+        description=(
+            "Optimisation steps of the inversion; 0 = the backend's default (3000 on a GPU as in the paper, "
+            "150 on a CPU: about 4 minutes for the toy model)"
+        ),
+        default=0,
+        min=0,
+        max=100000,
+    )
     invert_preview_every: IntProperty(
         name="Preview Every", description="Steps between previews (0 = none)", default=50, min=0
     )
@@ -195,8 +215,11 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     model_steps: IntProperty(name="Model Steps", default=0, min=0)
     model_live_steps: IntProperty(name="Model Live Steps", default=0, min=0)
     model_guidance: FloatProperty(name="Model Guidance", default=0.0, min=0.0)
+    model_native_size: IntProperty(name="Model Size", default=0, min=0)  # from GET /v1/health (0 = unknown)
+    model_invert_steps: IntProperty(name="Model Inversion Steps", default=0, min=0)
     status_message: StringProperty(name="Status", default="")
     last_timings: StringProperty(name="Last Timings", default="")
+    last_warnings: StringProperty(name="Last Warnings", default="")  # the last render's X-Warnings, one per line
 
     # job state (written by the add-on; survives redraws and reloads as a record of the last job)
     job_kind: StringProperty(default="")

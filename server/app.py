@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 import viewneti_backend
 from viewneti_backend.cameras import Camera, CameraError
 from viewneti_backend.errors import NameTakenError
-from viewneti_backend.sampling_defaults import SamplingDefaults
+from viewneti_backend.sampling_defaults import GPU_INVERT_STEPS, SamplingDefaults
 
 from . import API_VERSION
 from .auth import BearerTokenMiddleware
@@ -348,6 +348,8 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             ]
 
         images = await run_in_threadpool(decode_all)
+        if body.steps is None:  # the engine's default for its device (health: invert_steps)
+            body.steps = int(worker.info.get("invert_steps") or GPU_INVERT_STEPS)
         runtime = {"images": images, "cameras": cameras, "seed": body.seed, "preview_every": body.preview_every}
         request_record = {
             "kind": "invert",

@@ -129,7 +129,14 @@ class InvertRequest(BaseModel):
         ),
     ]
     cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=16, description="the camera of each image")]
-    steps: Annotated[int, Field(ge=1, le=100000, description="optimisation steps")] = 300
+    steps: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=100000,
+            description="optimisation steps; omitted or null: GET /v1/health invert_steps (3000 on a GPU, 150 on a CPU)",
+        ),
+    ] = None
     seed: Seed = 0
     preview_every: Annotated[int, Field(ge=0, le=100000, description="send a preview every N steps (0: none)")] = 0
 

@@ -27,24 +27,20 @@ from .data import Scene
 from .errors import InputError
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
-from .sampling_defaults import BUNDLE_DIR, SamplingDefaults
+from .sampling_defaults import (  # noqa: F401 - the inversion defaults are re-exported for callers
+    BUNDLE_DIR,
+    CPU_INVERT_STEPS,
+    CPU_SECONDS_PER_INVERT_STEP,
+    GPU_INVERT_STEPS,
+    SamplingDefaults,
+    default_invert_steps,
+)
 from .tokens import ObjectLibrary, validate_token_name
 from .training import TrainConfig, Trainer
 
 # A render whose long side is more than this many times the model's native size gets a warning: the
 # model never saw such images (the toy model at 512 px on its 64-px training size draws a tiled mosaic).
 SIZE_WARNING_FACTOR = 2.0
-# Default optimisation steps of an inversion: the paper's 3000 on a GPU (4.8 min on an H200 at SD 2
-# scale); on a CPU one toy-model step (9 images, 64x64) takes ~1.5 s on 2 cores (RESULTS.md §5:
-# 1.3-1.7 s), so 3000 would be 20 h: 150 steps (~4 min) reach 14.3 dB vs 14.8 dB at 600 (RESULTS.md §3).
-GPU_INVERT_STEPS = 3000
-CPU_INVERT_STEPS = 150
-CPU_SECONDS_PER_INVERT_STEP = 1.5
-
-
-def default_invert_steps(device) -> int:
-    """The paper's 3000 steps on an accelerator, :data:`CPU_INVERT_STEPS` on a CPU."""
-    return CPU_INVERT_STEPS if getattr(device, "type", str(device)) == "cpu" else GPU_INVERT_STEPS
 
 
 def embedded_model_dir() -> Path:
@@ -159,6 +155,7 @@ class Engine:
             "prediction_type": self.base.prediction_type,
             "cross_attention_layers": self.base.num_layers,
             "sampling_defaults": self.sampling.to_dict(),
+            "invert_steps": default_invert_steps(self.base.device),
         }
 
     def list_objects(self) -> list[dict]:
