@@ -47,6 +47,19 @@ ObjectName = Annotated[
 ]
 
 
+OptPixels = Annotated[
+    float | None,
+    Field(
+        gt=0.0,
+        allow_inf_nan=False,
+        description=(
+            "optional pinhole intrinsic in pixels at width x height (OpenCV: fx, fy focal lengths, cx, cy principal "
+            "point); left out: fy from fov_y_deg, fx = fy, principal point at the image centre"
+        ),
+    ),
+]
+
+
 class CameraIn(BaseModel):
     """A pinhole camera in Blender's convention, relative to the anchor (see API.md, Conventions)."""
 
@@ -75,14 +88,22 @@ class CameraIn(BaseModel):
     fov_y_deg: Annotated[float, Field(gt=0.0, lt=180.0, description="vertical field of view in degrees")] = 39.6
     width: Size = 512
     height: Size = 512
+    fx: OptPixels = None
+    fy: OptPixels = None
+    cx: OptPixels = None
+    cy: OptPixels = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "camera_to_anchor": self.camera_to_anchor,
             "fov_y_deg": self.fov_y_deg,
             "width": self.width,
             "height": self.height,
         }
+        if self.fy is not None and "fov_y_deg" not in self.model_fields_set:
+            del wire["fov_y_deg"]  # fy alone defines the vertical field of view
+        wire.update({k: v for k in ("fx", "fy", "cx", "cy") if (v := getattr(self, k)) is not None})
+        return wire
 
 
 class RenderRequest(BaseModel):

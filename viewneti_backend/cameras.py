@@ -11,6 +11,7 @@ conversions live here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -33,19 +34,59 @@ class CameraError(InputError):
     """A camera that cannot be used, with a message that says what to fix."""
 
 
+INTRINSIC_FIELDS = ("fx", "fy", "cx", "cy")
+# How far fov_y_deg may disagree with an explicit fy (degrees) before a camera is refused as contradictory.
+FOV_FY_TOLERANCE_DEG = 1e-4
+# Largest skew (relative to fx) a decomposed projection may carry; it is dropped (0.3 px at DTU's fx).
+MAX_RELATIVE_SKEW = 1e-4
+
+
 @dataclass(frozen=True)
 class Camera:
-    """A pinhole camera: anchor-relative pose (Blender convention), vertical field of view, image size."""
+    """A pinhole camera: anchor-relative pose (Blender convention), vertical field of view, image size.
+
+    ``fx, fy, cx, cy`` (pixels, OpenCV convention, at ``width x height``) are optional full
+    intrinsics for cameras that have them (DTU's calibrated P, nerfstudio's fl_x/cx). Each one left
+    out is derived as before: fy from ``fov_y_deg``, fx = fy (square pixels), the principal point at
+    the image centre. When fy is given, ``fov_y_deg`` must agree with it (``from_json`` and
+    :meth:`from_intrinsics` derive it).
+    """
 
     camera_to_anchor: np.ndarray
     fov_y_deg: float = 39.6
     width: int = 512
     height: int = 512
+    fx: float | None = None
+    fy: float | None = None
+    cx: float | None = None
+    cy: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "camera_to_anchor", np.asarray(self.camera_to_anchor, dtype=np.float64))
+        for name in INTRINSIC_FIELDS:
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, float(v))
 
     # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_intrinsics(cls, camera_to_anchor: np.ndarray, k: np.ndarray, width: int, height: int) -> Camera:
+        """A camera with the full 3x3 intrinsics ``k`` (pixels at width x height).
+
+        Skew is not modelled: a residual skew up to MAX_RELATIVE_SKEW * fx (what decomposing a
+        calibrated, printed P leaves, e.g. DTU's) is dropped; more is refused."""
+        k = np.asarray(k, dtype=np.float64)
+        if k.shape != (3, 3):
+            raise CameraError(f"intrinsics must be a 3x3 matrix, got shape {k.shape}")
+        if not abs(k[0, 1]) <= MAX_RELATIVE_SKEW * abs(k[0, 0]):
+            raise CameraError(
+                f"intrinsics with skew {k[0, 1]:.6g} px (more than {MAX_RELATIVE_SKEW:g} x fx) are not supported: "
+                "use a zero-skew camera"
+            )
+        fy = float(k[1, 1])
+        fov = fov_y_from_intrinsics(k, height) if math.isfinite(fy) and fy > 0 else float("nan")
+        return cls(camera_to_anchor, fov, width, height, float(k[0, 0]), fy, float(k[0, 2]), float(k[1, 2]))
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Camera:
         """Build and validate a camera from the wire format (see server/API.md)."""
@@ -54,21 +95,37 @@ class Camera:
         missing = [k for k in ("camera_to_anchor",) if k not in data]
         if missing:
             raise CameraError(f"camera is missing {', '.join(missing)}: send a 4x4 row-major camera_to_anchor matrix")
-        cam = cls(
-            camera_to_anchor=_as_matrix(data["camera_to_anchor"]),
-            fov_y_deg=float(data.get("fov_y_deg", 39.6)),
-            width=int(data.get("width", 512)),
-            height=int(data.get("height", 512)),
-        )
+        width, height = int(data.get("width", 512)), int(data.get("height", 512))
+        intr: dict[str, float | None] = {}
+        for name in INTRINSIC_FIELDS:
+            v = data.get(name)
+            if v is not None:
+                try:
+                    intr[name] = float(v)
+                except (TypeError, ValueError):
+                    raise CameraError(f"camera {name} must be a number of pixels, got {v!r}") from None
+        fy = intr.get("fy")
+        if "fov_y_deg" in data and data["fov_y_deg"] is not None:
+            fov_y = float(data["fov_y_deg"])
+        elif fy is not None and math.isfinite(fy) and fy > 0:
+            fov_y = math.degrees(2.0 * math.atan(0.5 * height / fy))  # fy alone defines the vertical fov
+        else:
+            fov_y = 39.6
+        cam = cls(_as_matrix(data["camera_to_anchor"]), fov_y, width, height, **intr)
         return cam.validated()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "camera_to_anchor": self.camera_to_anchor.tolist(),
             "fov_y_deg": float(self.fov_y_deg),
             "width": int(self.width),
             "height": int(self.height),
         }
+        for name in INTRINSIC_FIELDS:  # only the explicit ones: a plain camera's wire format is unchanged
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = float(v)
+        return out
 
     def validated(self, *, size_multiple: int = 8) -> Camera:
         validate_pose(self.camera_to_anchor)
@@ -79,11 +136,35 @@ class Camera:
                 raise CameraError(f"{name} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {v}")
             if v % size_multiple:
                 raise CameraError(f"{name} must be a multiple of {size_multiple} (the model's latent grid), got {v}")
+        self._check_intrinsics()
         return self
+
+    def _check_intrinsics(self) -> None:
+        for name in INTRINSIC_FIELDS:
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0.0):
+                raise CameraError(
+                    f"camera {name} must be a finite positive number of pixels, got {v}: "
+                    f"leave it out to derive it ({'from fov_y_deg' if name[0] == 'f' else 'the image centre'})"
+                )
+        if self.fy is not None:
+            implied = math.degrees(2.0 * math.atan(0.5 * self.height / self.fy))
+            if abs(implied - self.fov_y_deg) > FOV_FY_TOLERANCE_DEG:
+                raise CameraError(
+                    f"fov_y_deg {self.fov_y_deg:.6g} disagrees with fy {self.fy:.6g} px at height {self.height} "
+                    f"(which means fov_y_deg {implied:.6g}): send fy alone or make them agree"
+                )
 
     # -- derived quantities --------------------------------------------------------------------
     @property
+    def has_intrinsics(self) -> bool:
+        """True when any of fx, fy, cx, cy was given (not all derived from fov_y_deg)."""
+        return any(getattr(self, n) is not None for n in INTRINSIC_FIELDS)
+
+    @property
     def fov_x_deg(self) -> float:
+        if self.fx is not None:
+            return math.degrees(2.0 * math.atan(0.5 * self.width / self.fx))
         return fov_x_from_fov_y(self.fov_y_deg, self.width, self.height)
 
     @property
@@ -91,8 +172,23 @@ class Camera:
         return self.camera_to_anchor[:3, 3].copy()
 
     def intrinsics(self) -> np.ndarray:
-        """OpenCV 3x3 intrinsics K in pixels (principal point at the image centre)."""
-        return intrinsics_from_fov(self.fov_y_deg, self.width, self.height)
+        """OpenCV 3x3 intrinsics K in pixels: the explicit fx, fy, cx, cy, each missing one derived
+        (fy from fov_y_deg, fx = fy, principal point at the image centre)."""
+        k = intrinsics_from_fov(self.fov_y_deg, self.width, self.height)
+        fy = self.fy if self.fy is not None else float(k[1, 1])
+        k[0, 0] = self.fx if self.fx is not None else fy
+        k[1, 1] = fy
+        if self.cx is not None:
+            k[0, 2] = self.cx
+        if self.cy is not None:
+            k[1, 2] = self.cy
+        return k
+
+    def intrinsics_key(self) -> tuple[float, ...]:
+        """Size-independent intrinsics (fov_y and K's entries over the image size), for caches."""
+        k = self.intrinsics()
+        w, h = float(self.width), float(self.height)
+        return (round(self.fov_y_deg, 6), *(round(v, 9) for v in (k[0, 0] / w, k[1, 1] / h, k[0, 2] / w, k[1, 2] / h)))
 
     def world_to_camera_cv(self) -> np.ndarray:
         return blender_c2w_to_opencv_w2c(self.camera_to_anchor)
@@ -102,7 +198,27 @@ class Camera:
         return compose_projection(self.intrinsics(), self.world_to_camera_cv())
 
     def with_size(self, width: int, height: int) -> Camera:
-        return Camera(self.camera_to_anchor, self.fov_y_deg, width, height)
+        """The same camera at another image size: explicit intrinsics scale with the image (x with the
+        width, y with the height), the field of view is kept, as when the image is resized."""
+        sx, sy = width / self.width, height / self.height
+
+        def scaled(v: float | None, s: float) -> float | None:
+            return None if v is None else v * s
+
+        return Camera(
+            self.camera_to_anchor,
+            self.fov_y_deg,
+            width,
+            height,
+            scaled(self.fx, sx),
+            scaled(self.fy, sy),
+            scaled(self.cx, sx),
+            scaled(self.cy, sy),
+        )
+
+    def with_pose(self, camera_to_anchor: np.ndarray) -> Camera:
+        """The same lens and image at another pose."""
+        return dataclasses.replace(self, camera_to_anchor=camera_to_anchor)
 
 
 def _as_matrix(value: Any) -> np.ndarray:
@@ -171,23 +287,24 @@ def fov_y_from_intrinsics(k: np.ndarray, height: int) -> float:
 # Pose construction
 # ------------------------------------------------------------------------------------------------
 def look_at(
-    eye: Sequence[float], target: Sequence[float] = (0.0, 0.0, 0.0), up: Sequence[float] = (0.0, 0.0, 1.0)
+    eye: Sequence[float] | np.ndarray,
+    target: Sequence[float] | np.ndarray = (0.0, 0.0, 0.0),
+    up: Sequence[float] | np.ndarray = (0.0, 0.0, 1.0),
 ) -> np.ndarray:
     """Camera-to-world (Blender convention) of a camera at ``eye`` looking at ``target``."""
-    eye = np.asarray(eye, dtype=np.float64)
-    forward = np.asarray(target, dtype=np.float64) - eye
+    eye_v = np.asarray(eye, dtype=np.float64)
+    forward = np.asarray(target, dtype=np.float64) - eye_v
     norm = np.linalg.norm(forward)
     if norm < 1e-12:
         raise CameraError("look_at: eye and target coincide")
     forward /= norm
-    up = np.asarray(up, dtype=np.float64)
-    right = np.cross(forward, up)
+    right = np.cross(forward, np.asarray(up, dtype=np.float64))
     if np.linalg.norm(right) < 1e-9:  # looking straight along up: pick any perpendicular
         right = np.cross(forward, np.array([0.0, 1.0, 0.0]) if abs(forward[1]) < 0.9 else np.array([1.0, 0.0, 0.0]))
     right /= np.linalg.norm(right)
     cam_up = np.cross(right, forward)
     m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, cam_up, -forward, eye
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, cam_up, -forward, eye_v
     return m
 
 
@@ -274,9 +391,10 @@ def read_dtu_projection(path: str | Path) -> np.ndarray:
 def dtu_projection_to_camera(
     p: np.ndarray, width: int = 1600, height: int = 1200, anchor_to_world: np.ndarray | None = None
 ) -> Camera:
+    """The camera of a DTU projection with its full intrinsics (fx, fy, cx, cy from P's K)."""
     k, w2c = decompose_projection(p)
     c2w = opencv_w2c_to_blender_c2w(w2c)
-    return Camera(camera_to_anchor(c2w, anchor_to_world), fov_y_from_intrinsics(k, height), width, height)
+    return Camera.from_intrinsics(camera_to_anchor(c2w, anchor_to_world), k, width, height)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -282,7 +282,7 @@ class Engine:
             options, mode=5, steps=steps, seed=seed, width=options.width or width, height=options.height or height
         )
         width, height = cfg.width, cfg.height
-        cams = [Camera(c.camera_to_anchor, c.fov_y_deg, width, height) for c in cameras]
+        cams = [c.with_size(width, height) for c in cameras]
         scene = Scene(name, [im.convert("RGB") for im in images], cams)
         trainer = Trainer(
             cfg,

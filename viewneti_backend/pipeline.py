@@ -143,7 +143,7 @@ class ViewNeTIPipeline:
                 with_view,
                 tkey,
                 cam.camera_to_anchor.round(9).tobytes() if with_view else b"",
-                round(cam.fov_y_deg, 6) if with_view else 0,
+                cam.intrinsics_key() if with_view else (),
             )
             for cam in cameras
         ]

@@ -1,6 +1,7 @@
 """The camera convention and its conversions: hand-worked cases and property-based round trips."""
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -231,4 +232,98 @@ def test_the_training_commands_offer_every_registered_parameterisation():
     from viewneti_backend.mapper import NeTIMapper
 
     shipped = NeTIMapper.from_pretrained(embedded_model_dir() / "viewneti" / "view_mapper")
+    assert shipped.config.camera_parameterization is not None
     assert shipped.config.camera_parameterization["name"] == defaults["pretrain"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Full pinhole intrinsics (fx, fy, cx, cy)
+# ------------------------------------------------------------------------------------------------
+def test_default_intrinsics_are_unchanged_and_the_wire_format_too():
+    cam = Camera(orbit_pose(10, 20, 4), 40.0, 64, 48)
+    fy = 24.0 / math.tan(math.radians(20.0))
+    np.testing.assert_allclose(cam.intrinsics(), [[fy, 0, 32], [0, fy, 24], [0, 0, 1]], rtol=1e-12)
+    assert not cam.has_intrinsics
+    assert set(cam.to_json()) == {"camera_to_anchor", "fov_y_deg", "width", "height"}
+
+
+def test_explicit_intrinsics_are_used_hand_worked():
+    # fx 100, fy 120 at 64x48, principal point (30, 20): the world point (1, 0.5, -5) in front of a
+    # Blender camera at the origin is (1, -0.5, 5) in OpenCV -> u = 100*1/5 + 30 = 50, v = 120*-0.5/5 + 20 = 8.
+    fov = math.degrees(2 * math.atan(24 / 120))
+    cam = Camera(np.eye(4), fov, 64, 48, fx=100.0, fy=120.0, cx=30.0, cy=20.0).validated()
+    np.testing.assert_allclose(cam.intrinsics(), [[100, 0, 30], [0, 120, 20], [0, 0, 1]])
+    uvw = cam.projection_matrix() @ np.array([1.0, 0.5, -5.0, 1.0])
+    assert uvw[0] / uvw[2] == pytest.approx(50.0) and uvw[1] / uvw[2] == pytest.approx(8.0)
+    assert cam.fov_x_deg == pytest.approx(math.degrees(2 * math.atan(32 / 100)))
+    # a missing entry is derived: fx = fy, principal point at the centre
+    only_fy = Camera(np.eye(4), fov, 64, 48, fy=120.0).validated()
+    np.testing.assert_allclose(only_fy.intrinsics(), [[120, 0, 32], [0, 120, 24], [0, 0, 1]])
+
+
+def test_with_size_scales_explicit_intrinsics_with_the_image():
+    fov = math.degrees(2 * math.atan(600 / 1500))
+    cam = Camera(np.eye(4), fov, 1600, 1200, fx=1400.0, fy=1500.0, cx=810.0, cy=590.0).validated()
+    small = cam.with_size(400, 300).validated(size_multiple=4)  # DTU's scoring size
+    np.testing.assert_allclose(small.intrinsics(), [[350, 0, 202.5], [0, 375, 147.5], [0, 0, 1]])
+    assert small.fov_y_deg == pytest.approx(fov)
+    stretched = cam.with_size(512, 384).validated()  # DTU's training size: 0.32 in both axes
+    np.testing.assert_allclose(stretched.intrinsics(), [[448, 0, 259.2], [0, 480, 188.8], [0, 0, 1]])
+    plain = Camera(np.eye(4), 40, 64, 64).with_size(128, 96)
+    assert not plain.has_intrinsics and plain.fov_y_deg == 40
+    # a projected point keeps its relative image position through a resize
+    x = np.array([0.3, -0.2, -4.0, 1.0])
+    a, b = cam.projection_matrix() @ x, small.projection_matrix() @ x
+    np.testing.assert_allclose(b[:2] / b[2], a[:2] / a[2] / 4.0)
+
+
+def test_camera_from_a_dtu_projection_keeps_the_full_intrinsics():
+    k = np.array([[2892.3, 0.0, 823.2], [0.0, 2883.2, 619.1], [0.0, 0.0, 1.0]])  # DTU-like: fx != fy, off-centre
+    w2c = blender_c2w_to_opencv_w2c(orbit_pose(30, 20, 650))
+    p = k @ w2c[:3, :4]
+    cam = dtu_projection_to_camera(p * 3.0, 1600, 1200).validated()
+    np.testing.assert_allclose(cam.intrinsics(), k, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(cam.projection_matrix(), p, rtol=1e-9, atol=1e-6)
+    assert cam.fov_y_deg == pytest.approx(math.degrees(2 * math.atan(600 / 2883.2)))
+
+
+def test_intrinsics_json_roundtrip_and_fy_alone_defines_the_fov():
+    cam = Camera.from_json({"camera_to_anchor": np.eye(4).tolist(), "width": 64, "height": 48, "fy": 60, "cx": 31.5})
+    assert cam.fov_y_deg == pytest.approx(math.degrees(2 * math.atan(24 / 60)))
+    assert cam.fx is None and cam.cx == 31.5
+    back = Camera.from_json(json.loads(json.dumps(cam.to_json())))
+    np.testing.assert_array_equal(back.intrinsics(), cam.intrinsics())
+    assert (back.fx, back.fy, back.cx, back.cy, back.fov_y_deg) == (cam.fx, cam.fy, cam.cx, cam.cy, cam.fov_y_deg)
+    assert set(back.to_json()) == {"camera_to_anchor", "fov_y_deg", "width", "height", "fy", "cx"}
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"fx": 0.0}, "fx must be a finite positive"),
+        ({"fy": -5.0}, "fy must be a finite positive"),
+        ({"cx": float("nan")}, "cx must be a finite positive"),
+        ({"cy": float("inf")}, "cy must be a finite positive"),
+        ({"fx": "wide"}, "fx must be a number"),
+        ({"fy": 60.0, "fov_y_deg": 40.0}, "disagrees with fy"),
+    ],
+)
+def test_bad_explicit_intrinsics_are_rejected(fields, message):
+    with pytest.raises(CameraError, match=message):
+        Camera.from_json({"camera_to_anchor": np.eye(4).tolist(), "width": 64, "height": 48, **fields})
+
+
+def test_render_cache_key_sees_the_intrinsics():
+    base = Camera(np.eye(4), 40, 64, 64)
+    shifted = dataclasses.replace(base, cx=20.0)
+    assert base.intrinsics_key() != shifted.intrinsics_key()
+    assert base.intrinsics_key() == base.with_size(128, 128).intrinsics_key()
+
+
+def test_residual_skew_of_a_printed_projection_is_dropped_and_real_skew_refused():
+    k = np.array([[2892.3, 0.05, 823.2], [0.0, 2883.2, 619.1], [0.0, 0.0, 1.0]])
+    cam = Camera.from_intrinsics(np.eye(4), k, 1600, 1200)
+    assert cam.intrinsics()[0, 1] == 0.0 and cam.fx == 2892.3
+    k[0, 1] = 5.0
+    with pytest.raises(CameraError, match="skew"):
+        Camera.from_intrinsics(np.eye(4), k, 1600, 1200)

@@ -65,6 +65,20 @@ def test_same_request_and_seed_give_identical_bytes(client):
     assert a.content == b.content
 
 
+def test_explicit_intrinsics_are_accepted_and_default_ones_change_nothing(client):
+    """Optional fx, fy, cx, cy on the wire: the values a plain camera implies render the same bytes
+    (the toy view-mapper sees the field of view only)."""
+    import math
+
+    cam = wire_camera()
+    fy = 0.5 * cam["height"] / math.tan(math.radians(cam["fov_y_deg"]) / 2.0)
+    explicit = {**cam, "fx": fy, "fy": fy, "cx": cam["width"] / 2, "cy": cam["height"] / 2}
+    a = client.post("/v1/render", json=render_body(camera=cam, seed=5))
+    b = client.post("/v1/render", json=render_body(camera=explicit, seed=5))
+    assert a.status_code == b.status_code == 200, b.text
+    assert a.content == b.content
+
+
 def test_different_poses_give_different_images(client):
     a = client.post("/v1/render", json=render_body(azimuth=0.0, seed=3))
     b = client.post("/v1/render", json=render_body(azimuth=120.0, seed=3))
