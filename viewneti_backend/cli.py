@@ -96,6 +96,7 @@ def _cameras_from_args(args, native: int):
         from .data import load_transforms_scene
 
         scene = load_transforms_scene(args.transforms, _views(args.views))
+        _print_scene_messages(scene)
         return [_sized(c, args.size, native) for c in scene.cameras or []]
     size = args.size if isinstance(args.size, tuple) else (args.size or native, args.size or native)
     return [
@@ -109,6 +110,13 @@ def _cameras_from_args(args, native: int):
 def _print_warnings(warnings: list[str]) -> None:
     for w in dict.fromkeys(warnings):
         print(f"warning: {w}", file=sys.stderr)
+
+
+def _print_scene_messages(scene) -> None:
+    """What loading a transforms scene decided for the user (split chosen, distortion ignored)."""
+    for note in scene.meta.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    _print_warnings(list(scene.meta.get("warnings", [])))
 
 
 def _add_camera_args(p: argparse.ArgumentParser) -> None:
@@ -216,6 +224,7 @@ def _reference_from_args(args):
         raise SystemExit("invert: give either --image FILE (with --azimuth/--elevation/--radius/--fov) or --transforms")
     if args.transforms:
         scene = load_transforms_scene(args.transforms, _views(args.views) or [0])
+        _print_scene_messages(scene)
         return scene.images, scene.cameras or []
     path = Path(args.image)
     if not path.is_file():
@@ -354,6 +363,7 @@ def cmd_eval(args) -> int:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     full = load_transforms_scene(args.transforms)  # files checked before the model loads
+    _print_scene_messages(full)
     engine = _engine(args)
     name, _ = engine.object_mapper(args.object)
     train_views = _views(args.train_views)
