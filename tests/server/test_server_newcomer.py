@@ -84,3 +84,15 @@ def test_library_rename_is_one_folder_rename(tmp_path):
     with pytest.raises(NotFoundError):
         lib.rename("a", "d")
     assert lib.names() == ["b", "c"] and lib.entry("c")["steps"] == 3
+
+
+def test_invert_without_steps_takes_the_devices_default(client):
+    h = client.get("/v1/health").json()
+    expected = 150 if h["device"] == "cpu" else 3000
+    assert h["invert_steps"] == expected
+    name = f"dflt_{int(time.time() * 1000) % 10**8}"
+    r = client.post("/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()]})
+    assert r.status_code == 202, r.text
+    assert r.json()["total"] == expected
+    client.post(f"/v1/jobs/{r.json()['job_id']}/cancel")
+    assert wait_job(client, r.json()["job_id"])["state"] == "cancelled"
