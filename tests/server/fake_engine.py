@@ -49,6 +49,7 @@ class FakeEngine:
             "view_mapper": "fake-view-mapper",
             "default_object": BUILTIN,
             "native_size": 64,
+            "invert_steps": 150,  # like the engine on a CPU (sampling_defaults.default_invert_steps)
             "max_size": 2048,
             "sampling_defaults": dict(SAMPLING),
         }
