@@ -196,3 +196,22 @@ def test_default_inversion_steps_are_cpu_sized():
 
     assert default_invert_steps(torch.device("cpu")) == CPU_INVERT_STEPS == 150
     assert default_invert_steps(torch.device("cuda")) == GPU_INVERT_STEPS == 3000
+
+
+def test_docs_state_the_toy_models_shipped_sampling_defaults():
+    """README, server/API.md and the add-on's README quote the toy model's sampling.json, not stale values."""
+    from pathlib import Path
+
+    from viewneti_backend.engine import embedded_model_dir
+
+    root = Path(__file__).resolve().parents[2]
+    d = json.loads((embedded_model_dir() / "viewneti" / "sampling.json").read_text())
+    api = (root / "server" / "API.md").read_text()
+    quoted = f'{{"guidance": {d["guidance"]:.1f}, "steps": {d["steps"]}, "live_steps": {d["live_steps"]}}}'
+    assert api.count(quoted) == 2, quoted  # the Conventions example and the health example
+    assert (
+        f"The toy model ships {d['steps']} / {d['guidance']:.1f} / {d['live_steps']}"
+        in (root / "README.md").read_text()
+    )
+    addon = (root / "blender_addon" / "README.md").read_text()
+    assert f"{d['steps']} steps, guidance {d['guidance']:g}, live {d['live_steps']}" in addon
