@@ -83,21 +83,38 @@ def _sized(cam, size: int | tuple[int, int] | None, native: int):
     return cam.with_size(w, h)
 
 
-def _cameras_from_args(args, native: int):
-    """The cameras to render: ``--cameras`` as given (a size only with ``--size``), ``--transforms`` at
-    the model's native size (long side) unless ``--size`` says otherwise, or an orbit."""
-    from .cameras import Camera, orbit_pose
+def _file_cameras(args):
+    """``--cameras`` / ``--transforms`` cameras as the files give them (None for an orbit); read before
+    the model loads, so a wrong path or view index fails at once."""
+    from .cameras import Camera
 
     if args.cameras:
-        data = json.loads(Path(args.cameras).read_text())
-        cams = [Camera.from_json(c) for c in (data["cameras"] if isinstance(data, dict) else data)]
-        return [_sized(c, args.size, native) for c in cams] if args.size else cams
+        try:
+            data = json.loads(Path(args.cameras).read_text())
+        except (OSError, ValueError) as exc:
+            from .errors import InputError
+
+            raise InputError(f"--cameras {args.cameras}: {exc}") from None
+        return [Camera.from_json(c) for c in (data["cameras"] if isinstance(data, dict) else data)]
     if args.transforms:
         from .data import load_transforms_scene
 
         scene = load_transforms_scene(args.transforms, _views(args.views))
         _print_scene_messages(scene)
-        return [_sized(c, args.size, native) for c in scene.cameras or []]
+        return list(scene.cameras or [])
+    return None
+
+
+def _cameras_from_args(args, native: int, file_cameras=None):
+    """The cameras to render: ``--cameras`` as given (a size only with ``--size``), ``--transforms`` at
+    the model's native size (long side) unless ``--size`` says otherwise, or an orbit."""
+    from .cameras import Camera, orbit_pose
+
+    cams = file_cameras if file_cameras is not None else _file_cameras(args)
+    if cams is not None:
+        if args.cameras and not args.size:
+            return cams
+        return [_sized(c, args.size, native) for c in cams]
     size = args.size if isinstance(args.size, tuple) else (args.size or native, args.size or native)
     return [
         Camera(
@@ -180,8 +197,9 @@ def cmd_render(args) -> int:
 
     from .sheets import contact_sheet, save_png, write_manifest
 
+    file_cameras = _file_cameras(args)  # before the model loads
     engine = _engine(args)
-    cams = _cameras_from_args(args, engine.base.native_size)
+    cams = _cameras_from_args(args, engine.base.native_size, file_cameras)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name, _ = engine.object_mapper(args.object)

@@ -215,3 +215,12 @@ def test_docs_state_the_toy_models_shipped_sampling_defaults():
     )
     addon = (root / "blender_addon" / "README.md").read_text()
     assert f"{d['steps']} steps, guidance {d['guidance']:g}, live {d['live_steps']}" in addon
+
+
+def test_render_reads_its_camera_files_before_loading_the_model(tmp_path, capsys):
+    no_model = ["--model", str(tmp_path / "no-model-here")]  # loading it would fail differently
+    assert cli_main(["render", *no_model, "--transforms", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    tj = write_scene(tmp_path / "scene", [(64, 64)])
+    assert cli_main(["render", *no_model, "--transforms", str(tj), "--views", "5", "--out", str(tmp_path / "o")]) == 2
+    assert "view indices [5] do not exist" in capsys.readouterr().err
