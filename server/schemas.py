@@ -172,17 +172,27 @@ class InvertRequest(BaseModel):
         list[CameraIn], Field(min_length=1, max_length=limits.MAX_REFERENCES, description="the camera of each image")
     ]
     steps: Annotated[
-        int,
+        int | None,
         Field(
             ge=1,
             le=limits.MAX_INVERT_STEPS,
-            description="optimisation steps (the server may cap lower: GET /v1/health max_invert_steps)",
+            description=(
+                "optimisation steps; omitted or null: GET /v1/health invert_steps "
+                f"({limits.GPU_INVERT_STEPS} on a GPU, {limits.CPU_INVERT_STEPS} on a CPU); "
+                "the server may cap lower: GET /v1/health max_invert_steps"
+            ),
         ),
-    ] = limits.DEFAULT_INVERT_STEPS
+    ] = None
     seed: Seed = 0
     preview_every: Annotated[
         int, Field(ge=0, le=limits.MAX_INVERT_STEPS, description="send a preview every N steps (0: none)")
     ] = 0
+
+
+class RenameRequest(BaseModel):
+    new_name: Annotated[
+        str, Field(min_length=1, description=f"the object's new name (must not exist yet): {limits.NAME_RULE}")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
