@@ -46,6 +46,8 @@ def _job_box(layout, settings, kind, context):
     elif settings.job_message:
         icon = "CHECKMARK" if settings.job_state == "done" else "INFO"
         box.label(text=settings.job_message, icon=icon)
+    for line in settings.job_warnings.splitlines():  # e.g. frames far above the model's size
+        _wrapped(box, line, context, icon="ERROR")
 
 
 def _sampling_rows(col, settings):

@@ -286,6 +286,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     job_eta: FloatProperty(default=0.0)
     job_phase: StringProperty(default="")  # "compiling", "training" or "" (not reported)
     job_message: StringProperty(default="")
+    job_warnings: StringProperty(default="")  # a sequence's warnings from the backend, one per line
 
     @property
     def job_running(self):

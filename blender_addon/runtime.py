@@ -628,6 +628,7 @@ def sync_job(scene, job):
     s.job_eta = float(job.eta_s) if isinstance(job.eta_s, (int, float)) else 0.0
     s.job_phase = job.phase or ""
     s.job_message = job.message
+    s.job_warnings = "\n".join(getattr(job, "warnings", None) or [])
     tag_redraw()
 
 
@@ -673,7 +674,8 @@ def finish_job(scene, job):
             if camera is not None and camera.type == "CAMERA":
                 images.set_camera_sequence_background(camera.data, image, first, last)
                 camera.data.viewneti.sequence = image
-        set_status(scene, job.message)
+        warnings = list(job.warnings)
+        set_status(scene, job.message + (f". Warning: {warnings[0]}" if warnings else ""))
     elif isinstance(job, InvertJob):
         entry = job.result if isinstance(job.result, dict) else {"name": job.name}
         name = str(entry.get("name") or job.name)

@@ -350,6 +350,9 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         obj = check_object(body.object)
         check_job_capacity()
         steps, guidance = sampling_defaults().resolve(body.steps, body.guidance)
+        # the X-Warnings strings of a single render, once for all the cameras (indices as in `cameras`);
+        # on the worker thread, between renders: the engine belongs to it
+        warnings = await asyncio.wrap_future(worker.submit_call(lambda engine: list(engine.render_warnings(cameras))))
         runtime = {
             "cameras": cameras,
             "frames": frames,
@@ -375,10 +378,11 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 request_id=getattr(request.state, "request_id", None),
                 runtime=runtime,
                 max_active=config.max_queued_jobs,
+                warnings=warnings,
             )
         )
         worker.submit_job(job)
-        return {"job_id": job.job_id, "kind": job.kind, "total": job.total}
+        return {"job_id": job.job_id, "kind": job.kind, "total": job.total, "warnings": job.warnings}
 
     @r.post(
         "/jobs/invert",

@@ -269,6 +269,10 @@ class JobOut(BaseModel):
     frames_done: list[int] = []
     created: str | None = None
     updated: str | None = None
+    warnings: list[str] = Field(
+        default=[],
+        description="a sequence's warnings: the strings a single render of its cameras sends as X-Warnings",
+    )
 
 
 class JobsOut(BaseModel):
@@ -279,6 +283,7 @@ class JobCreated(BaseModel):
     job_id: str
     kind: Literal["sequence", "invert"]
     total: int
+    warnings: list[str] = Field(default=[], description="a sequence's warnings (as in GET /v1/jobs/{id})")
 
 
 class CancelOut(BaseModel):

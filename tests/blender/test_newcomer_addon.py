@@ -174,3 +174,29 @@ def test_stored_images_show_their_pixels_through_the_scene_view_transform(
         image.save_render(str(tmp_path / "double.png"), scene=scene)
         double = np.asarray(Image.open(tmp_path / "double.png").convert("RGB")).astype(float)
         assert np.abs(double - pixels).mean() > 2 * error
+
+
+def test_a_camera_path_shows_the_backends_warnings(live_scene, tmp_path):
+    scene = live_scene
+    settings = scene.viewneti
+    native = settings.model_native_size
+    assert native > 0
+    camera = scene.camera
+    for frame, x in ((1, 2.5), (2, -2.5)):  # 3.65 units from the anchor: inside the trained distances
+        camera.location = (x, -2.5, 0.9)
+        camera.keyframe_insert("location", frame=frame)
+    scene.frame_start, scene.frame_end, scene.frame_step = 1, 2, 1
+    settings.output_dir = str(tmp_path / "frames")
+    settings.use_native_resolution, settings.resolution = False, 3 * native  # above 2x: the backend warns
+    settings.use_model_defaults, settings.steps = False, 1
+    assert bpy.ops.viewneti.render_path() == {"FINISHED"}, settings.status_message
+    assert settings.job_state == "done"
+    (warning,) = settings.job_warnings.splitlines()
+    assert "the model's native size" in warning
+    assert f"Warning: {warning}" in settings.status_message
+    assert warning in draw_labels(bpy.context)  # in the Camera Path panel's job box
+
+    settings.use_native_resolution = True  # at the model's size: nothing to say
+    assert bpy.ops.viewneti.render_path() == {"FINISHED"}, settings.status_message
+    assert settings.job_state == "done" and settings.job_warnings == ""
+    assert "Warning" not in settings.status_message

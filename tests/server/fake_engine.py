@@ -135,9 +135,14 @@ class FakeEngine:
             out.append(Image.fromarray(arr, "RGB"))
         if timings is not None:
             timings.update({"encode": 0.1, "denoise": (t1 - t0) * 1000.0, "decode": 0.1})
-        if warnings is not None and any(max(c.width, c.height) > 2 * 64 for c in cameras):
-            warnings.append("larger than 2x the fake model's native size (64 px)")
+        if warnings is not None:
+            warnings.extend(self.render_warnings(cameras))
         return out
+
+    def render_warnings(self, cameras, *, with_view=True, use_rig=True):
+        """Like the engine's: one string for sizes above 2x the fake model's native size (64 px)."""
+        big = [c for c in cameras if max(c.width, c.height) > 2 * 64]
+        return [f"{big[0].width}x{big[0].height}: larger than 2x the fake model's native size (64 px)"] if big else []
 
     def invert(self, images, cameras, name, steps, *, seed=0, on_progress=None, should_stop=None, preview_every=0):
         if self.has_object(name):

@@ -1,4 +1,5 @@
-"""Against the real server (issue 24): render warnings in X-Warnings, and renaming objects."""
+"""Against the real server (issue 24): render warnings in X-Warnings (and a sequence job's `warnings`),
+and renaming objects."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import time
 
 import pytest
-from srvutil import USE_FAKE, png_b64, render_body, wait_job, wire_camera
+from srvutil import USE_FAKE, png_b64, read_events, render_body, wait_job, wire_camera
 
 
 def test_render_far_above_native_size_says_so_in_x_warnings(client):
@@ -30,6 +31,50 @@ def test_camera_outside_the_trained_distances_says_so_in_x_warnings(client):
         pytest.fail(f"no X-Warnings for a camera 12 units away from the anchor ({info['view_mapper']})")
     (w,) = json.loads(r.headers["x-warnings"])
     assert "outside the view-mapper's trained distances" in w and "12.00 units" in w
+
+
+def test_a_sequence_carries_the_same_warnings_as_single_renders(client):
+    native = client.get("/v1/health").json()["native_size"]
+    big = wire_camera(size=3 * native)  # 3x the native size: more than the 2x that gets a warning
+    single = client.post("/v1/render", json=render_body(camera=big, steps=1))
+    assert single.status_code == 200, single.text
+    (size_warning,) = json.loads(single.headers["x-warnings"])
+    cameras = [wire_camera(size=native), big]
+    if not USE_FAKE:  # the real toy view-mapper was trained at distances 3.2-4.0
+        cameras.append(wire_camera(radius=12.0, size=native))
+    created = client.post("/v1/jobs/sequence", json={"cameras": cameras, "steps": 1, "seed": 0})
+    assert created.status_code == 202, created.text
+    warnings = created.json()["warnings"]
+    assert size_warning in warnings, warnings  # the very string a single render sends
+    if not USE_FAKE:
+        assert len(warnings) == 2, warnings
+        assert "camera 2 is 12.00 units from the anchor" in warnings[1]  # index into the job's cameras
+        assert "outside the view-mapper's trained distances" in warnings[1]
+    job_id = created.json()["job_id"]
+    events = read_events(client, job_id)
+    progress = [data for name, data in events if name == "progress"]
+    assert progress and all(p["warnings"] == warnings for p in progress)  # every progress event, replay included
+    job = wait_job(client, job_id)
+    assert job["state"] == "done" and job["warnings"] == warnings
+    assert any(j["job_id"] == job_id and j["warnings"] == warnings for j in client.get("/v1/jobs").json()["jobs"])
+
+    fine = client.post("/v1/jobs/sequence", json={"cameras": [wire_camera(size=native)], "steps": 1, "seed": 0})
+    assert fine.status_code == 202 and fine.json()["warnings"] == []
+    assert wait_job(client, fine.json()["job_id"])["warnings"] == []
+
+
+def test_a_sequences_warnings_survive_a_restart(make_server, tmp_path):
+    srv = make_server(tmp_path / "data").start()
+    with srv.client() as c:
+        native = c.get("/v1/health").json()["native_size"]
+        body = {"cameras": [wire_camera(size=3 * native)], "steps": 1, "seed": 0}
+        created = c.post("/v1/jobs/sequence", json=body)
+        assert created.status_code == 202, created.text
+        warnings = created.json()["warnings"]
+        assert warnings and wait_job(c, created.json()["job_id"])["state"] == "done"
+    srv.stop()
+    with make_server(tmp_path / "data", port=None).start().client() as c:
+        assert c.get(f"/v1/jobs/{created.json()['job_id']}").json()["warnings"] == warnings
 
 
 @pytest.fixture(scope="module")
