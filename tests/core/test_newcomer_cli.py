@@ -224,3 +224,60 @@ def test_render_reads_its_camera_files_before_loading_the_model(tmp_path, capsys
     tj = write_scene(tmp_path / "scene", [(64, 64)])
     assert cli_main(["render", *no_model, "--transforms", str(tj), "--views", "5", "--out", str(tmp_path / "o")]) == 2
     assert "view indices [5] do not exist" in capsys.readouterr().err
+
+
+def test_invert_references_keep_their_alpha_as_the_mask(tmp_path):
+    """`invert --image` keeps an RGBA photo's alpha (the engine composites it on the model's reference
+    background); a transforms scene is composited on that same background, not on white."""
+    from viewneti_backend.cli import _reference_from_args, build_parser
+    from viewneti_backend.engine import TOY_BACKGROUND, flatten_reference
+
+    rgba = np.zeros((40, 64, 4), np.uint8)
+    rgba[10:30, 20:40] = (200, 30, 30, 255)  # an opaque red object on a transparent background
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    orbit = ["--azimuth", "0", "--elevation", "20", "--radius", "4", "--fov", "35", "--name", "cut"]
+    images, cameras = _reference_from_args(
+        build_parser().parse_args(["invert", "--image", str(tmp_path / "cutout.png"), *orbit])
+    )
+    assert images[0].mode == "RGBA" and (cameras[0].width, cameras[0].height) == (64, 40)
+    flat = np.asarray(flatten_reference(images[0], TOY_BACKGROUND))
+    assert tuple(flat[0, 0]) == TOY_BACKGROUND and tuple(flat[20, 30]) == (200, 30, 30)
+
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    Image.fromarray(rgba, "RGBA").save(scene / "r_0.png")
+    frames = [{"file_path": "r_0.png", "transform_matrix": orbit_pose(0, 20, 4).tolist()}]
+    (scene / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.7, "frames": frames}))
+    args = build_parser().parse_args(["invert", "--transforms", str(scene / "transforms.json"), "--name", "cut"])
+    images, _ = _reference_from_args(args)  # the embedded toy model: its sky, not white
+    assert tuple(np.asarray(images[0])[0, 0]) == TOY_BACKGROUND
+
+
+def test_docs_quote_the_inversion_defaults_and_real_command_names():
+    """README, server/API.md and the add-on README give the inversion defaults of viewneti_backend.limits,
+    and every `viewneti <command>` / `viewneti-server` they show exists."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from viewneti_backend import limits
+    from viewneti_backend.cli import build_parser
+
+    root = Path(__file__).resolve().parents[2]
+    docs = {name: (root / name).read_text() for name in ("README.md", "server/API.md", "blender_addon/README.md")}
+    for name, text in docs.items():
+        assert re.search(rf"{limits.GPU_INVERT_STEPS}( steps)? on a GPU", text), name
+        assert f"{limits.CPU_INVERT_STEPS} on a CPU" in text, name
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"viewneti", "viewneti-server"} <= set(scripts)
+    parser = build_parser()
+    choices = next(a.choices for a in parser._actions if a.choices and "render" in a.choices)
+    assert choices is not None
+    commands = set(choices)
+    addon_text = "\n".join(p.read_text() for p in (root / "blender_addon").glob("*.py"))
+    shown = set()
+    for text in [*docs.values(), addon_text]:
+        shown |= set(re.findall(r"`viewneti ([a-z][a-z-]*)", text))
+        shown |= set(re.findall(r"^\s*viewneti ([a-z][a-z-]*)", text, re.M))
+    assert shown and shown <= commands, shown - commands
+    assert "viewneti-server --port" in addon_text  # the add-on's "no backend" message names the real command
