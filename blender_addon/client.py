@@ -183,7 +183,26 @@ class RenderResult:
     seed: int = 0
     request_id: str = ""
     timings_ms: dict = field(default_factory=dict)
-    camera_warning: str = ""  # X-Camera-Warning: the camera is outside the view-mapper's training range
+    warnings: list = field(default_factory=list)  # X-Warnings: what the backend rendered despite
+
+
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_loopback_url(url):
+    """True for a backend on this machine (no Internet access involved): localhost, 127.x.x.x, [::1]."""
+    url = (url or DEFAULT_URL).strip()
+    host = urllib.parse.urlsplit(url if "://" in url else "http://" + url).hostname or ""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def parse_warnings(header):
+    """The X-Warnings header (a JSON array of strings) as a list; anything else is ignored."""
+    try:
+        value = json.loads(header or "[]")
+    except ValueError:
+        return []
+    return [str(w) for w in value] if isinstance(value, list) else []
 
 
 @dataclass
@@ -363,7 +382,7 @@ class Client:
             conn.close()
             raise BackendUnavailable(
                 f"No ViewNeTI backend is running at {self.base_url}. Start it "
-                "(python -m server --port PORT, or Start Backend in the panel) "
+                "(viewneti-server --port PORT, or Start Backend in the panel) "
                 "or fix the URL in the add-on preferences."
             ) from None
         except (OSError, http.client.HTTPException) as exc:
@@ -493,6 +512,17 @@ class Client:
     def delete_object(self, name):
         self._json("DELETE", "/v1/objects/" + urllib.parse.quote(name, safe=""))
 
+    def rename_object(self, name, new_name):
+        """POST /v1/objects/{name}/rename; returns the object's new entry."""
+        try:
+            return self._json(
+                "POST", "/v1/objects/" + urllib.parse.quote(name, safe="") + "/rename", {"new_name": new_name}
+            )
+        except BackendError as exc:
+            if exc.status == 409:
+                raise BackendError(f"An object named '{new_name}' already exists: pick another name.", 409) from None
+            raise
+
     def render(self, request: dict, timeout=None, accept=STILL_ACCEPT):
         """POST /v1/render; returns a `RenderResult` with the image bytes (PNG, or JPEG if `accept` prefers it)."""
         _status, headers, payload = self._call(
@@ -510,14 +540,25 @@ class Client:
         except (TypeError, ValueError):
             seed = 0
         return RenderResult(
-            payload, seed, headers.get("x-request-id", ""), timings, headers.get("x-camera-warning", "")
+            payload, seed, headers.get("x-request-id", ""), timings, parse_warnings(headers.get("x-warnings"))
         )
 
     def submit_sequence(self, request):
         return self._json("POST", "/v1/jobs/sequence", request)
 
     def submit_invert(self, request):
-        return self._json("POST", "/v1/jobs/invert", request)
+        try:
+            return self._json("POST", "/v1/jobs/invert", request)
+        except BackendError as exc:
+            if exc.status == 409 and "already exists" in str(exc):  # the server's text names an HTTP route
+                name = request.get("name", "")
+                raise BackendError(
+                    f"An object named '{name}' already exists: change Name, or select '{name}' under Object "
+                    "and delete or rename it there.",
+                    409,
+                    exc.body,
+                ) from None
+            raise
 
     def job(self, job_id):
         return self._json("GET", "/v1/jobs/" + urllib.parse.quote(job_id, safe=""))

@@ -171,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         assert bpy.ops.viewneti.render_path() == {"FINISHED"}, settings.status_message
         print(f"      {settings.status_message} ({time.perf_counter() - t0:.1f} s)", flush=True)
-        rows = [sorted((out / "frames" / args.object).glob("frame_*.png"))]
+        # this run's frames only (an earlier run with more frames may have left others in the folder)
+        run_frames = range(scene.frame_start, scene.frame_end + 1)
+        rows = [[out / "frames" / args.object / f"frame_{f:06d}.png" for f in run_frames]]
+        titles = [f"{args.object}"]
 
         if args.invert_steps:
             print(
@@ -196,12 +199,21 @@ def main(argv: list[str] | None = None) -> int:
             settings.object_name = INVERTED
             settings.output_dir = str(out / "frames" / INVERTED)
             assert bpy.ops.viewneti.render_path() == {"FINISHED"}, settings.status_message
-            rows.append(sorted((out / "frames" / INVERTED).glob("frame_*.png")))
+            rows.append([out / "frames" / INVERTED / f"frame_{f:06d}.png" for f in run_frames])
+            titles.append(f"{INVERTED} (from frame 1)")
 
         print("[6/6] contact sheet and .blend ...", flush=True)
         from viewneti_backend.sheets import contact_sheet
 
-        sheet = contact_sheet([p for row in rows for p in row], out / "contact_sheet.png", columns=args.frames, cell=96)
+        sheet = contact_sheet(
+            [p for row in rows for p in row],
+            out / "contact_sheet.png",
+            columns=args.frames,
+            cell=96,
+            labels=[f"frame {f}" for _row in rows for f in run_frames],
+            row_titles=titles,
+            settings={"command": "demo", "frames": args.frames, "objects": titles, "invert_steps": args.invert_steps},
+        )
         scene.frame_set(1)
         blend = out / "viewneti_demo.blend"
         bpy.ops.wm.save_as_mainfile(filepath=str(blend))

@@ -99,12 +99,46 @@ def snapshot_size(snapshot):
     return snapshot.size if isinstance(snapshot, PixelSnapshot) else png_size(snapshot)
 
 
+# -- colour management -----------------------------------------------------------------------
+
+# The backend's PNGs are display-referred sRGB: they already look the way they should. Blender shows
+# an sRGB image through the scene's view transform (AgX by default since 4.0) wherever "View as
+# Render" applies or the image is used in a render, which tone-maps it a second time. An image tagged
+# with the display colour space that the scene's view transform inverts comes out as its own pixels
+# there: AgX -> "AgX Base sRGB", Filmic -> "Filmic sRGB", ... ("Standard" is plain sRGB). Measured
+# through Image.save_render (which applies the scene's view transform) on random colours: Standard and
+# Raw exact, Filmic mean 0.06/255 (max 11), AgX mean 5.6/255 where plain sRGB is 20.3/255 off.
+VIEW_TRANSFORM_COLORSPACES = {
+    "Standard": "sRGB",
+    "AgX": "AgX Base sRGB",
+    "Filmic": "Filmic sRGB",
+    "Khronos PBR Neutral": "Khronos PBR Neutral sRGB",
+    "Raw": "Non-Color",
+}
+
+
+def match_view_transform(image, scene):
+    """Tag an add-on image so the scene's view transform shows its pixels unchanged (see above).
+
+    View transforms without an inverse colour space (False Color, ...) keep plain sRGB, shown without
+    the view transform (View as Render off). Returns the colour space chosen."""
+    view = getattr(getattr(scene, "view_settings", None), "view_transform", "Standard") if scene else "Standard"
+    colorspace = VIEW_TRANSFORM_COLORSPACES.get(view)
+    try:
+        image.colorspace_settings.name = colorspace or "sRGB"
+    except TypeError:  # an OCIO config without that colour space: plain sRGB, no view transform
+        colorspace = None
+        image.colorspace_settings.name = "sRGB"
+    image.use_view_as_render = colorspace is not None and view != "Standard"
+    return image.colorspace_settings.name
+
+
 # -- datablocks ------------------------------------------------------------------------------
 
 
-def store_png(name, data, image=None):
+def store_png(name, data, image=None, scene=None):
     """Create or update a packed image from PNG (or JPEG: live previews) bytes; no temp file, datablock
-    identity kept.
+    identity kept. With ``scene``, the image is tagged for the scene's view transform (see above).
 
     `image` (e.g. the camera's last render) is updated in place when it is one of ours, so every
     user of it (camera background, texture nodes) shows the newest render. Otherwise an image of
@@ -121,6 +155,8 @@ def store_png(name, data, image=None):
     image.pack(data=data, data_len=len(data))
     image.source = "FILE"
     image.file_format = size[2]
+    if scene is not None:
+        match_view_transform(image, scene)
     image.buffers_free()  # decode the new packed bytes on next use (size and pixels update)
     return image
 
@@ -168,7 +204,7 @@ def clear_camera_background(camera_data):
     return True
 
 
-def load_image_sequence(first_path, frame_first, frame_last, name):
+def load_image_sequence(first_path, frame_first, frame_last, name, scene=None):
     """Load ``frame_NNNNNN.png`` files as one image sequence datablock (reloading an existing one)."""
     image = bpy.data.images.get(name)
     if image is not None and owned(image) and image.library is None:
@@ -186,6 +222,8 @@ def load_image_sequence(first_path, frame_first, frame_last, name):
         except ValueError:  # another drive (Windows): keep it absolute
             pass
     image[OWNER_KEY + "_frames"] = [int(frame_first), int(frame_last)]
+    if scene is not None:
+        match_view_transform(image, scene)
     return image
 
 

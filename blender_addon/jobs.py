@@ -46,6 +46,7 @@ class Job:
         self.eta_s = None
         self.phase = None  # invert: "compiling" (first inversion at this size on the backend), "training"
         self.message = ""
+        self.warnings = []  # a sequence's: what the backend renders it despite (job record / events)
         self.result = None
         self.backend_down = False  # the job failed because the backend stopped answering
         self._updates = queue.Queue()
@@ -109,6 +110,9 @@ class Job:
         return self.finished
 
     def _apply(self, name, data):
+        warnings = data.get("warnings")
+        if isinstance(warnings, list):  # on the 202 answer, every progress event and the job record
+            self.warnings = [str(w) for w in warnings]
         if name == "submitted":
             self.job_id = data.get("job_id", "")
             self.total = int(data.get("total") or self.total or 0)
@@ -225,7 +229,9 @@ class Job:
 
     def _handle_running_state(self, state):
         """Progress from a job record (GET /v1/jobs/{id}), used while the stream is silent."""
-        data = {k: state[k] for k in ("step", "total", "loss", "eta_s", "phase") if state.get(k) is not None}
+        data = {
+            k: state[k] for k in ("step", "total", "loss", "eta_s", "phase", "warnings") if state.get(k) is not None
+        }
         if data:
             self._handle("progress", data)
 

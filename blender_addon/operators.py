@@ -155,9 +155,10 @@ class VIEWNETI_OT_invert_reference(bpy.types.Operator):
         scene = context.scene
         try:
             job = runtime.start_invert(scene)
-            runtime.set_status(scene, f"Inverting '{job.name}' ({job.total} steps)…")
+            steps = job.total or scene.viewneti.model_invert_steps
+            runtime.set_status(scene, f"Inverting '{job.name}' ({steps or 'the backend default'} steps)…")
             if runtime.synchronous():
-                runtime.run_job_blocking(job, timeout=max(runtime.prefs().timeout, job.total * 10.0))
+                runtime.run_job_blocking(job, timeout=max(runtime.prefs().timeout, (steps or 0) * 10.0))
                 if job.state != "done":
                     self.report({"WARNING"}, job.message)
                     return {"CANCELLED"}
@@ -210,6 +211,79 @@ class VIEWNETI_OT_clear_background(bpy.types.Operator):
             return {"CANCELLED"}
         images.clear_camera_background(camera.data)
         return {"FINISHED"}
+
+
+def _user_object(context):
+    """The selected object token if it is one the backend lets users change (not built in)."""
+    settings = context.scene.viewneti
+    item = settings.objects.get(settings.object_name) if settings.object_name else None
+    return item if item is not None and not item.builtin else None
+
+
+def _poll_user_object(cls, context):
+    settings = context.scene.viewneti
+    if not settings.object_name:
+        cls.poll_message_set("Pick an object under Object first")
+        return False
+    item = settings.objects.get(settings.object_name)
+    if item is None:
+        cls.poll_message_set("The backend does not list this object: press Refresh")
+        return False
+    if item.builtin:
+        cls.poll_message_set("Built-in objects come with the model and cannot be changed")
+        return False
+    return True
+
+
+class VIEWNETI_OT_delete_object(bpy.types.Operator):
+    """Delete the selected object token from the backend's library (built-in objects stay)"""
+
+    bl_idname = "viewneti.delete_object"
+    bl_label = "Delete Object"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        return _poll_user_object(cls, context)
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_confirm(self, event)
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            error = runtime.delete_object(scene, scene.viewneti.object_name)
+        except Exception as exc:
+            return _fail(self, scene, exc)
+        return _done(self, error)
+
+
+class VIEWNETI_OT_rename_object(bpy.types.Operator):
+    """Give the selected object token a new name on the backend"""
+
+    bl_idname = "viewneti.rename_object"
+    bl_label = "Rename Object"
+    bl_options = {"INTERNAL"}
+
+    new_name: bpy.props.StringProperty(
+        name="New Name", description="Letters, digits, _ and - (must not be taken)", default=""
+    )
+
+    @classmethod
+    def poll(cls, context):
+        return _poll_user_object(cls, context)
+
+    def invoke(self, context, event):
+        self.new_name = context.scene.viewneti.object_name
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            error = runtime.rename_object(scene, scene.viewneti.object_name, self.new_name)
+        except Exception as exc:
+            return _fail(self, scene, exc)
+        return _done(self, error)
 
 
 class VIEWNETI_OT_start_backend(bpy.types.Operator):
@@ -380,6 +454,8 @@ CLASSES = (
     VIEWNETI_OT_invert_reference,
     VIEWNETI_OT_cancel_job,
     VIEWNETI_OT_clear_background,
+    VIEWNETI_OT_delete_object,
+    VIEWNETI_OT_rename_object,
     VIEWNETI_OT_start_backend,
     VIEWNETI_OT_stop_backend,
     VIEWNETI_OT_export_views,

@@ -40,12 +40,14 @@ def _job_box(layout, settings, kind, context):
         if settings.job_phase == "compiling":
             _wrapped(box, COMPILING_TEXT, context, icon="TIME")  # no ETA yet: say why nothing moves
         elif settings.job_eta > 0:
-            details.append(f"ETA {settings.job_eta:.0f} s")
+            details.append(f"ETA {runtime.format_seconds(settings.job_eta)}")
         if details:
             box.label(text=" · ".join(details))
     elif settings.job_message:
         icon = "CHECKMARK" if settings.job_state == "done" else "INFO"
         box.label(text=settings.job_message, icon=icon)
+    for line in settings.job_warnings.splitlines():  # e.g. frames far above the model's size
+        _wrapped(box, line, context, icon="ERROR")
 
 
 def _sampling_rows(col, settings):
@@ -115,7 +117,10 @@ class VIEWNETI_PT_view(_SidebarPanel, bpy.types.Panel):
         settings = scene.viewneti
         col = layout.column()
         col.prop(settings, "anchor")
-        col.prop_search(settings, "object_name", settings, "objects", icon="OBJECT_DATA")
+        row = col.row(align=True)
+        row.prop_search(settings, "object_name", settings, "objects", icon="OBJECT_DATA")
+        row.operator("viewneti.rename_object", text="", icon="GREASEPENCIL")
+        row.operator("viewneti.delete_object", text="", icon="TRASH")
         camera = scene.camera if scene.camera is not None and scene.camera.type == "CAMERA" else None
         if camera is not None and camera.data.viewneti.use_seed:
             row = col.row(align=True)
@@ -127,14 +132,19 @@ class VIEWNETI_PT_view(_SidebarPanel, bpy.types.Panel):
             if camera is not None:
                 row.prop(camera.data.viewneti, "use_seed", text="", icon="CAMERA_DATA")
         _sampling_rows(col, settings)
-        col.prop(settings, "resolution")
+        col.prop(settings, "use_native_resolution")
+        if not settings.use_native_resolution or settings.model_native_size <= 0:
+            col.prop(settings, "resolution")
         try:
             long_side = runtime.request_resolution(settings)
             width, height = camera_pose.render_size(*camera_pose.scene_frame_size(scene.render), long_side)
-            capped = " (backend maximum)" if long_side < settings.resolution else ""
+            capped = " (backend maximum)" if long_side < runtime.render_resolution(settings) else ""
             col.label(text=f"{width} × {height} px (scene aspect){capped}")
         except ValueError:
             pass
+        warning = runtime.size_warning(settings)
+        if warning:
+            _wrapped(col, warning, context, icon="ERROR")
 
         layout.use_property_split = False
         row = layout.row(align=True)
@@ -146,6 +156,8 @@ class VIEWNETI_PT_view(_SidebarPanel, bpy.types.Panel):
         if settings.last_timings:
             row.label(text=f"Last render: {settings.last_timings}", icon="TIME")
         row.operator("viewneti.clear_background", text="", icon="TRASH")
+        for line in settings.last_warnings.splitlines():
+            _wrapped(layout, line, context, icon="ERROR")
 
 
 class VIEWNETI_PT_path(_SidebarPanel, bpy.types.Panel):
@@ -199,6 +211,9 @@ class VIEWNETI_PT_invert(_SidebarPanel, bpy.types.Panel):
         col.prop(settings, "invert_camera")
         col.prop(settings, "invert_name")
         col.prop(settings, "invert_steps")
+        if settings.invert_steps == 0:
+            default = f"{settings.model_invert_steps} steps" if settings.model_invert_steps else "Refresh to see it"
+            col.label(text=f"Backend default: {default}", icon="INFO")
         col.prop(settings, "invert_preview_every")
         layout.operator("viewneti.invert_reference", icon="IMAGE_REFERENCE")
         _job_box(layout, settings, "invert", context)

@@ -30,7 +30,7 @@ class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
 
     backend_url: StringProperty(
         name="Backend URL",
-        description="Address of the ViewNeTI render service (python -m server)",
+        description="Address of the ViewNeTI render service (viewneti-server, or python -m server)",
         default=DEFAULT_URL,
     )
     token: StringProperty(
@@ -197,9 +197,20 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         min=0.0,
         max=30.0,
     )
+    use_native_resolution: BoolProperty(
+        name="Model's Size",
+        description=(
+            "Render at the size the backend's model was trained at (its native size, e.g. 64 px for the toy "
+            "model: larger renders are slow and draw repeated detail). Turn off to set the resolution yourself"
+        ),
+        default=True,
+    )
     resolution: IntProperty(
         name="Resolution",
-        description="Long side of the rendered image in pixels; the short side follows the scene's output aspect",
+        description=(
+            "Long side of the rendered image in pixels (only used with Model's Size off, or before the backend "
+            "reported its size); the short side follows the scene's output aspect"
+        ),
         default=512,
         min=limits.MIN_SIZE,
         max=limits.MAX_SIZE,
@@ -239,7 +250,16 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     invert_name: StringProperty(
         name="Name", description="Name of the new object token (letters, digits, _ and -)", default="my_object"
     )
-    invert_steps: IntProperty(name="Steps", default=limits.DEFAULT_INVERT_STEPS, min=1, max=limits.MAX_INVERT_STEPS)
+    invert_steps: IntProperty(
+        name="Steps",
+        description=(
+            f"Optimisation steps of the inversion; 0 = the backend's default ({limits.GPU_INVERT_STEPS} on a GPU "
+            f"as in the paper, {limits.CPU_INVERT_STEPS} on a CPU: about 4 minutes for the toy model)"
+        ),
+        default=0,
+        min=0,
+        max=limits.MAX_INVERT_STEPS,
+    )
     invert_preview_every: IntProperty(
         name="Preview Every", description="Steps between previews (0 = none)", default=50, min=0
     )
@@ -262,8 +282,11 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     model_guidance: FloatProperty(name="Model Guidance", default=0.0, min=0.0)
     # the backend's largest render side (GET /v1/health max_size; a CPU server caps it low), 0 = not known
     backend_max_size: IntProperty(name="Backend Max Size", default=0, min=0)
+    model_native_size: IntProperty(name="Model Size", default=0, min=0)  # from GET /v1/health (0 = unknown)
+    model_invert_steps: IntProperty(name="Model Inversion Steps", default=0, min=0)
     status_message: StringProperty(name="Status", default="")
     last_timings: StringProperty(name="Last Timings", default="")
+    last_warnings: StringProperty(name="Last Warnings", default="")  # the last render's X-Warnings, one per line
     export: PointerProperty(type=VIEWNETI_ExportSettings)
 
     # job state (written by the add-on; survives redraws and reloads as a record of the last job)
@@ -276,6 +299,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     job_eta: FloatProperty(default=0.0)
     job_phase: StringProperty(default="")  # "compiling", "training" or "" (not reported)
     job_message: StringProperty(default="")
+    job_warnings: StringProperty(default="")  # a sequence's warnings from the backend, one per line
 
     @property
     def job_running(self):

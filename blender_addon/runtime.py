@@ -19,7 +19,16 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import camera_pose, images, limits
-from .client import DEFAULT_URL, LIVE_ACCEPT, BackendError, BackendNotReady, BackendUnavailable, Client, Superseded
+from .client import (
+    DEFAULT_URL,
+    LIVE_ACCEPT,
+    BackendError,
+    BackendNotReady,
+    BackendUnavailable,
+    Client,
+    Superseded,
+    is_loopback_url,
+)
 from .jobs import InvertJob, Job, SequenceJob
 from .live import LiveController
 
@@ -79,8 +88,22 @@ def prefs(context=None):
     return addon.preferences if addon is not None and addon.preferences is not None else _DefaultPrefs()
 
 
+ONLINE_ACCESS_MESSAGE = (
+    "The backend at {url} is on another machine and Blender's Online Access is off: enable "
+    "Allow Online Access in Edit > Preferences > System, or use a backend on this machine (127.0.0.1)."
+)
+
+
+def online_access_allowed():
+    """Blender's Internet switch (Preferences > System); False in the bpy module by default."""
+    return bool(getattr(bpy.app, "online_access", False))
+
+
 def make_client(context=None):
+    """A client for the configured backend; a remote one only with Online Access on (loopback never needs it)."""
     p = prefs(context)
+    if not is_loopback_url(p.backend_url) and not online_access_allowed():
+        raise BackendError(ONLINE_ACCESS_MESSAGE.format(url=p.backend_url))
     # a backend this session started with a per-launch token is the one at the URL while it runs
     token = SESSION.backend_token if SESSION.backend_token and backend_running() else p.token
     return Client(p.backend_url, timeout=p.timeout, token=token)
@@ -185,6 +208,8 @@ def apply_backend(scene, info, objects, announce=True):
         settings.backend_max_size = max(0, int(info.get("max_size") or 0))
     except (TypeError, ValueError):
         settings.backend_max_size = 0
+    settings.model_native_size = _positive_int(info.get("native_size"))
+    settings.model_invert_steps = _positive_int(info.get("invert_steps"))
     settings.objects.clear()
     for entry in objects:
         item = settings.objects.add()
@@ -196,6 +221,42 @@ def apply_backend(scene, info, objects, announce=True):
     if announce:
         settings.status_message = f"Connected to {info.get('base_model', 'backend')} ({len(objects)} objects)"
     tag_redraw()
+
+
+def _positive_int(value):
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def render_resolution(settings):
+    """Long side of requests: the model's native size (from health) with Model's Size on, else Resolution."""
+    if settings.use_native_resolution and settings.model_native_size > 0:
+        return settings.model_native_size
+    return settings.resolution
+
+
+def size_warning(settings):
+    """The panel's warning for a resolution far above the model's native size ("" if none or unknown)."""
+    # the server says the same in X-Warnings (limits.SIZE_WARNING_FACTOR is the backend's value)
+    native, long_side = settings.model_native_size, request_resolution(settings)
+    if native <= 0 or long_side <= limits.SIZE_WARNING_FACTOR * native:
+        return ""
+    return (
+        f"{long_side} px is {long_side / native:.0f}x the model's {native} px: slow, with repeated detail. "
+        "Turn on Model's Size."
+    )
+
+
+def format_seconds(seconds):
+    """Timings for people: '0.72 s', '41 s', '3 min 20 s'."""
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def apply_sampling_defaults(settings, defaults):
@@ -247,14 +308,62 @@ def refresh_backend(scene, announce=True):
     return run_async(lambda: fetch_backend(client), done)
 
 
+# -- the object library ----------------------------------------------------------------------
+
+
+def _library_done(scene_name, message, select=None):
+    """After a library edit: the status line, the selection, and a fresh object list."""
+
+    def done(value, error):
+        target = _scene(scene_name)
+        if target is None:
+            return
+        if error is not None:
+            report_error(target, error)
+            return
+        settings = target.viewneti
+        if select is not None:
+            settings.object_name = select
+        set_status(target, message)
+        refresh_backend(target, announce=False)
+
+    return done
+
+
+def delete_object(scene, name):
+    """Delete a user object on the backend (built-in ones are refused there); the selection is cleared."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("Pick the object to delete under Object.")
+    client = make_client()
+    select = "" if scene.viewneti.object_name == name else None
+    set_status(scene, f"Deleting '{name}'…")
+    return run_async(lambda: client.delete_object(name), _library_done(scene.name, f"Deleted '{name}'", select))
+
+
+def rename_object(scene, name, new_name):
+    """Rename a user object on the backend (one atomic step there); the new name stays selected."""
+    name, new_name = (name or "").strip(), (new_name or "").strip()
+    if not name or not new_name:
+        raise ValueError("Pick the object under Object and type its new name.")
+    client = make_client()
+    select = new_name if scene.viewneti.object_name == name else None
+    set_status(scene, f"Renaming '{name}' to '{new_name}'…")
+    return run_async(
+        lambda: client.rename_object(name, new_name),
+        _library_done(scene.name, f"Renamed '{name}' to '{new_name}'", select),
+    )
+
+
 # -- single renders and live mode ------------------------------------------------------------
 
 
 def request_resolution(settings):
-    """The long side to request: the panel's Resolution, at most the backend's max_size (GET /v1/health;
-    a CPU backend allows far less than a GPU one), so a default setting never earns a 422."""
-    cap = settings.backend_max_size
-    return min(settings.resolution, cap) if cap >= limits.MIN_SIZE else settings.resolution
+    """The long side to request: :func:`render_resolution` (the model's size or the panel's Resolution),
+    at most the backend's max_size (GET /v1/health; a CPU backend allows far less than a GPU one), so a
+    default setting never earns a 422."""
+    cap, wanted = settings.backend_max_size, render_resolution(settings)
+    return min(wanted, cap) if cap >= limits.MIN_SIZE else wanted
 
 
 def session_key():
@@ -282,20 +391,21 @@ def image_name(camera_obj):
 
 def apply_render(scene, camera_obj, request, result):
     """Pack the PNG into the camera's image and show it as the camera background."""
-    image = images.store_png(image_name(camera_obj), result.png, camera_obj.data.viewneti.image)
+    image = images.store_png(image_name(camera_obj), result.png, camera_obj.data.viewneti.image, scene=scene)
     images.set_camera_background(camera_obj.data, image)
     cam_settings = camera_obj.data.viewneti
     cam_settings.image = image
     cam_settings.last_object = request.get("object", "")
     settings = scene.viewneti
     total = result.timings_ms.get("total") if isinstance(result.timings_ms, dict) else None
-    settings.last_timings = f"{total:.0f} ms" if isinstance(total, (int, float)) else ""
+    settings.last_timings = format_seconds(total / 1000.0) if isinstance(total, (int, float)) else ""
     settings.backend_state = "OK"
+    warnings = list(getattr(result, "warnings", None) or [])
+    settings.last_warnings = "\n".join(warnings)
     width, height = request["camera"]["width"], request["camera"]["height"]
-    settings.status_message = f"Rendered {camera_obj.name} ({width}×{height}, seed {result.seed})"
-    warning = getattr(result, "camera_warning", "")
-    if warning:  # the backend says this camera is outside what the view-mapper was trained on
-        settings.status_message += f". Warning: {warning}"
+    settings.status_message = f"Rendered {camera_obj.name} ({width}×{height}, seed {result.seed})" + (
+        f". Warning: {warnings[0]}" if warnings else ""
+    )
     tag_redraw()
     return image
 
@@ -487,14 +597,16 @@ def build_invert_request(scene):
         camera["width"], camera["height"] = camera_pose.render_size(
             frame_w, frame_h, min(max(frame_w, frame_h), camera_pose.MAX_SIZE)
         )
-    return {
+    request = {
         "name": name,
         "images": [data],  # bytes or a PixelSnapshot: InvertJob encodes it off the main thread
         "cameras": [camera],
-        "steps": settings.invert_steps,
         "seed": settings.seed,
         "preview_every": settings.invert_preview_every,
     }
+    if settings.invert_steps > 0:  # 0: the backend's default for its device (health: invert_steps)
+        request["steps"] = settings.invert_steps
+    return request
 
 
 def start_invert(scene):
@@ -521,6 +633,7 @@ def sync_job(scene, job):
     s.job_eta = float(job.eta_s) if isinstance(job.eta_s, (int, float)) else 0.0
     s.job_phase = job.phase or ""
     s.job_message = job.message
+    s.job_warnings = "\n".join(getattr(job, "warnings", None) or [])
     tag_redraw()
 
 
@@ -538,7 +651,7 @@ def job_step():
     if isinstance(job, InvertJob) and job.preview_serial != SESSION.preview_serial and job.preview_png:
         SESSION.preview_serial = job.preview_serial
         try:
-            images.store_png(f"ViewNeTI preview {job.name}", job.preview_png)
+            images.store_png(f"ViewNeTI preview {job.name}", job.preview_png, scene=scene)
         except ValueError:
             pass
     if changed:
@@ -561,12 +674,13 @@ def finish_job(scene, job):
         if job.written:
             first, last = min(job.written), max(job.written)
             image = images.load_image_sequence(
-                job.written[first], first, last, f"ViewNeTI {SESSION.job_camera} sequence"
+                job.written[first], first, last, f"ViewNeTI {SESSION.job_camera} sequence", scene=scene
             )
             if camera is not None and camera.type == "CAMERA":
                 images.set_camera_sequence_background(camera.data, image, first, last)
                 camera.data.viewneti.sequence = image
-        set_status(scene, job.message)
+        warnings = list(job.warnings)
+        set_status(scene, job.message + (f". Warning: {warnings[0]}" if warnings else ""))
     elif isinstance(job, InvertJob):
         entry = job.result if isinstance(job.result, dict) else {"name": job.name}
         name = str(entry.get("name") or job.name)

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 import viewneti_backend
 from viewneti_backend import limits
 from viewneti_backend.cameras import Camera, CameraError
+from viewneti_backend.errors import NameTakenError
 from viewneti_backend.sampling_defaults import SamplingDefaults
 
 from . import API_VERSION
@@ -51,7 +52,9 @@ from .schemas import (
     JobCreated,
     JobOut,
     JobsOut,
+    ObjectOut,
     ObjectsOut,
+    RenameRequest,
     RenderRequest,
     SequenceRequest,
 )
@@ -236,6 +239,22 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             state = "queued"
         return {"shape": shape.label(), "status": state}
 
+    @r.post("/objects/{name}/rename", response_model=ObjectOut, responses={**_COMMON, 404: _ERR, 409: _ERR})
+    async def rename_object(name: str, body: RenameRequest) -> Any:
+        validate_name(name)
+        validate_name(body.new_name, "new_name")
+        worker.ready_or_raise()
+        if not worker.has_object(name):
+            raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
+        if any(j.kind == "invert" and j.name == body.new_name for j in store.active()):
+            raise ApiError(409, f"an inversion for {body.new_name!r} is queued or running: pick another name")
+        try:  # on the worker thread, between renders: the library checks and renames in one step
+            return await asyncio.wrap_future(
+                worker.submit_call(lambda engine: engine.rename_object(name, body.new_name))
+            )
+        except NameTakenError as exc:
+            raise ApiError(409, str(exc)) from None
+
     # -- live render ---------------------------------------------------------------------------------
     @r.post(
         "/render",
@@ -298,8 +317,8 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "X-Timings-Ms": json.dumps(timings, separators=(",", ":")),
             "Vary": "Accept",
         }
-        if task.warnings:  # the camera is outside the view-mapper's training range: say so, never silently
-            headers["X-Camera-Warning"] = "; ".join(task.warnings).encode("ascii", "replace").decode()
+        if task.warnings:  # JSON array of strings, ASCII-escaped so that it is a valid header value
+            headers["X-Warnings"] = json.dumps(task.warnings, ensure_ascii=True)
         return Response(data, media_type=media_type, headers=headers)
 
     # -- jobs ----------------------------------------------------------------------------------------
@@ -337,6 +356,9 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         obj = check_object(body.object)
         check_job_capacity()
         steps, guidance = sampling_defaults().resolve(body.steps, body.guidance)
+        # the X-Warnings strings of a single render, once for all the cameras (indices as in `cameras`);
+        # on the worker thread, between renders: the engine belongs to it
+        warnings = await asyncio.wrap_future(worker.submit_call(lambda engine: list(engine.render_warnings(cameras))))
         runtime = {
             "cameras": cameras,
             "frames": frames,
@@ -362,10 +384,11 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 request_id=getattr(request.state, "request_id", None),
                 runtime=runtime,
                 max_active=config.max_queued_jobs,
+                warnings=warnings,
             )
         )
         worker.submit_job(job)
-        return {"job_id": job.job_id, "kind": job.kind, "total": job.total}
+        return {"job_id": job.job_id, "kind": job.kind, "total": job.total, "warnings": job.warnings}
 
     @r.post(
         "/jobs/invert",
@@ -377,10 +400,13 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         validate_name(body.name, "name")
         if len(body.images) != len(body.cameras):
             raise ApiError(422, f"{len(body.images)} images but {len(body.cameras)} cameras: send one camera per image")
-        if body.steps > config.max_invert_steps:
+        steps = body.steps
+        if steps is None:  # the engine's default for its device (health: invert_steps), within the cap
+            steps = min(int(worker.info.get("invert_steps") or limits.GPU_INVERT_STEPS), config.max_invert_steps)
+        if steps > config.max_invert_steps:
             raise ApiError(
                 422,
-                f"steps={body.steps} is more than this server allows for an inversion ({config.max_invert_steps}, "
+                f"steps={steps} is more than this server allows for an inversion ({config.max_invert_steps}, "
                 "GET /v1/health max_invert_steps; server option --max-invert-steps): use fewer steps",
             )
         # a reference's camera is not capped like a render: the trainer works at its own training size
@@ -427,7 +453,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "kind": "invert",
             "name": body.name,
             "cameras": [c.to_wire() for c in body.cameras],
-            "steps": body.steps,
+            "steps": steps,
             "seed": body.seed,
             "preview_every": body.preview_every,
             "image_sizes": sizes,
@@ -435,7 +461,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         job = await run_in_threadpool(
             lambda: store.create(
                 "invert",
-                body.steps,
+                steps,
                 request_record,
                 name=body.name,
                 request_id=getattr(request.state, "request_id", None),

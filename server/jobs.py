@@ -81,6 +81,9 @@ class Job:
     updated: str = field(default_factory=now_iso)
     name: str | None = None  # invert: the new object's name
     request_id: str | None = None
+    # sequence: what its renders go ahead despite (Engine.render_warnings over all its cameras, the
+    # strings a single render sends as X-Warnings); computed when the job is created
+    warnings: list[str] = field(default_factory=list)
     # -- runtime only (not persisted) ---------------------------------------------------------------
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     runtime: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -103,11 +106,13 @@ class Job:
         "updated",
         "name",
         "request_id",
+        "warnings",
     )
 
     def public(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self._PUBLIC}
         d["frames_done"] = list(self.frames_done)
+        d["warnings"] = list(self.warnings)
         return d
 
     @property
@@ -224,6 +229,7 @@ class JobStore:
         runtime: dict[str, Any] | None = None,
         references: list[bytes] | None = None,
         max_active: int | None = None,
+        warnings: list[str] | None = None,
     ) -> Job:
         """Create and save a job; ``references`` (image files) are spooled into its folder.
 
@@ -233,7 +239,13 @@ class JobStore:
         if self.storage_problem and not self._storage_ok_again():
             raise ApiError(INSUFFICIENT_STORAGE, self.storage_problem)
         job = Job(
-            job_id=uuid.uuid4().hex, kind=kind, total=total, name=name, request_id=request_id, runtime=runtime or {}
+            job_id=uuid.uuid4().hex,
+            kind=kind,
+            total=total,
+            name=name,
+            request_id=request_id,
+            runtime=runtime or {},
+            warnings=list(warnings or []),
         )
         with self._lock:
             active = [j for j in self._jobs.values() if j.state in ACTIVE_STATES]
@@ -373,6 +385,7 @@ class JobStore:
             "eta_s": job.eta_s,
             "phase": job.phase,
             "state": job.state,
+            "warnings": list(job.warnings),
         }
 
     def _publish_progress(self, job: Job) -> None:

@@ -194,8 +194,12 @@ def _cap(model: dict[str, Any] | None, field: str, cap: float, description: str)
     if model is None or prop is None:
         return
     prop["maximum"] = min(float(prop.get("maximum", cap)), cap)
+    for alt in prop.get("anyOf", []):  # an optional number: cap its numeric alternative too
+        if alt.get("type") in ("integer", "number"):
+            alt["maximum"] = min(float(alt.get("maximum", cap)), cap)
     prop["description"] = description
-    if float(prop.get("default", 0)) > prop["maximum"]:
+    default = prop.get("default")
+    if default is not None and float(default) > prop["maximum"]:
         prop.pop("default")
         prop["description"] += "; required on this server (the contract's default is larger)"
         required = model.setdefault("required", [])

@@ -210,20 +210,30 @@ class InvertRequest(BaseModel):
         list[CameraIn], Field(min_length=1, max_length=limits.MAX_REFERENCES, description="the camera of each image")
     ]
     steps: Annotated[
-        int,
+        int | None,
         Field(
             ge=1,
             le=limits.MAX_INVERT_STEPS,
-            description="optimisation steps (the server may cap lower: GET /v1/health max_invert_steps)",
+            description=(
+                "optimisation steps; omitted or null: GET /v1/health invert_steps "
+                f"({limits.GPU_INVERT_STEPS} on a GPU, {limits.CPU_INVERT_STEPS} on a CPU); "
+                "the server may cap lower: GET /v1/health max_invert_steps"
+            ),
         ),
         INTEGRAL,
-    ] = limits.DEFAULT_INVERT_STEPS
+    ] = None
     seed: Seed = 0
     preview_every: Annotated[
         int,
         Field(ge=0, le=limits.MAX_INVERT_STEPS, description="send a preview every N steps (0: none)"),
         INTEGRAL,
     ] = 0
+
+
+class RenameRequest(BaseModel):
+    new_name: Annotated[
+        str, Field(min_length=1, description=f"the object's new name (must not exist yet): {limits.NAME_RULE}")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,6 +310,10 @@ class JobOut(BaseModel):
     frames_done: list[int] = []
     created: str | None = None
     updated: str | None = None
+    warnings: list[str] = Field(
+        default=[],
+        description="a sequence's warnings: the strings a single render of its cameras sends as X-Warnings",
+    )
 
 
 class JobsOut(BaseModel):
@@ -310,6 +324,7 @@ class JobCreated(BaseModel):
     job_id: str
     kind: Literal["sequence", "invert"]
     total: int
+    warnings: list[str] = Field(default=[], description="a sequence's warnings (as in GET /v1/jobs/{id})")
 
 
 class CancelOut(BaseModel):

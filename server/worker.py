@@ -56,7 +56,7 @@ class RenderTask:
     started_at: float | None = None
     finished_at: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)  # cameras outside the view-mapper's training range
+    warnings: list[str] = field(default_factory=list)  # from engine.render: sent back as X-Warnings
 
 
 @dataclass(eq=False)

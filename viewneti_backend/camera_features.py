@@ -72,6 +72,13 @@ class CameraParameterization(ABC):
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "stats": self.stats}
 
+    def range_warnings(self, cameras: Sequence[Camera]) -> list[str]:
+        """Plain-language warnings for cameras outside what the mapper was trained on (none by default).
+
+        Rendering still goes ahead; the engine passes these to the CLI (stderr) and the server
+        (``X-Warnings``). A parameterisation that clamps or extrapolates says so here."""
+        return []
+
 
 def reference_token_round(values: np.ndarray) -> np.ndarray:
     """The reference's view-token numbers: the float32 value printed with 4 decimals and parsed back.
@@ -196,6 +203,25 @@ class AnchorDistance14d(CameraParameterization):
             fov_max=float(raw[:, 13].max()),
         )
         return self
+
+    def range_warnings(self, cameras: Sequence[Camera]) -> list[str]:
+        if not self.stats or not cameras:
+            return []
+        lo, hi = math.exp(self.stats["log_distance_min"]), math.exp(self.stats["log_distance_max"])
+        distances = np.exp(self.raw(cameras)[:, 12])
+        # 1 % slack: the statistics are float32 (the toy range 3.2-4.0 is stored as 3.20002-3.99999)
+        outside = [(i, float(d)) for i, d in enumerate(distances) if not lo * 0.99 <= d <= hi * 1.01]
+        if not outside:
+            return []
+        i, d = outside[0]
+        which = f"camera {i}" if len(cameras) > 1 else "the camera"
+        more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+        near = lo if d < lo else hi
+        return [
+            f"{which}{more} is {d:.2f} units from the anchor, outside the view-mapper's trained distances "
+            f"{lo:.2f}-{hi:.2f}: it renders the view at distance {near:.2f} (the distance is clamped); "
+            f"move the camera to between {lo:.2f} and {hi:.2f}, or scale the anchor"
+        ]
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         out = raw.copy()

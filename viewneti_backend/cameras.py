@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,6 +331,17 @@ def intrinsics_from_fov(fov_y_deg: float, width: int, height: int) -> np.ndarray
     return np.array([[fy, 0.0, width / 2.0], [0.0, fy, height / 2.0], [0.0, 0.0, 1.0]])
 
 
+def size_for_long_side(width: int, height: int, long_side: int, multiple: int = 8) -> tuple[int, int]:
+    """(w, h) with the aspect of ``width x height``, the long side ``long_side``, both multiples of
+    ``multiple`` (the latent grid) and at least MIN_SIZE: how a non-square camera is resized."""
+    scale = long_side / max(width, height)
+
+    def snap(v: float) -> int:
+        return max(MIN_SIZE, int(math.floor(v / multiple + 0.5)) * multiple)  # half up: 36 -> 40
+
+    return snap(width * scale), snap(height * scale)
+
+
 def fov_y_from_intrinsics(k: np.ndarray, height: int) -> float:
     return math.degrees(2.0 * math.atan(0.5 * height / float(k[1, 1])))
 
@@ -456,74 +467,189 @@ def dtu_projection_to_camera(
 # ------------------------------------------------------------------------------------------------
 # nerfstudio / Blender-NeRF transforms.json
 # ------------------------------------------------------------------------------------------------
+# The camera's own keys in a transforms.json (top level: shared; per frame: overrides). Everything else
+# a frame carries goes to TransformsFrame.extra and back, and can never override these.
+INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
+DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+FRAME_KEYS = ("file_path", "transform_matrix", "mask_path")
+CAMERA_KEYS = INTRINSIC_KEYS + DISTORTION_KEYS + FRAME_KEYS
+
+
 @dataclass
 class TransformsFrame:
+    """One frame: image path, camera (full pinhole intrinsics), optional mask, the lens distortion as
+    read (k1 k2 k3 k4 p1 p2: kept and written back; rendering ignores it), and every other key."""
+
     file_path: str
     camera: Camera
     mask_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    distortion: dict[str, float] = field(default_factory=dict)
+    # the intrinsics keys as read (merged top level + frame), to rebuild the camera once the image
+    # size is known (Blender-NeRF gives camera_angle_x only)
+    intrinsics_source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.extra = {k: v for k, v in self.extra.items() if k not in CAMERA_KEYS}
 
 
-def read_transforms_json(path: str | Path) -> list[TransformsFrame]:
-    """Read a nerfstudio / Blender-NeRF ``transforms.json``: OpenGL camera-to-world per frame.
+@dataclass
+class TransformsFile:
+    """A whole transforms.json: its frames and every top-level key but ``frames`` (kept on write)."""
 
-    Intrinsics come from ``fl_y``/``h`` (nerfstudio) or ``camera_angle_x`` (Blender-NeRF), per frame
-    or shared at the top level.
-    """
+    frames: list[TransformsFrame]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def distortion_warning(self) -> str | None:
+        """Lens distortion in the file: ViewNeTI renders an ideal pinhole camera (None if there is none)."""
+        seen: dict[str, float] = {}
+        for fr in self.frames:
+            for k, v in fr.distortion.items():
+                if v and k not in seen:
+                    seen[k] = v
+        if not seen:
+            return None
+        values = ", ".join(f"{k}={v:.4g}" for k, v in seen.items())
+        return (
+            f"the cameras have lens distortion ({values}): rendering ignores it (an ideal pinhole camera); "
+            "it is kept in the file. Undistort the images first where pixels must line up (evaluation)"
+        )
+
+
+def camera_from_transforms_fields(
+    camera_to_anchor: np.ndarray, fields: dict[str, Any], width: int, height: int, where: str = "transforms.json"
+) -> Camera:
+    """The pinhole camera of nerfstudio / instant-ngp / Blender-NeRF intrinsics at ``width x height``.
+
+    ``fl_x``/``fl_y`` (pixels) come first, then ``camera_angle_x``/``camera_angle_y`` (radians, full
+    angles); a missing focal length equals the other one (square pixels); ``cx``/``cy`` default to the
+    image centre. Values equal to the derived defaults stay implicit, so a plain camera stays plain."""
+
+    def num(key: str) -> float | None:
+        v = fields.get(key)
+        if v is None:
+            return None
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: '{key}' must be a number, got {v!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise InputError(f"{where}: '{key}' must be a positive number, got {v!r}")
+        return v
+
+    fx, fy = num("fl_x"), num("fl_y")
+    ax, ay = num("camera_angle_x"), num("camera_angle_y")
+    if fx is None and ax is not None:
+        fx = 0.5 * width / math.tan(ax / 2.0)
+    if fy is None and ay is not None:
+        fy = 0.5 * height / math.tan(ay / 2.0)
+    if fx is None and fy is None:
+        raise InputError(f"{where}: no intrinsics: give fl_x/fl_y (pixels) or camera_angle_x/camera_angle_y (radians)")
+    fx = fx if fx is not None else fy
+    fy = fy if fy is not None else fx
+    assert fx is not None and fy is not None
+    cx, cy = num("cx"), num("cy")
+    fov_y = math.degrees(2.0 * math.atan(0.5 * height / fy))
+
+    def differs(a: float | None, b: float) -> bool:
+        return a is not None and abs(a - b) > 1e-9 * max(1.0, abs(b))
+
+    return Camera(
+        np.asarray(camera_to_anchor, dtype=np.float64),
+        fov_y,
+        width,
+        height,
+        fx if differs(fx, fy) else None,
+        None,  # fy is fov_y exactly
+        cx if differs(cx, width / 2.0) else None,
+        cy if differs(cy, height / 2.0) else None,
+    )
+
+
+def read_transforms(
+    path: str | Path, image_size: Callable[[str], tuple[int, int] | None] | None = None
+) -> TransformsFile:
+    """Read a nerfstudio / instant-ngp / Blender-NeRF ``transforms.json`` (OpenGL camera-to-world).
+
+    Intrinsics and distortion are shared at the top level and may be overridden per frame (nerfstudio's
+    rule). Without ``w``/``h``, ``image_size(file_path)`` gives the size (else 512x512 until the image
+    is read: :func:`viewneti_backend.data.load_transforms_scene` rebuilds the camera then)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object with a 'frames' list")
     frames = data.get("frames")
     if not isinstance(frames, list) or not frames:
         raise InputError(f"{path}: expected a non-empty 'frames' list")
+    top = {k: data[k] for k in INTRINSIC_KEYS + DISTORTION_KEYS if k in data}
     out = []
     for i, fr in enumerate(frames):
-        merged = {**data, **fr}
-        if "transform_matrix" not in fr or "file_path" not in fr:
+        if not isinstance(fr, dict) or "transform_matrix" not in fr or "file_path" not in fr:
             raise InputError(f"{path}: frame {i} needs 'file_path' and 'transform_matrix'")
-        w = int(merged.get("w", 0) or 0)
-        h = int(merged.get("h", 0) or 0)
-        if "fl_y" in merged and h:
-            fov_y = math.degrees(2 * math.atan(0.5 * h / float(merged["fl_y"])))
-        elif "camera_angle_y" in merged:
-            fov_y = math.degrees(float(merged["camera_angle_y"]))
-        elif "camera_angle_x" in merged:
-            if not (w and h):
-                w = h = 1  # aspect unknown until the image is read; square by default
-            fov_y = fov_y_from_fov_x(math.degrees(float(merged["camera_angle_x"])), w, h)
-        else:
-            raise InputError(f"{path}: frame {i} has no intrinsics (fl_y+h, camera_angle_x or camera_angle_y)")
-        cam = Camera(np.asarray(fr["transform_matrix"], dtype=np.float64), fov_y, w or 512, h or 512)
-        validate_pose(cam.camera_to_anchor, tolerance=1e-2)
-        extra = {k: v for k, v in fr.items() if k not in ("file_path", "transform_matrix", "mask_path")}
-        out.append(TransformsFrame(fr["file_path"], cam, fr.get("mask_path"), extra))
-    return out
+        merged = {**top, **{k: fr[k] for k in INTRINSIC_KEYS + DISTORTION_KEYS if k in fr}}
+        w, h = int(merged.get("w") or 0), int(merged.get("h") or 0)
+        if not (w and h):
+            size = image_size(str(fr["file_path"])) if image_size else None
+            w, h = size if size else (512, 512)
+        try:
+            matrix = np.asarray(fr["transform_matrix"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: frame {i} transform_matrix must be a 4x4 list of numbers") from None
+        if matrix.shape != (4, 4):
+            raise InputError(f"{path}: frame {i} transform_matrix must be 4x4, got shape {matrix.shape}")
+        validate_pose(matrix, tolerance=1e-2)
+        intrinsics = {k: merged[k] for k in INTRINSIC_KEYS if k in merged}
+        cam = camera_from_transforms_fields(matrix, intrinsics, w, h, where=f"{path}: frame {i}")
+        distortion = {k: float(merged[k]) for k in DISTORTION_KEYS if k in merged}
+        out.append(TransformsFrame(str(fr["file_path"]), cam, fr.get("mask_path"), dict(fr), distortion, intrinsics))
+    return TransformsFile(out, {k: v for k, v in data.items() if k != "frames"})
+
+
+def read_transforms_json(path: str | Path) -> list[TransformsFrame]:
+    """The frames of a ``transforms.json`` (see :func:`read_transforms`, which also keeps the top level)."""
+    return read_transforms(path).frames
+
+
+def transforms_rows(frames: Sequence[TransformsFrame]) -> list[dict[str, Any]]:
+    """Per-frame JSON rows: the frame's other keys first, then its camera, which they cannot override."""
+    rows = []
+    for fr in frames:
+        k = fr.camera.intrinsics()
+        row: dict[str, Any] = dict(fr.extra)
+        row.update(
+            {
+                "file_path": fr.file_path,
+                "transform_matrix": fr.camera.camera_to_anchor.tolist(),
+                "fl_x": float(k[0, 0]),
+                "fl_y": float(k[1, 1]),
+                "cx": float(k[0, 2]),
+                "cy": float(k[1, 2]),
+                "w": int(fr.camera.width),
+                "h": int(fr.camera.height),
+                **{key: float(fr.distortion[key]) for key in DISTORTION_KEYS if key in fr.distortion},
+            }
+        )
+        if fr.mask_path:
+            row["mask_path"] = fr.mask_path
+        rows.append(row)
+    return rows
 
 
 def write_transforms_json(
     path: str | Path, frames: Sequence[TransformsFrame], extra: dict[str, Any] | None = None
 ) -> None:
-    """Write a nerfstudio-style ``transforms.json`` (per-frame fl_x/fl_y/cx/cy/w/h, OpenGL poses)."""
-    rows = []
-    for fr in frames:
-        k = fr.camera.intrinsics()
-        row = {
-            "file_path": fr.file_path,
-            "transform_matrix": fr.camera.camera_to_anchor.tolist(),
-            "fl_x": k[0, 0],
-            "fl_y": k[1, 1],
-            "cx": k[0, 2],
-            "cy": k[1, 2],
-            "w": fr.camera.width,
-            "h": fr.camera.height,
-        }
-        if fr.mask_path:
-            row["mask_path"] = fr.mask_path
-        row.update(fr.extra)
-        rows.append(row)
-    data = {"camera_model": "OPENCV", "frames": rows, **(extra or {})}
+    """Write a nerfstudio-style ``transforms.json``: per-frame fl_x/fl_y/cx/cy/w/h, distortion, OpenGL
+    poses. ``extra`` holds the top-level keys (e.g. :attr:`TransformsFile.meta`), kept as they are;
+    ``frames`` is always these frames. Reading the result gives the same cameras, distortion, extra
+    keys and top level, and writing that again gives the same bytes."""
+    meta = {k: v for k, v in (extra or {}).items() if k != "frames"}
+    if extra is None:  # a new file says its model; a file read back keeps exactly its own top level
+        meta["camera_model"] = "OPENCV"
+    data = {**meta, "frames": transforms_rows(frames)}
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)

@@ -62,24 +62,78 @@ def _engine(args):
     )
 
 
-def _cameras_from_args(args, native: int):
-    from .cameras import Camera, orbit_pose
+def _size(text: str) -> int | tuple[int, int]:
+    """``--size``: ``N`` (long side, aspect kept) or ``WxH`` (exact)."""
+    try:
+        if "x" in text.lower():
+            w, h = (int(v) for v in text.lower().split("x"))
+            return (w, h)
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size takes N (long side) or WxH, e.g. 64 or 96x64; got '{text}'") from None
 
-    size = args.size or native
+
+def _sized(cam, size: int | tuple[int, int] | None, native: int):
+    """``cam`` at ``size`` (None: the model's native size as the long side); aspect and fov_y kept."""
+    from .cameras import size_for_long_side
+
+    if isinstance(size, tuple):
+        return cam.with_size(*size)
+    w, h = size_for_long_side(cam.width, cam.height, size or native)
+    return cam.with_size(w, h)
+
+
+def _file_cameras(args):
+    """``--cameras`` / ``--transforms`` cameras as the files give them (None for an orbit); read before
+    the model loads, so a wrong path or view index fails at once."""
+    from .cameras import Camera
+
     if args.cameras:
-        data = json.loads(Path(args.cameras).read_text())
+        try:
+            data = json.loads(Path(args.cameras).read_text())
+        except (OSError, ValueError) as exc:
+            from .errors import InputError
+
+            raise InputError(f"--cameras {args.cameras}: {exc}") from None
         return [Camera.from_json(c) for c in (data["cameras"] if isinstance(data, dict) else data)]
     if args.transforms:
         from .data import load_transforms_scene
 
         scene = load_transforms_scene(args.transforms, _views(args.views))
-        return [c.with_size(size, size) if args.size else c for c in scene.posed_cameras()]
+        _print_scene_messages(scene)
+        return list(scene.posed_cameras())
+    return None
+
+
+def _cameras_from_args(args, native: int, file_cameras=None):
+    """The cameras to render: ``--cameras`` as given (a size only with ``--size``), ``--transforms`` at
+    the model's native size (long side) unless ``--size`` says otherwise, or an orbit."""
+    from .cameras import Camera, orbit_pose
+
+    cams = file_cameras if file_cameras is not None else _file_cameras(args)
+    if cams is not None:
+        if args.cameras and not args.size:
+            return cams
+        return [_sized(c, args.size, native) for c in cams]
+    width, height = args.size if isinstance(args.size, tuple) else (args.size or native, args.size or native)
     return [
         Camera(
-            orbit_pose(args.azimuth + 360.0 * i / args.orbit, args.elevation, args.radius), args.fov, size, size
+            orbit_pose(args.azimuth + 360.0 * i / args.orbit, args.elevation, args.radius), args.fov, width, height
         ).validated()
         for i in range(args.orbit)
     ]
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for w in dict.fromkeys(warnings):
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def _print_scene_messages(scene) -> None:
+    """What loading a transforms scene decided for the user (split chosen, distortion ignored)."""
+    for note in scene.meta.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    _print_warnings(list(scene.meta.get("warnings", [])))
 
 
 def _add_camera_args(p: argparse.ArgumentParser) -> None:
@@ -99,7 +153,12 @@ def _add_camera_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--elevation", type=float, default=25.0, help="orbit elevation in degrees (default 25)")
     g.add_argument("--radius", type=float, default=3.6, help="orbit radius in anchor units (default 3.6)")
     g.add_argument("--fov", type=float, default=40.0, help="vertical field of view in degrees (default 40)")
-    g.add_argument("--size", type=int, help="square image size in pixels (default: the model's native size)")
+    g.add_argument(
+        "--size",
+        type=_size,
+        help="N: long side in pixels, the camera's aspect kept (an orbit: N x N); WxH: exact size, fov_y kept "
+        "(default: the model's native size as the long side; `viewneti info` shows native_size)",
+    )
 
 
 _SAMPLING_HELP = (
@@ -119,37 +178,115 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _run_settings(engine, name: str, seed: int, steps: int, guidance: float, **more) -> dict:
+    """What produced a run's images: stored in each PNG's tEXt metadata and in the run manifest."""
+    return {
+        "model": engine.model,
+        "base_model": engine.base.name,
+        "view_mapper": engine.view_mapper_name,
+        "object": name,
+        "seed": seed,
+        "steps": steps,
+        "guidance": guidance,
+        **more,
+    }
+
+
 def cmd_render(args) -> int:
     from tqdm.auto import tqdm
 
+    from .sheets import contact_sheet, save_png, write_manifest
+
+    file_cameras = _file_cameras(args)  # before the model loads
     engine = _engine(args)
-    cams = _cameras_from_args(args, engine.base.native_size)
+    cams = _cameras_from_args(args, engine.base.native_size, file_cameras)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name, _ = engine.object_mapper(args.object)
     steps, guidance = engine.sampling.resolve(args.steps, args.guidance)
+    with_view = not args.no_view
+    warnings = engine.render_warnings(cams, with_view=with_view)
+    _print_warnings(warnings)  # before the work: the user can stop a render that will not look right
+    run = _run_settings(engine, name, args.seed, steps, guidance, with_view=with_view)
+    files: list[Path] = []
     for i, cam in enumerate(tqdm(cams, desc=f"render {name} ({steps} steps, guidance {guidance:g})", unit="view")):
-        img = engine.render([cam], name, args.seed, steps, guidance, with_view=not args.no_view)[0]
+        img = engine.render([cam], name, args.seed, steps, guidance, with_view=with_view)[0]
         path = out / f"{name}_view{i:03d}_seed{args.seed}.png"
-        tmp = path.with_suffix(".tmp.png")
-        img.save(tmp)
-        tmp.replace(path)
+        files.append(save_png(img, path, {**run, "view": i, "camera": cam.to_json()}))
+    manifest = {
+        "command": "render",
+        **run,
+        "warnings": warnings,
+        "views": [{"file": f.name, "camera": c.to_json()} for f, c in zip(files, cams)],
+    }
     if args.sheet:
-        from .sheets import contact_sheet
-
-        contact_sheet(sorted(out.glob(f"{name}_view*_seed{args.seed}.png")), out / f"{name}_sheet.png")
-    print(f"wrote {len(cams)} views to {out}")
+        sheet = contact_sheet(
+            files,
+            out / f"{name}_seed{args.seed}_sheet.png",
+            labels=[f"view {i}" for i in range(len(files))],
+            row_titles=[f"{name} seed {args.seed}"] * -(-len(files) // min(8, len(files))),
+            settings=run,
+        )
+        manifest["sheet"] = sheet.name
+    manifest_path = write_manifest(out / f"{name}_seed{args.seed}_manifest.json", manifest)
+    print(f"wrote {len(cams)} views to {out} ({cams[0].width}x{cams[0].height}; settings in {manifest_path.name})")
     return 0
+
+
+def _reference_from_args(args):
+    """The reference images + cameras of ``invert``, checked before the model loads. Transparency is
+    kept: the engine composites it on the background its model renders behind objects (alpha = mask)."""
+    from PIL import Image, ImageOps
+
+    from .cameras import Camera, orbit_pose
+    from .data import load_transforms_scene
+    from .engine import reference_background
+    from .errors import InputError
+
+    if bool(args.image) == bool(args.transforms):
+        raise SystemExit("invert: give either --image FILE (with --azimuth/--elevation/--radius/--fov) or --transforms")
+    if args.transforms:
+        background = reference_background(_model_or_default(args.model))
+        scene = load_transforms_scene(args.transforms, _views(args.views) or [0], background=background)
+        _print_scene_messages(scene)
+        return scene.images, scene.posed_cameras()
+    path = Path(args.image)
+    if not path.is_file():
+        raise InputError(f"--image {path}: no such file")
+    try:
+        with Image.open(path) as im:
+            image = ImageOps.exif_transpose(im)
+            image.load()
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+    cam = Camera(orbit_pose(args.azimuth, args.elevation, args.radius), args.fov, *image.size)
+    return [image], [cam]
 
 
 def cmd_invert(args) -> int:
     from tqdm.auto import tqdm
 
-    from .data import load_transforms_scene
+    from .engine import default_invert_steps
+    from .tokens import validate_token_name
 
+    validate_token_name(args.name)  # names and files first: loading the model takes a while
+    library = Path(args.library or default_library())
+    if (library / args.name).exists():
+        from .errors import InputError
+
+        raise InputError(f"an object named '{args.name}' already exists in {library}: choose another --name")
+    images, cameras = _reference_from_args(args)
     engine = _engine(args)
-    scene = load_transforms_scene(args.transforms, _views(args.views) or [0])
-    bar = tqdm(total=args.steps, desc=f"invert {args.name}", unit="step")
+    steps = args.steps or default_invert_steps(engine.base.device)
+    width, height = engine.training_size(images[0])
+    print(
+        f"training at {width}x{height} (the model's long side {min(engine.base.native_size, engine.train_long_side)}; "
+        f"reference {images[0].size[0]}x{images[0].size[1]}, {len(images)} image(s)), {steps} steps on "
+        f"{engine.base.device}{_eta_hint(engine.base.device, steps)}",
+        file=sys.stderr,
+    )
+    _print_warnings(engine.render_warnings(cameras))
+    bar = tqdm(total=steps, desc=f"invert {args.name}", unit="step")
 
     def progress(ev):
         if ev.get("phase") == "compiling":  # step 0: the first inversion at this size compiles (minutes on CUDA)
@@ -158,12 +295,25 @@ def cmd_invert(args) -> int:
         bar.update(ev["step"] - bar.n)
         bar.set_postfix(loss=f"{ev['loss']:.4f}")
 
-    entry = engine.invert(
-        scene.images, scene.posed_cameras(), args.name, args.steps, seed=args.seed, on_progress=progress
-    )
+    source = {"views": _views(args.views) or [0]} if args.transforms else {"image": str(args.image)}
+    entry = engine.invert(images, cameras, args.name, steps, seed=args.seed, on_progress=progress, source=source)
     bar.close()
     print(json.dumps(entry, indent=2))
     return 0
+
+
+def _eta_hint(device, steps: int) -> str:
+    """An estimate from measured numbers before the first step (tqdm shows the real pace after it)."""
+    from .engine import CPU_SECONDS_PER_INVERT_STEP
+
+    if getattr(device, "type", str(device)) != "cpu":
+        return ""
+    seconds = steps * CPU_SECONDS_PER_INVERT_STEP
+    eta = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    return (
+        f": about {eta} at the {CPU_SECONDS_PER_INVERT_STEP:g} s/step measured for the toy model on "
+        "a 2-core CPU (the progress bar's ETA follows the real pace)"
+    )
 
 
 def cmd_train(args) -> int:
@@ -305,16 +455,33 @@ def _eval_dtu(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
     from .data import load_transforms_scene
     from .errors import InputError
     from .evaluation import EvalTable, LPIPSMetric, masked_psnr, masked_ssim
+    from .sheets import contact_sheet, save_png, write_manifest
 
     if args.dtu_root:
         return _eval_dtu(args)
     if not args.transforms:
         raise InputError("give --transforms (a scene with ground truth) or --dtu-root with --scans")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    full = load_transforms_scene(args.transforms)  # files checked before the model loads
+    _print_scene_messages(full)
     engine = _engine(args)
-    scene = load_transforms_scene(args.transforms, _views(args.views))
+    name, _ = engine.object_mapper(args.object)
+    train_views = _views(args.train_views)
+    if train_views is None:  # the views the object was inverted from, as `viewneti invert` recorded them
+        train_views = list(engine.library.source(name).get("views") or [0])
+    views = _views(args.views)
+    if views is None:
+        views = [i for i in range(len(full.images)) if i not in train_views]
+        print(f"eval: views {views} (all but the training view(s) {train_views})", file=sys.stderr)
+    if not views:
+        raise InputError(f"{args.transforms} has no views besides the training view(s) {train_views}: pass --views")
+    scene = full.subset(views)
     lp = None
     if args.lpips:
         try:
@@ -324,37 +491,69 @@ def cmd_eval(args) -> int:
     table = EvalTable()
     steps, guidance = engine.sampling.resolve(args.steps, args.guidance)
     print(f"sampling: {steps} steps, guidance {guidance:g}", file=sys.stderr)
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        size = args.size or engine.base.native_size
-        cams = [c.with_size(size, size) for c in scene.posed_cameras()]
-        preds = engine.render(cams, args.object, seed, steps, guidance, with_view=not args.no_view)
-        for i, (pred, gt) in enumerate(zip(preds, scene.images)):
-            gt = gt.resize(pred.size)
+    cams = [_sized(c, args.size, engine.base.native_size) for c in scene.posed_cameras()]
+    with_view = not args.no_view
+    warnings = engine.render_warnings(cams, with_view=with_view)
+    _print_warnings(warnings)
+    out = Path(args.out) / scene.name
+    out.mkdir(parents=True, exist_ok=True)
+    run = _run_settings(engine, name, seeds[0], steps, guidance, with_view=with_view, scene=scene.name)
+    files: list[Path] = []
+    gt_files: list[Path] = []
+    bar = tqdm(total=len(seeds) * len(cams), desc=f"eval {name} on {scene.name}", unit="view")
+    for seed in seeds:
+        for i, (cam, gt, view) in enumerate(zip(cams, scene.images, views)):
+            pred = engine.render([cam], name, seed, steps, guidance, with_view=with_view)[0]
+            gt = gt.resize(pred.size, Image.Resampling.BICUBIC)  # same aspect: the camera kept the image's aspect
             mask = scene.masks[i] if scene.masks else None
             if mask is not None:
-                from PIL import Image
-
                 mask = Image.fromarray(mask.astype("uint8") * 255).resize(pred.size)
+            files.append(
+                save_png(pred, out / f"{name}_view{view:03d}_seed{seed}.png", {**run, "seed": seed, "view": view})
+            )
+            if seed == seeds[0]:
+                gt_files.append(save_png(gt, out / f"gt_view{view:03d}.png", {"scene": scene.name, "view": view}))
             table.add(
-                args.object or engine.default_object or "",  # never "": render() above raises without an object
-                i,
+                scene.name,
+                view,
                 seed,
                 masked_psnr(pred, gt, mask),
                 masked_ssim(pred, gt, mask),
                 lp(pred, gt, mask) if lp else None,
             )
+            bar.update(1)
+    bar.close()
     print(table.format())
+    contact_sheet(
+        gt_files + files,
+        out / "sheet.png",
+        columns=len(cams),
+        labels=[f"view {v}" for v in views] * (1 + len(seeds)),
+        row_titles=["ground truth"] + [f"{name} seed {s}" for s in seeds],
+        settings=run,
+    )
+    result = {
+        "per_scene": table.per_scene(),
+        "mean": table.mean_over_scenes(),
+        "sampling": {"steps": steps, "guidance": guidance},
+        "views": views,
+        "train_views": train_views,
+    }
+    write_manifest(
+        out / "manifest.json",
+        {
+            "command": "eval",
+            **run,
+            "seeds": seeds,
+            "warnings": warnings,
+            **result,
+            "files": [f.name for f in gt_files + files],
+            "cameras": [c.to_json() for c in cams],
+        },
+    )
+    print(f"wrote {len(files)} renders, ground truth and sheet.png to {out}", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "per_scene": table.per_scene(),
-                    "mean": table.mean_over_scenes(),
-                    "sampling": {"steps": steps, "guidance": guidance},
-                },
-                indent=2,
-            )
-        )
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 
 
@@ -559,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Pretrain a view-mapper (mode 3), fit objects to one or a few photos (mode 5), render novel views, evaluate.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n  viewneti info\n  viewneti render --orbit 8 --out outputs/orbit --sheet\n"
+        "  viewneti invert --image mug.png --azimuth 30 --elevation 20 --radius 3.6 --fov 40 --name mug\n"
         "  viewneti invert --transforms my_scene/transforms.json --views 0 --name mug --steps 3000\n"
         "  viewneti train --mode 3 --data scenes/ --steps 50000 --out runs/pretrain\n"
         "  viewneti pretrain --data exports/ --preset paper --model /models/stable-diffusion-2-1 --out runs/views\n",
@@ -582,12 +782,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("invert", help="fit a new object token to reference image(s) (ViewNeTI mode 5)")
     _add_model_args(p)
-    p.add_argument(
-        "--transforms", required=True, help="transforms.json scene holding the reference image(s) and camera(s)"
-    )
-    p.add_argument("--views", help="comma-separated indices of the reference views (default 0)")
+    g = p.add_argument_group("reference (one of: --image with its camera, or --transforms)")
+    g.add_argument("--image", help="one reference photo; its camera is an orbit pose (--azimuth ... --fov)")
+    g.add_argument("--azimuth", type=float, default=0.0, help="--image camera azimuth, degrees (0 = front, from -Y)")
+    g.add_argument("--elevation", type=float, default=25.0, help="--image camera elevation, degrees (default 25)")
+    g.add_argument("--radius", type=float, default=3.6, help="--image camera distance to the anchor (default 3.6)")
+    g.add_argument("--fov", type=float, default=40.0, help="--image vertical field of view, degrees (default 40)")
+    g.add_argument("--transforms", help="transforms.json scene holding the reference image(s) and camera(s)")
+    g.add_argument("--views", help="comma-separated indices of the reference views in --transforms (default 0)")
     p.add_argument("--name", required=True, help="name of the new object token (letters, digits, _ and -)")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (paper: 3000)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps (default: the paper's 3000 on a GPU, 150 on a CPU: about 4 min for the toy model "
+        "on 2 cores; RESULTS.md §3 measured 14.3 / 14.8 dB at 150 / 600 steps)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_invert)
 
@@ -655,11 +865,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="render a scene's cameras and score them (masked PSNR/SSIM, LPIPS-VGG)")
     _add_model_args(p)
     p.add_argument("--transforms", help="transforms.json scene with ground-truth images (+ masks)")
-    p.add_argument("--views", help="comma-separated target view indices")
-    p.add_argument("--object", help="object token to render")
+    p.add_argument("--views", help="comma-separated target view indices (default: every view but the training ones)")
+    p.add_argument(
+        "--train-views",
+        help="the views the object was fitted to, left out by default (default: as `viewneti invert` recorded, else 0)",
+    )
+    p.add_argument("--object", help="object token to render (default: the model's first object)")
+    p.add_argument(
+        "--out", default="outputs/eval", help="folder for renders, ground truth, sheet, manifest (default outputs/eval)"
+    )
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (paper: 0,1)")
     _add_sampling_args(p)
-    p.add_argument("--size", type=int, help="render size (default native)")
+    p.add_argument(
+        "--size",
+        type=_size,
+        help="N (long side, aspect kept) or WxH (default: the model's native size as the long side)",
+    )
     p.add_argument("--no-view", action="store_true", help="object token only (baseline)")
     p.add_argument(
         "--lpips", action="store_true", help="also compute LPIPS-VGG (needs the lpips package and cached weights)"

@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .cameras import Camera, dtu_projection_to_camera, read_dtu_projection, read_transforms_json
+from .cameras import (
+    Camera,
+    camera_from_transforms_fields,
+    dtu_projection_to_camera,
+    read_dtu_projection,
+    read_transforms,
+)
 from .errors import InputError
 from .tokens import validate_token_name
 
@@ -77,12 +83,87 @@ def _open_rgb(path: Path) -> Image.Image:
         raise InputError(f"cannot read image {path}: {exc}") from None
 
 
-def load_transforms_scene(path: str | Path, views: Sequence[int] | None = None, name: str | None = None) -> Scene:
-    """A scene folder with ``transforms.json`` (or the file itself); image sizes fill in w/h if absent."""
+# Background that transparent pixels (an RGBA image's alpha, e.g. NeRF-synthetic's lego) are composited
+# onto: white, the NeRF-synthetic convention (its "white_bkgd") and nerfstudio's default alpha colour.
+# The RGB under alpha 0 is meaningless (black in lego); the alpha itself becomes the scene's mask.
+DEFAULT_BACKGROUND = (255, 255, 255)
+TRANSFORMS_NAMES = ("transforms.json", "transforms_train.json", "transforms_val.json", "transforms_test.json")
+
+
+def find_transforms_file(path: str | Path) -> tuple[Path, str | None]:
+    """The transforms file of a scene folder (or the file itself) and a note when a split was chosen.
+
+    A folder with ``transforms.json`` uses it; a NeRF-synthetic folder (``transforms_train.json``,
+    ``_val``, ``_test``) uses the train split and says so (pass the file to pick another)."""
     path = Path(path)
-    tj = path / "transforms.json" if path.is_dir() else path
+    if not path.is_dir():
+        if not path.is_file():
+            raise InputError(f"{path}: no such file or folder (give a scene folder or its transforms.json)")
+        return path, None
+    for name in TRANSFORMS_NAMES:
+        if (path / name).is_file():
+            others = [n for n in TRANSFORMS_NAMES[1:] if n != name and (path / n).is_file()]
+            note = None
+            if name != "transforms.json":
+                note = f"{path} has no transforms.json: using {name}" + (
+                    f" (also there: {', '.join(others)}; pass one of them to use it)" if others else ""
+                )
+            return path / name, note
+    raise InputError(
+        f"{path} holds no transforms.json (nor transforms_train.json / _val / _test): "
+        "give a nerfstudio, instant-ngp or Blender-NeRF scene folder"
+    )
+
+
+def _resolve_image(root: Path, file_path: str) -> Path:
+    """A frame's image: the path as written, or with .png/.jpg added (Blender-NeRF leaves it out)."""
+    file = root / file_path
+    if not file.suffix and not file.exists():
+        file = next((file.with_suffix(s) for s in (".png", ".jpg") if file.with_suffix(s).exists()), file)
+    return file
+
+
+def _image_size(root: Path, file_path: str) -> tuple[int, int] | None:
+    try:
+        with Image.open(_resolve_image(root, file_path)) as im:
+            return im.size
+    except (OSError, ValueError):
+        return None
+
+
+def _open_with_alpha(path: Path, background: tuple[int, int, int]) -> tuple[Image.Image, np.ndarray | None]:
+    """RGB image and, for images with transparency, the alpha as a mask (RGB composited on ``background``)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                alpha = np.asarray(rgba.getchannel("A"))
+                if alpha.min() < 255:
+                    base = Image.new("RGBA", rgba.size, (*background, 255))
+                    return Image.alpha_composite(base, rgba).convert("RGB"), alpha > 127
+                return rgba.convert("RGB"), None
+            return im.convert("RGB"), None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+def load_transforms_scene(
+    path: str | Path,
+    views: Sequence[int] | None = None,
+    name: str | None = None,
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+) -> Scene:
+    """A scene folder with ``transforms.json`` (or ``transforms_train.json``...) or the file itself.
+
+    Cameras keep their full intrinsics (fl_x/fl_y, cx/cy); a camera given for another image size
+    (nerfstudio's downscaled ``images_2``) is scaled to the image, and one given by angles only is
+    built at the image's size. Masks: ``mask_path``, else the image's alpha (composited onto
+    ``background``). ``scene.meta["notes"]`` / ``["warnings"]`` say which split was used and whether
+    the file's lens distortion is ignored."""
+    tj, note = find_transforms_file(path)
     root = tj.parent
-    frames = read_transforms_json(tj)
+    tf = read_transforms(tj, image_size=lambda fp: _image_size(root, fp))
+    frames = tf.frames
     if views is not None:
         bad = [i for i in views if not 0 <= i < len(frames)]
         if bad:
@@ -90,23 +171,29 @@ def load_transforms_scene(path: str | Path, views: Sequence[int] | None = None, 
         frames = [frames[i] for i in views]
     images, cameras, masks = [], [], []
     for fr in frames:
-        file = root / fr.file_path
-        if not file.suffix and not file.exists():
-            file = next((file.with_suffix(s) for s in (".png", ".jpg") if file.with_suffix(s).exists()), file)
-        img = _open_rgb(file)
+        img, alpha = _open_with_alpha(_resolve_image(root, fr.file_path), background)
         cam = fr.camera
         if (cam.width, cam.height) != img.size:
-            from .cameras import fov_y_from_fov_x
-
-            # Blender-NeRF gives camera_angle_x only: re-derive fov_y with the real aspect.
-            fov_y = cam.fov_y_deg if cam.width == img.size[0] else fov_y_from_fov_x(cam.fov_x_deg, *img.size)
-            cam = Camera(cam.camera_to_anchor, fov_y, img.size[0], img.size[1])
+            if "w" in fr.intrinsics_source and "h" in fr.intrinsics_source:
+                cam = cam.with_size(*img.size)  # the file's intrinsics are for another size: scale them
+            else:  # angles only: the camera at the image's real size
+                cam = camera_from_transforms_fields(
+                    cam.camera_to_anchor, fr.intrinsics_source, *img.size, where=str(tj)
+                )
         images.append(img)
         cameras.append(cam)
         if fr.mask_path:
-            with Image.open(root / fr.mask_path) as m:
-                masks.append(np.asarray(m.convert("L")) > 127)
-    return Scene(name or root.name, images, cameras, masks if len(masks) == len(images) else None)
+            try:
+                with Image.open(root / fr.mask_path) as m:
+                    masks.append(np.asarray(m.convert("L").resize(img.size)) > 127)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read mask {root / fr.mask_path}: {exc}") from None
+        elif alpha is not None:
+            masks.append(alpha)
+    meta: dict = {"transforms": str(tj), "notes": [note] if note else [], "warnings": []}
+    if tf.distortion_warning:
+        meta["warnings"].append(tf.distortion_warning)
+    return Scene(name or root.name, images, cameras, masks if len(masks) == len(images) else None, meta)
 
 
 def load_scene_collection(root: str | Path, limit: int | None = None) -> list[Scene]:
@@ -117,7 +204,9 @@ def load_scene_collection(root: str | Path, limit: int | None = None) -> list[Sc
     """
     root = Path(root)
     dirs = (
-        sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / "transforms.json").is_file())
+        sorted(
+            p for p in root.iterdir() if not p.name.startswith(".") and any((p / n).is_file() for n in TRANSFORMS_NAMES)
+        )
         if root.is_dir()
         else []
     )

@@ -30,7 +30,14 @@ from .compile_modes import resolve_compile_mode
 from .compile_warmer import WarmProcess
 from .data import Scene
 from .errors import Cancelled, InputError
-from .limits import MAX_SIZE
+from .limits import (  # noqa: F401 - the inversion defaults are re-exported for callers
+    CPU_INVERT_STEPS,
+    CPU_SECONDS_PER_INVERT_STEP,
+    GPU_INVERT_STEPS,
+    MAX_SIZE,
+    SIZE_WARNING_FACTOR,
+    default_invert_steps,
+)
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
 from .render_shape import RenderShape
@@ -251,6 +258,7 @@ class Engine:
             "sampling_defaults": self.sampling.to_dict(),
             "reference_background": "#{:02x}{:02x}{:02x}".format(*self.background),
             "camera_rig": "dtu" if self.rig is not None else None,
+            "invert_steps": default_invert_steps(self.base.device),
         }
 
     def mapper_cameras(self, cameras: Sequence[Camera], *, use_rig: bool = True) -> list[Camera]:
@@ -275,6 +283,11 @@ class Engine:
     def delete_object(self, name: str) -> None:
         self.library.delete(name)
         self.pipeline.forget(name)
+
+    def rename_object(self, name: str, new_name: str) -> dict:
+        entry = self.library.rename(name, new_name)
+        self.pipeline.forget(name)
+        return entry
 
     def object_mapper(self, name: str | None) -> tuple[str, NeTIMapper]:
         name = name or self.default_object
@@ -301,7 +314,7 @@ class Engine:
         """Novel views of an object; cameras of different sizes are rendered in per-size batches.
 
         ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`).
-        ``warnings`` (a list) receives a message per camera outside the view-mapper's training range.
+        ``warnings``, if given, is extended with :meth:`render_warnings` (the render still happens).
         ``use_rig=False``: the cameras are already in the view-mapper's own frame (DTU evaluation)."""
         self.idle.clear()  # a background compile waits while this runs (server/compiler.py)
         try:
@@ -339,9 +352,10 @@ class Engine:
         steps, guidance = self.sampling.resolve(steps, guidance)
         name, mapper = self.object_mapper(object_name)
         with_view = with_view and self.pipeline.view_mapper is not None
+        if warnings is not None:
+            new = self.render_warnings(cameras, with_view=with_view, use_rig=use_rig)
+            warnings.extend(w for w in new if w not in warnings)
         if with_view:
-            if warnings is not None:
-                warnings.extend(self.camera_warnings(cameras, use_rig=use_rig))
             cameras = self.mapper_cameras(cameras, use_rig=use_rig)
         out: list[Image.Image | None] = [None] * len(cameras)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -407,6 +421,27 @@ class Engine:
 
             reset_cudagraph_trees()  # this thread's trees only; the next compiled call records afresh
 
+    def render_warnings(self, cameras: Sequence[Camera], *, with_view: bool = True, use_rig: bool = True) -> list[str]:
+        """What a user should know before trusting these renders: sizes far above the model's native
+        size, cameras outside the view-mapper's trained range (features outside -1..1, or a distance
+        the parameterisation clamps). One string per problem; the CLI prints them, the server sends
+        them as ``X-Warnings`` (renders) or a job's ``warnings`` (sequences)."""
+        out: list[str] = []
+        native = self.base.native_size
+        big = [c for c in cameras if max(c.width, c.height) > SIZE_WARNING_FACTOR * native]
+        if big:
+            c = big[0]
+            out.append(
+                f"{c.width}x{c.height} is {max(c.width, c.height) / native:.0f}x the model's native size ({native} px): "
+                f"it was trained at {native} px and draws repeated, unstructured detail at this size; "
+                f"render at a long side of {native} (the default) and upscale if needed"
+            )
+        param = self.pipeline.camera_param
+        if with_view and self.pipeline.view_mapper is not None and param is not None and cameras:
+            out.extend(self.camera_warnings(cameras, use_rig=use_rig))
+            out.extend(param.range_warnings(self.mapper_cameras(cameras, use_rig=use_rig)))
+        return out
+
     # -- inversion (ViewNeTI mode 5) ----------------------------------------------------------------
     def training_size(self, image: Image.Image) -> tuple[int, int]:
         """Long side = min(native, 512) (the paper trains SD 2 at 512x384), aspect kept, multiples of 8."""
@@ -424,11 +459,13 @@ class Engine:
         should_stop: Callable[[], bool] | None = None,
         preview_every: int = 0,
         config: TrainConfig | None = None,
+        source: dict | None = None,
     ) -> dict:
         """Fit a new object token to reference image(s) with the frozen view-mapper; saved only when done.
 
         ``config`` sets training options (e.g. ``augmentation_pool``); mode, steps and seed come from
-        the arguments, and the size from the reference image unless the config sets one.
+        the arguments, and the size from the reference image unless the config sets one. ``source``
+        (e.g. ``{"views": [0]}``) is stored with the token, so ``viewneti eval`` can leave those views out.
         """
         validate_token_name(name)
         if self.library.exists(name):
@@ -489,7 +526,7 @@ class Engine:
 
         trainer.train(on_step=report, should_stop=should_stop, progress=False)  # Cancelled propagates: nothing saved
         mapper = trainer.object_mappers[0].eval().requires_grad_(False)
-        entry = self.library.save(name, mapper, steps=steps)
+        entry = self.library.save(name, mapper, steps=steps, source=source)
         self.pipeline.forget(name)
         return entry
 

@@ -12,6 +12,10 @@ class NotFoundError(InputError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class NameTakenError(InputError):
+    """A new name that an existing object already has. Maps to HTTP 409."""
+
+
 class IncompatibleModelError(InputError):
     """A checkpoint trained against a different base model than the one loaded."""
 

@@ -24,7 +24,25 @@ MAX_FRAME = 9_999_999  # largest frame number of a sequence: frames name files f
 MAX_STEPS = 150  # denoising steps of one render (contract); --max-steps may only lower it
 MAX_INVERT_STEPS = 100_000  # contract bound of an inversion's optimisation steps
 DEFAULT_MAX_INVERT_STEPS = 5_000  # server cap (--max-invert-steps); the paper's 3000-step runs fit under it
-DEFAULT_INVERT_STEPS = 300
+# Default optimisation steps of an inversion (CLI `invert`, POST /v1/jobs/invert without steps, the
+# add-on's Steps 0; GET /v1/health invert_steps): the paper's 3000 on a GPU (4.8 min on an H200 at SD 2
+# scale). On a CPU one toy-model step (9 images, 64x64) takes ~1.5 s on 2 cores (RESULTS.md §5:
+# 1.3-1.7 s), so 3000 would be 20 h: 150 steps (~4 min) reach 14.3 dB against 14.8 dB at 600 (§3).
+GPU_INVERT_STEPS = 3000
+CPU_INVERT_STEPS = 150
+CPU_SECONDS_PER_INVERT_STEP = 1.5  # for the CLI's ETA on a CPU
+
+
+def default_invert_steps(device: object) -> int:
+    """The paper's 3000 steps on an accelerator, :data:`CPU_INVERT_STEPS` on a CPU (a torch.device or str)."""
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    return CPU_INVERT_STEPS if kind == "cpu" else GPU_INVERT_STEPS
+
+
+# -- warnings ---------------------------------------------------------------------------------------
+# A render whose long side is more than this many times the model's native size gets a warning: the
+# model never saw such images (the toy model at 512 px on its 64-px training size draws a tiled mosaic).
+SIZE_WARNING_FACTOR = 2.0
 
 # -- inversion references ---------------------------------------------------------------------------
 MAX_REFERENCE_SIDE = 4096  # a reference image may be at most this many pixels per side ...

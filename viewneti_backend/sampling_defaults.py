@@ -37,6 +37,9 @@ MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
 MIN_STEPS, MAX_STEPS = 1, limits.MAX_STEPS
 
 
+# The inversion defaults (GPU_INVERT_STEPS, CPU_INVERT_STEPS, default_invert_steps) live in .limits.
+
+
 class SamplingDefaultsError(InputError):
     """A ``sampling.json`` that cannot be used (bad JSON, unknown key, value out of range)."""
 

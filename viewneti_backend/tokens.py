@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError, NotFoundError
+from .errors import InputError, NameTakenError, NotFoundError
 from .limits import NAME_RE
 from .mapper import CONFIG_NAME, WEIGHTS_NAME, NeTIMapper
 
@@ -111,7 +111,19 @@ class ObjectLibrary:
             self._cache[name] = mapper
         return mapper
 
-    def save(self, name: str, mapper: NeTIMapper, *, steps: int = 0, overwrite: bool = False) -> dict:
+    def source(self, name: str) -> dict:
+        """Where a token came from (``{"views": [...]}`` or ``{"image": ...}``), as saved; {} if unknown."""
+        found = self._locate(validate_token_name(name))
+        if not found:
+            return {}
+        import json
+
+        extra = json.loads((found[0] / CONFIG_NAME).read_text()).get("extra", {})
+        return dict(extra.get("source") or {})
+
+    def save(
+        self, name: str, mapper: NeTIMapper, *, steps: int = 0, overwrite: bool = False, source: dict | None = None
+    ) -> dict:
         validate_token_name(name)
         if self.user_dir is None:
             raise InputError("this library has no writable folder: start with a data directory to save objects")
@@ -121,11 +133,37 @@ class ObjectLibrary:
             **mapper.config.extra,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "steps": int(steps),
+            **({"source": dict(source)} if source else {}),
         }
         mapper.save_pretrained(self.user_dir / name)
         with self._lock:
             self._cache.pop(name, None)
         return self.entry(name)
+
+    def rename(self, name: str, new_name: str) -> dict:
+        """Give a user object a new name in one ``rename`` of its folder: it is never listed under both
+        names or neither, and an existing object (user or built-in) is never replaced."""
+        validate_token_name(new_name)
+        found = self._locate(validate_token_name(name))
+        if not found:
+            raise NotFoundError(
+                f"unknown object '{name}': GET /v1/objects (or `viewneti info`) lists the available ones"
+            )
+        path, builtin = found
+        if builtin:
+            raise InputError(f"'{name}' is a built-in object of the loaded model and cannot be renamed")
+        if new_name == name:
+            return self.entry(name)
+        target = path.with_name(new_name)
+        with self._lock:
+            if self._locate(new_name) or target.exists():
+                raise NameTakenError(f"an object named '{new_name}' already exists: choose another name")
+            try:
+                path.rename(target)  # atomic on one file system; refuses a non-empty target
+            except OSError as exc:
+                raise NameTakenError(f"cannot rename '{name}' to '{new_name}': {exc.strerror or exc}") from None
+            self._cache.pop(name, None)
+        return self.entry(new_name)
 
     def delete(self, name: str) -> None:
         found = self._locate(validate_token_name(name))

@@ -90,7 +90,12 @@ def test_cli_info_render_and_errors(tiny_model_dir, tmp_path, capsys, monkeypatc
         == 0
     )
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["thing_a_sheet.png", "thing_a_view000_seed0.png", "thing_a_view001_seed0.png"]
+    assert files == [
+        "thing_a_seed0_manifest.json",
+        "thing_a_seed0_sheet.png",
+        "thing_a_view000_seed0.png",
+        "thing_a_view001_seed0.png",
+    ]
     assert Image.open(out / "thing_a_view000_seed0.png").size == (64, 64)
     assert cli_main(["render", "--model", str(tiny_model_dir), "--object", "nope", "--out", str(out)]) == 2
     assert "unknown object" in capsys.readouterr().err

@@ -14,7 +14,9 @@ SHARED = [
     "SIZE_MULTIPLE",
     "MAX_STEPS",
     "MAX_INVERT_STEPS",
-    "DEFAULT_INVERT_STEPS",
+    "GPU_INVERT_STEPS",
+    "CPU_INVERT_STEPS",
+    "SIZE_WARNING_FACTOR",
     "MAX_REFERENCE_SIDE",
     "MAX_INVERT_ASPECT",
     "NAME_PATTERN",
@@ -53,7 +55,8 @@ def test_the_layers_read_the_limits_module():
     assert tokens.NAME_PATTERN is limits.NAME_RE and _NAME is limits.NAME_RE
     assert schemas.NAME_PATTERN == limits.NAME_PATTERN
     steps = schemas.InvertRequest.model_json_schema()["properties"]["steps"]
-    assert steps["maximum"] == limits.MAX_INVERT_STEPS and steps["default"] == limits.DEFAULT_INVERT_STEPS
+    integer = next(b for b in steps.get("anyOf", [steps]) if b.get("type") == "integer")
+    assert integer["maximum"] == limits.MAX_INVERT_STEPS and steps.get("default") is None  # None: health's
     c = ServerConfig()
     assert (c.max_size, c.max_steps, c.max_invert_steps) == (
         limits.MAX_SIZE,

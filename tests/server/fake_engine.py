@@ -53,6 +53,7 @@ class FakeEngine:
             "default_object": BUILTIN,
             "native_size": 64,
             "sequence_batch": self.sequence_batch,
+            "invert_steps": 150,  # like the engine on a CPU (sampling_defaults.default_invert_steps)
             "max_size": 2048,
             "sampling_defaults": dict(SAMPLING),
         }
@@ -80,6 +81,22 @@ class FakeEngine:
             raise NotFoundError(f"unknown object {name!r}")
         assert self.library_dir is not None, "this fake engine was made without a library folder"
         (self.library_dir / f"{name}.json").unlink()
+
+    def rename_object(self, name: str, new_name: str) -> dict:
+        from viewneti_backend.errors import NameTakenError
+
+        if name == BUILTIN:
+            raise InputError(f"{name!r} is built into the model and cannot be renamed")
+        if self.has_object(new_name):
+            raise NameTakenError(f"an object named {new_name!r} already exists")
+        assert self.library_dir is not None, "this fake engine was made without a library folder"
+        entry = json.loads((self.library_dir / f"{name}.json").read_text())
+        entry["name"] = new_name
+        tmp = self.library_dir / f".{new_name}.json.tmp"
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, self.library_dir / f"{new_name}.json")
+        (self.library_dir / f"{name}.json").unlink()
+        return entry
 
     def render(
         self,
@@ -118,7 +135,14 @@ class FakeEngine:
             out.append(Image.fromarray(arr, "RGB"))
         if timings is not None:
             timings.update({"encode": 0.1, "denoise": (t1 - t0) * 1000.0, "decode": 0.1})
+        if warnings is not None:
+            warnings.extend(self.render_warnings(cameras))
         return out
+
+    def render_warnings(self, cameras, *, with_view=True, use_rig=True):
+        """Like the engine's: one string for sizes above 2x the fake model's native size (64 px)."""
+        big = [c for c in cameras if max(c.width, c.height) > 2 * 64]
+        return [f"{big[0].width}x{big[0].height}: larger than 2x the fake model's native size (64 px)"] if big else []
 
     def invert(self, images, cameras, name, steps, *, seed=0, on_progress=None, should_stop=None, preview_every=0):
         if self.has_object(name):

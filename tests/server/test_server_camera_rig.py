@@ -1,7 +1,9 @@
 """A real server with a DTU-trained view-mapper (camera rig): cameras outside its training range get
-an X-Camera-Warning header, cameras inside none; /v1/health says a rig is loaded."""
+an X-Warnings entry (the JSON array of strings), cameras inside none; /v1/health says a rig is loaded."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from srvutil import USE_FAKE, render_body, wire_camera
@@ -18,8 +20,9 @@ def test_out_of_range_cameras_are_flagged_in_a_header(make_server, test_model, t
         assert c.get("/v1/health").json()["camera_rig"] == "dtu"
         inside = c.post("/v1/render", json=render_body(camera=wire_camera(azimuth=15.0, elevation=10.0, radius=3.6)))
         assert inside.status_code == 200, inside.text
-        assert "x-camera-warning" not in inside.headers
+        assert "x-warnings" not in inside.headers
         behind = c.post("/v1/render", json=render_body(camera=wire_camera(azimuth=180.0, elevation=10.0, radius=3.6)))
         assert behind.status_code == 200, behind.text
-        warning = behind.headers["x-camera-warning"]
-        assert "outside the view-mapper's training range" in warning and "azimuth" in warning
+        warnings = json.loads(behind.headers["x-warnings"])
+        assert len(warnings) == 1 and "outside the view-mapper's training range" in warnings[0]
+        assert "azimuth" in warnings[0]
