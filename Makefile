@@ -38,4 +38,4 @@ clean:
 	rm -rf $(VENV) outputs dist .pytest_cache
 
 bench-cpu: setup
-	$(BIN)/python benchmarks/server_overhead.py --n 50 --threads 1
+	$(BIN)/python -m benchmarks.server_overhead --n 50 --threads 1
