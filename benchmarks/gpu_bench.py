@@ -33,7 +33,8 @@ from viewneti_backend.augment import AUGMENTATIONS, augment_batch
 from viewneti_backend.camera_features import make_parameterization
 from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.data import Scene
-from viewneti_backend.pipeline import ViewNeTIPipeline, encode_conditions, images_to_tensor
+from viewneti_backend.images import images_to_tensor
+from viewneti_backend.pipeline import ViewNeTIPipeline, encode_conditions
 from viewneti_backend.training import TrainConfig, Trainer, new_mapper
 
 PEAK_TFLOPS = 800.0

@@ -18,7 +18,7 @@ def builtin_ground_truth(engine, cameras, objects: list[str], truth: dict | None
     """Renderer ground truth of each built-in object (its toy seed is stored with its token); ``truth``
     is filled in place and reused, so several engines over the same objects render it once."""
     from viewneti_backend.mapper import NeTIMapper
-    from viewneti_backend.toyworld.nvs import render_scene
+    from viewneti_backend.toyworld.dataset import render_scene
 
     truth = {} if truth is None else truth
     for name in objects:

@@ -61,7 +61,8 @@ def main() -> None:
 
     from viewneti_backend.cameras import Camera
     from viewneti_backend.data import Scene
-    from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene
+    from viewneti_backend.toyworld.benchmark import BenchmarkConfig, benchmark_cameras
+    from viewneti_backend.toyworld.dataset import render_scene
     from viewneti_backend.training import TrainConfig, Trainer
 
     checkpoints = sorted(args.checkpoints)

@@ -64,10 +64,11 @@ def main() -> None:
 
     from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import resolve_model
-    from viewneti_backend.pipeline import images_to_tensor
+    from viewneti_backend.images import images_to_tensor
+    from viewneti_backend.toyworld.benchmark import BenchmarkConfig, benchmark_cameras, target_azimuths
     from viewneti_backend.toyworld.captions import describe, view_phrase
-    from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene, target_azimuths
-    from viewneti_backend.toyworld.prior import load_prior, sample
+    from viewneti_backend.toyworld.dataset import render_scene
+    from viewneti_backend.toyworld.prior.model import load_prior, sample
     from viewneti_backend.toyworld.renderer import ToyObject
 
     model = resolve_model(args.model)

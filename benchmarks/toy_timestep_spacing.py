@@ -72,7 +72,8 @@ def main() -> None:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene
+    from viewneti_backend.toyworld.benchmark import BenchmarkConfig, benchmark_cameras
+    from viewneti_backend.toyworld.dataset import render_scene
 
     settings: list[SpacingSetting] = args.settings
     seeds = args.seeds
