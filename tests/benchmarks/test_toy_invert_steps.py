@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.e2e
 def test_toy_invert_steps_scores_the_objects_it_is_given_with_the_pool_option(tmp_path):
     out = tmp_path / "steps.json"
     cmd = [
