@@ -100,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not compile other sizes on first use (they keep rendering uncompiled)",
     )
     m.add_argument(
+        "--compile-processes",
+        type=int,
+        default=ServerConfig.compile_processes,
+        metavar="N",
+        help="helper processes that compile render shapes ahead, several at once, so that compiling does "
+        "not slow down the renders the server answers meanwhile; each loads its own copy of the model "
+        f"(GPU and CPU memory). 0: compile inside the server only (default {ServerConfig.compile_processes})",
+    )
+    m.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -207,6 +216,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         compile=args.compile,
         warmup=_parse_warmup(args.warmup),
         compile_new_shapes=args.compile_new_shapes,
+        compile_processes=max(0, args.compile_processes),
         token=token,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_size=max(limits.MIN_SIZE, min(limits.MAX_SIZE, args.max_size)),

@@ -102,6 +102,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         store,
         warmup=None if config.warmup is None else list(config.warmup),
         compile_new_shapes=config.compile_new_shapes,
+        compile_processes=config.compile_processes,
     )
 
     @asynccontextmanager

@@ -9,14 +9,18 @@ what is ready, compiling and queued.
 
 The engine's ``compile_shape`` touches no mapper, cache or text encoder, so it can run here while
 the worker thread renders. Compiling is pure Python for minutes and would starve a render of the GIL
-(measured on an H200: an uncompiled 768x576 view took 19 s instead of about 1 s), so this thread
-pauses at its next Python call whenever the engine renders (``engine.idle`` cleared), for at most
-``MAX_PAUSE_S`` at a time so that nothing can wait on it forever.
+(measured on an H200: an uncompiled 768x576 view took 19 s instead of about 1 s). So each shape is
+first compiled by helper processes (``processes`` of them, :mod:`viewneti_backend.compile_warmer`)
+into torch's on-disk caches, several shapes at once; this thread then compiles it in the server from
+those caches in seconds, pausing at its next Python call whenever the engine renders (``engine.idle``
+cleared), for at most ``MAX_PAUSE_S`` at a time so that nothing can wait on it forever. If a helper
+fails, the shape is compiled here from scratch (slower, same result).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import sys
 import threading
 import time
@@ -39,8 +43,26 @@ def _yield_to_renders(idle: threading.Event):
     return hook
 
 
+class _Warming:
+    """A shape handed to the helper processes: done is set when they compiled it (or failed)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: str | None = None
+        self.seconds = 0.0
+
+
 class BackgroundCompiler:
-    def __init__(self, engine: Any, *, compile_new_shapes: bool = True, name: str = "viewneti-compiler") -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        compile_new_shapes: bool = True,
+        processes: int = 0,
+        name: str = "viewneti-compiler",
+    ) -> None:
+        """``processes``: helper processes that compile shapes ahead into the on-disk caches (0: none,
+        everything compiles in this process; engines without ``compile_warmer`` get none)."""
         self._engine = engine
         self._compile_new = compile_new_shapes
         self._cv = threading.Condition()
@@ -51,10 +73,22 @@ class BackgroundCompiler:
         self._times: dict[str, float] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._warm_queue: queue.Queue[Any] = queue.Queue()
+        self._warming: dict[Any, _Warming] = {}
+        self._helpers: list[Any] = []
+        factory = getattr(engine, "compile_warmer", None)
+        if processes > 0 and callable(factory):
+            self._helpers = [factory() for _ in range(processes)]
+        self._helper_threads = [
+            threading.Thread(target=self._helper_loop, args=(h,), name=f"{name}-helper-{i}", daemon=True)
+            for i, h in enumerate(self._helpers)
+        ]
 
     def start(self, warmup: list[Any]) -> None:
         for shape in warmup:
             self.request(shape, warmup=True)
+        for t in self._helper_threads:
+            t.start()
         self._thread.start()
 
     def request(self, shape: Any, *, warmup: bool = False) -> bool:
@@ -66,6 +100,9 @@ class BackgroundCompiler:
                 return False
             self._seen.add(shape)
             self._queue.append(shape)
+            if self._helpers:
+                self._warming[shape] = _Warming()
+                self._warm_queue.put(shape)
             self._cv.notify_all()
         return True
 
@@ -75,6 +112,10 @@ class BackgroundCompiler:
             self._stopping = True
             self._queue.clear()
             self._cv.notify_all()
+        for _ in self._helpers:
+            self._warm_queue.put(None)
+        for helper in self._helpers:
+            helper.close(timeout=0)  # a helper mid-compile is killed: its work is only a cache
         if self._thread.ident is not None:
             self._thread.join(timeout)
 
@@ -86,7 +127,24 @@ class BackgroundCompiler:
                 "queued": [s.label() for s in self._queue],
                 "failed": dict(self._failed),
                 "seconds": dict(self._times),
+                "helper_processes": len(self._helpers),
             }
+
+    def _helper_loop(self, helper: Any) -> None:
+        while True:
+            shape = self._warm_queue.get()
+            if shape is None or self._stopping:
+                return
+            warming = self._warming[shape]
+            try:
+                reply = helper.warm(shape.label())
+                warming.seconds = float(reply.get("seconds", 0.0)) + float(reply.get("load_s", 0.0))
+            except Exception as exc:  # noqa: BLE001 - the shape is then compiled in this process
+                if not self._stopping:
+                    log.warning("compile helper: %s; compiling %s in the server instead", exc, shape.label())
+                warming.error = str(exc)
+            finally:
+                warming.done.set()
 
     def _run(self) -> None:
         idle = getattr(self._engine, "idle", None)
@@ -98,13 +156,25 @@ class BackgroundCompiler:
                 if self._stopping:
                     return
                 shape = self._current = self._queue.popleft()
+                warming = self._warming.get(shape)
             label = shape.label()
-            log.info("compiling render graphs for %s in the background (requests at this size run eager)", label)
             t0 = time.perf_counter()
+            if warming is not None:
+                log.info("compiling render graphs for %s in a helper process (requests at this size run eager)", label)
+                while not warming.done.wait(0.5):  # Event.wait releases the GIL: renders run at full speed
+                    if self._stopping:
+                        return
+            else:
+                log.info("compiling render graphs for %s in the background (requests at this size run eager)", label)
+            stats: dict[str, int] = {}
+            t_here = time.perf_counter()
             try:
                 sys.setprofile(hook)  # this thread only, and only while it holds none of our locks
                 try:
-                    self._engine.compile_shape(shape)
+                    if warming is not None:
+                        self._engine.compile_shape(shape, cache_stats=stats)
+                    else:
+                        self._engine.compile_shape(shape)
                 finally:
                     sys.setprofile(None)
             except Exception as exc:  # noqa: BLE001 - reported through /v1/health; that shape stays eager
@@ -113,7 +183,19 @@ class BackgroundCompiler:
                     self._failed[label] = f"{type(exc).__name__}: {exc}"
             else:
                 seconds = time.perf_counter() - t0
-                log.info("compiled %s in %.1f s", label, seconds)
+                if warming is not None and warming.error is None:
+                    log.info(
+                        "compiled %s in %.1f s (helper %.1f s, then %.1f s in the server: %d graphs from the "
+                        "cache, %d compiled again)",
+                        label,
+                        seconds,
+                        warming.seconds,
+                        time.perf_counter() - t_here,
+                        stats.get("hits", 0),
+                        stats.get("misses", 0),
+                    )
+                else:
+                    log.info("compiled %s in %.1f s", label, seconds)
                 with self._cv:
                     self._times[label] = round(seconds, 1)
             finally:

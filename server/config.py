@@ -45,6 +45,8 @@ class ServerConfig:
     # render shapes ("WxH" or "WxHxN") compiled in the background at start; None: the engine's defaults
     warmup: tuple[str, ...] | None = None
     compile_new_shapes: bool = True  # compile each new request shape in the background (else it stays eager)
+    # helper processes that compile shapes into torch's on-disk caches first (server/compiler.py); 0: none
+    compile_processes: int = 2
     token: str | None = None
     max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1024 * 1024)
     # Operational caps on top of the contract's limits (a small machine may want lower ones).

@@ -85,10 +85,12 @@ class Worker:
         serve_renders_during_jobs: bool = True,
         warmup: list[str] | None = None,
         compile_new_shapes: bool = True,
+        compile_processes: int = 0,
     ) -> None:
         self._engine_factory = engine_factory
         self._warmup = warmup  # shape labels such as "768x576x4"; None: the engine's defaults
         self._compile_new_shapes = compile_new_shapes
+        self._compile_processes = compile_processes
         self.compiler: BackgroundCompiler | None = None
         # PNG encoding and writing of sequence frames, off the worker thread: the next frames render meanwhile
         self._frame_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="viewneti-frames")
@@ -292,7 +294,9 @@ class Worker:
         except InputError as exc:
             log.error("--warmup: %s; compiling nothing ahead", exc)
             shapes = []
-        self.compiler = BackgroundCompiler(engine, compile_new_shapes=self._compile_new_shapes)
+        self.compiler = BackgroundCompiler(
+            engine, compile_new_shapes=self._compile_new_shapes, processes=self._compile_processes
+        )
         engine.on_uncompiled_shape = self.compiler.request
         self.compiler.start(shapes)
         log.info(

@@ -25,6 +25,7 @@ from .base_model import BaseModel, compile_base_model, load_base_model
 from .camera_rig import CameraRig, range_warnings, rig_from_mapper_config
 from .cameras import Camera
 from .compile_modes import resolve_compile_mode
+from .compile_warmer import WarmProcess
 from .data import Scene
 from .errors import InputError
 from .limits import MAX_SIZE
@@ -171,18 +172,36 @@ class Engine:
     def compiled(self) -> bool:
         return self.compile_mode is not None
 
-    def compile_shape(self, shape: RenderShape) -> float:
+    def compile_shape(self, shape: RenderShape, cache_stats: dict[str, int] | None = None) -> float:
         """Compile (and run once) the render graphs of one shape; returns the seconds it took.
 
         Touches no mapper, cache or text encoder (blank conditioning), so the server can call it from a
-        background thread while its worker keeps rendering other shapes eagerly."""
+        background thread while its worker keeps rendering other shapes eagerly. ``cache_stats`` (a dict)
+        receives how many compiled graphs came from inductor's on-disk cache (``hits``) and how many
+        were compiled here (``misses``): after a :meth:`compile_warmer` compiled the shape, all hits."""
         t0 = time.perf_counter()
         if self.compiled and shape not in self.ready_shapes:
+            from torch._dynamo.utils import counters
+
+            before = dict(counters["inductor"])
             guidance = 2.0 if shape.cfg else 1.0
             for _ in range(2):  # the first call compiles; the second records the CUDA graph
                 self.pipeline.run_graphs(shape.views, shape.width, shape.height, guidance)
             self.ready_shapes.add(shape)
+            if cache_stats is not None:
+                after = counters["inductor"]
+                for key, name in (("hits", "fxgraph_cache_hit"), ("misses", "fxgraph_cache_miss")):
+                    cache_stats[key] = int(after.get(name, 0)) - int(before.get(name, 0))
         return time.perf_counter() - t0
+
+    def compile_warmer(self) -> WarmProcess:
+        """A helper process that compiles this engine's render shapes into torch's on-disk caches, so
+        that :meth:`compile_shape` afterwards costs seconds of this process's time, not a minute of
+        GIL-holding Python (see :mod:`.compile_warmer`)."""
+        if self.compile_mode is None:
+            raise InputError("this engine is not compiled (compile off): there is nothing to warm")
+        dtype = str(self.base.dtype).removeprefix("torch.")
+        return WarmProcess(self.model, str(self.base.device), dtype, self.compile_mode)
 
     def default_warmup_shapes(self) -> list[RenderShape]:
         """What a user asks for first: the live preview (square, at most 512), the model's native view

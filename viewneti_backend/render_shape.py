@@ -25,13 +25,17 @@ class RenderShape:
 
     @classmethod
     def parse(cls, text: str) -> RenderShape:
-        """``WxH`` or ``WxHxN`` (N views per call, e.g. a sequence batch), with classifier-free guidance."""
+        """``WxH`` or ``WxHxN`` (N views per call, e.g. a sequence batch), with classifier-free guidance;
+        ``-nocfg`` at the end (as :meth:`label` writes it): without."""
+        body = text.lower()
+        cfg = not body.endswith("-nocfg")
+        body = body.removesuffix("-nocfg")
         try:
-            parts = [int(v) for v in text.lower().split("x")]
+            parts = [int(v) for v in body.split("x")]
             if len(parts) not in (2, 3) or min(parts) < 1:
                 raise ValueError
         except ValueError:
             raise InputError(
                 f"render shape {text!r} must look like 512x512 or 768x576x4 (width x height [x views])"
             ) from None
-        return cls(parts[2] if len(parts) == 3 else 1, parts[0], parts[1])
+        return cls(parts[2] if len(parts) == 3 else 1, parts[0], parts[1], cfg)

@@ -218,7 +218,9 @@ def test_render_shape_parse_and_label():
     assert RenderShape.parse("768x576") == RenderShape(1, 768, 576)
     assert RenderShape.parse("768X576x4") == RenderShape(4, 768, 576)
     assert RenderShape(4, 768, 576).label() == "768x576x4" and RenderShape(1, 512, 512).label() == "512x512"
-    for bad in ("512", "axb", "0x64", "64x64x0", "1x2x3x4"):
+    for shape in (RenderShape(2, 64, 48, cfg=False), RenderShape(1, 512, 512, cfg=False), RenderShape(3, 8, 16)):
+        assert RenderShape.parse(shape.label()) == shape  # labels go to the compile helper and back
+    for bad in ("512", "axb", "0x64", "64x64x0", "1x2x3x4", "64x64-cfg"):
         with pytest.raises(InputError, match="width x height"):
             RenderShape.parse(bad)
 

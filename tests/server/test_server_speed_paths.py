@@ -181,3 +181,82 @@ def test_background_compile_pauses_while_the_engine_renders():
     _wait(lambda: RenderShape(1, 64, 64) in engine.ready_shapes)
     assert engine.progress == 200
     compiler.stop()
+
+
+class _FakeHelper:
+    """Stands in for a compile helper process: warm() blocks until released, like a minute of compiling."""
+
+    def __init__(self, log: list, fail: bool = False) -> None:
+        self.log, self.fail, self.closed = log, fail, False
+        self.release = threading.Event()
+
+    def warm(self, label: str) -> dict:
+        self.log.append(("warm-start", label))
+        assert self.release.wait(10)
+        self.log.append(("warm-done", label))
+        if self.fail:
+            raise RuntimeError("helper died")
+        return {"label": label, "seconds": 1.5, "load_s": 0.5}
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.closed = True
+
+
+class _WarmableEngine(_CompilingEngine):
+    def __init__(self, fail_helpers: bool = False) -> None:
+        super().__init__()
+        self.helpers: list[_FakeHelper] = []
+        self.log: list = []
+        self.fail_helpers = fail_helpers
+
+    def compile_warmer(self) -> _FakeHelper:
+        helper = _FakeHelper(self.log, self.fail_helpers)
+        self.helpers.append(helper)
+        return helper
+
+    def compile_shape(self, shape: RenderShape, cache_stats: dict | None = None) -> float:
+        self.log.append(("server", shape.label(), cache_stats is not None))
+        return super().compile_shape(shape)
+
+
+def test_helper_processes_compile_shapes_ahead_several_at_once():
+    """Two helpers take the first two queued shapes at once; the server compiles a shape only after its
+    helper finished it (from the cache then); a helper that fails leaves the shape to the server."""
+    engine = _WarmableEngine()
+    compiler = BackgroundCompiler(engine, processes=2)
+    assert len(engine.helpers) == 2
+    a, b, c = RenderShape(1, 64, 64), RenderShape(1, 64, 48), RenderShape(4, 64, 48)
+    compiler.start([a, b, c])
+    _wait(lambda: sum(1 for e in engine.log if e[0] == "warm-start") == 2)  # both helpers busy at once
+    assert {e[1] for e in engine.log if e[0] == "warm-start"} == {"64x64", "64x48"}
+    time.sleep(0.2)
+    assert not any(e[0] == "server" for e in engine.log)  # waits for its helper
+    assert compiler.status()["compiling"] == "64x64" and compiler.status()["helper_processes"] == 2
+    for h in engine.helpers:
+        h.release.set()
+    _wait(lambda: len(engine.ready_shapes) == 3)
+    for shape in (a, b, c):
+        label = shape.label()
+        done = engine.log.index(("warm-done", label))
+        assert engine.log.index(("server", label, True)) > done
+    compiler.stop()
+    assert all(h.closed for h in engine.helpers)
+
+
+def test_a_failing_helper_leaves_the_shape_to_the_server():
+    engine = _WarmableEngine(fail_helpers=True)
+    compiler = BackgroundCompiler(engine, processes=1)
+    engine.helpers[0].release.set()
+    compiler.start([RenderShape(1, 64, 64)])
+    _wait(lambda: RenderShape(1, 64, 64) in engine.ready_shapes)
+    assert compiler.status()["failed"] == {}
+    compiler.stop()
+
+
+def test_no_helpers_for_engines_that_cannot_make_them():
+    engine = _CompilingEngine()  # no compile_warmer: e.g. a test engine
+    compiler = BackgroundCompiler(engine, processes=2)
+    compiler.start([RenderShape(1, 64, 64)])
+    _wait(lambda: RenderShape(1, 64, 64) in engine.ready_shapes)
+    assert compiler.status()["helper_processes"] == 0
+    compiler.stop()

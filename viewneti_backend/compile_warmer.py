@@ -1,0 +1,162 @@
+"""Compile render shapes in a helper process, so the server's own compile of a shape is a cache hit.
+
+``torch.compile`` of an SD-sized UNet is a minute of pure Python (tracing, lowering, code generation).
+In the server's process that minute holds the GIL and starves the renders that run meanwhile (an
+uncompiled view took 19 s instead of ~1 s on an H200). A helper process that loads the same model
+and compiles the same shape the same way fills inductor's on-disk caches (FX graph cache, AOT
+autograd cache, Triton kernels) without touching the server's GIL; the server then compiles that
+shape itself in seconds from the caches, and only that short part competes with its renders.
+
+The helper is ``python -m viewneti_backend.compile_warmer`` with the engine's model, device, dtype and
+compile mode; it reads one shape label per line on stdin (``768x576x4``, see
+:class:`.render_shape.RenderShape`) and answers each with one JSON line on stdout, prefixed
+:data:`REPLY_PREFIX` (anything else it prints is ignored). The parent side, :class:`WarmProcess`, is
+stdlib-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+REPLY_PREFIX = "viewneti-warm "
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+class WarmError(RuntimeError):
+    """The helper process failed to compile a shape, or died."""
+
+
+class WarmProcess:
+    """One helper process; :meth:`warm` blocks (without holding the GIL) until it compiled a shape.
+
+    Started on first use; the model loads once per helper. Thread-safe: one shape at a time."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str,
+        dtype: str,
+        mode: str,
+        *,
+        env: dict[str, str] | None = None,
+        log: IO[str] | None = None,
+    ) -> None:
+        self._args = ["--model", model, "--device", device, "--dtype", dtype, "--mode", mode]
+        self._env = env
+        self._log = log
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+
+    def _start(self) -> subprocess.Popen[str]:
+        env = dict(os.environ if self._env is None else self._env)
+        # the helper must import this package as the server does, installed or from a checkout
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH", "")) if p)
+        return subprocess.Popen(
+            [sys.executable, "-m", "viewneti_backend.compile_warmer", *self._args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,  # None: the server's own stderr (torch's warnings, a traceback if it dies)
+            text=True,
+            bufsize=1,
+            env=env,
+        )
+
+    def warm(self, label: str) -> dict[str, Any]:
+        """Compile one shape in the helper; returns its reply (``seconds``, ``load_s`` on first use)."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._start()
+            proc = self._proc
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(label + "\n")
+                proc.stdin.flush()
+                while True:
+                    line = proc.stdout.readline()
+                    if not line:
+                        code = proc.wait()
+                        raise WarmError(f"the compile helper exited (code {code}) while compiling {label}")
+                    if line.startswith(REPLY_PREFIX):
+                        reply = json.loads(line[len(REPLY_PREFIX) :])
+                        break
+            except (BrokenPipeError, OSError) as exc:
+                raise WarmError(f"the compile helper is gone ({exc})") from None
+        if reply.get("error"):
+            raise WarmError(f"the compile helper could not compile {label}: {reply['error']}")
+        return reply
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()  # EOF: the helper exits after the shape it is compiling
+            proc.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+
+def _reply(**fields: Any) -> None:
+    sys.stdout.write(REPLY_PREFIX + json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m viewneti_backend.compile_warmer",
+        description="Helper process of viewneti-server: compiles render shapes (one label per line on "
+        "stdin) into torch's on-disk compile caches. Started by the server; not a user command.",
+    )
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--dtype", required=True)
+    parser.add_argument("--mode", required=True, help="torch.compile mode, as the server's engine uses it")
+    args = parser.parse_args(argv)
+
+    t0 = time.perf_counter()
+    from .base_model import compile_base_model, load_base_model
+    from .pipeline import ViewNeTIPipeline
+    from .render_shape import RenderShape
+
+    pipeline, load_error = None, None
+    try:
+        base = load_base_model(args.model, device=args.device, dtype=args.dtype)
+        compile_base_model(base, args.mode)  # exactly what Engine.load does: same graphs, same cache keys
+        pipeline = ViewNeTIPipeline(base)
+        pipeline.prepare()
+    except Exception as exc:  # noqa: BLE001 - answered to every request, so the server says why
+        load_error = f"could not load the model: {type(exc).__name__}: {exc}"
+    load_s = time.perf_counter() - t0
+    for line in sys.stdin:
+        label = line.strip()
+        if not label:
+            continue
+        if pipeline is None:
+            _reply(label=label, error=load_error)
+            continue
+        t1 = time.perf_counter()
+        try:
+            shape = RenderShape.parse(label)
+            pipeline.run_graphs(shape.views, shape.width, shape.height, 2.0 if shape.cfg else 1.0)
+        except Exception as exc:  # noqa: BLE001 - reported to the server, which then compiles in-process
+            _reply(label=label, error=f"{type(exc).__name__}: {exc}")
+            continue
+        _reply(label=label, seconds=round(time.perf_counter() - t1, 2), load_s=round(load_s, 2))
+        load_s = 0.0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
