@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format addon-zip bench-cpu clean
+.PHONY: setup demo test test-fast test-e2e lint format addon-zip bench-cpu clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,16 @@ format: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The two halves of `make test`, by marker (pyproject.toml): unit-level tests, then the end-to-end ones
+# (slow: > ~20 s on 2 cores; blender: needs bpy; e2e: a whole script or process).
+E2E_MARKERS := slow or blender or e2e
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not ($(E2E_MARKERS))"
+
+test-e2e: setup
+	$(BIN)/python -m pytest -q -m "$(E2E_MARKERS)"
+
 addon-zip: setup
 	$(BIN)/python -m blender_addon.build --out dist
 
@@ -38,4 +48,4 @@ clean:
 	rm -rf $(VENV) outputs dist .pytest_cache
 
 bench-cpu: setup
-	$(BIN)/python benchmarks/server_overhead.py --n 50 --threads 1
+	$(BIN)/python -m benchmarks.server_overhead --n 50 --threads 1

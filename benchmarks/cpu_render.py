@@ -5,24 +5,16 @@ Times ``Engine.render`` of one 64x64 view at the model's default sampling settin
 new pose every time (the text encoder runs: steps x layers prompts), then a short mode-5 inversion of
 one reference image. Prints a table and writes ``benchmarks/cpu_render.json``.
 
-    .venv/bin/python benchmarks/cpu_render.py                 # all cores torch uses by default
-    .venv/bin/python benchmarks/cpu_render.py --threads 2 --n 20 --invert-steps 20
+    .venv/bin/python -m benchmarks.cpu_render                 # all cores torch uses by default
+    .venv/bin/python -m benchmarks.cpu_render --threads 2 --n 20 --invert-steps 20
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import BENCH_DIR, command_line, machine, set_threads, stats, toy_engine, write_json
 
 
 def main() -> None:
@@ -32,19 +24,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10, help="timed renders per case, after one warm-up")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--invert-steps", type=int, default=10, help="optimizer steps of the timed inversion")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "cpu_render.json"))
+    ap.add_argument("--out", default=str(BENCH_DIR / "cpu_render.json"))
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
+    set_threads(args.threads)
     from viewneti_backend.cameras import Camera, orbit_pose
-    from viewneti_backend.engine import Engine
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as library:
-        engine = Engine.load(args.model, device="cpu", library_dir=library)
+    with toy_engine(args.model) as engine:
         steps, guidance = engine.sampling.resolve(None, None)
 
         def cam(azimuth: float) -> Camera:
@@ -71,21 +57,14 @@ def main() -> None:
 
     rows = {"render_cached_pose_s": cached, "render_new_pose_s": new_pose}
     report = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "command": command_line(),
+        "machine": machine(),
         "model": engine.model,
         "size": args.size,
         "steps": steps,
         "guidance": guidance,
         "n": args.n,
-        **{
-            k: {"p50": statistics.median(v), "mean": statistics.fmean(v), "min": min(v), "max": max(v)}
-            for k, v in rows.items()
-        },
+        **{k: stats(v) for k, v in rows.items()},
         "new_pose_phases_ms": phases,
         "inversion": {"steps": args.invert_steps, "total_s": invert_s, "per_step_s": invert_s / args.invert_steps},
     }
@@ -99,7 +78,7 @@ def main() -> None:
         print(f"{k:<28}{r['p50']:>8.3f}{r['mean']:>8.3f}{r['max']:>8.3f}")
     print(f"new-pose phases (ms): {', '.join(f'{k} {v:.0f}' for k, v in phases.items())}")
     print(f"inversion, {args.invert_steps} steps: {invert_s:.1f} s ({invert_s / args.invert_steps:.2f} s/step)")
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 r"""GPU benchmark at SD 2.1 scale: novel view, live preview, mode-5 inversion, each against a
 reference-style path (the official code's structure) in the same run, with the physical floor.
 
-    python benchmarks/gpu_bench.py --out benchmarks/gpu_bench.json --inversion-steps 200 \
+    python -m benchmarks.gpu_bench --out benchmarks/gpu_bench.json --inversion-steps 200 \
         --eager-inversion-steps 50 --reference-inversion-steps 2 --compile reduce-overhead --profile inversion
 
 (every section in 6–9 minutes on an H200: the device tool allows 10 per command).
@@ -19,8 +19,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -28,22 +26,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sd21 import sd21_base_model  # noqa: E402
-
-from viewneti_backend.atomic_files import atomic_write_text  # noqa: E402
-from viewneti_backend.attention import pack_layer_encodings, pack_plain_encoding  # noqa: E402
-from viewneti_backend.augment import AUGMENTATIONS, augment_batch  # noqa: E402
-from viewneti_backend.camera_features import make_parameterization  # noqa: E402
-from viewneti_backend.cameras import Camera, orbit_pose  # noqa: E402
-from viewneti_backend.data import Scene  # noqa: E402
-from viewneti_backend.pipeline import ViewNeTIPipeline, encode_conditions, images_to_tensor  # noqa: E402
-from viewneti_backend.training import TrainConfig, Trainer, new_mapper  # noqa: E402
+from benchmarks.common import command_line, count_flops, log, output_path, peak_memory_gib, sync, timed, write_json
+from benchmarks.sd21 import sd21_base_model
+from viewneti_backend.attention import pack_layer_encodings, pack_plain_encoding
+from viewneti_backend.augment import AUGMENTATIONS, augment_batch
+from viewneti_backend.camera_features import make_parameterization
+from viewneti_backend.cameras import Camera, orbit_pose
+from viewneti_backend.data import Scene
+from viewneti_backend.images import images_to_tensor
+from viewneti_backend.pipeline import ViewNeTIPipeline, encode_conditions
+from viewneti_backend.training import TrainConfig, Trainer, new_mapper
 
 PEAK_TFLOPS = 800.0
-T_START = time.perf_counter()
 
 
 def tune_inductor_for_diffusion() -> None:
@@ -59,48 +53,6 @@ def tune_inductor_for_diffusion() -> None:
     inductor.coordinate_descent_tuning = True
     inductor.coordinate_descent_check_all_directions = True
     inductor.epilogue_fusion = False
-
-
-def log(msg: str) -> None:
-    """Print with the seconds since the run started (the device allows 10 minutes per command)."""
-    print(f"[{time.perf_counter() - T_START:5.0f} s] {msg}", flush=True)
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats=3, warmup=1):
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), times
-
-
-def count_flops(fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return float(fc.get_total_flops())
-
-
-def peak_mem(fn) -> float:
-    if not torch.cuda.is_available():
-        fn()
-        return float("nan")
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    sync()
-    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def _category(name: str) -> str:
@@ -211,8 +163,9 @@ def profile_timeline(fn, label: str, steps: int, trace_path: Path) -> dict:
     import shutil
     import tempfile
 
-    from gpu_timeline import analyse_gaps, load_trace, print_report
     from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.gpu_timeline import analyse_gaps, load_trace, print_report
 
     sync()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -415,7 +368,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (smoke)",
         "torch": torch.__version__,
         "peak_tflops_assumed": PEAK_TFLOPS,
-        "command": " ".join(["python", "benchmarks/gpu_bench.py"] + sys.argv[1:]),
+        "command": command_line(),
     }
     t0 = time.perf_counter()
     base = sd21_base_model(dev.type, torch.float32, tiny=args.smoke)
@@ -429,12 +382,11 @@ def main() -> None:
     log(f"device: {report['device']}, torch {torch.__version__}, built SD 2.1 random in {report['build_s']:.1f}s")
     results: dict = {}
     report["results"] = results
-    out = Path(os.environ.get("OUT", "")) / Path(args.out).name if os.environ.get("OUT") else Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_path(args.out)
 
     def save() -> None:
         """Rewrite the JSON after every section: a run stopped at the device's time limit keeps its numbers."""
-        atomic_write_text(out, json.dumps(report, indent=2))
+        write_json(out, report)
 
     # ---- 5. equivalence in fp32 (same weights, same seed) --------------------------------------------
     if "equivalence" not in skip:
@@ -536,7 +488,7 @@ def main() -> None:
         flops = count_flops(lambda: fast_new_pose())
         t_new, _ = timed(fast_new_pose, repeats=3)
         t_cached, _ = timed(fast_cached, repeats=3)
-        mem = peak_mem(fast_new_pose)
+        mem = peak_memory_gib(fast_new_pose)
         timings = {}
         pipe([cam], om, seed=0, steps=30, guidance=7.5, timings=timings)
         results[f"view_{W}x{H}_30steps"] = {
@@ -552,7 +504,7 @@ def main() -> None:
             f"{flops / 1e12:.1f} TFLOP (floor {flops / (PEAK_TFLOPS * 1e9):.0f} ms), peak {mem:.1f} GiB"
         )
         base_ref = with_dtype(base16, torch.float16)
-        mem_ref = peak_mem(lambda: reference_view(base_ref, vm, om, camera_param, cam))  # also the warm-up
+        mem_ref = peak_memory_gib(lambda: reference_view(base_ref, vm, om, camera_param, cam))  # also the warm-up
         t_ref, _ = timed(lambda: reference_view(base_ref, vm, om, camera_param, cam), repeats=2, warmup=0)
         results[f"view_{W}x{H}_30steps"].update(
             reference_ms=t_ref * 1e3,
@@ -575,7 +527,7 @@ def main() -> None:
             fl = count_flops(lambda steps=steps: fast_new_pose(live, steps))
             t_new, _ = timed(lambda steps=steps: fast_new_pose(live, steps), repeats=5)
             t_c, _ = timed(lambda steps=steps: fast_cached(live, steps), repeats=5)
-            mem = peak_mem(lambda steps=steps: fast_new_pose(live, steps))
+            mem = peak_memory_gib(lambda steps=steps: fast_new_pose(live, steps))
             results[f"live_{LW}x{LW}_{steps}steps"] = {
                 "fast_new_pose_ms": t_new * 1e3,
                 "fast_cached_pose_ms": t_c * 1e3,
@@ -705,7 +657,7 @@ def main() -> None:
                     "view_new_pose_ms": t_new * 1e3,
                     "view_cached_ms": t_c * 1e3,
                     "view_cached_phases_ms": phases,
-                    "view_peak_mem_gib": peak_mem(fast_new_pose),
+                    "view_peak_mem_gib": peak_memory_gib(fast_new_pose),
                 }
             )
             log(

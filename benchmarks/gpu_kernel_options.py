@@ -1,6 +1,6 @@
 """Which kernel choices speed up the SD 2.1 UNet and the OpenCLIP-H text encoder on this GPU?
 
-    python benchmarks/gpu_kernel_options.py --out benchmarks/gpu_kernel_options.json
+    python -m benchmarks.gpu_kernel_options --out benchmarks/gpu_kernel_options.json
 
 A short probe (a few minutes) run before the full ``gpu_bench.py``: it times the same work under
 options that keep the maths (same convolution / attention / encoder, other kernels), as GPU kernel
@@ -19,19 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sd21 import sd21_base_model  # noqa: E402
-
-from viewneti_backend.atomic_files import atomic_write_text  # noqa: E402
+from benchmarks.common import command_line, output_path, write_json
+from benchmarks.sd21 import sd21_base_model
 
 
 def cuda_ms(fn, repeats: int = 5, warmup: int = 3) -> float:
@@ -71,7 +65,13 @@ def main() -> None:
     base = sd21_base_model("cuda", torch.bfloat16)
     base.unet.to(memory_format=torch.channels_last)
     unet, n_l, dev = base.unet, base.num_layers, base.device
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "unet_ms": {}, "text_encoder_ms": {}}
+    report = {
+        "command": command_line(),
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "unet_ms": {},
+        "text_encoder_ms": {},
+    }
     gen = torch.Generator(device="cuda").manual_seed(0)
     view_x = torch.randn(2, 4, 72, 96, device=dev, generator=gen, dtype=torch.bfloat16).to(
         memory_format=torch.channels_last
@@ -130,9 +130,7 @@ def main() -> None:
         report["text_encoder_ms"]["compiled_480_as_512"] = cuda_ms(lambda: text.encode(padded), repeats=5)
         report["text_encoder_ms"]["compiled_480_as_512_wall"] = wall_ms(lambda: text.encode(padded))
     print(f"text encoder: {report['text_encoder_ms']}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(report, indent=2))
+    write_json(output_path(args.out), report)
     print(json.dumps(report, indent=2))
 
 

@@ -13,7 +13,7 @@ Host-late gaps are charged to the innermost host op that was running when the la
 Under the profiler the host runs slower than normal, so host-late time is an upper bound; queued
 gaps are not inflated by the profiler.
 
-    python benchmarks/gpu_timeline.py trace.json.gz --steps 3     # a trace saved by gpu_bench.py
+    python -m benchmarks.gpu_timeline trace.json.gz --steps 3     # a trace saved by gpu_bench.py
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import bisect
 import gzip
 import json
 from pathlib import Path
+
+from benchmarks.common import write_json
 
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
@@ -177,7 +179,7 @@ def main() -> None:
     report = analyse_gaps(load_trace(args.trace), steps=args.steps)
     print_report(report)
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ size, steps and thread count; ~50 requests each after a warm-up, the two paths a
 other load on the machine hits both alike). Prints a table (p50/p95/mean, ms)
 and writes ``benchmarks/server_overhead.json``.
 
-    .venv/bin/python benchmarks/server_overhead.py            # toy model, 64x64, 30 steps, 50 requests
-    .venv/bin/python benchmarks/server_overhead.py --n 20 --steps 10 --threads 1
+    .venv/bin/python -m benchmarks.server_overhead            # toy model, 64x64, 30 steps, 50 requests
+    .venv/bin/python -m benchmarks.server_overhead --n 20 --steps 10 --threads 1
 
 Without --model it uses $VIEWNETI_MODEL or the embedded toy model; while the embedded model is
 incomplete (no view-mapper or objects yet), it builds a tiny random ViewNeTI model
@@ -27,26 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import BENCH_DIR, REPO, command_line, set_threads, stats, write_json
 
 
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def summary(values: list[float]) -> dict:
-    return {
-        "n": len(values),
-        "p50_ms": pct(values, 0.5),
-        "p95_ms": pct(values, 0.95),
-        "mean_ms": statistics.fmean(values),
-        "min_ms": min(values),
-        "max_ms": max(values),
-    }
+def summary(values_ms: list[float]) -> dict:
+    """:func:`benchmarks.common.stats` of times in milliseconds, each key but ``n`` suffixed ``_ms``."""
+    return {k if k == "n" else f"{k}_ms": v for k, v in stats(values_ms).items()}
 
 
 def resolve_model(arg: str | None, tmp: Path) -> tuple[str | None, str]:
@@ -69,12 +55,9 @@ def resolve_model(arg: str | None, tmp: Path) -> tuple[str | None, str]:
 
 
 def load_engine(model, args, lib: Path):
-    import torch
-
     from viewneti_backend.engine import Engine
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return Engine.load(model=model, library_dir=lib)
 
 
@@ -169,7 +152,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64, help="image side (default 64)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30, the API default)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for both paths")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "server_overhead.json")
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "server_overhead.json")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +172,7 @@ def main() -> None:
     print("server-side breakdown (mean ms): " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     result = {
         "benchmark": "server_overhead",
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "command": command_line(),
         "model": model_desc,
         "engine_info": info,
         "size": args.size,
@@ -203,7 +186,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

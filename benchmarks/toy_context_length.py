@@ -8,23 +8,21 @@ the built-in objects at 8 orbit views and 2 seeds with the model's default sampl
 reports masked PSNR / SSIM against the renderer's ground truth and the time of one render at a new
 pose. It answers whether a prior fine-tuned at a shorter context is worth a GPU run.
 
-    .venv/bin/python benchmarks/toy_context_length.py --threads 2
+    .venv/bin/python -m benchmarks.toy_context_length --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import TOY_RESULTS, command_line, int_list, set_threads, write_json
+from benchmarks.toy_builtin_scores import builtin_ground_truth, orbit_cameras, score_builtin_renders
 
 
 def model_with_context(src: Path, dst: Path, length: int) -> Path:
@@ -40,29 +38,28 @@ def model_with_context(src: Path, dst: Path, length: int) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
-    ap.add_argument("--lengths", default="77,32,24,16", help="comma-separated text context lengths (tokens)")
+    ap.add_argument(
+        "--lengths", type=int_list, default="77,32,24,16", help="comma-separated text context lengths (tokens)"
+    )
     ap.add_argument("--views", type=int, default=8, help="orbit views per object (elevation 25 deg)")
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", type=int_list, default="0,1")
     ap.add_argument("--n-timed", type=int, default=5, help="timed renders at new poses per length")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "context_length.json"))
+    ap.add_argument("--out", default=str(TOY_RESULTS / "context_length.json"))
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_threads(args.threads)
     import torch
-    from toy_builtin_scores import builtin_ground_truth, orbit_cameras, score_builtin_renders
 
     from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import Engine, resolve_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     cams = orbit_cameras(args.views)
     src = Path(resolve_model(args.model))
     rows, truth = [], {}
     with tempfile.TemporaryDirectory() as scratch:
-        for length in [int(x) for x in args.lengths.split(",")]:
+        for length in args.lengths:
             model = model_with_context(src, Path(scratch) / f"model_{length}", length)
             engine = Engine.load(str(model), device="cpu", library_dir=Path(scratch) / f"library_{length}")
             objects = engine.library.names()  # a fresh library: the built-in objects only
@@ -92,7 +89,7 @@ def main() -> None:
             )
     steps, guidance = engine.sampling.resolve(None, None)
     report = {
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "model": str(src),
         "objects": objects,
         "views": args.views,
@@ -102,8 +99,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ PSNR / SSIM against the renderer), with the benchmark's copy-input baseline besi
 generated object's area against the truth (see toy_object_scale.py). One inversion per object and
 seed, so the rows are paired: a difference between checkpoints is the effect of the extra steps.
 
-    .venv/bin/python benchmarks/toy_invert_steps.py --objects 2 --seeds 0 --checkpoints 150,300,600,1200 --threads 2
+    .venv/bin/python -m benchmarks.toy_invert_steps --objects 2 --seeds 0 --checkpoints 150,300,600,1200 --threads 2
 
 ``--augmentation-pool N`` runs the same inversions with that training option (RESULTS.md §1), so the
 two settings can be compared pairwise.
@@ -19,13 +19,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import sys
-import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import TOY_RESULTS, command_line, int_list, set_threads, toy_engine, write_json
+from benchmarks.toy_builtin_scores import object_area_mask, score_views
 
 
 def main() -> None:
@@ -38,9 +34,12 @@ def main() -> None:
         default=1000000,
         help="seed of the first held-out object (the benchmark's first; later ones extend an earlier run)",
     )
-    ap.add_argument("--seeds", default="0", help="comma-separated inversion + render seeds")
+    ap.add_argument("--seeds", type=int_list, default="0", help="comma-separated inversion + render seeds")
     ap.add_argument(
-        "--checkpoints", default="150,300,600,1200", help="optimizer steps at which to score the object token"
+        "--checkpoints",
+        type=int_list,
+        default="150,300,600,1200",
+        help="optimizer steps at which to score the object token",
     )
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--render-steps", type=int, default=30)
@@ -53,27 +52,21 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "invert_steps.json"))
+    ap.add_argument("--out", default=str(TOY_RESULTS / "invert_steps.json"))
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_threads(args.threads)
     import numpy as np
-    import torch
-    from toy_object_scale import object_area_mask
     from tqdm.auto import tqdm
 
-    from viewneti_backend.atomic_files import atomic_write_text
     from viewneti_backend.cameras import Camera
     from viewneti_backend.data import Scene
-    from viewneti_backend.engine import Engine, resolve_model
-    from viewneti_backend.evaluation import masked_psnr, masked_ssim
-    from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene
+    from viewneti_backend.toyworld.benchmark import BenchmarkConfig, benchmark_cameras
+    from viewneti_backend.toyworld.dataset import render_scene
     from viewneti_backend.training import TrainConfig, Trainer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    checkpoints = sorted(int(s) for s in args.checkpoints.split(","))
-    seeds = [int(s) for s in args.seeds.split(",")]
+    checkpoints = sorted(args.checkpoints)
+    seeds = args.seeds
     cfg = BenchmarkConfig(
         n_objects=args.objects,
         first_seed=args.first_object,
@@ -87,13 +80,11 @@ def main() -> None:
     def score(images, gt) -> dict:
         truth = np.mean([object_area_mask(im).mean() for im in gt.images])
         return {
-            "psnr": float(np.mean([masked_psnr(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
-            "ssim": float(np.mean([masked_ssim(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
+            **score_views(images, gt),
             "area_ratio": float(np.mean([object_area_mask(im).mean() for im in images]) / truth),
         }
 
-    with tempfile.TemporaryDirectory() as library:
-        engine = Engine.load(str(resolve_model(args.model)), device=args.device, library_dir=library, compile=False)
+    with toy_engine(args.model, device=args.device, compile=False) as engine:
         jobs = [(cfg.first_seed + i, s) for i in range(args.objects) for s in seeds]
         for toy_seed, s in tqdm(jobs, desc="inversions"):
             gt, inp = render_scene(toy_seed, targets, args.device), render_scene(toy_seed, [input_cam], args.device)
@@ -145,7 +136,7 @@ def main() -> None:
                 "config": {**vars(args), "benchmark": {k: v for k, v in vars(cfg).items()}},
                 "device": args.device,
                 "rows": rows,
-                "command": " ".join(sys.argv),
+                "command": command_line(),
             }
             summary["mean"] = {
                 str(k): {
@@ -157,10 +148,7 @@ def main() -> None:
             summary["mean"]["copy_input"] = {
                 m: float(np.mean([r["copy_input"][m] for r in rows])) for m in ("psnr", "ssim")
             }
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(
-                Path(args.out), json.dumps(summary, indent=2)
-            )  # after every inversion: a stopped run keeps its rows
+            write_json(args.out, summary)  # after every inversion: a stopped run keeps its rows
     for k, v in summary["mean"].items():
         print(f"{k:>10}: " + "  ".join(f"{m} {x:.3f}" for m, x in v.items()))
 

@@ -14,37 +14,36 @@ engine with the view token, whether the generated size follows the camera distan
 4 azimuths at each of ``--radii`` (the pretraining cameras' range is 3.2-4.0), generated and true
 object area per radius.
 
-    .venv/bin/python benchmarks/toy_object_scale.py --threads 2               # ~10 min on 2 cores
-    .venv/bin/python benchmarks/toy_object_scale.py --ddpm-steps 0 --guidance 1,2
+    .venv/bin/python -m benchmarks.toy_object_scale --threads 2               # ~10 min on 2 cores
+    .venv/bin/python -m benchmarks.toy_object_scale --ddpm-steps 0 --guidance 1,2
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import TOY_RESULTS, command_line, float_list, set_threads, toy_engine, write_json
+from benchmarks.toy_builtin_scores import object_area_mask
 
 
-def object_area_mask(image, threshold: float = 0.25):
-    """Boolean object mask of a toy render: saturated, not black."""
-    import numpy as np
+@dataclass(frozen=True)
+class PriorRun:
+    """One scenario of the prior's rows: a diffusers scheduler at a step count and a guidance scale."""
 
-    a = np.asarray(image).astype(np.float32) / 255.0
-    hi, lo = a.max(-1), a.min(-1)
-    return ((hi - lo) / np.maximum(hi, 1e-3) > threshold) & (hi > 0.08)
+    label: str
+    scheduler: Any
+    steps: int
+    guidance: float
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
-    ap.add_argument("--guidance", default="1,2", help="comma-separated classifier-free guidance scales")
+    ap.add_argument(
+        "--guidance", type=float_list, default="1,2", help="comma-separated classifier-free guidance scales"
+    )
     ap.add_argument("--steps", type=int, default=30, help="DPM-Solver++ steps (the benchmark's 30)")
     ap.add_argument(
         "--ddpm-steps", type=int, default=1000, help="also sample the prior with DDPM at this many steps (0: skip)"
@@ -54,35 +53,33 @@ def main() -> None:
         "--radii", default="3.2,3.6,4.0", help="camera distances of the distance-response rows ('' to skip)"
     )
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "object_scale.json"))
+    ap.add_argument("--out", default=str(TOY_RESULTS / "object_scale.json"))
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_threads(args.threads)
     import numpy as np
     import torch
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
     from tqdm.auto import tqdm
 
     from viewneti_backend.cameras import Camera, orbit_pose
-    from viewneti_backend.engine import Engine, resolve_model
-    from viewneti_backend.pipeline import images_to_tensor
+    from viewneti_backend.engine import resolve_model
+    from viewneti_backend.images import images_to_tensor
+    from viewneti_backend.toyworld.benchmark import BenchmarkConfig, benchmark_cameras, target_azimuths
     from viewneti_backend.toyworld.captions import describe, view_phrase
-    from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene, target_azimuths
-    from viewneti_backend.toyworld.prior import load_prior, sample
+    from viewneti_backend.toyworld.dataset import render_scene
+    from viewneti_backend.toyworld.prior.model import load_prior, sample
     from viewneti_backend.toyworld.renderer import ToyObject
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = resolve_model(args.model)
-    guidances = [float(g) for g in args.guidance.split(",")]
+    guidances = args.guidance
     cfg = BenchmarkConfig()
     _, targets = benchmark_cameras(cfg)
     picks = [0, 4, 8, 12]
     cams = [targets[k] for k in picks]
     azimuths = [target_azimuths(cfg)[k] for k in picks]
 
-    with tempfile.TemporaryDirectory() as no_user_objects:
-        engine = Engine.load(str(model), device="cpu", library_dir=no_user_objects, compile=False)
+    with toy_engine(model, compile=False) as engine:
         objects = [o["name"] for o in engine.list_objects() if o.get("builtin")]
         seeds = {name: int(engine.object_mapper(name)[1].config.extra["toy_seed"]) for name in objects}
         gt_area, iou, prompts, gt_images = [], [], [], []
@@ -110,8 +107,8 @@ def main() -> None:
             )
         prior = load_prior(model, scheduler=None)
         saved = prior.scheduler.config
-        runs: list[tuple[str, Any, int, float]] = [  # (label, a diffusers scheduler, steps, guidance)
-            (
+        runs = [
+            PriorRun(
                 f"prior, true view phrase, DPM-Solver++ {args.steps} steps, guidance {g:g}",
                 DPMSolverMultistepScheduler.from_config(saved),
                 args.steps,
@@ -122,16 +119,16 @@ def main() -> None:
         if args.ddpm_steps:
             # "trailing" spacing: SD 2.1's "leading" + steps_offset would index past step 999 at 1000 steps
             runs.append(
-                (
+                PriorRun(
                     f"prior, true view phrase, DDPM {args.ddpm_steps} steps, guidance 1",
                     DDPMScheduler.from_config(saved, timestep_spacing="trailing"),
                     args.ddpm_steps,
                     1.0,
                 )
             )
-        for label, scheduler, steps, g in tqdm(runs, desc="prior"):
-            prior.scheduler = scheduler
-            rows[label] = ratio(sample(prior, prompts, seed=args.seed, steps=steps, guidance=g))
+        for run in tqdm(runs, desc="prior"):
+            prior.scheduler = run.scheduler
+            rows[run.label] = ratio(sample(prior, prompts, seed=args.seed, steps=run.steps, guidance=run.guidance))
         for g in guidances:
             for with_view in (True, False):
                 images = [
@@ -182,10 +179,9 @@ def main() -> None:
         "ground_truth_area": truth,
         "area_ratio_to_ground_truth": rows,
         "distance_response_with_view_token": distance,
-        "command": " ".join(sys.argv),
+        "command": command_line(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2))
+    write_json(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -7,60 +7,37 @@ converged sample) and its sharpness (mean |Laplacian| of the grey image inside t
 beside the ground truth's), on the built-in objects at 8 orbit views and 2 seeds. It is the
 evidence behind the toy model's default steps in ``viewneti/sampling.json``.
 
-    .venv/bin/python benchmarks/toy_step_convergence.py --threads 2
+    .venv/bin/python -m benchmarks.toy_step_convergence --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-
-def sharpness(image, mask) -> float:
-    """Mean absolute Laplacian of the grey image (0..1) over the mask's pixels."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    grey = torch.from_numpy(np.asarray(image, dtype=np.float32)[..., :3].mean(-1) / 255.0)[None, None]
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
-    lap = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="reflect"), kernel)[0, 0].numpy()
-    return float(np.abs(lap)[np.asarray(mask) > 0.5].mean())
+from benchmarks.common import TOY_RESULTS, command_line, int_list, set_threads, toy_engine, write_json
+from benchmarks.toy_builtin_scores import builtin_ground_truth, orbit_cameras, sharpness
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", default="2,3,4,6,8,10,20", help="comma-separated step counts to compare")
+    ap.add_argument("--steps", type=int_list, default="2,3,4,6,8,10,20", help="comma-separated step counts to compare")
     ap.add_argument("--reference-steps", type=int, default=50, help="steps of the converged reference render")
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--views", type=int, default=8, help="orbit views per object (elevation 25 deg)")
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", type=int_list, default="0,1")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "step_convergence.json"))
+    ap.add_argument("--out", default=str(TOY_RESULTS / "step_convergence.json"))
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_threads(args.threads)
     import numpy as np
-    import torch
-    from toy_builtin_scores import builtin_ground_truth, orbit_cameras
 
-    from viewneti_backend.engine import Engine
     from viewneti_backend.evaluation import masked_psnr
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     cams = orbit_cameras(args.views)
     rows = {}
-    with tempfile.TemporaryDirectory() as library:
-        engine = Engine.load(device="cpu", library_dir=library)
+    with toy_engine() as engine:
         objects = engine.library.names()
         truth = builtin_ground_truth(engine, cams, objects)
         truth_sharpness = float(
@@ -71,7 +48,7 @@ def main() -> None:
             for o in objects
             for s in seeds
         }
-        for steps in [int(s) for s in args.steps.split(",")]:
+        for steps in args.steps:
             psnr, sharp = [], []
             for o in objects:
                 for s in seeds:
@@ -90,10 +67,9 @@ def main() -> None:
         "sampling_config": dict(engine.base.scheduler_config),
         "ground_truth_sharpness": truth_sharpness,
         "rows": rows,
-        "command": " ".join(sys.argv),
+        "command": command_line(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    write_json(args.out, report, default=str)
 
 
 if __name__ == "__main__":

@@ -9,69 +9,79 @@ token under every (spacing, steps) pair, for ViewNeTI and for the object token w
 token, and scores them like the benchmark (masked PSNR / SSIM against the renderer). One inversion
 per object and seed, so rows are paired: a difference between settings is the sampler's alone.
 
-    .venv/bin/python benchmarks/toy_timestep_spacing.py --objects 3 --seeds 0 --invert-steps 300 --threads 2
+    .venv/bin/python -m benchmarks.toy_timestep_spacing --objects 3 --seeds 0 --invert-steps 300 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import TOY_RESULTS, command_line, int_list, set_threads, toy_engine, write_json
+from benchmarks.toy_builtin_scores import score_views
+
+SPACINGS = ("leading", "trailing", "linspace")  # diffusers' timestep_spacing values
+
+
+@dataclass(frozen=True)
+class SpacingSetting:
+    """One scenario of the sweep: the scheduler's timestep spacing at a step count (``SPACING:STEPS``)."""
+
+    spacing: str
+    steps: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.spacing}:{self.steps}"
+
+    @classmethod
+    def parse(cls, item: str) -> SpacingSetting:
+        spacing, _, steps = item.partition(":")
+        if spacing not in SPACINGS or not steps.isdigit():
+            raise ValueError(f"expected SPACING:STEPS with SPACING one of {', '.join(SPACINGS)}, got {item!r}")
+        return cls(spacing, int(steps))
+
+
+def spacing_settings(text: str) -> list[SpacingSetting]:
+    """``"leading:10,trailing:4"`` -> the declared scenarios (an argparse ``type=``)."""
+    try:
+        return [SpacingSetting.parse(item) for item in text.split(",") if item.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
     ap.add_argument("--objects", type=int, default=3, help="held-out objects (seeds 1000000, ...)")
-    ap.add_argument("--seeds", default="0", help="comma-separated inversion + render seeds")
+    ap.add_argument("--seeds", type=int_list, default="0", help="comma-separated inversion + render seeds")
     ap.add_argument("--invert-steps", type=int, default=300, help="mode-5 optimizer steps per inversion")
     ap.add_argument(
         "--settings",
+        type=spacing_settings,
         default="leading:10,leading:30,trailing:4,trailing:6,trailing:10,trailing:30",
         help="comma-separated SPACING:STEPS pairs to render each inverted object with",
     )
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "toyworld" / "timestep_spacing.json"))
+    ap.add_argument("--out", default=str(TOY_RESULTS / "timestep_spacing.json"))
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_threads(args.threads)
     import numpy as np
-    import torch
     from tqdm.auto import tqdm
 
-    from viewneti_backend.atomic_files import atomic_write_text
-    from viewneti_backend.engine import Engine, resolve_model
-    from viewneti_backend.evaluation import masked_psnr, masked_ssim
-    from viewneti_backend.toyworld.nvs import BenchmarkConfig, benchmark_cameras, render_scene
+    from viewneti_backend.toyworld.benchmark import BenchmarkConfig, benchmark_cameras
+    from viewneti_backend.toyworld.dataset import render_scene
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = []
-    for item in args.settings.split(","):
-        spacing, _, steps = item.partition(":")
-        if spacing not in ("leading", "trailing", "linspace") or not steps.isdigit():
-            ap.error(f"--settings: expected SPACING:STEPS with SPACING leading, trailing or linspace, got {item!r}")
-        settings.append((spacing, int(steps)))
-    seeds = [int(s) for s in args.seeds.split(",")]
+    settings: list[SpacingSetting] = args.settings
+    seeds = args.seeds
     cfg = BenchmarkConfig(n_objects=args.objects, seeds=seeds, guidance=args.guidance)
     input_cam, targets = benchmark_cameras(cfg)
 
-    def score(images, gt) -> dict:
-        return {
-            "psnr": float(np.mean([masked_psnr(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
-            "ssim": float(np.mean([masked_ssim(p, g, m) for p, g, m in zip(images, gt.images, gt.masks)])),
-        }
-
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as library:
-        engine = Engine.load(str(resolve_model(args.model)), device="cpu", library_dir=library, compile=False)
+    with toy_engine(args.model, compile=False) as engine:
         shipped_spacing = engine.base.scheduler_config.get("timestep_spacing", "leading")
         jobs = [(cfg.first_seed + i, s) for i in range(args.objects) for s in seeds]
         for toy_seed, s in tqdm(jobs, desc="objects"):
@@ -83,17 +93,18 @@ def main() -> None:
             row = {
                 "object": f"obj_{toy_seed}",
                 "seed": s,
-                "copy_input": score(inp.images * len(targets), gt),
+                "copy_input": score_views(inp.images * len(targets), gt),
                 "settings": {},
             }
-            for spacing, steps in settings:
+            for setting in settings:
+                steps = setting.steps
                 # the engine builds its sampler from this dict on every render (base_model.sampling_scheduler)
-                engine.base.scheduler_config["timestep_spacing"] = spacing
-                row["settings"][f"{spacing}:{steps}"] = {
-                    "viewneti_mode5": score(
+                engine.base.scheduler_config["timestep_spacing"] = setting.spacing
+                row["settings"][setting.key] = {
+                    "viewneti_mode5": score_views(
                         engine.render(targets, name, seed=s, steps=steps, guidance=args.guidance), gt
                     ),
-                    "no_view_token": score(
+                    "no_view_token": score_views(
                         engine.render(targets, name, seed=s, steps=steps, guidance=args.guidance, with_view=False), gt
                     ),
                 }
@@ -108,18 +119,15 @@ def main() -> None:
                 for key in rows[0]["settings"]
             }
             summary = {
-                "config": vars(args),
+                "config": {**vars(args), "settings": [x.key for x in settings]},
                 "model": str(engine.model),
                 "shipped_spacing": shipped_spacing,
                 "rows": rows,
                 "mean": mean,
                 "copy_input": {m: float(np.mean([r["copy_input"][m] for r in rows])) for m in ("psnr", "ssim")},
-                "command": " ".join(sys.argv),
+                "command": command_line(),
             }
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(
-                Path(args.out), json.dumps(summary, indent=2)
-            )  # after every object: a stopped run keeps its rows
+            write_json(args.out, summary)  # after every object: a stopped run keeps its rows
     print(f"{'setting':>14}  {'mode 5 PSNR':>11}  {'SSIM':>6}  {'no-view PSNR':>12}  {'SSIM':>6}")
     for key, v in summary["mean"].items():
         a, b = v["viewneti_mode5"], v["no_view_token"]

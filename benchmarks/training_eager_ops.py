@@ -4,7 +4,7 @@ On a GPU every eager op is a kernel launch (views aside) and a few microseconds 
 kernels; this finds where the ops outside the compiled UNet / VAE / CLIP graphs come from, without a
 GPU: tiny SD 2.1-shaped model (benchmarks/sd21.py), CPU, torch.profiler, 2 profiled steps.
 
-    .venv/bin/python benchmarks/training_eager_ops.py --compile --out benchmarks/training_eager_ops.json
+    .venv/bin/python -m benchmarks.training_eager_ops --compile --out benchmarks/training_eager_ops.json
 
 (up to ~8 min on a 2-core CPU with --compile the first time, most of it compiling; under a minute once
 inductor's cache holds the graphs, or without --compile). CPU-side random draws
@@ -16,26 +16,19 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sd21 import sd21_base_model  # noqa: E402
-
-import viewneti_backend.training as training  # noqa: E402
-from viewneti_backend.atomic_files import atomic_write_text  # noqa: E402
-from viewneti_backend.base_model import compile_base_model  # noqa: E402
-from viewneti_backend.camera_features import make_parameterization  # noqa: E402
-from viewneti_backend.cameras import Camera, orbit_pose  # noqa: E402
-from viewneti_backend.data import Scene  # noqa: E402
+import viewneti_backend.training as training
+from benchmarks.common import command_line, write_json
+from benchmarks.sd21 import sd21_base_model
+from viewneti_backend.base_model import compile_base_model
+from viewneti_backend.camera_features import make_parameterization
+from viewneti_backend.cameras import Camera, orbit_pose
+from viewneti_backend.data import Scene
 
 HOST_ONLY = {"aten::item", "aten::rand", "aten::randint", "aten::randperm", "aten::randn"}
 
@@ -122,21 +115,18 @@ def main() -> None:
     for region, n, c in rows:
         print(f"{region:45s} {n:7.1f}  " + ", ".join(f"{k[6:]} {v / steps:g}" for k, v in c.most_common(5)))
     if args.out:
-        atomic_write_text(
-            Path(args.out),
-            json.dumps(
-                {
-                    "command": " ".join(["python", "benchmarks/training_eager_ops.py"] + sys.argv[1:]),
-                    "compiled": args.compile,
-                    "steps_profiled": steps,
-                    "eager_ops_per_step": total,
-                    "host_only_random_draws_per_step": sum(host_only.values()) / steps,
-                    "by_region": {
-                        r: {"ops_per_step": n, "ops": {k: v / steps for k, v in c.most_common()}} for r, n, c in rows
-                    },
+        write_json(
+            args.out,
+            {
+                "command": command_line(),
+                "compiled": args.compile,
+                "steps_profiled": steps,
+                "eager_ops_per_step": total,
+                "host_only_random_draws_per_step": sum(host_only.values()) / steps,
+                "by_region": {
+                    r: {"ops_per_step": n, "ops": {k: v / steps for k, v in c.most_common()}} for r, n, c in rows
                 },
-                indent=2,
-            ),
+            },
         )
 
 

@@ -1,6 +1,6 @@
 """FLOPs of one mode-5 inversion step at SD 2.1 scale, by component, counted on the meta device (no GPU, no weights).
 
-    .venv/bin/python benchmarks/training_step_flops.py --out benchmarks/training_step_flops.json
+    .venv/bin/python -m benchmarks.training_step_flops --out benchmarks/training_step_flops.json
 
 The step (9 images at 512x384, 16 per-layer prompts each): VAE encoder forward of the 9 augmented
 images, the CLIP text encoder forward + backward over 144 prompts of 77 tokens (gradients for the
@@ -12,26 +12,16 @@ image (its cross-attention FLOPs are those of 16 per-layer encodings of the same
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sd21 import UNET_21, VAE_SD2  # noqa: E402
-
-from viewneti_backend.atomic_files import atomic_write_text  # noqa: E402
-from viewneti_backend.text_conditioning import _text_transformer  # noqa: E402
+from benchmarks.common import command_line, count_flops, write_json
+from benchmarks.sd21 import UNET_21, VAE_SD2
+from viewneti_backend.text_conditioning import _text_transformer
 
 
 def tflop(fn) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 1e12
+    return count_flops(fn) / 1e12
 
 
 def main() -> None:
@@ -88,20 +78,17 @@ def main() -> None:
         print(f"  {name:40s} {t:6.2f} TFLOP  {100 * t / total:4.1f} %")
     print(f"  {'total':40s} {total:6.2f} TFLOP")
     if args.out:
-        atomic_write_text(
-            Path(args.out),
-            json.dumps(
-                {
-                    "command": " ".join(["python", "benchmarks/training_step_flops.py"] + sys.argv[1:]),
-                    "images": n,
-                    "width": w,
-                    "height": h,
-                    "prompts": prompts,
-                    "tflop": parts,
-                    "total_tflop": total,
-                },
-                indent=2,
-            ),
+        write_json(
+            args.out,
+            {
+                "command": command_line(),
+                "images": n,
+                "width": w,
+                "height": h,
+                "prompts": prompts,
+                "tflop": parts,
+                "total_tflop": total,
+            },
         )
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .compile_modes import COMPILE_CHOICES, COMPILE_HELP
+from .training_modes import MODES
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -319,6 +320,7 @@ def _eta_hint(device, steps: int) -> str:
 def cmd_train(args) -> int:
     from .data import DTU_TRAIN_SIZE, load_dtu_scene, load_image_folder, load_scene_collection, load_transforms_scene
     from .training import TrainConfig, Trainer
+    from .training_modes import TRAINING_MODES
 
     cfg = TrainConfig(
         mode=args.mode,
@@ -350,9 +352,9 @@ def cmd_train(args) -> int:
             from .data import dtu_calibration_projections
 
             camera_param = Dtu12d.from_projections(list(dtu_calibration_projections(args.dtu_root).values()))
-    elif args.mode == 0:
+    elif not TRAINING_MODES[args.mode].uses_view:
         scenes = [load_image_folder(args.data)]
-    elif args.mode == 3:
+    elif TRAINING_MODES[args.mode].many_scenes:
         scenes = load_scene_collection(args.data, args.limit_scenes)
         if views:
             scenes = [s.subset(views) for s in scenes]
@@ -809,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
         "4 fine-tune a pretrained view-mapper + new object; 5 frozen pretrained view-mapper + new object. "
         "Runs on one device, or several with `accelerate launch -m viewneti_backend.cli train ...`.",
     )
-    p.add_argument("--mode", type=int, required=True, choices=[0, 2, 3, 4, 5])
+    p.add_argument("--mode", type=int, required=True, choices=MODES)
     p.add_argument("--model", help="base model (default: the embedded toy world)")
     p.add_argument("--view-mapper", help="pretrained view-mapper folder (modes 4 and 5)")
     p.add_argument("--data", help="transforms.json scene folder; mode 3: folder of scene folders; mode 0: image folder")

@@ -136,7 +136,7 @@ class EvalTable:
 
 # ------------------------------------------------------------------------------------------------
 # Single-view novel view synthesis: ViewNeTI mode 5 against the two baselines of the toy benchmark
-# (toyworld/nvs.py) and of `viewneti pretrain`'s held-out evaluation, scored the same way in both.
+# (toyworld/benchmark.py) and of `viewneti pretrain`'s held-out evaluation, scored the same way in both.
 # ------------------------------------------------------------------------------------------------
 NVS_METHODS = ("viewneti_mode5", "copy_input", "no_view_token")
 

@@ -13,7 +13,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -22,6 +21,7 @@ from .base_model import BaseModel
 from .camera_features import CameraParameterization, parameterization_from_config
 from .cameras import Camera
 from .errors import Cancelled, InputError
+from .images import to_pil
 from .mapper import NeTIMapper
 from .text_conditioning import OBJECT_PROMPT, VIEW_OBJECT_PROMPT, Injection
 
@@ -51,11 +51,6 @@ def layer_grid(timesteps: torch.Tensor, num_layers: int, repeats: int = 1) -> tu
     t = timesteps.long().repeat_interleave(num_layers).repeat(repeats)
     l = torch.arange(num_layers, device=timesteps.device).repeat(len(timesteps) * repeats)
     return t, l
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 class ViewNeTIPipeline:
@@ -339,14 +334,3 @@ class ViewNeTIPipeline:
         if timings is not None:
             timings.update(encode=(t1 - t0) * 1e3, denoise=(t2 - t1) * 1e3, decode=(t3 - t2) * 1e3)
         return result
-
-
-def images_to_tensor(images: Sequence[Image.Image], width: int, height: int) -> torch.Tensor:
-    """PIL images -> [N, 3, H, W] in [-1, 1] (bicubic resize to the given size)."""
-    arrs = []
-    for im in images:
-        im = im.convert("RGB")
-        if im.size != (width, height):
-            im = im.resize((width, height), Image.Resampling.BICUBIC)
-        arrs.append(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
-    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()

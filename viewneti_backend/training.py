@@ -15,7 +15,6 @@ a gradient. Checkpoints are safetensors + JSON; ``resume`` continues from the sa
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -26,7 +25,6 @@ from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .attention import pack_layer_encodings
@@ -38,14 +36,14 @@ from .camera_features import (
     make_parameterization,
     parameterization_from_config,
 )
+from .checkpoints import read_checkpoint, save_mappers, write_checkpoint
 from .data import Scene
 from .errors import Cancelled, InputError
+from .images import images_to_tensor
 from .mapper import MapperConfig, NeTIMapper
-from .pipeline import images_to_tensor
 from .text_conditioning import OBJECT_TEMPLATES, VIEW_OBJECT_PROMPT
+from .training_modes import MODES, TRAINING_MODES, TrainingMode
 from .transfer import ScalarReadback, to_device
-
-MODES = (0, 2, 3, 4, 5)
 
 
 @dataclass
@@ -59,7 +57,7 @@ class TrainConfig:
     lr: float = 1e-3
     scale_lr: bool = True
     weight_decay: float = 1e-2
-    augmentation: int | None = None  # None -> 7 for modes 2/4/5, 5 for mode 3, 7 for mode 0
+    augmentation: int | None = None  # None -> the mode's default (TRAINING_MODES: 5 for mode 3, else 7)
     width: int | None = None  # training resolution; None -> the model's native size (square)
     height: int | None = None
     camera_parameterization: str = DEFAULT_PARAMETERIZATION
@@ -93,14 +91,17 @@ class TrainConfig:
             )
 
     @property
+    def spec(self) -> TrainingMode:
+        """This run's mode, from :data:`TRAINING_MODES` (checked in ``__post_init__``)."""
+        return TRAINING_MODES[self.mode]
+
+    @property
     def uses_view(self) -> bool:
-        return self.mode != 0
+        return self.spec.uses_view
 
     @property
     def augmentation_key(self) -> int:
-        if self.augmentation is not None:
-            return self.augmentation
-        return 5 if self.mode == 3 else 7
+        return self.augmentation if self.augmentation is not None else self.spec.augmentation
 
 
 class TrainableMappers(nn.Module):
@@ -151,32 +152,6 @@ def new_mapper(
         base_model_fingerprint=base.fingerprint,
     )
     return NeTIMapper(cfg)
-
-
-# ------------------------------------------------------------------------------------------------
-# Optimizer state <-> safetensors (never pickle)
-# ------------------------------------------------------------------------------------------------
-def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    sd = optimizer.state_dict()
-    tensors = {}
-    for idx, state in sd["state"].items():
-        for key, value in state.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"state.{idx}.{key}"] = t.detach().cpu().contiguous()
-    save_file(tensors, str(path), metadata={"param_groups": json.dumps(sd["param_groups"])})
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        groups = json.loads(f.metadata()["param_groups"])
-    tensors = load_file(str(path))
-    state: dict[int, dict] = {}
-    for name, t in tensors.items():
-        _, idx, key = name.split(".", 2)
-        state.setdefault(int(idx), {})[key] = t
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,15 +213,16 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         self.config = c = config
+        spec = c.spec
         if not scenes:
             raise InputError("no training scenes given")
-        if c.mode != 3 and len(scenes) != 1:
+        if not spec.many_scenes and len(scenes) != 1:
             raise InputError(f"mode {c.mode} trains on exactly one scene, got {len(scenes)}: use mode 3 for many")
         if c.uses_view and any(s.cameras is None for s in scenes):
             raise InputError(
                 f"mode {c.mode} needs a camera per image: use a transforms.json or DTU scene, or mode 0 for plain images"
             )
-        if c.mode in (4, 5) and view_mapper is None:
+        if spec.pretrained_view and view_mapper is None:
             raise InputError(
                 f"mode {c.mode} starts from a pretrained view-mapper: pass --view-mapper (a mode-3 result)"
             )
@@ -257,7 +233,7 @@ class Trainer:
             gradient_accumulation_steps=1 if c.fuse_micro_batches else c.grad_accum,
             mixed_precision=mp,
             cpu=device == "cpu",
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=c.mode == 3)],
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=spec.many_scenes)],
         )
         acc = self.accelerator
         frozen_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
@@ -275,7 +251,7 @@ class Trainer:
         # Mappers: view (new / pretrained / frozen) and one object-mapper per scene.
         if isinstance(view_mapper, (str, os.PathLike)):
             view_mapper = NeTIMapper.from_pretrained(view_mapper, expect_fingerprint=b.fingerprint)
-        if c.mode in (4, 5):
+        if spec.pretrained_view:
             if view_mapper is None:
                 raise InputError(f"mode {c.mode} trains with a pretrained view-mapper: pass view_mapper")
             self.camera_param = parameterization_from_config(view_mapper.config.camera_parameterization)
@@ -290,7 +266,7 @@ class Trainer:
             self.camera_param, self.view_mapper = None, None
         torch.manual_seed(c.seed)
         self.object_mappers = [new_mapper(b, "object").to(acc.device) for _ in self.scenes]
-        train_view = c.mode in (2, 3, 4)
+        train_view = spec.trains_view
         if self.view_mapper is not None:
             self.view_mapper.requires_grad_(train_view)
         self.frozen_view = self.view_mapper if (self.view_mapper is not None and not train_view) else None
@@ -367,7 +343,7 @@ class Trainer:
         nothing here waits for the GPU (transfers are pinned and non-blocking).
         """
         c, dev = self.config, self.accelerator.device
-        scene = rng.randrange(len(self.scenes)) if c.mode == 3 else 0
+        scene = rng.randrange(len(self.scenes)) if c.spec.many_scenes else 0
         pool_index = None
         if self.pools is not None:  # images come already encoded (and augmented, with a pool), from the scene's pool
             source, _ = self.pools[scene]
@@ -440,7 +416,7 @@ class Trainer:
             feats = feats.repeat_interleave(n_l, dim=0)
         ids = self._token_ids([p for mb in batches for p in mb.prompts]).repeat_interleave(n_l, dim=0)
         groups = [(mb.scene, len(mb.t) * n_l) for mb in batches]
-        obj, view = self.mappers(t_rep, l_rep, feats if self.config.mode != 5 else None, groups)
+        obj, view = self.mappers(t_rep, l_rep, feats if self.config.spec.trains_view else None, groups)
         from .text_conditioning import Injection
 
         inj = {b.text.object_token_id: Injection(obj[0], obj[1], self.object_mappers[batches[0].scene].config.alpha)}
@@ -547,74 +523,33 @@ class Trainer:
             self.view_mapper, dict(zip(names, self.object_mappers)), self.losses, self.step, self.output_dir
         )
 
-    # -- persistence ---------------------------------------------------------------------------------
-    def _save_mappers(self, folder: Path) -> None:
-        if self.view_mapper is not None:
-            self.view_mapper.save_pretrained(folder / "view_mapper")
-        for scene, mapper in zip(self.scenes, self.object_mappers):
-            mapper.config.extra = {**mapper.config.extra, "steps": self.step, "scene": scene.name}
-            mapper.save_pretrained(folder / "objects" / scene.name)
-
+    # -- persistence (checkpoints.py) ---------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
         """``checkpoint-<step>/``: mappers + optimizer (safetensors) + trainer_state.json; written atomically."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if not acc.is_main_process or self.output_dir is None:
             return None
-        final = self.output_dir / f"checkpoint-{self.step:06d}"
-        tmp = self.output_dir / f".checkpoint-{self.step:06d}.tmp"
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self._save_mappers(tmp)
-        save_optimizer(self.optimizer, tmp / "optimizer.safetensors")
-        (tmp / "trainer_state.json").write_text(
-            json.dumps(
-                {
-                    "step": self.step,
-                    "config": asdict(self.config),
-                    "losses": self.losses,
-                    "scenes": [s.name for s in self.scenes],
-                    "base_model": self.base.name,
-                    "base_model_fingerprint": self.base.fingerprint,
-                },
-                indent=1,
-            )
+        state = {
+            "config": asdict(self.config),
+            "losses": self.losses,
+            "base_model": self.base.name,
+            "base_model_fingerprint": self.base.fingerprint,
+        }
+        names = [s.name for s in self.scenes]
+        return write_checkpoint(
+            self.output_dir, self.step, self.view_mapper, names, self.object_mappers, self.optimizer, state
         )
-        from .atomic_files import replace_directory
-
-        replace_directory(tmp, final)
-        return final
 
     def save_final(self) -> None:
         if self.accelerator.is_main_process and self.output_dir is not None:
-            self._save_mappers(self.output_dir)
+            names = [s.name for s in self.scenes]
+            save_mappers(self.output_dir, self.view_mapper, names, self.object_mappers, self.step)
 
     def resume(self, checkpoint: str | Path) -> int:
         """Load mappers + optimizer from ``checkpoint-<step>/`` (or the latest one in a run folder)."""
-        path = Path(checkpoint)
-        if not (path / "trainer_state.json").is_file():
-            found = sorted(path.glob("checkpoint-*")) if path.is_dir() else []
-            if not found:
-                raise InputError(
-                    f"no checkpoint found at {path}: pass a checkpoint-<step> folder or a run folder holding one"
-                )
-            path = found[-1]
-        state = json.loads((path / "trainer_state.json").read_text())
-        if state["scenes"] != [s.name for s in self.scenes]:
-            raise InputError(
-                f"checkpoint {path} was trained on scenes {state['scenes']}, not {[s.name for s in self.scenes]}"
-            )
-        if self.view_mapper is not None and (path / "view_mapper").is_dir():
-            self.view_mapper.load_state_dict(NeTIMapper.from_pretrained(path / "view_mapper").state_dict())
-        for scene, mapper in zip(self.scenes, self.object_mappers):
-            mapper.load_state_dict(NeTIMapper.from_pretrained(path / "objects" / scene.name).state_dict())
-        load_optimizer(self.optimizer, path / "optimizer.safetensors")
+        names = [s.name for s in self.scenes]
+        state = read_checkpoint(checkpoint, self.view_mapper, names, self.object_mappers, self.optimizer)
         self.step = int(state["step"])
         self.losses = list(state.get("losses", []))
         return self.step
-
-
-def default_steps_hint(mode: int) -> int:
-    return {0: 3000, 2: 3000, 3: 50000, 4: 3000, 5: 3000}[mode]

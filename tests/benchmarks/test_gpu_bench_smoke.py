@@ -1,4 +1,4 @@
-"""benchmarks/gpu_bench.py end to end with --smoke (tiny widths on the CPU): the script that produces
+"""benchmarks/gpu_bench.py (``python -m benchmarks.gpu_bench``) end to end with --smoke (tiny widths on the CPU): the script that produces
 RESULTS.md §1 must keep running as the library changes. It times nothing real here; the structure of
 its JSON and the equivalence checks it makes are what is tested."""
 
@@ -19,7 +19,8 @@ def test_gpu_bench_smoke_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [
         sys.executable,
-        str(ROOT / "benchmarks" / "gpu_bench.py"),
+        "-m",
+        "benchmarks.gpu_bench",
         "--smoke",
         "--out",
         str(out),
@@ -34,7 +35,7 @@ def test_gpu_bench_smoke_writes_every_section(tmp_path):
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["command"].startswith("python benchmarks/gpu_bench.py --smoke")
+    assert report["command"].startswith("python -m benchmarks.gpu_bench --smoke")
     assert report["equivalence_image_fp32"]["max_abs_diff_8bit"] <= 1.0, "fast and reference-style renders must agree"
     assert report["equivalence_gradient_fp32"]["relative_l2_error"] < 1e-4
     results = report["results"]
@@ -48,8 +49,7 @@ def test_gpu_bench_smoke_writes_every_section(tmp_path):
 
 def test_host_profile_names_the_function_that_takes_the_time():
     """--profile inversion-host reads where the host's time per step goes; check it on a known workload."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import gpu_bench  # pyright: ignore[reportMissingImports]  benchmarks/ is on sys.path from the line above
+    from benchmarks import gpu_bench
 
     def busy_loop_for_the_profile():
         return sum(i * i for i in range(20000))
@@ -64,8 +64,7 @@ def test_host_profile_names_the_function_that_takes_the_time():
 def test_timeline_splits_idle_time_by_launcher_and_host_lateness():
     """gpu_timeline.analyse_gaps on a hand-made trace: a CUDA graph of two kernels (a queued 2 us gap),
     then an eager kernel launched after the GPU went idle (a 20 us host-late gap inside aten::mul)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gpu_timeline import analyse_gaps  # pyright: ignore[reportMissingImports]  benchmarks/ is on sys.path, above
+    from benchmarks.gpu_timeline import analyse_gaps
 
     def x(cat, name, ts, dur, tid=1, **args):
         return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid, "args": args}

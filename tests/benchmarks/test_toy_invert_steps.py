@@ -9,14 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.e2e
 def test_toy_invert_steps_scores_the_objects_it_is_given_with_the_pool_option(tmp_path):
     out = tmp_path / "steps.json"
     cmd = [
         sys.executable,
-        str(ROOT / "benchmarks" / "toy_invert_steps.py"),
+        "-m",
+        "benchmarks.toy_invert_steps",
         "--objects",
         "1",
         "--first-object",
@@ -40,3 +44,4 @@ def test_toy_invert_steps_scores_the_objects_it_is_given_with_the_pool_option(tm
     assert [(r["object"], r["seed"]) for r in report["rows"]] == [("obj_1000003", 0)]
     assert report["config"]["benchmark"]["first_seed"] == 1000003 and report["config"]["augmentation_pool"] == 9
     assert math.isfinite(report["rows"][0]["checkpoints"]["1"]["psnr"])
+    assert report["command"].startswith("python -m benchmarks.toy_invert_steps --objects 1")

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from viewneti_backend.cameras import Camera, TransformsFrame, orbit_pose, write_transforms_json
+from viewneti_backend.checkpoints import load_optimizer, save_optimizer
 from viewneti_backend.data import Scene, load_scene_collection, load_transforms_scene
 from viewneti_backend.errors import InputError
 from viewneti_backend.mapper import NeTIMapper
-from viewneti_backend.training import TrainConfig, Trainer, load_optimizer, save_optimizer
+from viewneti_backend.training import TrainConfig, Trainer
 
 
 def _grad(t: torch.Tensor) -> torch.Tensor:

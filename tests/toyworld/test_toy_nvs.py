@@ -14,7 +14,8 @@ import pytest
 
 from viewneti_backend.mapper import NeTIMapper
 from viewneti_backend.sampling_defaults import SamplingDefaults
-from viewneti_backend.toyworld.nvs import BenchmarkConfig, PretrainConfig, nvs_benchmark, pretrain_view_mapper
+from viewneti_backend.toyworld.benchmark import BenchmarkConfig, nvs_benchmark
+from viewneti_backend.toyworld.pretrain import PretrainConfig, pretrain_training, pretrain_view_mapper
 
 
 @pytest.fixture()
@@ -28,7 +29,7 @@ def test_pretrain_rewrites_the_bundle_and_keeps_sampling_defaults(model_copy, tm
     SamplingDefaults(guidance=3.0, steps=12, live_steps=4).save(model_copy / "viewneti" / "sampling.json")
     before = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper").state_dict()
     cfg = PretrainConfig(
-        n_objects=2, views=3, steps=2, batch_size=2, grad_accum=2, ship_objects=2, size=64, compile=False
+        pretrain_training(steps=2, batch_size=2, grad_accum=2), n_objects=2, views=3, ship_objects=2, compile=False
     )
     summary = pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
 
@@ -46,19 +47,30 @@ def test_pretrain_rewrites_the_bundle_and_keeps_sampling_defaults(model_copy, tm
     assert json.loads((tmp_path / "out" / "pretrain_summary.json").read_text())["steps"] == 2
 
 
+def test_pretrain_config_embeds_the_mode_3_training_run():
+    """PretrainConfig.train is a TrainConfig (one definition of steps, lr, batch, augmentation ...)."""
+    from viewneti_backend.errors import InputError
+    from viewneti_backend.training import TrainConfig
+
+    cfg = PretrainConfig()
+    assert cfg.train == TrainConfig(
+        mode=3, steps=6000, augmentation=5, log_every=100, camera_parameterization="anchor-distance-14d"
+    )
+    assert cfg.train.augmentation_key == 5 and cfg.train.spec.many_scenes
+    with pytest.raises(InputError, match="toy-world pretraining is mode 3"):
+        PretrainConfig(TrainConfig(mode=5))
+
+
 def test_pretrain_at_one_radius_trains_on_that_distance_only(model_copy, tmp_path):
     """--radius-range 3.6,3.6: every training camera at 3.6 (13d's radius statistic is exactly it)."""
     cfg = PretrainConfig(
+        pretrain_training(steps=1, batch_size=2, grad_accum=1, camera_parameterization="anchor-pose-13d"),
         n_objects=2,
         views=3,
-        steps=1,
-        batch_size=2,
-        grad_accum=1,
         ship_objects=1,
         size=64,
         compile=False,
         radius_range=(3.6, 3.6),
-        camera_parameterization="anchor-pose-13d",
     )
     pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
     mapper = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper")
@@ -74,7 +86,7 @@ def test_pretrain_refuses_a_bad_radius_range_before_touching_the_bundle(model_co
     before = (model_copy / "viewneti" / "view_mapper" / "mapper.safetensors").read_bytes()
     with pytest.raises(InputError, match="radius range"):
         pretrain_view_mapper(
-            PretrainConfig(n_objects=1, views=2, steps=1, radius_range=(4.0, 3.2), compile=False),
+            PretrainConfig(pretrain_training(steps=1), n_objects=1, views=2, radius_range=(4.0, 3.2), compile=False),
             model_copy,
             tmp_path / "out",
             device="cpu",
@@ -91,15 +103,12 @@ def test_pretrain_with_the_distance_parameterisation_ships_a_mapper_the_engine_r
     from viewneti_backend.engine import Engine
 
     cfg = PretrainConfig(
+        pretrain_training(steps=1, batch_size=2, grad_accum=1, camera_parameterization="anchor-distance-14d"),
         n_objects=2,
         views=3,
-        steps=1,
-        batch_size=2,
-        grad_accum=1,
         ship_objects=1,
         size=64,
         compile=False,
-        camera_parameterization="anchor-distance-14d",
     )
     pretrain_view_mapper(cfg, model_copy, tmp_path / "out", device="cpu", progress=False)
     mapper = NeTIMapper.from_pretrained(model_copy / "viewneti" / "view_mapper")
@@ -193,7 +202,7 @@ def test_prior_ceiling_scores_five_rows_on_the_shipped_built_ins(tmp_path):
     """`viewneti toyworld ceiling` on the embedded toy model (few views and steps): every row scored
     for every built-in object, margins paired per object, the JSON written."""
     from viewneti_backend.engine import embedded_model_dir
-    from viewneti_backend.toyworld.nvs import prior_ceiling
+    from viewneti_backend.toyworld.benchmark import prior_ceiling
 
     cfg = BenchmarkConfig(seeds=[0], n_targets=2, render_steps=2)
     summary = prior_ceiling(cfg, embedded_model_dir(), tmp_path, device="cpu")
@@ -223,7 +232,7 @@ def test_prior_ceiling_scores_five_rows_on_the_shipped_built_ins(tmp_path):
 
 def test_prior_ceiling_needs_built_ins_made_by_pretraining(tiny_model_dir, tmp_path):
     from viewneti_backend.errors import InputError
-    from viewneti_backend.toyworld.nvs import prior_ceiling
+    from viewneti_backend.toyworld.benchmark import prior_ceiling
 
     with pytest.raises(InputError, match="toy_seed"):
         prior_ceiling(BenchmarkConfig(seeds=[0], n_targets=1, render_steps=1), tiny_model_dir, tmp_path, device="cpu")
@@ -233,7 +242,7 @@ def test_prior_ceiling_needs_built_in_objects(tiny_model_dir, tmp_path):
     import shutil
 
     from viewneti_backend.errors import InputError
-    from viewneti_backend.toyworld.nvs import prior_ceiling
+    from viewneti_backend.toyworld.benchmark import prior_ceiling
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

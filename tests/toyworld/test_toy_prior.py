@@ -7,16 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from viewneti_backend.toyworld.prior import (
-    LatentBuffer,
-    PriorTrainConfig,
-    RenderStream,
-    drop_captions,
-    load_prior,
-    sample,
-    tokenize,
-    train_prior,
-)
+from viewneti_backend.toyworld.prior.data import LatentBuffer, RenderStream, drop_captions, tokenize
+from viewneti_backend.toyworld.prior.model import load_prior, sample
+from viewneti_backend.toyworld.prior.training import PriorTrainConfig, train_prior
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "viewneti_backend" / "toyworld" / "weights" / "prior"
 
@@ -64,7 +57,7 @@ def test_resume_keeps_the_vae(tiny_prior, tmp_path):
 
 
 def test_script_records_its_command_in_the_history(tmp_path, capsys):
-    from viewneti_backend.toyworld.prior import main
+    from viewneti_backend.toyworld.prior.training import main
 
     main(["--out", str(tmp_path / "p"), "--tiny"])
     history = json.loads((tmp_path / "p" / "toyworld.json").read_text())["metrics"]["history"]
@@ -142,7 +135,7 @@ def test_shipped_sampler_starts_from_pure_noise_like_a_rebuilt_prior():
     """The toy renders start at the last training timestep (trailing spacing), so few-step renders
     begin from the noise level they are given; `toyworld train-prior` writes the same schedule."""
     from viewneti_backend.base_model import load_base_model
-    from viewneti_backend.toyworld.prior import scheduler_config
+    from viewneti_backend.toyworld.prior.model import scheduler_config
 
     shipped = json.loads((WEIGHTS / "scheduler" / "scheduler_config.json").read_text())
     assert {k: shipped[k] for k in scheduler_config()} == scheduler_config()

@@ -20,5 +20,5 @@ WEIGHTS_DIR = _Path(__file__).resolve().parent / "weights"
 
 
 def default_prior_path() -> _Path:
-    """The shipped toy prior (a StableDiffusionPipeline folder); load it with ``prior.load_prior``."""
+    """The shipped toy prior (a StableDiffusionPipeline folder); load it with ``prior.model.load_prior``."""
     return WEIGHTS_DIR / "prior"

@@ -38,7 +38,7 @@ def _render_dataset(args) -> int:
 
 
 def _train_prior(args) -> int:
-    from .prior import main as prior_main
+    from .prior.training import main as prior_main
 
     argv = ["--out", args.out, "--device", args.device or "auto"] + args.prior_args
     prior_main(argv)
@@ -62,19 +62,22 @@ def _radius_range(text: str) -> tuple[float, float]:
 
 def _pretrain(args) -> int:
     from ..engine import resolve_model
-    from .nvs import PretrainConfig, pretrain_view_mapper
+    from .pretrain import PretrainConfig, pretrain_training, pretrain_view_mapper
 
-    cfg = PretrainConfig(
-        n_objects=args.objects,
-        views=args.views,
+    train = pretrain_training(
         steps=args.steps,
-        max_minutes=args.minutes,
-        ship_objects=args.ship_objects,
         seed=args.seed,
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
-        compile=not args.no_compile,
         camera_parameterization=args.camera_parameterization,
+    )
+    cfg = PretrainConfig(
+        train=train,
+        n_objects=args.objects,
+        views=args.views,
+        max_minutes=args.minutes,
+        ship_objects=args.ship_objects,
+        compile=not args.no_compile,
         radius_range=args.radius_range,
     )
     summary = pretrain_view_mapper(cfg, resolve_model(args.model), args.out, device=args.device)
@@ -84,7 +87,7 @@ def _pretrain(args) -> int:
 
 def _benchmark(args) -> int:
     from ..engine import resolve_model
-    from .nvs import BenchmarkConfig, mode2_interpolation, nvs_benchmark
+    from .benchmark import BenchmarkConfig, mode2_interpolation, nvs_benchmark
 
     cfg = BenchmarkConfig(
         n_objects=args.objects,
@@ -104,7 +107,7 @@ def _benchmark(args) -> int:
 
 def _ceiling(args) -> int:
     from ..engine import resolve_model
-    from .nvs import BenchmarkConfig, prior_ceiling
+    from .benchmark import BenchmarkConfig, prior_ceiling
 
     cfg = BenchmarkConfig(
         seeds=[int(s) for s in args.seeds.split(",")],

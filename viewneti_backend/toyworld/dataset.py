@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..cameras import Camera, TransformsFrame, orbit_pose, pose_to_orbit, read_transforms_json, write_transforms_json
+from ..data import Scene
 from .renderer import DEFAULT_FOV_Y_DEG, ELEVATION_RANGE, RADIUS_RANGE, CameraSampler, ToyObject, render, to_uint8
 
 
@@ -34,7 +35,7 @@ class DatasetConfig:
     n_objects: int = 20
     views: int = 24
     first_seed: int = (
-        0  # objects use seeds first_seed .. first_seed + n_objects - 1 (held-out: >= prior.HELDOUT_SEED_START)
+        0  # objects use seeds first_seed .. first_seed + n_objects - 1 (held-out: >= prior.model.HELDOUT_SEED_START)
     )
     size: int = 64
     cameras: str = "random"  # "random" (the prior's training distribution) or "orbit" (even azimuths, fixed elevation)
@@ -123,3 +124,10 @@ def read_object(folder: str | Path) -> tuple[ToyObject, list[TransformsFrame]]:
     folder = Path(folder)
     data = json.loads((folder / "transforms.json").read_text())
     return ToyObject.from_json(data["toy_object"]), read_transforms_json(folder / "transforms.json")
+
+
+def render_scene(seed: int, cameras: list[Camera], device: str = "cpu", name: str | None = None) -> Scene:
+    """One toy object seen from ``cameras``, as a training/eval Scene with object masks."""
+    rgb, mask = render(ToyObject.from_seed(seed), cameras, device=device, supersample=2)
+    images = [Image.fromarray(a) for a in to_uint8(rgb)]
+    return Scene(name or f"toy_{seed:07d}", images, list(cameras), [m for m in mask.cpu().numpy()], {"seed": seed})

@@ -1,6 +1,7 @@
-"""ViewNeTI in the toy world: pretrain the view-mapper (mode 3) on many toy objects, ship it with a
-few object tokens inside the model folder, and benchmark single-view novel view synthesis on
-held-out objects against two baselines measured in the same run.
+"""ViewNeTI in the toy world: benchmark single-view novel view synthesis on held-out objects against
+two baselines measured in the same run (``viewneti toyworld benchmark``), the ceiling of view
+control on the seen built-in objects (``ceiling``), and mode-2 interpolation. The view-mapper these
+measure is pretrained by :mod:`.pretrain`.
 
 Benchmark protocol (mirrors the paper's DTU protocol at toy scale): for each held-out object one
 input view (azimuth 30, elevation 25) -> fit a new object token with the frozen view-mapper
@@ -12,7 +13,6 @@ every target; (c) the same object token rendered without a view token ("A photo 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -23,11 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic_files import atomic_write_text, replace_directory
+from ..atomic_files import atomic_write_text
 from ..cameras import Camera, orbit_pose
-from ..compile_modes import resolve_compile_mode
-from ..data import Scene
-from ..errors import Cancelled, InputError
+from ..errors import InputError
 from ..evaluation import (
     EvalTable,
     format_nvs,
@@ -38,118 +36,9 @@ from ..evaluation import (
     paired_margin,
     score_novel_views,
 )
-from ..sampling_defaults import FILENAME as SAMPLING_FILENAME
-from .prior import HELDOUT_SEED_START
-from .renderer import RADIUS_RANGE, ToyObject, random_cameras, render, to_uint8
-
-
-def render_scene(seed: int, cameras: list[Camera], device: str = "cpu", name: str | None = None) -> Scene:
-    """One toy object seen from ``cameras``, as a training/eval Scene with object masks."""
-    rgb, mask = render(ToyObject.from_seed(seed), cameras, device=device, supersample=2)
-    images = [Image.fromarray(a) for a in to_uint8(rgb)]
-    return Scene(name or f"toy_{seed:07d}", images, list(cameras), [m for m in mask.cpu().numpy()], {"seed": seed})
-
-
-@dataclass
-class PretrainConfig:
-    """Mode-3 pretraining of the toy view-mapper (the paper: 88 scenes x 34 views, 50k steps)."""
-
-    n_objects: int = 120
-    views: int = 32
-    first_seed: int = 0
-    size: int = 64
-    steps: int = 6000
-    batch_size: int = 3
-    grad_accum: int = 3
-    lr: float = 1e-3
-    augmentation: int = 5
-    ship_objects: int = 4  # object tokens shipped as built-ins (named toy_000, ...)
-    seed: int = 0
-    max_minutes: float | None = None
-    compile: bool = True  # on CUDA: CUDA-graph the UNet/VAE (a tiny model's step is otherwise launch-bound)
-    # the view-mapper's camera features (camera_features.py): the toy cameras' distance varies, and
-    # with anchor-pose-13d the mapper rendered one object size at every distance (RESULTS.md §3)
-    camera_parameterization: str = "anchor-distance-14d"
-    # training camera distances (min, max); equal values pretrain at one fixed radius, as DTU's cameras nearly are
-    radius_range: tuple[float, float] = RADIUS_RANGE
-
-
-def pretrain_view_mapper(
-    cfg: PretrainConfig, model_dir: str | Path, out_dir: str | Path, device: str | None = None, progress: bool = True
-) -> dict:
-    """Train mode 3 on toy objects; write the view-mapper and a few objects into ``model_dir/viewneti``."""
-    from ..base_model import load_base_model
-    from ..training import TrainConfig, Trainer
-
-    lo, hi = cfg.radius_range
-    if not 0 < lo <= hi:
-        raise InputError(
-            f"radius range {cfg.radius_range}: give 0 < min <= max (e.g. 3.2,4.0, or 3.6,3.6 for one radius)"
-        )
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    scenes = [
-        render_scene(
-            s,
-            random_cameras(cfg.views, seed=10_000 + s, size=cfg.size, radius_range=(float(lo), float(hi))),
-            dev,
-            name=f"toy_{i:03d}",
-        )
-        for i, s in enumerate(range(cfg.first_seed, cfg.first_seed + cfg.n_objects))
-    ]
-    base = load_base_model(model_dir, device=dev)
-    compile_mode = resolve_compile_mode("auto" if cfg.compile else "off", base.device)
-    if compile_mode is not None:
-        from ..base_model import compile_base_model
-
-        compile_base_model(base, compile_mode)
-    tc = TrainConfig(
-        mode=3,
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
-        lr=cfg.lr,
-        augmentation=cfg.augmentation,
-        width=cfg.size,
-        height=cfg.size,
-        seed=cfg.seed,
-        log_every=100,
-        camera_parameterization=cfg.camera_parameterization,
-    )
-    trainer = Trainer(tc, base, scenes, output_dir=None, device=dev)
-    t0 = time.perf_counter()
-    deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
-    try:
-        trainer.train(progress=progress, should_stop=(lambda: time.perf_counter() > deadline) if deadline else None)
-    except Cancelled:  # time budget reached: keep what was learned so far
-        pass
-    result = trainer.result()
-    minutes = (time.perf_counter() - t0) / 60
-    # The new bundle is written next to the old one and swapped in whole; the model's sampling
-    # defaults (viewneti/sampling.json) are not the mapper's and carry over unchanged.
-    bundle = Path(model_dir) / "viewneti"
-    staging = bundle.with_name(f".viewneti.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    if result.view_mapper is None:  # pretraining trains the view-mapper
-        raise RuntimeError("pretraining returned no view-mapper")
-    result.view_mapper.config.extra = {"toyworld_pretrain": asdict(cfg), "steps": trainer.step}
-    result.view_mapper.save_pretrained(staging / "view_mapper")
-    for scene, mapper in list(zip(scenes, result.object_mappers.values()))[: cfg.ship_objects]:
-        mapper.config.extra = {"steps": trainer.step, "toy_seed": scene.meta["seed"]}
-        mapper.save_pretrained(staging / "objects" / scene.name)
-    if (bundle / SAMPLING_FILENAME).is_file():
-        shutil.copy2(bundle / SAMPLING_FILENAME, staging / SAMPLING_FILENAME)
-    replace_directory(staging, bundle)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "config": asdict(cfg),
-        "steps": trainer.step,
-        "minutes": minutes,
-        "loss_first_100": float(np.mean(trainer.losses[:100])),
-        "loss_last_100": float(np.mean(trainer.losses[-100:])),
-    }
-    (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+from .dataset import render_scene
+from .prior.model import HELDOUT_SEED_START
+from .renderer import ToyObject
 
 
 @dataclass
@@ -325,7 +214,7 @@ def prior_ceiling(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
     Writes ``prior_ceiling.json``.
     """
     from ..engine import Engine
-    from .prior import load_prior
+    from .prior.model import load_prior
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as no_user_objects:  # built-ins only
@@ -335,7 +224,7 @@ def prior_ceiling(cfg: BenchmarkConfig, model_dir: str | Path, out_dir: str | Pa
 
 def _prior_ceiling(cfg: BenchmarkConfig, engine, prior, out_dir: str | Path, dev: str) -> dict:
     from .captions import describe, view_phrase
-    from .prior import sample
+    from .prior.model import sample
 
     input_cam, targets = benchmark_cameras(cfg)
     methods = (

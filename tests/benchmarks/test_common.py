@@ -1,0 +1,45 @@
+"""benchmarks/common.py and the sweeps' declared scenarios: the helpers every benchmark script shares."""
+
+import argparse
+import math
+
+import pytest
+
+from benchmarks.common import float_list, int_list, percentile, stats, write_json
+from benchmarks.toy_sampling_sweep import SamplingSetting, sampling_grid
+from benchmarks.toy_timestep_spacing import SpacingSetting, spacing_settings
+
+
+def test_stats_interpolate_percentiles_and_keep_every_summary():
+    s = stats([4.0, 1.0, 3.0, 2.0])
+    assert s == {"n": 4, "p50": 2.5, "p95": pytest.approx(3.85), "mean": 2.5, "min": 1.0, "max": 4.0}
+    assert percentile([7.0], 0.95) == 7.0
+
+
+def test_list_arguments_parse_comma_separated_numbers():
+    assert int_list("8,10, 12") == [8, 10, 12] and float_list("1,2.5") == [1.0, 2.5]
+    with pytest.raises(ValueError):
+        int_list("8,ten")
+
+
+def test_sampling_sweep_declares_its_grid_guidance_major():
+    grid = sampling_grid([8, 30], [1.0, 2.0])
+    assert grid == [
+        SamplingSetting(8, 1.0),
+        SamplingSetting(30, 1.0),
+        SamplingSetting(8, 2.0),
+        SamplingSetting(30, 2.0),
+    ]
+
+
+def test_timestep_spacing_settings_parse_and_say_what_is_wrong():
+    assert [s.key for s in spacing_settings("leading:10,trailing:4")] == ["leading:10", "trailing:4"]
+    assert spacing_settings("linspace:6") == [SpacingSetting("linspace", 6)]
+    with pytest.raises(argparse.ArgumentTypeError, match="SPACING one of leading, trailing, linspace, got 'fast:4'"):
+        spacing_settings("leading:10,fast:4")
+
+
+def test_write_json_creates_the_folder_and_writes_nan_as_json_does(tmp_path):
+    path = write_json(tmp_path / "new" / "r.json", {"x": float("nan")})
+    assert path.read_text() == '{\n  "x": NaN\n}'
+    assert math.isnan(__import__("json").loads(path.read_text())["x"])
