@@ -17,11 +17,11 @@ so does compilation on first use. Sections:
 
 GPU (the numbers in RESULTS.md): SD 2.1-sized random weights written to a diffusers folder first::
 
-    python benchmarks/server_gpu.py --out benchmarks/server_gpu.json
+    python -m benchmarks.server_gpu --out benchmarks/server_gpu.json
 
 CPU smoke run of the same script on the toy model (what the test suite runs)::
 
-    python benchmarks/server_gpu.py --smoke --out /tmp/server_gpu.json
+    python -m benchmarks.server_gpu --smoke --out /tmp/server_gpu.json
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def orbit(az: float, el: float = 20.0, radius: float = 4.0) -> list[list[float]]:
@@ -184,7 +183,7 @@ def main() -> None:
     else:
         live, view, new_size = (512, 512, 8), (768, 576, 30), (640, 480)
     report: dict = {
-        "command": "python benchmarks/server_gpu.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.server_gpu " + " ".join(sys.argv[1:]),
         "host": platform.node(),
         "python": platform.python_version(),
     }

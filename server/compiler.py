@@ -30,6 +30,7 @@ from typing import Any
 log = logging.getLogger("viewneti.server")
 
 MAX_PAUSE_S = 30.0
+HELPER_IDLE_S = 120.0  # a helper idle this long exits and frees its copy of the model
 
 
 def _yield_to_renders(idle: threading.Event):
@@ -59,10 +60,14 @@ class BackgroundCompiler:
         *,
         compile_new_shapes: bool = True,
         processes: int = 0,
+        helper_idle_s: float = HELPER_IDLE_S,
         name: str = "viewneti-compiler",
     ) -> None:
         """``processes``: helper processes that compile shapes ahead into the on-disk caches (0: none,
-        everything compiles in this process; engines without ``compile_warmer`` get none)."""
+        everything compiles in this process; engines without ``compile_warmer`` get none). A helper
+        with nothing to compile for ``helper_idle_s`` exits (its copy of the model freed) and starts
+        again for the next shape."""
+        self._helper_idle_s = helper_idle_s
         self._engine = engine
         self._compile_new = compile_new_shapes
         self._cv = threading.Condition()
@@ -134,7 +139,11 @@ class BackgroundCompiler:
 
     def _helper_loop(self, helper: Any) -> None:
         while True:
-            shape = self._warm_queue.get()
+            try:
+                shape = self._warm_queue.get(timeout=self._helper_idle_s)
+            except queue.Empty:  # nothing to compile for a while: give its model's memory back
+                helper.close()  # a later shape starts it again (one model load, seconds)
+                continue
             if shape is None or self._stopping:
                 return
             warming = self._warming[shape]

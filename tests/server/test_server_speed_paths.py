@@ -260,3 +260,20 @@ def test_no_helpers_for_engines_that_cannot_make_them():
     _wait(lambda: RenderShape(1, 64, 64) in engine.ready_shapes)
     assert compiler.status()["helper_processes"] == 0
     compiler.stop()
+
+
+def test_an_idle_helper_exits_and_comes_back_for_the_next_shape():
+    """A helper holds a copy of the model: with nothing to compile for helper_idle_s it is closed, and
+    the next new shape still goes through it (WarmProcess starts again on use)."""
+    engine = _WarmableEngine()
+    compiler = BackgroundCompiler(engine, processes=1, helper_idle_s=0.2)
+    helper = engine.helpers[0]
+    helper.release.set()
+    compiler.start([RenderShape(1, 64, 64)])
+    _wait(lambda: RenderShape(1, 64, 64) in engine.ready_shapes)
+    _wait(lambda: helper.closed)
+    helper.closed = False
+    assert compiler.request(RenderShape(1, 48, 48))
+    _wait(lambda: RenderShape(1, 48, 48) in engine.ready_shapes)
+    assert ("warm-done", "48x48") in engine.log and ("server", "48x48", True) in engine.log
+    compiler.stop()

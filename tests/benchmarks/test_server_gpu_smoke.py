@@ -1,0 +1,49 @@
+"""benchmarks/server_gpu.py (``python -m benchmarks.server_gpu``) end to end with --smoke on the CPU toy
+model: the script behind RESULTS.md §6 starts the real server as a subprocess and times it from a
+client. Nothing real is timed here; that it runs every section, and that a CPU sequence job (one frame
+per UNet call) gives the same bytes as one-by-one renders, are what is tested."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_server_gpu_smoke_runs_every_section(tmp_path):
+    out = tmp_path / "server_gpu.json"
+    cmd = [sys.executable, "-m", "benchmarks.server_gpu", "--smoke", "--out", str(out), "--work", str(tmp_path / "w")]
+    cmd += ["--repeats", "2", "--frames", "4", "--port", str(free_port())]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m benchmarks.server_gpu --smoke")
+    assert report["ready_s"] > 0 and report["first_view_after_ready"]["n"] == 1
+    rows = report["renders"]
+    assert {k.rsplit("_", 2)[0] for k in rows} == {
+        "live_64x64_3steps_png",
+        "view_64x48_4steps_png",
+        "live_64x64_3steps_jpeg",
+        "view_64x48_4steps_jpeg",
+    }
+    assert rows["live_64x64_3steps_png_new_pose"]["media_type"] == "image/png"
+    assert rows["live_64x64_3steps_jpeg_new_pose"]["media_type"] == "image/jpeg"
+    assert all(row["n"] == 2 and row["client_p50_ms"] > 0 for row in rows.values())
+    seq = report["sequence"]
+    assert seq["frames"] == 4 and seq["sequence_batch"] == 1
+    assert [d["max_abs_diff"] for d in seq["vs_single_renders"]] == [0, 0, 0, 0]
+    assert report["new_size_first_request"]["n"] == 1 and report["new_size_after_compile"]["n"] == 3
+    assert "server start -> ready" in run.stdout
