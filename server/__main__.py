@@ -1,15 +1,14 @@
 """``viewneti-server`` / ``python -m server``: run the ViewNeTI render service.
 
-Development hook (not for users): the environment variable ``VIEWNETI_SERVER_ENGINE=module:callable``
-replaces ``Engine.load`` by ``callable(**load_kwargs)``; the server's own tests use it to run against
-a fake engine while the real one is being built.
+:func:`main` takes ``load_engine`` (default ``Engine.load``): the server's tests start the same CLI
+with a fake engine through it (``tests/server/fake_server.py``); nothing in the environment can
+swap the engine of a user's server.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import importlib
 import logging
 import os
 import signal
@@ -275,7 +274,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Callable[[], Any]:
+def engine_factory_for(
+    config: ServerConfig, threads: int | None = None, load_engine: Callable[..., Any] | None = None
+) -> Callable[[], Any]:
+    """What the worker calls to load the engine: ``load_engine(**kwargs)`` (default ``Engine.load``)."""
     kwargs: dict[str, Any] = dict(
         model=config.model,
         view_mapper=config.view_mapper,
@@ -284,16 +286,14 @@ def engine_factory_for(config: ServerConfig, threads: int | None = None) -> Call
         library_dir=config.objects_dir,
         compile=config.compile,
     )
-    hook = os.environ.get("VIEWNETI_SERVER_ENGINE")
 
     def factory() -> Any:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        if hook:
-            mod, _, attr = hook.partition(":")
-            return getattr(importlib.import_module(mod), attr)(**kwargs)
+        if load_engine is not None:
+            return load_engine(**kwargs)
         from viewneti_backend.engine import Engine  # heavy import: only in the worker, after the server is up
 
         return Engine.load(**kwargs)  # a compiled engine compiles its warm-up shapes in the background
@@ -327,7 +327,7 @@ def publish_auto_token(path: Path, token: str) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, load_engine: Callable[..., Any] | None = None) -> None:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     config.check_bind()
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads must be at least 1")
-    app = create_app(config, engine_factory_for(config, args.threads))
+    app = create_app(config, engine_factory_for(config, args.threads, load_engine))
     if config.token_file is not None and config.token:
         publish_auto_token(config.token_file, config.token)
 

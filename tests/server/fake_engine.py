@@ -2,8 +2,8 @@
 
 Deterministic images from (seed, pose, object); every denoising or inversion step sleeps
 ``VIEWNETI_FAKE_STEP_S`` seconds (default 0.01) and polls ``should_stop``. The token library is a
-folder of JSON files written atomically. Selected by the server's development hook:
-``VIEWNETI_SERVER_ENGINE=fake_engine:load`` with this folder on PYTHONPATH.
+folder of JSON files written atomically. A server process runs it through ``fake_server.py``
+(``python -m fake_server`` with this folder on PYTHONPATH), which injects :func:`load` as the loader.
 """
 
 from __future__ import annotations

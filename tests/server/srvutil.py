@@ -40,7 +40,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 EXTRA_ENV: dict[str, str] = {}
 
 
-def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def server_env(extra: dict[str, str] | None = None, fake: bool = USE_FAKE) -> dict[str, str]:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
@@ -49,9 +49,8 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(EXTRA_ENV)
     env.pop("VIEWNETI_TOKEN", None)
-    if USE_FAKE:
+    if fake:  # fake_server.py (python -m fake_server) and fake_engine.py live next to this file
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-        env["VIEWNETI_SERVER_ENGINE"] = "fake_engine:load"
     env.update(extra or {})
     return env
 
@@ -68,8 +67,11 @@ class ServerProcess:
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         token: str | None = None,
+        fake: bool = USE_FAKE,
     ) -> None:
+        """``fake``: run the server's CLI with the fake engine (``python -m fake_server``)."""
         self.data_dir = Path(data_dir)
+        self.fake = fake
         self.host = host
         self.port = port or free_port()
         self.args = list(args or [])
@@ -84,7 +86,7 @@ class ServerProcess:
         return [
             sys.executable,
             "-m",
-            "server",
+            "fake_server" if self.fake else "server",
             "--host",
             self.host,
             "--port",
@@ -97,7 +99,7 @@ class ServerProcess:
     def start(self, wait: bool = True) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        env = server_env(self.env)
+        env = server_env(self.env, self.fake)
         if self.token:
             env["VIEWNETI_TOKEN"] = self.token
         self.proc = subprocess.Popen(self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from srvutil import HERE, ServerProcess, png_array, read_events, render_body, wire_camera
+from srvutil import ServerProcess, png_array, read_events, render_body, wire_camera
 
 from server.compiler import BackgroundCompiler
 from server.images import JPEG, PNG, encode_png_stored, negotiate_image_type
@@ -82,12 +82,10 @@ def test_compile_route_on_an_uncompiled_engine(client):
 # -- sequences: several frames per engine call ------------------------------------------------------------
 def test_sequence_frames_batched_per_engine_call(tmp_path):
     env = {
-        "PYTHONPATH": str(HERE),
-        "VIEWNETI_SERVER_ENGINE": "fake_engine:load",
         "VIEWNETI_FAKE_SEQUENCE_BATCH": "3",
         "VIEWNETI_FAKE_STEP_S": "0.005",
     }
-    srv = ServerProcess(tmp_path / "data", env=env).start()
+    srv = ServerProcess(tmp_path / "data", env=env, fake=True).start()
     try:
         with srv.client() as c:
             assert c.get("/v1/health").json()["sequence_batch"] == 3

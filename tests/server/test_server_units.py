@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from fake_engine import FakeEngine
@@ -300,20 +301,21 @@ def test_unexpected_engine_error_is_a_500_without_traceback(tmp_path):
 
 
 def test_compile_flag_reaches_the_engine_loader(tmp_path, monkeypatch):
-    """--compile is parsed with the shared vocabulary and handed to Engine.load (through the hook here)."""
-    import sys
-    import types
-
+    """--compile is parsed with the shared vocabulary and handed to the engine loader (injected here),
+    and no environment variable can swap the loader of a real server."""
     from server.__main__ import build_parser, config_from_args, engine_factory_for
 
     seen = {}
-    module = types.ModuleType("recording_loader")
-    module.load = lambda **kwargs: seen.update(kwargs) or "engine"  # pyright: ignore[reportAttributeAccessIssue]  a stand-in module, filled at run time
-    monkeypatch.setitem(sys.modules, "recording_loader", module)
-    monkeypatch.setenv("VIEWNETI_SERVER_ENGINE", "recording_loader:load")
+
+    def recording_loader(**kwargs):
+        seen.update(kwargs)
+        return "engine"
+
     config = config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path), "--compile", "off"]))
     assert config.compile == "off"
-    assert engine_factory_for(config)() == "engine" and seen["compile"] == "off"
+    assert engine_factory_for(config, load_engine=recording_loader)() == "engine" and seen["compile"] == "off"
+    server_main = (Path(__file__).resolve().parents[2] / "server" / "__main__.py").read_text()
+    assert "os.environ" not in server_main.split("def engine_factory_for", 1)[1].split("\ndef ", 1)[0]
     assert config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path)])).compile == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--compile", "fast"])
