@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import viewneti_backend
 from viewneti_backend import limits
@@ -205,8 +206,30 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         worker.ready_or_raise()
         return {"objects": worker.objects}
 
+    # before DELETE /objects/{name:path}: that path also matches .../rename, and the first route whose
+    # path matches names the 405's Allow header
+    @r.post("/objects/{name}/rename", response_model=ObjectOut, responses={**_COMMON, 404: _ERR, 409: _ERR})
+    async def rename_object(name: str, body: RenameRequest) -> Any:
+        validate_name(name)
+        validate_name(body.new_name, "new_name")
+        worker.ready_or_raise()
+        if not worker.has_object(name):
+            raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
+        if any(o.get("name") == name and o.get("builtin") for o in worker.objects):  # as DELETE: a state conflict
+            raise ApiError(409, f"{name!r} is a built-in object of the loaded model and cannot be renamed")
+        if any(j.kind == "invert" and j.name == body.new_name for j in store.active()):
+            raise ApiError(409, f"an inversion for {body.new_name!r} is queued or running: pick another name")
+        try:  # on the worker thread, between renders: the library checks and renames in one step
+            return await asyncio.wrap_future(
+                worker.submit_call(lambda engine: engine.rename_object(name, body.new_name))
+            )
+        except NameTakenError as exc:
+            raise ApiError(409, str(exc)) from None
+
     @r.delete("/objects/{name:path}", status_code=204, responses={**_COMMON, 404: _ERR, 409: _ERR})
     async def delete_object(name: str) -> Response:
+        if name.endswith("/rename"):  # {name:path} also matches the rename route, which only takes POST
+            raise StarletteHTTPException(405, headers={"Allow": "POST"})
         validate_name(name)
         worker.ready_or_raise()
         if not worker.has_object(name):
@@ -238,22 +261,6 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         else:
             state = "queued"
         return {"shape": shape.label(), "status": state}
-
-    @r.post("/objects/{name}/rename", response_model=ObjectOut, responses={**_COMMON, 404: _ERR, 409: _ERR})
-    async def rename_object(name: str, body: RenameRequest) -> Any:
-        validate_name(name)
-        validate_name(body.new_name, "new_name")
-        worker.ready_or_raise()
-        if not worker.has_object(name):
-            raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
-        if any(j.kind == "invert" and j.name == body.new_name for j in store.active()):
-            raise ApiError(409, f"an inversion for {body.new_name!r} is queued or running: pick another name")
-        try:  # on the worker thread, between renders: the library checks and renames in one step
-            return await asyncio.wrap_future(
-                worker.submit_call(lambda engine: engine.rename_object(name, body.new_name))
-            )
-        except NameTakenError as exc:
-            raise ApiError(409, str(exc)) from None
 
     # -- live render ---------------------------------------------------------------------------------
     @r.post(

@@ -232,7 +232,13 @@ class InvertRequest(BaseModel):
 
 class RenameRequest(BaseModel):
     new_name: Annotated[
-        str, Field(min_length=1, description=f"the object's new name (must not exist yet): {limits.NAME_RULE}")
+        str,
+        Field(
+            min_length=1,
+            description=f"the object's new name (must not exist yet): {limits.NAME_RULE}",
+            # documented, checked by the handler (400 naming the rule, as for the path's name)
+            json_schema_extra={"pattern": NAME_PATTERN},
+        ),
     ]
 
 

@@ -104,7 +104,12 @@ def test_rename_refuses_taken_builtin_unknown_and_bad_names(client, user_object)
     builtin = client.get("/v1/health").json()["default_object"]
     taken = client.post(f"/v1/objects/{user_object}/rename", json={"new_name": builtin})
     assert taken.status_code == 409 and "already exists" in taken.json()["error"]
-    assert client.post(f"/v1/objects/{builtin}/rename", json={"new_name": "x_new"}).status_code == 400
+    own = client.post(f"/v1/objects/{builtin}/rename", json={"new_name": "x_new"})
+    assert own.status_code == 409 and "built-in" in own.json()["error"]  # a state conflict, as for DELETE
+    wrong_method = client.request("OPTIONS", f"/v1/objects/{builtin}/rename")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    wrong_method = client.delete(f"/v1/objects/{builtin}/rename")  # DELETE's {name:path} matches it too
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert client.post("/v1/objects/no_such_thing/rename", json={"new_name": "x_new"}).status_code == 404
     bad = client.post(f"/v1/objects/{user_object}/rename", json={"new_name": "../evil"})
     assert bad.status_code == 400 and "invalid new_name" in bad.json()["error"]
