@@ -17,8 +17,11 @@ CPU_INVERT_STEPS = 150
 SIZE_WARNING_FACTOR = 2.0
 MAX_REFERENCE_SIDE = 4096
 MAX_INVERT_ASPECT = 4.0
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-NAME_RE = re.compile(NAME_PATTERN)
+MIN_GUIDANCE = 0.0
+MAX_GUIDANCE = 30.0
+_NAME_BODY = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+NAME_PATTERN = f"^{_NAME_BODY}$"
+NAME_RE = re.compile(rf"\A{_NAME_BODY}\Z")  # \Z, not $: "mug\n" is no name
 NAME_RULE = "use 1-64 letters, digits, '_' or '-', starting with a letter or digit (no paths, dots or spaces)"
 
 # -- the add-on's own caps on what a backend sends back ---------------------------------------

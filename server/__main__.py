@@ -19,9 +19,10 @@ from typing import Any
 
 from viewneti_backend import limits
 from viewneti_backend.compile_modes import COMPILE_CHOICES, COMPILE_HELP
+from viewneti_backend.data_dir import DATA_DIR_ENV, default_data_dir
 
 from .auth import AUTO_TOKEN, generate_token, remove_token_file, write_token_file
-from .config import DEFAULT_HOST, DEFAULT_MAX_BODY_MB, DEFAULT_PORT, TOKEN_FILE_NAME, ServerConfig, default_data_dir
+from .config import DEFAULT_HOST, DEFAULT_MAX_BODY_MB, DEFAULT_PORT, TOKEN_FILE_NAME, ServerConfig
 from .host_origin import ALLOWED_HOSTS_ENV, parse_allowed_host
 
 DESCRIPTION = """\
@@ -43,9 +44,9 @@ security:
   The server binds 127.0.0.1 by default, reachable from this machine only. To listen on any other
   address you must set an access token (--token or VIEWNETI_TOKEN); clients then send
   'Authorization: Bearer <token>' with every request (every route, /v1/health included). Without a
-  token it refuses to start. '--token auto' makes a new random token at each launch, prints it and
-  writes it to <data-dir>/token (mode 0600; --token-file), so that other users of this machine cannot
-  drive it; the Blender add-on uses this when it starts the backend itself.
+  token it refuses to start. '--token auto' makes a new random token at each launch and writes it to
+  <data-dir>/token (mode 0600; --token-file), never to the log, so that other users of this machine
+  cannot drive it; the Blender add-on uses this when it starts the backend itself.
   Web pages cannot drive it: requests must name the server in their Host header (localhost,
   127.0.0.1, [::1] or the bind address, with the server's port; else 421: DNS rebinding), and any
   foreign or 'null' Origin or 'Sec-Fetch-Site: cross-site' gets 403. No CORS headers are sent.
@@ -141,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="access token that clients must send as 'Authorization: Bearer <token>' (default: "
         "$VIEWNETI_TOKEN; required for non-loopback --host). Prefer the environment variable: "
-        "command lines are visible to other users. 'auto': a new random token for each launch, printed "
-        "and written to --token-file",
+        "command lines are visible to other users. 'auto': a new random token for each launch, written "
+        "to --token-file (not printed: logs may be readable by others)",
     )
     n.add_argument(
         "--token-file",
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=None,
-        help=f"where the object library and jobs are kept (default: $VIEWNETI_DATA_DIR or {default_data_dir()})",
+        help=f"where the object library and jobs are kept (default: ${DATA_DIR_ENV} or {default_data_dir()})",
     )
     s.add_argument(
         "--max-body-mb",
@@ -195,14 +196,35 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"most optimisation steps an inversion may request; more get 422 (default "
         f"{limits.DEFAULT_MAX_INVERT_STEPS}, at most {limits.MAX_INVERT_STEPS}); GET /v1/health max_invert_steps",
     )
-    s.add_argument("--max-jobs", type=int, default=64, help="most queued/running jobs; more get 429 (default 64)")
+    s.add_argument(
+        "--max-jobs",
+        type=int,
+        default=ServerConfig.max_queued_jobs,
+        help=f"most queued/running jobs; more get 429 (default {ServerConfig.max_queued_jobs})",
+    )
     s.add_argument(
         "--max-connections",
         type=int,
         default=ServerConfig.max_connections,
         help="most open client connections; past it, connections with no request in progress are closed "
-        f"first (default {ServerConfig.max_connections}). A request's headers must arrive within "
-        f"{ServerConfig.head_timeout_s:g} s and its body within {ServerConfig.body_timeout_s:g} s",
+        f"first (default {ServerConfig.max_connections})",
+    )
+    s.add_argument(
+        "--header-timeout",
+        type=float,
+        default=ServerConfig.header_timeout_s,
+        metavar="SECONDS",
+        help="a request's line and headers must arrive within this time of the connection opening (or of "
+        f"the previous response), else the connection is closed (default {ServerConfig.header_timeout_s:g})",
+    )
+    s.add_argument(
+        "--body-timeout",
+        type=float,
+        default=ServerConfig.body_timeout_s,
+        metavar="SECONDS",
+        help="a request's body must arrive within this time of its headers, else the connection is closed "
+        f"(default {ServerConfig.body_timeout_s:g}; a {DEFAULT_MAX_BODY_MB:g} MB upload over loopback takes "
+        "well under a second)",
     )
     o = p.add_argument_group("logging")
     o.add_argument(
@@ -250,6 +272,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             raise SystemExit(str(exc)) from None
     if args.max_body_mb <= 0:
         raise SystemExit("--max-body-mb must be positive")
+    for option, seconds in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if not 0 < seconds < float("inf"):
+            raise SystemExit(f"{option} must be a positive number of seconds, got {seconds:g}")
     return ServerConfig(
         token_file=token_file,
         allowed_hosts=tuple(h.strip() for h in allowed),
@@ -271,6 +296,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_invert_steps=max(1, min(limits.MAX_INVERT_STEPS, args.max_invert_steps)),
         max_queued_jobs=max(1, args.max_jobs),
         max_connections=max(8, args.max_connections),
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
     )
 
 
@@ -310,7 +337,10 @@ def setup_logging(level: str) -> None:
 
 
 def publish_auto_token(path: Path, token: str) -> None:
-    """--token auto: write the token for the add-on (0600), print it for the user, remove the file at exit."""
+    """--token auto: write the token for the add-on (0600) and remove the file at exit.
+
+    Only the file's path is printed, never the token: stderr often ends up in a log file that other users
+    can read (the add-on's backend.log, a service manager's journal)."""
     try:
         write_token_file(path, token)
     except OSError as exc:
@@ -320,8 +350,8 @@ def publish_auto_token(path: Path, token: str) -> None:
     # when uvicorn re-raises the signal it caught once it has shut down gracefully.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     print(
-        f"viewneti-server: access token for this launch: {token}\n"
-        f"viewneti-server: written to {path} (readable by you only); clients send 'Authorization: Bearer <token>'",
+        f"viewneti-server: the access token of this launch is in {path} (readable by you only); clients send "
+        "'Authorization: Bearer <token>'",
         file=sys.stderr,
         flush=True,
     )
@@ -366,9 +396,7 @@ def main(argv: list[str] | None = None, *, load_engine: Callable[..., Any] | Non
             access_log=False,
             timeout_graceful_shutdown=10,
             server_header=False,
-            http=guarded_protocol(
-                ConnectionLimits(config.head_timeout_s, config.body_timeout_s, config.max_connections)
-            ),
+            http=guarded_protocol(ConnectionLimits.of(config)),
             timeout_keep_alive=5,
         )
     ).run()

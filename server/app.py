@@ -40,7 +40,7 @@ from .images import (
     negotiate_image_type,
 )
 from .jobs import JobStore
-from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .middleware import BodyLimitMiddleware, PathCharactersMiddleware, RequestContextMiddleware
 from .openapi_doc import install_openapi
 from .schemas import (
     CameraIn,
@@ -138,6 +138,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
     install_exception_handlers(app)
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(PathCharactersMiddleware)
     app.add_middleware(BearerTokenMiddleware, token=config.token)
     app.add_middleware(HostOriginMiddleware, bind_host=config.host, extra_hosts=config.allowed_hosts)
     app.add_middleware(RequestContextMiddleware)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .asgi_util import header, send_json
+from .asgi_util import header, needs_check, refuse
 
 
 class BearerTokenMiddleware:
@@ -25,7 +25,8 @@ class BearerTokenMiddleware:
         self.token = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is None or scope["type"] != "http":
+        # http requests and websocket handshakes need the token; lifespan passes; other scope types raise
+        if not needs_check(scope) or self.token is None:
             await self.app(scope, receive, send)
             return
         value = header(scope, b"authorization") or b""
@@ -42,7 +43,7 @@ class BearerTokenMiddleware:
                     "--token auto makes a new one at each launch, in <data-dir>/token)"
                 )
             )
-            await send_json(send, 401, {"error": msg}, [(b"www-authenticate", b"Bearer")])
+            await refuse(scope, send, 401, {"error": msg}, [(b"www-authenticate", b"Bearer")])
             return
         await self.app(scope, receive, send)
 

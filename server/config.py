@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from viewneti_backend import limits
+from viewneti_backend.data_dir import default_data_dir, library_dir
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_BODY_MB = 64.0
 TOKEN_FILE_NAME = "token"  # <data-dir>/token: where --token auto writes the per-launch token
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("VIEWNETI_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path("~/.local/share/viewneti").expanduser()
 
 
 def is_loopback_host(host: str) -> bool:
@@ -61,14 +54,14 @@ class ServerConfig:
     max_queued_jobs: int = 64
     max_image_bytes: int = limits.MAX_REFERENCE_BYTES
     max_image_pixels: int = limits.MAX_REFERENCE_PIXELS
-    # Sockets: see server/connections.py (idle ones are shed first; a request head must arrive in time).
+    # Sockets: see server/connections.py (idle ones are shed first; a request must arrive in time).
     max_connections: int = 256
-    head_timeout_s: float = 10.0
-    body_timeout_s: float = 120.0
+    header_timeout_s: float = 10.0  # request line + headers (loopback clients send them at once)
+    body_timeout_s: float = 120.0  # the body after the headers (a 64 MB upload takes well under a second)
 
     @property
     def objects_dir(self) -> Path:
-        return self.data_dir / "objects"
+        return library_dir(self.data_dir)
 
     @property
     def jobs_dir(self) -> Path:

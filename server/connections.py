@@ -7,7 +7,7 @@ forever, and ``limit_concurrency`` counts those idle sockets too, so a flood of 
 refuse the real requests (health included) with 503, until the process runs out of file descriptors.
 
 :class:`GuardedH11Protocol` (uvicorn's h11 protocol plus two rules) closes a connection whose
-request head is not complete within ``head_timeout_s`` of it opening (or of the previous response),
+request head is not complete within ``header_timeout_s`` of it opening (or of the previous response),
 or whose body is not complete within ``body_timeout_s`` of its head; and when more than
 ``max_connections`` are open, it closes the ones that have no request in progress, oldest first (a
 new connection that cannot make room is closed at once). A request being served or a response
@@ -25,14 +25,20 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .config import ServerConfig
+
 log = logging.getLogger("viewneti.server")
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    head_timeout_s: float = 10.0  # request line + headers (loopback clients send them at once)
-    body_timeout_s: float = 120.0  # the body after the headers (a 64 MB upload takes well under a second)
-    max_connections: int = 256  # open sockets; idle ones are shed first
+    header_timeout_s: float  # request line + headers
+    body_timeout_s: float  # the body after the headers
+    max_connections: int  # open sockets; idle ones are shed first
+
+    @classmethod
+    def of(cls, config: ServerConfig) -> ConnectionLimits:
+        return cls(config.header_timeout_s, config.body_timeout_s, config.max_connections)
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
@@ -41,7 +47,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
 
 
 class GuardedH11Protocol(H11Protocol):
-    limits = ConnectionLimits()
+    limits = ConnectionLimits.of(ServerConfig())
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -74,7 +80,7 @@ class GuardedH11Protocol(H11Protocol):
     # -- uvicorn hooks ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm("head", self.limits.head_timeout_s)
+        self._arm("head", self.limits.header_timeout_s)
         cap = self.limits.max_connections
         if len(self.connections) > cap:
             idle = sorted(
@@ -100,7 +106,7 @@ class GuardedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.transport is not None and not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm("head", self.limits.head_timeout_s)  # the next request of a kept-alive connection
+            self._arm("head", self.limits.header_timeout_s)  # the next request of a kept-alive connection
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -11,7 +11,8 @@ A server on 127.0.0.1 is reachable from every page the user's browser opens. Two
   method and body (e.g. a bodiless POST to ``/v1/jobs/{id}/cancel``).
 
 No CORS headers are ever sent, so no other origin can read a response either. Pure ASGI: it answers before
-FastAPI parses anything.
+FastAPI parses anything. Websocket handshakes get the same checks (a page can open a websocket to any
+origin); any other scope type but lifespan is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .asgi_util import header, send_json
+from .asgi_util import header, needs_check, refuse
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 ALLOWED_HOSTS_ENV = "VIEWNETI_ALLOWED_HOSTS"
@@ -121,13 +122,13 @@ class HostOriginMiddleware:
         return int(server[1]) if server and server[1] is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if not needs_check(scope):  # lifespan; an unknown scope type raises (fail closed)
             await self.app(scope, receive, send)
             return
-        refusal = self.check(scope)
+        refusal = self.check(scope)  # http requests and websocket handshakes alike
         if refusal is not None:
             status, message = refusal
-            await send_json(send, status, {"error": message})
+            await refuse(scope, send, status, {"error": message})
             return
         await self.app(scope, receive, send)
 

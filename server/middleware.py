@@ -1,4 +1,5 @@
-"""Request context (id, one log line per request) and the request-body size limit, as pure ASGI."""
+"""Request context (id, one log line per request), paths without control characters and the request-body size
+limit, as pure ASGI."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .asgi_util import header, send_json
+from .asgi_util import CHECKED_SCOPES, header, refuse, send_json
 
 log = logging.getLogger("viewneti.server.access")
 
@@ -83,6 +84,28 @@ class RequestContextMiddleware:
             status = status_holder["status"] or "-"
             method, path = log_safe(scope.get("method")), log_safe(scope.get("path"))
             log.info("%s %s %s rid=%s %.1fms%s", method, path, status, rid, ms, extra)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class PathCharactersMiddleware:
+    """404 for a request path with a control character (a decoded ``%0A``, ``%00``, ...): no route of the API
+    has one, and Starlette's route patterns end in ``$``, which also matches before a final newline, so
+    ``DELETE /v1/objects/mug%0A`` would otherwise reach the route of ``mug`` (and ``/v1/health%0A`` health)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in CHECKED_SCOPES and _CONTROL.search(scope.get("path", "")):
+            message = (
+                f"no such path {log_safe(scope['path'])!r}: it contains a control character (a decoded %0A, %00, "
+                "...), which no route of this API has; object names are letters, digits, '_' and '-'"
+            )
+            await refuse(scope, send, 404, {"error": message})
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

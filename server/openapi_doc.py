@@ -97,14 +97,14 @@ def patch_schema(
         _retarget(
             comps.get("InvertRequest", {}), "#/components/schemas/CameraIn", f"#/components/schemas/{REFERENCE_CAMERA}"
         )
-    size_cap = float(max_size // 8 * 8)
+    size_cap = float(max_size // limits.SIZE_MULTIPLE * limits.SIZE_MULTIPLE)
     for model in _CAPPED_SIZE_MODELS:
         for side in ("width", "height"):
             _cap(
                 comps.get(model),
                 side,
                 size_cap,
-                f"image {side} in pixels, a multiple of 8; at most this server's max_size ({max_size}, GET /v1/health; "
+                f"image {side} in pixels, a multiple of {limits.SIZE_MULTIPLE}; at most this server's max_size ({max_size}, GET /v1/health; "
                 f"on a CPU at most {limits.CPU_SIZE_FACTOR}x the model's native size)",
             )
     for name in _CAPPED_CAMERA_USERS:

@@ -31,7 +31,15 @@ Seed = Annotated[
     int, Field(ge=0, le=MAX_SEED, description="random seed; the same request and seed give the same image"), INTEGRAL
 ]
 Steps = Annotated[int, Field(ge=1, le=limits.MAX_STEPS, description="denoising steps"), INTEGRAL]
-Guidance = Annotated[float, Field(ge=0.0, le=30.0, allow_inf_nan=False, description="classifier-free guidance scale")]
+Guidance = Annotated[
+    float,
+    Field(
+        ge=limits.MIN_GUIDANCE,
+        le=limits.MAX_GUIDANCE,
+        allow_inf_nan=False,
+        description="classifier-free guidance scale",
+    ),
+]
 OptSteps = Annotated[
     Steps | None,
     Field(
@@ -45,8 +53,8 @@ OptGuidance = Annotated[
     Guidance | None,
     Field(
         description=(
-            "classifier-free guidance scale, 0..30; omitted or null: the model's default "
-            "(GET /v1/health sampling_defaults.guidance)"
+            f"classifier-free guidance scale, {limits.MIN_GUIDANCE:g}..{limits.MAX_GUIDANCE:g}; omitted or null: "
+            "the model's default (GET /v1/health sampling_defaults.guidance)"
         )
     ),
 ]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .limits import MAX_SIZE, MIN_FOV_DEG, MIN_SIZE, SIZE_MULTIPLE
+from .limits import MIN_FOV_DEG, MIN_SIZE, SIZE_MULTIPLE, size_error
 
 # Flip between an OpenGL/Blender camera frame (-Z forward, +Y up) and an OpenCV one (+Z forward, +Y down).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -144,10 +144,9 @@ class Camera:
         if not math.isfinite(self.fov_y_deg) or not MIN_FOV_DEG <= self.fov_y_deg < 180.0:
             raise CameraError(f"fov_y_deg must be in [{MIN_FOV_DEG}, 180) degrees, got {self.fov_y_deg}")
         for name, v in (("width", self.width), ("height", self.height)):
-            if not MIN_SIZE <= v <= MAX_SIZE:
-                raise CameraError(f"{name} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {v}")
-            if v % size_multiple:
-                raise CameraError(f"{name} must be a multiple of {size_multiple} (the model's latent grid), got {v}")
+            problem = size_error(name, v, size_multiple)
+            if problem:
+                raise CameraError(problem)
         self._check_intrinsics()
         return self
 

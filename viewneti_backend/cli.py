@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .compile_modes import COMPILE_CHOICES, COMPILE_HELP
+from .data_dir import library_dir
 from .training_modes import MODES
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,8 +52,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def default_library() -> Path:
-    root = os.environ.get("VIEWNETI_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".local", "share", "viewneti")
-    return Path(root) / "objects"
+    return library_dir()
 
 
 def _engine(args):

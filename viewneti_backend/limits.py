@@ -8,6 +8,7 @@ the Blender add-on (stdlib only, never imports this package) keeps a copy of the
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 # -- image sizes (the wire contract) ----------------------------------------------------------------
 MIN_SIZE = 16  # smallest image side a render may request
@@ -19,6 +20,14 @@ SIZE_MULTIPLE = 8  # sides are multiples of the VAE's downsampling factor (the l
 # far from where tan(fov/2) underflows (the camera features take its log).
 MIN_FOV_DEG = 0.01
 MAX_FRAME = 9_999_999  # largest frame number of a sequence: frames name files frame_NNNNNNN.png
+
+# -- sampling ---------------------------------------------------------------------------------------
+# Classifier-free guidance scale of a render (requests, a model's sampling.json, the add-on's field). The
+# pipeline computes uncond + g * (cond - uncond): 1 turns guidance off (no unconditional pass), 0 samples the
+# unconditional model and values in between interpolate, so 0 is a meaningful lower bound; above 30 images
+# saturate.
+MIN_GUIDANCE = 0.0
+MAX_GUIDANCE = 30.0
 
 # -- steps ------------------------------------------------------------------------------------------
 MAX_STEPS = 150  # denoising steps of one render (contract); --max-steps may only lower it
@@ -61,22 +70,26 @@ MAX_INVERT_ASPECT = 4.0
 CPU_SIZE_FACTOR = 4
 
 # -- names ------------------------------------------------------------------------------------------
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # object tokens: they become folder names
+# Object tokens: they become folder names. NAME_PATTERN is the JSON Schema (ECMAScript) form, where '$' is the
+# end of the text; in Python '$' also matches before a trailing newline ("mug\n"), so Python code checks names
+# with NAME_RE, anchored with \A...\Z (its .match, .fullmatch and .search all refuse "mug\n").
+_NAME_BODY = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+NAME_PATTERN = f"^{_NAME_BODY}$"
 NAME_MAX_LENGTH = 64
-NAME_RE = re.compile(NAME_PATTERN)
+NAME_RE = re.compile(rf"\A{_NAME_BODY}\Z")
 NAME_RULE = "use 1-64 letters, digits, '_' or '-', starting with a letter or digit (no paths, dots or spaces)"
 
 
-def is_valid_name(name: object) -> bool:
-    return isinstance(name, str) and NAME_RE.match(name) is not None
+def is_valid_name(name: object) -> TypeGuard[str]:
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
 
 
-def size_error(what: str, value: int) -> str | None:
-    """Why ``value`` is not a valid image side, or None."""
+def size_error(what: str, value: int, multiple: int = SIZE_MULTIPLE) -> str | None:
+    """Why ``value`` is not a valid image side, or None (``multiple``: the latent grid; DTU scores at 4)."""
     if not MIN_SIZE <= value <= MAX_SIZE:
         return f"{what} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {value}"
-    if value % SIZE_MULTIPLE:
-        return f"{what} must be a multiple of {SIZE_MULTIPLE} (the model's latent grid), got {value}"
+    if value % multiple:
+        return f"{what} must be a multiple of {multiple} (the model's latent grid), got {value}"
     return None
 
 

@@ -33,7 +33,7 @@ BUNDLE_DIR = "viewneti"  # a model folder's ViewNeTI sub-folder: view-mapper, ob
 SD_GUIDANCE = 7.5
 SD_STEPS = 30
 SD_LIVE_STEPS = 8
-MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
+MIN_GUIDANCE, MAX_GUIDANCE = limits.MIN_GUIDANCE, limits.MAX_GUIDANCE
 MIN_STEPS, MAX_STEPS = 1, limits.MAX_STEPS
 
 

@@ -14,19 +14,16 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, NameTakenError, NotFoundError
-from .limits import NAME_RE
+from .limits import NAME_RE, NAME_RULE, is_valid_name
 from .mapper import CONFIG_NAME, WEIGHTS_NAME, NeTIMapper
 
 NAME_PATTERN = NAME_RE  # defined in .limits
 
 
 def validate_token_name(name: object) -> str:
-    """Object names become folder names: letters, digits, '_' and '-', at most 64, no paths."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise InputError(
-            f"invalid object name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit "
-            "(no spaces, dots or slashes)"
-        )
+    """Object names become folder names: letters, digits, '_' and '-', at most 64, no paths, no newline."""
+    if not is_valid_name(name):
+        raise InputError(f"invalid object name {name!r}: {NAME_RULE}")
     return name
 
 
@@ -70,7 +67,7 @@ class ObjectLibrary:
         return seen
 
     def exists(self, name: str) -> bool:
-        return NAME_PATTERN.match(name or "") is not None and self._locate(name) is not None
+        return is_valid_name(name) and self._locate(name) is not None
 
     def entry(self, name: str) -> dict:
         found = self._locate(validate_token_name(name))

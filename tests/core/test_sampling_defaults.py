@@ -66,8 +66,8 @@ def test_save_round_trips(tmp_path):
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"guidance": 0.5}, "'guidance' must be between 1 and 30"),
-        ({"guidance": 31}, "'guidance' must be between 1 and 30"),
+        ({"guidance": -0.5}, "'guidance' must be between 0 and 30"),
+        ({"guidance": 31}, "'guidance' must be between 0 and 30"),
         ({"guidance": "2"}, "'guidance' must be a number"),
         ({"guidance": True}, "'guidance' must be a number"),
         ({"steps": 0}, "'steps' must be between 1 and 150"),

@@ -52,6 +52,9 @@ def test_help_reads_like_documentation():
         "--token-file",
         "VIEWNETI_ALLOWED_HOSTS",
         "--token auto",
+        "--header-timeout",
+        "--body-timeout",
+        "--max-jobs",
         "127.0.0.1",
         "7860",
     ):

@@ -29,6 +29,16 @@ def raw_request(port: int, request: bytes) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
+@pytest.fixture(scope="module")
+def finished_job(client) -> str:
+    """A done sequence job of the session server: its events stream and frame are real routes to probe."""
+    r = client.post("/v1/jobs/sequence", json={"cameras": [wire_camera()], "steps": 2})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert wait_job(client, job_id)["state"] == "done"
+    return job_id
+
+
 # -- Host ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "host",
@@ -53,17 +63,24 @@ def test_own_host_names_are_served(server, host):
         "0.0.0.0:{port}",
     ],
 )
-def test_foreign_host_is_refused_with_what_to_set(server, host):
+def test_foreign_host_is_refused_with_what_to_set(server, client, finished_job, host):
     h = host.format(port=server.port, other=server.port + 1)
     body = render_body()
+    assert client.get(f"/v1/jobs/{finished_job}/frames/0").status_code == 200  # served under our own name
     for method, path, json_body in (
         ("GET", "/v1/health", None),
         ("GET", "/v1/objects", None),
+        ("GET", "/v1/jobs", None),
+        ("GET", f"/v1/jobs/{finished_job}", None),
+        ("GET", f"/v1/jobs/{finished_job}/events", None),  # the SSE stream
+        ("GET", f"/v1/jobs/{finished_job}/frames/0", None),
         ("GET", "/openapi.json", None),
+        ("GET", "/docs", None),
+        ("GET", "/redoc", None),
         ("POST", "/v1/render", body),
         ("DELETE", "/v1/objects/toy_000", None),
     ):
-        r = httpx.request(method, server.url + path, headers={"Host": h}, json=json_body)
+        r = httpx.request(method, server.url + path, headers={"Host": h}, json=json_body, timeout=30)
         assert r.status_code == 421, (method, path, r.status_code, r.text)
         assert r.headers["content-type"] == "application/json"
         msg = r.json()["error"]
@@ -192,6 +209,40 @@ def test_cross_site_cancel_without_body_is_refused(client, server):
     assert wait_job(client, jid)["state"] == "cancelled"
 
 
+# -- object names --------------------------------------------------------------------------------------------------
+def test_a_name_with_a_trailing_newline_is_refused(client, server):
+    """'$' in a Python regex matches before a final newline: "mug\n" passed the name check, and a rename
+    created the folder "mug\n" (issue 20's fuzzing). Rename, delete and invert must all refuse it; in a path,
+    Starlette's routes (also anchored with '$') took ``/v1/objects/mug%0A`` for ``mug``."""
+    name = f"nl{time.monotonic_ns() % 10**9}"
+    r = client.post(
+        "/v1/jobs/invert", json={"name": name, "images": [png_b64()], "cameras": [wire_camera()], "steps": 2}
+    )
+    assert r.status_code == 202, r.text
+    assert wait_job(client, r.json()["job_id"])["state"] == "done"
+    try:
+        for bad in (name + "\n", name + "\r\n"):
+            r = client.post(f"/v1/objects/{name}/rename", json={"new_name": bad})
+            assert r.status_code == 400 and "invalid new_name" in r.json()["error"], (bad, r.status_code, r.text)
+        for method, path, body in (
+            ("DELETE", f"/v1/objects/{name}%0A", None),
+            ("DELETE", f"/v1/objects/{name}%0D%0A", None),
+            ("POST", f"/v1/objects/{name}%0A/rename", {"new_name": name + "x"}),
+            ("GET", "/v1/objects%0A", None),
+            ("GET", "/v1/health%0A", None),
+        ):
+            r = client.request(method, path, json=body)
+            assert r.status_code == 404 and "control character" in r.json()["error"], (path, r.status_code, r.text)
+        invert = {"name": name + "2\n", "images": [png_b64()], "cameras": [wire_camera()], "steps": 2}
+        r = client.post("/v1/jobs/invert", json=invert)
+        assert r.status_code == 422 and "name" in r.json()["error"], r.text
+        names = [o["name"] for o in client.get("/v1/objects").json()["objects"]]
+        assert name in names and not [n for n in names if "\n" in n or n.startswith(name + "2")], names
+        assert sorted(p.name for p in (server.data_dir / "objects").iterdir() if p.name.startswith(name)) == [name]
+    finally:
+        assert client.delete(f"/v1/objects/{name}").status_code == 204
+
+
 # -- the access log ------------------------------------------------------------------------------------------------
 def test_control_characters_in_a_path_cannot_forge_log_lines(server):
     forged = "2026-01-01 00:00:00,000 INFO viewneti.server.access: GET /v1/objects 200 rid=forged"
@@ -262,12 +313,15 @@ def wait_for_file(path: Path, srv, timeout: float = 120) -> str:
 
 @pytest.fixture(scope="module")
 def auto_server(tmp_path_factory, test_model):
-    """One server with --token auto and two --allowed-host entries (a bare name and NAME:PORT)."""
+    """One server with --token auto and two --allowed-host entries (a bare name and NAME:PORT); the
+    command line's names replace $VIEWNETI_ALLOWED_HOSTS (test_allowed_host_names checks envonly.lan)."""
     from srvutil import ServerProcess
 
     data = tmp_path_factory.mktemp("auto") / "data"
     srv = ServerProcess(
-        data, args=["--token", "auto", "--allowed-host", "mybox.lan", "--allowed-host", "proxy.lan:8443"]
+        data,
+        args=["--token", "auto", "--allowed-host", "mybox.lan", "--allowed-host", "proxy.lan:8443"],
+        env={"VIEWNETI_ALLOWED_HOSTS": "envonly.lan"},
     )
     srv.start(wait=False)
     try:
@@ -286,7 +340,9 @@ def test_token_auto_writes_a_private_file_and_requires_it(auto_server):
     assert path.stat().st_uid == os.getuid()
     token = path.read_text().strip()
     assert len(token) >= 40 and token == srv.token
-    assert token in srv.log_path.read_text()  # printed for the user
+    log = srv.log_path.read_text()
+    assert token not in log  # stderr goes to logs others may read (the add-on's backend.log): only the path
+    assert f"access token of this launch is in {path.resolve()}" in log
     assert not list(srv.data_dir.glob(".token*"))  # no temp file left behind
     for path_ in ("/v1/health", "/v1/objects", "/openapi.json", "/v1/jobs"):
         r = httpx.get(srv.url + path_)
@@ -325,7 +381,7 @@ def test_allowed_host_names(auto_server):
     for host in ok:
         r = httpx.get(srv.url + "/v1/health", headers={"Host": host, **h})
         assert r.status_code == 200, (host, r.text)
-    for host in ("mybox.lan:9999", "proxy.lan", f"proxy.lan:{srv.port}", f"other.lan:{srv.port}"):
+    for host in ("mybox.lan:9999", "proxy.lan", f"proxy.lan:{srv.port}", f"other.lan:{srv.port}", "envonly.lan"):
         r = httpx.get(srv.url + "/v1/health", headers={"Host": host, **h})
         assert r.status_code == 421, (host, r.text)
     r = httpx.get(srv.url + "/v1/health", headers={"Origin": f"http://mybox.lan:{srv.port}", **h})
@@ -350,6 +406,34 @@ def test_addon_client_works_with_a_token(auto_server):
     with pytest.raises(BackendError) as err:
         AddonClient(f"http://localhost:{srv.port}", timeout=30, token="wrong").health()
     assert err.value.status == 401
+
+
+def test_environment_sets_token_auto_and_allowed_hosts(make_server):
+    """VIEWNETI_TOKEN=auto and VIEWNETI_ALLOWED_HOSTS do what --token auto and --allowed-host do."""
+    srv = make_server(env={"VIEWNETI_TOKEN": "auto", "VIEWNETI_ALLOWED_HOSTS": "envbox.lan, proxy2.lan:9443"})
+    srv.start(wait=False)
+    try:
+        path = srv.data_dir / "token"
+        token = wait_for_file(path, srv)
+        assert len(token) >= 40 and token != "auto" and stat.S_IMODE(path.stat().st_mode) == 0o600
+        srv.token = token
+        srv.wait_ready()
+        assert token not in srv.log_path.read_text()
+        for headers in ({}, {"Authorization": "Bearer auto"}):  # "auto" itself is no token
+            r = httpx.get(srv.url + "/v1/health", headers=headers)
+            assert r.status_code == 401, (headers, r.text)
+        auth = srv.headers()
+        for host in (f"envbox.lan:{srv.port}", "envbox.lan", "proxy2.lan:9443", f"127.0.0.1:{srv.port}"):
+            r = httpx.get(srv.url + "/v1/health", headers={"Host": host, **auth})
+            assert r.status_code == 200, (host, r.text)
+        for host in ("envbox.lan:9999", f"proxy2.lan:{srv.port}", f"other.lan:{srv.port}"):
+            r = httpx.get(srv.url + "/v1/jobs", headers={"Host": host, **auth})
+            assert r.status_code == 421 and "--allowed-host" in r.json()["error"], (host, r.text)
+        r = httpx.get(srv.url + "/v1/health", headers={"Origin": f"http://envbox.lan:{srv.port}", **auth})
+        assert r.status_code == 200, r.text
+    finally:
+        assert srv.stop() in (0, 143)
+    assert not (srv.data_dir / "token").exists()
 
 
 def test_token_file_is_removed_when_the_server_stops(make_server, tmp_path):
@@ -416,6 +500,117 @@ def test_host_parsing_units():
     assert not mw.origin_allowed("http://localhost:7860/", 7860)  # an Origin never has a path
     assert not mw.origin_allowed("null", 7860) and not mw.origin_allowed("ws://localhost:7860", 7860)
     assert HostOriginMiddleware(None, bind_host="192.0.2.7").host_allowed("192.0.2.7", 1, 1)  # type: ignore[arg-type]
+
+
+def _run_asgi(app, scope) -> tuple[bool, list[dict]]:
+    """Call an ASGI middleware with ``scope``; returns (whether the inner app was reached, messages sent)."""
+    import asyncio
+
+    sent: list[dict] = []
+    reached: list[bool] = []
+
+    async def inner(scope, receive, send):
+        reached.append(True)
+
+    async def receive():
+        return {"type": "websocket.connect"} if scope["type"] == "websocket" else {"type": "http.request"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(inner)(scope, receive, send))
+    return bool(reached), sent
+
+
+def _ws_scope(headers: dict[str, str], denial: bool = False) -> dict:
+    return {
+        "type": "websocket",
+        "path": "/v1/ws",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "server": ("127.0.0.1", 7860),
+        "extensions": {"websocket.http.response": {}} if denial else {},
+    }
+
+
+def test_websocket_handshakes_get_the_host_origin_and_token_checks():
+    """A page can open a websocket to any origin (no CORS): the handshake must pass the same checks as a request."""
+    import json
+
+    from server.auth import BearerTokenMiddleware
+    from server.host_origin import HostOriginMiddleware
+
+    def host_origin(inner):
+        return HostOriginMiddleware(inner, bind_host="127.0.0.1")
+
+    def token(inner):
+        return BearerTokenMiddleware(inner, token="s3cret")
+
+    own = {"Host": "127.0.0.1:7860"}
+    for headers, status in (
+        ({"Host": "evil.example.com:7860"}, 421),  # DNS rebinding
+        ({**own, "Origin": "http://evil.example.com"}, 403),
+        ({**own, "Origin": "null"}, 403),
+        ({**own, "Sec-Fetch-Site": "cross-site"}, 403),
+        ({}, 421),
+    ):
+        reached, sent = _run_asgi(host_origin, _ws_scope(headers))
+        assert not reached and sent == [{"type": "websocket.close", "code": 1008, "reason": sent[0]["reason"]}]
+        assert sent[0]["reason"] and len(sent[0]["reason"].encode()) <= 123, sent
+        reached, sent = _run_asgi(host_origin, _ws_scope(headers, denial=True))  # the server can send a body
+        assert not reached and [m["type"] for m in sent] == [
+            "websocket.http.response.start",
+            "websocket.http.response.body",
+        ]
+        assert sent[0]["status"] == status and json.loads(sent[1]["body"])["error"], (headers, sent)
+    reached, sent = _run_asgi(host_origin, _ws_scope({**own, "Origin": "http://127.0.0.1:7860"}))
+    assert reached and sent == []
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        reached, sent = _run_asgi(token, _ws_scope(headers, denial=True))
+        assert not reached and sent[0]["status"] == 401 and (b"www-authenticate", b"Bearer") in sent[0]["headers"]
+        reached, sent = _run_asgi(token, _ws_scope(headers))
+        assert not reached and sent[0]["type"] == "websocket.close"
+    assert _run_asgi(token, _ws_scope({"Authorization": "Bearer s3cret"})) == (True, [])
+
+
+def test_unknown_scope_types_fail_closed():
+    from server.auth import BearerTokenMiddleware
+    from server.host_origin import HostOriginMiddleware
+
+    for middleware in (
+        lambda inner: HostOriginMiddleware(inner),
+        lambda inner: BearerTokenMiddleware(inner, token="s3cret"),
+        lambda inner: BearerTokenMiddleware(inner, token=None),
+    ):
+        assert _run_asgi(middleware, {"type": "lifespan"}) == (True, [])  # startup/shutdown: no peer
+        with pytest.raises(RuntimeError, match="'webtransport' scope"):
+            _run_asgi(middleware, {"type": "webtransport", "headers": [], "server": ("127.0.0.1", 7860)})
+
+
+def test_the_app_refuses_a_websocket_from_a_foreign_host(tmp_path):
+    """The whole middleware stack, in process: a foreign Host's handshake gets 421 before any routing."""
+    from fake_engine import FakeEngine
+    from fastapi.testclient import TestClient
+    from starlette.testclient import WebSocketDenialResponse
+    from starlette.websockets import WebSocketDisconnect
+
+    from server.app import create_app
+    from server.config import ServerConfig
+
+    app = create_app(ServerConfig(data_dir=tmp_path), lambda: FakeEngine(tmp_path / "objects"))
+    url = "ws://127.0.0.1:7860/v1/health"  # websocket_connect does not use base_url
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with c.websocket_connect(url, headers={"Host": "evil.example.com:7860"}):
+                pass
+        assert denied.value.status_code == 421 and "rebinding" in denied.value.json()["error"]
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with c.websocket_connect(url, headers={"Origin": "https://evil.example.com"}):
+                pass
+        assert denied.value.status_code == 403
+        with pytest.raises(WebSocketDisconnect):  # our own name: no check refuses it; there is no websocket route
+            with c.websocket_connect(url):
+                pass
 
 
 def test_log_safe_escapes_control_characters():
