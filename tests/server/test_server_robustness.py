@@ -4,6 +4,7 @@ same-name race, bounded cost (size/step caps, idle sockets), input decoding, a f
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import os
@@ -260,33 +261,79 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def test_full_disk_still_ends_jobs_and_the_server_restarts(make_server, tmpfs):
+def _assert_full(folder: Path) -> None:
+    """Not one more page fits: a new one-byte file cannot be written."""
+    probe = folder / "probe.bin"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError) as exc:
+            os.write(fd, b"x")
+        assert exc.value.errno == errno.ENOSPC, exc.value
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+def _wait_for_log(srv, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in srv.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"not in the server log: {text!r}\n{srv.log_tail()}"
+        time.sleep(0.1)
+
+
+def test_full_disk_fails_the_job_save_yet_ends_the_job_and_the_server_restarts(make_server, tmpfs):
+    """The disk fills while an inversion runs: its terminal record cannot be saved, yet its stream ends with
+    'cancelled' and GET /v1/jobs/{id} says so; a restart on the still-full disk serves renders and refuses jobs."""
     data = tmpfs  # the data dir is the whole (small) disk; the server's log is written outside it
     srv = make_server(data).start()
     with srv.client() as c:
         job_id = c.post("/v1/jobs/invert", json=_invert_body("fulldisk")).json()["job_id"]
         wait_job(c, job_id, states=("running",))
+        job_dir = data / "jobs" / job_id
+        # The job's spooled reference is deleted when it ends, which would free a page for the terminal save.
+        # A second link keeps its pages allocated, so that nothing the server deletes frees any space.
+        pinned = tmpfs / "pinned"
+        pinned.mkdir()
+        references = sorted(job_dir.glob("reference_*.bin"))
+        assert references, list(job_dir.iterdir())
+        for ref in references:
+            os.link(ref, pinned / ref.name)
         events: list = []
         reader = threading.Thread(target=lambda: events.extend(read_events(c, job_id, timeout=60)))
         reader.start()
-        time.sleep(0.5)
         _fill(tmpfs)
+        time.sleep(1.5)  # a progress save that was writing while the disk filled has replaced the record by now ...
+        _fill(tmpfs)  # ... and the page it freed is taken as well
+        _assert_full(tmpfs)
+        before = json.loads((job_dir / "job.json").read_text())
+        assert before["state"] == "running", before
         assert c.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
         reader.join(60)
         assert events and events[-1][0] == "cancelled", events[-3:]
-        assert c.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+        _wait_for_log(srv, f"could not save job {job_id} (cancelled)")
+        assert "No space left on device" in srv.log_tail(200)
+        assert c.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"  # the server's memory tells the truth
+        assert json.loads((job_dir / "job.json").read_text())["state"] == "running"  # the save really failed
         r = c.post("/v1/jobs/sequence", json={"cameras": [wire_camera()], "steps": STEPS})
         assert r.status_code == 507 and "free disk space" in r.json()["error"], r.text
         assert c.post("/v1/render", json=render_body()).status_code == 200
     srv.kill()
+    _assert_full(tmpfs)
     srv2 = make_server(data).start()  # the disk is still full: it starts, serves renders, refuses jobs
     with srv2.client() as c:
         assert c.get("/v1/health").status_code == 200
         assert c.post("/v1/render", json=render_body()).status_code == 200
-        assert c.get(f"/v1/jobs/{job_id}").status_code == 200
+        _wait_for_log(srv2, "the jobs folder is not writable")
+        # its last saved record said running: after a restart that is 'interrupted' (which it cannot save either)
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "interrupted" and job["error"], job
+        _wait_for_log(srv2, f"could not save job {job_id} (interrupted)")
         r = c.post("/v1/jobs/invert", json=_invert_body("nospace", steps=2))
-        assert r.status_code == 507 and "data directory" in r.json()["error"], r.text
+        assert r.status_code == 507, r.text
+        msg = r.json()["error"]
+        assert "data directory" in msg and "No space left" in msg and "free disk space" in msg, msg
         (tmpfs / "filler.bin").unlink()  # space is back: jobs are accepted again
+        shutil.rmtree(pinned)
         r = c.post("/v1/jobs/sequence", json={"cameras": [wire_camera()], "steps": STEPS})
         assert r.status_code == 202, r.text
         assert read_events(c, r.json()["job_id"])[-1][0] == "done"
