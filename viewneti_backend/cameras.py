@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,8 +141,9 @@ class Camera:
 
     def validated(self, *, size_multiple: int = SIZE_MULTIPLE) -> Camera:
         validate_pose(self.camera_to_anchor)
-        if not math.isfinite(self.fov_y_deg) or not MIN_FOV_DEG <= self.fov_y_deg < 180.0:
-            raise CameraError(f"fov_y_deg must be in [{MIN_FOV_DEG}, 180) degrees, got {self.fov_y_deg}")
+        problem = fov_error("fov_y_deg", self.fov_y_deg)
+        if problem:
+            raise CameraError(problem)
         for name, v in (("width", self.width), ("height", self.height)):
             problem = size_error(name, v, size_multiple)
             if problem:
@@ -236,6 +237,25 @@ class Camera:
             self.calibration,
         )
 
+    def cropped(self, box: tuple[float, float, float, float], width: int, height: int) -> Camera:
+        """The camera of the image region ``box`` = (left, top, right, bottom), in pixels of this
+        camera's image (fractions allowed), resampled to ``width x height``: what a crop-and-resize of
+        the image shows. Intrinsics equal to the derived defaults (square pixels, centred principal
+        point) stay implicit; fov_y follows the crop. A calibrated P no longer applies: dropped."""
+        left, top, right, bottom = (float(v) for v in box)
+        if not (right > left and bottom > top):
+            raise CameraError(f"a crop box needs right > left and bottom > top, got {box}")
+        sx, sy = width / (right - left), height / (bottom - top)
+        k = self.intrinsics()
+        fx, fy = float(k[0, 0]) * sx, float(k[1, 1]) * sy
+        cx, cy = (float(k[0, 2]) - left) * sx, (float(k[1, 2]) - top) * sy
+        return pinhole_camera(self.camera_to_anchor, width, height, fx, fy, cx, cy)
+
+    def framed(self, width: int, height: int) -> Camera:
+        """This camera at ``width x height`` without squashing: its image's largest centred region of
+        that aspect (:func:`centre_crop_box`), resampled (at the image's own aspect: all of it)."""
+        return self.cropped(centre_crop_box(self.width, self.height, width / height), width, height)
+
     def with_pose(self, camera_to_anchor: np.ndarray) -> Camera:
         """The same lens and image at another pose (a calibrated P no longer applies: dropped)."""
         return dataclasses.replace(self, camera_to_anchor=camera_to_anchor, calibration=None)
@@ -283,6 +303,35 @@ class Calibration:
             )
 
 
+def _differs(a: float | None, b: float) -> bool:
+    """``a`` is given and not ``b`` (up to round-off): an intrinsic worth keeping explicit."""
+    return a is not None and abs(a - b) > 1e-9 * max(1.0, abs(b))
+
+
+def pinhole_camera(
+    camera_to_anchor: np.ndarray,
+    width: int,
+    height: int,
+    fx: float,
+    fy: float,
+    cx: float | None = None,
+    cy: float | None = None,
+) -> Camera:
+    """The camera with these pixel intrinsics (``cx``/``cy`` None: the image centre). fov_y comes from
+    fy; fx and the principal point stay implicit where they equal the derived defaults (square pixels,
+    centred), so a plain camera stays plain."""
+    return Camera(
+        np.asarray(camera_to_anchor, dtype=np.float64),
+        math.degrees(2.0 * math.atan(0.5 * height / fy)),
+        width,
+        height,
+        fx if _differs(fx, fy) else None,
+        None,  # fy is fov_y exactly
+        cx if _differs(cx, width / 2.0) else None,
+        cy if _differs(cy, height / 2.0) else None,
+    )
+
+
 def _as_matrix(value: Any) -> np.ndarray:
     try:
         m = np.asarray(value, dtype=np.float64)
@@ -317,6 +366,13 @@ def validate_pose(camera_to_world: np.ndarray, tolerance: float = ORTHONORMAL_TO
 # ------------------------------------------------------------------------------------------------
 # Field of view and intrinsics
 # ------------------------------------------------------------------------------------------------
+def fov_error(what: str, fov_deg: float) -> str | None:
+    """Why ``fov_deg`` is not a usable field of view (degrees), or None."""
+    if not (math.isfinite(fov_deg) and MIN_FOV_DEG <= fov_deg < 180.0):
+        return f"{what} must be in [{MIN_FOV_DEG}, 180) degrees, got {fov_deg}"
+    return None
+
+
 def fov_x_from_fov_y(fov_y_deg: float, width: int, height: int) -> float:
     return math.degrees(2.0 * math.atan(math.tan(math.radians(fov_y_deg) / 2.0) * width / height))
 
@@ -339,6 +395,17 @@ def size_for_long_side(width: int, height: int, long_side: int, multiple: int = 
         return max(MIN_SIZE, int(math.floor(v / multiple + 0.5)) * multiple)  # half up: 36 -> 40
 
     return snap(width * scale), snap(height * scale)
+
+
+def centre_crop_box(width: int, height: int, aspect: float) -> tuple[float, float, float, float]:
+    """The largest centred region of a ``width x height`` image whose width / height is ``aspect``
+    (left, top, right, bottom; fractional pixels): what is kept when an image changes its aspect
+    without being squashed."""
+    if width / height > aspect:  # wider than wanted: trim left and right
+        w = height * aspect
+        return ((width - w) / 2.0, 0.0, (width + w) / 2.0, float(height))
+    h = width / aspect
+    return (0.0, (height - h) / 2.0, float(width), (height + h) / 2.0)
 
 
 def fov_y_from_intrinsics(k: np.ndarray, height: int) -> float:
@@ -484,9 +551,6 @@ class TransformsFrame:
     mask_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     distortion: dict[str, float] = field(default_factory=dict)
-    # the intrinsics keys as read (merged top level + frame), to rebuild the camera once the image
-    # size is known (Blender-NeRF gives camera_angle_x only)
-    intrinsics_source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.extra = {k: v for k, v in self.extra.items() if k not in CAMERA_KEYS}
@@ -548,32 +612,35 @@ def camera_from_transforms_fields(
     fx = fx if fx is not None else fy
     fy = fy if fy is not None else fx
     assert fx is not None and fy is not None
-    cx, cy = num("cx"), num("cy")
-    fov_y = math.degrees(2.0 * math.atan(0.5 * height / fy))
-
-    def differs(a: float | None, b: float) -> bool:
-        return a is not None and abs(a - b) > 1e-9 * max(1.0, abs(b))
-
-    return Camera(
-        np.asarray(camera_to_anchor, dtype=np.float64),
-        fov_y,
-        width,
-        height,
-        fx if differs(fx, fy) else None,
-        None,  # fy is fov_y exactly
-        cx if differs(cx, width / 2.0) else None,
-        cy if differs(cy, height / 2.0) else None,
-    )
+    return pinhole_camera(camera_to_anchor, width, height, fx, fy, num("cx"), num("cy"))
 
 
-def read_transforms(
-    path: str | Path, image_size: Callable[[str], tuple[int, int] | None] | None = None
-) -> TransformsFile:
+def transforms_image_path(root: Path, file_path: str) -> Path:
+    """A frame's image: the path as written, or with .png/.jpg added (Blender-NeRF leaves it out)."""
+    file = root / file_path
+    if not file.suffix and not file.exists():
+        file = next((file.with_suffix(s) for s in (".png", ".jpg") if file.with_suffix(s).exists()), file)
+    return file
+
+
+def image_file_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header (the pixels are not decoded), or None if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError):
+        return None
+
+
+def read_transforms(path: str | Path) -> TransformsFile:
     """Read a nerfstudio / instant-ngp / Blender-NeRF ``transforms.json`` (OpenGL camera-to-world).
 
     Intrinsics and distortion are shared at the top level and may be overridden per frame (nerfstudio's
-    rule). Without ``w``/``h``, ``image_size(file_path)`` gives the size (else 512x512 until the image
-    is read: :func:`viewneti_backend.data.load_transforms_scene` rebuilds the camera then)."""
+    rule). A frame without ``w``/``h`` (Blender-NeRF and NeRF-synthetic give ``camera_angle_x`` only)
+    takes its size from its image file's header, read only then: an angle means nothing without the
+    size (fov_y follows from the aspect), so an unreadable image is an error, never a guess."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -592,8 +659,14 @@ def read_transforms(
         merged = {**top, **{k: fr[k] for k in INTRINSIC_KEYS + DISTORTION_KEYS if k in fr}}
         w, h = int(merged.get("w") or 0), int(merged.get("h") or 0)
         if not (w and h):
-            size = image_size(str(fr["file_path"])) if image_size else None
-            w, h = size if size else (512, 512)
+            image = transforms_image_path(path.parent, str(fr["file_path"]))
+            size = image_file_size(image)
+            if size is None:
+                raise InputError(
+                    f"{path}: frame {i} gives no image size (w, h) and its image {image} cannot be read to find "
+                    'it: put the image there or add "w" and "h" (pixels) to the file'
+                )
+            w, h = size
         try:
             matrix = np.asarray(fr["transform_matrix"], dtype=np.float64)
         except (TypeError, ValueError):
@@ -604,7 +677,7 @@ def read_transforms(
         intrinsics = {k: merged[k] for k in INTRINSIC_KEYS if k in merged}
         cam = camera_from_transforms_fields(matrix, intrinsics, w, h, where=f"{path}: frame {i}")
         distortion = {k: float(merged[k]) for k in DISTORTION_KEYS if k in merged}
-        out.append(TransformsFrame(str(fr["file_path"]), cam, fr.get("mask_path"), dict(fr), distortion, intrinsics))
+        out.append(TransformsFrame(str(fr["file_path"]), cam, fr.get("mask_path"), dict(fr), distortion))
     return TransformsFile(out, {k: v for k, v in data.items() if k != "frames"})
 
 
@@ -614,11 +687,13 @@ def read_transforms_json(path: str | Path) -> list[TransformsFrame]:
 
 
 def transforms_rows(frames: Sequence[TransformsFrame]) -> list[dict[str, Any]]:
-    """Per-frame JSON rows: the frame's other keys first, then its camera, which they cannot override."""
+    """Per-frame JSON rows: the frame's other keys, then its camera, mask and distortion. ``extra`` keys
+    that name those (even ones added to ``extra`` after the frame was made) are left out: they would
+    change the mask or the distortion when the file is read back."""
     rows = []
     for fr in frames:
         k = fr.camera.intrinsics()
-        row: dict[str, Any] = dict(fr.extra)
+        row: dict[str, Any] = {key: v for key, v in fr.extra.items() if key not in CAMERA_KEYS}
         row.update(
             {
                 "file_path": fr.file_path,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .compile_modes import COMPILE_CHOICES, COMPILE_HELP
 from .data_dir import library_dir
+from .limits import CPU_INVERT_STEPS, GPU_INVERT_STEPS
 from .training_modes import MODES
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -74,48 +75,100 @@ def _size(text: str) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--size takes N (long side) or WxH, e.g. 64 or 96x64; got '{text}'") from None
 
 
-def _sized(cam, size: int | tuple[int, int] | None, native: int):
-    """``cam`` at ``size`` (None: the model's native size as the long side); aspect and fov_y kept."""
+def _target_size(cam, size: int | tuple[int, int] | None, native: int) -> tuple[int, int]:
+    """The size ``cam`` renders at: WxH as given, else N (None: the model's native size) as the long
+    side with the camera's aspect on the latent grid."""
     from .cameras import size_for_long_side
 
     if isinstance(size, tuple):
-        return cam.with_size(*size)
-    w, h = size_for_long_side(cam.width, cam.height, size or native)
-    return cam.with_size(w, h)
+        return size
+    return size_for_long_side(cam.width, cam.height, size or native)
+
+
+def _sized(cam, size: int | tuple[int, int] | None, native: int):
+    """``cam`` at ``size`` (see :func:`_target_size`). N or the default keeps what the camera shows:
+    rounding to the 8-px grid trims the image's edges (:meth:`Camera.framed`: no squash, the fov
+    follows the size rendered); WxH is that exact size with fov_y kept."""
+    width, height = _target_size(cam, size, native)
+    return cam.with_size(width, height) if isinstance(size, tuple) else cam.framed(width, height)
+
+
+def _check_orbit_args(args, what: str) -> None:
+    """An orbit camera's --azimuth/--elevation/--radius/--fov, checked before the model loads."""
+    import math
+
+    from .cameras import fov_error
+    from .errors import InputError
+
+    for option, value in (("--azimuth", args.azimuth), ("--elevation", args.elevation)):
+        if not math.isfinite(value):
+            raise InputError(f"{what}: {option} must be a finite number of degrees, got {value}")
+    if not (math.isfinite(args.radius) and args.radius > 0):
+        raise InputError(f"{what}: --radius (the distance to the anchor) must be positive, got {args.radius}")
+    problem = fov_error("--fov (the vertical field of view)", args.fov)
+    if problem:
+        raise InputError(f"{what}: {problem}")
+
+
+def _json_cameras(path: str) -> list[tuple]:
+    """``--cameras FILE``: each camera and whether the file gave its size. A camera without width and
+    height renders at the model's native size (square, fov_y kept), as orbit cameras do."""
+    from .cameras import INTRINSIC_FIELDS, Camera
+    from .errors import InputError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--cameras {path}: {exc}") from None
+    cameras = data.get("cameras") if isinstance(data, dict) else data
+    if not isinstance(cameras, list) or not cameras:
+        raise InputError(f'--cameras {path}: expected a non-empty list of cameras, or {{"cameras": [...]}}')
+    out = []
+    for i, c in enumerate(cameras):
+        given = [k for k in ("width", "height") if isinstance(c, dict) and k in c]
+        if len(given) == 1:
+            raise InputError(
+                f"--cameras {path}: camera {i} gives {given[0]} alone: "
+                "give both width and height, or neither (the model's native size)"
+            )
+        pixels = [k for k in INTRINSIC_FIELDS if isinstance(c, dict) and c.get(k) is not None]
+        if pixels and not given:
+            raise InputError(
+                f"--cameras {path}: camera {i} gives {', '.join(pixels)} in pixels but no width and height: "
+                "give the image size they are measured at"
+            )
+        out.append((Camera.from_json(c), bool(given)))  # from_json refuses a camera that is not an object
+    return out
 
 
 def _file_cameras(args):
-    """``--cameras`` / ``--transforms`` cameras as the files give them (None for an orbit); read before
-    the model loads, so a wrong path or view index fails at once."""
-    from .cameras import Camera
-
+    """``--cameras`` / ``--transforms`` cameras as the files give them, each with whether its size is
+    given (None for an orbit, whose values are checked instead); read before the model loads, so a
+    wrong path, view index or value fails at once."""
     if args.cameras:
-        try:
-            data = json.loads(Path(args.cameras).read_text())
-        except (OSError, ValueError) as exc:
-            from .errors import InputError
-
-            raise InputError(f"--cameras {args.cameras}: {exc}") from None
-        return [Camera.from_json(c) for c in (data["cameras"] if isinstance(data, dict) else data)]
+        return _json_cameras(args.cameras)
     if args.transforms:
         from .data import load_transforms_scene
+        from .messages import print_scene_messages
 
         scene = load_transforms_scene(args.transforms, _views(args.views))
-        _print_scene_messages(scene)
-        return list(scene.posed_cameras())
+        print_scene_messages(scene)
+        return [(cam, True) for cam in scene.posed_cameras()]
+    _check_orbit_args(args, "orbit camera")
     return None
 
 
 def _cameras_from_args(args, native: int, file_cameras=None):
-    """The cameras to render: ``--cameras`` as given (a size only with ``--size``), ``--transforms`` at
-    the model's native size (long side) unless ``--size`` says otherwise, or an orbit."""
+    """The cameras to render: ``--cameras`` at their own size (the model's native size where the file
+    gives none) unless ``--size`` says otherwise, ``--transforms`` at the model's native size (long
+    side) unless ``--size`` says otherwise, or an orbit."""
     from .cameras import Camera, orbit_pose
 
     cams = file_cameras if file_cameras is not None else _file_cameras(args)
     if cams is not None:
         if args.cameras and not args.size:
-            return cams
-        return [_sized(c, args.size, native) for c in cams]
+            return [cam if sized else cam.with_size(native, native) for cam, sized in cams]
+        return [_sized(cam, args.size, native) for cam, _ in cams]
     width, height = args.size if isinstance(args.size, tuple) else (args.size or native, args.size or native)
     return [
         Camera(
@@ -123,18 +176,6 @@ def _cameras_from_args(args, native: int, file_cameras=None):
         ).validated()
         for i in range(args.orbit)
     ]
-
-
-def _print_warnings(warnings: list[str]) -> None:
-    for w in dict.fromkeys(warnings):
-        print(f"warning: {w}", file=sys.stderr)
-
-
-def _print_scene_messages(scene) -> None:
-    """What loading a transforms scene decided for the user (split chosen, distortion ignored)."""
-    for note in scene.meta.get("notes", []):
-        print(f"note: {note}", file=sys.stderr)
-    _print_warnings(list(scene.meta.get("warnings", [])))
 
 
 def _add_camera_args(p: argparse.ArgumentParser) -> None:
@@ -196,6 +237,7 @@ def _run_settings(engine, name: str, seed: int, steps: int, guidance: float, **m
 def cmd_render(args) -> int:
     from tqdm.auto import tqdm
 
+    from .messages import print_warnings
     from .sheets import contact_sheet, save_png, write_manifest
 
     file_cameras = _file_cameras(args)  # before the model loads
@@ -207,7 +249,7 @@ def cmd_render(args) -> int:
     steps, guidance = engine.sampling.resolve(args.steps, args.guidance)
     with_view = not args.no_view
     warnings = engine.render_warnings(cams, with_view=with_view)
-    _print_warnings(warnings)  # before the work: the user can stop a render that will not look right
+    print_warnings(warnings)  # before the work: the user can stop a render that will not look right
     run = _run_settings(engine, name, args.seed, steps, guidance, with_view=with_view)
     files: list[Path] = []
     for i, cam in enumerate(tqdm(cams, desc=f"render {name} ({steps} steps, guidance {guidance:g})", unit="view")):
@@ -243,14 +285,16 @@ def _reference_from_args(args):
     from .data import load_transforms_scene
     from .engine import reference_background
     from .errors import InputError
+    from .messages import print_scene_messages
 
     if bool(args.image) == bool(args.transforms):
         raise SystemExit("invert: give either --image FILE (with --azimuth/--elevation/--radius/--fov) or --transforms")
     if args.transforms:
         background = reference_background(_model_or_default(args.model))
         scene = load_transforms_scene(args.transforms, _views(args.views) or [0], background=background)
-        _print_scene_messages(scene)
+        print_scene_messages(scene)
         return scene.images, scene.posed_cameras()
+    _check_orbit_args(args, "--image camera")
     path = Path(args.image)
     if not path.is_file():
         raise InputError(f"--image {path}: no such file")
@@ -268,6 +312,7 @@ def cmd_invert(args) -> int:
     from tqdm.auto import tqdm
 
     from .engine import default_invert_steps
+    from .messages import print_warnings
     from .tokens import validate_token_name
 
     validate_token_name(args.name)  # names and files first: loading the model takes a while
@@ -286,7 +331,9 @@ def cmd_invert(args) -> int:
         f"{engine.base.device}{_eta_hint(engine.base.device, steps)}",
         file=sys.stderr,
     )
-    _print_warnings(engine.render_warnings(cameras))
+    # about what inversion does: it trains at width x height (never far above the native size), so only
+    # the cameras' own problems (e.g. a distance outside the view-mapper's trained range) apply
+    print_warnings(engine.render_warnings([c.with_size(width, height) for c in cameras]))
     bar = tqdm(total=steps, desc=f"invert {args.name}", unit="step")
 
     def progress(ev):
@@ -319,6 +366,7 @@ def _eta_hint(device, steps: int) -> str:
 
 def cmd_train(args) -> int:
     from .data import DTU_TRAIN_SIZE, load_dtu_scene, load_image_folder, load_scene_collection, load_transforms_scene
+    from .messages import print_scene_messages
     from .training import TrainConfig, Trainer
     from .training_modes import TRAINING_MODES
 
@@ -360,6 +408,7 @@ def cmd_train(args) -> int:
             scenes = [s.subset(views) for s in scenes]
     else:
         scenes = [load_transforms_scene(args.data, views)]
+    print_scene_messages(scenes)  # which split of a NeRF-synthetic folder, lens distortion ignored
     trainer = Trainer(
         cfg,
         _model_or_default(args.model),
@@ -394,12 +443,23 @@ def _size_arg(text: str) -> tuple[int, int]:
 
 
 def _eval_dtu(args) -> int:
-    """The paper's DTU protocol: render at 768x576 (DTU frame, no rig), score at 400x300 with masks."""
+    """The paper's DTU protocol: render at 768x576 (DTU frame, no rig), score at 400x300 with masks.
+    Each scan's renders, ground truth, sheet and manifest go to ``--out``/scan<id>, as ``--transforms``'s do."""
     from PIL import Image
+    from tqdm.auto import tqdm
 
     from .data import DTU_TEST_VIEWS, DTU_TRAIN_VIEWS, load_dtu_scene
     from .errors import InputError
-    from .evaluation import DTU_RENDER_SIZE, LPIPSMetric, dtu_scores, dtu_summary, format_dtu_summary, load_dtu_mask
+    from .evaluation import (
+        DTU_RENDER_SIZE,
+        EvalOutputs,
+        LPIPSMetric,
+        dtu_scores,
+        dtu_summary,
+        format_dtu_summary,
+        load_dtu_mask,
+    )
+    from .messages import print_warnings
 
     if not args.scans:
         raise InputError("--dtu-root needs --scans (e.g. --scans 8,21,30: the paper's 15 test scans)")
@@ -407,6 +467,12 @@ def _eval_dtu(args) -> int:
     inputs = [int(v) for v in args.input_views.split(",")] if args.input_views else [25]
     all_views = DTU_TRAIN_VIEWS + DTU_TEST_VIEWS  # the 34 views (9 input candidates + 25 test)
     width, height = _size_arg(args.render_size)
+    if width * DTU_RENDER_SIZE[1] != height * DTU_RENDER_SIZE[0]:
+        raise InputError(
+            f"--render-size {args.render_size}: the protocol scores renders resized to "
+            f"{DTU_RENDER_SIZE[0]}x{DTU_RENDER_SIZE[1]}; give a size of that 4:3 aspect (e.g. 64x48) so they "
+            "are not squashed"
+        )
     engine = _engine(args)
     lp, lpips_missing = None, None
     try:
@@ -416,24 +482,59 @@ def _eval_dtu(args) -> int:
         print(f"LPIPS: missing ({exc}); reported as missing, not estimated", file=sys.stderr)
     steps, guidance = engine.sampling.resolve(args.steps, args.guidance)
     seeds = [int(s) for s in args.seeds.split(",")]
+    with_view = not args.no_view
     rows, missing_masks = [], []
+    bar = tqdm(total=len(scans) * len(seeds) * len(all_views), desc=f"eval DTU ({steps} steps)", unit="view")
     for scan in scans:
         scene = load_dtu_scene(args.dtu_root, scan, all_views, lighting=args.lighting, size=DTU_RENDER_SIZE)
-        assert scene.cameras is not None
-        cams = [c.with_size(width, height) for c in scene.cameras]
+        cams = [c.with_size(width, height) for c in scene.posed_cameras()]
         name = (args.object or "scan{scan}").format(scan=scan)
+        warnings = engine.render_warnings(cams, with_view=with_view, use_rig=False)
+        print_warnings(warnings)
+        run = _run_settings(engine, name, seeds[0], steps, guidance, with_view=with_view, scene=scene.name)
+        files = EvalOutputs(Path(args.out) / scene.name, name, scene.name, run)
+        for cam_id, gt, cam in zip(all_views, scene.images, cams):
+            files.add_ground_truth(cam_id, gt, cam)
         masks = {}
         for cam_id in all_views:
             masks[cam_id], found = load_dtu_mask(args.masks, scan, cam_id)
             if not found:
                 missing_masks.append(f"scan{scan}/{cam_id:03d}")
+        scan_rows = []
         for seed in seeds:
-            preds = engine.render(cams, name, seed, steps, guidance, with_view=not args.no_view, use_rig=False)
-            for cam_id, pred, gt in zip(all_views, preds, scene.images):
+            bar.set_postfix_str(f"{scene.name} seed {seed}")
+            done = bar.n
+
+            def on_step(step: int, total: int, done: int = done, n: int = len(cams)) -> None:
+                bar.update(max(0, done + n * step // total - bar.n))  # the views of the batch, step by step
+
+            preds = engine.render(
+                cams, name, seed, steps, guidance, with_view=with_view, use_rig=False, on_step=on_step
+            )
+            bar.update(done + len(cams) - bar.n)
+            for cam_id, pred, gt, cam in zip(all_views, preds, scene.images, cams):
+                files.add_render(cam_id, seed, pred, cam)
                 if pred.size != DTU_RENDER_SIZE:  # a smaller --render-size (smoke runs): upsampled first
                     pred = pred.resize(DTU_RENDER_SIZE, Image.Resampling.BICUBIC)
                 s = dtu_scores(pred, gt, masks[cam_id], lp)
-                rows.append({"scan": scan, "view": cam_id, "seed": seed, "input": cam_id in inputs, **s})
+                scan_rows.append({"scan": scan, "view": cam_id, "seed": seed, "input": cam_id in inputs, **s})
+        rows.extend(scan_rows)
+        files.finish(
+            all_views,
+            seeds,
+            {
+                "command": "eval",
+                "protocol": "dtu",
+                **run,
+                "seeds": seeds,
+                "warnings": warnings,
+                "input_views": inputs,
+                "render_size": [width, height],
+                "rows": scan_rows,
+                "cameras": [c.to_json() for c in cams],
+            },
+        )
+    bar.close()
     test_views = [v for v in DTU_TEST_VIEWS if v not in inputs]
     summary = dtu_summary(rows, test_views, all_views, lpips_missing=lpips_missing)
     summary.update(
@@ -449,6 +550,7 @@ def _eval_dtu(args) -> int:
             f"masks: {len(missing_masks)} views have no mask file: scored over the whole image (as the reference)",
             file=sys.stderr,
         )
+    print(f"wrote renders, ground truth, sheet.png and manifest.json per scan to {args.out}", file=sys.stderr)
     if args.json:
         from .atomic_files import atomic_write_text
 
@@ -456,14 +558,25 @@ def _eval_dtu(args) -> int:
     return 0
 
 
+def _crop_note(view: int, image_size: tuple[int, int], cam) -> str | None:
+    """Says so when the ground truth of ``view`` is cropped to the render's aspect (None when it is not)."""
+    (w, h), aspect = image_size, cam.width / cam.height
+    kept = (min(w, h * aspect), min(h, w / aspect))
+    if w - kept[0] < 1 and h - kept[1] < 1:  # the same aspect (up to a fraction of a pixel)
+        return None
+    return (
+        f"view {view}: {cam.width}x{cam.height} has another aspect than its {w}x{h} image: the centre "
+        f"{kept[0]:.0f}x{kept[1]:.0f} is scored and rendered (the camera narrowed to it), not squashed"
+    )
+
+
 def cmd_eval(args) -> int:
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from .data import load_transforms_scene
     from .errors import InputError
-    from .evaluation import EvalTable, LPIPSMetric, masked_psnr, masked_ssim
-    from .sheets import contact_sheet, save_png, write_manifest
+    from .evaluation import EvalOutputs, EvalTable, LPIPSMetric, framed_ground_truth, masked_psnr, masked_ssim
+    from .messages import print_scene_messages, print_warnings
 
     if args.dtu_root:
         return _eval_dtu(args)
@@ -471,7 +584,7 @@ def cmd_eval(args) -> int:
         raise InputError("give --transforms (a scene with ground truth) or --dtu-root with --scans")
     seeds = [int(s) for s in args.seeds.split(",")]
     full = load_transforms_scene(args.transforms)  # files checked before the model loads
-    _print_scene_messages(full)
+    print_scene_messages(full)
     engine = _engine(args)
     name, _ = engine.object_mapper(args.object)
     train_views = _views(args.train_views)
@@ -493,28 +606,27 @@ def cmd_eval(args) -> int:
     table = EvalTable()
     steps, guidance = engine.sampling.resolve(args.steps, args.guidance)
     print(f"sampling: {steps} steps, guidance {guidance:g}", file=sys.stderr)
-    cams = [_sized(c, args.size, engine.base.native_size) for c in scene.posed_cameras()]
+    # render camera, ground truth and mask of each view at the render size, showing the same frustum
+    framed = [
+        framed_ground_truth(cam, image, mask, _target_size(cam, args.size, engine.base.native_size))
+        for cam, image, mask in zip(scene.posed_cameras(), scene.images, scene.masks or [None] * len(views))
+    ]
+    cams = [cam for cam, _, _ in framed]
+    notes = [_crop_note(v, image.size, cam) for v, image, cam in zip(views, scene.images, cams)]
+    for note in dict.fromkeys(n for n in notes if n):
+        print(f"note: {note}", file=sys.stderr)
     with_view = not args.no_view
     warnings = engine.render_warnings(cams, with_view=with_view)
-    _print_warnings(warnings)
-    out = Path(args.out) / scene.name
-    out.mkdir(parents=True, exist_ok=True)
+    print_warnings(warnings)
     run = _run_settings(engine, name, seeds[0], steps, guidance, with_view=with_view, scene=scene.name)
-    files: list[Path] = []
-    gt_files: list[Path] = []
+    files = EvalOutputs(Path(args.out) / scene.name, name, scene.name, run)
+    for view, (cam, gt, _) in zip(views, framed):
+        files.add_ground_truth(view, gt, cam)
     bar = tqdm(total=len(seeds) * len(cams), desc=f"eval {name} on {scene.name}", unit="view")
     for seed in seeds:
-        for i, (cam, gt, view) in enumerate(zip(cams, scene.images, views)):
+        for view, (cam, gt, mask) in zip(views, framed):
             pred = engine.render([cam], name, seed, steps, guidance, with_view=with_view)[0]
-            gt = gt.resize(pred.size, Image.Resampling.BICUBIC)  # same aspect: the camera kept the image's aspect
-            mask = scene.masks[i] if scene.masks else None
-            if mask is not None:
-                mask = Image.fromarray(mask.astype("uint8") * 255).resize(pred.size)
-            files.append(
-                save_png(pred, out / f"{name}_view{view:03d}_seed{seed}.png", {**run, "seed": seed, "view": view})
-            )
-            if seed == seeds[0]:
-                gt_files.append(save_png(gt, out / f"gt_view{view:03d}.png", {"scene": scene.name, "view": view}))
+            files.add_render(view, seed, pred, cam)
             table.add(
                 scene.name,
                 view,
@@ -526,14 +638,6 @@ def cmd_eval(args) -> int:
             bar.update(1)
     bar.close()
     print(table.format())
-    contact_sheet(
-        gt_files + files,
-        out / "sheet.png",
-        columns=len(cams),
-        labels=[f"view {v}" for v in views] * (1 + len(seeds)),
-        row_titles=["ground truth"] + [f"{name} seed {s}" for s in seeds],
-        settings=run,
-    )
     result = {
         "per_scene": table.per_scene(),
         "mean": table.mean_over_scenes(),
@@ -541,19 +645,19 @@ def cmd_eval(args) -> int:
         "views": views,
         "train_views": train_views,
     }
-    write_manifest(
-        out / "manifest.json",
+    files.finish(
+        views,
+        seeds,
         {
             "command": "eval",
             **run,
             "seeds": seeds,
             "warnings": warnings,
             **result,
-            "files": [f.name for f in gt_files + files],
             "cameras": [c.to_json() for c in cams],
         },
     )
-    print(f"wrote {len(files)} renders, ground truth and sheet.png to {out}", file=sys.stderr)
+    print(f"wrote {len(files.renders)} renders, ground truth and sheet.png to {files.folder}", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
@@ -761,7 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n  viewneti info\n  viewneti render --orbit 8 --out outputs/orbit --sheet\n"
         "  viewneti invert --image mug.png --azimuth 30 --elevation 20 --radius 3.6 --fov 40 --name mug\n"
-        "  viewneti invert --transforms my_scene/transforms.json --views 0 --name mug --steps 3000\n"
+        "  viewneti invert --transforms my_scene/transforms.json --views 0 --name mug\n"
+        f"    (steps: {GPU_INVERT_STEPS} on a GPU, {CPU_INVERT_STEPS} on a CPU; --steps N to change)\n"
         "  viewneti train --mode 3 --data scenes/ --steps 50000 --out runs/pretrain\n"
         "  viewneti pretrain --data exports/ --preset paper --model /models/stable-diffusion-2-1 --out runs/views\n",
     )

@@ -14,10 +14,10 @@ from PIL import Image
 
 from .cameras import (
     Camera,
-    camera_from_transforms_fields,
     dtu_projection_to_camera,
     read_dtu_projection,
     read_transforms,
+    transforms_image_path,
 )
 from .errors import InputError
 from .tokens import validate_token_name
@@ -115,22 +115,6 @@ def find_transforms_file(path: str | Path) -> tuple[Path, str | None]:
     )
 
 
-def _resolve_image(root: Path, file_path: str) -> Path:
-    """A frame's image: the path as written, or with .png/.jpg added (Blender-NeRF leaves it out)."""
-    file = root / file_path
-    if not file.suffix and not file.exists():
-        file = next((file.with_suffix(s) for s in (".png", ".jpg") if file.with_suffix(s).exists()), file)
-    return file
-
-
-def _image_size(root: Path, file_path: str) -> tuple[int, int] | None:
-    try:
-        with Image.open(_resolve_image(root, file_path)) as im:
-            return im.size
-    except (OSError, ValueError):
-        return None
-
-
 def _open_with_alpha(path: Path, background: tuple[int, int, int]) -> tuple[Image.Image, np.ndarray | None]:
     """RGB image and, for images with transparency, the alpha as a mask (RGB composited on ``background``)."""
     try:
@@ -156,13 +140,13 @@ def load_transforms_scene(
     """A scene folder with ``transforms.json`` (or ``transforms_train.json``...) or the file itself.
 
     Cameras keep their full intrinsics (fl_x/fl_y, cx/cy); a camera given for another image size
-    (nerfstudio's downscaled ``images_2``) is scaled to the image, and one given by angles only is
-    built at the image's size. Masks: ``mask_path``, else the image's alpha (composited onto
+    (nerfstudio's downscaled ``images_2``) is scaled to the image (one given by angles only is built
+    at its image's size by :func:`read_transforms`). Masks: ``mask_path``, else the image's alpha (composited onto
     ``background``). ``scene.meta["notes"]`` / ``["warnings"]`` say which split was used and whether
     the file's lens distortion is ignored."""
     tj, note = find_transforms_file(path)
     root = tj.parent
-    tf = read_transforms(tj, image_size=lambda fp: _image_size(root, fp))
+    tf = read_transforms(tj)
     frames = tf.frames
     if views is not None:
         bad = [i for i in views if not 0 <= i < len(frames)]
@@ -171,15 +155,10 @@ def load_transforms_scene(
         frames = [frames[i] for i in views]
     images, cameras, masks = [], [], []
     for fr in frames:
-        img, alpha = _open_with_alpha(_resolve_image(root, fr.file_path), background)
+        img, alpha = _open_with_alpha(transforms_image_path(root, fr.file_path), background)
         cam = fr.camera
         if (cam.width, cam.height) != img.size:
-            if "w" in fr.intrinsics_source and "h" in fr.intrinsics_source:
-                cam = cam.with_size(*img.size)  # the file's intrinsics are for another size: scale them
-            else:  # angles only: the camera at the image's real size
-                cam = camera_from_transforms_fields(
-                    cam.camera_to_anchor, fr.intrinsics_source, *img.size, where=str(tj)
-                )
+            cam = cam.with_size(*img.size)  # the file's intrinsics are for another size: scale them
         images.append(img)
         cameras.append(cam)
         if fr.mask_path:

@@ -5,16 +5,23 @@
 - LPIPS: ``lpips.LPIPS(net="vgg")`` on background-zeroed images in [−1, 1], only when its weights are
   available locally (the ``lpips`` package ships them; torchvision's VGG backbone must be cached).
 Two averages are reported: over views then scenes (the repo's), and over all views pooled.
+
+Ground truth is compared at the render's size without squashing (:func:`framed_ground_truth`), and
+``viewneti eval`` writes each scene's renders, ground truth, sheet and manifest (:class:`EvalOutputs`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .cameras import Camera, centre_crop_box
+from .sheets import MIN_CELL, contact_sheet, save_png, write_manifest
 
 
 def _as_float(img) -> np.ndarray:
@@ -132,6 +139,77 @@ class EvalTable:
             f"{'mean':<16}{mm['psnr']:>8.2f}{mm['ssim']:>8.3f}{lp:>8}  (seed std PSNR {mm['seed_std_psnr']:.2f})"
         )
         return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ground truth at the render size, and the files an evaluation writes (`viewneti eval`)
+# ------------------------------------------------------------------------------------------------
+def framed_ground_truth(
+    camera: Camera, image: Image.Image, mask: np.ndarray | None, size: tuple[int, int]
+) -> tuple[Camera, Image.Image, np.ndarray | None]:
+    """A ground-truth view at the render size ``size`` = (W, H), never squashed: the image's largest
+    centred region of aspect W:H, resized to W x H (bicubic; the mask bilinear, then > 0.5), and the
+    camera of exactly that region (fov_y, cx/cy follow the crop). Render that camera and both images
+    show the same frustum, whether the size was rounded to the latent grid or given with another aspect."""
+    if image.size != (camera.width, camera.height):
+        raise ValueError(f"the image is {image.size[0]}x{image.size[1]}, its camera {camera.width}x{camera.height}")
+    box = centre_crop_box(camera.width, camera.height, size[0] / size[1])
+    gt = image.convert("RGB").resize(size, Image.Resampling.BICUBIC, box=box)
+    if mask is not None:
+        m = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize(size, Image.Resampling.BILINEAR, box=box)
+        mask = np.asarray(m) > 127
+    return camera.cropped(box, *size), gt, mask
+
+
+EVAL_SHEET_MAX_CELL = 256  # px: a 34-view DTU sheet of 768-px renders stays a viewable size
+
+
+@dataclass
+class EvalOutputs:
+    """One scene's evaluation files under ``folder``: each render ``<object>_viewNNN_seedS.png`` and
+    ground truth ``gt_viewNNN.png`` (PNGs that carry their settings and camera), then ``sheet.png``
+    (a ground-truth row above one row per seed) and ``manifest.json``. The ``--transforms`` and the
+    DTU evaluations write the same layout."""
+
+    folder: Path
+    object_name: str
+    scene: str
+    settings: dict
+    ground_truth: list[Path] = field(default_factory=list)
+    renders: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def add_ground_truth(self, view: int, image: Image.Image, camera: Camera | None = None) -> Path:
+        meta = {"scene": self.scene, "view": view, **({"camera": camera.to_json()} if camera else {})}
+        path = save_png(image, self.folder / f"gt_view{view:03d}.png", meta)
+        self.ground_truth.append(path)
+        return path
+
+    def add_render(self, view: int, seed: int, image: Image.Image, camera: Camera) -> Path:
+        meta = {**self.settings, "seed": seed, "view": view, "camera": camera.to_json()}
+        path = save_png(image, self.folder / f"{self.object_name}_view{view:03d}_seed{seed}.png", meta)
+        self.renders.append(path)
+        return path
+
+    def finish(self, views: Sequence[int], seeds: Sequence[int], manifest: dict) -> Path:
+        """The sheet (renders added seed by seed, in ``views`` order) and the manifest: ``manifest``
+        plus the files and the sheet's name. Returns the manifest's path."""
+        with Image.open(self.ground_truth[0]) as first:
+            width = first.size[0]
+        contact_sheet(
+            self.ground_truth + self.renders,
+            self.folder / "sheet.png",
+            columns=len(views),
+            cell=min(max(width, MIN_CELL), EVAL_SHEET_MAX_CELL),
+            labels=[f"view {v}" for v in views] * (1 + len(seeds)),
+            row_titles=["ground truth"] + [f"{self.object_name} seed {s}" for s in seeds],
+            settings=self.settings,
+        )
+        files = [f.name for f in self.ground_truth + self.renders]
+        return write_manifest(self.folder / "manifest.json", {**manifest, "files": files, "sheet": "sheet.png"})
 
 
 # ------------------------------------------------------------------------------------------------

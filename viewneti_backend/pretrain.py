@@ -27,6 +27,7 @@ from PIL import Image
 from .atomic_files import atomic_write_text
 from .data import Scene, load_scene_collection
 from .errors import InputError
+from .messages import print_scene_messages
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ def run_pretrain(run: PretrainRun, progress: bool = True) -> dict:
     settings = run.resolved()
     out = Path(run.out)
     scenes = load_scene_collection(run.data)
+    print_scene_messages(scenes)  # as render/eval/train do: split used, lens distortion ignored
     train_scenes, held = split_objects(scenes, run.holdout, settings["holdout_fraction"])
     model = resolve_model(run.model)
     device = run.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from viewneti_backend.camera_features import (
     DEFAULT_PARAMETERIZATION,
@@ -127,8 +128,9 @@ def test_blender_nerf_camera_angle_x(tmp_path):
         "frames": [{"file_path": "a", "transform_matrix": orbit_pose(0, 0, 3).tolist()}],
     }
     (tmp_path / "transforms.json").write_text(json.dumps(data))
+    Image.new("RGB", (48, 32)).save(tmp_path / "a.png")  # the size comes from the image (no w/h given)
     fr = read_transforms_json(tmp_path / "transforms.json")[0]
-    assert fr.camera.fov_x_deg == pytest.approx(60.0)
+    assert fr.camera.fov_x_deg == pytest.approx(60.0) and (fr.camera.width, fr.camera.height) == (48, 32)
 
 
 @pytest.mark.parametrize(

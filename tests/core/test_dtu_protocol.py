@@ -19,6 +19,7 @@ from viewneti_backend.evaluation import (
     dtu_tensor_resize,
     load_dtu_mask,
 )
+from viewneti_backend.sheets import read_png_settings
 from viewneti_backend.testing import write_synthetic_dtu_calibration
 
 
@@ -108,9 +109,26 @@ def test_viewneti_eval_runs_the_dtu_protocol_end_to_end(tiny_model_dir, tmp_path
     args = ["eval", "--model", str(tiny_model_dir), "--dtu-root", str(root), "--scans", "8"]
     args += ["--masks", str(root / "idrmasks"), "--object", "thing_a", "--seeds", "0,1", "--steps", "1"]
     args += ["--render-size", "64x48", "--json", str(out)]  # a smoke size; the protocol renders at 768x576
-    assert cli_main(args) == 0
+    assert cli_main(args + ["--render-size", "64x64"]) == 2  # another aspect would be squashed to 768x576
+    assert "give a size of that 4:3 aspect" in capsys.readouterr().err
+    assert cli_main(args + ["--out", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr()
     assert "25 test views" in printed.out and "all 34 views" in printed.out
+    assert "eval DTU" in printed.err and "68/68" in printed.err  # the progress bar: 34 views x 2 seeds
+    # the same files as `eval --transforms`: renders, ground truth, a sheet and a manifest, per scan
+    folder = tmp_path / "eval" / "scan8"
+    views = DTU_TRAIN_VIEWS + DTU_TEST_VIEWS
+    expected = {f"gt_view{v:03d}.png" for v in views} | {
+        f"thing_a_view{v:03d}_seed{s}.png" for v in views for s in (0, 1)
+    }
+    assert {p.name for p in folder.iterdir()} == expected | {"sheet.png", "manifest.json"}
+    assert Image.open(folder / "thing_a_view025_seed1.png").size == (64, 48)
+    assert Image.open(folder / "gt_view025.png").size == (768, 576)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["protocol"] == "dtu" and manifest["seeds"] == [0, 1] and manifest["object"] == "thing_a"
+    assert len(manifest["rows"]) == 68 and len(manifest["cameras"]) == 34 and manifest["sheet"] == "sheet.png"
+    assert set(manifest["files"]) == expected
+    assert read_png_settings(folder / "thing_a_view001_seed1.png")["seed"] == 1
     assert "LPIPS: missing" in printed.err or "LPIPS: missing" in printed.out
     s = json.loads(out.read_text())
     assert s["test25"]["views"] == 25 and s["all34"]["views"] == 34

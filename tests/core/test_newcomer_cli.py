@@ -281,3 +281,116 @@ def test_docs_quote_the_inversion_defaults_and_real_command_names():
         shown |= set(re.findall(r"^\s*viewneti ([a-z][a-z-]*)", text, re.M))
     assert shown and shown <= commands, shown - commands
     assert "viewneti-server --port" in addon_text  # the add-on's "no backend" message names the real command
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--fov", "0", "--fov (the vertical field of view) must be in [0.01, 180) degrees, got 0.0"),
+        ("--fov", "-5", "must be in [0.01, 180) degrees, got -5.0"),
+        ("--fov", "180", "must be in [0.01, 180) degrees, got 180.0"),
+        ("--fov", "nan", "must be in [0.01, 180) degrees, got nan"),
+        ("--azimuth", "nan", "--azimuth must be a finite number of degrees, got nan"),
+        ("--elevation", "inf", "--elevation must be a finite number of degrees, got inf"),
+        ("--radius", "0", "--radius (the distance to the anchor) must be positive, got 0.0"),
+        ("--radius", "-1", "--radius (the distance to the anchor) must be positive, got -1.0"),
+    ],
+)
+def test_invert_checks_the_image_camera_before_loading_the_model(tmp_path, capsys, monkeypatch, option, value, message):
+    monkeypatch.setenv("VIEWNETI_DATA_DIR", str(tmp_path / "data"))
+    Image.new("RGB", (96, 64), "gray").save(tmp_path / "photo.png")
+    missing = ["--model", str(tmp_path / "no-model-here")]  # loading it would fail: it must not get that far
+    argv = ["invert", *missing, "--image", str(tmp_path / "photo.png"), "--name", "ok", f"{option}={value}"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: --image camera: " in err and message in err and "Traceback" not in err
+    # render's orbit is checked the same way, also before the model loads
+    argv = ["render", *missing, "--out", str(tmp_path / "o"), f"{option}={value}"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: orbit camera: " in err and message in err
+
+
+def test_invert_of_a_photo_warns_only_about_what_training_meets(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """A 1024x768 photo trains at 64x48: no "16x the model's native size" warning (that is for renders)."""
+    monkeypatch.setenv("VIEWNETI_DATA_DIR", str(tmp_path / "data"))
+    Image.new("RGB", (1024, 768), (90, 140, 200)).save(tmp_path / "photo.jpg")
+    argv = ["invert", "--model", str(tiny_model_dir), "--image", str(tmp_path / "photo.jpg"), "--name", "photo"]
+    assert cli_main([*argv, "--radius", "4", "--steps", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "training at 64x48" in err and "reference 1024x768" in err
+    assert "warning" not in err and "native size" not in err
+
+
+def write_cameras(path, cameras):
+    path.write_text(json.dumps({"cameras": cameras}))
+    return path
+
+
+def test_render_cameras_without_a_size_take_the_native_size(tiny_model_dir, tmp_path, capsys):
+    pose = orbit_pose(30, 20, 3.6).tolist()
+    cams = write_cameras(
+        tmp_path / "cams.json",
+        [{"camera_to_anchor": pose, "fov_y_deg": 35}, {"camera_to_anchor": pose, "width": 48, "height": 32}],
+    )
+    out = tmp_path / "out"
+    argv = ["render", "--model", str(tiny_model_dir), "--cameras", str(cams), "--steps", "1", "--out", str(out)]
+    assert cli_main(argv) == 0
+    assert "warning" not in capsys.readouterr().err  # not 512x512 on a 64-px model
+    assert Image.open(out / "thing_a_view000_seed0.png").size == (64, 64)  # native, square, fov_y kept
+    assert read_png_settings(out / "thing_a_view000_seed0.png")["camera"]["fov_y_deg"] == pytest.approx(35)
+    assert Image.open(out / "thing_a_view001_seed0.png").size == (48, 32)  # the file's size stays
+    no_model = ["render", "--model", str(tmp_path / "no-model"), "--out", str(out), "--cameras"]
+    half = write_cameras(tmp_path / "half.json", [{"camera_to_anchor": pose, "width": 64}])
+    assert cli_main([*no_model, str(half)]) == 2
+    assert "camera 0 gives width alone: give both width and height, or neither" in capsys.readouterr().err
+    pixels = write_cameras(tmp_path / "px.json", [{"camera_to_anchor": pose, "fy": 80.0, "cx": 30.0}])
+    assert cli_main([*no_model, str(pixels)]) == 2
+    assert "camera 0 gives fy, cx in pixels but no width and height" in capsys.readouterr().err
+    (tmp_path / "obj.json").write_text(json.dumps({"camera": []}))
+    assert cli_main([*no_model, str(tmp_path / "obj.json")]) == 2
+    assert "expected a non-empty list of cameras" in capsys.readouterr().err
+
+
+def test_invert_examples_show_the_device_default_steps_not_a_20_hour_cpu_run():
+    """README and `viewneti --help` show `invert` without --steps 3000 (20 h on the CPU toy model)
+    and give the defaults of viewneti_backend.limits."""
+    import re
+    from pathlib import Path
+
+    from viewneti_backend import limits
+    from viewneti_backend.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    epilog = build_parser().epilog or ""
+    for text in (readme, epilog):
+        examples = re.findall(r"viewneti invert [^\n]*", text)
+        assert examples and not [e for e in examples if "--steps" in e and "--steps N" not in e], examples
+    assert f"{limits.GPU_INVERT_STEPS} on a GPU, {limits.CPU_INVERT_STEPS} on a CPU" in epilog
+    assert "GPU_INVERT_STEPS" in readme and "CPU_INVERT_STEPS" in readme
+
+
+def write_split_scene(folder):
+    """A NeRF-synthetic-style folder (transforms_train.json only) whose cameras have lens distortion."""
+    folder.mkdir(parents=True)
+    frames = []
+    for i in range(2):
+        Image.new("RGB", (32, 32), (90 * i, 120, 200)).save(folder / f"r_{i}.png")
+        frames.append({"file_path": f"r_{i}.png", "transform_matrix": orbit_pose(90 * i, 20, 4).tolist()})
+    data = {"camera_angle_x": 0.7, "k1": 0.02, "frames": frames}
+    (folder / "transforms_train.json").write_text(json.dumps(data))
+
+
+def test_train_and_pretrain_say_which_split_and_that_distortion_is_ignored(tiny_model_dir, tmp_path, capsys):
+    write_split_scene(tmp_path / "data" / "obj_a")
+    argv = ["train", "--mode", "2", "--model", str(tiny_model_dir), "--data", str(tmp_path / "data" / "obj_a")]
+    argv += ["--steps", "1", "--batch-size", "1", "--grad-accum", "1", "--device", "cpu", "--out", str(tmp_path / "r")]
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "note: " in err and "has no transforms.json: using transforms_train.json" in err
+    assert "warning: the cameras have lens distortion (k1=0.02)" in err
+    # pretrain prints the same before anything else (one object: it then stops, nothing to hold out)
+    argv = ["pretrain", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--steps", "1"]
+    assert cli_main([*argv, "--device", "cpu", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "using transforms_train.json" in err and "warning: the cameras have lens distortion (k1=0.02)" in err

@@ -103,6 +103,68 @@ def test_extra_never_overrides_the_camera_and_frames_are_never_replaced(tmp_path
     assert data["scene"] == "mine" and len(data["frames"]) == 1
 
 
+def test_extra_added_later_cannot_give_a_frame_a_mask_or_distortion(tmp_path):
+    frame = TransformsFrame("a.png", Camera(orbit_pose(0, 20, 4), 40, 64, 48), extra={"note": "kept"})
+    frame.extra.update({"mask_path": "m.png", "k1": 0.3, "p2": 0.01, "file_path": "other.png"})
+    write_transforms_json(tmp_path / "t.json", [frame])
+    row = json.loads((tmp_path / "t.json").read_text())["frames"][0]
+    assert not {"mask_path", "k1", "p2"} & set(row) and row["file_path"] == "a.png" and row["note"] == "kept"
+    (back,) = read_transforms(tmp_path / "t.json").frames
+    assert back.mask_path is None and back.distortion == {} and back.extra == {"note": "kept"}
+    # the frame's own mask and distortion are written, and extra's cannot replace them either
+    own = TransformsFrame("a.png", frame.camera, "own_mask.png", distortion={"k1": 0.05})
+    own.extra.update({"mask_path": "m.png", "k1": 0.3})
+    write_transforms_json(tmp_path / "u.json", [own])
+    (back,) = read_transforms(tmp_path / "u.json").frames
+    assert back.mask_path == "own_mask.png" and back.distortion == {"k1": 0.05}
+
+
+def write_blender_nerf(folder, size, camera_angle_x, n=2):
+    """Blender-NeRF's transforms.json: camera_angle_x only (no w, h, fl_x), the size is the images'."""
+    folder.mkdir(parents=True)
+    frames = []
+    for i in range(n):
+        Image.new("RGB", size, (60 * i, 100, 150)).save(folder / f"f_{i}.png")
+        frames.append({"file_path": f"f_{i}", "transform_matrix": orbit_pose(45 * i, 15, 4).tolist()})
+    (folder / "transforms.json").write_text(json.dumps({"camera_angle_x": camera_angle_x, "frames": frames}))
+    return folder / "transforms.json"
+
+
+def test_angles_only_file_takes_the_size_from_its_images_and_round_trips(tmp_path):
+    """160x90 images, camera_angle_x 0.9 rad (51.6 deg): fov_y is 30.4 deg. The old reader guessed
+    512x512 (fov_y 51.6 deg) and the writer baked that into w/h/fl_x."""
+    tj = write_blender_nerf(tmp_path / "scene", (160, 90), 0.9)
+    fov_y = np.degrees(2 * np.arctan(np.tan(0.45) * 90 / 160))
+    assert fov_y == pytest.approx(30.40, abs=0.01)
+    tf = read_transforms(tj)
+    for fr in tf.frames:
+        assert (fr.camera.width, fr.camera.height) == (160, 90)
+        assert fr.camera.fov_y_deg == pytest.approx(fov_y) and fr.camera.fov_x_deg == pytest.approx(np.degrees(0.9))
+    out = tmp_path / "written" / "transforms.json"  # no images next to it: the size must be in the file
+    out.parent.mkdir()
+    write_transforms_json(out, tf.frames, tf.meta)
+    rows = json.loads(out.read_text())["frames"]
+    assert [(r["w"], r["h"]) for r in rows] == [(160, 90)] * 2
+    again = read_transforms(out)
+    for a, b in zip(tf.frames, again.frames):
+        assert (b.camera.width, b.camera.height) == (160, 90) and b.camera.fov_y_deg == pytest.approx(fov_y)
+        np.testing.assert_allclose(b.camera.intrinsics(), a.camera.intrinsics(), rtol=1e-12)
+    assert again.meta == tf.meta == {"camera_angle_x": 0.9}
+    scene = load_transforms_scene(tj)
+    assert scene.cameras is not None and scene.cameras[0].fov_y_deg == pytest.approx(fov_y)
+
+
+def test_angles_only_file_without_its_images_says_what_to_add(tmp_path):
+    tj = write_blender_nerf(tmp_path / "scene", (160, 90), 0.9)
+    (tmp_path / "scene" / "f_1.png").unlink()
+    with pytest.raises(InputError, match=r"frame 1 gives no image size \(w, h\) .*f_1 cannot be read"):
+        read_transforms(tj)
+    data = json.loads(tj.read_text())
+    data["frames"][1].update(w=160, h=90)  # a size in the file is enough
+    tj.write_text(json.dumps(data))
+    assert read_transforms(tj).frames[1].camera.fov_y_deg == pytest.approx(30.40, abs=0.01)
+
+
 def test_per_frame_intrinsics_override_the_top_level(tmp_path):
     frames = [
         {"file_path": "a.png", "transform_matrix": orbit_pose(0, 0, 4).tolist()},
