@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -24,7 +23,6 @@ import viewneti_backend
 from viewneti_backend import limits
 from viewneti_backend.cameras import Camera, CameraError
 from viewneti_backend.errors import NameTakenError
-from viewneti_backend.sampling_defaults import SamplingDefaults
 
 from . import API_VERSION
 from .auth import BearerTokenMiddleware
@@ -39,7 +37,7 @@ from .images import (
     encode_response_image,
     negotiate_image_type,
 )
-from .jobs import JobStore
+from .jobs import InvertSpec, JobStore, SequenceSpec
 from .middleware import BodyLimitMiddleware, PathCharactersMiddleware, RequestContextMiddleware
 from .openapi_doc import install_openapi
 from .schemas import (
@@ -82,21 +80,38 @@ def validate_name(name: str, what: str = "object name") -> str:
     return name
 
 
-def parse_camera(cam: CameraIn, what: str, config: ServerConfig, max_size: int) -> Camera:
-    try:
-        camera = Camera.from_json(cam.to_wire())
-    except CameraError as exc:
-        raise ApiError(400, f"{what}: {exc}") from None
-    if camera.width > max_size or camera.height > max_size:
+def warnings_header(warnings: list[str]) -> dict[str, str]:
+    """``X-Warnings``: a JSON array of strings, ASCII-escaped so that it is a valid header value; no
+    header when there is nothing to say."""
+    return {"X-Warnings": json.dumps(warnings, ensure_ascii=True)} if warnings else {}
+
+
+def check_size(width: int, height: int, what: str, max_size: int) -> None:
+    if width > max_size or height > max_size:
         raise ApiError(
             422,
-            f"{what}: {camera.width}x{camera.height} is larger than this server allows "
+            f"{what}: {width}x{height} is larger than this server allows "
             f"({max_size} per side, see GET /v1/health max_size): request a smaller image",
         )
+
+
+def parse_camera(cam: CameraIn, what: str, max_size: int) -> Camera:
+    try:
+        camera = cam.to_camera()
+    except CameraError as exc:
+        raise ApiError(400, f"{what}: {exc}") from None
+    check_size(camera.width, camera.height, what, max_size)
     return camera
 
 
 _ERR = {"model": ErrorOut}
+_WARNINGS_HEADER = {
+    "X-Warnings": {
+        "description": "present when the job's warnings are not empty: the same list as a JSON array of strings "
+        "(ASCII-escaped)",
+        "schema": {"type": "string"},
+    }
+}
 _COMMON = {400: _ERR, 401: _ERR, 413: _ERR, 422: _ERR, 503: _ERR}
 
 
@@ -109,6 +124,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         warmup=None if config.warmup is None else list(config.warmup),
         compile_new_shapes=config.compile_new_shapes,
         compile_processes=config.compile_processes,
+        max_steps=config.max_steps,
     )
 
     @asynccontextmanager
@@ -164,15 +180,6 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             raise ApiError(422, f"steps={steps} is more than this server allows ({config.max_steps}): use fewer steps")
         return steps
 
-    def sampling_defaults() -> SamplingDefaults:
-        """The loaded model's recommended settings (engine info), steps capped at --max-steps."""
-        raw = worker.info.get("sampling_defaults")
-        try:
-            d = SamplingDefaults.from_dict(raw) if isinstance(raw, dict) else SamplingDefaults()
-        except ValueError:  # an engine reporting nonsense: fall back to SD 2's values
-            d = SamplingDefaults()
-        return replace(d, steps=min(d.steps, config.max_steps), live_steps=min(d.live_steps, config.max_steps))
-
     # -- health and library --------------------------------------------------------------------------
     @r.get("/health", response_model=HealthOut, responses={503: _ERR})
     async def health() -> Any:
@@ -198,7 +205,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "max_size": max_size(),
             "max_steps": config.max_steps,
             "max_invert_steps": config.max_invert_steps,
-            "sampling_defaults": sampling_defaults().to_dict(),
+            "sampling_defaults": worker.sampling.to_dict(),
             "compiled_shapes": worker.compile_status(),
         }
 
@@ -247,10 +254,8 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         from viewneti_backend.render_shape import RenderShape
 
         worker.ready_or_raise()
-        identity = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
-        probe = CameraIn.model_validate({"camera_to_anchor": identity, "width": body.width, "height": body.height})
-        camera = parse_camera(probe, "size", config, max_size())
-        shape = RenderShape(body.views, camera.width, camera.height)
+        check_size(body.width, body.height, "size", max_size())  # the schema checked the rest (as for a camera)
+        shape = RenderShape(body.views, body.width, body.height)
         worker.request_compile(shape)
         status = worker.compile_status()
         if status is None:
@@ -280,11 +285,11 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
     )
     async def render(body: RenderRequest, request: Request) -> Response:
         t_arrival = getattr(request.state, "t_arrival", time.perf_counter())
-        camera = parse_camera(body.camera, "camera", config, max_size())
+        camera = parse_camera(body.camera, "camera", max_size())
         check_steps(body.steps)
         worker.ready_or_raise()
         obj = check_object(body.object)
-        steps, guidance = sampling_defaults().resolve(body.steps, body.guidance)
+        steps, guidance = worker.sampling.resolve(body.steps, body.guidance)
         task = RenderTask(
             [camera],
             obj,
@@ -325,8 +330,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             "X-Timings-Ms": json.dumps(timings, separators=(",", ":")),
             "Vary": "Accept",
         }
-        if task.warnings:  # JSON array of strings, ASCII-escaped so that it is a valid header value
-            headers["X-Warnings"] = json.dumps(task.warnings, ensure_ascii=True)
+        headers.update(warnings_header(task.warnings))
         return Response(data, media_type=media_type, headers=headers)
 
     # -- jobs ----------------------------------------------------------------------------------------
@@ -346,7 +350,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
     )
     async def create_sequence(body: SequenceRequest, request: Request) -> Any:
         ms = max_size()
-        cameras = [parse_camera(c, f"cameras[{i}]", config, ms) for i, c in enumerate(body.cameras)]
+        cameras = [parse_camera(c, f"cameras[{i}]", ms) for i, c in enumerate(body.cameras)]
         check_steps(body.steps)
         frames = body.frames if body.frames is not None else list(range(len(cameras)))
         if len(frames) != len(cameras):
@@ -363,18 +367,11 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         worker.ready_or_raise()
         obj = check_object(body.object)
         check_job_capacity()
-        steps, guidance = sampling_defaults().resolve(body.steps, body.guidance)
+        steps, guidance = worker.sampling.resolve(body.steps, body.guidance)
         # the X-Warnings strings of a single render, once for all the cameras (indices as in `cameras`);
         # on the worker thread, between renders: the engine belongs to it
         warnings = await asyncio.wrap_future(worker.submit_call(lambda engine: list(engine.render_warnings(cameras))))
-        runtime = {
-            "cameras": cameras,
-            "frames": frames,
-            "object": obj,
-            "seed": body.seed,
-            "steps": steps,
-            "guidance": guidance,
-        }
+        spec = SequenceSpec(tuple(cameras), tuple(frames), obj, body.seed, steps, guidance)
         request_record = {
             "kind": "sequence",
             "cameras": [c.to_wire() for c in body.cameras],
@@ -390,7 +387,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 len(cameras),
                 request_record,
                 request_id=getattr(request.state, "request_id", None),
-                runtime=runtime,
+                spec=spec,
                 max_active=config.max_queued_jobs,
                 warnings=warnings,
             )
@@ -402,9 +399,9 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         "/jobs/invert",
         status_code=202,
         response_model=JobCreated,
-        responses={**_COMMON, 409: _ERR, 429: _ERR, 507: _ERR},
+        responses={202: {"headers": _WARNINGS_HEADER}, **_COMMON, 409: _ERR, 429: _ERR, 507: _ERR},
     )
-    async def create_invert(body: InvertRequest, request: Request) -> Any:
+    async def create_invert(body: InvertRequest, request: Request, response: Response) -> Any:
         validate_name(body.name, "name")
         if len(body.images) != len(body.cameras):
             raise ApiError(422, f"{len(body.images)} images but {len(body.cameras)} cameras: send one camera per image")
@@ -418,7 +415,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 "GET /v1/health max_invert_steps; server option --max-invert-steps): use fewer steps",
             )
         # a reference's camera is not capped like a render: the trainer works at its own training size
-        cameras = [parse_camera(c, f"cameras[{i}]", config, limits.MAX_SIZE) for i, c in enumerate(body.cameras)]
+        cameras = [parse_camera(c, f"cameras[{i}]", limits.MAX_SIZE) for i, c in enumerate(body.cameras)]
         for i, cam in enumerate(cameras):
             problem = limits.aspect_error(cam.width, cam.height, f"cameras[{i}]")
             if problem:
@@ -451,12 +448,14 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             return raws, sizes
 
         raws, sizes = await run_in_threadpool(check_all)
-        runtime = {
-            "cameras": cameras,
-            "seed": body.seed,
-            "preview_every": body.preview_every,
-            "max_pixels": config.max_image_pixels,
-        }
+        # what the cameras' renders would warn of, at the size the trainer uses them (a photo-sized
+        # reference is resized, so its size is no warning; a camera outside the trained distances is);
+        # on the worker thread, between renders: the engine belongs to it
+        first = (sizes[0][0], sizes[0][1])
+        warnings = await asyncio.wrap_future(
+            worker.submit_call(lambda engine: list(engine.invert_warnings(cameras, first)))
+        )
+        spec = InvertSpec(tuple(cameras), body.seed, body.preview_every, config.max_image_pixels)
         request_record = {
             "kind": "invert",
             "name": body.name,
@@ -473,13 +472,15 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 request_record,
                 name=body.name,
                 request_id=getattr(request.state, "request_id", None),
-                runtime=runtime,
+                spec=spec,
                 references=raws,
                 max_active=config.max_queued_jobs,
+                warnings=warnings,
             )
         )
         worker.submit_job(job)
-        return {"job_id": job.job_id, "kind": job.kind, "total": job.total}
+        response.headers.update(warnings_header(job.warnings))
+        return {"job_id": job.job_id, "kind": job.kind, "total": job.total, "warnings": job.warnings}
 
     @r.get("/jobs", response_model=JobsOut)
     async def list_jobs() -> Any:

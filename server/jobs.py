@@ -23,15 +23,21 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from viewneti_backend.atomic_files import atomic_write_bytes
+from viewneti_backend.cameras import Camera
+from viewneti_backend.progress import Progress
 
 from .errors import ApiError
 from .events import Event, EventHub
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 log = logging.getLogger("viewneti.server")
 
@@ -64,6 +70,44 @@ def frame_filename(frame: int) -> str:
     return f"frame_{frame:06d}.png"
 
 
+@dataclass(frozen=True)
+class SequenceSpec:
+    """What a sequence job renders, as the handler validated and resolved it (memory only: the
+    persisted request record keeps the cameras as sent)."""
+
+    cameras: tuple[Camera, ...]
+    frames: tuple[int, ...]  # one frame number per camera: the output files' names
+    object: str | None
+    seed: int
+    steps: int
+    guidance: float
+
+
+@dataclass(frozen=True)
+class InvertSpec:
+    """What an inversion fits, besides the job's name and total steps; its images are spooled to the
+    job's folder and decoded only when it starts (memory only)."""
+
+    cameras: tuple[Camera, ...]  # one per reference image
+    seed: int
+    preview_every: int
+    max_pixels: int  # the decoded references' limit (--max-image-pixels)
+
+
+JobSpec = SequenceSpec | InvertSpec
+
+
+@dataclass(eq=False)
+class JobRun:
+    """A job's mutable state while it waits and runs (memory only)."""
+
+    references: int = 0  # spooled image files of an inversion (reference_NN.bin), until it ends
+    images: list[Image] | None = None  # an inversion's decoded references, while it runs
+    t_start: float = 0.0  # perf_counter when it started running
+    next_index: int = 0  # sequence: the next camera to render
+    writes: list[Future] = field(default_factory=list)  # sequence: frames being encoded and stored
+
+
 @dataclass
 class Job:
     job_id: str
@@ -81,12 +125,14 @@ class Job:
     updated: str = field(default_factory=now_iso)
     name: str | None = None  # invert: the new object's name
     request_id: str | None = None
-    # sequence: what its renders go ahead despite (Engine.render_warnings over all its cameras, the
-    # strings a single render sends as X-Warnings); computed when the job is created
+    # what the job goes ahead despite, computed when it is created: a sequence's are the strings a
+    # single render of its cameras sends as X-Warnings (Engine.render_warnings), an inversion's those of
+    # its cameras at the training size (Engine.invert_warnings)
     warnings: list[str] = field(default_factory=list)
     # -- runtime only (not persisted) ---------------------------------------------------------------
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-    runtime: dict[str, Any] = field(default_factory=dict, repr=False)
+    spec: JobSpec | None = field(default=None, repr=False)  # None for the records read back at startup
+    run: JobRun = field(default_factory=JobRun, repr=False)
     last_preview: dict[str, Any] | None = field(default=None, repr=False)
     persisted_at: float = field(default=0.0, repr=False)
 
@@ -226,7 +272,7 @@ class JobStore:
         *,
         name: str | None = None,
         request_id: str | None = None,
-        runtime: dict[str, Any] | None = None,
+        spec: JobSpec | None = None,
         references: list[bytes] | None = None,
         max_active: int | None = None,
         warnings: list[str] | None = None,
@@ -244,7 +290,7 @@ class JobStore:
             total=total,
             name=name,
             request_id=request_id,
-            runtime=runtime or {},
+            spec=spec,
             warnings=list(warnings or []),
         )
         with self._lock:
@@ -264,7 +310,7 @@ class JobStore:
             atomic_write_bytes(d / "request.json", json.dumps(request).encode(), fsync=False)
             for i, data in enumerate(references or []):
                 atomic_write_bytes(d / reference_filename(i), data, fsync=False)
-            job.runtime["references"] = len(references or [])
+            job.run.references = len(references or [])
             with self._lock:
                 self._persist(job, fsync=True)
         except OSError as exc:
@@ -289,11 +335,11 @@ class JobStore:
     def read_references(self, job: Job) -> list[bytes]:
         """The spooled image files of an inversion, in request order."""
         d = self.job_dir(job)
-        return [(d / reference_filename(i)).read_bytes() for i in range(int(job.runtime.get("references", 0)))]
+        return [(d / reference_filename(i)).read_bytes() for i in range(job.run.references)]
 
     def drop_references(self, job: Job) -> None:
         """Remove an inversion's spooled images (it has ended: they are not needed again)."""
-        n, job.runtime["references"] = int(job.runtime.get("references", 0)), 0
+        n, job.run.references = job.run.references, 0
         for i in range(n):
             try:
                 (self.job_dir(job) / reference_filename(i)).unlink()
@@ -340,13 +386,15 @@ class JobStore:
         elif state in ("cancelled", "interrupted"):
             self.hub.publish(job.job_id, state, {})
 
-    def progress(
-        self, job: Job, step: int, *, loss: float | None = None, eta_s: float | None = None, phase: str | None = None
-    ) -> None:
+    def progress(self, job: Job, p: Progress) -> None:
+        """Record and publish a progress report (its preview goes through :meth:`preview`); a report
+        without a phase keeps the job's last one."""
         with self._lock:
-            job.step, job.loss, job.eta_s = int(step), loss, eta_s
-            if phase is not None:
-                job.phase = phase
+            job.step = int(p.step)
+            job.loss = None if p.loss is None else float(p.loss)
+            job.eta_s = None if p.eta_s is None else float(p.eta_s)
+            if p.phase is not None:
+                job.phase = p.phase
             job.updated = now_iso()
         self._publish_progress(job)
         with self._lock:
@@ -364,7 +412,7 @@ class JobStore:
         with self._lock:
             job.frames_done.append(frame)
         self.hub.publish(job.job_id, "frame", self._frame_event(job, index, frame))
-        self.progress(job, len(job.frames_done), eta_s=eta_s)
+        self.progress(job, Progress(step=len(job.frames_done), total=job.total, eta_s=eta_s))
 
     def frame_path(self, job: Job, frame: int) -> Path | None:
         with self._lock:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from viewneti_backend import limits
+from viewneti_backend.cameras import Camera, fov_from_focal
 
 MAX_SEED = 2**31 - 1
 NAME_PATTERN = limits.NAME_PATTERN
@@ -128,15 +130,36 @@ class CameraIn(BaseModel):
     cx: OptPixels = None
     cy: OptPixels = None
 
+    @property
+    def fy_alone(self) -> bool:
+        """fy was sent without fov_y_deg: fy defines the vertical field of view (as in Camera.from_json)."""
+        return self.fy is not None and "fov_y_deg" not in self.model_fields_set
+
+    def to_camera(self) -> Camera:
+        """The library's camera, validated (a rigid pose, the field of view, intrinsics that agree with
+        it); raises CameraError."""
+        fov_y = fov_from_focal(self.fy, self.height) if self.fy is not None and self.fy_alone else self.fov_y_deg
+        return Camera(
+            np.asarray(self.camera_to_anchor, dtype=np.float64),
+            fov_y,
+            self.width,
+            self.height,
+            fx=self.fx,
+            fy=self.fy,
+            cx=self.cx,
+            cy=self.cy,
+        ).validated()
+
     def to_wire(self) -> dict[str, Any]:
+        """The camera as sent (fields left out stay out), for the job's persisted request record."""
         wire: dict[str, Any] = {
             "camera_to_anchor": self.camera_to_anchor,
             "fov_y_deg": self.fov_y_deg,
             "width": self.width,
             "height": self.height,
         }
-        if self.fy is not None and "fov_y_deg" not in self.model_fields_set:
-            del wire["fov_y_deg"]  # fy alone defines the vertical field of view
+        if self.fy_alone:
+            del wire["fov_y_deg"]
         wire.update({k: v for k in ("fx", "fy", "cx", "cy") if (v := getattr(self, k)) is not None})
         return wire
 
@@ -326,7 +349,10 @@ class JobOut(BaseModel):
     updated: str | None = None
     warnings: list[str] = Field(
         default=[],
-        description="a sequence's warnings: the strings a single render of its cameras sends as X-Warnings",
+        description=(
+            "what the job goes ahead despite: the strings renders from its cameras send as X-Warnings (an "
+            "inversion's at the training size, so a photo-sized reference is no size warning)"
+        ),
     )
 
 
@@ -338,7 +364,10 @@ class JobCreated(BaseModel):
     job_id: str
     kind: Literal["sequence", "invert"]
     total: int
-    warnings: list[str] = Field(default=[], description="a sequence's warnings (as in GET /v1/jobs/{id})")
+    warnings: list[str] = Field(
+        default=[],
+        description="the job's warnings (as in GET /v1/jobs/{id}); an inversion also sends them as X-Warnings",
+    )
 
 
 class CancelOut(BaseModel):

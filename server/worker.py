@@ -21,16 +21,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from viewneti_backend import limits
 from viewneti_backend.errors import Cancelled, InputError
+from viewneti_backend.progress import Progress
+from viewneti_backend.sampling_defaults import SamplingDefaults
 
 from .compiler import BackgroundCompiler
 from .errors import ApiError, NotReady, ShuttingDown, Superseded
 from .images import decode_image_bytes, encode_png, png_base64
-from .jobs import Job, JobStore
+from .jobs import InvertSpec, Job, JobStore, SequenceSpec
 
 log = logging.getLogger("viewneti.server")
 
@@ -67,6 +69,16 @@ class CallTask:
     future: Future = field(default_factory=Future)
 
 
+def capped_sampling(reported: object, max_steps: int) -> SamplingDefaults:
+    """The loaded model's recommended settings (its engine info's ``sampling_defaults``), steps capped
+    at the server's --max-steps; an engine that reports none, or nonsense, gets SD 2's values."""
+    try:
+        d = SamplingDefaults.from_dict(reported) if isinstance(reported, dict) else SamplingDefaults()
+    except ValueError:
+        d = SamplingDefaults()
+    return replace(d, steps=min(d.steps, max_steps), live_steps=min(d.live_steps, max_steps))
+
+
 def _fail(future: Future, exc: BaseException) -> None:
     if not future.done():
         try:
@@ -86,8 +98,10 @@ class Worker:
         warmup: list[str] | None = None,
         compile_new_shapes: bool = True,
         compile_processes: int = 0,
+        max_steps: int = limits.MAX_STEPS,
     ) -> None:
         self._engine_factory = engine_factory
+        self._max_steps = max_steps
         self._warmup = warmup  # shape labels such as "768x576x4"; None: the engine's defaults
         self._compile_new_shapes = compile_new_shapes
         self._compile_processes = compile_processes
@@ -107,6 +121,8 @@ class Worker:
         self.state = "loading"  # loading | ready | failed | stopped
         self.load_error: str | None = None
         self.info: dict[str, Any] = {}
+        # what renders that leave steps/guidance out use: set once when the model has loaded
+        self.sampling = capped_sampling(None, max_steps)
         self.objects: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -218,7 +234,7 @@ class Worker:
             else:
                 cancel_now = False
         if cancel_now:
-            job.runtime.pop("images", None)  # never decoded while queued; dropped in any case
+            job.run.images = None  # never decoded while queued; dropped in any case
             self._store.set_state(job, "cancelled")
             return "cancelled"
         return "cancelling"
@@ -245,8 +261,9 @@ class Worker:
             for j in jobs:
                 self._store.set_state(j, "error", error=f"the model failed to load: {self.load_error}")
             return
+        sampling = capped_sampling(info.get("sampling_defaults"), self._max_steps)
         with self._cv:
-            self.engine, self.info, self.objects = engine, info, objects
+            self.engine, self.info, self.objects, self.sampling = engine, info, objects, sampling
             self.state = "ready"
         log.info("model ready in %.1fs: %s", time.perf_counter() - t0, ", ".join(f"{k}={v}" for k, v in info.items()))
         if getattr(engine, "compiled", False):
@@ -277,7 +294,7 @@ class Worker:
                     self._current = None
         for job in leftover:  # e.g. a sequence stopped between two frames
             if not job.terminal:
-                job.runtime.pop("images", None)
+                job.run.images = None
                 self._store.set_state(
                     job, "interrupted", error="the server shut down while this job was running; submit it again"
                 )
@@ -368,7 +385,8 @@ class Worker:
 
     # -- jobs ----------------------------------------------------------------------------------------
     def _finish_job(self, job: Job, state: str, **fields: Any) -> None:
-        for w in job.runtime.pop("writes", []):  # frames already rendered are stored before the final event
+        writes, job.run.writes = job.run.writes, []
+        for w in writes:  # frames already rendered are stored before the final event
             try:
                 w.result()
             except Exception:  # noqa: BLE001 - a failed write is reported by the 'done' path, not here
@@ -376,7 +394,7 @@ class Worker:
         with self._cv:
             if job in self._jobs:
                 self._jobs.remove(job)
-        job.runtime.pop("images", None)  # free the decoded references
+        job.run.images = None  # free the decoded references
         self._store.set_state(job, state, **fields)
 
     def _run_job_unit(self, job: Job) -> None:
@@ -385,16 +403,19 @@ class Worker:
 
         try:
             if job.state == "queued":
-                job.runtime["t_start"] = time.perf_counter()
+                job.run.t_start = time.perf_counter()
                 self._store.set_state(job, "running")
             if should_stop():
                 raise Cancelled()
-            if job.kind == "invert" and "images" not in job.runtime:
-                self._decode_references(job)
-            if job.kind == "sequence":
-                self._sequence_frame(job, should_stop)
+            spec = job.spec
+            if isinstance(spec, SequenceSpec):
+                self._sequence_frame(job, spec, should_stop)
+            elif isinstance(spec, InvertSpec):
+                if job.run.images is None:
+                    self._decode_references(job, spec)
+                self._invert(job, spec, should_stop)
             else:
-                self._invert(job, should_stop)
+                raise ApiError(500, f"the {job.kind} job {job.job_id} has nothing to run (no spec): submit it again")
         except Cancelled:
             if job.cancel.is_set():
                 self._finish_job(job, "cancelled")
@@ -418,40 +439,33 @@ class Worker:
             log.exception("job %s failed", job.job_id)
             self._finish_job(job, "error", error=f"internal error ({type(exc).__name__}: {exc}); see the server log")
 
-    def _decode_references(self, job: Job) -> None:
+    def _decode_references(self, job: Job, spec: InvertSpec) -> None:
         """Decode an inversion's spooled image files now that it runs (a queued job holds no pixels)."""
-        rt = job.runtime
         try:
             raws = self._store.read_references(job)
         except OSError as exc:
             raise ApiError(500, f"the job's reference images could not be read back ({exc}); submit it again") from None
-        rt["images"] = [
-            decode_image_bytes(
-                raw, what=f"images[{i}]", max_pixels=int(rt.get("max_pixels") or limits.MAX_REFERENCE_PIXELS)
-            )
-            for i, raw in enumerate(raws)
+        job.run.images = [
+            decode_image_bytes(raw, what=f"images[{i}]", max_pixels=spec.max_pixels) for i, raw in enumerate(raws)
         ]
 
-    def _sequence_frame(self, job: Job, should_stop: Callable[[], bool]) -> None:
+    def _sequence_frame(self, job: Job, spec: SequenceSpec, should_stop: Callable[[], bool]) -> None:
         """Render the next frames of a sequence in one engine call (``engine.sequence_batch`` views per
         UNet call; their poses in one text-encoder call), then hand them to the frame writer, which
         encodes and stores them while the worker renders the next ones (or serves live renders)."""
-        rt = job.runtime
-        cams, frames = rt["cameras"], rt["frames"]
-        i = rt.setdefault("next_index", len(job.frames_done))
+        run = job.run
+        i = run.next_index
         n = max(1, int(getattr(self.engine, "sequence_batch", 1)))
-        batch = cams[i : i + n]
-        images = self.engine.render(
-            batch, rt["object"], rt["seed"], rt["steps"], rt["guidance"], should_stop=should_stop
-        )
-        rt["next_index"] = i + len(batch)
-        last = rt["next_index"] >= job.total
-        writes = rt.setdefault("writes", [])
-        writes.append(self._frame_writer.submit(self._write_frames, job, i, frames[i : i + len(batch)], images))
+        batch = list(spec.cameras[i : i + n])
+        images = self.engine.render(batch, spec.object, spec.seed, spec.steps, spec.guidance, should_stop=should_stop)
+        run.next_index = i + len(batch)
+        last = run.next_index >= job.total
+        frames = list(spec.frames[i : i + len(batch)])
+        run.writes.append(self._frame_writer.submit(self._write_frames, job, i, frames, images))
         if last:
-            for w in writes:
+            for w in run.writes:
                 w.result()  # re-raises a failed write: the job ends 'error', not 'done'
-            writes.clear()
+            run.writes.clear()
             self._finish_job(job, "done", result={"frames": list(job.frames_done)}, eta_s=0.0)
 
     def _write_frames(self, job: Job, first: int, frames: list[int], images: list[Any]) -> None:
@@ -462,38 +476,26 @@ class Worker:
             if job.terminal:  # cancelled meanwhile: no frame events after the final one
                 return
             done = first + k + 1
-            elapsed = time.perf_counter() - job.runtime["t_start"]
+            elapsed = time.perf_counter() - job.run.t_start
             self._store.frame_done(job, first + k, frames[k], png, eta_s=round(elapsed / done * (job.total - done), 2))
 
-    def _invert(self, job: Job, should_stop: Callable[[], bool]) -> None:
-        rt = job.runtime
-
-        def on_progress(p: dict[str, Any]) -> None:
-            step = int(p.get("step", 0))
-            loss = p.get("loss")
-            eta = p.get("eta_s")
-            self._store.progress(
-                job,
-                step,
-                loss=None if loss is None else float(loss),
-                eta_s=None if eta is None else float(eta),
-                phase=p.get("phase"),
-            )
-            preview = p.get("preview")
-            if preview is not None:
-                self._store.preview(job, step, png_base64(preview))
+    def _invert(self, job: Job, spec: InvertSpec, should_stop: Callable[[], bool]) -> None:
+        def on_progress(p: Progress) -> None:
+            self._store.progress(job, p)
+            if p.preview is not None:
+                self._store.preview(job, p.step, png_base64(p.preview))
             if self._serve_during_jobs:
                 self._serve_pending_tasks()
 
         result = self.engine.invert(
-            rt["images"],
-            rt["cameras"],
+            job.run.images,
+            list(spec.cameras),
             job.name,
             job.total,
-            seed=rt["seed"],
+            seed=spec.seed,
             on_progress=on_progress,
             should_stop=should_stop,
-            preview_every=rt["preview_every"],
+            preview_every=spec.preview_every,
         )
         self.objects = list(self.engine.list_objects())
         job.step = job.total

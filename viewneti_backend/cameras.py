@@ -111,7 +111,7 @@ class Camera:
         if "fov_y_deg" in data and data["fov_y_deg"] is not None:
             fov_y = float(data["fov_y_deg"])
         elif fy is not None and math.isfinite(fy) and fy > 0:
-            fov_y = math.degrees(2.0 * math.atan(0.5 * height / fy))  # fy alone defines the vertical fov
+            fov_y = fov_from_focal(fy, height)  # fy alone defines the vertical fov
         else:
             fov_y = 39.6
         cam = cls(
@@ -408,8 +408,13 @@ def centre_crop_box(width: int, height: int, aspect: float) -> tuple[float, floa
     return (0.0, (height - h) / 2.0, float(width), (height + h) / 2.0)
 
 
+def fov_from_focal(focal: float, size: int) -> float:
+    """The field of view in degrees of a focal length in pixels across an image side of ``size`` pixels."""
+    return math.degrees(2.0 * math.atan(0.5 * size / focal))
+
+
 def fov_y_from_intrinsics(k: np.ndarray, height: int) -> float:
-    return math.degrees(2.0 * math.atan(0.5 * height / float(k[1, 1])))
+    return fov_from_focal(float(k[1, 1]), height)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -313,6 +313,7 @@ def cmd_invert(args) -> int:
 
     from .engine import default_invert_steps
     from .messages import print_warnings
+    from .progress import Progress
     from .tokens import validate_token_name
 
     validate_token_name(args.name)  # names and files first: loading the model takes a while
@@ -331,17 +332,17 @@ def cmd_invert(args) -> int:
         f"{engine.base.device}{_eta_hint(engine.base.device, steps)}",
         file=sys.stderr,
     )
-    # about what inversion does: it trains at width x height (never far above the native size), so only
-    # the cameras' own problems (e.g. a distance outside the view-mapper's trained range) apply
-    print_warnings(engine.render_warnings([c.with_size(width, height) for c in cameras]))
+    # what inversion does: it trains at width x height, so only the cameras' own problems apply (the server's rule)
+    print_warnings(engine.invert_warnings(cameras, images[0].size))
     bar = tqdm(total=steps, desc=f"invert {args.name}", unit="step")
 
-    def progress(ev):
-        if ev.get("phase") == "compiling":  # step 0: the first inversion at this size compiles (minutes on CUDA)
+    def progress(p: Progress) -> None:
+        if p.phase == "compiling":  # step 0: the first inversion at this size compiles (minutes on CUDA)
             bar.set_postfix_str("compiling the training graph")
             return
-        bar.update(ev["step"] - bar.n)
-        bar.set_postfix(loss=f"{ev['loss']:.4f}")
+        bar.update(p.step - bar.n)
+        if p.loss is not None:
+            bar.set_postfix(loss=f"{p.loss:.4f}")
 
     source = {"views": _views(args.views) or [0]} if args.transforms else {"image": str(args.image)}
     entry = engine.invert(images, cameras, args.name, steps, seed=args.seed, on_progress=progress, source=source)

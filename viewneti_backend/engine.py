@@ -40,6 +40,7 @@ from .limits import (  # noqa: F401 - the inversion defaults are re-exported for
 )
 from .mapper import NeTIMapper
 from .pipeline import ViewNeTIPipeline
+from .progress import Progress
 from .render_shape import RenderShape
 from .sampling_defaults import BUNDLE_DIR, SamplingDefaults
 from .tokens import ObjectLibrary, validate_token_name
@@ -442,6 +443,13 @@ class Engine:
             out.extend(param.range_warnings(self.mapper_cameras(cameras, use_rig=use_rig)))
         return out
 
+    def invert_warnings(self, cameras: Sequence[Camera], reference_size: tuple[int, int]) -> list[str]:
+        """:meth:`render_warnings` of an inversion's cameras as the trainer uses them: at the training
+        size of a ``reference_size`` image (as :meth:`invert` resizes them), so a photo-sized reference
+        is no size warning, while a camera outside the trained range (which training clamps) is one."""
+        width, height = training_size(self.base.native_size, reference_size, self.train_long_side)
+        return self.render_warnings([c.with_size(width, height) for c in cameras])
+
     # -- inversion (ViewNeTI mode 5) ----------------------------------------------------------------
     def training_size(self, image: Image.Image) -> tuple[int, int]:
         """Long side = min(native, 512) (the paper trains SD 2 at 512x384), aspect kept, multiples of 8."""
@@ -455,7 +463,7 @@ class Engine:
         steps: int,
         *,
         seed: int = 0,
-        on_progress: Callable[[dict], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         preview_every: int = 0,
         config: TrainConfig | None = None,
@@ -491,7 +499,7 @@ class Engine:
         compiling = self.compile_mode is not None and size not in self._compiled_training_sizes
         if on_progress is not None and compiling:
             # step 1 will compile the training graph first: say so, since no step completes for minutes
-            on_progress({"step": 0, "total": steps, "loss": None, "eta_s": None, "preview": None, "phase": "compiling"})
+            on_progress(Progress(step=0, total=steps, phase="compiling"))
         t0 = time.perf_counter()
         preview_cam = cams[0]
         t_step1 = t0
@@ -509,10 +517,10 @@ class Engine:
                 eta = None if compiling else (now - t0) * (total - 1)  # a compiling step 1 says nothing of the pace
             else:
                 eta = (now - t_step1) / (step - 1) * (total - step)
-            event = {"step": step, "total": total, "loss": loss, "eta_s": eta, "preview": None, "phase": "training"}
+            preview = None
             if preview_every and (step % preview_every == 0 or step == total):
                 mapper = trainer.object_mappers[0].eval()
-                event["preview"] = self.pipeline(
+                preview = self.pipeline(
                     [preview_cam],
                     mapper,
                     seed=seed,
@@ -522,7 +530,7 @@ class Engine:
                     should_stop=should_stop,  # a cancel during a preview stops at its next denoising step
                 )[0]
                 mapper.train()
-            on_progress(event)
+            on_progress(Progress(step=step, total=total, loss=loss, eta_s=eta, phase="training", preview=preview))
 
         trainer.train(on_step=report, should_stop=should_stop, progress=False)  # Cancelled propagates: nothing saved
         mapper = trainer.object_mappers[0].eval().requires_grad_(False)

@@ -44,12 +44,12 @@ def test_compiled_engine_inverts_then_renders(engines):
     seen = []
     entry = compiled.invert([reference], [cam], "cuda_probe", steps=12, on_progress=seen.append, preview_every=6)
     # the first inversion at this size compiles the training graph and says so first (step 0, no ETA)
-    assert seen[0]["phase"] == "compiling" and seen[0]["step"] == 0 and seen[0]["eta_s"] is None
+    assert seen[0].phase == "compiling" and seen[0].step == 0 and seen[0].eta_s is None
     events = seen[1:]
-    assert entry["name"] == "cuda_probe" and [e["step"] for e in events] == list(range(1, 13))
-    assert all(e["phase"] == "training" for e in events)
-    assert all(np.isfinite(e["loss"]) for e in events)
-    assert events[5]["preview"] is not None and events[5]["preview"].size == (64, 64)
+    assert entry["name"] == "cuda_probe" and [e.step for e in events] == list(range(1, 13))
+    assert all(e.phase == "training" for e in events)
+    assert all(e.loss is not None and np.isfinite(e.loss) for e in events)
+    assert events[5].preview is not None and events[5].preview.size == (64, 64)
     # renders keep working after the training graph ran, at a new batch size too
     views = compiled.render([cam, cam.with_size(64, 64)], "cuda_probe", seed=1, steps=10, guidance=2.0)
     single = compiled.render([cam], "cuda_probe", seed=1, steps=10, guidance=2.0)[0]

@@ -10,6 +10,7 @@ from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.engine import Engine
 from viewneti_backend.errors import Cancelled, IncompatibleModelError, InputError, NotFoundError
 from viewneti_backend.mapper import NeTIMapper
+from viewneti_backend.progress import Progress
 from viewneti_backend.testing import build_tiny_pipeline
 from viewneti_backend.training import TrainConfig
 
@@ -68,9 +69,9 @@ def test_invert_saves_a_token_that_renders_and_survives_reload(engine, tiny_mode
     events = []
     entry = engine.invert([ref], [cam(30)], "my_obj", steps=4, on_progress=events.append, preview_every=2)
     assert entry["name"] == "my_obj" and not entry["builtin"] and entry["steps"] == 4
-    assert [e["step"] for e in events] == [1, 2, 3, 4]
-    assert all(e["loss"] > 0 and e["eta_s"] >= 0 for e in events)
-    assert events[1]["preview"] is not None and events[0]["preview"] is None
+    assert [e.step for e in events] == [1, 2, 3, 4]
+    assert all(e.loss is not None and e.loss > 0 and e.eta_s is not None and e.eta_s >= 0 for e in events)
+    assert events[1].preview is not None and events[0].preview is None
     img = engine.render([cam(200)], "my_obj", seed=0, steps=5)[0]
     # reload from disk: same token, same image
     fresh = Engine.load(str(tiny_model_dir), library_dir=engine.library.user_dir)
@@ -107,7 +108,7 @@ def test_cancelled_inversion_writes_nothing(engine):
             [cam(0)],
             "never",
             steps=50,
-            on_progress=lambda e: steps.append(e["step"]),
+            on_progress=lambda e: steps.append(e.step),
             should_stop=lambda: len(steps) >= 2,
         )
     assert len(steps) == 2
@@ -285,9 +286,9 @@ def test_inversion_eta_leaves_out_the_first_step(engine, monkeypatch):
     ref = Image.new("RGB", (64, 64), "blue")
     events = []
     engine.invert([ref], [cam(10)], "eta_probe", steps=5, on_progress=events.append)
-    assert [e["step"] for e in events] == [1, 2, 3, 4, 5]
-    assert events[0]["eta_s"] == pytest.approx(100.0 * 4)  # only step 1 known: its own time
-    assert [e["eta_s"] for e in events[1:]] == pytest.approx([3.0, 2.0, 1.0, 0.0])  # 1 s a step after step 1
+    assert [e.step for e in events] == [1, 2, 3, 4, 5]
+    assert events[0].eta_s == pytest.approx(100.0 * 4)  # only step 1 known: its own time
+    assert [e.eta_s for e in events[1:]] == pytest.approx([3.0, 2.0, 1.0, 0.0])  # 1 s a step after step 1
     engine.delete_object("eta_probe")
 
 
@@ -300,7 +301,7 @@ def test_first_compiled_inversion_at_a_size_says_it_is_compiling(engine, monkeyp
     eager = []
     engine.invert([ref], [cam(5)], "phase_eager", steps=1, on_progress=eager.append)
     engine.delete_object("phase_eager")
-    assert [(e["step"], e["phase"]) for e in eager] == [(1, "training")]
+    assert [(e.step, e.phase) for e in eager] == [(1, "training")]
 
     monkeypatch.setattr(engine, "compile_mode", "reduce-overhead")
     monkeypatch.setattr(engine, "_compiled_training_sizes", set())
@@ -316,9 +317,9 @@ def test_first_compiled_inversion_at_a_size_says_it_is_compiling(engine, monkeyp
     )
     for name in ("phase_first", "phase_second", "phase_wide"):
         engine.delete_object(name)
-    assert first[0] == {"step": 0, "total": 2, "loss": None, "eta_s": None, "preview": None, "phase": "compiling"}
-    assert [(e["step"], e["phase"]) for e in first[1:]] == [(1, "training"), (2, "training")]
-    assert first[1]["eta_s"] is None and first[2]["eta_s"] is not None  # a compiling step 1 says nothing of the pace
-    assert second[0]["eta_s"] is not None
-    assert [(e["step"], e["phase"]) for e in second] == [(1, "training")]  # this size is compiled already
-    assert [(e["step"], e["phase"]) for e in wide] == [(0, "compiling"), (1, "training")]  # a new size compiles
+    assert first[0] == Progress(step=0, total=2, loss=None, eta_s=None, phase="compiling", preview=None)
+    assert [(e.step, e.phase) for e in first[1:]] == [(1, "training"), (2, "training")]
+    assert first[1].eta_s is None and first[2].eta_s is not None  # a compiling step 1 says nothing of the pace
+    assert second[0].eta_s is not None
+    assert [(e.step, e.phase) for e in second] == [(1, "training")]  # this size is compiled already
+    assert [(e.step, e.phase) for e in wide] == [(0, "compiling"), (1, "training")]  # a new size compiles

@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from viewneti_backend.cameras import size_for_long_side
 from viewneti_backend.errors import Cancelled, InputError, NotFoundError
+from viewneti_backend.progress import Progress
 
 BUILTIN = "toy_000"
+NATIVE = 64  # the fake model's native size
 SAMPLING = {"guidance": 2.0, "steps": 5, "live_steps": 2}  # like a model's viewneti/sampling.json
 
 
@@ -51,7 +54,7 @@ class FakeEngine:
             "dtype": "float32",
             "view_mapper": "fake-view-mapper",
             "default_object": BUILTIN,
-            "native_size": 64,
+            "native_size": NATIVE,
             "sequence_batch": self.sequence_batch,
             "invert_steps": 150,  # like the engine on a CPU (sampling_defaults.default_invert_steps)
             "max_size": 2048,
@@ -141,8 +144,13 @@ class FakeEngine:
 
     def render_warnings(self, cameras, *, with_view=True, use_rig=True):
         """Like the engine's: one string for sizes above 2x the fake model's native size (64 px)."""
-        big = [c for c in cameras if max(c.width, c.height) > 2 * 64]
+        big = [c for c in cameras if max(c.width, c.height) > 2 * NATIVE]
         return [f"{big[0].width}x{big[0].height}: larger than 2x the fake model's native size (64 px)"] if big else []
+
+    def invert_warnings(self, cameras, reference_size):
+        """Like the engine's: the render warnings of the cameras at the training size (long side 64)."""
+        width, height = size_for_long_side(reference_size[0], reference_size[1], NATIVE)
+        return self.render_warnings([c.with_size(width, height) for c in cameras])
 
     def invert(self, images, cameras, name, steps, *, seed=0, on_progress=None, should_stop=None, preview_every=0):
         if self.has_object(name):
@@ -159,14 +167,14 @@ class FakeEngine:
                     preview = Image.new("RGB", (32, 32), (step % 256, 0, 0))
                 el = time.perf_counter() - t0
                 on_progress(
-                    {
-                        "step": step,
-                        "total": steps,
-                        "loss": 1.0 / step,
-                        "eta_s": el / step * (steps - step),
-                        "preview": preview,
-                        "phase": "training",
-                    }
+                    Progress(
+                        step=step,
+                        total=steps,
+                        loss=1.0 / step,
+                        eta_s=el / step * (steps - step),
+                        phase="training",
+                        preview=preview,
+                    )
                 )
         entry = {
             "name": name,

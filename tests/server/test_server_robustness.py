@@ -88,10 +88,7 @@ def test_queued_and_cancelled_inversions_hold_no_decoded_images(tmp_path):
         store = app.state.store
 
         def pil_images(job_id: str) -> list:
-            rt = store.get(job_id).runtime
-            return [
-                v for vs in rt.values() for v in (vs if isinstance(vs, list) else [vs]) if isinstance(v, Image.Image)
-            ]
+            return store.get(job_id).run.images or []
 
         while store.get(running).state != "running":
             time.sleep(0.02)

@@ -18,9 +18,10 @@ from server.config import ServerConfig, is_loopback_host
 from server.errors import ApiError, Superseded
 from server.events import EventHub, job_event_stream
 from server.images import decode_base64_image
-from server.jobs import JobStore
+from server.jobs import InvertSpec, JobStore
 from server.worker import RenderTask, Worker
 from viewneti_backend.cameras import Camera, orbit_pose
+from viewneti_backend.progress import Progress
 
 
 def _encode(fmt: str, size=(40, 30), mode="RGB") -> str:
@@ -136,7 +137,7 @@ class CompilingEngine(FakeEngine):
 
     def invert(self, images, cameras, name, steps, *, on_progress=None, **kw):
         if on_progress:
-            on_progress({"step": 0, "total": steps, "loss": None, "eta_s": None, "preview": None, "phase": "compiling"})
+            on_progress(Progress(step=0, total=steps, phase="compiling"))
         return super().invert(images, cameras, name, steps, on_progress=on_progress, **kw)
 
 
@@ -157,8 +158,9 @@ def test_inversion_phase_reaches_the_event_stream_and_the_job_record(tmp_path):
             3,
             {},
             name="phased",
-            runtime={"images": [None], "cameras": [_cam()], "seed": 0, "preview_every": 0},
+            spec=InvertSpec(cameras=(_cam(),), seed=0, preview_every=0, max_pixels=64 * 64),
         )
+        job.run.images = [Image.new("RGB", (32, 32))]  # decoded already (no spooled file to read)
         assert job.public()["phase"] is None
         out = []
 
@@ -201,8 +203,8 @@ def test_job_records_without_phase_still_load(tmp_path):
     loaded = store2.get(job.job_id)
     assert loaded.state == "done" and loaded.phase is None
     assert JobOut.model_validate(loaded.public()).phase is None
-    store2.progress(loaded, 1, phase="training")
-    store2.progress(loaded, 2)  # no phase given: the last one stays
+    store2.progress(loaded, Progress(step=1, total=5, phase="training"))
+    store2.progress(loaded, Progress(step=2, total=5))  # no phase given: the last one stays
     assert loaded.public()["phase"] == "training" and store2.snapshot_events(loaded)[0][1]["phase"] == "training"
 
 
