@@ -10,7 +10,7 @@ except ImportError:  # imported outside Blender, e.g. by `python -m blender_addo
     bpy = None
 
 if bpy is not None:
-    from . import export, operators, panel, properties, runtime
+    from . import backend, export, operators, panel, properties, session
 
     _register_classes, _unregister_classes = bpy.utils.register_classes_factory(
         properties.CLASSES + operators.CLASSES + panel.CLASSES
@@ -21,16 +21,16 @@ if bpy is not None:
             raise RuntimeError("the ViewNeTI add-on registers only inside Blender")
         _register_classes()
         properties.register_properties()
-        if runtime.on_load_pre not in bpy.app.handlers.load_pre:
-            bpy.app.handlers.load_pre.append(runtime.on_load_pre)
+        if session.on_load_pre not in bpy.app.handlers.load_pre:
+            bpy.app.handlers.load_pre.append(session.on_load_pre)
 
     def unregister():
         if bpy is None:  # unreachable, as in register()
             raise RuntimeError("the ViewNeTI add-on unregisters only inside Blender")
         export.cancel_active()
-        runtime.shutdown(cancel_job=True)
-        runtime.stop_backend()
-        if runtime.on_load_pre in bpy.app.handlers.load_pre:
-            bpy.app.handlers.load_pre.remove(runtime.on_load_pre)
+        session.shutdown()
+        backend.stop_backend()
+        if session.on_load_pre in bpy.app.handlers.load_pre:
+            bpy.app.handlers.load_pre.remove(session.on_load_pre)
         properties.unregister_properties()
         _unregister_classes()

@@ -8,7 +8,7 @@ distances; the rotation sent must be orthonormal, so every scale is removed from
 
 import math
 
-from .limits import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE  # noqa: F401 - MAX_SIZE is used by runtime.py
+from .limits import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE
 
 IDENTITY = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 

@@ -52,7 +52,8 @@ class Superseded(BackendError):
 
 
 class StreamSilent(BackendUnavailable):
-    """An event stream sent nothing but keep-alives for too long (the caller polls the job instead)."""
+    """An event stream completed no event for too long: keep-alives only, or a line that never ends
+    (the caller polls the job instead)."""
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -125,12 +126,23 @@ def check_image(data, expected=None, what="image"):
     return size
 
 
+def shutdown_socket(sock):
+    """End every read and write on `sock` now, also one blocked in another thread (it sees the end)."""
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class _Watchdog:
     """Shuts the connection's socket down at the deadline, so that no read can outlive the call's
     timeout (a socket timeout alone restarts with every byte a trickling server sends)."""
 
-    def __init__(self, conn, seconds):
+    def __init__(self, conn, seconds, sock=None):
         self.conn = conn
+        # the socket once connected: http.client forgets conn.sock when a response closes the connection
+        self.sock = sock
         self.fired = False
         self._timer = threading.Timer(max(0.0, seconds), self._fire)
         self._timer.daemon = True
@@ -138,12 +150,7 @@ class _Watchdog:
 
     def _fire(self):
         self.fired = True
-        sock = getattr(self.conn, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown_socket(self.sock or getattr(self.conn, "sock", None))
 
     def cancel(self):
         self._timer.cancel()
@@ -271,46 +278,75 @@ def parse_sse(lines):
 
 
 class EventStream:
-    """An open SSE response; iterate for events, `close()` from any thread to stop reading."""
+    """An open SSE response; iterate for events, `close()` from any thread to stop reading.
 
-    def __init__(self, conn, response, max_silence=None, max_line=limits.MAX_SSE_LINE_BYTES):
+    With `max_silence` (seconds), a stream that completes no event for that long ends with
+    `StreamSilent`, whatever it sends meanwhile: keep-alives, or one line trickled a byte at a time (a
+    watchdog shuts the socket down at the deadline; a socket timeout alone restarts with every byte).
+    The time the caller spends on an event does not count. One event is at most `max_line` bytes.
+    """
+
+    def __init__(self, conn, response, sock=None, max_silence=None, max_line=limits.MAX_SSE_LINE_BYTES):
         self._conn = conn
         self._response = response
+        self._sock = sock  # the connection's socket: close() shuts it down to end a blocked read
         self.closed = False
         self.max_silence = max_silence  # seconds without an event (keep-alives don't count): StreamSilent
         self.max_line = max_line
+        self._dog = None
+
+    def _arm(self):
+        if self.max_silence is not None:
+            self._dog = _Watchdog(self._conn, self.max_silence, self._sock)
+        return time.monotonic()
+
+    def _disarm(self):
+        if self._dog is not None:
+            self._dog.cancel()
+
+    def _silent(self):
+        return StreamSilent(f"The job's event stream completed no event for {self.max_silence:g} s.")
 
     def __iter__(self):
         parser = SSEParser()
-        last_event = time.monotonic()
         pending = 0  # bytes of the event being assembled
+        last_event = self._arm()
         try:
             while True:
                 line = self._response.readline(self.max_line + 1)
+                if self._dog is not None and self._dog.fired:
+                    raise self._silent()
                 if not line:
                     return
                 pending += len(line)
                 if len(line) > self.max_line or pending > self.max_line:
                     raise BackendError(_too_large("event", self.max_line))
                 event = parser.feed_line(line)
-                now = time.monotonic()
                 if event is not None:
-                    pending, last_event = 0, now
+                    pending = 0
+                    self._disarm()
                     yield event
+                    last_event = self._arm()
                 elif not line.strip():
                     pending = 0
-                if self.max_silence is not None and now - last_event > self.max_silence:
-                    raise StreamSilent(f"The job's event stream sent only keep-alives for {self.max_silence:g} s.")
+                if self.max_silence is not None and time.monotonic() - last_event > self.max_silence:
+                    raise self._silent()
         except (AttributeError, ValueError, OSError, http.client.HTTPException):
+            if self._dog is not None and self._dog.fired:
+                raise self._silent() from None
             # close() from another thread makes the response unreadable: that is a normal end
             if self.closed:
                 return
             raise
         finally:
+            self._disarm()
             self.close()
+            self._response.close()
 
     def close(self):
+        """Stop reading, from any thread: a read blocked on the socket ends at once."""
         self.closed = True
+        shutdown_socket(self._sock)
         try:
             self._conn.close()
         except OSError:
@@ -358,7 +394,7 @@ class Client:
         return cls(self._host, self._port, timeout=timeout)
 
     def _send(self, method, path, body=None, timeout=None, accept="application/json", watchdog=None):
-        """Send a request; return (connection, response) or raise a user-facing BackendError.
+        """Send a request; return (connection, response, socket) or raise a user-facing BackendError.
 
         The connection, the request and the response head must complete within `timeout` (the
         watchdog's deadline); the caller reads the body under the same watchdog, then cancels it."""
@@ -376,6 +412,7 @@ class Client:
             watchdog.append(dog)
         try:
             conn.request(method, self._prefix + path, body=data, headers=headers)
+            dog.sock = conn.sock
             response = conn.getresponse()
         except ConnectionRefusedError:
             dog.cancel()
@@ -416,7 +453,7 @@ class Client:
             raise self._http_error(method, path, response.status, payload)
         if watchdog is None:
             dog.cancel()
-        return conn, response
+        return conn, response, dog.sock
 
     def _http_error(self, method, path, status, payload):
         message, body = _error_text(payload)
@@ -426,6 +463,13 @@ class Client:
             return BackendError(
                 "The backend refused the request (401): set its access token in the add-on "
                 "preferences." + (f" Server said: {message}" if message else ""),
+                status,
+                body,
+            )
+        if status == 421:  # the server's words say which address to use instead
+            return BackendError(
+                f"The backend at {self.base_url} refused this address (421): {message or 'not a name of the server'}. "
+                "Set the Backend URL in the add-on preferences to an address it accepts.",
                 status,
                 body,
             )
@@ -458,7 +502,7 @@ class Client:
 
     def _call(self, method, path, body=None, timeout=None, accept="application/json", limit=limits.MAX_JSON_BYTES):
         dogs = []
-        conn, response = self._send(method, path, body, timeout, accept, watchdog=dogs)
+        conn, response, _sock = self._send(method, path, body, timeout, accept, watchdog=dogs)
         try:
             payload = read_capped(response, limit)
             headers = {k.lower(): v for k, v in response.getheaders()}
@@ -513,15 +557,11 @@ class Client:
         self._json("DELETE", "/v1/objects/" + urllib.parse.quote(name, safe=""))
 
     def rename_object(self, name, new_name):
-        """POST /v1/objects/{name}/rename; returns the object's new entry."""
-        try:
-            return self._json(
-                "POST", "/v1/objects/" + urllib.parse.quote(name, safe="") + "/rename", {"new_name": new_name}
-            )
-        except BackendError as exc:
-            if exc.status == 409:
-                raise BackendError(f"An object named '{new_name}' already exists: pick another name.", 409) from None
-            raise
+        """POST /v1/objects/{name}/rename; returns the object's new entry. A refusal (409: the new name
+        is taken, the object is built in, an inversion of that name runs) is the backend's own text."""
+        return self._json(
+            "POST", "/v1/objects/" + urllib.parse.quote(name, safe="") + "/rename", {"new_name": new_name}
+        )
 
     def render(self, request: dict, timeout=None, accept=STILL_ACCEPT):
         """POST /v1/render; returns a `RenderResult` with the image bytes (PNG, or JPEG if `accept` prefers it)."""
@@ -582,12 +622,12 @@ class Client:
         return self.get_bytes(f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}/frames/{int(frame)}")
 
     def events(self, job_id, timeout=None, max_silence=None):
-        """Open the job's SSE stream; the socket timeout bounds the silence between two lines, and
-        `max_silence` (seconds) the time without an event (keep-alives only: StreamSilent)."""
-        conn, response = self._send(
+        """Open the job's SSE stream: the headers must come within `timeout`; then `max_silence`
+        (seconds) bounds the time without a complete event, however the server fills it (StreamSilent)."""
+        conn, response, sock = self._send(
             "GET",
             f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}/events",
             timeout=timeout,
             accept="text/event-stream",
         )
-        return EventStream(conn, response, max_silence=max_silence)
+        return EventStream(conn, response, sock, max_silence=max_silence)

@@ -31,11 +31,8 @@ from dataclasses import dataclass, field
 import bpy
 from mathutils import Matrix, Vector
 
-from . import camera_pose
+from . import camera_pose, limits
 
-# The backend's object-name rule (viewneti_backend.tokens.NAME_PATTERN; a test keeps them equal): each
-# folder name becomes an object token name in mode-3 training.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXPORT_FORMAT = "viewneti-export-1"  # "viewneti_export"/"format" in transforms.json: folders we may replace
 TEMP_PREFIX = ".viewneti-export-"  # hidden staging folders inside ROOT (the dataset loader skips hidden folders)
 
@@ -134,10 +131,10 @@ class ExportSettings:
             raise ExportError("Distance must be positive.")
         for name in ("width", "height"):
             v = getattr(self, name)
-            if not camera_pose.MIN_SIZE <= v <= camera_pose.MAX_SIZE or v % camera_pose.SIZE_MULTIPLE:
+            if not limits.MIN_SIZE <= v <= limits.MAX_SIZE or v % limits.SIZE_MULTIPLE:
                 raise ExportError(
-                    f"{name.capitalize()} must be a multiple of {camera_pose.SIZE_MULTIPLE} between "
-                    f"{camera_pose.MIN_SIZE} and {camera_pose.MAX_SIZE} (the model's latent grid), got {v}."
+                    f"{name.capitalize()} must be a multiple of {limits.SIZE_MULTIPLE} between "
+                    f"{limits.MIN_SIZE} and {limits.MAX_SIZE} (the model's latent grid), got {v}."
                 )
         if self.samples < 0:
             raise ExportError("Samples must be ≥ 0 (0 = the engine's setting).")
@@ -240,6 +237,11 @@ def intrinsics(width, height, fov_y_deg):
 # -- subjects --------------------------------------------------------------------------------
 
 
+def is_object_name(name):
+    """True for a valid object token name: each folder name becomes one in mode-3 training."""
+    return limits.NAME_RE.fullmatch(name) is not None  # fullmatch: the pattern's "$" would accept "name\n"
+
+
 def folder_name(name, taken=()):
     """A valid object name from a Blender name ("Cube.001" -> "Cube_001"), unique among ``taken`` (any case)."""
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")[:56] or "object"
@@ -249,7 +251,7 @@ def folder_name(name, taken=()):
     candidate, n = base, 2
     while candidate.lower() in lowered:
         candidate, n = f"{base}_{n}", n + 1
-    assert NAME_PATTERN.match(candidate), candidate
+    assert is_object_name(candidate), candidate
     return candidate
 
 
@@ -389,12 +391,15 @@ class ExportJob:
     Cancel or an error deletes the subject in progress; subjects already finished stay complete.
     """
 
-    def __init__(self, scene, subjects, root, settings, views=None):
+    def __init__(self, scene, subjects, root, settings, views=None, renderer=None):
+        """`renderer(scene, view_layer, filepath)` makes one render of the scene as the job has set it up
+        (camera, engine, visibility, world) and writes it to `filepath`: :func:`render_to_file` unless
+        given (a script or test may wrap it to watch every render, or to make one fail)."""
         settings.validate()
         if not subjects:
             raise ExportError("Nothing to export: no objects were given.")
         names = [s.name for s in subjects]
-        bad = [n for n in names if not NAME_PATTERN.match(n)]
+        bad = [n for n in names if not is_object_name(n)]
         if bad:
             raise ExportError(f"Invalid folder names {bad}: use letters, digits, '_' and '-'.")
         if len({n.lower() for n in names}) != len(names):
@@ -404,6 +409,7 @@ class ExportJob:
         self.root = os.path.abspath(root)
         self.settings = settings
         self.views = list(views) if views is not None else plan_views(settings)
+        self.renderer = renderer if renderer is not None else render_to_file
         if not self.views:
             raise ExportError("No views to render.")
         for subject in self.subjects:
@@ -692,11 +698,7 @@ class ExportJob:
         self._visibility(subject, phase)
         folder = "images" if phase == "image" else "masks"
         rel = f"{folder}/{index:03d}.png"
-        bpy.ops.render.render(scene=self.scene.name, layer=self._layer.name)
-        result = bpy.data.images.get("Render Result")
-        if result is None:
-            raise ExportError("Blender produced no render result: check the render engine.")
-        result.save_render(filepath=os.path.join(self._require(self._temp), rel), scene=self.scene)
+        self.renderer(self.scene, self._layer, os.path.join(self._require(self._temp), rel))
         if phase == "image":
             frame = {
                 "file_path": rel,
@@ -705,6 +707,15 @@ class ExportJob:
             }
             frame.update(view.extra)
             self._frames.append(frame)
+
+
+def render_to_file(scene, view_layer, filepath):
+    """Render the view layer of the scene as it is set up now and save the result to `filepath`."""
+    bpy.ops.render.render(scene=scene.name, layer=view_layer.name)
+    result = bpy.data.images.get("Render Result")
+    if result is None:
+        raise ExportError("Blender produced no render result: check the render engine.")
+    result.save_render(filepath=filepath, scene=scene)
 
 
 def is_export_folder(path):

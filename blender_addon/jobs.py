@@ -6,9 +6,11 @@ no bpy: encoding reference pixels, downloading frames and writing them atomicall
 UI needs is handed to the main thread through a queue and applied by `poll()`, which the timer (or
 a headless test) calls.
 
-A stream that sends only keep-alives for `max_silence` seconds is dropped for polling
-``GET /v1/jobs/{id}`` (progress and frames come from the job record), and reopened once the record
-shows a change: a job can't stay "running" in the panel after the backend has finished it.
+A stream that completes no event for `max_silence` seconds (keep-alives only, or one line trickled
+without end) is dropped for polling ``GET /v1/jobs/{id}`` (progress and frames come from the job
+record), and reopened once the record shows a change: a job can't stay "running" in the panel after
+the backend has finished it. Cancel closes the stream at once and polls the record until the backend
+confirms; one that does not confirm within `cancel_timeout` seconds is let go (the job ends here).
 """
 
 import base64
@@ -31,13 +33,23 @@ class Job:
 
     kind = ""
 
-    def __init__(self, client, request, stream_timeout=30.0, max_reconnects=5, max_silence=60.0, poll_s=1.0):
+    def __init__(
+        self,
+        client,
+        request,
+        stream_timeout=30.0,
+        max_reconnects=5,
+        max_silence=60.0,
+        poll_s=1.0,
+        cancel_timeout=60.0,
+    ):
         self.client = client
         self.request = request
         self.stream_timeout = stream_timeout
         self.max_reconnects = max_reconnects
-        self.max_silence = max_silence  # seconds of keep-alives only before polling the job instead
+        self.max_silence = max_silence  # seconds without a complete event before polling the job instead
         self.poll_s = poll_s
+        self.cancel_timeout = cancel_timeout  # seconds the backend has to confirm a cancel
         self.state = "pending"
         self.job_id = ""
         self.step = 0
@@ -46,7 +58,7 @@ class Job:
         self.eta_s = None
         self.phase = None  # invert: "compiling" (first inversion at this size on the backend), "training"
         self.message = ""
-        self.warnings = []  # a sequence's: what the backend renders it despite (job record / events)
+        self.warnings = []  # what the backend runs the job despite (202 answer, events, job record)
         self.result = None
         self.backend_down = False  # the job failed because the backend stopped answering
         self._updates = queue.Queue()
@@ -54,6 +66,7 @@ class Job:
         self._stop = threading.Event()
         self._stream = None
         self._thread = None
+        self._cancel_deadline = None  # worker: when an unconfirmed cancel ends the job here
 
     # -- main thread -------------------------------------------------------------------------
 
@@ -72,17 +85,24 @@ class Job:
         return self
 
     def cancel(self):
-        """Ask the server to stop the job; returns at once, the job ends `cancelled` via `poll()`."""
+        """Ask the server to stop the job; returns at once, the job ends `cancelled` via `poll()`.
+
+        The event stream is closed now (a stuck one must not hold the job): the worker follows the job
+        record until the backend confirms."""
         if self.finished or self._cancel.is_set():
             return
         self._cancel.set()
         self.message = "Cancelling…"
         if self.job_id:
             threading.Thread(target=self._send_cancel, name="viewneti-cancel", daemon=True).start()
+        self._close_stream()
 
     def stop(self):
         """Stop following the job without touching it on the server (add-on unloading)."""
         self._stop.set()
+        self._close_stream()
+
+    def _close_stream(self):
         stream = self._stream
         if stream is not None:
             stream.close()
@@ -137,7 +157,7 @@ class Job:
             self.backend_down = bool(data.get("backend_down"))
         elif name == "cancelled":
             self.state = "cancelled"
-            self.message = "Cancelled"
+            self.message = str(data.get("message") or "Cancelled")
         elif name == "interrupted":
             self.state = "interrupted"
             self.message = "The backend restarted while the job ran: start it again."
@@ -181,18 +201,21 @@ class Job:
 
         Silence is normal (a job queued behind a long one sends nothing), so a stalled stream only
         triggers a state check; only a backend that stops answering that check ends the job here.
+        After a cancel only the job record is read, until it is final or `cancel_timeout` has passed.
         """
         failures = 0
         silent = False
         last = None
         while not self._stop.is_set():
-            if not silent:
+            if not silent and not self._cancel.is_set():
                 try:
                     self._stream = self.client.events(job_id, timeout=self.stream_timeout, max_silence=self.max_silence)
+                    if self._cancel.is_set() or self._stop.is_set():
+                        self._stream.close()  # cancel() came while the stream was opening
                     for event in self._stream:
                         if self._stop.is_set():
                             return
-                        if self._handle(event.event, event.data if isinstance(event.data, dict) else {}):
+                        if self.handle_event(event.event, event.data if isinstance(event.data, dict) else {}):
                             return
                 except StreamSilent:
                     silent = True  # poll the job record until it changes
@@ -216,6 +239,10 @@ class Job:
             if state.get("state") in TERMINAL:
                 self._handle_state(state)
                 return
+            if self._cancel.is_set():
+                if self._cancel_unconfirmed(state):
+                    return
+                continue
             seen = (state.get("state"), state.get("step"), len(state.get("frames_done") or ()))
             if silent:
                 self._handle_running_state(state)
@@ -227,25 +254,46 @@ class Job:
                 time.sleep(0.2)  # still running: reopen the stream (the server replays the state)
             last = seen
 
+    def _cancel_unconfirmed(self, state):
+        """While a cancel waits for the backend: progress from the record, then wait; True once the
+        backend has had `cancel_timeout` seconds (the job then ends here, cancelled)."""
+        if self._cancel_deadline is None:
+            self._cancel_deadline = time.monotonic() + self.cancel_timeout
+        self._handle_running_state(state)
+        if time.monotonic() >= self._cancel_deadline:
+            self._post(
+                "cancelled",
+                {
+                    "message": f"Cancelled here: the backend did not confirm within {self.cancel_timeout:g} s "
+                    "(it may still be finishing the job; see its log)"
+                },
+            )
+            return True
+        self._stop.wait(min(self.poll_s, 0.5))
+        return False
+
     def _handle_running_state(self, state):
         """Progress from a job record (GET /v1/jobs/{id}), used while the stream is silent."""
         data = {
             k: state[k] for k in ("step", "total", "loss", "eta_s", "phase", "warnings") if state.get(k) is not None
         }
         if data:
-            self._handle("progress", data)
+            self.handle_event("progress", data)
 
     def _handle_state(self, state):
         name = state["state"]
         if name == "done":
-            self._handle("done", {"result": state.get("result")})
+            self.handle_event("done", {"result": state.get("result"), "warnings": state.get("warnings")})
         elif name == "error":
-            self._handle("error", {"error": state.get("error")})
+            self.handle_event("error", {"error": state.get("error")})
         else:
-            self._handle(name, {})
+            self.handle_event(name, {})
 
-    def _handle(self, name, data):
-        """Worker-side handling of one event; True when the job is over."""
+    def handle_event(self, name, data):
+        """Handle one event of the job's stream (or one derived from its record) as the worker thread does:
+        its effects reach the main thread through `poll()`. True when the event ends the job.
+
+        Public so that the backend's events can be replayed, e.g. by a test, without a server."""
         if name in ("progress", "done", "error", "cancelled", "interrupted"):
             self._post(name, data)
         return name in TERMINAL
@@ -280,7 +328,7 @@ class SequenceJob(Job):
         os.makedirs(self.output_dir, exist_ok=True)
         return self.client.submit_sequence(self.request)
 
-    def _handle(self, name, data):
+    def handle_event(self, name, data):
         if name == "frame":
             frame = int(data.get("frame", data.get("index", 0)))
             if frame not in self._seen:
@@ -298,7 +346,7 @@ class SequenceJob(Job):
                     write_atomic(path, self._checked(frame, self.client.frame(self.job_id, frame)))
                     self._seen.add(frame)
                     self._post("frame", {"frame": frame, "path": path})
-        return super()._handle(name, data)
+        return super().handle_event(name, data)
 
     def _checked(self, frame, png):
         """The frame's PNG, refused (BackendError) unless it has the size its camera asked for."""
@@ -309,7 +357,7 @@ class SequenceJob(Job):
         super()._handle_running_state(state)
         for frame in state.get("frames_done") or ():
             if isinstance(frame, int) and frame in self._sizes and frame not in self._seen:
-                self._handle("frame", {"frame": frame})
+                self.handle_event("frame", {"frame": frame})
 
     def _apply(self, name, data):
         if name == "frame":
@@ -339,7 +387,7 @@ class InvertJob(Job):
     def _submit(self):
         return self.client.submit_invert(encoded_invert_request(self.request))
 
-    def _handle(self, name, data):
+    def handle_event(self, name, data):
         if name == "preview":
             try:
                 png = base64.b64decode(data.get("png_base64", ""), validate=True)
@@ -348,7 +396,7 @@ class InvertJob(Job):
                 return False  # a broken preview is not worth failing the job for
             self._post("preview", {"step": data.get("step", 0), "png": png})
             return False
-        return super()._handle(name, data)
+        return super().handle_event(name, data)
 
     def _apply(self, name, data):
         if name == "preview":

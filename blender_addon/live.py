@@ -49,6 +49,11 @@ class LiveController:
         """True while a request waits for its quiet period or a render is running."""
         return self._pending is not None or self._in_flight > 0
 
+    @property
+    def results_waiting(self):
+        """Renders that have finished and wait for the next `tick()` (scripts and tests wait on this)."""
+        return self._results.qsize()
+
     def observe(self, key, request):
         """Record the current state (main thread); a new key restarts the quiet period."""
         if self.stopped or key == self._last_key:

@@ -1,14 +1,16 @@
-"""Operators: thin wrappers that validate, start work through `runtime` and report.
+"""Operators: thin wrappers that validate, start work through the add-on's modules and report.
 
-None of them blocks the UI: network work runs on threads and lands through the timer. When Blender
-runs headless (``bpy.app.background``) there is no timer, so the same work runs to completion inside
-`execute`. Failures go to the panel's status line and a WARNING report (an ERROR report would raise
+None of them blocks the UI: network work runs on threads and lands through the timer. In a
+synchronous session (headless Blender, ``bpy.app.background``: no timer) the same work runs to
+completion inside `execute`. Failures go to the panel's status line and a WARNING report (an ERROR report would raise
 in scripts); no exception leaves an operator.
 """
 
 import bpy
 
-from . import export, images, runtime
+from . import backend, connection, export, images, job_control, library, renders, session
+from .properties import prefs
+from .status import report_error, set_status, tag_redraw
 
 
 def _active_camera(context):
@@ -17,7 +19,7 @@ def _active_camera(context):
 
 
 def _fail(op, scene, exc):
-    runtime.report_error(scene, exc)
+    report_error(scene, exc)
     op.report({"WARNING"}, scene.viewneti.status_message)
     return {"CANCELLED"}
 
@@ -40,7 +42,7 @@ class VIEWNETI_OT_refresh_status(bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         try:
-            error = runtime.refresh_backend(scene)
+            error = connection.refresh_backend(scene)
         except Exception as exc:
             return _fail(self, scene, exc)
         return _done(self, error)
@@ -62,7 +64,7 @@ class VIEWNETI_OT_render_view(bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         try:
-            error = runtime.render_view(scene, _active_camera(context))
+            error = renders.render_view(scene, _active_camera(context))
         except Exception as exc:
             return _fail(self, scene, exc)
         return _done(self, error)
@@ -76,7 +78,7 @@ class VIEWNETI_OT_toggle_live(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if not runtime.live_running() and _active_camera(context) is None:
+        if not renders.live_running() and _active_camera(context) is None:
             cls.poll_message_set("The scene has no active camera: select one and press Ctrl+Numpad 0")
             return False
         return True
@@ -84,14 +86,14 @@ class VIEWNETI_OT_toggle_live(bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         try:
-            if runtime.live_running():
-                runtime.stop_live()
-                runtime.set_status(scene, "Live stopped")
-            else:
-                runtime.start_live(scene)
+            if renders.live_running():
+                renders.stop_live()
+                set_status(scene, "Live stopped")
+                return {"FINISHED"}
+            error = renders.start_live(scene)
         except Exception as exc:
             return _fail(self, scene, exc)
-        return {"FINISHED"}
+        return _done(self, error)
 
 
 class VIEWNETI_OT_render_path(bpy.types.Operator):
@@ -105,7 +107,7 @@ class VIEWNETI_OT_render_path(bpy.types.Operator):
         if _active_camera(context) is None:
             cls.poll_message_set("The scene has no active camera: select one and press Ctrl+Numpad 0")
             return False
-        if runtime.job_running():
+        if job_control.job_running():
             cls.poll_message_set("A ViewNeTI job is running: wait for it or cancel it")
             return False
         return True
@@ -113,16 +115,10 @@ class VIEWNETI_OT_render_path(bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         try:
-            job = runtime.start_sequence(scene, _active_camera(context))
-            runtime.set_status(scene, f"Rendering {job.total} frames to {job.output_dir}…")
-            if runtime.synchronous():
-                runtime.run_job_blocking(job, timeout=runtime.prefs().timeout * max(1, job.total))
-                if job.state != "done":
-                    self.report({"WARNING"}, job.message)
-                    return {"CANCELLED"}
+            error = job_control.start_sequence(scene, _active_camera(context))
         except Exception as exc:
             return _fail(self, scene, exc)
-        return {"FINISHED"}
+        return _done(self, error)
 
 
 class VIEWNETI_OT_invert_reference(bpy.types.Operator):
@@ -134,7 +130,7 @@ class VIEWNETI_OT_invert_reference(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         settings = context.scene.viewneti
-        if runtime.job_running():
+        if job_control.job_running():
             cls.poll_message_set("A ViewNeTI job is running: wait for it or cancel it")
             return False
         if settings.invert_camera is None:
@@ -154,17 +150,10 @@ class VIEWNETI_OT_invert_reference(bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         try:
-            job = runtime.start_invert(scene)
-            steps = job.total or scene.viewneti.model_invert_steps
-            runtime.set_status(scene, f"Inverting '{job.name}' ({steps or 'the backend default'} steps)…")
-            if runtime.synchronous():
-                runtime.run_job_blocking(job, timeout=max(runtime.prefs().timeout, (steps or 0) * 10.0))
-                if job.state != "done":
-                    self.report({"WARNING"}, job.message)
-                    return {"CANCELLED"}
+            error = job_control.start_invert(scene)
         except Exception as exc:
             return _fail(self, scene, exc)
-        return {"FINISHED"}
+        return _done(self, error)
 
 
 class VIEWNETI_OT_cancel_job(bpy.types.Operator):
@@ -176,14 +165,14 @@ class VIEWNETI_OT_cancel_job(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if not runtime.job_running():
+        if not job_control.job_running():
             cls.poll_message_set("No ViewNeTI job is running")
             return False
         return True
 
     def execute(self, context):
         try:
-            runtime.cancel_job()
+            job_control.cancel_job()
         except Exception as exc:
             return _fail(self, context.scene, exc)
         return {"FINISHED"}
@@ -252,7 +241,7 @@ class VIEWNETI_OT_delete_object(bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         try:
-            error = runtime.delete_object(scene, scene.viewneti.object_name)
+            error = library.delete_object(scene, scene.viewneti.object_name)
         except Exception as exc:
             return _fail(self, scene, exc)
         return _done(self, error)
@@ -280,7 +269,7 @@ class VIEWNETI_OT_rename_object(bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         try:
-            error = runtime.rename_object(scene, scene.viewneti.object_name, self.new_name)
+            error = library.rename_object(scene, scene.viewneti.object_name, self.new_name)
         except Exception as exc:
             return _fail(self, scene, exc)
         return _done(self, error)
@@ -295,17 +284,17 @@ class VIEWNETI_OT_start_backend(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if runtime.backend_running():
+        if backend.backend_running():
             cls.poll_message_set("The backend started from Blender is running")
             return False
-        if not runtime.prefs(context).backend_command.strip():
+        if not prefs(context).backend_command.strip():
             cls.poll_message_set("Set the backend's start command in the add-on preferences")
             return False
         return True
 
     def execute(self, context):
         try:
-            runtime.start_backend(context.scene)
+            backend.start_backend(context.scene)
         except Exception as exc:
             return _fail(self, context.scene, exc)
         return {"FINISHED"}
@@ -320,14 +309,14 @@ class VIEWNETI_OT_stop_backend(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if not runtime.backend_running():
+        if not backend.backend_running():
             cls.poll_message_set("No backend was started from Blender")
             return False
         return True
 
     def execute(self, context):
-        runtime.stop_backend()
-        runtime.set_status(context.scene, "Backend stopped", "DOWN")
+        backend.stop_backend()
+        set_status(context.scene, "Backend stopped", "DOWN")
         return {"FINISHED"}
 
 
@@ -373,7 +362,7 @@ class VIEWNETI_OT_export_views(bpy.types.Operator):
             export.sync(context.scene.viewneti.export, job)
         except (ReferenceError, AttributeError):
             pass  # the file was closed meanwhile
-        runtime.tag_redraw()
+        tag_redraw()
         if job.state != "done":
             self.report({"WARNING"}, job.message)
             return {"CANCELLED"}
@@ -395,7 +384,7 @@ class VIEWNETI_OT_export_views(bpy.types.Operator):
 
     def invoke(self, context, event):
         """In the UI: one render per timer tick, progress in the panel; Esc or Cancel stops it."""
-        if runtime.synchronous():
+        if session.synchronous():
             return self.execute(context)
         if self._start(context) is None:
             return {"CANCELLED"}
@@ -411,7 +400,7 @@ class VIEWNETI_OT_export_views(bpy.types.Operator):
         elif event.type == "TIMER" and not job.finished:
             job.step()
             export.sync(context.scene.viewneti.export, job)
-            runtime.tag_redraw()
+            tag_redraw()
         if job.finished:
             context.window_manager.event_timer_remove(self._timer)
             return self._end(context)

@@ -4,7 +4,9 @@ import textwrap
 
 import bpy
 
-from . import camera_pose, runtime
+from . import backend, camera_pose, renders, requests
+from .properties import prefs
+from .status import format_seconds
 
 STATE_ICONS = {"OK": "CHECKMARK", "DOWN": "ERROR", "ERROR": "ERROR", "UNKNOWN": "QUESTION"}
 COMPILING_TEXT = "Compiling the training graph (first inversion at this size): a few minutes"
@@ -40,7 +42,7 @@ def _job_box(layout, settings, kind, context):
         if settings.job_phase == "compiling":
             _wrapped(box, COMPILING_TEXT, context, icon="TIME")  # no ETA yet: say why nothing moves
         elif settings.job_eta > 0:
-            details.append(f"ETA {runtime.format_seconds(settings.job_eta)}")
+            details.append(f"ETA {format_seconds(settings.job_eta)}")
         if details:
             box.label(text=" · ".join(details))
     elif settings.job_message:
@@ -89,17 +91,17 @@ class VIEWNETI_PT_main(_SidebarPanel, bpy.types.Panel):
             icon=STATE_ICONS.get(settings.backend_state, "QUESTION"),
         )
         row.operator("viewneti.refresh_status", text="", icon="FILE_REFRESH")
-        box.prop(runtime.prefs(context), "backend_url", text="")
+        box.prop(prefs(context), "backend_url", text="")
         if settings.backend_state == "OK" and settings.backend_info:
             box.label(text=settings.backend_info)
         message = settings.status_message
         if not message and settings.backend_state == "UNKNOWN":
-            message = f"Press Refresh to connect to {runtime.prefs(context).backend_url}"
+            message = f"Press Refresh to connect to {prefs(context).backend_url}"
         if message:
             _wrapped(box, message, context)
-        if runtime.backend_running():
+        if backend.backend_running():
             box.operator("viewneti.stop_backend", icon="X")
-        elif settings.backend_state != "OK" and runtime.prefs(context).backend_command.strip():
+        elif settings.backend_state != "OK" and prefs(context).backend_command.strip():
             box.operator("viewneti.start_backend", icon="PLAY")
 
 
@@ -136,20 +138,20 @@ class VIEWNETI_PT_view(_SidebarPanel, bpy.types.Panel):
         if not settings.use_native_resolution or settings.model_native_size <= 0:
             col.prop(settings, "resolution")
         try:
-            long_side = runtime.request_resolution(settings)
+            long_side = requests.request_resolution(settings)
             width, height = camera_pose.render_size(*camera_pose.scene_frame_size(scene.render), long_side)
-            capped = " (backend maximum)" if long_side < runtime.render_resolution(settings) else ""
+            capped = " (backend maximum)" if long_side < requests.render_resolution(settings) else ""
             col.label(text=f"{width} × {height} px (scene aspect){capped}")
         except ValueError:
             pass
-        warning = runtime.size_warning(settings)
+        warning = requests.size_warning(settings)
         if warning:
             _wrapped(col, warning, context, icon="ERROR")
 
         layout.use_property_split = False
         row = layout.row(align=True)
         row.scale_y = 1.4
-        live = runtime.live_running()
+        live = renders.live_running()
         row.operator("viewneti.toggle_live", text="Live", icon="PAUSE" if live else "PLAY", depress=live)
         row.operator("viewneti.render_view", icon="RENDER_STILL")
         row = layout.row()

@@ -98,6 +98,25 @@ class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
         col.prop(self, "backend_token_auto")
 
 
+class DefaultPrefs:
+    """Stand-in when the add-on's preferences are unavailable (module used outside an enabled add-on)."""
+
+    backend_url = DEFAULT_URL
+    token = ""
+    timeout = 120.0
+    live_debounce = 0.25
+    backend_command = ""
+    backend_workdir = ""
+    backend_token_auto = True
+
+
+def prefs(context=None):
+    """The add-on's preferences (per user), or their defaults where the add-on is not enabled."""
+    context = context or bpy.context
+    addon = context.preferences.addons.get(__package__)
+    return addon.preferences if addon is not None and addon.preferences is not None else DefaultPrefs()
+
+
 class VIEWNETI_ObjectItem(bpy.types.PropertyGroup):
     """One object token known to the backend (mirrors GET /v1/objects)."""
 
@@ -144,8 +163,12 @@ class VIEWNETI_ExportSettings(bpy.types.PropertyGroup):
         min=0.01,
     )
     fov_y_deg: FloatProperty(name="Field of View", description="Vertical, degrees", default=_EXPORT.fov_y_deg)
-    width: IntProperty(name="Width", default=_EXPORT.width, min=16, max=2048, step=8)
-    height: IntProperty(name="Height", default=_EXPORT.height, min=16, max=2048, step=8)
+    width: IntProperty(
+        name="Width", default=_EXPORT.width, min=limits.MIN_SIZE, max=limits.MAX_SIZE, step=limits.SIZE_MULTIPLE
+    )
+    height: IntProperty(
+        name="Height", default=_EXPORT.height, min=limits.MIN_SIZE, max=limits.MAX_SIZE, step=limits.SIZE_MULTIPLE
+    )
     engine: EnumProperty(name="Engine", items=export.ENGINES, default=_EXPORT.engine)
     samples: IntProperty(name="Samples", description="0 = the engine's own setting", default=_EXPORT.samples, min=0)
     other_objects: EnumProperty(name="Other Objects", items=export.OTHER_OBJECTS, default=_EXPORT.other_objects)
@@ -299,7 +322,7 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     job_eta: FloatProperty(default=0.0)
     job_phase: StringProperty(default="")  # "compiling", "training" or "" (not reported)
     job_message: StringProperty(default="")
-    job_warnings: StringProperty(default="")  # a sequence's warnings from the backend, one per line
+    job_warnings: StringProperty(default="")  # the job's warnings from the backend (sequence, inversion), one per line
 
     @property
     def job_running(self):

@@ -6,8 +6,10 @@ Set VIEWNETI_TEST_SERVER_URL to run the end-to-end tests against an already runn
 instead of starting one.
 """
 
+import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -69,30 +71,30 @@ def scene(addon):
     scene.viewneti.use_model_defaults = False
     scene.viewneti.steps = 1
     yield scene
-    addon.runtime.shutdown(cancel_job=True)
+    addon.session.shutdown()
 
 
 # -- the real server -------------------------------------------------------------------------
 
 
-def _health(url, timeout=2.0):
-    with urllib.request.urlopen(url + "/v1/health", timeout=timeout) as response:
+def _health(url, timeout=2.0, token=""):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url + "/v1/health", headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory):
-    """URL of a real ViewNeTI server (python -m server), started for the session."""
-    external = os.environ.get("VIEWNETI_TEST_SERVER_URL")
-    if external:
-        _health(external.rstrip("/"))
-        yield external.rstrip("/")
-        return
-    data_dir = tmp_path_factory.mktemp("server-data")
+@contextlib.contextmanager
+def running_server(data_dir, token=""):
+    """A real ViewNeTI server (python -m server) on a free port, with `token` as its access token
+    (VIEWNETI_TOKEN: a command line is visible to other users); yields its URL, stops it after."""
     log_path = data_dir / "server.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("VIEWNETI_TOKEN", None)
+    if token:
+        env["VIEWNETI_TOKEN"] = token
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(data_dir)],
@@ -108,7 +110,7 @@ def server_url(tmp_path_factory):
             if proc.poll() is not None:
                 pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
-                _health(url)
+                _health(url, token=token)
                 break
             except urllib.error.HTTPError as exc:  # 503 while loading; "failed" will not get better
                 body = json.loads(exc.read() or b"{}")
@@ -129,6 +131,26 @@ def server_url(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    """URL of a real ViewNeTI server (python -m server), started for the session."""
+    external = os.environ.get("VIEWNETI_TEST_SERVER_URL")
+    if external:
+        _health(external.rstrip("/"))
+        yield external.rstrip("/")
+        return
+    with running_server(tmp_path_factory.mktemp("server-data")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory):
+    """(URL, token) of a real server that refuses requests without its access token."""
+    token = secrets.token_urlsafe(24)
+    with running_server(tmp_path_factory.mktemp("token-server-data"), token=token) as url:
+        yield url, token
 
 
 @pytest.fixture

@@ -76,12 +76,12 @@ def test_register_unregister_twice_leaves_no_residue(addon, monkeypatch):
         assert "viewneti" not in bpy.types.Camera.bl_rna.properties
         assert not hasattr(bpy.types.Scene, "viewneti")
         assert _our_handlers() == []
-        assert not bpy.app.timers.is_registered(addon.runtime._tick)
+        assert not addon.session.timer_running()
 
         addon_utils.enable(PACKAGE, default_set=True)
         assert _our_types() == expected_types
         assert "viewneti" in bpy.types.Scene.bl_rna.properties
         assert len(_our_handlers()) == 1
-        assert not bpy.app.timers.is_registered(sys.modules[PACKAGE].runtime._tick)
+        assert not sys.modules[PACKAGE].session.timer_running()
     assert connects == []  # nothing touches the network at register time
     assert not os.path.exists(user_dir)  # ... nor writes user data

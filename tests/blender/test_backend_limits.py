@@ -8,17 +8,17 @@ pytestmark = pytest.mark.blender
 
 
 def test_render_requests_are_capped_at_the_backend_max_size(scene):
-    runtime = addon_module("runtime")
+    connection, requests = addon_module("connection"), addon_module("requests")
     settings = scene.viewneti
     settings.resolution = 512
     scene.render.resolution_x, scene.render.resolution_y = 800, 600
-    runtime.apply_backend(scene, {"max_size": 256, "base_model": "toy", "device": "cpu"}, [], announce=False)
+    connection.apply_backend(scene, {"max_size": 256, "base_model": "toy", "device": "cpu"}, [], announce=False)
     assert settings.backend_max_size == 256
-    cam = runtime.build_render_request(scene, scene.camera)["camera"]
+    cam = requests.build_render_request(scene, scene.camera)["camera"]
     assert (cam["width"], cam["height"]) == (256, 192)
-    runtime.apply_backend(scene, {"max_size": 2048}, [], announce=False)
-    cam = runtime.build_render_request(scene, scene.camera)["camera"]
+    connection.apply_backend(scene, {"max_size": 2048}, [], announce=False)
+    cam = requests.build_render_request(scene, scene.camera)["camera"]
     assert (cam["width"], cam["height"]) == (512, 384)
-    runtime.apply_backend(scene, {"max_size": "nonsense"}, [], announce=False)  # unknown: the panel's value
+    connection.apply_backend(scene, {"max_size": "nonsense"}, [], announce=False)  # unknown: the panel's value
     assert settings.backend_max_size == 0
-    assert runtime.build_render_request(scene, scene.camera)["camera"]["width"] == 512
+    assert requests.build_render_request(scene, scene.camera)["camera"]["width"] == 512

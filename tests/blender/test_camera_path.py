@@ -52,25 +52,28 @@ def test_path_writes_numbered_frames_and_sequence_background(live_scene, tmp_pat
     assert len(contents) == 3
 
 
-def test_cancel_midway_keeps_written_frames_and_leaves_no_partial_files(live_scene, tmp_path):
-    runtime = addon_module("runtime")
+def test_cancel_midway_keeps_written_frames_and_leaves_no_partial_files(live_scene, tmp_path, monkeypatch):
+    session, job_control = addon_module("session"), addon_module("job_control")
+    monkeypatch.setattr(session.SESSION, "synchronous", False)  # drive the job tick by tick, as the timer does
     scene = live_scene
     keyframe_orbit(scene, 1, 400)
     out = tmp_path / "frames"
     scene.viewneti.output_dir = str(out)
 
-    job = runtime.start_sequence(scene, scene.camera)
+    assert job_control.start_sequence(scene, scene.camera) is None
+    job = job_control.active_job()
+    assert job is not None
     deadline = time.monotonic() + 300
     while len(job.written) < 1:
-        runtime.job_step()
+        job_control.job_step()
         assert not job.finished, job.message
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert scene.viewneti.job_state == "running" and scene.viewneti.job_step >= 1  # progress lands in the scene
     assert bpy.ops.viewneti.cancel_job() == {"FINISHED"}
     assert scene.viewneti.job_state == "cancelling"
-    while runtime.SESSION.job is job:
-        runtime.job_step()
+    while job_control.active_job() is job:
+        job_control.job_step()
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
@@ -80,5 +83,5 @@ def test_cancel_midway_keeps_written_frames_and_leaves_no_partial_files(live_sce
     assert files == sorted(os.path.basename(p) for p in job.written.values())  # nothing partial or hidden
     assert 1 <= len(files) < 400
     assert all(is_png(out / f) for f in files)
-    assert runtime.make_client().job(job.job_id)["state"] == "cancelled"
+    assert addon_module("connection").make_client().job(job.job_id)["state"] == "cancelled"
     assert scene.camera.data.viewneti.sequence is None  # an incomplete path is not loaded

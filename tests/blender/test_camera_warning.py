@@ -48,11 +48,11 @@ def test_the_warnings_header_reaches_the_result():
 def test_the_panel_status_shows_the_warning(scene):
     from blender_addon.images import encode_png
 
-    runtime = addon_module("runtime")
+    renders = addon_module("renders")
     request = {"camera": {"width": 8, "height": 8}, "object": "x", "seed": 0}
     png = encode_png(8, 8, bytes([1, 2, 3, 255]) * 64)
-    runtime.apply_render(scene, scene.camera, request, RenderResult(png, 0, "", {}, [WARNING, SECOND]))
+    renders.apply_render(scene, scene.camera, request, RenderResult(png, 0, "", {}, [WARNING, SECOND]))
     assert scene.viewneti.status_message.startswith("Rendered") and WARNING in scene.viewneti.status_message
     assert scene.viewneti.last_warnings.split("\n") == [WARNING, SECOND]  # all of them, under the buttons
-    runtime.apply_render(scene, scene.camera, request, RenderResult(png, 0, "", {}))
+    renders.apply_render(scene, scene.camera, request, RenderResult(png, 0, "", {}))
     assert "Warning" not in scene.viewneti.status_message

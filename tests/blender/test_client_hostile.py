@@ -1,12 +1,17 @@
 """The add-on's client against a hostile HTTP server (stdlib, 127.0.0.1, every loop bounded): huge
-bodies, trickled headers, redirects, oversized PNGs, endless event lines, keep-alive-only streams."""
+bodies, trickled headers, redirects, oversized PNGs, endless event lines, keep-alive-only streams;
+and job event streams trickled without end by a server in its own process (stuck_stream_server.py)."""
 
 import json
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +233,86 @@ def test_pixel_snapshot_encodes_off_the_main_thread_with_srgb():
     raw = zlib.decompress(png[33 + 8 : -16])  # IDAT payload: one filter byte + 8 bytes
     assert abs(raw[1] - 128) <= 1 and raw[4] == 255  # linear 0.214 -> sRGB ~128; alpha linear
     assert tuple(raw[5:9]) == (255, 0, 0, 128)  # clamped, NaN -> 0, alpha 0.5 -> 128
+
+
+# -- a job's event stream held by a server in another process ---------------------------------
+
+
+@pytest.fixture
+def stuck_server():
+    """Starts `stuck_stream_server.py MODE` as its own process; returns (url, stats())."""
+    procs = []
+
+    def start(mode):
+        script = Path(__file__).with_name("stuck_stream_server.py")
+        proc = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        url = f"http://127.0.0.1:{int(proc.stdout.readline())}"
+
+        def stats():
+            with urllib.request.urlopen(url + "/stats", timeout=5) as response:
+                return json.loads(response.read())
+
+        return url, stats
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(10)
+
+
+def eventually(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def running(job):
+    job.poll()  # what the timer does: apply the worker's news
+    return job.state == "running"
+
+
+def test_a_trickled_event_line_cannot_hold_a_job(stuck_server):
+    """One line trickled a byte at a time restarts the socket timeout with every byte and would take
+    months to reach the line cap: the stream still ends after `max_silence`, and the job follows its
+    record (GET /v1/jobs/j1) to the end."""
+    url, stats = stuck_server("finish")
+    job = InvertJob(
+        Client(url, timeout=5), {"name": "mug", "steps": 3, "images": [b"png"]}, max_silence=1.0, poll_s=0.2
+    )
+    t0 = time.monotonic()
+    job.start()
+    assert job.wait(timeout=20), (job.state, job.message)
+    assert job.state == "done" and job.result == {"name": "mug", "steps": 3}
+    assert time.monotonic() - t0 < 10
+    assert stats()["polls"] >= 3 and stats()["streams"] == 1  # silent: the record is polled, not the stream
+    assert eventually(lambda: stats()["closed_streams"] == 1)  # the add-on hung up on the trickle
+
+
+def test_cancel_closes_a_stuck_stream_and_ends_the_job(stuck_server):
+    url, stats = stuck_server("cancel")
+    job = InvertJob(Client(url, timeout=5), {"name": "mug", "steps": 3, "images": [b"png"]}, max_silence=60.0)
+    job.start()
+    assert eventually(lambda: stats()["streams"] == 1 and running(job))
+    t0 = time.monotonic()
+    job.cancel()  # the stream is stuck mid-line for another minute: only closing it frees the job's thread
+    assert job.wait(timeout=5) and job.state == "cancelled", (job.state, job.message)
+    assert time.monotonic() - t0 < 3
+    assert stats()["cancels"] == 1 and stats()["streams"] == 1  # not reopened after the cancel
+    assert eventually(lambda: stats()["closed_streams"] == 1)
+
+
+def test_an_unconfirmed_cancel_ends_the_job_here(stuck_server):
+    """A backend whose record says "running" after a cancel does not keep the job (and the panel) forever."""
+    url, stats = stuck_server("ignore")
+    request = {"name": "mug", "steps": 3, "images": [b"png"]}
+    job = InvertJob(Client(url, timeout=5), request, max_silence=60.0, cancel_timeout=1.0)
+    job.start()
+    assert eventually(lambda: stats()["streams"] == 1 and running(job))
+    job.cancel()
+    assert job.wait(timeout=10) and job.state == "cancelled"
+    assert "did not confirm within 1 s" in job.message and stats()["cancels"] == 1

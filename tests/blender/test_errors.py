@@ -33,6 +33,13 @@ def test_server_down_gives_a_clear_message(down_scene, tmp_path):
     scene.frame_start, scene.frame_end = 1, 3
     settings.output_dir = str(tmp_path / "frames")
     settings.status_message = ""
+    assert bpy.ops.viewneti.render_path() == {"CANCELLED"}  # the first health check already fails
+    assert f"No ViewNeTI backend is running at {url}" in settings.status_message
+    assert settings.backend_state == "DOWN" and settings.job_state == ""  # no job was started
+    assert not (tmp_path / "frames").exists()
+
+    # a job whose backend goes away: the job's own message, in the status line too
+    addon_module("connection").apply_backend(scene, {"native_size": 64}, [], announce=False)
     assert bpy.ops.viewneti.render_path() == {"CANCELLED"}
     assert "No ViewNeTI backend is running" in settings.job_message
     assert settings.job_state == "error" and settings.backend_state == "DOWN"
@@ -46,13 +53,22 @@ def test_server_down_gives_a_clear_message(down_scene, tmp_path):
 
 
 def test_timer_tick_never_raises(down_scene, monkeypatch):
-    runtime = addon_module("runtime")
+    session = addon_module("session")
 
-    def broken():
-        raise RuntimeError("bug in a step")
+    class BrokenPart:
+        """A part of the session whose step has a bug (any part: live mode, a job, a started backend)."""
 
-    monkeypatch.setattr(runtime, "job_step", broken)
-    assert runtime._tick() is None  # idle afterwards: the timer unregisters itself
+        def step(self):
+            raise RuntimeError("bug in a step")
+
+        def interval(self):
+            return None
+
+        def shutdown(self):
+            pass
+
+    monkeypatch.setattr(session.SESSION, "job", BrokenPart())
+    assert session.tick() is None  # idle afterwards: the timer unregisters itself
     assert "RuntimeError" in down_scene.viewneti.status_message
 
 

@@ -163,10 +163,8 @@ def test_operator_exports_folders_the_backend_trains_and_renders_from(scene, tin
 
 def test_view_plans_follow_the_project_orbit():
     from viewneti_backend.cameras import orbit_pose
-    from viewneti_backend.tokens import NAME_PATTERN
 
     export = addon_module("export")
-    assert export.NAME_PATTERN.pattern == NAME_PATTERN.pattern  # one rule for object names
     for az, el, r in [(0, 0, 3), (30, 25, 3.6), (-120, 60, 2.5), (200, 89, 4), (45, -30, 1.5)]:
         assert np.allclose(export.orbit_matrix(az, el, r), orbit_pose(az, el, r), atol=1e-9)
     s = export.ExportSettings(views=40, elevation_min=10, elevation_max=60).validate()
@@ -181,6 +179,7 @@ def test_view_plans_follow_the_project_orbit():
     assert export.folder_name("Cube.001") == "Cube_001"
     assert export.folder_name("Cube", taken=["cube"]) == "Cube_2"
     assert export.folder_name("...") == "object"
+    assert export.is_object_name("mug") and not export.is_object_name("mug\n")  # the whole name, no newline
     for bad, fix in [
         (dict(width=30), "multiple of 8"),
         (dict(distance=0.9), "bounding sphere"),
@@ -241,13 +240,16 @@ def test_cancel_and_errors_leave_nothing_half_written(scene, tmp_path):
     assert scene_snapshot(scene) == before
 
     # an error mid-way (the disk, the engine): same clean state, and the reason is kept
-    job = export.ExportJob(scene, export.subjects_from_objects([cone]), str(root), settings)
+    renders = []
+
+    def disk_fills_up(scene_, layer, filepath):
+        if renders:
+            raise OSError("No space left on device")
+        renders.append(filepath)
+        export.render_to_file(scene_, layer, filepath)
+
+    job = export.ExportJob(scene, export.subjects_from_objects([cone]), str(root), settings, renderer=disk_fills_up)
     job.step()
-
-    def broken(*_args):
-        raise OSError("No space left on device")
-
-    job._render = broken
     assert job.step() is False
     assert job.state == "error" and "No space left" in job.message and isinstance(job.error, OSError)
     assert sorted(os.listdir(root)) == ["Red_Box_001"]  # the first object untouched, no temp folder
@@ -286,16 +288,17 @@ def test_every_image_render_uses_the_scenes_own_settings(scene, tmp_path):
     cube, sphere, _, _ = build_scene(scene)
     scene.cycles.samples, scene.cycles.max_bounces = 3, 5
     settings = export.ExportSettings(views=1, width=W, height=H, engine="CYCLES")
-    job = export.ExportJob(scene, export.subjects_from_objects([cube, sphere]), str(tmp_path / "v"), settings)
-    seen, configure = [], job._configure
+    seen = []
 
-    def spy(phase):
-        configure(phase)
-        cycles, view = scene.cycles, scene.view_settings.view_transform
-        seen.append((phase, cycles.samples, cycles.max_bounces, view, scene.render.engine))
+    def watched(scene_, layer, filepath):  # the settings in effect at each render
+        phase = os.path.basename(os.path.dirname(filepath))
+        cycles, view = scene_.cycles, scene_.view_settings.view_transform
+        seen.append((phase, cycles.samples, cycles.max_bounces, view, scene_.render.engine))
+        export.render_to_file(scene_, layer, filepath)
 
-    job._configure = spy
+    subjects = export.subjects_from_objects([cube, sphere])
+    job = export.ExportJob(scene, subjects, str(tmp_path / "v"), settings, renderer=watched)
     assert job.run().state == "done"
     view = scene.view_settings.view_transform
-    assert seen == [("image", 3, 5, view, "CYCLES"), ("mask", export.MASK_SAMPLES, 0, "Standard", "CYCLES")] * 2
+    assert seen == [("images", 3, 5, view, "CYCLES"), ("masks", export.MASK_SAMPLES, 0, "Standard", "CYCLES")] * 2
     assert (scene.cycles.samples, scene.cycles.max_bounces) == (3, 5)

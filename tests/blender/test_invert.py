@@ -1,12 +1,15 @@
 """Acceptance 5: Invert Reference against the real server: progress lands in the scene, the new
 object is listed and selected and renders; cancel stops the job and adds nothing."""
 
+import base64
+import threading
 import time
 import uuid
+import zlib
 
 import bpy
 import pytest
-from addon_testutil import addon_module
+from addon_testutil import FakeBackend, addon_module
 
 pytestmark = pytest.mark.blender
 
@@ -24,7 +27,7 @@ def reference_image(width=64, height=48):
 
 
 def test_invert_from_image_datablock_then_render_the_new_object(live_scene):
-    runtime = addon_module("runtime")
+    connection = addon_module("connection")
     scene = live_scene
     settings = scene.viewneti
     settings.invert_source = "IMAGE"
@@ -38,7 +41,7 @@ def test_invert_from_image_datablock_then_render_the_new_object(live_scene):
     assert settings.job_state == "done" and settings.job_step == settings.job_total == 3
     assert settings.job_loss > 0
     assert name in settings.objects and settings.object_name == name
-    assert name in [o["name"] for o in runtime.make_client().objects()]
+    assert name in [o["name"] for o in connection.make_client().objects()]
     assert bpy.data.images.get(f"ViewNeTI preview {name}") is not None
 
     scene.camera.location.z += 1.0
@@ -47,8 +50,9 @@ def test_invert_from_image_datablock_then_render_the_new_object(live_scene):
     assert scene.camera.data.viewneti.last_object == name
 
 
-def test_invert_from_file_can_be_cancelled(live_scene, tmp_path):
-    runtime = addon_module("runtime")
+def test_invert_from_file_can_be_cancelled(live_scene, tmp_path, monkeypatch):
+    connection, job_control, session = addon_module("connection"), addon_module("job_control"), addon_module("session")
+    monkeypatch.setattr(session.SESSION, "synchronous", False)  # drive the job tick by tick, as the timer does
     scene = live_scene
     settings = scene.viewneti
     png = tmp_path / "reference.png"
@@ -62,21 +66,23 @@ def test_invert_from_file_can_be_cancelled(live_scene, tmp_path):
     settings.invert_name = name = f"cancelled_{uuid.uuid4().hex[:6]}"
     settings.invert_steps = 5000
 
-    job = runtime.start_invert(scene)
+    assert job_control.start_invert(scene) is None
+    job = job_control.active_job()
+    assert job is not None
     deadline = time.monotonic() + 300
     while settings.job_step < 1:
-        runtime.job_step()
+        job_control.job_step()
         assert not job.finished, job.message
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert settings.job_total == 5000 and settings.job_state == "running"
-    runtime.cancel_job()
-    while runtime.SESSION.job is job:
-        runtime.job_step()
+    job_control.cancel_job()
+    while job_control.active_job() is job:
+        job_control.job_step()
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert settings.job_state == "cancelled"
-    assert name not in [o["name"] for o in runtime.make_client().objects()]
+    assert name not in [o["name"] for o in connection.make_client().objects()]
     assert name not in settings.objects
 
 
@@ -92,17 +98,52 @@ def test_the_demo_replaces_its_previous_inversion_instead_of_failing(live_scene,
     assert spec is not None and spec.loader is not None
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    runtime = addon_module("runtime")
+    connection = addon_module("connection")
     settings = live_scene.viewneti
     settings.invert_source, settings.invert_image = "IMAGE", reference_image()
     settings.invert_camera = live_scene.camera
     settings.invert_name = name = f"demo_{uuid.uuid4().hex[:6]}"
     settings.invert_steps, settings.invert_preview_every = 1, 0
     assert bpy.ops.viewneti.invert_reference() == {"FINISHED"}, settings.status_message
-    assert name in [o["name"] for o in runtime.make_client().objects()]
+    assert name in [o["name"] for o in connection.make_client().objects()]
 
     assert demo.forget_previous_inversion(server_url, name) is True
-    names = [o["name"] for o in runtime.make_client().objects()]
+    names = [o["name"] for o in connection.make_client().objects()]
     assert name not in names and "toy_000" in names  # built-ins untouched
     assert demo.forget_previous_inversion(server_url, name) is False  # nothing left: not an error
     assert bpy.ops.viewneti.invert_reference() == {"FINISHED"}, settings.status_message  # the name is free again
+
+
+def test_a_float_reference_is_converted_on_the_job_thread(scene, monkeypatch):
+    """An HDR/EXR-like reference (float pixels, values above 1) is only copied on the main thread:
+    the linear -> sRGB conversion and the PNG encoding run on the job's thread, before the upload."""
+    images, connection = addon_module("images"), addon_module("connection")
+    image = bpy.data.images.new("hdr reference", 64, 48, float_buffer=True)
+    image.pixels.foreach_set([2.5, 0.5, 0.1, 1.0] * (64 * 48))
+    settings = scene.viewneti
+    settings.invert_source, settings.invert_image, settings.invert_camera = "IMAGE", image, scene.camera
+    settings.invert_name, settings.invert_steps, settings.invert_preview_every = "hdr", 3, 0
+    snapshot = addon_module("requests").build_invert_request(scene)["images"][0]
+    assert isinstance(snapshot, images.PixelSnapshot) and snapshot.is_float  # copied here, not converted
+
+    converted_on = []
+    to_png = images.PixelSnapshot.to_png
+
+    def watched_to_png(snapshot):
+        converted_on.append(threading.current_thread())
+        return to_png(snapshot)
+
+    backend = FakeBackend({"base_model": "toy", "native_size": 64})
+    monkeypatch.setattr(images.PixelSnapshot, "to_png", watched_to_png)
+    monkeypatch.setattr(connection, "make_client", lambda context=None: backend)
+    assert bpy.ops.viewneti.invert_reference() == {"FINISHED"}, settings.status_message
+    assert settings.object_name == "hdr"
+
+    main = threading.main_thread()
+    assert converted_on and all(thread is not main for thread in converted_on)
+    upload_thread = backend.threads[backend.calls.index("invert")]
+    assert upload_thread is converted_on[0] and upload_thread.name == "viewneti-invert"  # the job's own thread
+    png = base64.b64decode(backend.requests[0]["images"][0])
+    assert images.png_size(png) == (64, 48)
+    raw = zlib.decompress(png[33 + 8 : -16])  # the one IDAT chunk: a filter byte, then RGBA rows
+    assert tuple(raw[1:5]) == (255, 188, 89, 255)  # 2.5 clamped; linear 0.5 and 0.1 as sRGB

@@ -3,10 +3,11 @@
 import base64
 import os
 import threading
+import time
 
 import pytest
 
-from blender_addon.client import BackendUnavailable, SSEEvent
+from blender_addon.client import BackendUnavailable, SSEEvent, StreamSilent
 from blender_addon.images import encode_png
 from blender_addon.jobs import InvertJob, SequenceJob
 
@@ -16,12 +17,13 @@ PNG = encode_png(2, 2, bytes(16))
 
 
 class ScriptedClient:
-    """`streams` is a list of event lists; an Exception instance in a list is raised at that point."""
+    """`streams` is a list of event lists (or `GatedStream`s); an Exception instance in a list is raised
+    at that point."""
 
     def __init__(self, streams, states=("running",), total=3):
         self.streams = list(streams)
         self.states = list(states)
-        self.total = total
+        self.answer = {"job_id": "j1", "total": total}  # the 202 body
         self.cancelled = []
         self.downloads = []
         self.submitted = threading.Event()
@@ -37,10 +39,12 @@ class ScriptedClient:
         if self.gate is not None:
             self.gate.wait(5)
         self.submitted.set()
-        return {"job_id": "j1", "total": self.total}
+        return dict(self.answer)
 
     def events(self, job_id, timeout=None, max_silence=None):
         script = self.streams.pop(0) if self.streams else [BackendUnavailable("down")]
+        if isinstance(script, GatedStream):  # a stream the test hands out event by event
+            return script
 
         def gen():
             for item in script:
@@ -56,7 +60,7 @@ class ScriptedClient:
         state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
         if isinstance(state, Exception):
             raise state
-        return {"state": state}
+        return state if isinstance(state, dict) else {"state": state}
 
     def get_bytes(self, url):
         self.downloads.append(url)
@@ -67,6 +71,7 @@ class ScriptedClient:
 
     def cancel(self, job_id):
         self.cancelled.append(job_id)
+        self.states = ["cancelled"]  # as a backend's job record says once the job has stopped
         return {"state": "cancelling"}
 
 
@@ -118,7 +123,7 @@ def test_losing_the_backend_ends_the_job_with_a_message(tmp_path):
 
 
 def test_cancel_before_the_server_answered_is_sent_after_submit(tmp_path):
-    client = ScriptedClient([[("cancelled", {})]])
+    client = ScriptedClient([])
     client.gate = threading.Event()
     job = InvertJob(client, {"name": "a", "steps": 3}).start()
     job.cancel()  # no job id yet
@@ -128,36 +133,57 @@ def test_cancel_before_the_server_answered_is_sent_after_submit(tmp_path):
     assert job.state == "cancelled" and client.cancelled == ["j1"]
 
 
+class GatedStream:
+    """Hands out one event each time the test opens the gate, so the test sees every state in between."""
+
+    def __init__(self, events):
+        self.events = events
+        self.gate = threading.Semaphore(0)
+
+    def __iter__(self):
+        for item in self.events:
+            assert self.gate.acquire(timeout=5), "the test did not ask for the next event"
+            yield SSEEvent(*item)
+
+    def close(self):
+        pass
+
+
 def test_invert_follows_the_phase_of_progress_events():
     """ "compiling" (step 0, no ETA) then "training"; an event without a phase keeps the last one."""
+    progress = [
+        {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": None, "state": "queued"},
+        {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": "compiling", "state": "running"},
+        {"step": 1, "total": 3, "loss": 0.5, "eta_s": 2.0, "phase": "training", "state": "running"},
+        {"step": 2, "total": 3, "loss": 0.4, "eta_s": 1.0},
+    ]
+    stream = GatedStream([("progress", p) for p in progress] + [("done", {"result": {"name": "a", "steps": 3}})])
+    client = ScriptedClient([stream])
+    job = InvertJob(client, {"name": "a", "steps": 3}).start()
     seen = []
-
-    class Recording(InvertJob):
-        def _apply(self, name, data):
-            super()._apply(name, data)
-            if name == "progress":
-                seen.append((self.step, self.phase, self.eta_s))
-
-    client = ScriptedClient(
-        [
-            [
-                ("progress", {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": None, "state": "queued"}),
-                (
-                    "progress",
-                    {"step": 0, "total": 3, "loss": None, "eta_s": None, "phase": "compiling", "state": "running"},
-                ),
-                (
-                    "progress",
-                    {"step": 1, "total": 3, "loss": 0.5, "eta_s": 2.0, "phase": "training", "state": "running"},
-                ),
-                ("progress", {"step": 2, "total": 3, "loss": 0.4, "eta_s": 1.0}),
-                ("done", {"result": {"name": "a", "steps": 3}}),
-            ]
-        ]
-    )
-    job = Recording(client, {"name": "a", "steps": 3}).start()
+    for _ in progress:
+        stream.gate.release()
+        deadline = time.monotonic() + 5
+        while not job.poll():  # what the timer does: apply the worker's news on the main thread
+            assert time.monotonic() < deadline, "no progress arrived"
+            time.sleep(0.005)
+        seen.append((job.step, job.phase, job.eta_s))
+    stream.gate.release()
     assert job.wait(5) and job.state == "done"
     assert seen == [(0, None, None), (0, "compiling", None), (1, "training", 2.0), (2, "training", 1.0)]
+
+
+def test_invert_warnings_come_from_the_answer_events_and_record():
+    """An inversion carries `warnings` as a sequence does (202 answer, progress events, job record)."""
+    far = "the camera is 9.00 units from the anchor: outside the view-mapper's trained distances"
+    client = ScriptedClient([[("progress", {"step": 1, "total": 3, "warnings": [far]}), ("done", {"result": {}})]])
+    client.answer["warnings"] = [far]
+    job = InvertJob(client, {"name": "a", "steps": 3}).start()
+    assert job.wait(5) and job.state == "done" and job.warnings == [far]
+    # a record polled after a silent stream carries them too
+    client = ScriptedClient([[StreamSilent("quiet")]], states=[{"state": "done", "warnings": [far], "result": {}}])
+    job = InvertJob(client, {"name": "a", "steps": 3}).start()
+    assert job.wait(5) and job.state == "done" and job.warnings == [far]
 
 
 def test_invert_previews_progress_and_result():

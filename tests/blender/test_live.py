@@ -76,7 +76,7 @@ def test_tick_returns_in_milliseconds_while_a_slow_render_runs():
     assert worst < 0.005, f"tick took {worst * 1000:.1f} ms"
     assert render.calls == ["pose a"]  # at most one in flight; the newest pose waits
     render.release.set()
-    wait_for(lambda: live._results.qsize() == 1)
+    wait_for(lambda: live.results_waiting == 1)
     assert [r.value for r in live.tick()] == ["image for pose a"]  # and starts the newest pose
     live.join(2)
     assert render.calls == ["pose a", "pose b49"]
@@ -99,10 +99,10 @@ def test_stale_and_superseded_results_are_dropped():
     live.observe(2, "b")
     live.tick()  # second request in flight while the first runs: the server cuts the first
     gate_b.set()
-    wait_for(lambda: live._results.qsize() == 1)
+    wait_for(lambda: live.results_waiting == 1)
     assert [r.value for r in live.tick()] == ["B"]
     gate_a.set()
-    wait_for(lambda: live._results.qsize() == 1)
+    wait_for(lambda: live.results_waiting == 1)
     assert live.tick() == []  # superseded: neither shown nor reported
     assert not live.busy
 
@@ -121,7 +121,7 @@ def test_errors_are_reported_not_raised():
 
 def test_live_step_with_a_slow_backend_keeps_the_ui_tick_short(scene, monkeypatch):
     """The bpy shell: one tick reads the camera, starts the render off-thread, later shows it."""
-    runtime = addon_module("runtime")
+    renders, connection = addon_module("renders"), addon_module("connection")
     from blender_addon.images import encode_png
 
     release = threading.Event()
@@ -135,28 +135,31 @@ def test_live_step_with_a_slow_backend_keeps_the_ui_tick_short(scene, monkeypatc
             w, h = request["camera"]["width"], request["camera"]["height"]
             return RenderResult(encode_png(w, h, bytes([200, 30, 30, 255]) * (w * h)), seed=request["seed"])
 
-    monkeypatch.setattr(runtime, "make_client", lambda context=None: SlowClient())
+    monkeypatch.setattr(connection, "make_client", lambda context=None: SlowClient())
     addon_prefs().live_debounce = 0.0
-    runtime.start_live(scene)
+    connection.apply_backend(scene, {"native_size": 64}, [], announce=False)  # as a health check would
+    assert renders.start_live(scene) is None
+    session = addon_module("session")
+    assert session.SESSION.live is not None
     try:
         camera = scene.camera
-        runtime.live_step()  # observes the pose and starts the render
+        renders.live_step()  # observes the pose and starts the render
         wait_for(lambda: sent)
         worst = 0.0
         for _ in range(20):
             camera.location.x += 0.05
             bpy.context.view_layer.update()
             start = time.perf_counter()
-            runtime.live_step()
+            renders.live_step()
             worst = max(worst, time.perf_counter() - start)
         assert worst < 0.05, f"live tick took {worst * 1000:.1f} ms"
         release.set()
-        wait_for(lambda: runtime.SESSION.live._results.qsize() >= 1)
-        runtime.live_step()
+        wait_for(lambda: session.SESSION.live.controller.results_waiting >= 1)
+        renders.live_step()
         image = camera.data.viewneti.image
         assert image is not None and tuple(image.size) == (64, 40)
         assert camera.data.background_images[0].image == image
     finally:
         release.set()
-        runtime.stop_live()
+        renders.stop_live()
     assert not scene.viewneti.live

@@ -3,13 +3,15 @@ warnings from the backend in the panel, timings in seconds, Online Access for re
 delete/rename buttons, inversion steps from the backend, and colour management of stored images."""
 
 import io
+import os
 import socket
+import time
 import uuid
 
 import bpy
 import numpy as np
 import pytest
-from addon_testutil import addon_module, addon_prefs
+from addon_testutil import FakeBackend, addon_module, addon_prefs
 from PIL import Image
 
 pytestmark = pytest.mark.blender
@@ -32,43 +34,112 @@ def health(native=64, invert_steps=150):
     }
 
 
-def test_requests_use_the_models_native_size_until_the_user_sets_one(scene):
-    runtime = addon_module("runtime")
+def test_requests_use_the_models_native_size_until_the_user_sets_one(scene, monkeypatch):
+    requests, connection = addon_module("requests"), addon_module("connection")
     settings = scene.viewneti
     settings.resolution = 512
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
     assert settings.use_native_resolution, "on in a fresh file"
-    # before the backend said its size: the Resolution field
-    assert runtime.build_render_request(scene, scene.camera)["camera"]["width"] == 512
-    runtime.apply_backend(scene, health(native=64), [])
-    cam = runtime.build_render_request(scene, scene.camera)["camera"]
+    backend = FakeBackend(health(native=64))
+    monkeypatch.setattr(connection, "make_client", lambda context=None: backend)
+    # the first Render View asks the backend for its model's size before it renders: never a 512-px guess
+    assert not connection.backend_known(settings)
+    assert bpy.ops.viewneti.render_view() == {"FINISHED"}, settings.status_message
+    assert backend.calls == ["health", "objects", "render"]
+    cam = backend.requests[-1]["camera"]
     assert (cam["width"], cam["height"]) == (64, 40)  # long side 64, the scene's 16:9 kept
-    assert runtime.size_warning(settings) == ""
+    assert settings.model_native_size == 64 and connection.backend_known(settings)
+    assert bpy.ops.viewneti.render_view() == {"FINISHED"}
+    assert backend.calls[3:] == ["render"]  # known now: no second health check
+    assert requests.size_warning(settings) == ""
     assert "64 × 40 px" in draw_labels(bpy.context)
     settings.use_native_resolution = False
-    assert runtime.build_render_request(scene, scene.camera)["camera"]["width"] == 512
-    assert "512 px is 8x the model's 64 px" in runtime.size_warning(settings)
+    assert requests.build_render_request(scene, scene.camera)["camera"]["width"] == 512
+    assert "512 px is 8x the model's 64 px" in requests.size_warning(settings)
     assert "Turn on Model's Size" in draw_labels(bpy.context)
 
 
+def test_live_and_camera_path_also_ask_for_the_size_first(scene, monkeypatch, tmp_path):
+    connection, renders = addon_module("connection"), addon_module("renders")
+    scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
+    backend = FakeBackend(health(native=48))
+    monkeypatch.setattr(connection, "make_client", lambda context=None: backend)
+    addon_prefs().live_debounce = 0.0
+    assert bpy.ops.viewneti.toggle_live() == {"FINISHED"}, scene.viewneti.status_message
+    assert backend.calls == ["health", "objects"] and renders.live_running()
+    deadline = time.monotonic() + 10
+    while scene.camera.data.viewneti.image is None:  # what the timer does in the UI
+        renders.live_step()
+        assert time.monotonic() < deadline, scene.viewneti.status_message
+        time.sleep(0.01)
+    assert (backend.requests[0]["camera"]["width"], backend.requests[0]["camera"]["height"]) == (48, 24)  # 16:9
+    renders.stop_live()
+
+    bpy.ops.wm.read_homefile(use_factory_startup=True)  # a new file: its scene knows no backend yet
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 1, 2
+    scene.viewneti.output_dir = str(tmp_path / "frames")
+    backend = FakeBackend(health(native=48))
+    assert bpy.ops.viewneti.render_path() == {"FINISHED"}, scene.viewneti.status_message
+    assert backend.calls[:3] == ["health", "objects", "sequence"]
+    assert {(c["width"], c["height"]) for c in backend.requests[-1]["cameras"]} == {(48, 24)}
+    assert sorted(os.listdir(tmp_path / "frames")) == ["frame_000001.png", "frame_000002.png"]
+
+
+def test_the_first_render_in_the_ui_checks_health_on_the_timer(scene, monkeypatch):
+    """The UI's path: the operator returns at once; the health check and then the render arrive on ticks."""
+    connection, session = addon_module("connection"), addon_module("session")
+    monkeypatch.setattr(session.SESSION, "synchronous", False)
+    backend = FakeBackend(health(native=32))
+    monkeypatch.setattr(connection, "make_client", lambda context=None: backend)
+    assert bpy.ops.viewneti.render_view() == {"FINISHED"}
+    deadline = time.monotonic() + 10
+    while scene.camera.data.viewneti.image is None:
+        session.tick()
+        assert time.monotonic() < deadline, scene.viewneti.status_message
+        time.sleep(0.01)
+    assert backend.calls == ["health", "objects", "render"]
+    image = scene.camera.data.viewneti.image
+    assert image is not None and tuple(image.size) == (32, 16)  # the factory scene's 16:9 at the model's 32 px
+
+
+def test_inversion_warnings_are_shown_as_a_sequences(scene, monkeypatch):
+    """The backend's warnings about an inversion (202 answer, progress events) land in the Invert
+    Reference box and the status line, as a camera path's do."""
+    connection = addon_module("connection")
+    far = "camera 0 is 9.00 units from the anchor, outside the view-mapper's trained distances (3.20-4.00)"
+    backend = FakeBackend(health(native=64), warnings=[far])
+    monkeypatch.setattr(connection, "make_client", lambda context=None: backend)
+    settings = scene.viewneti
+    image = bpy.data.images.new("ref", 32, 32)
+    settings.invert_source, settings.invert_image, settings.invert_camera = "IMAGE", image, scene.camera
+    settings.invert_name, settings.invert_steps, settings.invert_preview_every = "far_mug", 3, 0
+    assert bpy.ops.viewneti.invert_reference() == {"FINISHED"}, settings.status_message
+    assert settings.job_kind == "invert" and settings.job_state == "done"
+    assert settings.job_warnings == far
+    assert settings.status_message == f"New object 'far_mug' is ready and selected. Warning: {far}"
+    assert far in draw_labels(bpy.context)  # in the Invert Reference panel's job box
+
+
 def test_timings_are_shown_in_seconds_and_warnings_reach_the_panel(scene):
-    runtime, client = addon_module("runtime"), addon_module("client")
+    requests, renders, client = addon_module("requests"), addon_module("renders"), addon_module("client")
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), "gray").save(buf, "PNG")
     result = client.RenderResult(buf.getvalue(), 0, "r1", {"total": 720.4}, ["the camera is far away: move it"])
-    request = runtime.build_render_request(scene, scene.camera)
-    runtime.apply_render(scene, scene.camera, request, result)
+    request = requests.build_render_request(scene, scene.camera)
+    renders.apply_render(scene, scene.camera, request, result)
     settings = scene.viewneti
     assert settings.last_timings == "0.72 s"
     assert "Warning: the camera is far away" in settings.status_message
     text = draw_labels(bpy.context)
     assert "Last render: 0.72 s" in text and "the camera is far away: move it" in text
-    assert runtime.format_seconds(41.2) == "41 s" and runtime.format_seconds(200) == "3 min 20 s"
+    status = addon_module("status")
+    assert status.format_seconds(41.2) == "41 s" and status.format_seconds(200) == "3 min 20 s"
     assert client.parse_warnings('["a", "b"]') == ["a", "b"] and client.parse_warnings("nonsense") == []
 
 
 def test_a_remote_backend_needs_online_access_and_is_not_contacted(scene, monkeypatch):
-    runtime = addon_module("runtime")
+    connection = addon_module("connection")
     connects = []
     real_connect = socket.socket.connect
     monkeypatch.setattr(socket.socket, "connect", lambda s, a: connects.append(a) or real_connect(s, a))
@@ -79,12 +150,12 @@ def test_a_remote_backend_needs_online_access_and_is_not_contacted(scene, monkey
         message = scene.viewneti.status_message
         assert "Online Access" in message and "Preferences > System" in message
         assert connects == []
-        monkeypatch.setattr(runtime, "online_access_allowed", lambda: True)
-        assert runtime.make_client().base_url == "http://10.20.30.40:7860"
-        monkeypatch.setattr(runtime, "online_access_allowed", lambda: False)
+        monkeypatch.setattr(connection, "online_access_allowed", lambda: True)
+        assert connection.make_client().base_url == "http://10.20.30.40:7860"
+        monkeypatch.setattr(connection, "online_access_allowed", lambda: False)
         for url in ("http://127.0.0.1:1", "localhost:7860", "http://[::1]:7860"):
             addon_prefs().backend_url = url
-            runtime.make_client()  # loopback is not Internet access: never gated
+            connection.make_client()  # loopback is not Internet access: never gated
     finally:
         addon_prefs().backend_url = "http://127.0.0.1:7860"
 
@@ -101,7 +172,7 @@ def test_far_camera_warning_from_the_real_backend_lands_in_the_panel(live_scene)
 
 
 def test_rename_and_delete_buttons_change_the_library(live_scene):
-    runtime = addon_module("runtime")
+    connection, library = addon_module("connection"), addon_module("library")
     scene = live_scene
     settings = scene.viewneti
     builtin = settings.object_name
@@ -123,24 +194,28 @@ def test_rename_and_delete_buttons_change_the_library(live_scene):
     assert bpy.ops.viewneti.rename_object(new_name=new) == {"FINISHED"}, settings.status_message
     assert settings.object_name == new and new in settings.objects and name not in settings.objects
     assert bpy.ops.viewneti.rename_object(new_name=builtin) == {"CANCELLED"}
-    assert "already exists" in settings.status_message
+    assert f"an object named '{builtin}' already exists" in settings.status_message  # the backend's words
+    # a 409 for another reason is not "already exists": the backend's own text says why
+    assert library.rename_object(live_scene, builtin, "anything_else") is not None
+    assert "built-in object" in settings.status_message and "cannot be renamed" in settings.status_message
+    assert "already exists" not in settings.status_message
     assert bpy.ops.viewneti.delete_object() == {"FINISHED"}, settings.status_message
     assert new not in settings.objects and settings.object_name == builtin  # back to the default object
-    assert new not in [o["name"] for o in runtime.make_client().objects()]
+    assert new not in [o["name"] for o in connection.make_client().objects()]
 
 
 def test_inversion_steps_default_to_the_backends(scene):
-    runtime = addon_module("runtime")
+    connection, requests = addon_module("connection"), addon_module("requests")
     settings = scene.viewneti
     assert settings.invert_steps == 0
     image = bpy.data.images.new("ref", 32, 32)
     settings.invert_source, settings.invert_image, settings.invert_camera = "IMAGE", image, scene.camera
-    assert "steps" not in runtime.build_invert_request(scene)
-    runtime.apply_backend(scene, health(invert_steps=150), [])
+    assert "steps" not in requests.build_invert_request(scene)
+    connection.apply_backend(scene, health(invert_steps=150), [])
     assert settings.model_invert_steps == 150
     assert "Backend default: 150 steps" in draw_labels(bpy.context)
     settings.invert_steps = 20
-    assert runtime.build_invert_request(scene)["steps"] == 20
+    assert requests.build_invert_request(scene)["steps"] == 20
 
 
 @pytest.mark.parametrize(

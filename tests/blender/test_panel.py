@@ -87,22 +87,22 @@ def test_compiling_phase_reaches_the_panel_instead_of_an_eta(scene):
     """A progress event with phase "compiling" (the backend's first inversion at this size compiles
     its training graph, minutes on CUDA, at step 0) reaches the scene state the panel draws from, and
     the panel says so instead of an ETA; the first training step replaces it with the ETA."""
-    jobs, runtime, panel = addon_module("jobs"), addon_module("runtime"), addon_module("panel")
+    jobs, job_control, panel = addon_module("jobs"), addon_module("job_control"), addon_module("panel")
     job = jobs.InvertJob(None, {"name": "mug", "steps": 10})
-    job._handle(
+    job.handle_event(
         "progress", {"step": 0, "total": 10, "loss": None, "eta_s": None, "phase": "compiling", "state": "running"}
     )
     assert job.poll() and job.phase == "compiling" and job.state == "running"
-    runtime.sync_job(scene, job)
+    job_control.sync_job(scene, job)
     assert scene.viewneti.job_phase == "compiling" and scene.viewneti.job_running
     text = labels(draw_all(bpy.context))
     assert panel.COMPILING_TEXT in text and "ETA" not in text
 
-    job._handle(
+    job.handle_event(
         "progress", {"step": 1, "total": 10, "loss": 0.5, "eta_s": 90.0, "phase": "training", "state": "running"}
     )
     job.poll()
-    runtime.sync_job(scene, job)
+    job_control.sync_job(scene, job)
     assert scene.viewneti.job_phase == "training"
     text = labels(draw_all(bpy.context))
     assert "ETA 1 min 30 s" in text and "Compiling" not in text  # timings in seconds and minutes

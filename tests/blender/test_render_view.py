@@ -52,9 +52,9 @@ def test_render_view_sets_packed_background_and_survives_reload(live_scene, tmp_
 def test_live_renders_come_back_as_jpeg_and_stills_as_png(live_scene):
     from addon_testutil import addon_module
 
-    runtime, client_mod = addon_module("runtime"), addon_module("client")
-    request = runtime.build_render_request(live_scene, live_scene.camera)
-    client = runtime.make_client()
+    requests, client_mod = addon_module("requests"), addon_module("client")
+    request = requests.build_render_request(live_scene, live_scene.camera)
+    client = addon_module("connection").make_client()
     live = client.render(request, accept=client_mod.LIVE_ACCEPT)
     still = client.render(request)
     assert live.png.startswith(b"\xff\xd8\xff") and still.png.startswith(b"\x89PNG\r\n\x1a\n")

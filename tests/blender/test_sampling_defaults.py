@@ -32,60 +32,60 @@ def test_use_model_defaults_is_on_in_a_fresh_file(scene):
 
 
 def test_render_request_omits_steps_and_guidance_with_model_defaults(scene):
-    runtime = addon_module("runtime")
+    connection, requests = addon_module("connection"), addon_module("requests")
     settings = scene.viewneti
     settings.use_model_defaults = True
-    request = runtime.build_render_request(scene, scene.camera)
+    request = requests.build_render_request(scene, scene.camera)
     assert "steps" not in request and "guidance" not in request
     assert {"camera", "seed", "session"} <= set(request)
     # live mode before the model's values are known: left out too
-    assert "steps" not in runtime.build_render_request(scene, scene.camera, live=True)
+    assert "steps" not in requests.build_render_request(scene, scene.camera, live=True)
 
-    runtime.apply_backend(scene, HEALTH, [], announce=False)
+    connection.apply_backend(scene, HEALTH, [], announce=False)
     assert (settings.model_steps, settings.model_live_steps) == (20, 8)
     assert settings.model_guidance == pytest.approx(2.0)
-    assert "steps" not in runtime.build_render_request(scene, scene.camera)  # Render View: the model's steps
-    live = runtime.build_render_request(scene, scene.camera, live=True)
+    assert "steps" not in requests.build_render_request(scene, scene.camera)  # Render View: the model's steps
+    live = requests.build_render_request(scene, scene.camera, live=True)
     assert live["steps"] == 8 and "guidance" not in live  # live previews: the model's live steps
 
 
 def test_own_values_are_sent_with_model_defaults_off(scene):
-    runtime = addon_module("runtime")
+    connection, requests = addon_module("connection"), addon_module("requests")
     settings = scene.viewneti
-    runtime.apply_backend(scene, HEALTH, [], announce=False)
+    connection.apply_backend(scene, HEALTH, [], announce=False)
     settings.use_model_defaults = False
     settings.steps, settings.guidance = 12, 3.25
     for live in (False, True):
-        request = runtime.build_render_request(scene, scene.camera, live=live)
+        request = requests.build_render_request(scene, scene.camera, live=live)
         assert request["steps"] == 12 and request["guidance"] == pytest.approx(3.25)
 
 
 def test_sequence_request_follows_the_switch(scene):
-    runtime = addon_module("runtime")
+    requests = addon_module("requests")
     settings = scene.viewneti
     scene.frame_start, scene.frame_end = 1, 3
     settings.use_model_defaults = True
-    request = runtime.build_sequence_request(scene, scene.camera)
+    request = requests.build_sequence_request(scene, scene.camera)
     assert len(request["cameras"]) == 3
     assert "steps" not in request and "guidance" not in request
     settings.use_model_defaults = False
     settings.steps, settings.guidance = 5, 4.0
-    request = runtime.build_sequence_request(scene, scene.camera)
+    request = requests.build_sequence_request(scene, scene.camera)
     assert request["steps"] == 5 and request["guidance"] == pytest.approx(4.0)
 
 
 def test_health_without_or_with_bad_defaults_clears_the_models_values(scene):
-    runtime = addon_module("runtime")
+    connection = addon_module("connection")
     settings = scene.viewneti
-    runtime.apply_backend(scene, HEALTH, [], announce=False)
-    runtime.apply_backend(scene, {k: v for k, v in HEALTH.items() if k != "sampling_defaults"}, [], announce=False)
+    connection.apply_backend(scene, HEALTH, [], announce=False)
+    connection.apply_backend(scene, {k: v for k, v in HEALTH.items() if k != "sampling_defaults"}, [], announce=False)
     assert (settings.model_steps, settings.model_live_steps, settings.model_guidance) == (0, 0, 0.0)
-    runtime.apply_backend(scene, {**HEALTH, "sampling_defaults": {"steps": "many"}}, [], announce=False)
+    connection.apply_backend(scene, {**HEALTH, "sampling_defaults": {"steps": "many"}}, [], announce=False)
     assert settings.model_steps == 0
 
 
 def test_panel_shows_the_models_values_instead_of_the_fields(scene):
-    runtime = addon_module("runtime")
+    connection = addon_module("connection")
     settings = scene.viewneti
     settings.use_model_defaults = True
 
@@ -98,7 +98,7 @@ def test_panel_shows_the_models_values_instead_of_the_fields(scene):
     props, labels = props_and_labels()
     assert "use_model_defaults" in props and "steps" not in props and "guidance" not in props
     assert "Refresh" in labels  # values not known yet
-    runtime.apply_backend(scene, HEALTH, [], announce=False)
+    connection.apply_backend(scene, HEALTH, [], announce=False)
     props, labels = props_and_labels()
     assert "20 steps · guidance 2 · live 8 steps" in labels
     settings.use_model_defaults = False
@@ -107,7 +107,7 @@ def test_panel_shows_the_models_values_instead_of_the_fields(scene):
 
 
 def test_live_step_sends_the_models_live_steps(scene, monkeypatch):
-    runtime = addon_module("runtime")
+    connection = addon_module("connection")
     from blender_addon.images import encode_png
 
     sent = []
@@ -118,21 +118,22 @@ def test_live_step_sends_the_models_live_steps(scene, monkeypatch):
             w, h = request["camera"]["width"], request["camera"]["height"]
             return RenderResult(encode_png(w, h, bytes([10, 200, 30, 255]) * (w * h)), seed=request["seed"])
 
-    monkeypatch.setattr(runtime, "make_client", lambda context=None: Client())
+    renders, session = addon_module("renders"), addon_module("session")
+    monkeypatch.setattr(connection, "make_client", lambda context=None: Client())
     addon_prefs().live_debounce = 0.0
     scene.viewneti.use_model_defaults = True
-    runtime.apply_backend(scene, HEALTH, [], announce=False)
-    runtime.start_live(scene)
+    connection.apply_backend(scene, HEALTH, [], announce=False)
+    renders.start_live(scene)
     try:
-        runtime.live_step()
+        renders.live_step()
         deadline = time.monotonic() + 10
-        while not (sent and runtime.SESSION.live._results.qsize()):
+        while not (sent and session.SESSION.live.controller.results_waiting):
             assert time.monotonic() < deadline, "the live render did not run"
             time.sleep(0.01)
-        runtime.live_step()
+        renders.live_step()
         assert scene.camera.data.viewneti.image is not None
     finally:
-        runtime.stop_live()
+        renders.stop_live()
     assert sent[0]["steps"] == 8 and "guidance" not in sent[0]
 
 

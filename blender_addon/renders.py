@@ -1,0 +1,153 @@
+"""Render View and Live: the active camera's render, packed into an image and shown behind the camera.
+
+Render View renders once; Live (a :class:`LiveMode` part of the session) re-renders whenever the
+camera has been still for the Live Delay, newest pose first (the debouncing is `live.LiveController`,
+which knows no bpy). Both ask the backend for its model's size first if no health check was done yet.
+"""
+
+import bpy
+
+from . import connection, images
+from .camera_pose import pose_key
+from .client import LIVE_ACCEPT, Superseded
+from .live import LiveController
+from .properties import prefs
+from .requests import build_render_request
+from .session import SESSION, TICK_FAST, ensure_timer, run_async
+from .status import format_seconds, report_error, scene_named, set_status, tag_redraw
+
+
+def image_name(camera_obj):
+    return f"ViewNeTI {camera_obj.name}"
+
+
+def apply_render(scene, camera_obj, request, result):
+    """Pack the PNG into the camera's image and show it as the camera background."""
+    image = images.store_png(image_name(camera_obj), result.png, camera_obj.data.viewneti.image, scene=scene)
+    images.set_camera_background(camera_obj.data, image)
+    cam_settings = camera_obj.data.viewneti
+    cam_settings.image = image
+    cam_settings.last_object = request.get("object", "")
+    settings = scene.viewneti
+    total = result.timings_ms.get("total") if isinstance(result.timings_ms, dict) else None
+    settings.last_timings = format_seconds(total / 1000.0) if isinstance(total, (int, float)) else ""
+    settings.backend_state = "OK"
+    warnings = list(getattr(result, "warnings", None) or [])
+    settings.last_warnings = "\n".join(warnings)
+    width, height = request["camera"]["width"], request["camera"]["height"]
+    settings.status_message = f"Rendered {camera_obj.name} ({width}×{height}, seed {result.seed})" + (
+        f". Warning: {warnings[0]}" if warnings else ""
+    )
+    tag_redraw()
+    return image
+
+
+def render_view(scene, camera_obj):
+    """Render the camera once; in the UI the image arrives later through the timer.
+
+    Returns the error of a synchronous session's render (None when it worked, or in the UI)."""
+    camera_name = camera_obj.name
+
+    def render(target):
+        camera = bpy.data.objects.get(camera_name)
+        if camera is None:
+            return None  # deleted while the backend was asked for its size
+        request = build_render_request(target, camera)
+        client = connection.make_client()
+        scene_name = target.name
+
+        def done(result, error):
+            target = scene_named(scene_name)
+            camera = bpy.data.objects.get(camera_name)
+            if target is None or camera is None or isinstance(error, Superseded):
+                return  # superseded: a newer render of this session (live or a second click) replaces it
+            if error is not None:
+                report_error(target, error)
+            else:
+                apply_render(target, camera, request, result)
+
+        set_status(target, f"Rendering {camera_name}…")
+        return run_async(lambda: client.render(request), done)
+
+    return connection.when_backend_known(scene, render)
+
+
+class LiveMode:
+    """Live mode as a part of the session: the controller and the scene whose active camera it follows."""
+
+    def __init__(self, controller, scene_name):
+        self.controller = controller
+        self.scene_name = scene_name
+
+    @property
+    def running(self):
+        return not self.controller.stopped
+
+    def step(self):
+        """One tick: observe the active camera, start a due render, show finished ones."""
+        scene = scene_named(self.scene_name)
+        if scene is None or not scene.viewneti.live:
+            stop_live()
+            return
+        camera = scene.camera
+        if camera is not None and camera.type == "CAMERA":
+            try:
+                request = build_render_request(scene, camera, live=True)
+            except ValueError as exc:
+                set_status(scene, f"Live paused: {exc}")
+            else:
+                key = (
+                    (camera.name,)
+                    + pose_key(request["camera"])
+                    + (request.get("object", ""), request["seed"], request.get("steps"), request.get("guidance"))
+                )
+                self.controller.observe(key, (camera.name, request))
+        for result in self.controller.tick():
+            camera_name, request = result.request
+            target = bpy.data.objects.get(camera_name)
+            if result.error is not None:
+                report_error(scene, result.error)
+            elif target is not None:
+                apply_render(scene, target, request, result.value)
+
+    def interval(self):
+        return TICK_FAST if self.running else None
+
+    def shutdown(self):
+        self.controller.stop()
+        scene = scene_named(self.scene_name)
+        if scene is not None:
+            scene.viewneti.live = False
+
+
+def live_running():
+    return SESSION.live is not None and SESSION.live.running
+
+
+def start_live(scene):
+    """Turn Live on for the scene's active camera (after a health check if none was done yet)."""
+    stop_live()
+
+    def start(target):
+        client = connection.make_client()
+        controller = LiveController(
+            lambda item: client.render(item[1], accept=LIVE_ACCEPT), debounce=prefs().live_debounce, max_in_flight=2
+        )
+        SESSION.live = LiveMode(controller, target.name)
+        target.viewneti.live = True
+        set_status(target, "Live: move the active camera")
+        ensure_timer()
+
+    return connection.when_backend_known(scene, start)
+
+
+def stop_live():
+    live, SESSION.live = SESSION.live, None
+    if live is not None:
+        live.shutdown()
+
+
+def live_step():
+    """Drive live mode one tick, as the timer does (scripts and tests where no timer fires)."""
+    if SESSION.live is not None:
+        SESSION.live.step()
