@@ -19,6 +19,7 @@ MAX_REFERENCE_SIDE = 4096
 MAX_INVERT_ASPECT = 4.0
 MIN_GUIDANCE = 0.0
 MAX_GUIDANCE = 30.0
+MAX_SEQUENCE_FRAMES = 10_000
 _NAME_BODY = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 NAME_PATTERN = f"^{_NAME_BODY}$"
 NAME_RE = re.compile(rf"\A{_NAME_BODY}\Z")  # \Z, not $: "mug\n" is no name

@@ -217,8 +217,8 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
         name="Guidance",
         description="Classifier-free guidance scale (only used with Use Model Defaults off)",
         default=7.5,
-        min=0.0,
-        max=30.0,
+        min=limits.MIN_GUIDANCE,
+        max=limits.MAX_GUIDANCE,
     )
     use_native_resolution: BoolProperty(
         name="Model's Size",

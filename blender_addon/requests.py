@@ -10,8 +10,6 @@ import os
 
 from . import camera_pose, images, limits
 
-MAX_SEQUENCE_FRAMES = 10000  # frames of one sequence job (the backend refuses more cameras: server/schemas.py)
-
 
 def render_resolution(settings):
     """Long side of requests: the model's native size (from health) with Model's Size on, else Resolution."""
@@ -97,9 +95,9 @@ def build_sequence_request(scene, camera_obj):
     """The camera's pose at every frame of the range (moves the playhead, then puts it back)."""
     settings = scene.viewneti
     frames = path_frames(scene)
-    if len(frames) > MAX_SEQUENCE_FRAMES:
+    if len(frames) > limits.MAX_SEQUENCE_FRAMES:
         raise ValueError(
-            f"{len(frames)} frames is too many for one job (max {MAX_SEQUENCE_FRAMES}): raise Step or shorten the range."
+            f"{len(frames)} frames is too many for one job (max {limits.MAX_SEQUENCE_FRAMES}): raise Step or shorten the range."
         )
     original = scene.frame_current
     cameras = []

@@ -46,9 +46,10 @@ _RENDER_HEADERS = {
         "description": "JSON object of server-side timings in milliseconds (queue, model stages, image, total)",
         "schema": {"type": "string"},
     },
-    "X-Camera-Warning": {
-        "description": "present when the camera is outside the view-mapper's training range (the image is still "
-        "rendered)",
+    "X-Warnings": {
+        "description": "present when there is something to say (a camera outside the view-mapper's trained "
+        "distances, a size far above the model's native size; the image is still rendered): a JSON array of "
+        "strings (ASCII-escaped)",
         "schema": {"type": "string"},
     },
     "Vary": {"description": "Accept: the format depends on it", "schema": {"type": "string"}},

@@ -203,12 +203,12 @@ class CompileOut(BaseModel):
 class SequenceRequest(BaseModel):
     model_config = STRICT
 
-    cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=10000)]
+    cameras: Annotated[list[CameraIn], Field(min_length=1, max_length=limits.MAX_SEQUENCE_FRAMES)]
     frames: Annotated[
         list[Annotated[int, Field(ge=0, le=limits.MAX_FRAME), INTEGRAL]] | None,
         Field(
             min_length=1,
-            max_length=10000,
+            max_length=limits.MAX_SEQUENCE_FRAMES,
             json_schema_extra={"uniqueItems": True},
             description=(
                 f"frame numbers used in file names (one per camera, unique, 0..{limits.MAX_FRAME}); default 0..N-1"

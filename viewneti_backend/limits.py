@@ -20,6 +20,7 @@ SIZE_MULTIPLE = 8  # sides are multiples of the VAE's downsampling factor (the l
 # far from where tan(fov/2) underflows (the camera features take its log).
 MIN_FOV_DEG = 0.01
 MAX_FRAME = 9_999_999  # largest frame number of a sequence: frames name files frame_NNNNNNN.png
+MAX_SEQUENCE_FRAMES = 10_000  # cameras (frames) of one sequence job
 
 # -- sampling ---------------------------------------------------------------------------------------
 # Classifier-free guidance scale of a render (requests, a model's sampling.json, the add-on's field). The
