@@ -88,12 +88,14 @@ def toy_engine(model: str | None = None, device: str = "cpu", **load: Any) -> It
 
 
 def machine() -> dict:
-    """The CPU, its cores and torch's threads and version, for a report."""
+    """The host, Python, the CPU and its cores, torch's threads and version, for a report."""
     import platform
 
     import torch
 
     return {
+        "host": platform.node(),
+        "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -110,17 +112,24 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
-    """The median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls, and every time (s)."""
-    for _ in range(warmup):
-        fn()
+def timed_each(fn: Callable[[int], Any], repeats: int = 3, warmup: int = 1) -> list[float]:
+    """The wall time of ``fn(i)`` for ``i`` in ``0..repeats-1`` (s), after warm-up calls with negative
+    indices (``-warmup..-1``); the index lets each call pick its own seed or pose."""
+    for i in range(-warmup, 0):
+        fn(i)
     sync()
     times = []
-    for _ in range(repeats):
+    for i in range(repeats):
         t0 = time.perf_counter()
-        fn()
+        fn(i)
         sync()
         times.append(time.perf_counter() - t0)
+    return times
+
+
+def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
+    """The median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls, and every time (s)."""
+    times = timed_each(lambda _: fn(), repeats, warmup)
     return float(statistics.median(times)), times
 
 

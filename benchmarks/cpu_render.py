@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import BENCH_DIR, command_line, machine, set_threads, stats, toy_engine, write_json
+from benchmarks.common import BENCH_DIR, command_line, machine, set_threads, stats, timed_each, toy_engine, write_json
 
 
 def main() -> None:
@@ -36,17 +36,8 @@ def main() -> None:
         def cam(azimuth: float) -> Camera:
             return Camera(orbit_pose(azimuth, 25.0, 3.6), 40.0, args.size, args.size)
 
-        def timed(fn) -> list[float]:
-            fn(-1)  # warm-up
-            out = []
-            for i in range(args.n):
-                t0 = time.perf_counter()
-                fn(i)
-                out.append(time.perf_counter() - t0)
-            return out
-
-        cached = timed(lambda i: engine.render([cam(30.0)], seed=i + 1))
-        new_pose = timed(lambda i: engine.render([cam(31.0 + 7.0 * (i + 1))], seed=0))
+        cached = timed_each(lambda i: engine.render([cam(30.0)], seed=i + 1), args.n)
+        new_pose = timed_each(lambda i: engine.render([cam(31.0 + 7.0 * (i + 1))], seed=0), args.n)
         phases: dict = {}
         engine.render([cam(200.0)], seed=0, timings=phases)
 

@@ -30,15 +30,13 @@ import argparse
 import http.client
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import BENCH_DIR, REPO, command_line, machine, output_path, percentile, stats, write_json
 
 
 def orbit(az: float, el: float = 20.0, radius: float = 4.0) -> list[list[float]]:
@@ -90,15 +88,21 @@ def timed_renders(client: Client, bodies: list[dict], accept: str) -> dict:
         times.append(ms)
         splits.append(json.loads(headers.get("x-timings-ms", "{}")))
     keys = sorted({k for s in splits for k in s})
+    ms = stats(times)
     return {
-        "n": len(times),
-        "client_p50_ms": round(statistics.median(times), 1),
-        "client_min_ms": round(min(times), 1),
-        "client_max_ms": round(max(times), 1),
-        "server_p50_ms": {k: round(statistics.median(s.get(k, 0.0) for s in splits), 1) for k in keys},
+        "n": ms["n"],
+        "client_p50_ms": round(ms["p50"], 1),
+        "client_min_ms": round(ms["min"], 1),
+        "client_max_ms": round(ms["max"], 1),
+        "server_p50_ms": {k: round(percentile([s.get(k, 0.0) for s in splits], 0.5), 1) for k in keys},
         "bytes": len(payload),
         "media_type": headers.get("content-type"),
     }
+
+
+def p50_ms(values: list[float]) -> float | None:
+    """The median of ``values`` rounded to 0.1 ms, None when there are none."""
+    return round(percentile(values, 0.5), 1) if values else None
 
 
 def wait_health(client: Client, proc: subprocess.Popen, timeout: float) -> dict:
@@ -158,7 +162,9 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="CPU check of the script on the toy model (tiny sizes)")
     p.add_argument("--model", default=None, help="model folder (default: write SD 2.1-sized random weights)")
     p.add_argument("--work", type=Path, default=None, help="folder for the model and the server's data")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "server_gpu.json")
+    p.add_argument(
+        "--out", type=Path, default=BENCH_DIR / "server_gpu.json", help="the JSON report (under $OUT when set)"
+    )
     p.add_argument("--repeats", type=int, default=10, help="requests per timed row")
     p.add_argument("--frames", type=int, default=24, help="frames of the sequence job")
     p.add_argument("--port", type=int, default=7871)
@@ -182,15 +188,11 @@ def main() -> None:
         live, view, new_size = (64, 64, 3), (64, 48, 4), (48, 32)
     else:
         live, view, new_size = (512, 512, 8), (768, 576, 30), (640, 480)
-    report: dict = {
-        "command": "python -m benchmarks.server_gpu " + " ".join(sys.argv[1:]),
-        "host": platform.node(),
-        "python": platform.python_version(),
-    }
+    out = output_path(args.out)
+    report: dict = {"command": command_line(), "machine": machine()}
 
     def save() -> None:  # after every section: a run stopped by a time limit keeps what it measured
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(out, report)
 
     model = args.model
     if model is None and not args.smoke:
@@ -296,14 +298,10 @@ def main() -> None:
                 k += 1
             report["while_new_size_compiles"] = {
                 "live_requests": len(live_ms),
-                "live_client_p50_ms": round(statistics.median(r["client_p50_ms"] for r in live_ms), 1)
-                if live_ms
-                else None,
+                "live_client_p50_ms": p50_ms([r["client_p50_ms"] for r in live_ms]),
                 "live_client_max_ms": max((r["client_max_ms"] for r in live_ms), default=None),
                 "new_size_requests": len(new_ms),
-                "new_size_client_p50_ms": round(statistics.median(r["client_p50_ms"] for r in new_ms), 1)
-                if new_ms
-                else None,
+                "new_size_client_p50_ms": p50_ms([r["client_p50_ms"] for r in new_ms]),
             }
             health = wait_compiled(client, [label], timeout=1200)
         report["new_size_compile_s"] = round(time.perf_counter() - t0, 1)

@@ -2,10 +2,21 @@
 
 import argparse
 import math
+import statistics
 
 import pytest
 
-from benchmarks.common import float_list, int_list, percentile, stats, write_json
+from benchmarks.common import (
+    float_list,
+    int_list,
+    machine,
+    output_path,
+    percentile,
+    stats,
+    timed,
+    timed_each,
+    write_json,
+)
 from benchmarks.toy_sampling_sweep import SamplingSetting, sampling_grid
 from benchmarks.toy_timestep_spacing import SpacingSetting, spacing_settings
 
@@ -43,3 +54,28 @@ def test_write_json_creates_the_folder_and_writes_nan_as_json_does(tmp_path):
     path = write_json(tmp_path / "new" / "r.json", {"x": float("nan")})
     assert path.read_text() == '{\n  "x": NaN\n}'
     assert math.isnan(__import__("json").loads(path.read_text())["x"])
+
+
+def test_timed_each_passes_warmup_then_timed_indices_and_times_every_call():
+    calls: list[int] = []
+    times = timed_each(calls.append, repeats=3, warmup=2)
+    assert calls == [-2, -1, 0, 1, 2] and len(times) == 3 and all(t >= 0 for t in times)
+    count = []
+    median, every = timed(lambda: count.append(1), repeats=4, warmup=1)
+    assert len(count) == 5 and len(every) == 4 and median == statistics.median(every)
+
+
+def test_output_path_goes_under_OUT_when_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    assert output_path("benchmarks/x.json") == tmp_path / "out" / "x.json"
+    assert (tmp_path / "out").is_dir()
+    monkeypatch.setenv("OUT", "")
+    assert output_path(tmp_path / "here" / "x.json") == tmp_path / "here" / "x.json"
+
+
+def test_machine_names_the_host_python_and_torch():
+    import platform
+
+    m = machine()
+    assert m["python"] == platform.python_version() and m["host"] == platform.node()
+    assert m["cores"] and m["torch_threads"] >= 1 and m["torch"]

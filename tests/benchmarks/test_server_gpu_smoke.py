@@ -26,11 +26,12 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
     out = tmp_path / "server_gpu.json"
     cmd = [sys.executable, "-m", "benchmarks.server_gpu", "--smoke", "--out", str(out), "--work", str(tmp_path / "w")]
     cmd += ["--repeats", "2", "--frames", "4", "--port", str(free_port())]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}  # an $OUT would redirect --out
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     report = json.loads(out.read_text())
     assert report["command"].startswith("python -m benchmarks.server_gpu --smoke")
+    assert {"host", "python", "cores", "torch"} <= set(report["machine"])
     assert report["ready_s"] > 0 and report["first_view_after_ready"]["n"] == 1
     rows = report["renders"]
     assert {k.rsplit("_", 2)[0] for k in rows} == {
