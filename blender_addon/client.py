@@ -586,6 +586,12 @@ class Client:
     def submit_sequence(self, request):
         return self._json("POST", "/v1/jobs/sequence", request)
 
+    def compile_shape(self, width, height, views=1):
+        """POST /v1/compile: ask a compiling backend to compile a render shape in the background (renders
+        at it run uncompiled, slower, until it is ready). Returns {"shape", "status"}; status "eager" means
+        the backend does not compile."""
+        return self._json("POST", "/v1/compile", {"width": int(width), "height": int(height), "views": int(views)})
+
     def submit_invert(self, request):
         try:
             return self._json("POST", "/v1/jobs/invert", request)

@@ -3,11 +3,13 @@
 :func:`make_client` applies the preferences (URL, timeout, access token; Blender's Online Access for
 a backend on another machine). A health check (``GET /v1/health`` plus the object list) is mirrored
 into the scene: model and device, the model's native size and sampling defaults, the backend's caps;
-the request builders and the panel read them there.
+the request builders and the panel read them there. A compiling backend (CUDA) is asked to compile
+this scene's render size in the background right away, so the first render at it is not the slow one.
 """
 
 import bpy
 
+from . import camera_pose, requests
 from .client import BackendError, Client, is_loopback_url
 from .properties import prefs
 from .session import SESSION, in_scene, run_async
@@ -81,7 +83,76 @@ def apply_backend(scene, info, objects, announce=True):
         settings.object_name = info["default_object"]
     if announce:
         settings.status_message = f"Connected to {info.get('base_model', 'backend')} ({len(objects)} objects)"
+    compile_scene_size(scene, info.get("compiled_shapes"), info.get("sequence_batch"))
     tag_redraw()
+
+
+def shape_label(width, height, views=1):
+    """A render shape as the backend names it (``WIDTHxHEIGHT[xVIEWS]``, GET /v1/health compiled_shapes)."""
+    return f"{width}x{height}" + (f"x{views}" if views != 1 else "")
+
+
+def scene_shapes(scene, sequence_batch):
+    """The render shapes this scene asks for at its current size: one view per call (Render View, Live)
+    and, on a backend that batches sequences, ``sequence_batch`` views per call (Render Camera Path)."""
+    long_side = requests.request_resolution(scene.viewneti)
+    width, height = camera_pose.render_size(*camera_pose.scene_frame_size(scene.render), long_side)
+    return [(width, height, views) for views in dict.fromkeys((1, max(1, sequence_batch)))]
+
+
+def compile_state_text(width, height, state):
+    """The panel's line about the scene's size on a compiling backend."""
+    size = f"{width}×{height}"
+    if state == "ready":
+        return f"{size}: compiled, renders at full speed"
+    if state in ("compiling", "queued"):
+        return (
+            f"{size}: {state} on the backend; until it is ready renders at this size run uncompiled "
+            "(slower). Refresh to check."
+        )
+    if state == "failed":
+        return f"{size}: the backend could not compile it; renders at this size run uncompiled (slower)"
+    return ""
+
+
+def compile_scene_size(scene, compiled_shapes, sequence_batch=None):
+    """Ask a compiling backend (``compiled_shapes`` from GET /v1/health; None: it does not compile) to
+    compile this scene's render shapes it has not compiled or queued yet, in the background, and say in
+    the panel how the scene's size stands. Returns the error of a synchronous session's request."""
+    settings = scene.viewneti
+    settings.backend_compiles = isinstance(compiled_shapes, dict)
+    if not settings.backend_compiles:
+        settings.compile_state = ""
+        return None
+    try:
+        settings.backend_sequence_batch = max(1, int(sequence_batch or 1))
+        shapes = scene_shapes(scene, settings.backend_sequence_batch)
+    except (TypeError, ValueError):  # a bad batch or an empty frame: nothing to ask for
+        settings.compile_state = ""
+        return None
+    known = {}
+    for state in ("ready", "queued", "failed"):
+        for label in compiled_shapes.get(state) or ():
+            known[str(label)] = state
+    if compiled_shapes.get("compiling"):
+        known[str(compiled_shapes["compiling"])] = "compiling"
+    width, height, _ = shapes[0]
+    settings.compile_state = compile_state_text(width, height, known.get(shape_label(width, height), "queued"))
+    todo = [shape for shape in shapes if shape_label(*shape) not in known]
+    if not todo:
+        return None
+    client = make_client()
+
+    def ask():
+        return [client.compile_shape(*shape) for shape in todo]
+
+    def apply(target, answers):
+        state = answers[0].get("status") if todo[0] == shapes[0] and isinstance(answers[0], dict) else None
+        if state is not None:
+            target.viewneti.compile_state = compile_state_text(width, height, state)
+        tag_redraw()
+
+    return run_async(ask, in_scene(scene.name, apply))
 
 
 def refresh_backend(scene, announce=True, then=None):

@@ -147,6 +147,13 @@ class VIEWNETI_PT_view(_SidebarPanel, bpy.types.Panel):
         warning = requests.size_warning(settings)
         if warning:
             _wrapped(col, warning, context, icon="ERROR")
+        if settings.backend_compiles and settings.compile_state:
+            _wrapped(
+                col,
+                settings.compile_state,
+                context,
+                icon="CHECKMARK" if "compiled," in settings.compile_state else "TIME",
+            )
 
         layout.use_property_split = False
         row = layout.row(align=True)

@@ -307,6 +307,11 @@ class VIEWNETI_SceneSettings(bpy.types.PropertyGroup):
     backend_max_size: IntProperty(name="Backend Max Size", default=0, min=0)
     model_native_size: IntProperty(name="Model Size", default=0, min=0)  # from GET /v1/health (0 = unknown)
     model_invert_steps: IntProperty(name="Model Inversion Steps", default=0, min=0)
+    # a compiling backend (health's compiled_shapes is not null): frames per UNet call of its sequence jobs,
+    # and one line for the panel about this scene's render size (compiled, compiling, queued)
+    backend_compiles: BoolProperty(name="Backend Compiles", default=False)
+    backend_sequence_batch: IntProperty(name="Backend Sequence Batch", default=1, min=1)
+    compile_state: StringProperty(name="Compile State", default="")
     status_message: StringProperty(name="Status", default="")
     last_timings: StringProperty(name="Last Timings", default="")
     last_warnings: StringProperty(name="Last Warnings", default="")  # the last render's X-Warnings, one per line

@@ -31,6 +31,8 @@ def apply_render(scene, camera_obj, request, result):
     settings = scene.viewneti
     total = result.timings_ms.get("total") if isinstance(result.timings_ms, dict) else None
     settings.last_timings = format_seconds(total / 1000.0) if isinstance(total, (int, float)) else ""
+    if settings.last_timings and result.timings_ms.get("eager") == 1:  # X-Timings-Ms: no compiled graph yet
+        settings.last_timings += " (uncompiled: the backend is still compiling this size)"
     settings.backend_state = "OK"
     warnings = list(getattr(result, "warnings", None) or [])
     settings.last_warnings = "\n".join(warnings)

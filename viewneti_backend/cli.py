@@ -903,8 +903,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help="optimizer steps (default: the paper's 3000 on a GPU, 150 on a CPU: about 4 min for the toy model "
-        "on 2 cores; RESULTS.md §3 measured 14.3 / 14.8 dB at 150 / 600 steps)",
+        help=f"optimizer steps (default: the paper's {GPU_INVERT_STEPS} on a GPU, {CPU_INVERT_STEPS} on a CPU, "
+        "where a toy-model step takes a second or two; what 150 steps reach against 600: RESULTS.md §3)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_invert)

@@ -35,9 +35,9 @@ MAX_STEPS = 150  # denoising steps of one render (contract); --max-steps may onl
 MAX_INVERT_STEPS = 100_000  # contract bound of an inversion's optimisation steps
 DEFAULT_MAX_INVERT_STEPS = 5_000  # server cap (--max-invert-steps); the paper's 3000-step runs fit under it
 # Default optimisation steps of an inversion (CLI `invert`, POST /v1/jobs/invert without steps, the
-# add-on's Steps 0; GET /v1/health invert_steps): the paper's 3000 on a GPU (4.8 min on an H200 at SD 2
-# scale). On a CPU one toy-model step (9 images, 64x64) takes ~1.5 s on 2 cores (RESULTS.md §5:
-# 1.3-1.7 s), so 3000 would be 20 h: 150 steps (~4 min) reach 14.3 dB against 14.8 dB at 600 (§3).
+# add-on's Steps 0; GET /v1/health invert_steps): the paper's 3000 on a GPU (minutes at SD 2 scale on
+# an H200: RESULTS.md §1). On a CPU a toy-model step takes about a second or two on 2 cores (§5), so 3000
+# would take over an hour; 150 steps come close to the quality of 600 (§3).
 GPU_INVERT_STEPS = 3000
 CPU_INVERT_STEPS = 150
 CPU_SECONDS_PER_INVERT_STEP = 1.5  # for the CLI's ETA on a CPU

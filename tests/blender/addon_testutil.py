@@ -66,6 +66,13 @@ class FakeBackend:
         w, h = request["camera"]["width"], request["camera"]["height"]
         return addon_module("client").RenderResult(_png(w, h), seed=0)
 
+    def compile_shape(self, width, height, views=1):
+        """POST /v1/compile: queued, unless health already lists the shape as ready (a compiling backend)."""
+        label = f"{width}x{height}" + (f"x{views}" if views != 1 else "")
+        self._record("compile", {"width": width, "height": height, "views": views})
+        ready = (self.info.get("compiled_shapes") or {}).get("ready") or []
+        return {"shape": label, "status": "ready" if label in ready else "queued"}
+
     def submit_sequence(self, request):
         self._record("sequence", request)
         self.job_events = [("done", {"result": {}})]
