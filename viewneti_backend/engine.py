@@ -363,12 +363,8 @@ class Engine:
         for i, cam in enumerate(cameras):
             groups.setdefault((cam.width, cam.height), []).append(i)
         for (width, height), idxs in groups.items():
-            eager = False
-            if self.compiled:
-                shape = RenderShape(len(idxs), width, height, guidance != 1.0)
-                eager = shape not in self.ready_shapes
-                if eager and self.on_uncompiled_shape is not None:
-                    self.on_uncompiled_shape(shape)
+            shape = RenderShape(len(idxs), width, height, guidance != 1.0)
+            eager = self.compiled and shape not in self.ready_shapes
             if timings is not None:
                 timings["eager"] = float(eager)
             run = functools.partial(
@@ -391,10 +387,15 @@ class Engine:
             except Exception as exc:
                 if eager or _is_out_of_memory(exc):
                     raise
-                self._compiled_render_failed(RenderShape(len(idxs), width, height, guidance != 1.0), exc)
+                self._compiled_render_failed(shape, exc)
                 if timings is not None:
                     timings["eager"] = 1.0
                 images = run(eager=True)  # same maths: the user gets the image, not an error
+            finally:
+                # reported once this render is over, not before it: the compile it starts (helper processes
+                # that load the model and autotune on the same GPU) would slow the render that waits now
+                if eager and self.on_uncompiled_shape is not None:
+                    self.on_uncompiled_shape(shape)
             for i, im in zip(idxs, images):
                 out[i] = im
         return out  # type: ignore[return-value]
