@@ -68,7 +68,7 @@ def main() -> None:
     trainer.train(progress=False)  # warm-up (and compilation)
     for obj, name, region in [
         (training, "apply_augmentation", "augmentation"),
-        (trainer, "_sample_batch", "sample batch"),
+        (trainer, "sample_batch", "sample batch"),
         (trainer.base.vae, "encode", "VAE encode"),
         (trainer.mappers, "forward", "object-mapper"),
         (trainer.frozen_view, "forward", "frozen view-mapper"),

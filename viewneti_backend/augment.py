@@ -106,13 +106,13 @@ def augment_image(img: torch.Tensor, cfg: AugmentationConfig | None, gen: torch.
         theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
         x = _affine(x, theta, fill=-1.0 + 2.0 / 255.0)  # PIL fill=1 on 0..255: near black
     if cfg.crop_scale != (1.0, 1.0):
-        sw, sh, cx, cy = _draw_crop(cfg, gen, x.shape[2], x.shape[1])
+        sw, sh, cx, cy = draw_crop(cfg, gen, x.shape[2], x.shape[1])
         theta = torch.tensor([[sw, 0.0, cx], [0.0, sh, cy]])
         x = _affine(x, theta, fill=-1.0)
     return x
 
 
-def _draw_crop(
+def draw_crop(
     cfg: AugmentationConfig, gen: torch.Generator, width: int, height: int
 ) -> tuple[float, float, float, float]:
     """torchvision's ``RandomResizedCrop.get_params``, drawn from ``gen``, as an affine zoom
@@ -170,7 +170,7 @@ def _plan_image(cfg: AugmentationConfig, gen: torch.Generator, width: int, heigh
     if cfg.rotation_p and float(torch.rand((), generator=gen)) < cfg.rotation_p:
         plan.rotation = math.radians(_uniform(gen, -cfg.rotation_deg, cfg.rotation_deg))
     if cfg.crop_scale != (1.0, 1.0):
-        plan.crop = _draw_crop(cfg, gen, width, height)
+        plan.crop = draw_crop(cfg, gen, width, height)
     return plan
 
 

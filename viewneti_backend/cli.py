@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from .compile_modes import COMPILE_CHOICES, COMPILE_HELP
+from .config_cli import add_options, config_from_args
 from .data_dir import library_dir
 from .limits import CPU_INVERT_STEPS, GPU_INVERT_STEPS
-from .training_modes import MODES
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -276,7 +276,7 @@ def cmd_render(args) -> int:
     return 0
 
 
-def _reference_from_args(args):
+def reference_from_args(args):
     """The reference images + cameras of ``invert``, checked before the model loads. Transparency is
     kept: the engine composites it on the background its model renders behind objects (alpha = mask)."""
     from PIL import Image, ImageOps
@@ -322,7 +322,7 @@ def cmd_invert(args) -> int:
         from .errors import InputError
 
         raise InputError(f"an object named '{args.name}' already exists in {library}: choose another --name")
-    images, cameras = _reference_from_args(args)
+    images, cameras = reference_from_args(args)
     engine = _engine(args)
     steps = args.steps or default_invert_steps(engine.base.device)
     width, height = engine.training_size(images[0])
@@ -371,23 +371,12 @@ def cmd_train(args) -> int:
     from .training import TrainConfig, Trainer
     from .training_modes import TRAINING_MODES
 
-    cfg = TrainConfig(
-        mode=args.mode,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr=args.lr,
-        scale_lr=not args.no_scale_lr,
-        weight_decay=args.weight_decay,
-        augmentation=args.augmentation,
+    cfg = config_from_args(
+        TrainConfig,
+        args,
         # DTU: the paper's 512x384 (not the model's square native size) unless given
         width=args.width or (DTU_TRAIN_SIZE[0] if args.dtu_root else None),
         height=args.height or (DTU_TRAIN_SIZE[1] if args.dtu_root else None),
-        camera_parameterization=args.camera_parameterization,
-        save_every=args.save_every,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        augmentation_pool=args.augmentation_pool,
     )
     views = _views(args.views)
     camera_param = None
@@ -697,7 +686,9 @@ def cmd_pretrain(args) -> int:
 
 
 def _add_pretrain_parser(sub) -> None:
-    from .pretrain import PRESETS
+    from .camera_features import PARAMETERIZATIONS
+    from .pretrain import PRESETS, PretrainRun
+    from .training import MIXED_PRECISIONS
 
     presets = "\n".join(f"  {name:7s} {p.description}" for name, p in PRESETS.items())
     p = sub.add_parser(
@@ -717,14 +708,24 @@ def _add_pretrain_parser(sub) -> None:
     p.add_argument("--data", required=True, help="folder of object folders, each with a transforms.json (+ masks)")
     p.add_argument("--out", required=True, help="run folder (view_mapper/, objects/, checkpoints, pretrain_eval.json)")
     p.add_argument("--model", help="base model: hub id or diffusers folder (default: the embedded toy world)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="see below (default quick)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=PretrainRun.preset,
+        help=f"see below (default {PretrainRun.preset})",
+    )
     p.add_argument("--steps", type=int, help="mode-3 optimizer steps (default: the preset's)")
     p.add_argument(
         "--holdout",
         help="objects to hold out for the test: a count (the last N in name order; 0 = no test) or "
         "comma-separated names (default: the preset's share, at least 1)",
     )
-    p.add_argument("--input-view", type=int, default=0, help="index of the held-out objects' input view (default 0)")
+    p.add_argument(
+        "--input-view",
+        type=int,
+        default=PretrainRun.input_view,
+        help=f"index of the held-out objects' input view (default {PretrainRun.input_view})",
+    )
     p.add_argument("--eval-targets", type=int, help="novel views scored per held-out object (0: all but the input)")
     p.add_argument("--invert-steps", type=int, help="mode-5 steps per held-out object (default: the preset's)")
     p.add_argument("--seeds", help="comma-separated seeds of the held-out test (default: the preset's)")
@@ -734,18 +735,26 @@ def _add_pretrain_parser(sub) -> None:
     p.add_argument("--height", type=int, help="training height (default: the model's training size)")
     p.add_argument(
         "--camera-parameterization",
-        default="anchor-pose-13d",
-        choices=["anchor-pose-13d", "anchor-distance-14d", "dtu-12d"],
-        help="the view-mapper's camera features (default anchor-pose-13d; anchor-distance-14d when the "
-        "export's camera distances vary)",
+        default=PretrainRun.camera_parameterization,
+        choices=PARAMETERIZATIONS,
+        help=f"the view-mapper's camera features (default {PretrainRun.camera_parameterization}; "
+        "anchor-distance-14d when the export's camera distances vary)",
     )
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument(
-        "--mixed-precision", choices=["no", "bf16", "fp16"], help="dtype of frozen parts (default: bf16 on CUDA)"
+        "--save-every",
+        type=int,
+        default=PretrainRun.save_every,
+        help=f"checkpoint every N steps (0: only at the end; default {PretrainRun.save_every})",
     )
-    p.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default auto)")
+    p.add_argument("--seed", type=int, default=PretrainRun.seed)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, help="dtype of frozen parts (default: bf16 on CUDA)")
+    p.add_argument(
+        "--compile",
+        default=PretrainRun.compile,
+        choices=COMPILE_CHOICES,
+        help=f"{COMPILE_HELP} (default {PretrainRun.compile})",
+    )
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -859,6 +868,8 @@ def _add_import_reference_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training import TrainConfig
+
     parser = argparse.ArgumentParser(
         prog="viewneti",
         description="ViewNeTI: view control of a frozen Stable-Diffusion-architecture model through learned text tokens. "
@@ -917,7 +928,6 @@ def build_parser() -> argparse.ArgumentParser:
         "4 fine-tune a pretrained view-mapper + new object; 5 frozen pretrained view-mapper + new object. "
         "Runs on one device, or several with `accelerate launch -m viewneti_backend.cli train ...`.",
     )
-    p.add_argument("--mode", type=int, required=True, choices=MODES)
     p.add_argument("--model", help="base model (default: the embedded toy world)")
     p.add_argument("--view-mapper", help="pretrained view-mapper folder (modes 4 and 5)")
     p.add_argument("--data", help="transforms.json scene folder; mode 3: folder of scene folders; mode 0: image folder")
@@ -926,48 +936,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", help="comma-separated view indices to train on (e.g. 25 for DTU 1-view)")
     p.add_argument("--limit-scenes", type=int, help="mode 3: use only the first N scenes")
     p.add_argument("--out", required=True, help="run folder: checkpoints, view_mapper/, objects/<scene>/")
-    p.add_argument(
-        "--steps", type=int, default=3000, help="optimizer steps (paper: 3000 for modes 2/4/5, 50000 for mode 3)"
-    )
-    p.add_argument("--batch-size", type=int, default=3, help="images per micro-batch (paper: 3)")
-    p.add_argument("--grad-accum", type=int, default=3, help="micro-batches per optimizer step (paper: 3)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=1e-3,
-        help="base learning rate, scaled by batch x accumulation x processes (paper: 1e-3 -> 9e-3)",
-    )
-    p.add_argument("--no-scale-lr", action="store_true", help="use --lr as is")
-    p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument(
-        "--augmentation",
-        type=int,
-        choices=[0, 5, 7],
-        help="0 none (each image is then VAE-encoded once, not every step), 5 (pretraining default), "
-        "7 (per-scene default)",
-    )
-    p.add_argument(
-        "--augmentation-pool",
-        type=int,
-        default=0,
-        metavar="N",
-        help="faster, changes the maths (off by default): VAE-encode N augmented copies of each scene once and "
-        "draw every step's images from them, instead of augmenting and encoding afresh each step",
-    )
-    p.add_argument("--width", type=int, help="training width (default: model native size; --dtu-root: 512)")
-    p.add_argument("--height", type=int, help="training height (default: model native size; --dtu-root: 384)")
-    p.add_argument(
-        "--camera-parameterization",
-        default="anchor-pose-13d",
-        choices=["anchor-pose-13d", "anchor-distance-14d", "dtu-12d"],
-    )
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--resume", help="checkpoint-<step> folder or run folder to continue from")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: auto; accelerate launch decides under it)")
-    p.add_argument(
-        "--mixed-precision", choices=["no", "bf16", "fp16"], help="dtype of frozen parts (default: bf16 on CUDA)"
-    )
+    add_options(p.add_argument_group("training"), TrainConfig, required=["mode"])
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="render a scene's cameras and score them (masked PSNR/SSIM, LPIPS-VGG)")

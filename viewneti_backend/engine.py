@@ -189,6 +189,11 @@ class Engine:
     def compiled(self) -> bool:
         return self.compile_mode is not None
 
+    @property
+    def compiled_training_sizes(self) -> frozenset[tuple[int, int]]:
+        """Training sizes (width, height) whose compiled training graph exists in this process."""
+        return frozenset(self._compiled_training_sizes)
+
     def compile_shape(self, shape: RenderShape, cache_stats: dict[str, int] | None = None) -> float:
         """Compile (and run once) the render graphs of one shape; returns the seconds it took.
 

@@ -171,6 +171,11 @@ class ViewNeTIPipeline:
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    @property
+    def cached_encodings(self) -> int:
+        """How many (object, pose, schedule) encodings the cache holds now (at most ``cache_size`` after a call)."""
+        return len(self._cache)
+
     # -- sampling ----------------------------------------------------------------------------------
     def initial_latents(self, seed: int, batch: int, height: int, width: int, sigma: float) -> torch.Tensor:
         f, c = self.base.vae_scale_factor, self.base.latent_channels

@@ -25,6 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 from .atomic_files import atomic_write_text
+from .camera_features import DEFAULT_PARAMETERIZATION
 from .data import Scene, load_scene_collection
 from .errors import InputError
 from .messages import print_scene_messages
@@ -84,7 +85,7 @@ class PretrainRun:
     height: int | None = None
     render_steps: int | None = None  # None: the model's recommended value (viewneti/sampling.json)
     guidance: float | None = None
-    camera_parameterization: str = "anchor-pose-13d"
+    camera_parameterization: str = DEFAULT_PARAMETERIZATION
     save_every: int = 0
     seed: int = 0
     device: str | None = None

@@ -32,12 +32,14 @@ from .augment import AUGMENTATIONS, AugmentationPlan, apply_augmentation, plan_a
 from .base_model import BaseModel, load_base_model
 from .camera_features import (
     DEFAULT_PARAMETERIZATION,
+    PARAMETERIZATIONS,
     CameraParameterization,
     make_parameterization,
     parameterization_from_config,
 )
 from .checkpoints import read_checkpoint, save_mappers, write_checkpoint
-from .data import Scene
+from .config_cli import option
+from .data import DTU_TRAIN_SIZE, Scene
 from .errors import Cancelled, InputError
 from .images import images_to_tensor
 from .mapper import MapperConfig, NeTIMapper
@@ -45,25 +47,58 @@ from .text_conditioning import OBJECT_TEMPLATES, VIEW_OBJECT_PROMPT
 from .training_modes import MODES, TRAINING_MODES, TrainingMode
 from .transfer import ScalarReadback, to_device
 
+MIXED_PRECISIONS = ("no", "bf16", "fp16")  # accelerate's names for the frozen parts' dtype
+
 
 @dataclass
 class TrainConfig:
-    """One training run. Defaults are the paper's (lr 1e-3 scaled by batch x accumulation -> 9e-3)."""
+    """One training run. Defaults are the paper's (lr 1e-3 scaled by batch x accumulation -> 9e-3).
 
-    mode: int = 5
-    steps: int = 3000
-    batch_size: int = 3
-    grad_accum: int = 3
-    lr: float = 1e-3
-    scale_lr: bool = True
-    weight_decay: float = 1e-2
-    augmentation: int | None = None  # None -> the mode's default (TRAINING_MODES: 5 for mode 3, else 7)
-    width: int | None = None  # training resolution; None -> the model's native size (square)
-    height: int | None = None
-    camera_parameterization: str = DEFAULT_PARAMETERIZATION
-    save_every: int = 0  # 0 -> only at the end
-    seed: int = 0
-    mixed_precision: str | None = None  # None -> bf16 on CUDA when supported, else no
+    The fields with ``option`` metadata are ``viewneti train``'s options (:mod:`.config_cli`)."""
+
+    mode: int = field(default=5, metadata=option("the paper's training mode (see the description)", choices=MODES))
+    steps: int = field(default=3000, metadata=option("optimizer steps (paper: 3000 for modes 2/4/5, 50000 for mode 3)"))
+    batch_size: int = field(default=3, metadata=option("images per micro-batch (paper: 3)"))
+    grad_accum: int = field(default=3, metadata=option("micro-batches per optimizer step (paper: 3)"))
+    lr: float = field(
+        default=1e-3,
+        metadata=option("base learning rate, scaled by batch x accumulation x processes (paper: 1e-3 -> 9e-3)"),
+    )
+    scale_lr: bool = field(default=True, metadata=option("use --lr as is"))
+    weight_decay: float = field(default=1e-2, metadata=option("AdamW weight decay of the mappers"))
+    augmentation: int | None = field(
+        default=None,
+        metadata=option(
+            "0 none (each image is then VAE-encoded once, not every step), 5 (pretraining default), "
+            "7 (per-scene default); default: the mode's",
+            choices=sorted(AUGMENTATIONS),
+        ),
+    )
+    width: int | None = field(
+        default=None,
+        metadata=option(f"training width (default: the model's native size; --dtu-root: {DTU_TRAIN_SIZE[0]})"),
+    )
+    height: int | None = field(
+        default=None,
+        metadata=option(f"training height (default: the model's native size; --dtu-root: {DTU_TRAIN_SIZE[1]})"),
+    )
+    camera_parameterization: str = field(
+        default=DEFAULT_PARAMETERIZATION,
+        metadata=option(
+            "the view-mapper's camera features: the pose relative to the anchor (anchor-pose-13d), with the "
+            "camera distance as a feature of its own (anchor-distance-14d: for cameras at several distances), "
+            "or DTU's projection matrix (dtu-12d)",
+            choices=PARAMETERIZATIONS,
+        ),
+    )
+    save_every: int = field(default=0, metadata=option("checkpoint every N steps (0: only at the end)"))
+    seed: int = field(default=0, metadata=option("random seed of the run"))
+    mixed_precision: str | None = field(
+        default=None,
+        metadata=option(
+            "dtype of the frozen parts (default: bf16 on CUDA when supported, else no)", choices=MIXED_PRECISIONS
+        ),
+    )
     log_every: int = 10
     # Run the grad_accum micro-batches of a step as one batch (same gradient: the mean of equal-sized
     # micro-batch means is the batch mean; each keeps its own scene, images, noise and timesteps).
@@ -75,7 +110,14 @@ class TrainConfig:
     # time). Faster, but a finite sample of the augmentations: it changes the maths, so it is off by
     # default. Memory: N x 2 latents per scene, kept on the device. (With augmentation 0 every image
     # is encoded once anyway, which keeps the maths: then a pool is refused.)
-    augmentation_pool: int = 0
+    augmentation_pool: int = field(
+        default=0,
+        metadata=option(
+            "faster, but changes the maths (0: off): VAE-encode N augmented copies of each scene once and "
+            "draw every step's images from them, instead of augmenting and encoding afresh each step",
+            metavar="N",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -336,7 +378,7 @@ class Trainer:
         return pools
 
     # -- micro-batches -----------------------------------------------------------------------------
-    def _sample_batch(self, gen: torch.Generator, rng: random.Random) -> MicroBatch:
+    def sample_batch(self, gen: torch.Generator, rng: random.Random) -> MicroBatch:
         """One micro-batch: a scene, augmented images, camera features, prompts, noise and timesteps.
 
         Every random draw comes from CPU generators, so a run is reproducible on any device, and
@@ -440,7 +482,7 @@ class Trainer:
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
         (aug, pools), self.augmentation, self.pools = (self.augmentation, self.pools), None, None
         try:
-            losses = [float(self.loss_on([self._sample_batch(gen, rng)])) for _ in range(batches)]
+            losses = [float(self.loss_on([self.sample_batch(gen, rng)])) for _ in range(batches)]
         finally:
             self.augmentation, self.pools = aug, pools
         return sum(losses) / len(losses)
@@ -494,7 +536,7 @@ class Trainer:
                     bar.close()
                     raise Cancelled(f"training stopped at step {self.step} of {c.steps}")
                 with acc.accumulate(self.mappers):
-                    batches = [self._sample_batch(gen, rng) for _ in range(c.grad_accum if fused else 1)]
+                    batches = [self.sample_batch(gen, rng) for _ in range(c.grad_accum if fused else 1)]
                     loss = self.loss_on(batches)
                     acc.backward(loss)
                     if acc.sync_gradients:

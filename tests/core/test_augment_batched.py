@@ -109,12 +109,12 @@ def test_dtype_preserved_and_input_untouched():
 def test_crops_stay_inside_the_image_like_torchvisions_random_resized_crop(key, size):
     """torchvision's RandomResizedCrop never zooms out: a crop that would not fit is re-drawn (10 tries),
     then the central crop is used. Crops are whole pixels; key 7 zooms in by up to 1/sqrt(0.7)."""
-    from viewneti_backend.augment import _draw_crop
+    from viewneti_backend.augment import draw_crop
 
     width, height = size
     cfg = AUGMENTATIONS[key]
     gen = torch.Generator().manual_seed(0)
-    crops = [_draw_crop(cfg, gen, width, height) for _ in range(2000)]
+    crops = [draw_crop(cfg, gen, width, height) for _ in range(2000)]
     for sw, sh, cx, cy in crops:
         assert 0 < sw <= 1 and 0 < sh <= 1
         assert abs(cx) + sw <= 1 + 1e-9 and abs(cy) + sh <= 1 + 1e-9
@@ -130,12 +130,12 @@ def test_crops_stay_inside_the_image_like_torchvisions_random_resized_crop(key, 
 
 
 def test_crop_falls_back_to_the_central_crop_with_the_aspect_clamped():
-    from viewneti_backend.augment import _draw_crop
+    from viewneti_backend.augment import draw_crop
 
     never_fits = AugmentationConfig(crop_scale=(1.5, 2.0))
     gen = torch.Generator().manual_seed(0)
-    assert _draw_crop(never_fits, gen, 64, 48) == (1.0, 1.0, 0.0, 0.0)  # 4:3 is inside [3/4, 4/3]
-    sw, sh, cx, cy = _draw_crop(never_fits, gen, 200, 100)  # 2:1 is wider than 4/3: width clamped to 133 px
+    assert draw_crop(never_fits, gen, 64, 48) == (1.0, 1.0, 0.0, 0.0)  # 4:3 is inside [3/4, 4/3]
+    sw, sh, cx, cy = draw_crop(never_fits, gen, 200, 100)  # 2:1 is wider than 4/3: width clamped to 133 px
     assert (round(sw * 200), round(sh * 100)) == (133, 100) and cy == 0.0 and abs(cx - (2 * 33 + 133) / 200 + 1) < 1e-12
 
 

@@ -1,6 +1,5 @@
 """The camera convention and its conversions: hand-worked cases and property-based round trips."""
 
-import argparse
 import dataclasses
 import json
 import math
@@ -219,20 +218,28 @@ def test_anchor_distance_14d_clamps_distances_outside_the_training_range():
         assert -1 < inside[12] < 1
 
 
-def test_the_training_commands_offer_every_registered_parameterisation():
-    """`viewneti train` and `viewneti toyworld pretrain` list their choices without importing torch;
-    the lists must not drift from the registry."""
+def test_the_training_commands_offer_every_registered_parameterisation(capsys):
+    """`viewneti train` and `viewneti toyworld pretrain` offer exactly the registry's parameterisations
+    (their --help lists them; each is accepted, anything else refused) and default to the shipped one."""
+    import re
+
     from viewneti_backend.camera_features import PARAMETERIZATIONS
     from viewneti_backend.cli import build_parser
 
     parser = build_parser()
-    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    toyworld = next(a for a in subcommands["toyworld"]._actions if isinstance(a, argparse._SubParsersAction)).choices
+    commands = {"train": ["train", "--mode", "3", "--out", "run"], "pretrain": ["toyworld", "pretrain"]}
     defaults = {}
-    for name, command in (("train", subcommands["train"]), ("pretrain", toyworld["pretrain"])):
-        option = next(a for a in command._actions if "--camera-parameterization" in a.option_strings)
-        assert sorted(option.choices) == sorted(PARAMETERIZATIONS)
-        defaults[name] = option.default
+    for name, argv in commands.items():
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--help"])
+        listed = re.search(r"--camera-parameterization \{([^}]*)\}", capsys.readouterr().out)
+        assert listed is not None and sorted(listed.group(1).split(",")) == sorted(PARAMETERIZATIONS)
+        for choice in PARAMETERIZATIONS:
+            assert parser.parse_args([*argv, "--camera-parameterization", choice]).camera_parameterization == choice
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--camera-parameterization", "not-registered"])
+        assert "invalid choice" in capsys.readouterr().err
+        defaults[name] = parser.parse_args(argv).camera_parameterization
     # real scenes: the library default; the toy world (cameras at several distances): as shipped
     assert defaults == {"train": DEFAULT_PARAMETERIZATION, "pretrain": "anchor-distance-14d"}
     from viewneti_backend.engine import embedded_model_dir

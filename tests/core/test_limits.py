@@ -52,8 +52,9 @@ def test_the_addon_copy_is_stdlib_only():
 def test_the_layers_read_the_limits_module():
     from server import __main__ as server_cli
     from server import schemas
-    from server.app import _NAME
+    from server.app import validate_name
     from server.config import ServerConfig
+    from server.errors import ApiError
     from viewneti_backend import cameras, sampling_defaults, tokens
 
     size = schemas.CameraIn.model_json_schema()["properties"]["width"]
@@ -63,7 +64,14 @@ def test_the_layers_read_the_limits_module():
         limits.SIZE_MULTIPLE,
     )
     assert cameras.MIN_SIZE == limits.MIN_SIZE and cameras.size_error is limits.size_error
-    assert tokens.NAME_PATTERN is limits.NAME_RE and _NAME is limits.NAME_RE
+    assert tokens.NAME_PATTERN is limits.NAME_RE
+    longest = "a" * limits.NAME_MAX_LENGTH
+    assert validate_name(longest) == longest  # the server checks names by the same rule
+    for bad in (longest + "a", "-a", "a.b", "a\n"):
+        assert not limits.NAME_RE.match(bad)
+        with pytest.raises(ApiError, match="letters, digits") as err:
+            validate_name(bad)
+        assert err.value.status == 400 and limits.NAME_RULE in err.value.message
     assert schemas.NAME_PATTERN == limits.NAME_PATTERN
     steps = schemas.InvertRequest.model_json_schema()["properties"]["steps"]
     integer = next(b for b in steps.get("anyOf", [steps]) if b.get("type") == "integer")

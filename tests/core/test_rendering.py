@@ -203,7 +203,7 @@ def test_uncompiled_shapes_render_eager_until_compiled(engine, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(engine.base.text, "encode", no_text_encoder)
         assert engine.compile_shape(RenderShape(1, 64, 64)) >= 0.0
-    assert not engine.pipeline._cache and engine.ready_shapes == {RenderShape(1, 64, 64)}
+    assert engine.pipeline.cached_encodings == 0 and engine.ready_shapes == {RenderShape(1, 64, 64)}
     timings = {}
     compiled_img = engine.render([c], None, seed=3, steps=2, timings=timings)[0]
     assert timings["eager"] == 0.0 and len(seen) == 1
@@ -304,7 +304,7 @@ def test_first_compiled_inversion_at_a_size_says_it_is_compiling(engine, monkeyp
     assert [(e.step, e.phase) for e in eager] == [(1, "training")]
 
     monkeypatch.setattr(engine, "compile_mode", "reduce-overhead")
-    monkeypatch.setattr(engine, "_compiled_training_sizes", set())
+    assert engine.compiled_training_sizes == frozenset()  # this module's engine compiled no training graph
     first, second, wide = [], [], []
     engine.invert([ref], [cam(5)], "phase_first", steps=2, on_progress=first.append)
     engine.invert([ref], [cam(5)], "phase_second", steps=1, on_progress=second.append)

@@ -69,7 +69,7 @@ def test_fused_micro_batches_give_the_same_gradient_as_accumulation(tiny_base, t
     """Mode 3, three micro-batches from (possibly) different scenes: one fused pass == their mean."""
     trainer = make_trainer(3, tiny_base, tiny_model_dir)
     gen, rng = torch.Generator().manual_seed(5), __import__("random").Random(3)
-    batches = [trainer._sample_batch(gen, rng) for _ in range(6)]
+    batches = [trainer.sample_batch(gen, rng) for _ in range(6)]
     assert len({mb.scene for mb in batches}) == 2, "the draw should cover both scenes"
     params = [p for p in trainer.mappers.parameters() if p.requires_grad]
 
@@ -89,7 +89,7 @@ def test_fused_micro_batches_with_augmentation_give_the_same_gradient_as_accumul
     """Mode 5 with the paper's augmentation: the fused step augments all micro-batches' images in one pass."""
     trainer = make_trainer(5, tiny_base, tiny_model_dir, augmentation=7)
     gen, rng = torch.Generator().manual_seed(2), __import__("random").Random(2)
-    batches = [trainer._sample_batch(gen, rng) for _ in range(3)]
+    batches = [trainer.sample_batch(gen, rng) for _ in range(3)]
     assert all(mb.augmentation is not None for mb in batches)
     params = [p for p in trainer.mappers.parameters() if p.requires_grad]
 
@@ -295,7 +295,7 @@ def test_without_augmentation_each_image_is_encoded_once_with_its_camera(tiny_ba
         std, posterior.std.float(), atol=1e-5
     )
     gen, rng = torch.Generator().manual_seed(0), __import__("random").Random(0)
-    mb = trainer._sample_batch(gen, rng)
+    mb = trainer.sample_batch(gen, rng)
     assert mb.images is None and mb.pool_index is not None
     features = trainer.scene_features[0]
     assert mb.feats is not None and features is not None

@@ -255,11 +255,14 @@ def test_nvs_benchmark_can_invert_with_the_augmentation_pool_option(tiny_model_d
     from viewneti_backend.training import Trainer
 
     pools = []
-    original = Trainer._encode_pools
-    monkeypatch.setattr(
-        Trainer, "_encode_pools", lambda self: pools.append(self.config.augmentation_pool) or original(self)
-    )
+    original = Trainer.train
+
+    def recording(self, *args, **kwargs):  # what each inversion's Trainer was given, and whether it drew a pool
+        pools.append((self.config.augmentation_pool, self.pools is not None))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", recording)
     cfg = BenchmarkConfig(n_objects=1, seeds=[0], n_targets=2, invert_steps=2, render_steps=2, augmentation_pool=9)
     summary = nvs_benchmark(cfg, tiny_model_dir, tmp_path, device="cpu", progress=False)
-    assert summary["complete"] and pools == [9]
+    assert summary["complete"] and pools == [(9, True)]
     assert json.loads((tmp_path / "nvs_benchmark.json").read_text())["config"]["augmentation_pool"] == 9

@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..atomic_files import atomic_write_text
 from ..cameras import Camera, orbit_pose
+from ..config_cli import option
 from ..errors import InputError
 from ..evaluation import (
     EvalTable,
@@ -43,20 +44,42 @@ from .renderer import ToyObject
 
 @dataclass
 class BenchmarkConfig:
-    n_objects: int = 8
+    """One benchmark (or ceiling) run; the fields with ``option`` metadata are the options of
+    ``viewneti toyworld benchmark`` and ``ceiling`` (:mod:`..config_cli`)."""
+
+    n_objects: int = field(
+        default=8,
+        metadata=option(
+            f"held-out objects (seeds {HELDOUT_SEED_START}, {HELDOUT_SEED_START + 1}, ...)", flag="--objects"
+        ),
+    )
     first_seed: int = HELDOUT_SEED_START  # never seen by the prior or the view-mapper
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1],
+        metadata=option("comma-separated sampling seeds; each object is rendered (and inverted) once per seed"),
+    )
     input_azimuth: float = 30.0
     input_elevation: float = 25.0
     radius: float = 3.6
     fov_y_deg: float = 40.0
-    n_targets: int = 16
+    n_targets: int = field(
+        default=16, metadata=option("novel views per object, evenly spaced on the orbit", flag="--targets")
+    )
     target_elevation: float = 25.0
     size: int = 64
-    invert_steps: int = 400
-    render_steps: int = 30
-    guidance: float = 2.0  # the toy prior saturates at SD's 7.5 (see RESULTS.md)
-    augmentation_pool: int = 0  # inversions with TrainConfig.augmentation_pool (an option); 0: the paper's maths
+    invert_steps: int = field(default=400, metadata=option("mode-5 optimizer steps per inversion (the paper: 3000)"))
+    render_steps: int = field(default=30, metadata=option("DPM-Solver++ steps of each novel view (the protocol's)"))
+    guidance: float = field(
+        default=2.0, metadata=option("classifier-free guidance (the toy prior saturates at SD's 7.5, see RESULTS.md)")
+    )
+    augmentation_pool: int = field(
+        default=0,
+        metadata=option(
+            "invert with the training option that encodes N augmented copies once (changes the maths; "
+            "0: the paper's fresh augmentation every step)",
+            metavar="N",
+        ),
+    )
 
 
 def nvs_benchmark(

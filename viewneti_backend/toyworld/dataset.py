@@ -17,7 +17,7 @@ Read it back with :func:`viewneti_backend.cameras.read_transforms_json` (or :fun
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,33 @@ import torch
 from PIL import Image
 
 from ..cameras import Camera, TransformsFrame, orbit_pose, pose_to_orbit, read_transforms_json, write_transforms_json
+from ..config_cli import option
 from ..data import Scene
+from .prior.model import HELDOUT_SEED_START
 from .renderer import DEFAULT_FOV_Y_DEG, ELEVATION_RANGE, RADIUS_RANGE, CameraSampler, ToyObject, render, to_uint8
+
+CAMERA_LAYOUTS = ("random", "orbit")  # DatasetConfig.cameras
 
 
 @dataclass
 class DatasetConfig:
-    n_objects: int = 20
-    views: int = 24
-    first_seed: int = (
-        0  # objects use seeds first_seed .. first_seed + n_objects - 1 (held-out: >= prior.model.HELDOUT_SEED_START)
+    """A toy dataset on disk; the fields with ``option`` metadata are ``viewneti toyworld render-dataset``'s
+    options (:mod:`..config_cli`)."""
+
+    n_objects: int = field(default=20, metadata=option("objects to render", flag="--objects"))
+    views: int = field(default=24, metadata=option("views per object"))
+    first_seed: int = field(
+        default=0,
+        metadata=option(f"object seeds first..first+N-1 (held-out objects start at {HELDOUT_SEED_START})"),
     )
-    size: int = 64
-    cameras: str = "random"  # "random" (the prior's training distribution) or "orbit" (even azimuths, fixed elevation)
+    size: int = field(default=64, metadata=option("image side in pixels"))
+    cameras: str = field(
+        default="random",
+        metadata=option(
+            "random: the prior's training distribution; orbit: even azimuths at a fixed elevation",
+            choices=CAMERA_LAYOUTS,
+        ),
+    )
     orbit_elevation_deg: float = 30.0
     orbit_radius: float = 3.6
     elevation_range: tuple[float, float] = ELEVATION_RANGE

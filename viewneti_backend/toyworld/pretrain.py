@@ -3,6 +3,7 @@ few object tokens inside the model folder (``viewneti toyworld pretrain``)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -17,6 +18,7 @@ import torch
 
 from ..atomic_files import replace_directory
 from ..compile_modes import resolve_compile_mode
+from ..config_cli import nested, option
 from ..errors import Cancelled, InputError
 from ..sampling_defaults import FILENAME as SAMPLING_FILENAME
 from ..training import TrainConfig, Trainer
@@ -35,22 +37,55 @@ def pretrain_training(**overrides: Any) -> TrainConfig:
     return TrainConfig(**{**defaults, **overrides})
 
 
+def parse_radius_range(text: str) -> tuple[float, float]:
+    """``--radius-range``: ``MIN,MAX`` (or one number) -> a (min, max) pair of positive distances."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or not 0 < values[0] <= values[1]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give MIN,MAX with 0 < MIN <= MAX, e.g. 3.2,4.0 (or 3.6 for one radius)"
+        )
+    return values[0], values[1]
+
+
 @dataclass
 class PretrainConfig:
     """Mode-3 pretraining of the toy view-mapper (the paper: 88 scenes x 34 views, 50k steps): the
     training run itself (``train``, a :class:`TrainConfig`; its width and height are set from
-    ``size``) and the toy data it runs on."""
+    ``size``) and the toy data it runs on. The fields with ``option``/``nested`` metadata are
+    ``viewneti toyworld pretrain``'s options (:mod:`..config_cli`)."""
 
-    train: TrainConfig = field(default_factory=pretrain_training)
-    n_objects: int = 120
-    views: int = 32
+    train: TrainConfig = field(
+        default_factory=pretrain_training,
+        metadata=nested("steps", "batch_size", "grad_accum", "seed", "camera_parameterization"),
+    )
+    n_objects: int = field(default=120, metadata=option("toy objects to pretrain on", flag="--objects"))
+    views: int = field(default=32, metadata=option("rendered views per object"))
     first_seed: int = 0
     size: int = 64
-    ship_objects: int = 4  # object tokens shipped as built-ins (named toy_000, ...)
-    max_minutes: float | None = None
-    compile: bool = True  # on CUDA: CUDA-graph the UNet/VAE (a tiny model's step is otherwise launch-bound)
-    # training camera distances (min, max); equal values pretrain at one fixed radius, as DTU's cameras nearly are
-    radius_range: tuple[float, float] = RADIUS_RANGE
+    ship_objects: int = field(default=4, metadata=option("object tokens to ship as built-ins (toy_000, ...)"))
+    max_minutes: float | None = field(
+        default=None, metadata=option("stop after this many minutes (keeps what was learned)", flag="--minutes")
+    )
+    compile: bool = field(
+        default=True,
+        metadata=option(
+            "on CUDA, run the UNet/VAE eagerly (default: CUDA graphs: a tiny model's step is otherwise launch-bound)"
+        ),
+    )
+    radius_range: tuple[float, float] = field(
+        default=RADIUS_RANGE,
+        metadata=option(
+            "training camera distances from the anchor; equal values (3.6,3.6) pretrain at one fixed radius, "
+            "as DTU's cameras nearly are",
+            metavar="MIN,MAX",
+            parse=parse_radius_range,
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.train.mode != 3:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -14,7 +16,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..renderer import DEFAULT_FOV_Y_DEG
+from ...config_cli import add_options, config_from_args, option
+from ..renderer import DEFAULT_FOV_Y_DEG, ELEVATION_RANGE, RADIUS_RANGE
 from .data import LatentBuffer, RenderStream, drop_captions, tokenize
 from .model import (
     PriorArchitecture,
@@ -29,37 +32,53 @@ from .model import (
 
 @dataclass
 class PriorTrainConfig:
+    """One prior training run; the fields with ``option`` metadata are the options of
+    ``python -m viewneti_backend.toyworld.prior`` (:mod:`...config_cli`)."""
+
     arch: PriorArchitecture = field(default_factory=PriorArchitecture)
-    n_objects: int = 20000  # training objects: seeds [0, n_objects)
-    seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    n_objects: int = field(default=20000, metadata=option("training objects: seeds [0, N)"))
+    seed: int = field(default=0, metadata=option("random seed of the run"))
+    device: str = field(default="auto", metadata=option("auto, cpu, cuda, cuda:1, ..."))
     supersample: int = 2  # anti-aliased renders
     # camera distribution (see renderer.CameraSampler)
-    elevation_range: tuple[float, float] = (10.0, 50.0)
-    radius_range: tuple[float, float] = (3.2, 4.0)
+    elevation_range: tuple[float, float] = ELEVATION_RANGE
+    radius_range: tuple[float, float] = RADIUS_RANGE
     fov_y_deg: float = DEFAULT_FOV_Y_DEG
     # captions
     p_view: float = 0.3  # fraction of captions with a coarse view phrase
     cfg_drop: float = 0.1  # fraction of empty captions (classifier-free guidance)
     # VAE
-    vae_steps: int = 2000
+    vae_steps: int = field(default=2000, metadata=option("VAE training steps"))
     vae_batch: int = 64
     vae_lr: float = 4e-4
     vae_kl_weight: float = 1e-6
     vae_object_weight: float = 2.0  # extra loss weight on object pixels (they are a small part of the image)
-    vae_max_minutes: float | None = None
+    vae_max_minutes: float | None = field(
+        default=None, metadata=option("stop the VAE's training after this many minutes", flag="--vae-minutes")
+    )
     # UNet + text encoder
-    unet_steps: int = 8000
-    unet_batch: int = 256
-    unet_lr: float = 3e-4
+    unet_steps: int = field(default=8000, metadata=option("UNet + text encoder training steps"))
+    unet_batch: int = field(default=256, metadata=option("UNet batch size"))
+    unet_lr: float = field(default=3e-4, metadata=option("UNet learning rate"))
     text_lr: float = 2e-4
     weight_decay: float = 0.01
     warmup_steps: int = 300
     ema_decay: float = 0.9995
     min_snr_gamma: float | None = 5.0
-    unet_max_minutes: float | None = None  # includes filling the latent buffer
-    buffer_size: int = 49152  # renders kept as VAE latents (mean, std); 0 = render every batch on the fly
-    buffer_refresh: int = 16  # fresh renders replacing random buffer entries at every step
+    unet_max_minutes: float | None = field(
+        default=None,
+        metadata=option(
+            "stop the UNet's training after this many minutes (filling the latent buffer included)",
+            flag="--unet-minutes",
+        ),
+    )
+    buffer_size: int = field(
+        default=49152,
+        metadata=option("renders kept as VAE latents (mean, std); 0 = render every batch on the fly"),
+    )
+    buffer_refresh: int = field(
+        default=16, metadata=option("fresh renders replacing random buffer entries at every step")
+    )
     grad_clip: float = 1.0
     log_every: int = 100
     progress: bool = True
@@ -350,41 +369,28 @@ def train_prior(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m viewneti_backend.toyworld.prior --out DIR [--vae-minutes M --unet-minutes M ...]``:
-    the script that trained the shipped prior (see the report / README for the exact command)."""
-    import argparse  # noqa: PLC0415
-
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m viewneti_backend.toyworld.prior`` (those of the run: :class:`PriorTrainConfig`'s)."""
     ap = argparse.ArgumentParser(description="Train the toy-world prior (a tiny Stable-Diffusion-architecture model).")
     ap.add_argument("--out", required=True)
     ap.add_argument(
         "--resume", default=None, help="continue UNet/text-encoder training from this prior folder (keeps its VAE)"
     )
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--n-objects", type=int, default=PriorTrainConfig.n_objects)
-    ap.add_argument("--vae-steps", type=int, default=PriorTrainConfig.vae_steps)
-    ap.add_argument("--unet-steps", type=int, default=PriorTrainConfig.unet_steps)
-    ap.add_argument("--vae-minutes", type=float, default=None)
-    ap.add_argument("--unet-minutes", type=float, default=None)
-    ap.add_argument("--unet-batch", type=int, default=PriorTrainConfig.unet_batch)
-    ap.add_argument("--buffer-size", type=int, default=PriorTrainConfig.buffer_size)
-    ap.add_argument("--buffer-refresh", type=int, default=PriorTrainConfig.buffer_refresh)
-    ap.add_argument("--unet-lr", type=float, default=PriorTrainConfig.unet_lr)
-    ap.add_argument("--seed", type=int, default=0)
+    add_options(ap, PriorTrainConfig)
     ap.add_argument("--tiny", action="store_true", help="tiny architecture and steps (tests)")
     ap.add_argument("--grid", default=None, help="write a sanity grid PNG here after training")
-    a = ap.parse_args(argv)
-    cfg = PriorTrainConfig.tiny() if a.tiny else PriorTrainConfig()
-    if not a.tiny:
-        cfg.n_objects, cfg.vae_steps, cfg.unet_steps, cfg.unet_batch = (
-            a.n_objects,
-            a.vae_steps,
-            a.unet_steps,
-            a.unet_batch,
-        )
-        cfg.vae_max_minutes, cfg.unet_max_minutes = a.vae_minutes, a.unet_minutes
-        cfg.buffer_size, cfg.buffer_refresh, cfg.unet_lr = a.buffer_size, a.buffer_refresh, a.unet_lr
-    cfg.device, cfg.seed, cfg.progress = a.device, a.seed, False
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m viewneti_backend.toyworld.prior --out DIR [--vae-minutes M --unet-minutes M ...]``:
+    the script that trained the shipped prior (see the report / README for the exact command)."""
+    a = build_parser().parse_args(argv)
+    if a.tiny:  # the tests' run: only the device and seed are taken from the command line
+        cfg = dataclasses.replace(PriorTrainConfig.tiny(), device=a.device, seed=a.seed)
+    else:
+        cfg = config_from_args(PriorTrainConfig, a)
+    cfg.progress = False
     command = " ".join(["python -m viewneti_backend.toyworld.prior", *(argv if argv is not None else sys.argv[1:])])
     metrics = train_prior(cfg, a.out, resume_from=a.resume, log=lambda m: print(m, flush=True), command=command)
     print(json.dumps(metrics, indent=1), flush=True)
