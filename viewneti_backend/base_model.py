@@ -60,7 +60,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 @dataclass
-class BaseModel:
+class Backbone:
     """The frozen parts of a Stable-Diffusion-architecture pipeline, ready for ViewNeTI conditioning."""
 
     name: str
@@ -132,7 +132,7 @@ def _is_local(model: str) -> bool:
     return os.path.isdir(model)
 
 
-def model_fingerprint(text_encoder: Any, unet: Any) -> str:  # Any: as BaseModel's fields
+def model_fingerprint(text_encoder: Any, unet: Any) -> str:  # Any: as Backbone's fields
     """A short hash that identifies a base model across dtypes/devices (object tokens remember it)."""
     table = text_encoder.get_input_embeddings().weight
     rows = table[: min(256, table.shape[0])].detach().to(torch.bfloat16).float().sum(dim=1).cpu().numpy()
@@ -152,7 +152,7 @@ def load_base_model(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     local_files_only: bool | None = None,
-) -> BaseModel:
+) -> Backbone:
     """Load tokenizer, text encoder, UNet, VAE and scheduler config from a hub id or a local folder."""
     from diffusers import AutoencoderKL, UNet2DConditionModel  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -195,7 +195,7 @@ def load_base_model(
 
 def assemble_base_model(
     name: str, tokenizer, text_encoder, unet, vae, scheduler_config: dict, device: torch.device, dtype: torch.dtype
-) -> BaseModel:
+) -> Backbone:
     """Freeze the components, move them, and patch the UNet's cross-attention for per-layer encodings."""
     for module in (text_encoder, unet, vae):
         module.requires_grad_(False)
@@ -211,7 +211,7 @@ def assemble_base_model(
         raise InputError(
             f"'{name}': UNet cross_attention_dim {unet.config.cross_attention_dim} != text width {text.embedding_dim}"
         )
-    return BaseModel(
+    return Backbone(
         name=name,
         tokenizer=tokenizer,
         text_encoder=text_encoder,
@@ -227,8 +227,8 @@ def assemble_base_model(
 
 
 def compile_base_model(
-    base: BaseModel, mode: str = "reduce-overhead", vae: bool = True, text_encoder_for_training: bool = True
-) -> BaseModel:
+    base: Backbone, mode: str = "reduce-overhead", vae: bool = True, text_encoder_for_training: bool = True
+) -> Backbone:
     """torch.compile the UNet and the VAE encoder/decoder (CUDA graphs with ``reduce-overhead``),
     after fusing each self-attention layer's q/k/v projections into one matmul.
 

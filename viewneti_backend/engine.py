@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import __version__
-from .base_model import BaseModel, compile_base_model, load_base_model
+from .base_model import Backbone, compile_base_model, load_base_model
 from .camera_rig import CameraRig, range_warnings, rig_from_mapper_config
 from .cameras import Camera
 from .compile_modes import resolve_compile_mode
@@ -110,7 +110,7 @@ class Engine:
 
     def __init__(
         self,
-        base: BaseModel,
+        base: Backbone,
         view_mapper: NeTIMapper | None,
         library: ObjectLibrary,
         *,

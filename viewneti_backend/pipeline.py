@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .attention import pack_layer_encodings, pack_plain_encoding
-from .base_model import BaseModel
+from .base_model import Backbone
 from .camera_features import CameraParameterization, parameterization_from_config
 from .cameras import Camera
 from .errors import Cancelled, InputError
@@ -27,7 +27,7 @@ from .text_conditioning import OBJECT_PROMPT, VIEW_OBJECT_PROMPT, Injection
 
 
 def encode_conditions(
-    base: BaseModel,
+    base: Backbone,
     input_ids: torch.Tensor,
     timesteps: torch.Tensor,
     layers: torch.Tensor,
@@ -58,7 +58,7 @@ class ViewNeTIPipeline:
 
     def __init__(
         self,
-        base: BaseModel,
+        base: Backbone,
         view_mapper: NeTIMapper | None = None,
         *,
         sampler: str = "dpmsolver++",

@@ -29,7 +29,7 @@ from torch import nn
 
 from .attention import pack_layer_encodings
 from .augment import AUGMENTATIONS, AugmentationPlan, apply_augmentation, plan_augmentation
-from .base_model import BaseModel, load_base_model
+from .base_model import Backbone, load_base_model
 from .camera_features import (
     DEFAULT_PARAMETERIZATION,
     PARAMETERIZATIONS,
@@ -175,7 +175,7 @@ class TrainableMappers(nn.Module):
 
 
 def new_mapper(
-    base: BaseModel, kind: str, camera_param: CameraParameterization | None = None, token: str | None = None
+    base: Backbone, kind: str, camera_param: CameraParameterization | None = None, token: str | None = None
 ) -> NeTIMapper:
     is_view = kind == "view"
     if is_view and camera_param is None:
@@ -242,7 +242,7 @@ class Trainer:
     def __init__(
         self,
         config: TrainConfig,
-        base: BaseModel | str,
+        base: Backbone | str,
         scenes: Sequence[Scene],
         *,
         view_mapper: NeTIMapper | str | None = None,
