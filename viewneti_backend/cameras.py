@@ -549,7 +549,8 @@ CAMERA_KEYS = INTRINSIC_KEYS + DISTORTION_KEYS + FRAME_KEYS
 @dataclass
 class TransformsFrame:
     """One frame: image path, camera (full pinhole intrinsics), optional mask, the lens distortion as
-    read (k1 k2 k3 k4 p1 p2: kept and written back; rendering ignores it), and every other key."""
+    read (k1 k2 k3 k4 p1 p2: kept and written back; the data loader undistorts the images with it,
+    :mod:`.undistort`), and every other key."""
 
     file_path: str
     camera: Camera
@@ -567,22 +568,6 @@ class TransformsFile:
 
     frames: list[TransformsFrame]
     meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def distortion_warning(self) -> str | None:
-        """Lens distortion in the file: ViewNeTI renders an ideal pinhole camera (None if there is none)."""
-        seen: dict[str, float] = {}
-        for fr in self.frames:
-            for k, v in fr.distortion.items():
-                if v and k not in seen:
-                    seen[k] = v
-        if not seen:
-            return None
-        values = ", ".join(f"{k}={v:.4g}" for k, v in seen.items())
-        return (
-            f"the cameras have lens distortion ({values}): rendering ignores it (an ideal pinhole camera); "
-            "it is kept in the file. Undistort the images first where pixels must line up (evaluation)"
-        )
 
 
 def camera_from_transforms_fields(
@@ -681,7 +666,15 @@ def read_transforms(path: str | Path) -> TransformsFile:
         validate_pose(matrix, tolerance=1e-2)
         intrinsics = {k: merged[k] for k in INTRINSIC_KEYS if k in merged}
         cam = camera_from_transforms_fields(matrix, intrinsics, w, h, where=f"{path}: frame {i}")
-        distortion = {k: float(merged[k]) for k in DISTORTION_KEYS if k in merged}
+        distortion = {}
+        for k in DISTORTION_KEYS:
+            if k in merged:
+                try:
+                    distortion[k] = float(merged[k])
+                except (TypeError, ValueError):
+                    raise InputError(
+                        f"{path}: frame {i} distortion '{k}' must be a number, got {merged[k]!r}"
+                    ) from None
         out.append(TransformsFrame(str(fr["file_path"]), cam, fr.get("mask_path"), dict(fr), distortion))
     return TransformsFile(out, {k: v for k, v in data.items() if k != "frames"})
 

@@ -398,7 +398,7 @@ def cmd_train(args) -> int:
             scenes = [s.subset(views) for s in scenes]
     else:
         scenes = [load_transforms_scene(args.data, views)]
-    print_scene_messages(scenes)  # which split of a NeRF-synthetic folder, lens distortion ignored
+    print_scene_messages(scenes)  # which split of a NeRF-synthetic folder, which photos were undistorted
     trainer = Trainer(
         cfg,
         _model_or_default(args.model),

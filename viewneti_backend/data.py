@@ -21,6 +21,7 @@ from .cameras import (
 )
 from .errors import InputError
 from .tokens import validate_token_name
+from .undistort import LensDistortion, Undistorter
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -142,8 +143,10 @@ def load_transforms_scene(
     Cameras keep their full intrinsics (fl_x/fl_y, cx/cy); a camera given for another image size
     (nerfstudio's downscaled ``images_2``) is scaled to the image (one given by angles only is built
     at its image's size by :func:`read_transforms`). Masks: ``mask_path``, else the image's alpha (composited onto
-    ``background``). ``scene.meta["notes"]`` / ``["warnings"]`` say which split was used and whether
-    the file's lens distortion is ignored."""
+    ``background``). A frame with lens distortion (k1 k2 k3 p1 p2, or a fisheye's k1..k4) has its
+    image and mask undistorted to the pinhole camera of the same K (:mod:`.undistort`); pixels the
+    photo does not cover show ``background`` and are outside the mask. ``scene.meta["notes"]`` says
+    which split was used and what was undistorted."""
     tj, note = find_transforms_file(path)
     root = tj.parent
     tf = read_transforms(tj)
@@ -153,25 +156,27 @@ def load_transforms_scene(
         if bad:
             raise InputError(f"{tj} has {len(frames)} frames; view indices {bad} do not exist")
         frames = [frames[i] for i in views]
+    lenses = [LensDistortion.from_transforms(fr.distortion, tf.meta, f"{tj}: {fr.file_path}") for fr in frames]
     images, cameras, masks = [], [], []
-    for fr in frames:
-        img, alpha = _open_with_alpha(transforms_image_path(root, fr.file_path), background)
+    undistorted = Undistorter(background)
+    for fr, lens in zip(frames, lenses):
+        img, mask = _open_with_alpha(transforms_image_path(root, fr.file_path), background)
         cam = fr.camera
         if (cam.width, cam.height) != img.size:
             cam = cam.with_size(*img.size)  # the file's intrinsics are for another size: scale them
-        images.append(img)
-        cameras.append(cam)
         if fr.mask_path:
             try:
                 with Image.open(root / fr.mask_path) as m:
-                    masks.append(np.asarray(m.convert("L").resize(img.size)) > 127)
+                    mask = np.asarray(m.convert("L").resize(img.size)) > 127
             except (OSError, ValueError) as exc:
                 raise InputError(f"cannot read mask {root / fr.mask_path}: {exc}") from None
-        elif alpha is not None:
-            masks.append(alpha)
-    meta: dict = {"transforms": str(tj), "notes": [note] if note else [], "warnings": []}
-    if tf.distortion_warning:
-        meta["warnings"].append(tf.distortion_warning)
+        if lens is not None:
+            img, mask = undistorted.add(img, mask, cam.intrinsics(), lens)
+        images.append(img)
+        cameras.append(cam)
+        if mask is not None:
+            masks.append(mask)
+    meta: dict = {"transforms": str(tj), "notes": [n for n in (note, undistorted.note()) if n], "warnings": []}
     return Scene(name or root.name, images, cameras, masks if len(masks) == len(images) else None, meta)
 
 

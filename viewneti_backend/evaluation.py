@@ -8,6 +8,8 @@ Two averages are reported: over views then scenes (the repo's), and over all vie
 
 Ground truth is compared at the render's size without squashing (:func:`framed_ground_truth`), and
 ``viewneti eval`` writes each scene's renders, ground truth, sheet and manifest (:class:`EvalOutputs`).
+Photos with lens distortion arrive undistorted (the loader, :mod:`.undistort`), so the ground truth is
+the image of the same pinhole camera that is rendered.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What the command-line tools tell the user on stderr, besides progress bars: warnings and notes.
 
 One place, so that ``render``, ``eval``, ``invert``, ``train`` and ``pretrain`` say the same thing
-about the same data (which split of a NeRF-synthetic folder was used, lens distortion that rendering
-ignores), each message once.
+about the same data (which split of a NeRF-synthetic folder was used, which photos were undistorted),
+each message once.
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def run_pretrain(run: PretrainRun, progress: bool = True) -> dict:
     settings = run.resolved()
     out = Path(run.out)
     scenes = load_scene_collection(run.data)
-    print_scene_messages(scenes)  # as render/eval/train do: split used, lens distortion ignored
+    print_scene_messages(scenes)  # as render/eval/train do: split used, photos undistorted
     train_scenes, held = split_objects(scenes, run.holdout, settings["holdout_fraction"])
     model = resolve_model(run.model)
     device = run.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -137,12 +137,13 @@ def test_eval_of_the_fox_keeps_its_aspect_where_the_grid_rounds_it(tiny_model_di
     folder = tmp_path / "out" / "fox"
     box = (0.0, 4.8, 54.0, 91.2)
     gt = np.asarray(Image.open(folder / "gt_view001.png"))
-    np.testing.assert_array_equal(gt, np.asarray(photo.resize((40, 64), Image.Resampling.BICUBIC, box=box)))
-    cam = Camera.from_json(json.loads((folder / "manifest.json").read_text())["cameras"][0])
     from viewneti_backend.data import load_transforms_scene
 
-    scene = load_transforms_scene(tj, views=[1])
+    scene = load_transforms_scene(tj, views=[1])  # the fox's lens distortion undone, as eval scores it
     assert scene.cameras is not None
+    np.testing.assert_array_equal(gt, np.asarray(scene.images[0].resize((40, 64), Image.Resampling.BICUBIC, box=box)))
+    assert not np.array_equal(gt, np.asarray(photo.resize((40, 64), Image.Resampling.BICUBIC, box=box)))
+    cam = Camera.from_json(json.loads((folder / "manifest.json").read_text())["cameras"][0])
     np.testing.assert_allclose(pixels(cam), expected_pixels(scene.cameras[0], box, (40, 64)), atol=1e-6)
     # fov_y is that of the 86.4 rows kept, not the file's 1920 rows
     fy = 1374.49 * 96 / 1920 * 64 / 86.4

@@ -382,16 +382,18 @@ def write_split_scene(folder):
     (folder / "transforms_train.json").write_text(json.dumps(data))
 
 
-def test_train_and_pretrain_say_which_split_and_that_distortion_is_ignored(tiny_model_dir, tmp_path, capsys):
+def test_train_and_pretrain_say_which_split_and_that_the_photos_were_undistorted(tiny_model_dir, tmp_path, capsys):
     write_split_scene(tmp_path / "data" / "obj_a")
     argv = ["train", "--mode", "2", "--model", str(tiny_model_dir), "--data", str(tmp_path / "data" / "obj_a")]
     argv += ["--steps", "1", "--batch-size", "1", "--grad-accum", "1", "--device", "cpu", "--out", str(tmp_path / "r")]
     assert cli_main(argv) == 0
     err = capsys.readouterr().err
     assert "note: " in err and "has no transforms.json: using transforms_train.json" in err
-    assert "warning: the cameras have lens distortion (k1=0.02)" in err
+    assert "note: lens distortion (OPENCV k1=0.02): 2 image(s) undistorted" in err
     # pretrain prints the same before anything else (one object: it then stops, nothing to hold out)
     argv = ["pretrain", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--steps", "1"]
     assert cli_main([*argv, "--device", "cpu", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
-    assert "using transforms_train.json" in err and "warning: the cameras have lens distortion (k1=0.02)" in err
+    assert (
+        "using transforms_train.json" in err and "note: lens distortion (OPENCV k1=0.02): 2 image(s) undistorted" in err
+    )

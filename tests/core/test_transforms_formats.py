@@ -68,7 +68,7 @@ def test_fox_keeps_focal_lengths_principal_point_and_distortion(tmp_path):
     np.testing.assert_allclose([k[0, 0], k[1, 1], k[0, 2], k[1, 2]], [1375.52, 1374.49, 554.22, 965.36])
     assert tf.frames[0].distortion == {"k1": 0.0602, "k2": -0.0323, "p1": 0.0014, "p2": -0.0004}
     assert tf.frames[1].extra == {"sharpness": 31.5}
-    assert tf.meta["aabb_scale"] == 4 and "k1=0.0602" in (tf.distortion_warning or "")
+    assert tf.meta["aabb_scale"] == 4
 
 
 def test_read_write_read_is_exact_and_keeps_the_top_level(tmp_path):
@@ -192,7 +192,13 @@ def test_downscaled_images_scale_the_intrinsics_and_keep_the_aspect(tmp_path):
     assert (cam.width, cam.height) == (54, 96) == scene.images[0].size
     np.testing.assert_allclose(cam.intrinsics()[0, 0], 1375.52 * 54 / 1080)
     np.testing.assert_allclose(cam.intrinsics()[1, 2], 965.36 * 96 / 1920)
-    assert "lens distortion" in scene.meta["warnings"][0]
+    # undistorted with the scaled K: the note names the file's coefficients, nothing is left to warn about
+    assert scene.meta["notes"] == [
+        "lens distortion (OPENCV k1=0.0602 k2=-0.0323 p1=0.0014 p2=-0.0004): 1 image(s) undistorted to the "
+        "pinhole camera of the same fl_x/fl_y/cx/cy (as cv2.undistort with newCameraMatrix = K); 3.0% of their "
+        "pixels lie outside the photo and show the background (255, 255, 255)"
+    ]
+    assert scene.meta["warnings"] == []
 
 
 def write_lego(folder, size=32):
@@ -248,7 +254,7 @@ def test_dtu_principal_point_survives_transforms_json(tmp_path):
     assert np.linalg.norm(project(centred, point) - expected[:2] / expected[2]) > 10
 
 
-def test_render_cli_says_which_split_and_that_distortion_is_ignored(tiny_model_dir, tmp_path, capsys):
+def test_render_cli_says_which_split_and_that_the_photos_were_undistorted(tiny_model_dir, tmp_path, capsys):
     write_lego(tmp_path / "lego")
     model = ["--model", str(tiny_model_dir), "--steps", "1", "--views", "0"]
     assert cli_main(["render", *model, "--transforms", str(tmp_path / "lego"), "--out", str(tmp_path / "o1")]) == 0
@@ -256,5 +262,6 @@ def test_render_cli_says_which_split_and_that_distortion_is_ignored(tiny_model_d
     tj = write_fox(tmp_path / "fox")
     assert cli_main(["render", *model, "--transforms", str(tj), "--out", str(tmp_path / "o2")]) == 0
     err = capsys.readouterr().err
-    assert "warning: the cameras have lens distortion" in err
+    assert "note: lens distortion (OPENCV k1=0.0602 k2=-0.0323 p1=0.0014 p2=-0.0004): 1 image(s) undistorted" in err
+    assert "warning: " not in err
     assert Image.open(tmp_path / "o2" / "thing_a_view000_seed0.png").size == (40, 64)  # 1080x1920 -> native 64
