@@ -155,7 +155,7 @@ def camera_model(meta: Mapping[str, Any], where: str = "transforms.json") -> str
     return model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SamplingMap:
     """Where each pixel of the undistorted image samples the photo (array indices, so pixel i's
     centre is at i), and whether the photo has that point at all."""
@@ -179,7 +179,7 @@ class SamplingMap:
         y0 = np.minimum(np.floor(y).astype(np.intp), max(height - 2, 0))
         x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
         ax, ay = x - x0, y - y0
-        index = np.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1])
+        index = np.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1]).astype(np.int32)
         weight = np.stack([(1 - ax) * (1 - ay), ax * (1 - ay), (1 - ax) * ay, ax * ay]).astype(np.float32)
         return index, weight
 
