@@ -40,11 +40,6 @@ def int_list(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
-def float_list(text: str) -> list[float]:
-    """``"1,2.5"`` -> ``[1.0, 2.5]`` (an argparse ``type=``)."""
-    return [float(s) for s in text.split(",") if s.strip()]
-
-
 def output_path(out: str | Path) -> Path:
     """Where to write ``out``: under ``$OUT`` when set (the GPU device machine returns only that folder)."""
     target = Path(os.environ["OUT"]) / Path(out).name if os.environ.get("OUT") else Path(out)

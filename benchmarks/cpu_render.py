@@ -15,18 +15,25 @@ import argparse
 import time
 
 from benchmarks.common import BENCH_DIR, command_line, machine, set_threads, stats, timed_each, toy_engine, write_json
+from viewneti_backend.config_cli import Default, add_options
+from viewneti_backend.toyworld.benchmark import BenchmarkConfig
+
+OWN_DEFAULTS = {"invert_steps": Default(10, "a timed sample: the report gives the time per step")}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder (default: the embedded toy model)")
     ap.add_argument("--size", type=int, default=64, help="view width and height in pixels")
     ap.add_argument("--n", type=int, default=10, help="timed renders per case, after one warm-up")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    ap.add_argument("--invert-steps", type=int, default=10, help="optimizer steps of the timed inversion")
+    add_options(ap, BenchmarkConfig, only=["invert_steps"], defaults=OWN_DEFAULTS)
     ap.add_argument("--out", default=str(BENCH_DIR / "cpu_render.json"))
-    args = ap.parse_args()
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     set_threads(args.threads)
     from viewneti_backend.cameras import Camera, orbit_pose
 

@@ -32,6 +32,7 @@ from viewneti_backend.attention import pack_layer_encodings, pack_plain_encoding
 from viewneti_backend.augment import AUGMENTATIONS, augment_batch
 from viewneti_backend.camera_features import make_parameterization
 from viewneti_backend.cameras import Camera, orbit_pose
+from viewneti_backend.config_cli import add_options
 from viewneti_backend.data import Scene
 from viewneti_backend.images import images_to_tensor
 from viewneti_backend.pipeline import ViewNeTIPipeline, encode_conditions
@@ -310,7 +311,7 @@ def time_inversion(base, vm, scene, width, height, steps, warmup_steps=10, augme
 
 
 # ------------------------------------------------------------------------------------------------
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/gpu_bench.json")
     ap.add_argument(
@@ -334,13 +335,6 @@ def main() -> None:
         "the library does not set them (RESULTS.md section 1)",
     )
     ap.add_argument(
-        "--augmentation-pool",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also time the compiled inversion with TrainConfig.augmentation_pool=N (an option that changes the maths)",
-    )
-    ap.add_argument(
         "--smoke",
         action="store_true",
         help="tiny widths and sizes on any device: checks the script, times nothing real",
@@ -355,7 +349,15 @@ def main() -> None:
         "inversion-host: cProfile of 20 compiled inversion steps; inversion-timeline: the idle gaps between "
         "kernels of 3 compiled steps (gpu_timeline.py), trace saved beside --out (default with no value: view,inversion)",
     )
-    args = ap.parse_args()
+    pool = ap.add_argument_group(
+        "training option", "when set, the compiled inversion is timed once more with this TrainConfig option"
+    )
+    add_options(pool, TrainConfig, only=["augmentation_pool"])
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     skip = set(args.skip.split(","))
     profiles = set(args.profile.split(","))
     if not args.smoke:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import BENCH_DIR, REPO, command_line, set_threads, stats, write_json
+from viewneti_backend.sampling_defaults import SD_STEPS
 
 
 def summary(values_ms: list[float]) -> dict:
@@ -144,16 +145,25 @@ def run(model, args, tmp: Path) -> tuple[list[float], list[float], dict, dict]:
     return direct, server, info, {k: statistics.fmean(v) for k, v in parts.items()}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model id/folder (default: embedded toy model)")
     p.add_argument("--n", type=int, default=50, help="timed requests per path (default 50)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--size", type=int, default=64, help="image side (default 64)")
-    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30, the API default)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=SD_STEPS,
+        help=f"denoising steps of both paths (default {SD_STEPS}, Stable Diffusion 2's, not the model's own)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for both paths")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "server_overhead.json")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

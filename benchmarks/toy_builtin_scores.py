@@ -4,7 +4,25 @@ object-area segmentation and the sharpness measure the sweeps report beside it."
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from viewneti_backend.config_cli import option
+
+
+@dataclass
+class SweepOptions:
+    """Options the toy sweeps share, written once (``add_options(parser, SweepOptions, only=...)``).
+
+    ``guidances`` is a list of scales to sweep, not BenchmarkConfig's one ``guidance``."""
+
+    views: int = field(
+        default=8, metadata=option("orbit views per object (elevation 25 deg, radius 3.6, from azimuth 15 deg)")
+    )
+    guidances: list[float] = field(
+        default_factory=lambda: [1.0, 2.0],
+        metadata=option("comma-separated classifier-free guidance scales", flag="--guidance"),
+    )
 
 
 def orbit_cameras(views: int, size: int = 64) -> list:

@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import TOY_RESULTS, command_line, int_list, set_threads, write_json
-from benchmarks.toy_builtin_scores import builtin_ground_truth, orbit_cameras, score_builtin_renders
+from benchmarks.toy_builtin_scores import SweepOptions, builtin_ground_truth, orbit_cameras, score_builtin_renders
+from viewneti_backend.config_cli import add_options
+from viewneti_backend.toyworld.benchmark import BenchmarkConfig
 
 
 def model_with_context(src: Path, dst: Path, length: int) -> Path:
@@ -35,19 +37,22 @@ def model_with_context(src: Path, dst: Path, length: int) -> Path:
     return dst
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
     ap.add_argument(
         "--lengths", type=int_list, default="77,32,24,16", help="comma-separated text context lengths (tokens)"
     )
-    ap.add_argument("--views", type=int, default=8, help="orbit views per object (elevation 25 deg)")
-    ap.add_argument("--seeds", type=int_list, default="0,1")
+    add_options(ap, SweepOptions, only=["views"])
+    add_options(ap, BenchmarkConfig, only=["seeds"])
     ap.add_argument("--n-timed", type=int, default=5, help="timed renders at new poses per length")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(TOY_RESULTS / "context_length.json"))
-    args = ap.parse_args()
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     set_threads(args.threads)
     import torch
 

@@ -22,58 +22,58 @@ import json
 
 from benchmarks.common import TOY_RESULTS, command_line, int_list, set_threads, toy_engine, write_json
 from benchmarks.toy_builtin_scores import object_area_mask, score_views
+from viewneti_backend.config_cli import Default, add_options, config_from_args
+from viewneti_backend.toyworld.benchmark import BenchmarkConfig
+
+OWN_DEFAULTS = {  # smaller than the benchmark's: every inversion runs to the last checkpoint on a CPU
+    "n_objects": Default(2, "each inversion runs to the last --checkpoints step on a CPU"),
+    "seeds": Default([0], "one inversion per object, scored at every checkpoint"),
+}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
-    ap.add_argument("--objects", type=int, default=2, help="held-out objects (seeds --first-object, ...)")
+    add_options(
+        ap,
+        BenchmarkConfig,
+        only=["n_objects", "seeds", "render_steps", "guidance", "augmentation_pool"],
+        defaults=OWN_DEFAULTS,
+    )
     ap.add_argument(
         "--first-object",
         type=int,
-        default=1000000,
-        help="seed of the first held-out object (the benchmark's first; later ones extend an earlier run)",
+        default=BenchmarkConfig.first_seed,
+        help="seed of the first held-out object (default: the benchmark's first, "
+        f"{BenchmarkConfig.first_seed}; later ones extend an earlier run)",
     )
-    ap.add_argument("--seeds", type=int_list, default="0", help="comma-separated inversion + render seeds")
     ap.add_argument(
         "--checkpoints",
         type=int_list,
         default="150,300,600,1200",
         help="optimizer steps at which to score the object token",
     )
-    ap.add_argument("--guidance", type=float, default=2.0)
-    ap.add_argument("--render-steps", type=int, default=30)
-    ap.add_argument(
-        "--augmentation-pool",
-        type=int,
-        default=0,
-        metavar="N",
-        help="TrainConfig.augmentation_pool (0: fresh augmentation + encoding each step, the paper's maths)",
-    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(TOY_RESULTS / "invert_steps.json"))
-    args = ap.parse_args()
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     set_threads(args.threads)
     import numpy as np
     from tqdm.auto import tqdm
 
     from viewneti_backend.cameras import Camera
     from viewneti_backend.data import Scene
-    from viewneti_backend.toyworld.benchmark import BenchmarkConfig, benchmark_cameras
+    from viewneti_backend.toyworld.benchmark import benchmark_cameras
     from viewneti_backend.toyworld.dataset import render_scene
     from viewneti_backend.training import TrainConfig, Trainer
 
     checkpoints = sorted(args.checkpoints)
-    seeds = args.seeds
-    cfg = BenchmarkConfig(
-        n_objects=args.objects,
-        first_seed=args.first_object,
-        seeds=seeds,
-        guidance=args.guidance,
-        render_steps=args.render_steps,
-    )
+    cfg = config_from_args(BenchmarkConfig, args, first_seed=args.first_object)
+    seeds = cfg.seeds
     input_cam, targets = benchmark_cameras(cfg)
     rows: list[dict] = []
 
@@ -85,7 +85,7 @@ def main() -> None:
         }
 
     with toy_engine(args.model, device=args.device, compile=False) as engine:
-        jobs = [(cfg.first_seed + i, s) for i in range(args.objects) for s in seeds]
+        jobs = [(cfg.first_seed + i, s) for i in range(cfg.n_objects) for s in seeds]
         for toy_seed, s in tqdm(jobs, desc="inversions"):
             gt, inp = render_scene(toy_seed, targets, args.device), render_scene(toy_seed, [input_cam], args.device)
             # exactly what Engine.invert sets up, with the object-mapper snapshotted along the way
@@ -100,7 +100,7 @@ def main() -> None:
                     seed=s,
                     width=width,
                     height=height,
-                    augmentation_pool=args.augmentation_pool,
+                    augmentation_pool=cfg.augmentation_pool,
                 ),
                 engine.base,
                 [scene],

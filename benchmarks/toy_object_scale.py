@@ -24,8 +24,10 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.common import TOY_RESULTS, command_line, float_list, set_threads, toy_engine, write_json
-from benchmarks.toy_builtin_scores import object_area_mask
+from benchmarks.common import TOY_RESULTS, command_line, set_threads, toy_engine, write_json
+from benchmarks.toy_builtin_scores import SweepOptions, object_area_mask
+from viewneti_backend.config_cli import add_options, config_from_args
+from viewneti_backend.toyworld.benchmark import BenchmarkConfig
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,11 @@ class PriorRun:
     guidance: float
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
-    ap.add_argument(
-        "--guidance", type=float_list, default="1,2", help="comma-separated classifier-free guidance scales"
-    )
-    ap.add_argument("--steps", type=int, default=30, help="DPM-Solver++ steps (the benchmark's 30)")
+    add_options(ap, SweepOptions, only=["guidances"])
+    add_options(ap, BenchmarkConfig, only=["render_steps"], flags={"render_steps": "--steps"})
     ap.add_argument(
         "--ddpm-steps", type=int, default=1000, help="also sample the prior with DDPM at this many steps (0: skip)"
     )
@@ -54,8 +54,11 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(TOY_RESULTS / "object_scale.json"))
-    args = ap.parse_args()
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     set_threads(args.threads)
     import numpy as np
     import torch
@@ -65,15 +68,15 @@ def main() -> None:
     from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import resolve_model
     from viewneti_backend.images import images_to_tensor
-    from viewneti_backend.toyworld.benchmark import BenchmarkConfig, benchmark_cameras, target_azimuths
+    from viewneti_backend.toyworld.benchmark import benchmark_cameras, target_azimuths
     from viewneti_backend.toyworld.captions import describe, view_phrase
     from viewneti_backend.toyworld.dataset import render_scene
     from viewneti_backend.toyworld.prior.model import load_prior, sample
     from viewneti_backend.toyworld.renderer import ToyObject
 
     model = resolve_model(args.model)
-    guidances = args.guidance
-    cfg = BenchmarkConfig()
+    guidances = args.guidances
+    cfg = config_from_args(BenchmarkConfig, args)
     _, targets = benchmark_cameras(cfg)
     picks = [0, 4, 8, 12]
     cams = [targets[k] for k in picks]
@@ -109,9 +112,9 @@ def main() -> None:
         saved = prior.scheduler.config
         runs = [
             PriorRun(
-                f"prior, true view phrase, DPM-Solver++ {args.steps} steps, guidance {g:g}",
+                f"prior, true view phrase, DPM-Solver++ {cfg.render_steps} steps, guidance {g:g}",
                 DPMSolverMultistepScheduler.from_config(saved),
-                args.steps,
+                cfg.render_steps,
                 g,
             )
             for g in guidances
@@ -135,7 +138,7 @@ def main() -> None:
                     im
                     for name in objects
                     for im in engine.render(
-                        cams, name, seed=args.seed, steps=args.steps, guidance=g, with_view=with_view
+                        cams, name, seed=args.seed, steps=cfg.render_steps, guidance=g, with_view=with_view
                     )
                 ]
                 rows[f"ViewNeTI engine, {'with' if with_view else 'without'} view token, guidance {g:g}"] = ratio(
@@ -153,7 +156,7 @@ def main() -> None:
                 images = [
                     im
                     for name in objects
-                    for im in engine.render(at_r, name, seed=args.seed, steps=args.steps, guidance=g)
+                    for im in engine.render(at_r, name, seed=args.seed, steps=cfg.render_steps, guidance=g)
                 ]
                 generated = float(np.mean([object_area_mask(im).mean() for im in images]))
                 distance[f"radius {r:g}, guidance {g:g}"] = {

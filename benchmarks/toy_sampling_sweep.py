@@ -16,8 +16,10 @@ import argparse
 import time
 from dataclasses import dataclass
 
-from benchmarks.common import TOY_RESULTS, command_line, float_list, int_list, set_threads, toy_engine, write_json
-from benchmarks.toy_builtin_scores import builtin_ground_truth, orbit_cameras, score_builtin_renders
+from benchmarks.common import TOY_RESULTS, command_line, int_list, set_threads, toy_engine, write_json
+from benchmarks.toy_builtin_scores import SweepOptions, builtin_ground_truth, orbit_cameras, score_builtin_renders
+from viewneti_backend.config_cli import add_options
+from viewneti_backend.toyworld.benchmark import BenchmarkConfig
 
 
 @dataclass(frozen=True)
@@ -33,18 +35,18 @@ def sampling_grid(steps: list[int], guidance: list[float]) -> list[SamplingSetti
     return [SamplingSetting(s, g) for g in guidance for s in steps]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int_list, default="8,10,12,20,30", help="comma-separated DPM-Solver++ step counts")
-    ap.add_argument(
-        "--guidance", type=float_list, default="1,2", help="comma-separated classifier-free guidance scales"
-    )
-    ap.add_argument("--views", type=int, default=8, help="orbit views per object (elevation 25 deg)")
-    ap.add_argument("--seeds", type=int_list, default="0,1")
+    add_options(ap, SweepOptions)
+    add_options(ap, BenchmarkConfig, only=["seeds"])
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(TOY_RESULTS / "sampling_sweep.json"))
-    args = ap.parse_args()
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     set_threads(args.threads)
     import numpy as np
     import torch
@@ -55,7 +57,7 @@ def main() -> None:
         objects = engine.library.names()  # a fresh library: the model's built-in objects only
         truth = builtin_ground_truth(engine, cams, objects)
         rows = []
-        for setting in sampling_grid(args.steps, args.guidance):
+        for setting in sampling_grid(args.steps, args.guidances):
             steps, guidance = setting.steps, setting.guidance
             table = score_builtin_renders(engine, cams, objects, truth, seeds, steps=steps, guidance=guidance)
             one = cams[0]

@@ -15,20 +15,24 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.common import TOY_RESULTS, command_line, int_list, set_threads, toy_engine, write_json
-from benchmarks.toy_builtin_scores import builtin_ground_truth, orbit_cameras, sharpness
+from benchmarks.toy_builtin_scores import SweepOptions, builtin_ground_truth, orbit_cameras, sharpness
+from viewneti_backend.config_cli import add_options
+from viewneti_backend.toyworld.benchmark import BenchmarkConfig
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int_list, default="2,3,4,6,8,10,20", help="comma-separated step counts to compare")
     ap.add_argument("--reference-steps", type=int, default=50, help="steps of the converged reference render")
-    ap.add_argument("--guidance", type=float, default=2.0)
-    ap.add_argument("--views", type=int, default=8, help="orbit views per object (elevation 25 deg)")
-    ap.add_argument("--seeds", type=int_list, default="0,1")
+    add_options(ap, BenchmarkConfig, only=["guidance", "seeds"])
+    add_options(ap, SweepOptions, only=["views"])
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(TOY_RESULTS / "step_convergence.json"))
-    args = ap.parse_args()
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     set_threads(args.threads)
     import numpy as np
 

@@ -18,8 +18,10 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from benchmarks.common import TOY_RESULTS, command_line, int_list, set_threads, toy_engine, write_json
+from benchmarks.common import TOY_RESULTS, command_line, set_threads, toy_engine, write_json
 from benchmarks.toy_builtin_scores import score_views
+from viewneti_backend.config_cli import Default, add_options, config_from_args
+from viewneti_backend.toyworld.benchmark import BenchmarkConfig
 
 SPACINGS = ("leading", "trailing", "linspace")  # diffusers' timestep_spacing values
 
@@ -51,44 +53,51 @@ def spacing_settings(text: str) -> list[SpacingSetting]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def main() -> None:
+OWN_DEFAULTS = {  # smaller than the benchmark's: a CPU sweep that compares samplers on the same tokens
+    "n_objects": Default(3, "a CPU sweep, ~20 minutes on 2 cores"),
+    "seeds": Default([0], "one inversion per object, rendered under every setting"),
+    "invert_steps": Default(300, "enough to compare samplers on the same token"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="toy model folder (default: the embedded one)")
-    ap.add_argument("--objects", type=int, default=3, help="held-out objects (seeds 1000000, ...)")
-    ap.add_argument("--seeds", type=int_list, default="0", help="comma-separated inversion + render seeds")
-    ap.add_argument("--invert-steps", type=int, default=300, help="mode-5 optimizer steps per inversion")
+    add_options(ap, BenchmarkConfig, only=["n_objects", "seeds", "invert_steps", "guidance"], defaults=OWN_DEFAULTS)
     ap.add_argument(
         "--settings",
         type=spacing_settings,
         default="leading:10,leading:30,trailing:4,trailing:6,trailing:10,trailing:30",
         help="comma-separated SPACING:STEPS pairs to render each inverted object with",
     )
-    ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(TOY_RESULTS / "timestep_spacing.json"))
-    args = ap.parse_args()
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     set_threads(args.threads)
     import numpy as np
     from tqdm.auto import tqdm
 
-    from viewneti_backend.toyworld.benchmark import BenchmarkConfig, benchmark_cameras
+    from viewneti_backend.toyworld.benchmark import benchmark_cameras
     from viewneti_backend.toyworld.dataset import render_scene
 
     settings: list[SpacingSetting] = args.settings
-    seeds = args.seeds
-    cfg = BenchmarkConfig(n_objects=args.objects, seeds=seeds, guidance=args.guidance)
+    cfg = config_from_args(BenchmarkConfig, args)
+    seeds = cfg.seeds
     input_cam, targets = benchmark_cameras(cfg)
 
     rows: list[dict] = []
     with toy_engine(args.model, compile=False) as engine:
         shipped_spacing = engine.base.scheduler_config.get("timestep_spacing", "leading")
-        jobs = [(cfg.first_seed + i, s) for i in range(args.objects) for s in seeds]
+        jobs = [(cfg.first_seed + i, s) for i in range(cfg.n_objects) for s in seeds]
         for toy_seed, s in tqdm(jobs, desc="objects"):
             gt, inp = render_scene(toy_seed, targets), render_scene(toy_seed, [input_cam])
             name = f"heldout_{toy_seed}_s{s}"
             engine.invert(
-                inp.images, inp.posed_cameras(), name, args.invert_steps, seed=s
+                inp.images, inp.posed_cameras(), name, cfg.invert_steps, seed=s
             )  # mode 5, as in the benchmark
             row = {
                 "object": f"obj_{toy_seed}",
@@ -102,10 +111,10 @@ def main() -> None:
                 engine.base.scheduler_config["timestep_spacing"] = setting.spacing
                 row["settings"][setting.key] = {
                     "viewneti_mode5": score_views(
-                        engine.render(targets, name, seed=s, steps=steps, guidance=args.guidance), gt
+                        engine.render(targets, name, seed=s, steps=steps, guidance=cfg.guidance), gt
                     ),
                     "no_view_token": score_views(
-                        engine.render(targets, name, seed=s, steps=steps, guidance=args.guidance, with_view=False), gt
+                        engine.render(targets, name, seed=s, steps=steps, guidance=cfg.guidance, with_view=False), gt
                     ),
                 }
             engine.base.scheduler_config["timestep_spacing"] = shipped_spacing

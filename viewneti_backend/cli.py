@@ -19,6 +19,7 @@ from .compile_modes import COMPILE_CHOICES, COMPILE_HELP
 from .config_cli import add_options, config_from_args
 from .data_dir import library_dir
 from .limits import CPU_INVERT_STEPS, GPU_INVERT_STEPS
+from .sampling_defaults import RECOMMENDED_HELP
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -203,10 +204,7 @@ def _add_camera_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-_SAMPLING_HELP = (
-    "(default: the model's recommended value from <model>/viewneti/sampling.json; "
-    "30 steps / guidance 7.5 for models without one; `viewneti info` shows it)"
-)
+_SAMPLING_HELP = RECOMMENDED_HELP
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -656,46 +654,20 @@ def cmd_eval(args) -> int:
 def cmd_pretrain(args) -> int:
     from .pretrain import PretrainRun, run_pretrain
 
-    holdout = None
-    if args.holdout is not None:
-        holdout = int(args.holdout) if args.holdout.strip().isdigit() else [n for n in args.holdout.split(",") if n]
-    run = PretrainRun(
-        data=args.data,
-        out=args.out,
-        model=args.model,
-        preset=args.preset,
-        steps=args.steps,
-        invert_steps=args.invert_steps,
-        seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
-        eval_targets=args.eval_targets,
-        holdout=holdout,
-        input_view=args.input_view,
-        width=args.width,
-        height=args.height,
-        render_steps=args.render_steps,
-        guidance=args.guidance,
-        camera_parameterization=args.camera_parameterization,
-        save_every=args.save_every,
-        seed=args.seed,
-        device=args.device,
-        mixed_precision=args.mixed_precision,
-        compile=args.compile,
-    )
-    run_pretrain(run)
+    run_pretrain(config_from_args(PretrainRun, args))
     return 0
 
 
 def _add_pretrain_parser(sub) -> None:
-    from .camera_features import PARAMETERIZATIONS
-    from .pretrain import PRESETS, PretrainRun
-    from .training import MIXED_PRECISIONS
+    from .pretrain import PRESETS, Preset, PretrainRun
 
     presets = "\n".join(f"  {name:7s} {p.description}" for name, p in PRESETS.items())
     p = sub.add_parser(
         "pretrain",
         help="pretrain a view-mapper (mode 3) on exported objects, then test it on held-out ones",
         description="Pretrain a view-mapper for a base model (mode 3: one shared view-mapper, one object-mapper per "
-        "object; augmentation 5, batch 3 x accumulation 3 as in the paper) on a folder of transforms.json object "
+        f"object; augmentation {Preset.augmentation}, batch {Preset.batch_size} x accumulation {Preset.grad_accum} "
+        "as in the paper) on a folder of transforms.json object "
         "folders (Blender: ViewNeTI > Export Training Views), at the model's training size (long side "
         "min(native, 512), the data's aspect). Then, on each held-out object: mode 5 on one view, its other views "
         "rendered and scored against the ground truth (masked PSNR/SSIM) next to copying the input view and the "
@@ -705,56 +677,7 @@ def _add_pretrain_parser(sub) -> None:
         "/models/stable-diffusion-2-1 --data exports/ --preset paper --out runs/sd21_views",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, help="folder of object folders, each with a transforms.json (+ masks)")
-    p.add_argument("--out", required=True, help="run folder (view_mapper/, objects/, checkpoints, pretrain_eval.json)")
-    p.add_argument("--model", help="base model: hub id or diffusers folder (default: the embedded toy world)")
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default=PretrainRun.preset,
-        help=f"see below (default {PretrainRun.preset})",
-    )
-    p.add_argument("--steps", type=int, help="mode-3 optimizer steps (default: the preset's)")
-    p.add_argument(
-        "--holdout",
-        help="objects to hold out for the test: a count (the last N in name order; 0 = no test) or "
-        "comma-separated names (default: the preset's share, at least 1)",
-    )
-    p.add_argument(
-        "--input-view",
-        type=int,
-        default=PretrainRun.input_view,
-        help=f"index of the held-out objects' input view (default {PretrainRun.input_view})",
-    )
-    p.add_argument("--eval-targets", type=int, help="novel views scored per held-out object (0: all but the input)")
-    p.add_argument("--invert-steps", type=int, help="mode-5 steps per held-out object (default: the preset's)")
-    p.add_argument("--seeds", help="comma-separated seeds of the held-out test (default: the preset's)")
-    p.add_argument("--render-steps", type=int, help="denoising steps of the novel views " + _SAMPLING_HELP)
-    p.add_argument("--guidance", type=float, help="guidance of the novel views " + _SAMPLING_HELP)
-    p.add_argument("--width", type=int, help="training width (default: the model's training size)")
-    p.add_argument("--height", type=int, help="training height (default: the model's training size)")
-    p.add_argument(
-        "--camera-parameterization",
-        default=PretrainRun.camera_parameterization,
-        choices=PARAMETERIZATIONS,
-        help=f"the view-mapper's camera features (default {PretrainRun.camera_parameterization}; "
-        "anchor-distance-14d when the export's camera distances vary)",
-    )
-    p.add_argument(
-        "--save-every",
-        type=int,
-        default=PretrainRun.save_every,
-        help=f"checkpoint every N steps (0: only at the end; default {PretrainRun.save_every})",
-    )
-    p.add_argument("--seed", type=int, default=PretrainRun.seed)
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, help="dtype of frozen parts (default: bf16 on CUDA)")
-    p.add_argument(
-        "--compile",
-        default=PretrainRun.compile,
-        choices=COMPILE_CHOICES,
-        help=f"{COMPILE_HELP} (default {PretrainRun.compile})",
-    )
+    add_options(p, PretrainRun, required=["data", "out"])
     p.set_defaults(func=cmd_pretrain)
 
 

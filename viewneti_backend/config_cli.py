@@ -17,11 +17,18 @@ its default is the field's::
 - A field that holds another config (``PretrainConfig.train``) exposes the options :func:`nested`
   names, with the defaults of the field's default instance (``pretrain_training()``'s 6000 steps,
   not ``TrainConfig``'s 3000).
+- A field without a default (``PretrainRun.data``) is an option only where the command makes it
+  ``required``.
 
 :func:`add_options` puts a config's options on a parser (all of them, or ``only`` some, a few of them
 ``required``); :func:`config_from_args` builds the config back from the parsed arguments. A field
 without :func:`option` metadata is no option and keeps its default. The parsed value's name is the
 field's, so a command's own code reads ``args.steps`` as before.
+
+A command that borrows a config's options (a benchmark script) keeps the field's default and help.
+Where it deliberately runs with another default it says so with :class:`Default`, whose reason
+``--help`` shows beside the config's own default; ``flags=`` gives an option the name that
+command has always used for it (``--steps`` for ``render_steps``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -61,6 +68,14 @@ def option(
 ) -> dict[str, Any]:
     """Field metadata that makes the field a command-line option: ``field(default=..., metadata=option(...))``."""
     return {_OPTION: Option(help, flag, None if choices is None else tuple(choices), metavar, parse)}
+
+
+@dataclass(frozen=True)
+class Default:
+    """A command's own default for a config option, and why it is not the config's (shown in ``--help``)."""
+
+    value: Any
+    why: str
 
 
 def nested(*names: str) -> dict[str, Any]:
@@ -112,11 +127,12 @@ def _options(config: type, defaults: Any, names: Iterable[str] | None = None) ->
 
 
 def _field_default(f: dataclasses.Field) -> Any:
+    """The field's default (``dataclasses.MISSING`` where it has none: then its option must be required)."""
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
-    raise TypeError(f"config field {f.name} has no default, so it cannot be an option")
+    return dataclasses.MISSING
 
 
 def add_options(
@@ -125,22 +141,41 @@ def add_options(
     *,
     only: Iterable[str] | None = None,
     required: Iterable[str] = (),
+    defaults: Mapping[str, Default] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> None:
     """Add ``config``'s options to ``parser`` (or an argument group): all of them, or the fields ``only``
-    names; the fields ``required`` names must then be given (no default)."""
+    names; the fields ``required`` names must then be given (no default). ``defaults`` gives this
+    command's own :class:`Default` of some fields, ``flags`` its own flag of some fields."""
     wanted = None if only is None else set(only)
     must = set(required)
+    own = dict(defaults or {})
+    renamed = dict(flags or {})
     chosen = [o for o in config_options(config) if wanted is None or o.name in wanted]
-    unknown = ((wanted or set()) | must) - {o.name for o in chosen}
+    unknown = ((wanted or set()) | must | set(own) | set(renamed)) - {o.name for o in chosen}
     if unknown:
         raise TypeError(f"{config.__name__} has no options {sorted(unknown)} (or they are not among only=)")
     for o in chosen:
-        _add(parser, o, o.name in must)
+        if o.default is dataclasses.MISSING and o.name not in must:
+            raise TypeError(f"{config.__name__}.{o.name} has no default: add_options(..., required=[{o.name!r}])")
+        note = ""
+        if o.name in own:
+            new = own[o.name]
+            if o.name in must or _without_none(o.hint) is bool or new.value == o.default:
+                raise TypeError(
+                    f"{config.__name__}.{o.name}: a Default must replace the default of an optional, "
+                    f"non-bool option with another value (its default is {o.default!r})"
+                )
+            note = f" (default: {shown(new.value)} here, {config.__name__}'s {shown(o.default)}: {new.why})"
+            o = dataclasses.replace(o, default=new.value)
+        if o.name in renamed:
+            o = dataclasses.replace(o, flag=renamed[o.name])
+        _add(parser, o, o.name in must, note)
 
 
-def _add(parser: argparse._ActionsContainer, o: ConfigOption, required: bool) -> None:
+def _add(parser: argparse._ActionsContainer, o: ConfigOption, required: bool, note: str = "") -> None:
     text = o.option.help.replace("%", "%%")  # argparse formats help with %
-    value_type = _without_none(o.hint)
+    value_type = None if o.option.parse else _without_none(o.hint)  # parse= reads any annotation
     if value_type is bool:
         action = "store_false" if o.default else "store_true"
         parser.add_argument(o.flag, dest=o.name, action=action, default=o.default, help=text)
@@ -150,7 +185,9 @@ def _add(parser: argparse._ActionsContainer, o: ConfigOption, required: bool) ->
         kwargs["required"] = True
     else:
         kwargs["default"] = o.default
-        if o.default is not None:
+        if note:
+            text += note.replace("%", "%%")
+        elif o.default is not None:
             text += f" (default: {shown(o.default)})"
     if o.option.choices is not None:
         kwargs["choices"] = o.option.choices
@@ -218,7 +255,8 @@ def comma_separated(
 
 def config_from_args(config: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     """``config`` built from the options :func:`add_options` added (the rest keep their defaults);
-    ``overrides`` replace any field."""
+    ``overrides`` replace any field. Every parsed value named like an option field is read, so a
+    command's own option must not share a field's name (give it another ``dest``)."""
     values = vars(args)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(config):  # pyright: ignore[reportArgumentType]  config is a dataclass

@@ -25,10 +25,14 @@ from pathlib import Path
 from PIL import Image
 
 from .atomic_files import atomic_write_text
-from .camera_features import DEFAULT_PARAMETERIZATION
+from .camera_features import DEFAULT_PARAMETERIZATION, PARAMETERIZATIONS
+from .compile_modes import COMPILE_CHOICES, COMPILE_HELP
+from .config_cli import option
 from .data import Scene, load_scene_collection
 from .errors import InputError
 from .messages import print_scene_messages
+from .sampling_defaults import RECOMMENDED_HELP
+from .training import MIXED_PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -67,30 +71,62 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def parse_holdout(text: str) -> list[str] | int:
+    """``--holdout``: a count (``2``) or comma-separated object names (``chair,mug``)."""
+    return int(text) if text.strip().isdigit() else [name for name in text.split(",") if name]
+
+
 @dataclass
 class PretrainRun:
-    """One `viewneti pretrain` run (the CLI's options after the preset is applied)."""
+    """One `viewneti pretrain` run (the CLI's options after the preset is applied); the fields with
+    ``option`` metadata are its options (:mod:`.config_cli`)."""
 
-    data: str
-    out: str
-    model: str | None = None
-    preset: str = "quick"
-    steps: int | None = None
-    invert_steps: int | None = None
-    seeds: tuple[int, ...] | None = None
-    eval_targets: int | None = None
-    holdout: list[str] | int | None = None  # names, a count, or None (the preset's fraction)
-    input_view: int = 0
-    width: int | None = None
-    height: int | None = None
-    render_steps: int | None = None  # None: the model's recommended value (viewneti/sampling.json)
-    guidance: float | None = None
-    camera_parameterization: str = DEFAULT_PARAMETERIZATION
-    save_every: int = 0
-    seed: int = 0
-    device: str | None = None
-    mixed_precision: str | None = None
-    compile: str = "auto"
+    data: str = field(metadata=option("folder of object folders, each with a transforms.json (+ masks)"))
+    out: str = field(metadata=option("run folder (view_mapper/, objects/, checkpoints, pretrain_eval.json)"))
+    model: str | None = field(
+        default=None, metadata=option("base model: hub id or diffusers folder (default: the embedded toy world)")
+    )
+    preset: str = field(default="quick", metadata=option("see below", choices=sorted(PRESETS)))
+    steps: int | None = field(default=None, metadata=option("mode-3 optimizer steps (default: the preset's)"))
+    invert_steps: int | None = field(
+        default=None, metadata=option("mode-5 steps per held-out object (default: the preset's)")
+    )
+    seeds: tuple[int, ...] | None = field(
+        default=None, metadata=option("comma-separated seeds of the held-out test (default: the preset's)")
+    )
+    eval_targets: int | None = field(
+        default=None,
+        metadata=option("novel views scored per held-out object (0: all but the input; default: the preset's)"),
+    )
+    holdout: list[str] | int | None = field(
+        default=None,
+        metadata=option(
+            "objects to hold out for the test: a count (the last N in name order; 0 = no test) or "
+            "comma-separated names (default: the preset's share, at least 1)",
+            parse=parse_holdout,
+        ),
+    )
+    input_view: int = field(default=0, metadata=option("index of the held-out objects' input view"))
+    width: int | None = field(default=None, metadata=option("training width (default: the model's training size)"))
+    height: int | None = field(default=None, metadata=option("training height (default: the model's training size)"))
+    render_steps: int | None = field(
+        default=None, metadata=option("denoising steps of the novel views " + RECOMMENDED_HELP)
+    )
+    guidance: float | None = field(default=None, metadata=option("guidance of the novel views " + RECOMMENDED_HELP))
+    camera_parameterization: str = field(
+        default=DEFAULT_PARAMETERIZATION,
+        metadata=option(
+            "the view-mapper's camera features (anchor-distance-14d when the export's camera distances vary)",
+            choices=PARAMETERIZATIONS,
+        ),
+    )
+    save_every: int = field(default=0, metadata=option("checkpoint every N steps (0: only at the end)"))
+    seed: int = field(default=0, metadata=option("random seed of the run"))
+    device: str | None = field(default=None, metadata=option("cpu or cuda (default: cuda when available)"))
+    mixed_precision: str | None = field(
+        default=None, metadata=option("dtype of frozen parts (default: bf16 on CUDA)", choices=MIXED_PRECISIONS)
+    )
+    compile: str = field(default="auto", metadata=option(COMPILE_HELP, choices=COMPILE_CHOICES))
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> dict:

@@ -35,6 +35,11 @@ SD_STEPS = 30
 SD_LIVE_STEPS = 8
 MIN_GUIDANCE, MAX_GUIDANCE = limits.MIN_GUIDANCE, limits.MAX_GUIDANCE
 MIN_STEPS, MAX_STEPS = 1, limits.MAX_STEPS
+# the help of every command-line option that leaves steps or guidance to the model
+RECOMMENDED_HELP = (
+    f"(default: the model's recommended value from <model>/{BUNDLE_DIR}/{FILENAME}; "
+    f"{SD_STEPS} steps / guidance {SD_GUIDANCE:g} for models without one; `viewneti info` shows it)"
+)
 
 
 # The inversion defaults (GPU_INVERT_STEPS, CPU_INVERT_STEPS, default_invert_steps) live in .limits.

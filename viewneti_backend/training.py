@@ -50,6 +50,14 @@ from .transfer import ScalarReadback, to_device
 MIXED_PRECISIONS = ("no", "bf16", "fp16")  # accelerate's names for the frozen parts' dtype
 
 
+def _mode_augmentations() -> str:
+    """Each training mode's default augmentation, from the mode table (``--augmentation``'s help says them)."""
+    modes: dict[int, list[str]] = {}
+    for m in TRAINING_MODES.values():
+        modes.setdefault(m.augmentation, []).append(str(m.number))
+    return "; ".join(f"{key} in mode{'s' if len(ms) > 1 else ''} {', '.join(ms)}" for key, ms in modes.items())
+
+
 @dataclass
 class TrainConfig:
     """One training run. Defaults are the paper's (lr 1e-3 scaled by batch x accumulation -> 9e-3).
@@ -69,8 +77,8 @@ class TrainConfig:
     augmentation: int | None = field(
         default=None,
         metadata=option(
-            "0 none (each image is then VAE-encoded once, not every step), 5 (pretraining default), "
-            "7 (per-scene default); default: the mode's",
+            "0 none (each image is then VAE-encoded once, not every step), or the paper's augmentation "
+            f"{' or '.join(str(k) for k in sorted(AUGMENTATIONS) if k)}; default: the mode's ({_mode_augmentations()})",
             choices=sorted(AUGMENTATIONS),
         ),
     )

@@ -1,0 +1,63 @@
+"""The commands benchmarks/RESULTS.md gives for each benchmark script still parse, to the values they
+ask for: the flags a script takes from a config (BenchmarkConfig, TrainConfig) keep their names."""
+
+import importlib
+import shlex
+
+import pytest
+
+# (script, arguments as RESULTS.md writes them, parsed values they must give)
+RESULTS_COMMANDS = [
+    (
+        "gpu_bench",
+        "--out benchmarks/gpu_bench.json --inversion-steps 200 --eager-inversion-steps 50 "
+        "--reference-inversion-steps 2 --compile reduce-overhead --profile inversion",
+        {"inversion_steps": 200, "augmentation_pool": 0, "profile": "inversion"},
+    ),
+    (
+        "gpu_bench",
+        "--out benchmarks/gpu_bench_inversion_session10.json --skip equivalence,view,live --compile reduce-overhead "
+        "--inversion-steps 200 --eager-inversion-steps 20 --reference-inversion-steps 1 --augmentation-pool 256 "
+        "--profile inversion,inversion-timeline",
+        {"augmentation_pool": 256, "eager_inversion_steps": 20},
+    ),
+    (
+        "toy_invert_steps",
+        "--objects 2 --first-object 1000001 --seeds 0 --checkpoints 150,300 --threads 1 --augmentation-pool 256 "
+        "--out benchmarks/toyworld/augmentation_pool_256_objects_1000001-1000002.json",
+        {"n_objects": 2, "first_object": 1000001, "seeds": [0], "checkpoints": [150, 300], "augmentation_pool": 256},
+    ),
+    (
+        "toy_invert_steps",
+        "--objects 2 --seeds 0 --checkpoints 150,300,600,1200 --threads 2",
+        {"n_objects": 2, "checkpoints": [150, 300, 600, 1200], "render_steps": 30, "guidance": 2.0},
+    ),
+    (
+        "toy_timestep_spacing",
+        "--objects 3 --seeds 0 --invert-steps 300 --threads 2",
+        {"n_objects": 3, "seeds": [0], "invert_steps": 300, "threads": 2},
+    ),
+    (
+        "toy_sampling_sweep",
+        "--threads 2 --steps 2,3,4,6,8,10,30 --guidance 2",
+        {"steps": [2, 3, 4, 6, 8, 10, 30], "guidances": [2.0], "seeds": [0, 1], "views": 8},
+    ),
+    ("toy_sampling_sweep", "--threads 2 --steps 10,30 --guidance 1,1.5,2,3", {"guidances": [1.0, 1.5, 2.0, 3.0]}),
+    ("toy_step_convergence", "--threads 2", {"guidance": 2.0, "seeds": [0, 1], "views": 8}),
+    ("toy_context_length", "--threads 2", {"seeds": [0, 1], "views": 8}),
+    (
+        "toy_object_scale",
+        "--model folder --ddpm-steps 0 --guidance 1,2 --threads 1",
+        {"guidances": [1.0, 2.0], "render_steps": 30, "ddpm_steps": 0},
+    ),
+    ("cpu_render", "--threads 2 --n 20 --invert-steps 10", {"invert_steps": 10, "n": 20}),
+    ("cpu_render", "--threads 2 --n 12 --invert-steps 2 --model copy", {"invert_steps": 2, "model": "copy"}),
+    ("server_overhead", "--n 30 --threads 1", {"n": 30, "steps": 30}),
+]
+
+
+@pytest.mark.parametrize("script,argv,values", RESULTS_COMMANDS, ids=lambda v: v if isinstance(v, str) else "")
+def test_the_results_commands_parse_to_what_they_ask(script, argv, values):
+    module = importlib.import_module(f"benchmarks.{script}")
+    parsed = vars(module.build_parser().parse_args(shlex.split(argv)))
+    assert {name: parsed[name] for name in values} == values
