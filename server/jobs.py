@@ -106,6 +106,8 @@ class JobRun:
     t_start: float = 0.0  # perf_counter when it started running
     next_index: int = 0  # sequence: the next camera to render
     writes: list[Future] = field(default_factory=list)  # sequence: frames being encoded and stored
+    # sequence: why a frame could not be stored (a full disk): the job fails at once, its render is cut
+    write_error: Exception | None = None
 
 
 @dataclass

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from srvutil import (
-    HERE,
-    LONG_INVERT,
-    STEPS,
-    ServerProcess,
-    png_array,
-    png_b64,
-    read_events,
-    render_body,
-    wait_job,
-    wire_camera,
-)
+from denoise_probe_server import DenoiseProbeServer
+from srvutil import LONG_INVERT, STEPS, png_array, png_b64, read_events, render_body, wait_job, wire_camera
 
 INVERT_STEPS = 12
 
@@ -235,35 +224,10 @@ def slow_preview_model(test_model, tmp_path):
     return dst
 
 
-class DenoiseProbeServer(ServerProcess):
-    """The real server and engine, run by denoise_probe_server.py: every denoising step is logged to a file."""
-
-    def __init__(self, data_dir: Path, model: Path) -> None:
-        self.denoise_log = data_dir.parent / "denoise.log"
-        env = {
-            "VIEWNETI_MODEL": str(model),
-            "VIEWNETI_TEST_DENOISE_LOG": str(self.denoise_log),
-            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-        }
-        super().__init__(data_dir, env=env, fake=False)
-
-    def command(self) -> list[str]:
-        cmd = super().command()
-        return [*cmd[:2], "denoise_probe_server", *cmd[3:]]
-
-    def steps(self) -> list[tuple[float, int, int]]:
-        """(time.monotonic(), step, steps) of every denoising step so far."""
-        try:
-            lines = self.denoise_log.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        return [(float(t), int(i), int(n)) for t, i, n in (line.split() for line in lines if line.count(" ") == 2)]
-
-
 def test_cancel_during_a_preview_stops_it_at_its_next_denoising_step(tmp_path, slow_preview_model):
     """preview_every=1: after each training step the worker renders a preview of PREVIEW_STEPS denoising
     steps. A cancel that arrives while one denoises stops it at its next step, not at its end."""
-    srv = DenoiseProbeServer(tmp_path / "data", slow_preview_model)
+    srv = DenoiseProbeServer(tmp_path / "data", model=slow_preview_model)
     try:
         srv.start()
         with srv.client() as c:
