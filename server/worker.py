@@ -516,6 +516,6 @@ class Worker:
             should_stop=should_stop,
             preview_every=spec.preview_every,
         )
-        self.objects = list(self.engine.list_objects())
+        self.objects = list(self.engine.list_objects())  # before 'done': JobStore.create's name check needs it
         job.step = job.total
         self._finish_job(job, "done", result=dict(result), eta_s=0.0)

@@ -128,6 +128,46 @@ def test_concurrent_inversions_with_one_name_get_one_202(server):
                 wait_job(c, job["job_id"])
 
 
+def test_an_inversion_named_like_one_that_just_finished_gets_409(tmp_path):
+    """Request B checks the library for its name just before inversion A of that name finishes, and
+    the active jobs just after: neither check sees A. The reservation's own check (under the store's
+    lock, after the worker has listed A's object) must still refuse B. The interleaving is forced."""
+    from fake_engine import FakeEngine
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.config import ServerConfig
+
+    app = create_app(ServerConfig(data_dir=tmp_path), lambda: FakeEngine(tmp_path / "objects", step_s=0.01))
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:  # a Host the server accepts
+        deadline = time.monotonic() + 30
+        while c.get("/v1/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store, worker = app.state.store, app.state.worker
+        first = c.post("/v1/jobs/invert", json=_invert_body("twin", steps=20))
+        assert first.status_code == 202, first.text
+        first_id = first.json()["job_id"]
+        library_has = worker.has_object
+        looked = threading.Event()
+
+        def has_object_then_finish_first(name: str) -> bool:
+            taken = library_has(name)
+            if not looked.is_set():  # B's first look at the library: A finishes right after it
+                looked.set()
+                assert not taken and store.get(first_id).state in ("queued", "running")
+                end = time.monotonic() + 30
+                while store.get(first_id).state != "done":
+                    assert time.monotonic() < end, store.get(first_id)
+                    time.sleep(0.01)
+            return taken
+
+        worker.has_object = has_object_then_finish_first
+        second = c.post("/v1/jobs/invert", json=_invert_body("twin", steps=20))
+        assert looked.is_set()
+        assert second.status_code == 409 and "already exists" in second.json()["error"], second.text
+        assert [j["job_id"] for j in c.get("/v1/jobs").json()["jobs"] if j["name"] == "twin"] == [first_id]
+
+
 # -- bounded cost ----------------------------------------------------------------------------------
 def test_cpu_size_cap_and_invert_step_cap_are_reported_and_enforced(server, client):
     h = client.get("/v1/health").json()
