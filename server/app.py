@@ -175,6 +175,16 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
         return name
 
+    def check_name_free(name: str) -> None:
+        """409 if an object of the library has this name (a finished inversion's object is listed before
+        its job is done, so a check under the store's lock never misses one that just finished)."""
+        if worker.has_object(name):
+            raise ApiError(
+                409,
+                f"an object named {name!r} already exists: pick another name or delete it first "
+                f"(DELETE /v1/objects/{name})",
+            )
+
     def check_steps(steps: int | None) -> int | None:
         if steps is not None and steps > config.max_steps:
             raise ApiError(422, f"steps={steps} is more than this server allows ({config.max_steps}): use fewer steps")
@@ -421,12 +431,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             if problem:
                 raise ApiError(422, problem)
         worker.ready_or_raise()
-        if worker.has_object(body.name):
-            raise ApiError(
-                409,
-                f"an object named {body.name!r} already exists: pick another name or delete it first "
-                f"(DELETE /v1/objects/{body.name})",
-            )
+        check_name_free(body.name)
         if any(j.kind == "invert" and j.name == body.name for j in store.active()):
             raise ApiError(409, f"an inversion for {body.name!r} is already queued or running: pick another name")
         check_job_capacity()
@@ -476,6 +481,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 references=raws,
                 max_active=config.max_queued_jobs,
                 warnings=warnings,
+                check=lambda: check_name_free(body.name),  # again, with the reservation: see JobStore.create
             )
         )
         worker.submit_job(job)

@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,6 +107,8 @@ class JobRun:
     t_start: float = 0.0  # perf_counter when it started running
     next_index: int = 0  # sequence: the next camera to render
     writes: list[Future] = field(default_factory=list)  # sequence: frames being encoded and stored
+    # sequence: why a frame could not be stored (a full disk): the job fails at once, its render is cut
+    write_error: Exception | None = None
 
 
 @dataclass
@@ -276,12 +279,15 @@ class JobStore:
         references: list[bytes] | None = None,
         max_active: int | None = None,
         warnings: list[str] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> Job:
         """Create and save a job; ``references`` (image files) are spooled into its folder.
 
         The checks that depend on the other jobs (one active inversion per name: 409; at most
-        ``max_active`` active jobs: 429) and the reservation happen under one lock, so concurrent
-        requests cannot both pass them."""
+        ``max_active`` active jobs: 429), ``check`` (raises ApiError to refuse: an inversion's name must
+        not be an object's) and the reservation happen under one lock, so concurrent requests cannot
+        both pass them, and an inversion of the same name that finishes meanwhile is seen either as
+        active or as its object (the worker lists the object before it marks the job done)."""
         if self.storage_problem and not self._storage_ok_again():
             raise ApiError(INSUFFICIENT_STORAGE, self.storage_problem)
         job = Job(
@@ -297,6 +303,8 @@ class JobStore:
             active = [j for j in self._jobs.values() if j.state in ACTIVE_STATES]
             if name is not None and any(j.kind == kind and j.name == name for j in active):
                 raise ApiError(409, f"an inversion for {name!r} is already queued or running: pick another name")
+            if check is not None:
+                check()
             if max_active is not None and len(active) >= max_active:
                 raise ApiError(
                     429,

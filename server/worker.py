@@ -389,8 +389,9 @@ class Worker:
         for w in writes:  # frames already rendered are stored before the final event
             try:
                 w.result()
-            except Exception:  # noqa: BLE001 - a failed write is reported by the 'done' path, not here
-                log.exception("writing frames of job %s failed", job.job_id)
+            except Exception as exc:  # noqa: BLE001 - the first failed write ends the job: reported there
+                if exc is not job.run.write_error:
+                    log.exception("writing frames of job %s failed", job.job_id)
         with self._cv:
             if job in self._jobs:
                 self._jobs.remove(job)
@@ -398,8 +399,8 @@ class Worker:
         self._store.set_state(job, state, **fields)
 
     def _run_job_unit(self, job: Job) -> None:
-        def should_stop() -> bool:
-            return job.cancel.is_set() or self._stopping
+        def should_stop() -> bool:  # a frame that could not be stored stops the job's render too
+            return job.cancel.is_set() or self._stopping or job.run.write_error is not None
 
         try:
             if job.state == "queued":
@@ -419,24 +420,33 @@ class Worker:
         except Cancelled:
             if job.cancel.is_set():
                 self._finish_job(job, "cancelled")
+            elif job.run.write_error is not None:  # the frame writer stopped it
+                self._fail_job(job, job.run.write_error)
             else:
                 self._finish_job(
                     job, "interrupted", error="the server shut down while this job was running; submit it again"
                 )
-        except InputError as exc:
+        except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
+            self._fail_job(job, exc)
+
+    def _fail_job(self, job: Job, exc: BaseException) -> None:
+        """End a job in 'error' with a message that says what to fix."""
+        if isinstance(exc, InputError):
             self._finish_job(job, "error", error=str(exc))
-        except ApiError as exc:
+        elif isinstance(exc, ApiError):
             self._finish_job(job, "error", error=exc.message)
-        except OSError as exc:  # e.g. a full disk while writing a frame or the new token
+        elif isinstance(exc, OSError):  # e.g. a full disk while writing a frame or the new token
             log.warning("job %s failed: %s", job.job_id, exc)
+            kept = f"; the {len(job.frames_done)} frame(s) stored before stay available" if job.frames_done else ""
             self._finish_job(
                 job,
                 "error",
-                error=f"could not write the result to the server's data directory ({exc.strerror or exc}): "
-                "free disk space (or fix its permissions) and submit the job again",
+                error=f"could not write the result to the server's data directory {self._store.dir.parent} "
+                f"({exc.strerror or exc}): free disk space there (or fix its permissions) and submit the job "
+                f"again{kept}",
             )
-        except BaseException as exc:  # noqa: BLE001
-            log.exception("job %s failed", job.job_id)
+        else:
+            log.error("job %s failed", job.job_id, exc_info=exc)
             self._finish_job(job, "error", error=f"internal error ({type(exc).__name__}: {exc}); see the server log")
 
     def _decode_references(self, job: Job, spec: InvertSpec) -> None:
@@ -454,6 +464,8 @@ class Worker:
         UNet call; their poses in one text-encoder call), then hand them to the frame writer, which
         encodes and stores them while the worker renders the next ones (or serves live renders)."""
         run = job.run
+        if run.write_error is not None:  # an earlier frame could not be stored: render no more
+            raise run.write_error
         i = run.next_index
         n = max(1, int(getattr(self.engine, "sequence_batch", 1)))
         batch = list(spec.cameras[i : i + n])
@@ -469,15 +481,22 @@ class Worker:
             self._finish_job(job, "done", result={"frames": list(job.frames_done)}, eta_s=0.0)
 
     def _write_frames(self, job: Job, first: int, frames: list[int], images: list[Any]) -> None:
-        if job.terminal:
+        """Encode and store frames (frame-writer thread). The first failure is kept in ``run.write_error``:
+        the worker's ``should_stop`` sees it, so the job ends at once instead of rendering the rest."""
+        if job.terminal or job.run.write_error is not None:
             return
-        pngs = list(self._png_pool.map(encode_png, images))
-        for k, png in enumerate(pngs):
-            if job.terminal:  # cancelled meanwhile: no frame events after the final one
-                return
-            done = first + k + 1
-            elapsed = time.perf_counter() - job.run.t_start
-            self._store.frame_done(job, first + k, frames[k], png, eta_s=round(elapsed / done * (job.total - done), 2))
+        try:
+            pngs = list(self._png_pool.map(encode_png, images))
+            for k, png in enumerate(pngs):
+                if job.terminal:  # cancelled meanwhile: no frame events after the final one
+                    return
+                done = first + k + 1
+                elapsed = time.perf_counter() - job.run.t_start
+                eta_s = round(elapsed / done * (job.total - done), 2)
+                self._store.frame_done(job, first + k, frames[k], png, eta_s=eta_s)
+        except Exception as exc:
+            job.run.write_error = exc
+            raise
 
     def _invert(self, job: Job, spec: InvertSpec, should_stop: Callable[[], bool]) -> None:
         def on_progress(p: Progress) -> None:
@@ -497,6 +516,6 @@ class Worker:
             should_stop=should_stop,
             preview_every=spec.preview_every,
         )
-        self.objects = list(self.engine.list_objects())
+        self.objects = list(self.engine.list_objects())  # before 'done': JobStore.create's name check needs it
         job.step = job.total
         self._finish_job(job, "done", result=dict(result), eta_s=0.0)

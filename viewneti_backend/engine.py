@@ -368,6 +368,8 @@ class Engine:
         for i, cam in enumerate(cameras):
             groups.setdefault((cam.width, cam.height), []).append(i)
         for (width, height), idxs in groups.items():
+            if should_stop is not None and should_stop():  # before each per-size batch (a cheap point to stop)
+                raise Cancelled(f"stopped before the {width}x{height} views")
             shape = RenderShape(len(idxs), width, height, guidance != 1.0)
             eager = self.compiled and shape not in self.ready_shapes
             if timings is not None:

@@ -333,6 +333,8 @@ class ViewNeTIPipeline:
         )
         sync()
         t2 = time.perf_counter()
+        if output != "latent" and should_stop is not None and should_stop():  # the VAE decode is not cut
+            raise Cancelled(f"stopped after step {steps} of {steps}, before decoding")
         result = latents if output == "latent" else self.decode(latents, eager)
         sync()
         t3 = time.perf_counter()

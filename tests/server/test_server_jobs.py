@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from denoise_probe_server import DenoiseProbeServer
 from srvutil import LONG_INVERT, STEPS, png_array, png_b64, read_events, render_body, wait_job, wire_camera
 
 INVERT_STEPS = 12
@@ -195,3 +198,66 @@ def test_event_client_disconnect_does_not_affect_the_job(client, server):
     assert first[-1][0] == "frame"
     final = wait_job(client, job_id, timeout=300)
     assert final["state"] == "done" and len(final["frames_done"]) == len(cams)
+
+
+PREVIEW_STEPS = 60  # denoising steps of each preview of the slow-preview model: seconds on a CPU
+
+
+@pytest.fixture
+def slow_preview_model(test_model, tmp_path):
+    """The test model with its recommended sampling steps (which an inversion's previews use) raised to
+    PREVIEW_STEPS: the same weights (linked), so that a preview takes many times a denoising step."""
+    from viewneti_backend.engine import embedded_model_dir
+    from viewneti_backend.sampling_defaults import BUNDLE_DIR
+
+    src = Path(test_model) if test_model else embedded_model_dir()
+    dst = tmp_path / "slow_preview_model"
+    dst.mkdir()
+    for entry in src.iterdir():
+        if entry.name != BUNDLE_DIR:
+            (dst / entry.name).symlink_to(entry)
+    (dst / BUNDLE_DIR).mkdir()
+    for entry in (src / BUNDLE_DIR).iterdir():
+        if entry.name != "sampling.json":
+            (dst / BUNDLE_DIR / entry.name).symlink_to(entry)
+    (dst / BUNDLE_DIR / "sampling.json").write_text(json.dumps({"guidance": 2.0, "steps": PREVIEW_STEPS}))
+    return dst
+
+
+def test_cancel_during_a_preview_stops_it_at_its_next_denoising_step(tmp_path, slow_preview_model):
+    """preview_every=1: after each training step the worker renders a preview of PREVIEW_STEPS denoising
+    steps. A cancel that arrives while one denoises stops it at its next step, not at its end."""
+    srv = DenoiseProbeServer(tmp_path / "data", model=slow_preview_model)
+    try:
+        srv.start()
+        with srv.client() as c:
+            body = {"name": "slowpreview", "images": [png_b64()], "cameras": [wire_camera()], "steps": LONG_INVERT}
+            r = c.post("/v1/jobs/invert", json={**body, "preview_every": 1})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["job_id"]
+            deadline = time.monotonic() + 300
+            while not any(i >= 3 for _, i, _ in srv.steps()):  # the first preview is on its way
+                assert time.monotonic() < deadline, f"no preview is denoising:\n{srv.log_tail()}"
+                time.sleep(0.01)
+            t0 = time.monotonic()
+            assert c.post(f"/v1/jobs/{job_id}/cancel").json()["state"] == "cancelling"
+            final = wait_job(c, job_id, timeout=120)
+            latency = time.monotonic() - t0
+            assert final["state"] == "cancelled", final
+            assert "slowpreview" not in [o["name"] for o in c.get("/v1/objects").json()["objects"]]
+    finally:
+        srv.kill()
+    steps = srv.steps()
+    assert {n for _, _, n in steps} == {PREVIEW_STEPS}, "only previews render during this inversion"
+    before = [i for t, i, _ in steps if t < t0]
+    after = [i for t, i, _ in steps if t >= t0]
+    step_s = (steps[-1][0] - steps[0][0]) / max(1, len(steps) - 1)
+    assert before[-1] < PREVIEW_STEPS - 10, f"the cancel came too late in the preview to tell: {before}"
+    assert len(after) <= 2, f"the preview ran {len(after)} more denoising steps after the cancel"
+    assert final["step"] == 0, "the preview of step 1 was rendered to its end and step 1 reported"
+    # the bound is far below what waiting for the rest of the preview takes
+    bound = max(1.0, 5 * step_s)
+    rest_s = (PREVIEW_STEPS - before[-1]) * step_s
+    assert rest_s > 2 * bound, f"the preview is too quick to tell ({rest_s:.2f}s left of it)"
+    print(f"cancelled in {latency:.2f}s; {len(after)} step(s) after the cancel; {rest_s:.2f}s of preview were left")
+    assert latency < bound, f"cancelling took {latency:.2f}s ({step_s:.2f}s per denoising step)"

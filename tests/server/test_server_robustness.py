@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from denoise_probe_server import DenoiseProbeServer
 from PIL import Image
 from srvutil import LONG_INVERT, STEPS, png_b64, read_events, render_body, wait_job, wire_camera
 
@@ -125,6 +126,46 @@ def test_concurrent_inversions_with_one_name_get_one_202(server):
             if job["name"] == name and job["state"] in ("queued", "running"):
                 c.post(f"/v1/jobs/{job['job_id']}/cancel")
                 wait_job(c, job["job_id"])
+
+
+def test_an_inversion_named_like_one_that_just_finished_gets_409(tmp_path):
+    """Request B checks the library for its name just before inversion A of that name finishes, and
+    the active jobs just after: neither check sees A. The reservation's own check (under the store's
+    lock, after the worker has listed A's object) must still refuse B. The interleaving is forced."""
+    from fake_engine import FakeEngine
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.config import ServerConfig
+
+    app = create_app(ServerConfig(data_dir=tmp_path), lambda: FakeEngine(tmp_path / "objects", step_s=0.01))
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:  # a Host the server accepts
+        deadline = time.monotonic() + 30
+        while c.get("/v1/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store, worker = app.state.store, app.state.worker
+        first = c.post("/v1/jobs/invert", json=_invert_body("twin", steps=20))
+        assert first.status_code == 202, first.text
+        first_id = first.json()["job_id"]
+        library_has = worker.has_object
+        looked = threading.Event()
+
+        def has_object_then_finish_first(name: str) -> bool:
+            taken = library_has(name)
+            if not looked.is_set():  # B's first look at the library: A finishes right after it
+                looked.set()
+                assert not taken and store.get(first_id).state in ("queued", "running")
+                end = time.monotonic() + 30
+                while store.get(first_id).state != "done":
+                    assert time.monotonic() < end, store.get(first_id)
+                    time.sleep(0.01)
+            return taken
+
+        worker.has_object = has_object_then_finish_first
+        second = c.post("/v1/jobs/invert", json=_invert_body("twin", steps=20))
+        assert looked.is_set()
+        assert second.status_code == 409 and "already exists" in second.json()["error"], second.text
+        assert [j["job_id"] for j in c.get("/v1/jobs").json()["jobs"] if j["name"] == "twin"] == [first_id]
 
 
 # -- bounded cost ----------------------------------------------------------------------------------
@@ -335,6 +376,45 @@ def test_full_disk_fails_the_job_save_yet_ends_the_job_and_the_server_restarts(m
         assert r.status_code == 202, r.text
         assert read_events(c, r.json()["job_id"])[-1][0] == "done"
     srv2.stop()
+
+
+def test_a_sequence_on_a_full_disk_fails_at_its_first_unstored_frame(tmpfs):
+    """The disk fills while a long sequence renders: the job ends 'error' at the first frame it cannot
+    store, saying what to free, and renders no more frames (the server's denoising steps are logged)."""
+    srv = DenoiseProbeServer(tmpfs)
+    frames = list(range(200))
+    try:
+        srv.start()
+        with srv.client() as c:
+            r = c.post("/v1/jobs/sequence", json={"cameras": [wire_camera(azimuth=1.5 * f) for f in frames]})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["job_id"]
+            arrivals = []
+            with c.stream("GET", f"/v1/jobs/{job_id}/events", timeout=300) as events:
+                for line in events.iter_lines():
+                    if line.startswith("event: frame"):
+                        arrivals.append(time.monotonic())
+                        if len(arrivals) == 3:
+                            break
+            frame_s = (arrivals[-1] - arrivals[0]) / 2
+            _fill(tmpfs)
+            full_at = time.monotonic()
+            events = read_events(c, job_id, timeout=120)
+            elapsed = time.monotonic() - full_at
+            job = c.get(f"/v1/jobs/{job_id}").json()
+            assert c.post("/v1/render", json=render_body()).status_code == 200  # the server goes on
+    finally:
+        srv.kill()
+    # the frame being rendered when the disk filled, perhaps one more (a freed page); not the other ~190
+    started = [t for t, step, _ in srv.steps() if step == 1 and t > full_at]
+    assert len(started) <= 2, f"{len(started)} frames were rendered after the disk filled"
+    assert elapsed < 5 * frame_s + 5.0, f"the job ended {elapsed:.1f}s after the disk filled ({frame_s:.2f}s a frame)"
+    assert events[-1][0] == "error", events[-3:]
+    msg = events[-1][1]["error"]
+    assert "No space left on device" in msg and "free disk space" in msg and str(tmpfs) in msg, msg
+    assert job["state"] == "error" and job["error"] == msg, job
+    on_disk = sorted(int(p.stem.split("_")[1]) for p in (tmpfs / "jobs" / job_id).glob("frame_*.png"))
+    assert 3 <= len(job["frames_done"]) < len(frames) and job["frames_done"] == on_disk, (job, on_disk)
 
 
 def test_read_only_data_dir_serves_renders_and_refuses_jobs(make_server, tmpfs):
