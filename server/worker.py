@@ -130,6 +130,10 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
+    def is_alive(self) -> bool:
+        """Whether the worker thread runs (False before start and once stop has returned)."""
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the current step: queued renders fail with 503, in-flight ones are cut (503), and
         every active job ends ``interrupted`` (its event streams end with that event)."""

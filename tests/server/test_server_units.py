@@ -237,7 +237,7 @@ def test_worker_supersedes_queued_and_in_flight(tmp_path):
     assert time.monotonic() - t0 < 1.0
     assert newer.future.result(5)
     w.stop()
-    assert not threading.Thread.is_alive(w._thread)
+    assert not w.is_alive()
 
 
 def _app_client(tmp_path, factory):
