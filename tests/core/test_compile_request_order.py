@@ -35,11 +35,20 @@ def test_an_uncompiled_shape_is_reported_after_its_render(engine, monkeypatch):
     ]
 
 
-def test_a_stopped_render_still_reports_its_shape(engine, monkeypatch):
+def test_a_render_stopped_midway_still_reports_its_shape(engine, monkeypatch):
+    """Stopped after its first denoising step, the uncompiled shape is still worth compiling; stopped before
+    it started (the check before each size group), nothing ran at that shape and nothing is reported."""
     monkeypatch.setattr(engine, "compile_mode", "reduce-overhead")
     monkeypatch.setattr(engine, "ready_shapes", set())
     seen: list = []
     monkeypatch.setattr(engine, "on_uncompiled_shape", seen.append)
+    camera = Camera(orbit_pose(0.0, 20.0, 4.0), 40.0, 64, 64)
+    steps_done: list = []
     with pytest.raises(Cancelled):
-        engine.render([Camera(orbit_pose(0.0, 20.0, 4.0), 40.0, 64, 64)], None, steps=2, should_stop=lambda: True)
+        engine.render(
+            [camera], None, steps=2, should_stop=lambda: bool(steps_done), on_step=lambda i, n: steps_done.append(i)
+        )
+    assert steps_done == [1] and seen == [RenderShape(1, 64, 64, True)]
+    with pytest.raises(Cancelled):
+        engine.render([camera], None, steps=2, should_stop=lambda: True)
     assert seen == [RenderShape(1, 64, 64, True)]
