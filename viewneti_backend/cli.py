@@ -548,8 +548,11 @@ def _eval_dtu(args) -> int:
 
 def _crop_note(view: int, image_size: tuple[int, int], cam) -> str | None:
     """Says so when the ground truth of ``view`` is cropped to the render's aspect (None when it is not)."""
-    (w, h), aspect = image_size, cam.width / cam.height
-    kept = (min(w, h * aspect), min(h, w / aspect))
+    from .cameras import centre_crop_box
+
+    w, h = image_size
+    left, top, right, bottom = centre_crop_box(w, h, cam.width / cam.height)  # what framed_ground_truth keeps
+    kept = (right - left, bottom - top)
     if w - kept[0] < 1 and h - kept[1] < 1:  # the same aspect (up to a fraction of a pixel)
         return None
     return (
