@@ -149,12 +149,12 @@ def _file_cameras(args):
     if args.cameras:
         return _json_cameras(args.cameras)
     if args.transforms:
-        from .data import load_transforms_scene
-        from .messages import print_scene_messages
+        from .data import load_transforms_cameras
+        from .messages import print_notes
 
-        scene = load_transforms_scene(args.transforms, _views(args.views))
-        print_scene_messages(scene)
-        return [(cam, True) for cam in scene.posed_cameras()]
+        transforms = load_transforms_cameras(args.transforms, _views(args.views))  # no pixels: render needs none
+        print_notes(transforms.notes())
+        return [(cam, True) for cam in transforms.cameras]
     _check_orbit_args(args, "orbit camera")
     return None
 

@@ -1,6 +1,8 @@
 """Datasets: nerfstudio/Blender-NeRF ``transforms.json`` scenes, the DTU Rectified layout, image folders.
 
-Everything becomes a :class:`Scene`: images + their anchor-relative cameras (+ optional masks).
+Everything becomes a :class:`Scene`: images + their anchor-relative cameras (+ optional masks). A
+transforms scene's cameras alone (what rendering them needs) are a :class:`TransformsCameras`, read
+without decoding a pixel.
 """
 
 from __future__ import annotations
@@ -132,21 +134,54 @@ def _open_with_alpha(path: Path, background: tuple[int, int, int]) -> tuple[Imag
         raise InputError(f"cannot read image {path}: {exc}") from None
 
 
-def load_transforms_scene(
-    path: str | Path,
-    views: Sequence[int] | None = None,
-    name: str | None = None,
-    background: tuple[int, int, int] = DEFAULT_BACKGROUND,
-) -> Scene:
-    """A scene folder with ``transforms.json`` (or ``transforms_train.json``...) or the file itself.
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from an image file's header: the pixels are not decoded."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
 
-    Cameras keep their full intrinsics (fl_x/fl_y, cx/cy); a camera given for another image size
-    (nerfstudio's downscaled ``images_2``) is scaled to the image (one given by angles only is built
-    at its image's size by :func:`read_transforms`). Masks: ``mask_path``, else the image's alpha (composited onto
-    ``background``). A frame with lens distortion (k1 k2 k3 p1 p2, or a fisheye's k1..k4) has its
-    image and mask undistorted to the pinhole camera of the same K (:mod:`.undistort`); pixels the
-    photo does not cover show ``background`` and are outside the mask. ``scene.meta["notes"]`` says
-    which split was used and what was undistorted."""
+
+@dataclass(frozen=True)
+class TransformsView:
+    """One frame of a transforms scene as its file and its image's header give it: the image file,
+    the camera at that image's size, the lens to undo (None: a pinhole already) and the mask file."""
+
+    image_file: Path
+    camera: Camera
+    lens: LensDistortion | None
+    mask_file: Path | None
+
+
+@dataclass(frozen=True)
+class TransformsCameras:
+    """A transforms scene without its pixels: what rendering its cameras needs, and what
+    :func:`load_transforms_scene` decodes the images of."""
+
+    file: Path
+    views: list[TransformsView]
+    split_note: str | None  # which split of a NeRF-synthetic folder was used (None: its transforms.json)
+
+    @property
+    def cameras(self) -> list[Camera]:
+        """The pinhole cameras, the same as those of the scene (its photos undistorted to them)."""
+        return [v.camera for v in self.views]
+
+    def notes(self) -> list[str]:
+        """What the user is told when only the cameras are used: the split, and that lenses are dropped."""
+        lenses = list(dict.fromkeys(v.lens.describe() for v in self.views if v.lens is not None))
+        lens_note = (
+            f"lens distortion ({'; '.join(lenses)}): the cameras are the pinhole cameras of the same "
+            "fl_x/fl_y/cx/cy, as the undistorted photos show them (the lens is not rendered)"
+        )
+        return [n for n in (self.split_note, lens_note if lenses else None) if n]
+
+
+def load_transforms_cameras(path: str | Path, views: Sequence[int] | None = None) -> TransformsCameras:
+    """The cameras of a scene folder with ``transforms.json`` (or the file itself) without decoding a
+    pixel: image sizes come from the files' headers. Each camera is the one :func:`load_transforms_scene`
+    gives its (undistorted) image; a bad file, view index, lens or unreadable image is the same error."""
     tj, note = find_transforms_file(path)
     root = tj.parent
     tf = read_transforms(tj)
@@ -157,27 +192,56 @@ def load_transforms_scene(
             raise InputError(f"{tj} has {len(frames)} frames; view indices {bad} do not exist")
         frames = [frames[i] for i in views]
     lenses = [LensDistortion.from_transforms(fr.distortion, tf.meta, f"{tj}: {fr.file_path}") for fr in frames]
-    images, cameras, masks = [], [], []
-    undistorted = Undistorter(background)
+    out = []
     for fr, lens in zip(frames, lenses):
-        img, mask = _open_with_alpha(transforms_image_path(root, fr.file_path), background)
+        image = transforms_image_path(root, fr.file_path)
+        size = _image_size(image)  # the header only
         cam = fr.camera
-        if (cam.width, cam.height) != img.size:
-            cam = cam.with_size(*img.size)  # the file's intrinsics are for another size: scale them
-        if fr.mask_path:
+        if (cam.width, cam.height) != size:
+            cam = cam.with_size(*size)  # the file's intrinsics are for another size: scale them
+        out.append(TransformsView(image, cam, lens, root / fr.mask_path if fr.mask_path else None))
+    return TransformsCameras(tj, out, note)
+
+
+def load_transforms_scene(
+    path: str | Path,
+    views: Sequence[int] | None = None,
+    name: str | None = None,
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+) -> Scene:
+    """A scene folder with ``transforms.json`` (or ``transforms_train.json``...) or the file itself.
+
+    Cameras keep their full intrinsics (fl_x/fl_y, cx/cy); a camera given for another image size
+    (nerfstudio's downscaled ``images_2``) is scaled to the image (one given by angles only is built
+    at its image's size by :func:`read_transforms`); see :func:`load_transforms_cameras`, which reads
+    them. Masks: ``mask_path``, else the image's alpha (composited onto ``background``). A frame with
+    lens distortion (k1 k2 k3 p1 p2, or a fisheye's k1..k4) has its image and mask undistorted to the
+    pinhole camera of the same K (:mod:`.undistort`); pixels the photo does not cover show
+    ``background`` and are outside the mask. ``scene.meta["notes"]`` says which split was used and
+    what was undistorted."""
+    parsed = load_transforms_cameras(path, views)
+    images, masks = [], []
+    undistorted = Undistorter(background)
+    for view in parsed.views:
+        img, mask = _open_with_alpha(view.image_file, background)
+        if view.mask_file is not None:
             try:
-                with Image.open(root / fr.mask_path) as m:
+                with Image.open(view.mask_file) as m:
                     mask = np.asarray(m.convert("L").resize(img.size)) > 127
             except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read mask {root / fr.mask_path}: {exc}") from None
-        if lens is not None:
-            img, mask = undistorted.add(img, mask, cam.intrinsics(), lens)
+                raise InputError(f"cannot read mask {view.mask_file}: {exc}") from None
+        if view.lens is not None:
+            img, mask = undistorted.add(img, mask, view.camera.intrinsics(), view.lens)
         images.append(img)
-        cameras.append(cam)
         if mask is not None:
             masks.append(mask)
-    meta: dict = {"transforms": str(tj), "notes": [n for n in (note, undistorted.note()) if n], "warnings": []}
-    return Scene(name or root.name, images, cameras, masks if len(masks) == len(images) else None, meta)
+    meta: dict = {
+        "transforms": str(parsed.file),
+        "notes": [n for n in (parsed.split_note, undistorted.note()) if n],
+        "warnings": [],
+    }
+    root = parsed.file.parent
+    return Scene(name or root.name, images, parsed.cameras, masks if len(masks) == len(images) else None, meta)
 
 
 def load_scene_collection(root: str | Path, limit: int | None = None) -> list[Scene]:

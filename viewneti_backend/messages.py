@@ -19,9 +19,14 @@ def print_warnings(warnings: Iterable[str]) -> None:
         print(f"warning: {w}", file=sys.stderr)
 
 
+def print_notes(notes: Iterable[str]) -> None:
+    """``note: ...`` lines on stderr, duplicates dropped."""
+    for note in dict.fromkeys(notes):
+        print(f"note: {note}", file=sys.stderr)
+
+
 def print_scene_messages(scenes: Scene | Iterable[Scene]) -> None:
     """What loading these scenes decided for the user (``scene.meta`` notes and warnings), each once."""
     scenes = [scenes] if isinstance(scenes, Scene) else list(scenes)
-    for note in dict.fromkeys(n for s in scenes for n in s.meta.get("notes", [])):
-        print(f"note: {note}", file=sys.stderr)
+    print_notes(n for s in scenes for n in s.meta.get("notes", []))
     print_warnings(w for s in scenes for w in s.meta.get("warnings", []))

@@ -254,7 +254,7 @@ def test_dtu_principal_point_survives_transforms_json(tmp_path):
     assert np.linalg.norm(project(centred, point) - expected[:2] / expected[2]) > 10
 
 
-def test_render_cli_says_which_split_and_that_the_photos_were_undistorted(tiny_model_dir, tmp_path, capsys):
+def test_render_cli_says_which_split_and_that_the_lens_is_not_rendered(tiny_model_dir, tmp_path, capsys):
     write_lego(tmp_path / "lego")
     model = ["--model", str(tiny_model_dir), "--steps", "1", "--views", "0"]
     assert cli_main(["render", *model, "--transforms", str(tmp_path / "lego"), "--out", str(tmp_path / "o1")]) == 0
@@ -262,6 +262,8 @@ def test_render_cli_says_which_split_and_that_the_photos_were_undistorted(tiny_m
     tj = write_fox(tmp_path / "fox")
     assert cli_main(["render", *model, "--transforms", str(tj), "--out", str(tmp_path / "o2")]) == 0
     err = capsys.readouterr().err
-    assert "note: lens distortion (OPENCV k1=0.0602 k2=-0.0323 p1=0.0014 p2=-0.0004): 1 image(s) undistorted" in err
+    lens = "OPENCV k1=0.0602 k2=-0.0323 p1=0.0014 p2=-0.0004"
+    assert f"note: lens distortion ({lens}): the cameras are the pinhole cameras of the same fl_x/fl_y/cx/cy" in err
+    assert "undistorted to" not in err  # render reads the cameras only: no photo is undistorted
     assert "warning: " not in err
     assert Image.open(tmp_path / "o2" / "thing_a_view000_seed0.png").size == (40, 64)  # 1080x1920 -> native 64
