@@ -8,7 +8,9 @@
 2. For each held-out object: mode 5 (a new object token, the new view-mapper frozen) on one input
    view, then its other views rendered and scored against the exported ground truth (masked PSNR /
    SSIM), next to copying the input view and the token without the view token: the toy benchmark's
-   protocol and scoring (:func:`viewneti_backend.evaluation.score_novel_views`).
+   protocol and scoring (:func:`viewneti_backend.evaluation.score_novel_views`). Ground truth, masks
+   and the copied input view are framed as ``eval`` frames them, the centre at the render's aspect,
+   never squashed (:func:`viewneti_backend.evaluation.framed_ground_truth`).
 
 Writes ``OUT/view_mapper`` (for ``viewneti-server --view-mapper``), ``OUT/objects/<object>``,
 ``OUT/checkpoint-*``, and ``OUT/pretrain_eval.json`` / ``.txt``.
@@ -21,8 +23,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from PIL import Image
 
 from .atomic_files import atomic_write_text
 from .camera_features import DEFAULT_PARAMETERIZATION, PARAMETERIZATIONS
@@ -175,15 +175,6 @@ def evenly_spaced(candidates: list[int], count: int) -> list[int]:
     return [candidates[round(i * (len(candidates) - 1) / max(1, count - 1))] for i in range(count)]
 
 
-def _resized_mask(mask, size: tuple[int, int]):
-    import numpy as np
-
-    if mask is None:
-        return None
-    img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(img) > 127
-
-
 def run_pretrain(run: PretrainRun, progress: bool = True) -> dict:
     """Train, test on the held-out objects, write the results; returns the summary (also in the JSON)."""
     import torch
@@ -264,9 +255,8 @@ def run_pretrain(run: PretrainRun, progress: bool = True) -> dict:
 
 def _evaluate(run, settings, base, model, out: Path, held: list[Scene], size: tuple[int, int], progress: bool) -> dict:
     """Mode 5 on one view of each held-out object with the new (frozen) view-mapper; score its other views."""
-    from .cameras import Camera
     from .engine import Engine
-    from .evaluation import nvs_tables, score_novel_views
+    from .evaluation import framed_ground_truth, nvs_tables, score_novel_views
     from .mapper import NeTIMapper
     from .sampling_defaults import SamplingDefaults
     from .tokens import ObjectLibrary
@@ -300,14 +290,18 @@ def _evaluate(run, settings, base, model, out: Path, held: list[Scene], size: tu
         others = evenly_spaced([i for i in range(n) if i != run.input_view], settings["eval_targets"])
         if not others:
             raise InputError(f"held-out object '{scene.name}' has a single view: nothing to score the novel views on")
-        cameras = [Camera(scene_cameras[i].camera_to_anchor, scene_cameras[i].fov_y_deg, width, height) for i in others]
-        gt = [scene.images[i].resize((width, height), Image.Resampling.BICUBIC) for i in others]
-        masks = [_resized_mask(scene.masks[i], (width, height)) if scene.masks else None for i in others]
+        # each target's camera, ground truth and mask at the render size, showing the same frustum (as eval does)
+        framed = [
+            framed_ground_truth(scene_cameras[i], scene.images[i], scene.masks[i] if scene.masks else None, size)
+            for i in others
+        ]
+        cameras, gt, masks = [c for c, _, _ in framed], [g for _, g, _ in framed], [m for _, _, m in framed]
         if not scene.masks:
             no_masks.append(scene.name)
         source = scene.images[run.input_view]
-        input_image = source.resize((width, height), Image.Resampling.BICUBIC)
         input_camera = scene_cameras[run.input_view]
+        # the copy-input baseline is scored like a render: the input view framed the same way
+        _, input_image, _ = framed_ground_truth(input_camera, source, None, size)
         for seed in settings["seeds"]:
             name = f"heldout_{scene.name}_s{seed}"[:64]
             t0 = time.perf_counter()

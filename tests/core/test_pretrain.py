@@ -106,3 +106,44 @@ def test_pretrain_refuses_data_it_cannot_split(tiny_model_dir, toy_data, tmp_pat
     assert cli.main(args + ["--steps", "1", "--device", "cpu"]) == 2
     assert "nothing left to train on" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_scores_framed_ground_truth_not_squashed(tiny_model_dir, toy_data, tmp_path, monkeypatch):
+    """Square exported views, a 64x32 run: the held-out test renders, and scores against, the centre
+    64:32 band of each view (``framed_ground_truth``, as ``eval`` does), not the whole view squashed."""
+    from viewneti_backend import evaluation
+    from viewneti_backend.engine import Engine
+    from viewneti_backend.evaluation import framed_ground_truth
+
+    scored, rendered = [], []
+    score = evaluation.score_novel_views
+    render = Engine.render
+
+    def spy_score(tables, scene, seed, gt, masks, input_image, mode5, no_view):
+        scored.append((gt, masks, input_image))
+        score(tables, scene, seed, gt, masks, input_image, mode5, no_view)
+
+    def spy_render(self, cameras, *args, **kwargs):
+        rendered.append([c.to_json() for c in cameras])
+        return render(self, cameras, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "score_novel_views", spy_score)
+    monkeypatch.setattr(Engine, "render", spy_render)
+    args = ["pretrain", "--data", str(toy_data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "run")]
+    args += ["--steps", "1", "--invert-steps", "1", "--render-steps", "1", "--eval-targets", "2", "--seeds", "0"]
+    assert cli.main(args + ["--width", "64", "--height", "32", "--device", "cpu", "--compile", "off"]) == 0
+
+    (held,) = [s for s in load_scene_collection(toy_data) if s.name == "obj_0000002"]
+    assert held.cameras is not None and held.masks is not None and held.images[0].size == (32, 32)
+    framed = [framed_ground_truth(held.cameras[v], held.images[v], held.masks[v], (64, 32)) for v in (1, 3)]
+    ((gt, masks, input_image),) = scored
+    for (_, want, want_mask), got, got_mask in zip(framed, gt, masks):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert want_mask is not None and np.array_equal(got_mask, want_mask)
+    _, want_input, _ = framed_ground_truth(held.cameras[0], held.images[0], None, (64, 32))
+    np.testing.assert_array_equal(np.asarray(input_image), np.asarray(want_input))
+    squashed = held.images[1].resize((64, 32), Image.Resampling.BICUBIC)
+    assert not np.array_equal(np.asarray(gt[0]), np.asarray(squashed))  # what the test used to score against
+    # mode 5 and the no-view baseline render exactly the framed cameras (fov_y narrowed to the band)
+    assert rendered == [[cam.to_json() for cam, _, _ in framed]] * 2
+    assert framed[0][0].fov_y_deg < held.cameras[1].fov_y_deg
