@@ -115,6 +115,43 @@ def profile_gpu(fn, label: str, top: int = 12) -> dict:
     return out
 
 
+def text_encoder_probe(pipe: ViewNeTIPipeline, om, cam: Camera) -> dict:
+    """The new-pose text phase alone (every (t, l) encoding of one camera), at the live preview's 8
+    and the view's 30 steps, under each SDPA backend order: where do its milliseconds go?"""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    orders = {
+        "process order (cuDNN first on the compiled path)": None,
+        "flash, efficient, math": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+        "efficient only": [SDPBackend.EFFICIENT_ATTENTION],
+    }
+    out: dict = {}
+    for steps in (8, 30):
+        timesteps = torch.linspace(999, 0, steps).long()
+
+        def encode(timesteps=timesteps):
+            return pipe.view_encodings([cam], om, timesteps, use_cache=False)
+
+        rows = steps * pipe.base.num_layers
+        flops = count_flops(encode)
+        row: dict = {"rows": rows, "tflop": flops / 1e12}
+        for label, order in orders.items():
+            try:
+                if order is None:
+                    ms = timed(encode, repeats=10)[0] * 1e3
+                else:
+                    with sdpa_kernel(order, set_priority=True):
+                        ms = timed(encode, repeats=10)[0] * 1e3
+            except RuntimeError as exc:  # a backend that does not take these inputs
+                row[label] = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            row[label] = {"ms": ms, "tflop_per_s": flops / 1e12 / (ms / 1e3)}
+            log(f"text encoder, {rows} rows, {label}: {ms:.1f} ms ({flops / 1e9 / ms:.0f} TFLOP/s)")
+        row["profile"] = profile_gpu(encode, f"text encoder, {rows} rows")
+        out[f"{steps}_steps"] = row
+    return out
+
+
 def profile_host(fn, label: str, steps: int, top: int = 25) -> dict:
     """cProfile over fn() (``steps`` optimizer steps): where the host's time per step goes.
 
@@ -346,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="view,inversion",
         default="",
         help="torch.profiler breakdown of these sections: view, inversion (both compiled), inversion-eager; "
+        "text: the new-pose text phase alone at 8 and 30 steps under each SDPA backend order; "
         "inversion-host: cProfile of 20 compiled inversion steps; inversion-timeline: the idle gaps between "
         "kernels of 3 compiled steps (gpu_timeline.py), trace saved beside --out (default with no value: view,inversion)",
     )
@@ -681,6 +719,9 @@ def main(argv: list[str] | None = None) -> None:
             log(
                 f"compiled live {args.live_steps} steps: new {entry['live_new_pose_ms']:.0f} ms, cached {entry['live_cached_ms']:.0f} ms"
             )
+            save()
+        if "text" in profiles and dev.type == "cuda":
+            entry["text_encoder"] = text_encoder_probe(pipe, om, cam)
             save()
         if "inversion" not in skip:
             ref_ms = results["inversion_mode5_9x512x384"]["reference_step_ms"]
