@@ -401,7 +401,8 @@ class JobStore:
                 raise ApiError(
                     409,
                     f"job {job.job_id} is {job.state}: cancel it first (POST /v1/jobs/{job.job_id}/cancel), wait "
-                    "until it ends (its event stream ends, GET /v1/jobs/{id} shows its final state), then delete it",
+                    f"until it ends (its event stream ends; GET /v1/jobs/{job.job_id} shows its final state), then "
+                    "delete it",
                 )
             try:
                 trash = self._detach(job)
