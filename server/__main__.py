@@ -22,7 +22,14 @@ from viewneti_backend.compile_modes import COMPILE_CHOICES, COMPILE_HELP
 from viewneti_backend.data_dir import DATA_DIR_ENV, default_data_dir
 
 from .auth import AUTO_TOKEN, generate_token, remove_token_file, write_token_file
-from .config import DEFAULT_HOST, DEFAULT_MAX_BODY_MB, DEFAULT_PORT, TOKEN_FILE_NAME, ServerConfig
+from .config import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY_MB,
+    DEFAULT_PORT,
+    MIN_KEEP_JOBS,
+    TOKEN_FILE_NAME,
+    ServerConfig,
+)
 from .host_origin import ALLOWED_HOSTS_ENV, parse_allowed_host
 
 DESCRIPTION = """\
@@ -37,7 +44,9 @@ EPILOG = """\
 data directory:
   <data-dir>/objects/   the token library: objects created by inversion (kept across restarts)
   <data-dir>/jobs/<id>/ one folder per job: job.json (state), request.json, frame_NNNNNN.png,
-                      reference_NN.bin (a waiting inversion's uploaded images, removed when it ends)
+                      reference_NN.bin (a waiting inversion's uploaded images, removed when it ends);
+                      the newest --keep-jobs finished jobs are kept, older ones deleted
+                      (DELETE /v1/jobs/<id> removes one at once)
   A full or read-only data dir: the server still starts and renders; new jobs get 507.
 
 security:
@@ -203,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"most queued/running jobs; more get 429 (default {ServerConfig.max_queued_jobs})",
     )
     s.add_argument(
+        "--keep-jobs",
+        type=int,
+        default=ServerConfig.keep_jobs,
+        metavar="N",
+        help="finished jobs kept in the data dir (their records and frames); when a job ends, and at start, "
+        "the oldest finished ones beyond N are deleted (queued and running jobs never are; clients fetch "
+        f"frames as they arrive). At least {MIN_KEEP_JOBS} (default {ServerConfig.keep_jobs})",
+    )
+    s.add_argument(
         "--max-connections",
         type=int,
         default=ServerConfig.max_connections,
@@ -272,6 +290,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             raise SystemExit(str(exc)) from None
     if args.max_body_mb <= 0:
         raise SystemExit("--max-body-mb must be positive")
+    if args.keep_jobs < MIN_KEEP_JOBS:
+        raise SystemExit(
+            f"--keep-jobs must be at least {MIN_KEEP_JOBS}, got {args.keep_jobs}: the job that just ended is kept "
+            "so that its client can fetch its frames (DELETE /v1/jobs/{id} removes a job at once)"
+        )
     for option, seconds in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
         if not 0 < seconds < float("inf"):
             raise SystemExit(f"{option} must be a positive number of seconds, got {seconds:g}")
@@ -295,6 +318,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_steps=max(1, min(limits.MAX_STEPS, args.max_steps)),
         max_invert_steps=max(1, min(limits.MAX_INVERT_STEPS, args.max_invert_steps)),
         max_queued_jobs=max(1, args.max_jobs),
+        keep_jobs=args.keep_jobs,
         max_connections=max(8, args.max_connections),
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,

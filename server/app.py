@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -104,6 +105,27 @@ def parse_camera(cam: CameraIn, what: str, max_size: int) -> Camera:
     return camera
 
 
+def shared_path_route_class() -> type[APIRoute]:
+    """A route class (one per app) whose 405 names every method of its path in ``Allow``: GET and DELETE
+    /v1/jobs/{job_id} are two routes, and Starlette answers a method that neither takes with the first
+    one's methods only. Each route records its methods in the class's table as it is made (also the
+    copies that ``include_router`` makes in FastAPI versions that copy routes)."""
+    methods_by_path: dict[str, set[str]] = {}
+
+    class SharedPathRoute(APIRoute):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            methods_by_path.setdefault(self.path, set()).update(self.methods or ())
+
+        async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+            if self.methods and scope["method"] not in self.methods and "app" in scope:
+                allow = ", ".join(sorted(methods_by_path.get(self.path) or self.methods))
+                raise StarletteHTTPException(405, headers={"Allow": allow})
+            await super().handle(scope, receive, send)
+
+    return SharedPathRoute
+
+
 _ERR = {"model": ErrorOut}
 _WARNINGS_HEADER = {
     "X-Warnings": {
@@ -117,7 +139,7 @@ _COMMON = {400: _ERR, 401: _ERR, 413: _ERR, 422: _ERR, 503: _ERR}
 
 def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastAPI:
     hub = EventHub()
-    store = JobStore(config.jobs_dir, hub)
+    store = JobStore(config.jobs_dir, hub, keep_jobs=config.keep_jobs)
     worker = Worker(
         engine_factory,
         store,
@@ -159,7 +181,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
     app.add_middleware(HostOriginMiddleware, bind_host=config.host, extra_hosts=config.allowed_hosts)
     app.add_middleware(RequestContextMiddleware)
 
-    r = APIRouter(prefix="/v1")
+    r = APIRouter(prefix="/v1", route_class=shared_path_route_class())
 
     def max_size() -> int:
         """--max-size, the engine's own limit and, on a CPU, the device cap (limits.device_max_size)."""
@@ -501,6 +523,13 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
         job = store.get(job_id)
         state = await run_in_threadpool(worker.cancel_job, job)
         return {"job_id": job.job_id, "state": state}
+
+    @r.delete("/jobs/{job_id}", status_code=204, responses={404: _ERR, 409: _ERR, 507: _ERR})
+    async def delete_job(job_id: str) -> Response:
+        """Delete a finished job: its record and its folder (frames included); a queued or running job
+        must be cancelled first (409)."""
+        await run_in_threadpool(store.delete, job_id)
+        return Response(status_code=204)
 
     @r.get(
         "/jobs/{job_id}/frames/{frame}",

@@ -13,6 +13,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_BODY_MB = 64.0
 TOKEN_FILE_NAME = "token"  # <data-dir>/token: where --token auto writes the per-launch token
+# --keep-jobs: at least the job that just ended is kept, so that its client can still fetch its frames
+MIN_KEEP_JOBS = 1
 
 
 def is_loopback_host(host: str) -> bool:
@@ -52,6 +54,8 @@ class ServerConfig:
     max_steps: int = limits.MAX_STEPS
     max_invert_steps: int = limits.DEFAULT_MAX_INVERT_STEPS
     max_queued_jobs: int = 64
+    # finished jobs kept (records and frames); the oldest beyond it are deleted when a job ends and at start
+    keep_jobs: int = 200
     max_image_bytes: int = limits.MAX_REFERENCE_BYTES
     max_image_pixels: int = limits.MAX_REFERENCE_PIXELS
     # Sockets: see server/connections.py (idle ones are shed first; a request must arrive in time).

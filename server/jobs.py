@@ -8,6 +8,12 @@ On startup, jobs found ``queued`` or ``running`` (the server died under them) ar
 ``interrupted``, and a sequence's ``frames_done`` is read from the frame files present (the record is
 saved at most once a second while frames arrive).
 
+Finished jobs are deleted on request (``DELETE /v1/jobs/{id}``) and pruned to the newest ``keep_jobs``
+(``--keep-jobs``) whenever a job ends and at startup, so a long-running server does not fill its disk
+with old frames. A deleted job's folder is first renamed to ``.deleting-<id>`` (one atomic step, under
+the store's lock), then removed: a crash in between leaves only a hidden folder that the next startup
+removes, never a half-deleted job that would still be listed.
+
 A full or read-only disk never hides a job's fate: state changes are published to subscribers before
 the record is saved, a failed save is logged and retried with the next change, and GET reports the
 in-memory state. A data dir that cannot be written at startup leaves the server serving renders and
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -34,6 +41,7 @@ from viewneti_backend.atomic_files import atomic_write_bytes
 from viewneti_backend.cameras import Camera
 from viewneti_backend.progress import Progress
 
+from .config import MIN_KEEP_JOBS
 from .errors import ApiError
 from .events import Event, EventHub
 
@@ -48,6 +56,7 @@ _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _FRAME_FILE = re.compile(r"^frame_(\d{6,7})\.png$")
 PERSIST_INTERVAL_S = 1.0
 INSUFFICIENT_STORAGE = 507
+DELETING_PREFIX = ".deleting-"  # a deleted job's folder while it is being removed (see the module docstring)
 
 
 def reference_filename(index: int) -> str:
@@ -138,6 +147,7 @@ class Job:
     run: JobRun = field(default_factory=JobRun, repr=False)
     last_preview: dict[str, Any] | None = field(default=None, repr=False)
     persisted_at: float = field(default=0.0, repr=False)
+    deleted: bool = field(default=False, repr=False)  # its folder is gone: a late save must not bring it back
 
     _PUBLIC = (
         "job_id",
@@ -177,12 +187,16 @@ class Job:
 class JobStore:
     """All jobs of this data dir: in memory, mirrored to disk, changes published to the event hub.
 
-    Thread-safe: the worker thread updates progress while handlers create, read and cancel.
+    Thread-safe: the worker thread updates progress while handlers create, read, cancel and delete.
+    ``keep_jobs``: how many finished jobs are kept (``--keep-jobs``); None keeps them all.
     """
 
-    def __init__(self, jobs_dir: Path, hub: EventHub) -> None:
+    def __init__(self, jobs_dir: Path, hub: EventHub, *, keep_jobs: int | None = None) -> None:
+        if keep_jobs is not None and keep_jobs < MIN_KEEP_JOBS:
+            raise ValueError(f"keep_jobs must be at least {MIN_KEEP_JOBS}, got {keep_jobs}")
         self.dir = Path(jobs_dir)
         self.hub = hub
+        self.keep_jobs = keep_jobs
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self.storage_problem: str | None = None  # why new jobs are refused (read-only / full data dir)
@@ -190,6 +204,7 @@ class JobStore:
     # -- lifecycle -----------------------------------------------------------------------------------
     def load(self) -> list[str]:
         """Read every job record; mark those that were queued/running as interrupted. Returns their ids.
+        Then remove what a crash left of deleted jobs and prune the finished jobs beyond ``keep_jobs``.
 
         Never fails on an unwritable data dir: the records are read, and ``storage_problem`` says why
         new jobs are refused."""
@@ -202,8 +217,12 @@ class JobStore:
         except OSError as exc:
             self.storage_problem = storage_error(self.dir, exc).message
             log.warning("the jobs folder is not writable: %s", self.storage_problem)
+        for trash in self.dir.glob(DELETING_PREFIX + "*"):
+            self._remove_folder(trash)  # a delete that a crash cut short: the job was gone already
         interrupted = []
         for rec_path in sorted(self.dir.glob("*/job.json")):
+            if rec_path.parent.name.startswith(DELETING_PREFIX):
+                continue  # a deleted job's folder that could not be removed (a read-only data dir)
             for tmp in [*rec_path.parent.glob(".*.tmp"), *rec_path.parent.glob("reference_*.bin")]:
                 try:  # leftovers of a crash mid-write, references of jobs that will not run
                     tmp.unlink()
@@ -228,6 +247,7 @@ class JobStore:
             self._jobs[job.job_id] = job
         if interrupted:
             log.info("marked %d job(s) interrupted after a restart: %s", len(interrupted), ", ".join(interrupted))
+        self.prune()
         return interrupted
 
     def job_dir(self, job: Job | str) -> Path:
@@ -257,7 +277,9 @@ class JobStore:
 
     def _try_persist(self, job: Job, *, fsync: bool) -> bool:
         """Save the record; a full or read-only disk is logged, not raised (the state lives on in memory
-        and the next change retries)."""
+        and the next change retries). A deleted job is not saved (call with the lock held)."""
+        if job.deleted:
+            return False
         try:
             self._persist(job, fsync=fsync)
             return True
@@ -369,6 +391,85 @@ class JobStore:
         with self._lock:
             return [j for j in self._jobs.values() if j.state in ACTIVE_STATES]
 
+    # -- deletion and retention ---------------------------------------------------------------------
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job: its record and its folder (frames included). 404 for an unknown id,
+        409 for a queued or running job, 507 when its folder cannot be moved (a read-only data dir)."""
+        with self._lock:  # the worker cannot end (or save) the job while it is checked and detached
+            job = self.get(job_id)
+            if not job.terminal:
+                raise ApiError(
+                    409,
+                    f"job {job.job_id} is {job.state}: cancel it first (POST /v1/jobs/{job.job_id}/cancel), wait "
+                    f"until it ends (its event stream ends; GET /v1/jobs/{job.job_id} shows its final state), then "
+                    "delete it",
+                )
+            try:
+                trash = self._detach(job)
+            except OSError as exc:
+                raise ApiError(
+                    INSUFFICIENT_STORAGE,
+                    f"cannot remove job {job.job_id} from the server's data directory {self.dir} "
+                    f"({exc.strerror or type(exc).__name__}): make it writable, then delete the job again",
+                ) from None
+        if trash is not None:
+            self._remove_folder(trash)
+        log.info("deleted job %s (%s %s)", job.job_id, job.kind, job.state)
+
+    def prune(self) -> list[str]:
+        """Delete the oldest finished jobs (by ``updated``, then ``created``) beyond ``keep_jobs``;
+        queued and running jobs are never pruned. Returns the ids deleted."""
+        if self.keep_jobs is None:
+            return []
+        pruned: list[str] = []
+        trash: list[Path] = []
+        with self._lock:
+            finished = [j for j in self._jobs.values() if j.terminal]
+            finished.sort(key=lambda j: (j.updated, j.created), reverse=True)
+            for job in finished[self.keep_jobs :]:
+                try:
+                    folder = self._detach(job)
+                except OSError as exc:  # a read-only data dir: kept, and tried again at the next prune
+                    log.warning("could not prune job %s: %s", job.job_id, exc)
+                    continue
+                pruned.append(job.job_id)
+                if folder is not None:
+                    trash.append(folder)
+        for folder in trash:
+            self._remove_folder(folder)
+        if pruned:
+            log.info(
+                "pruned %d finished job(s) beyond the newest %d (--keep-jobs): %s",
+                len(pruned),
+                self.keep_jobs,
+                ", ".join(pruned),
+            )
+        return pruned
+
+    def _detach(self, job: Job) -> Path | None:
+        """Rename the job's folder to its ``.deleting-`` name (atomic) and forget the job (call with the
+        lock held). Returns the renamed folder to remove, None when there was no folder. Raises OSError
+        (the job stays) when the folder cannot be renamed."""
+        trash = self.dir / f"{DELETING_PREFIX}{job.job_id}"
+        try:
+            os.rename(self.job_dir(job), trash)
+            moved: Path | None = trash
+        except FileNotFoundError:
+            moved = None  # removed by hand already: only the record in memory is left
+        job.deleted = True
+        del self._jobs[job.job_id]
+        return moved
+
+    @staticmethod
+    def _remove_folder(folder: Path) -> None:
+        """Remove a deleted job's folder; what cannot be removed now is removed at the next startup."""
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s (removed at the next start): %s", folder, exc)
+
     # -- updates (worker thread and handlers) --------------------------------------------------------
     def set_state(self, job: Job, state: str, **fields: Any) -> None:
         """Change the state, publish it, then save it: subscribers learn the outcome even when the disk
@@ -383,6 +484,8 @@ class JobStore:
         self._publish_state(job, state)
         with self._lock:
             self._try_persist(job, fsync=state in TERMINAL_STATES)
+        if state in TERMINAL_STATES:
+            self.prune()
 
     def _publish_state(self, job: Job, state: str) -> None:
         if state == "running":

@@ -166,6 +166,7 @@ _LINKS = {
     ("/v1/jobs", "get", "200"): [
         ("GetJob", "/v1/jobs/{job_id}", "get", {"job_id": "$response.body#/jobs/0/job_id"}),
         ("CancelJob", "/v1/jobs/{job_id}/cancel", "post", {"job_id": "$response.body#/jobs/0/job_id"}),
+        ("DeleteJob", "/v1/jobs/{job_id}", "delete", {"job_id": "$response.body#/jobs/0/job_id"}),
         (
             "GetFrame",
             "/v1/jobs/{job_id}/frames/{frame}",
