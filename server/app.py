@@ -257,12 +257,16 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
             raise ApiError(404, f"unknown object {name!r}: GET /v1/objects lists the available ones")
         if any(o.get("name") == name and o.get("builtin") for o in worker.objects):  # as DELETE: a state conflict
             raise ApiError(409, f"{name!r} is a built-in object of the loaded model and cannot be renamed")
-        if any(j.kind == "invert" and j.name == body.new_name for j in store.active()):
-            raise ApiError(409, f"an inversion for {body.new_name!r} is queued or running: pick another name")
+
+        def rename(engine: Any) -> dict:
+            # Checked where the rename happens, under the job store's reservations: an inversion of
+            # new_name is either reserved before (409 here) or sees the renamed object (its 409).
+            if store.inversion_active(body.new_name):
+                raise ApiError(409, f"an inversion for {body.new_name!r} is queued or running: pick another name")
+            return engine.rename_object(name, body.new_name)
+
         try:  # on the worker thread, between renders: the library checks and renames in one step
-            return await asyncio.wrap_future(
-                worker.submit_call(lambda engine: engine.rename_object(name, body.new_name))
-            )
+            return await asyncio.wrap_future(worker.submit_call(rename, guard=store.reservations()))
         except NameTakenError as exc:
             raise ApiError(409, str(exc)) from None
 
@@ -454,7 +458,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 raise ApiError(422, problem)
         worker.ready_or_raise()
         check_name_free(body.name)
-        if any(j.kind == "invert" and j.name == body.name for j in store.active()):
+        if store.inversion_active(body.name):
             raise ApiError(409, f"an inversion for {body.name!r} is already queued or running: pick another name")
         check_job_capacity()
 

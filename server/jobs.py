@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -390,6 +391,16 @@ class JobStore:
     def active(self) -> list[Job]:
         with self._lock:
             return [j for j in self._jobs.values() if j.state in ACTIVE_STATES]
+
+    def reservations(self) -> AbstractContextManager[Any]:
+        """Hold while changing what :meth:`create`'s checks read (the library's object names, as a
+        rename does): no job is reserved meanwhile, so a check made under it stays true."""
+        return self._lock
+
+    def inversion_active(self, name: str) -> bool:
+        """Whether an inversion that will add an object called ``name`` is queued or running."""
+        with self._lock:
+            return any(j.kind == "invert" and j.name == name and j.state in ACTIVE_STATES for j in self._jobs.values())
 
     # -- deletion and retention ---------------------------------------------------------------------
     def delete(self, job_id: str) -> None:

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -63,9 +64,11 @@ class RenderTask:
 
 @dataclass(eq=False)
 class CallTask:
-    """Run ``fn(engine)`` on the worker thread at render priority (library edits)."""
+    """Run ``fn(engine)`` on the worker thread at render priority (library edits), holding ``guard``
+    (if given) around the call and the refresh of the object list that follows it."""
 
     fn: Callable[[Any], Any]
+    guard: AbstractContextManager[Any] | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -213,8 +216,8 @@ class Worker:
         if queued:
             _fail(task.future, exc)
 
-    def submit_call(self, fn: Callable[[Any], Any]) -> Future:
-        task = CallTask(fn)
+    def submit_call(self, fn: Callable[[Any], Any], guard: AbstractContextManager[Any] | None = None) -> Future:
+        task = CallTask(fn, guard)
         with self._cv:
             self.ready_or_raise()
             self._tasks.append(task)
@@ -381,8 +384,9 @@ class Worker:
 
     def _run_call(self, task: CallTask) -> None:
         try:
-            result = task.fn(self.engine)
-            self.objects = list(self.engine.list_objects())
+            with task.guard if task.guard is not None else nullcontext():
+                result = task.fn(self.engine)
+                self.objects = list(self.engine.list_objects())
             task.future.set_result(result)
         except BaseException as exc:  # noqa: BLE001
             _fail(task.future, exc)

@@ -321,3 +321,42 @@ def test_compile_flag_reaches_the_engine_loader(tmp_path, monkeypatch):
     assert config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path)])).compile == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--compile", "fast"])
+
+
+def test_rename_and_an_inversion_of_the_new_name_cannot_both_be_accepted(tmp_path):
+    """The race: a rename's request is checked and queued behind other work; meanwhile an inversion
+    of its new name is reserved (its handler ran before the rename happened). The rename, checked
+    where it runs, under the store's reservations, refuses; before, both were accepted and the
+    inversion failed at its end."""
+    lib = tmp_path / "objects"
+    lib.mkdir()
+    (lib / "a.json").write_text(json.dumps({"name": "a", "builtin": False, "base_model": "fake-prior", "steps": 1}))
+    busy, release = threading.Event(), threading.Event()
+
+    def hold_the_worker(engine):
+        busy.set()
+        assert release.wait(10)
+
+    with _app_client(tmp_path / "data", lambda: FakeEngine(lib, step_s=0.0)) as c:
+        while c.get("/v1/health").status_code != 200:
+            time.sleep(0.02)
+        worker, store = c.app.state.worker, c.app.state.store  # pyright: ignore[reportAttributeAccessIssue]
+        worker.submit_call(hold_the_worker)
+        assert busy.wait(10)
+        answers: list = []
+        renaming = threading.Thread(
+            target=lambda: answers.append(c.post("/v1/objects/a/rename", json={"new_name": "b"}))
+        )
+        renaming.start()
+        deadline = time.monotonic() + 10
+        while worker.queue_depth() < 2 and time.monotonic() < deadline:  # the rename is checked and queued
+            time.sleep(0.01)
+        assert worker.queue_depth() == 2
+        job = store.create("invert", 5, {"kind": "invert", "name": "b"}, name="b")  # what the handler reserves
+        release.set()
+        renaming.join(10)
+        (r,) = answers
+        assert r.status_code == 409, r.text
+        assert "an inversion for 'b' is queued or running" in r.json()["error"]
+        assert [o["name"] for o in c.get("/v1/objects").json()["objects"] if not o["builtin"]] == ["a"]
+        store.set_state(job, "cancelled")  # never submitted to the worker
