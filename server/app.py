@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -537,7 +537,7 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
 
     @r.get(
         "/jobs/{job_id}/frames/{frame}",
-        response_class=FileResponse,
+        response_class=Response,
         responses={200: {"content": {"image/png": {}}}, 404: _ERR},
     )
     async def get_frame(job_id: str, frame: int) -> Any:
@@ -549,7 +549,11 @@ def create_app(config: ServerConfig, engine_factory: Callable[[], Any]) -> FastA
                 f"frame {frame} of job {job_id} is not rendered (yet): watch the job's events "
                 "for 'frame' or check frames_done in GET /v1/jobs/{id}",
             )
-        return FileResponse(path, media_type="image/png")
+        try:  # read here, not streamed later: a job deleted (or pruned) meanwhile is a 404, not a 500
+            data = await run_in_threadpool(path.read_bytes)
+        except FileNotFoundError:
+            raise ApiError(404, f"job {job_id} was deleted while its frame {frame} was asked for") from None
+        return Response(data, media_type="image/png")
 
     @r.get(
         "/jobs/{job_id}/events",

@@ -360,3 +360,31 @@ def test_rename_and_an_inversion_of_the_new_name_cannot_both_be_accepted(tmp_pat
         assert "an inversion for 'b' is queued or running" in r.json()["error"]
         assert [o["name"] for o in c.get("/v1/objects").json()["objects"] if not o["builtin"]] == ["a"]
         store.set_state(job, "cancelled")  # never submitted to the worker
+
+
+def test_a_frame_of_a_job_deleted_while_it_is_asked_for_is_a_404(tmp_path):
+    """The frame route found the file, then the job was deleted (or pruned) before its bytes were
+    read: the client gets a 404 that says so, not a 500."""
+    with _app_client(tmp_path / "data", lambda: FakeEngine(tmp_path / "objects", step_s=0.0)) as c:
+        while c.get("/v1/health").status_code != 200:
+            time.sleep(0.02)
+        cam = {"camera_to_anchor": orbit_pose(0, 0, 4).tolist(), "width": 32, "height": 32}
+        created = c.post("/v1/jobs/sequence", json={"cameras": [cam], "steps": 1, "seed": 0})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["job_id"]
+        deadline = time.monotonic() + 10
+        while c.get(f"/v1/jobs/{job_id}").json()["state"] != "done" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.get(f"/v1/jobs/{job_id}/frames/0").status_code == 200
+        store = c.app.state.store  # pyright: ignore[reportAttributeAccessIssue]
+        found = store.frame_path
+
+        def found_then_deleted(job, frame):
+            path = found(job, frame)
+            store.delete(job.job_id)
+            return path
+
+        store.frame_path = found_then_deleted
+        r = c.get(f"/v1/jobs/{job_id}/frames/0")
+        assert r.status_code == 404, r.text
+        assert f"job {job_id} was deleted" in r.json()["error"]
