@@ -220,6 +220,9 @@ class JobStore:
             log.warning("the jobs folder is not writable: %s", self.storage_problem)
         for trash in self.dir.glob(DELETING_PREFIX + "*"):
             self._remove_folder(trash)  # a delete that a crash cut short: the job was gone already
+        for folder in self._unrecorded_job_folders():
+            log.info("removing %s: a job whose creation a crash cut short (it was never accepted)", folder)
+            self._remove_folder(folder)
         interrupted = []
         for rec_path in sorted(self.dir.glob("*/job.json")):
             if rec_path.parent.name.startswith(DELETING_PREFIX):
@@ -250,6 +253,15 @@ class JobStore:
             log.info("marked %d job(s) interrupted after a restart: %s", len(interrupted), ", ".join(interrupted))
         self.prune()
         return interrupted
+
+    def _unrecorded_job_folders(self) -> list[Path]:
+        """Job folders without a record: ``create`` saves the record (fsync) before the 202, so such a
+        folder (its request, maybe reference images) belongs to a request that was never answered."""
+        try:
+            entries = list(self.dir.iterdir())
+        except OSError:
+            return []
+        return [p for p in entries if _JOB_ID.match(p.name) and p.is_dir() and not (p / "job.json").exists()]
 
     def job_dir(self, job: Job | str) -> Path:
         return self.dir / (job if isinstance(job, str) else job.job_id)

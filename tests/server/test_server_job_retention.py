@@ -145,6 +145,23 @@ def test_startup_prunes_by_updated_then_created_and_removes_leftover_deletes(tmp
     assert f"pruned 2 finished job(s) beyond the newest 3 (--keep-jobs): {ids['c']}, {ids['a']}" in caplog.text
 
 
+def test_startup_removes_the_folder_of_a_job_whose_creation_a_crash_cut_short(tmp_path, caplog):
+    jobs = tmp_path / "jobs"
+    kept_id, cut_id = "1" * 32, "2" * 32
+    _write_record(jobs, kept_id, "done", "2024-01-01T00:00:00.000+00:00", "2024-01-01T00:00:01.000+00:00")
+    cut = jobs / cut_id  # mkdir, request and a reference written, killed before the record was saved
+    cut.mkdir()
+    (cut / "request.json").write_text("{}")
+    (cut / "reference_0.bin").write_bytes(b"x" * 1000)
+    (jobs / "notes").mkdir()  # not a job id: not the server's to remove
+    store = JobStore(jobs, EventHub())
+    with caplog.at_level(logging.INFO, logger="viewneti.server"):
+        assert store.load() == []
+    assert [j.job_id for j in store.list()] == [kept_id]
+    assert sorted(p.name for p in jobs.iterdir()) == sorted([kept_id, "notes"])
+    assert f"removing {cut}: a job whose creation a crash cut short" in caplog.text
+
+
 def test_keep_jobs_option_defaults_to_the_config_and_refuses_zero(tmp_path):
     from server.__main__ import build_parser, config_from_args
 
