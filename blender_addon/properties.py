@@ -60,6 +60,18 @@ class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
         subtype="TIME_ABSOLUTE",
         unit="TIME_ABSOLUTE",
     )
+    refine_delay: FloatProperty(
+        name="Refine Delay",
+        description=(
+            "Once a live render is shown and the camera stays still this long, live mode renders that view once "
+            "more as Render View does (the model's full steps instead of its live ones); 0 = never"
+        ),
+        default=1.0,
+        min=0.0,
+        max=10.0,
+        subtype="TIME_ABSOLUTE",
+        unit="TIME_ABSOLUTE",
+    )
     backend_command: StringProperty(
         name="Start Command",
         description=(
@@ -92,6 +104,7 @@ class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
         col.prop(self, "token")
         col.prop(self, "timeout")
         col.prop(self, "live_debounce")
+        col.prop(self, "refine_delay")
         col.separator()
         col.prop(self, "backend_command")
         col.prop(self, "backend_workdir")
@@ -105,6 +118,7 @@ class DefaultPrefs:
     token = ""
     timeout = 120.0
     live_debounce = 0.25
+    refine_delay = 1.0
     backend_command = ""
     backend_workdir = ""
     backend_token_auto = True

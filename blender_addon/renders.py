@@ -1,8 +1,10 @@
 """Render View and Live: the active camera's render, packed into an image and shown behind the camera.
 
 Render View renders once; Live (a :class:`LiveMode` part of the session) re-renders whenever the
-camera has been still for the Live Delay, newest pose first (the debouncing is `live.LiveController`,
-which knows no bpy). Both ask the backend for its model's size first if no health check was done yet.
+camera has been still for the Live Delay, newest pose first, and once the camera stays still for the
+Refine Delay after that, renders the pose once more as Render View would (the timing is
+`live.LiveController`, which knows no bpy). Both ask the backend for its model's size first if no
+health check was done yet.
 """
 
 import bpy
@@ -44,6 +46,20 @@ def apply_render(scene, camera_obj, request, result):
     return image
 
 
+def show_render(scene, camera_name, request, result, error):
+    """A finished render of the camera (Render View, Live): shown, or its failure in the status line.
+
+    A superseded render is dropped silently: a newer render of this session replaces it."""
+    if isinstance(error, Superseded):
+        return
+    if error is not None:
+        report_error(scene, error)
+        return
+    camera = bpy.data.objects.get(camera_name)
+    if camera is not None:  # None: deleted while it rendered
+        apply_render(scene, camera, request, result)
+
+
 def render_view(scene, camera_obj):
     """Render the camera once; in the UI the image arrives later through the timer.
 
@@ -60,13 +76,8 @@ def render_view(scene, camera_obj):
 
         def done(result, error):
             target = scene_named(scene_name)
-            camera = bpy.data.objects.get(camera_name)
-            if target is None or camera is None or isinstance(error, Superseded):
-                return  # superseded: a newer render of this session (live or a second click) replaces it
-            if error is not None:
-                report_error(target, error)
-            else:
-                apply_render(target, camera, request, result)
+            if target is not None and bpy.data.objects.get(camera_name) is not None:
+                show_render(target, camera_name, request, result, error)
 
         set_status(target, f"Rendering {camera_name}…")
         return run_async(lambda: client.render(request), done)
@@ -77,16 +88,20 @@ def render_view(scene, camera_obj):
 class LiveMode:
     """Live mode as a part of the session: the controller and the scene whose active camera it follows."""
 
+    REFINING = "Live: refining…"
+
     def __init__(self, controller, scene_name):
         self.controller = controller
         self.scene_name = scene_name
+        self._refining = False
+        self._status_before_refining = ""
 
     @property
     def running(self):
         return not self.controller.stopped
 
     def step(self):
-        """One tick: observe the active camera, start a due render, show finished ones."""
+        """One tick: observe the active camera, start a due render or refinement, show finished ones."""
         scene = scene_named(self.scene_name)
         if scene is None or not scene.viewneti.live:
             stop_live()
@@ -95,6 +110,7 @@ class LiveMode:
         if camera is not None and camera.type == "CAMERA":
             try:
                 request = build_render_request(scene, camera, live=True)
+                full = build_render_request(scene, camera)  # what Render View sends: the refinement
             except ValueError as exc:
                 set_status(scene, f"Live paused: {exc}")
             else:
@@ -103,14 +119,24 @@ class LiveMode:
                     + pose_key(request["camera"])
                     + (request.get("object", ""), request["seed"], request.get("steps"), request.get("guidance"))
                 )
-                self.controller.observe(key, (camera.name, request))
+                self.controller.observe(key, (camera.name, request), (camera.name, full))
         for result in self.controller.tick():
             camera_name, request = result.request
-            target = bpy.data.objects.get(camera_name)
-            if result.error is not None:
-                report_error(scene, result.error)
-            elif target is not None:
-                apply_render(scene, target, request, result.value)
+            show_render(scene, camera_name, request, result.value, result.error)
+        self._show_refining(scene)
+
+    def _show_refining(self, scene):
+        """ "Live: refining…" while the current pose's refinement runs; if the camera moves on before it
+        arrives, the status it replaced comes back (once it arrives, apply_render says "Rendered")."""
+        refining = self.controller.refining
+        if refining == self._refining:
+            return
+        self._refining = refining
+        if refining:
+            self._status_before_refining = scene.viewneti.status_message
+            set_status(scene, self.REFINING)
+        elif scene.viewneti.status_message == self.REFINING:
+            set_status(scene, self._status_before_refining)
 
     def interval(self):
         return TICK_FAST if self.running else None
@@ -133,7 +159,11 @@ def start_live(scene):
     def start(target):
         client = connection.make_client()
         controller = LiveController(
-            lambda item: client.render(item[1], accept=LIVE_ACCEPT), debounce=prefs().live_debounce, max_in_flight=2
+            lambda item: client.render(item[1], accept=LIVE_ACCEPT),
+            debounce=prefs().live_debounce,
+            max_in_flight=2,
+            refine=lambda item: client.render(item[1]),  # a still, as Render View asks for it
+            refine_delay=prefs().refine_delay,
         )
         SESSION.live = LiveMode(controller, target.name)
         target.viewneti.live = True

@@ -7,7 +7,7 @@ import bpy
 import pytest
 from addon_testutil import addon_module, addon_prefs
 
-from blender_addon.client import RenderResult, Superseded
+from blender_addon.client import LIVE_ACCEPT, RenderResult, Superseded
 from blender_addon.live import LiveController
 
 pytestmark = pytest.mark.blender
@@ -163,3 +163,152 @@ def test_live_step_with_a_slow_backend_keeps_the_ui_tick_short(scene, monkeypatc
         release.set()
         renders.stop_live()
     assert not scene.viewneti.live
+
+
+# -- refinement: the full render of a pose the camera stays at ------------------------------------
+
+
+def settle(live):
+    """Let the renders started so far finish, then take their results (a tick may start the next)."""
+    live.join(2)
+    return live.tick()
+
+
+def refiner(clock, render, refine_delay=1.0):
+    return LiveController(render, debounce=0.25, clock=clock, refine_delay=refine_delay)
+
+
+def show(live, clock, pose):
+    """Move to `pose`, wait the debounce, show its live render (its full request is "full <pose>")."""
+    live.observe(("pose", pose), f"live {pose}", f"full {pose}")
+    clock.now += 0.25
+    live.tick()
+    return [(r.value, r.refined) for r in settle(live)]
+
+
+def test_refines_once_only_after_the_camera_stays_still_for_the_refine_delay():
+    clock, render = FakeClock(), RecordingRender()
+    live = refiner(clock, render)
+    for pose in range(4):  # moving: each live render is shown, the next move comes 0.5 s later
+        assert show(live, clock, pose) == [(f"image for live {pose}", False)]
+        clock.now += 0.5
+        assert settle(live) == []
+    assert render.calls == ["live 0", "live 1", "live 2", "live 3"]  # no refinement while moving
+    clock.now += 0.49  # still for 0.99 s since the live render of pose 3 was shown
+    assert live.tick() == [] and not live.refining and len(render.calls) == 4
+    clock.now += 0.01
+    live.tick()
+    assert live.refining
+    results = settle(live)
+    assert render.calls[-1] == "full 3"
+    assert [(r.value, r.refined, r.key) for r in results] == [("image for full 3", True, ("pose", 3))]
+    assert not live.refining
+    live.observe(("pose", 3), "live 3", "full 3")  # still there: once per still pose
+    clock.now += 10
+    assert settle(live) == [] and live.requests_sent == 5
+
+
+def test_a_move_during_the_refinement_drops_its_result():
+    clock, release = FakeClock(), threading.Event()
+
+    def render(request):
+        if request.startswith("full"):
+            release.wait(5)
+        return f"image for {request}"
+
+    live = refiner(clock, render)
+    show(live, clock, "a")
+    clock.now += 1.0
+    live.tick()
+    assert live.refining
+    live.observe(("pose", "b"), "live b", "full b")  # moves before the refinement of a arrives
+    assert not live.refining
+    release.set()
+    wait_for(lambda: live.results_waiting == 1)
+    assert live.tick() == []  # the refinement of a is never shown over the view of b
+    clock.now += 0.25
+    live.tick()
+    assert [r.value for r in settle(live)] == ["image for live b"]
+
+
+def test_moving_away_and_back_refines_again():
+    clock, render = FakeClock(), RecordingRender()
+    live = refiner(clock, render)
+    show(live, clock, "a")
+    clock.now += 1.0
+    assert [r.value for r in settle(live)] == [] and render.calls[-1] == "full a"  # started by that tick
+    show(live, clock, "b")  # the refinement of a arrives after the move: dropped
+    show(live, clock, "a")
+    clock.now += 1.0
+    live.tick()
+    assert [r.value for r in settle(live)] == ["image for full a"]
+    assert render.calls == ["live a", "full a", "live b", "live a", "full a"]
+
+
+def test_refine_delay_zero_never_refines():
+    clock, render = FakeClock(), RecordingRender()
+    live = refiner(clock, render, refine_delay=0.0)
+    show(live, clock, "a")
+    clock.now += 60
+    assert settle(live) == [] and render.calls == ["live a"]
+
+
+def test_a_live_request_that_is_already_the_full_one_is_not_sent_twice():
+    clock, render = FakeClock(), RecordingRender()
+    live = refiner(clock, render)
+    live.observe("a", {"steps": 4, "session": "s"}, {"steps": 4, "session": "s"})
+    clock.now += 0.25
+    live.tick()
+    assert len(settle(live)) == 1
+    clock.now += 60
+    assert settle(live) == [] and render.calls == [{"steps": 4, "session": "s"}]
+
+
+def test_live_refines_a_still_camera_against_the_real_server(live_scene, monkeypatch):
+    """The add-on's wiring: live steps as a JPEG, then the full request as a PNG still (what Render
+    View sends), "Live: refining…" meanwhile and "Rendered" after; with the panel's own steps the two
+    requests are the same and only one is sent."""
+    renders, connection, session = addon_module("renders"), addon_module("connection"), addon_module("session")
+    scene, sent, real_client = live_scene, [], connection.make_client
+
+    class RecordingClient:
+        def __init__(self, client):
+            self.client = client
+
+        def render(self, request, accept=None):
+            sent.append((request, accept))
+            return self.client.render(request) if accept is None else self.client.render(request, accept=accept)
+
+    monkeypatch.setattr(connection, "make_client", lambda context=None: RecordingClient(real_client(context)))
+    addon_prefs().live_debounce, addon_prefs().refine_delay = 0.0, 0.05
+    scene.viewneti.use_model_defaults = True  # toy model: live 3 steps, full 4 (README)
+    assert renders.start_live(scene) is None
+    statuses = []
+    try:
+        deadline = time.monotonic() + 300
+        while len(sent) < 2 or session.SESSION.live.controller.busy or session.SESSION.live.controller.refining:
+            renders.live_step()
+            statuses.append(scene.viewneti.status_message)
+            assert time.monotonic() < deadline, scene.viewneti.status_message
+            time.sleep(0.01)
+        renders.live_step()
+        assert [(r.get("steps"), accept) for r, accept in sent] == [
+            (scene.viewneti.model_live_steps, LIVE_ACCEPT),
+            (None, None),
+        ]
+        assert sent[1][0] == addon_module("requests").build_render_request(scene, scene.camera)
+        assert "Live: refining…" in statuses and scene.viewneti.status_message.startswith("Rendered Camera")
+        assert scene.camera.data.viewneti.image is not None
+        scene.viewneti.use_model_defaults = False  # the panel's 1 step: live = full
+        count = len(sent)
+        deadline = time.monotonic() + 300
+        while len(sent) == count or session.SESSION.live.controller.busy:
+            renders.live_step()
+            assert time.monotonic() < deadline, scene.viewneti.status_message
+            time.sleep(0.01)
+        time.sleep(0.2)  # well past the refine delay: nothing more is sent
+        for _ in range(3):
+            renders.live_step()
+        assert len(sent) == count + 1
+    finally:
+        renders.stop_live()
