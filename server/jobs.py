@@ -336,7 +336,7 @@ class JobStore:
         )
         with self._lock:
             active = [j for j in self._jobs.values() if j.state in ACTIVE_STATES]
-            if name is not None and any(j.kind == kind and j.name == name for j in active):
+            if kind == "invert" and name is not None and self.inversion_active(name):
                 raise ApiError(409, f"an inversion for {name!r} is already queued or running: pick another name")
             if check is not None:
                 check()
