@@ -76,12 +76,16 @@ class LiveController:
         """True while the refinement of the current pose runs (not one of a pose the camera left)."""
         return self._refining is not None and self._refining[1] == self._last_key
 
+    def is_current(self, key):
+        """Whether `key` is the newest state seen already (then `observe` would ignore it)."""
+        return key == self._last_key
+
     def observe(self, key, request, full=None):
         """Record the current state (main thread); a new key restarts the quiet period.
 
         `full` is the pose's full-quality request, sent once the pose has been still for
         `refine_delay` after its live render was shown; None, or equal to `request`: never."""
-        if self.stopped or key == self._last_key:
+        if self.stopped or self.is_current(key):
             return False
         self._last_key = key
         self._pending = (key, request)

@@ -76,7 +76,7 @@ def render_view(scene, camera_obj):
 
         def done(result, error):
             target = scene_named(scene_name)
-            if target is not None and bpy.data.objects.get(camera_name) is not None:
+            if target is not None:
                 show_render(target, camera_name, request, result, error)
 
         set_status(target, f"Rendering {camera_name}…")
@@ -110,16 +110,16 @@ class LiveMode:
         if camera is not None and camera.type == "CAMERA":
             try:
                 request = build_render_request(scene, camera, live=True)
-                full = build_render_request(scene, camera)  # what Render View sends: the refinement
-            except ValueError as exc:
-                set_status(scene, f"Live paused: {exc}")
-            else:
                 key = (
                     (camera.name,)
                     + pose_key(request["camera"])
                     + (request.get("object", ""), request["seed"], request.get("steps"), request.get("guidance"))
                 )
-                self.controller.observe(key, (camera.name, request), (camera.name, full))
+                if not self.controller.is_current(key):  # the refinement's request: built once per new pose
+                    full = build_render_request(scene, camera)  # what Render View sends
+                    self.controller.observe(key, (camera.name, request), (camera.name, full))
+            except ValueError as exc:
+                set_status(scene, f"Live paused: {exc}")
         for result in self.controller.tick():
             camera_name, request = result.request
             show_render(scene, camera_name, request, result.value, result.error)
