@@ -204,12 +204,9 @@ def _add_camera_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-_SAMPLING_HELP = RECOMMENDED_HELP
-
-
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="DPM-Solver++ denoising steps " + _SAMPLING_HELP)
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale " + _SAMPLING_HELP)
+    p.add_argument("--steps", type=int, default=None, help="DPM-Solver++ denoising steps " + RECOMMENDED_HELP)
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale " + RECOMMENDED_HELP)
 
 
 def cmd_info(args) -> int:
