@@ -20,6 +20,7 @@ import torch
 from .attention import fuse_self_attention_projections, install_per_layer_processors, prefer_cudnn_attention
 from .errors import InputError
 from .text_conditioning import TextConditioner
+from .unet_graphs import GraphedUNet
 
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler  # pyright: ignore[reportPrivateImportUsage]  diffusers exports it lazily
@@ -77,7 +78,8 @@ class Backbone:
     text: TextConditioner
     fingerprint: str
     # The uncompiled modules ("unet", "vae_decoder") once compile_base_model has wrapped them: renders at a
-    # shape that has no compiled graph yet run these instead of blocking on a compile (see engine.py).
+    # shape that has no compiled graph yet run these instead of blocking on a compile (see engine.py); on a
+    # GPU the UNet is a GraphedUNet, which replays its kernels from CUDA graphs (unet_graphs.py).
     eager: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     @property
@@ -237,6 +239,8 @@ def compile_base_model(
     For renders the text encoder stays eager: its batch (steps x layers x views) changes with every
     request; training steps, whose batch is fixed, get a compiled copy (``text_encoder_for_training``).
     Training through the compiled UNet (inversion) compiles a forward+backward graph on first use.
+    Renders at a shape not compiled yet run the uncompiled UNet, replayed from CUDA graphs on a GPU
+    (:class:`.unet_graphs.GraphedUNet`: no compile, same kernels).
     On Hopper-class GPUs SDPA is set to try cuDNN's attention first (see ``prefer_cudnn_attention``):
     its kernels are faster, and under CUDA graphs its higher per-call host cost does not count.
     """
@@ -246,7 +250,7 @@ def compile_base_model(
 
     # A server compiles several shapes (sizes x batch) over its life; each is one more cache entry.
     torch._dynamo.config.cache_size_limit = max(int(torch._dynamo.config.cache_size_limit), 64)
-    base.eager["unet"] = base.unet
+    base.eager["unet"] = GraphedUNet(base.unet) if base.device.type == "cuda" else base.unet
     base.unet = torch.compile(base.unet, mode=mode, fullgraph=False, dynamic=False)
     if vae:
         base.eager["vae_decoder"] = base.vae.decoder

@@ -1,0 +1,141 @@
+"""GraphedUNet (viewneti_backend/unet_graphs.py): which calls run plain, which record, which replay.
+
+The bookkeeping is checked on the CPU with a stand-in recorder that counts; the real CUDA-graph
+recording is checked against the plain UNet at the end (CUDA only, marked)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from viewneti_backend.unet_graphs import GraphedUNet
+
+
+class CountingUNet(nn.Module):
+    """A UNet-shaped function: (sample, t, encoder_hidden_states) -> (sample * t + mean(ehs),)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, sample, timestep, encoder_hidden_states, return_dict=True, **kwargs):
+        self.calls += 1
+        out = sample * timestep * self.scale + encoder_hidden_states.mean()
+        return {"sample": out} if return_dict else (out,)
+
+
+class FakeStep:
+    """Stands in for a recorded graph: replays by calling the UNet, counts replays."""
+
+    def __init__(self, unet, fail: bool) -> None:
+        if fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.unet, self.replays = unet, 0
+
+    def __call__(self, sample, timestep, encoder_hidden_states):
+        self.replays += 1
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+class CpuGraphedUNet(GraphedUNet):
+    """GraphedUNet with recording allowed on the CPU through FakeStep."""
+
+    def __init__(self, unet, max_graphs: int = 2, fail: bool = False) -> None:
+        super().__init__(unet, max_graphs)
+        self.fail, self.records = fail, 0
+
+    def _graphable(self, sample):
+        return True
+
+    def _record(self, sample, timestep, encoder_hidden_states):
+        self.records += 1
+        return FakeStep(self.unet, self.fail)
+
+
+def inputs(h: int = 4, batch: int = 2):
+    return torch.randn(batch, 4, h, h), torch.tensor(3.0), torch.randn(batch, 8, 16)
+
+
+@torch.no_grad()
+def test_first_call_plain_second_records_then_replays_with_the_same_results():
+    unet = CountingUNet()
+    graphed = CpuGraphedUNet(unet)
+    for i in range(4):
+        x, t, ehs = inputs()
+        want = unet(x, t, encoder_hidden_states=ehs, return_dict=False)[0]
+        got = graphed(x, t, encoder_hidden_states=ehs, return_dict=False)
+        assert isinstance(got, tuple) and torch.equal(got[0], want)
+        assert graphed.records == (0 if i == 0 else 1)  # recorded once, at the second call
+    assert graphed.recorded == 1
+    step = next(iter(graphed._graphs.values()))
+    assert isinstance(step, FakeStep) and step.replays == 3
+
+
+@torch.no_grad()
+def test_at_most_max_graphs_are_kept_and_an_evicted_shape_warms_up_again():
+    graphed = CpuGraphedUNet(CountingUNet(), max_graphs=2)
+    for h in (4, 6, 8):
+        for _ in range(2):
+            graphed(*inputs(h)[:2], encoder_hidden_states=inputs(h)[2], return_dict=False)
+    assert graphed.recorded == 2 and graphed.records == 3
+    shapes = [key[0] for key in graphed._graphs]
+    assert shapes == [(2, 4, 6, 6), (2, 4, 8, 8)]  # the least recently used (4x4) went first
+    x, t, ehs = inputs(4)
+    graphed(x, t, encoder_hidden_states=ehs, return_dict=False)  # plain again: its warm-up
+    assert graphed.records == 3
+    graphed(x, t, encoder_hidden_states=ehs, return_dict=False)
+    assert graphed.records == 4 and graphed.recorded == 2
+
+
+@torch.no_grad()
+def test_a_shape_whose_recording_fails_runs_plain_from_then_on():
+    unet = CountingUNet()
+    graphed = CpuGraphedUNet(unet, fail=True)
+    x, t, ehs = inputs()
+    want = unet(x, t, encoder_hidden_states=ehs, return_dict=False)[0]
+    for _ in range(4):
+        assert torch.equal(graphed(x, t, encoder_hidden_states=ehs, return_dict=False)[0], want)
+    assert graphed.records == 1 and graphed.recorded == 0
+    assert "stream is capturing" in next(iter(graphed.failed.values()))
+
+
+def test_gradients_other_arguments_and_cpu_inputs_run_plain():
+    unet = CountingUNet()
+    graphed = CpuGraphedUNet(unet)
+    x, t, ehs = inputs()
+    for _ in range(3):  # gradients on: a training step, never recorded
+        out = graphed(x, t, encoder_hidden_states=ehs, return_dict=False)[0]
+        out.sum().backward()
+    assert graphed.records == 0 and unet.scale.grad is not None
+    with torch.no_grad():
+        for _ in range(3):
+            assert "sample" in graphed(x, t, encoder_hidden_states=ehs)  # return_dict=True: plain
+            graphed(x, t, encoder_hidden_states=ehs, return_dict=False, cross_attention_kwargs={})
+        assert graphed.records == 0
+        real = GraphedUNet(unet)  # the real class records CUDA inputs only
+        for _ in range(3):
+            real(x, t, encoder_hidden_states=ehs, return_dict=False)
+        assert real.recorded == 0 and not real.failed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_a_render_through_the_replayed_unet_equals_the_plain_render():
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.engine import Engine
+
+    engine = Engine.load(device="cuda", compile=False)  # the toy model; the UNet as compile_base_model leaves it
+    base, pipeline = engine.base, engine.pipeline
+    graphed = GraphedUNet(base.unet)
+    base.eager["unet"] = graphed  # what pipeline(eager=True) runs, as on a compiled engine
+    _, mapper = engine.object_mapper(None)
+    cams = [Camera(orbit_pose(a, 25.0, 3.6), 40.0, 96, 64) for a in (0.0, 120.0)]
+    plain = pipeline(cams, mapper, seed=3, steps=10, guidance=2.0, output="latent", eager=False)
+    replayed = pipeline(cams, mapper, seed=3, steps=10, guidance=2.0, output="latent", eager=True)
+    assert graphed.recorded == 1 and not graphed.failed
+    assert torch.equal(plain, replayed), f"max |diff| {(plain - replayed).abs().max().item()}"
+    again = pipeline(
+        cams, mapper, seed=3, steps=10, guidance=2.0, output="latent", eager=True
+    )  # every step replayed, none recorded
+    assert graphed.recorded == 1 and torch.equal(again, plain)
