@@ -3,9 +3,12 @@ compile of that shape finds in torch's on-disk caches. Real processes, the embed
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
-from viewneti_backend.compile_warmer import WarmError, WarmProcess
+from viewneti_backend.compile_warmer import HELPER_NICENESS, WarmError, WarmProcess
 from viewneti_backend.render_shape import RenderShape
 
 
@@ -16,6 +19,20 @@ def test_a_helper_that_cannot_load_the_model_says_why(tmp_path):
             helper.warm("64x64")
         with pytest.raises(WarmError, match="could not load the model"):  # and again, without a restart
             helper.warm("64x48")
+    finally:
+        helper.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process niceness is POSIX-only")
+def test_the_helper_runs_at_a_lower_cpu_priority_than_the_server(tmp_path):
+    helper = WarmProcess(str(tmp_path / "no-such-model"), "cpu", "float32", "default")
+    try:
+        with pytest.raises(WarmError):
+            helper.warm("64x64")  # started, answered, and now waits for the next label
+        proc = helper._proc
+        assert proc is not None and proc.poll() is None
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(19, ours + HELPER_NICENESS)
     finally:
         helper.close()
 
