@@ -105,11 +105,12 @@ def p50_ms(values: list[float]) -> float | None:
     return round(percentile(values, 0.5), 1) if values else None
 
 
-def wait_health(client: Client, proc: subprocess.Popen, timeout: float) -> dict:
+def wait_health(client: Client, proc: subprocess.Popen, timeout: float, log_path: Path) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready; its log ends:\n{tail}")
         try:
             status, health = client.json("GET", "/v1/health")
             if status == 200:
@@ -217,7 +218,7 @@ def main() -> None:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         client = Client(args.port)
-        health = wait_health(client, proc, timeout=900)
+        health = wait_health(client, proc, timeout=900, log_path=log_path)
         report["ready_s"] = round(time.perf_counter() - t_start, 1)
         report["health_at_ready"] = health
         report["compile_processes"] = (health.get("compiled_shapes") or {}).get("helper_processes")
