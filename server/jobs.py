@@ -201,6 +201,7 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self.storage_problem: str | None = None  # why new jobs are refused (read-only / full data dir)
+        self._removals: list[threading.Thread] = []  # threads removing pruned jobs' files (see prune)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def load(self) -> list[str]:
@@ -439,9 +440,13 @@ class JobStore:
             self._remove_folder(trash)
         log.info("deleted job %s (%s %s)", job.job_id, job.kind, job.state)
 
-    def prune(self) -> list[str]:
+    def prune(self, *, background: bool = False) -> list[str]:
         """Delete the oldest finished jobs (by ``updated``, then ``created``) beyond ``keep_jobs``;
-        queued and running jobs are never pruned. Returns the ids deleted."""
+        queued and running jobs are never pruned. Returns the ids deleted.
+
+        The jobs are gone (their folders renamed) on return; with ``background`` their files are removed
+        by a thread, so that the worker, which prunes when a job ends, does not spend the next render's
+        time removing an old sequence's frames (a removal cut short is finished at the next start)."""
         if self.keep_jobs is None:
             return []
         pruned: list[str] = []
@@ -458,8 +463,13 @@ class JobStore:
                 pruned.append(job.job_id)
                 if folder is not None:
                     trash.append(folder)
-        for folder in trash:
-            self._remove_folder(folder)
+        if trash and background:
+            remover = threading.Thread(target=self._remove_folders, args=(trash,), name="viewneti-prune", daemon=True)
+            with self._lock:
+                self._removals = [t for t in self._removals if t.is_alive()] + [remover]
+            remover.start()
+        else:
+            self._remove_folders(trash)
         if pruned:
             log.info(
                 "pruned %d finished job(s) beyond the newest %d (--keep-jobs): %s",
@@ -482,6 +492,18 @@ class JobStore:
         job.deleted = True
         del self._jobs[job.job_id]
         return moved
+
+    def wait_for_removals(self, timeout: float | None = None) -> bool:
+        """Wait for the background removals of pruned jobs' files; True when none is left running."""
+        with self._lock:
+            removals = list(self._removals)
+        for remover in removals:
+            remover.join(timeout)
+        return not any(t.is_alive() for t in removals)
+
+    def _remove_folders(self, folders: list[Path]) -> None:
+        for folder in folders:
+            self._remove_folder(folder)
 
     @staticmethod
     def _remove_folder(folder: Path) -> None:
@@ -508,7 +530,7 @@ class JobStore:
         with self._lock:
             self._try_persist(job, fsync=state in TERMINAL_STATES)
         if state in TERMINAL_STATES:
-            self.prune()
+            self.prune(background=True)
 
     def _publish_state(self, job: Job, state: str) -> None:
         if state == "running":

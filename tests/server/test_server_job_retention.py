@@ -122,6 +122,31 @@ def test_prune_keeps_the_newest_finished_and_never_an_active_job(tmp_path, caplo
     assert (tmp_path / queued.job_id / "job.json").is_file() and not (tmp_path / second.job_id).exists()
 
 
+def test_a_job_that_ends_does_not_wait_for_the_pruned_files_to_be_removed(tmp_path, monkeypatch):
+    """The worker prunes when a job ends; removing an old sequence's frames happens on another thread."""
+    store = JobStore(tmp_path, EventHub(), keep_jobs=1)
+    first = _finished(store)
+    release, removing = threading.Event(), threading.Event()
+    remove = JobStore._remove_folder
+
+    def slow_remove(folder: Path) -> None:  # a sequence of thousands of frames
+        removing.set()
+        assert release.wait(30)
+        remove(folder)
+
+    monkeypatch.setattr(JobStore, "_remove_folder", staticmethod(slow_remove))
+    ended = threading.Thread(target=_finished, args=(store,))
+    ended.start()
+    ended.join(10)
+    assert not ended.is_alive(), "set_state waited for the removal of a pruned job's files"
+    assert removing.wait(10) and not (tmp_path / first.job_id).exists()  # gone from the store already
+    assert [p.name for p in tmp_path.glob(DELETING_PREFIX + "*")] == [DELETING_PREFIX + first.job_id]
+    assert not store.wait_for_removals(timeout=0.05)
+    release.set()
+    assert store.wait_for_removals(timeout=10)
+    assert not list(tmp_path.glob(DELETING_PREFIX + "*"))
+
+
 def test_startup_prunes_by_updated_then_created_and_removes_leftover_deletes(tmp_path, caplog):
     jobs = tmp_path / "jobs"
     ids = {k: (c * 32) for k, c in zip("abcde", "abcde")}
