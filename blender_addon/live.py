@@ -63,8 +63,9 @@ class LiveController:
 
     @property
     def busy(self):
-        """True while a request waits for its quiet period or a render is running."""
-        return self._pending is not None or self._in_flight > 0
+        """True while a request waits for its quiet period, a render is running, or the shown pose's
+        refinement is still to be sent (scripts that wait for live mode to settle wait for it too)."""
+        return self._pending is not None or self._in_flight > 0 or self._refine_scheduled()
 
     @property
     def results_waiting(self):
@@ -130,15 +131,19 @@ class LiveController:
             self._refining = (self._generation, self._last_key)
         return finished
 
-    def _refine_due(self):
+    def _refine_scheduled(self):
+        """The current pose's live render was shown and its refinement has not been sent yet."""
         return (
-            self.refine_delay > 0
+            not self.stopped
+            and self.refine_delay > 0
             and self._full is not None
             and self._pending is None
             and self._shown_at is not None
             and self._refined_key != self._last_key
-            and self._clock() - self._shown_at >= self.refine_delay
         )
+
+    def _refine_due(self):
+        return self._refine_scheduled() and self._clock() - self._shown_at >= self.refine_delay
 
     def _start(self, key, request, refined=False):
         self._generation += 1

@@ -245,6 +245,36 @@ def test_moving_away_and_back_refines_again():
     assert render.calls == ["live a", "full a", "live b", "live a", "full a"]
 
 
+def test_busy_until_the_refinement_of_the_shown_pose_is_done():
+    clock, render = FakeClock(), RecordingRender()
+    live = refiner(clock, render)
+    show(live, clock, "a")
+    assert live.busy and not live.refining  # shown; its refinement is still to come
+    clock.now += 1.0
+    live.tick()
+    assert live.busy and live.refining
+    settle(live)
+    assert not live.busy and render.calls == ["live a", "full a"]
+    quiet = refiner(clock, render, refine_delay=0.0)  # never refines: settled once the live view is shown
+    show(quiet, clock, "b")
+    assert not quiet.busy
+
+
+def test_a_failed_live_render_leaves_nothing_scheduled():
+    clock = FakeClock()
+
+    def render(request):
+        raise RuntimeError("the backend went away")
+
+    live = refiner(clock, render)
+    live.observe(("pose", "a"), "live a", "full a")
+    clock.now += 0.25
+    live.tick()
+    assert [type(r.error) for r in settle(live)] == [RuntimeError]
+    clock.now += 60
+    assert not live.busy and settle(live) == []  # no refinement of a view that was never shown
+
+
 def test_refine_delay_zero_never_refines():
     clock, render = FakeClock(), RecordingRender()
     live = refiner(clock, render, refine_delay=0.0)
