@@ -45,6 +45,7 @@ from .render_shape import RenderShape
 from .sampling_defaults import BUNDLE_DIR, SamplingDefaults
 from .tokens import ObjectLibrary, validate_token_name
 from .training import TrainConfig, Trainer
+from .unet_graphs import GraphedUNet
 
 log = logging.getLogger("viewneti.engine")
 
@@ -392,6 +393,8 @@ class Engine:
             except (InputError, Cancelled, MemoryError):
                 raise
             except Exception as exc:
+                if _is_out_of_memory(exc):
+                    self._free_uncompiled_graphs()
                 if eager or _is_out_of_memory(exc):
                     raise
                 self._compiled_render_failed(shape, exc)
@@ -406,6 +409,14 @@ class Engine:
             for i, im in zip(idxs, images):
                 out[i] = im
         return out  # type: ignore[return-value]
+
+    def _free_uncompiled_graphs(self) -> None:
+        """Out of GPU memory: drop the uncompiled UNet's recorded CUDA graphs (each holds a forward's
+        activations), so that the next request has that memory; they are recorded again when used."""
+        unet = self.base.eager.get("unet")
+        if isinstance(unet, GraphedUNet) and unet.recorded:
+            log.warning("out of GPU memory: dropping %d recorded graph(s) of the uncompiled UNet", unet.recorded)
+            unet.clear()
 
     def _compiled_render_failed(self, shape: RenderShape, exc: Exception) -> None:
         """A compiled graph raised inside torch (seen on an H200: an assertion in CUDA-graph trees'

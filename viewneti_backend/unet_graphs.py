@@ -98,8 +98,11 @@ class GraphedUNet(nn.Module):
         return len(self._graphs)
 
     def clear(self) -> None:
-        """Drop every recorded graph and its memory (the next call of each shape records again)."""
+        """Drop every recorded graph and its memory (the next call of each shape records again), after
+        the GPU has finished the replays already queued: their memory must not be handed out before."""
         with self._lock:
+            if any(key[2].type == "cuda" for key in self._graphs):  # key[2]: the inputs' device
+                torch.cuda.synchronize()
             self._graphs.clear()
             self._warmed.clear()
 

@@ -120,6 +120,28 @@ def test_gradients_other_arguments_and_cpu_inputs_run_plain():
         assert real.recorded == 0 and not real.failed
 
 
+def test_a_render_out_of_gpu_memory_drops_the_recorded_graphs(monkeypatch):
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.engine import Engine
+    from viewneti_backend.pipeline import ViewNeTIPipeline
+
+    engine = Engine.load(device="cpu", compile="off")
+    graphed = CpuGraphedUNet(CountingUNet())
+    engine.base.eager["unet"] = graphed
+    with torch.no_grad():
+        for _ in range(2):
+            graphed(*inputs()[:2], encoder_hidden_states=inputs()[2], return_dict=False)
+    assert graphed.recorded == 1
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(ViewNeTIPipeline, "__call__", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        engine.render([Camera(orbit_pose(0.0, 25.0, 3.6), 40.0, 64, 64)], steps=1)
+    assert graphed.recorded == 0  # their memory is free for the next request
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_cuda_a_render_through_the_replayed_unet_equals_the_plain_render():
     from viewneti_backend.cameras import Camera, orbit_pose
