@@ -16,6 +16,7 @@ and the frozen view-mapper. The fast path is the library's own (viewneti_backend
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,7 +27,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import command_line, count_flops, log, output_path, peak_memory_gib, sync, timed, write_json
+from benchmarks.common import (
+    command_line,
+    count_flops,
+    log,
+    output_path,
+    peak_memory_gib,
+    sync,
+    timed,
+    timed_each,
+    write_json,
+)
 from benchmarks.sd21 import sd21_base_model
 from viewneti_backend.attention import pack_layer_encodings, pack_plain_encoding
 from viewneti_backend.augment import AUGMENTATIONS, augment_batch
@@ -149,6 +160,65 @@ def text_encoder_probe(pipe: ViewNeTIPipeline, om, cam: Camera) -> dict:
             log(f"text encoder, {rows} rows, {label}: {ms:.1f} ms ({flops / 1e9 / ms:.0f} TFLOP/s)")
         row["profile"] = profile_gpu(encode, f"text encoder, {rows} rows")
         out[f"{steps}_steps"] = row
+    return out
+
+
+def first_use_probe(
+    pipe: ViewNeTIPipeline,
+    om,
+    sizes: tuple[tuple[int, int], ...] = ((704, 512), (640, 448), (576, 448)),
+    text_steps: tuple[int, int] = (29, 31),
+    steps: int = 30,
+) -> dict:
+    """What the first call at a shape nobody used yet costs, against the next two: a server's first request
+    at a new size or step count (cuBLAS heuristics, cuDNN attention plans, the UNet's CUDA-graph recording).
+
+    Each SDPA order gets shapes of its own, so that every first call is a real first use: the text phase at
+    ``text_steps[i]`` steps and an uncompiled render at ``sizes[i]`` under order i (the process order,
+    cuDNN first where the compiled path set it; flash first); ``sizes[2]``: the process order with the
+    uncompiled UNet run plain, without its CUDA graphs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from viewneti_backend.unet_graphs import GraphedUNet
+
+    flash_first = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    orders = {"process order": None, "flash, efficient, math": flash_first}
+    eager_unet = pipe.base.eager.get("unet")
+    out: dict = {}
+
+    def render(width: int, height: int):
+        cam = Camera(orbit_pose(37.0, 20.0, 4.0), 40.0, width, height)
+        pipe([cam], om, seed=0, steps=steps, guidance=7.5, use_cache=False, eager=True, output="latent")
+
+    cam = Camera(orbit_pose(11.0, 20.0, 4.0), 40.0, *sizes[0])
+    for order in orders.values():  # the renders' own text phase (``steps`` x layers rows): used before, not timed
+        with sdpa_kernel(order, set_priority=True) if order is not None else contextlib.nullcontext():
+            pipe.view_encodings([cam], om, torch.linspace(999, 0, steps).long(), use_cache=False)
+    for i, (label, order) in enumerate(orders.items()):
+        timesteps = torch.linspace(999, 0, text_steps[i]).long()
+        with sdpa_kernel(order, set_priority=True) if order is not None else contextlib.nullcontext():
+            text = timed_each(lambda _, t=timesteps: pipe.view_encodings([cam], om, t, use_cache=False), 3, warmup=0)
+            views = timed_each(lambda _, size=sizes[i]: render(*size), 3, warmup=0)
+        out[label] = {
+            "text_rows": text_steps[i] * pipe.base.num_layers,
+            "text_ms": [t * 1e3 for t in text],
+            "render": f"{sizes[i][0]}x{sizes[i][1]}, {steps} steps, uncompiled",
+            "render_ms": [t * 1e3 for t in views],
+        }
+        log(
+            f"first use, {label}: text {[round(t * 1e3) for t in text]} ms, render {[round(t * 1e3) for t in views]} ms"
+        )
+    if isinstance(eager_unet, GraphedUNet):
+        pipe.base.eager["unet"] = eager_unet.unet
+        try:
+            views = timed_each(lambda _: render(*sizes[2]), 3, warmup=0)
+        finally:
+            pipe.base.eager["unet"] = eager_unet
+        out["process order, UNet without CUDA graphs"] = {
+            "render": f"{sizes[2][0]}x{sizes[2][1]}, {steps} steps, uncompiled",
+            "render_ms": [t * 1e3 for t in views],
+        }
+        log(f"first use, plain uncompiled UNet: render {[round(t * 1e3) for t in views]} ms")
     return out
 
 
@@ -384,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="torch.profiler breakdown of these sections: view, inversion (both compiled), inversion-eager; "
         "text: the new-pose text phase alone at 8 and 30 steps under each SDPA backend order; "
+        "first-use: the first three calls at shapes not used before (text phase, uncompiled render) per SDPA "
+        "order, and without the uncompiled UNet's CUDA graphs; "
         "inversion-host: cProfile of 20 compiled inversion steps; inversion-timeline: the idle gaps between "
         "kernels of 3 compiled steps (gpu_timeline.py), trace saved beside --out (default with no value: view,inversion)",
     )
@@ -722,6 +794,9 @@ def main(argv: list[str] | None = None) -> None:
             save()
         if "text" in profiles and dev.type == "cuda":
             entry["text_encoder"] = text_encoder_probe(pipe, om, cam)
+            save()
+        if "first-use" in profiles and dev.type == "cuda":
+            entry["first_use"] = first_use_probe(pipe, om)
             save()
         if "inversion" not in skip:
             ref_ms = results["inversion_mode5_9x512x384"]["reference_step_ms"]

@@ -90,3 +90,32 @@ def test_timeline_splits_idle_time_by_launcher_and_host_lateness():
     assert r["gaps_by_size"]["0-2 us"]["gaps_per_step"] == 0 and r["gaps_by_size"]["2-5 us"]["gaps_per_step"] == 1
     with pytest.raises(ValueError, match="no GPU kernels"):
         analyse_gaps([x("cpu_op", "aten::mul", 0, 1)])
+
+
+def test_first_use_probe_times_three_calls_per_order_and_without_graphs():
+    """--profile first-use on a tiny SD-shaped model on the CPU: every section, every call timed."""
+    import torch
+
+    from benchmarks import gpu_bench
+    from benchmarks.sd21 import sd21_base_model
+    from viewneti_backend.camera_features import make_parameterization
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.pipeline import ViewNeTIPipeline
+    from viewneti_backend.training import new_mapper
+    from viewneti_backend.unet_graphs import GraphedUNet
+
+    base = sd21_base_model("cpu", torch.float32, tiny=True)
+    graphed = GraphedUNet(base.unet)
+    base.eager["unet"] = graphed  # as compile_base_model leaves a CUDA backbone
+    cams = [Camera(orbit_pose(a, 20.0, 4.0), 40.0, 48, 32) for a in range(0, 360, 60)]
+    vm = new_mapper(base, "view", make_parameterization("anchor-pose-13d").fit(cams)).eval()
+    om = new_mapper(base, "object").eval()
+    pipe = ViewNeTIPipeline(base, vm)
+    report = gpu_bench.first_use_probe(pipe, om, sizes=((48, 32), (40, 32), (32, 32)), text_steps=(2, 3), steps=2)
+    assert list(report) == ["process order", "flash, efficient, math", "process order, UNet without CUDA graphs"]
+    for label in ("process order", "flash, efficient, math"):
+        assert len(report[label]["text_ms"]) == 3 and min(report[label]["text_ms"]) > 0
+        assert len(report[label]["render_ms"]) == 3 and min(report[label]["render_ms"]) > 0
+    assert report["flash, efficient, math"]["text_rows"] == 3 * base.num_layers
+    assert len(report["process order, UNet without CUDA graphs"]["render_ms"]) == 3
+    assert base.eager["unet"] is graphed  # put back after the plain run
