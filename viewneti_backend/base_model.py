@@ -78,8 +78,9 @@ class Backbone:
     text: TextConditioner
     fingerprint: str
     # The uncompiled modules ("unet", "vae_decoder") once compile_base_model has wrapped them: renders at a
-    # shape that has no compiled graph yet run these instead of blocking on a compile (see engine.py); on a
-    # GPU the UNet is a GraphedUNet, which replays its kernels from CUDA graphs (unet_graphs.py).
+    # shape that has no compiled graph yet run these instead of blocking on a compile (see engine.py). On a
+    # GPU the UNet is a GraphedUNet, which replays its kernels from CUDA graphs (unet_graphs.py); an
+    # uncompiled CUDA engine renders through one too (Engine.load).
     eager: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     @property

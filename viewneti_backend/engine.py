@@ -167,6 +167,8 @@ class Engine:
         compile_mode = resolve_compile_mode(compile, base.device)
         if compile_mode is not None:
             compile_base_model(base, compile_mode)
+        elif base.device.type == "cuda":
+            base.eager["unet"] = GraphedUNet(base.unet)  # renders replay CUDA graphs, with no compile
         vm_path = Path(view_mapper) if view_mapper else bundled_view_mapper(model)
         vm = None
         if vm_path is not None:
@@ -389,7 +391,8 @@ class Engine:
                 timings=timings,
             )
             try:
-                images = run(eager=eager)
+                # an uncompiled engine always runs the uncompiled modules (on CUDA: the graph-replayed UNet)
+                images = run(eager=eager or not self.compiled)
             except (InputError, Cancelled, MemoryError):
                 raise
             except Exception as exc:
@@ -412,10 +415,14 @@ class Engine:
 
     def _free_uncompiled_graphs(self) -> None:
         """Out of GPU memory: drop the uncompiled UNet's recorded CUDA graphs (each holds a forward's
-        activations), so that the next request has that memory; they are recorded again when used."""
+        activations) and record no more, so that this GPU's memory goes to the renders themselves."""
         unet = self.base.eager.get("unet")
-        if isinstance(unet, GraphedUNet) and unet.recorded:
-            log.warning("out of GPU memory: dropping %d recorded graph(s) of the uncompiled UNet", unet.recorded)
+        if isinstance(unet, GraphedUNet) and unet.recording:
+            log.warning(
+                "out of GPU memory: dropping %d recorded graph(s) of the uncompiled UNet; it runs plain from now on",
+                unet.recorded,
+            )
+            unet.recording = False
             unet.clear()
 
     def _compiled_render_failed(self, shape: RenderShape, exc: Exception) -> None:

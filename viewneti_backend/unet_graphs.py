@@ -86,6 +86,7 @@ class GraphedUNet(nn.Module):
         self._graphs: OrderedDict[GraphKey, _RecordedStep] = OrderedDict()
         self._warmed: set[GraphKey] = set()  # shapes whose plain first call ran (the capture's warm-up)
         self.failed: dict[GraphKey, str] = {}  # shapes whose capture raised -> why; they stay plain eager
+        self.recording = True  # False: every call runs plain (set after running out of GPU memory)
         self._lock = threading.Lock()
 
     @property
@@ -123,6 +124,7 @@ class GraphedUNet(nn.Module):
             or torch.is_grad_enabled()
             or not isinstance(ehs, torch.Tensor)
             or not isinstance(timestep, torch.Tensor)
+            or not self.recording
             or not self._graphable(sample)
         ):
             return self.unet(sample, timestep, encoder_hidden_states=ehs, return_dict=return_dict, **kwargs)

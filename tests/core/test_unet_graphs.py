@@ -139,7 +139,34 @@ def test_a_render_out_of_gpu_memory_drops_the_recorded_graphs(monkeypatch):
     monkeypatch.setattr(ViewNeTIPipeline, "__call__", out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         engine.render([Camera(orbit_pose(0.0, 25.0, 3.6), 40.0, 64, 64)], steps=1)
-    assert graphed.recorded == 0  # their memory is free for the next request
+    assert graphed.recorded == 0 and not graphed.recording  # their memory is free for the next request
+    monkeypatch.undo()
+    with torch.no_grad():
+        for _ in range(3):
+            graphed(*inputs()[:2], encoder_hidden_states=inputs()[2], return_dict=False)
+    assert graphed.recorded == 0 and graphed.records == 1  # plain from now on: no record, no new OOM
+
+
+def test_an_uncompiled_engine_renders_through_the_uncompiled_modules(monkeypatch):
+    """On CUDA those hold the graph-replayed UNet (Engine.load); on the CPU they are the plain ones."""
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.engine import Engine
+    from viewneti_backend.pipeline import ViewNeTIPipeline
+
+    engine = Engine.load(device="cpu", compile="off")
+    assert "unet" not in engine.base.eager  # the CPU has no CUDA graphs: the plain UNet
+    seen: list[bool] = []
+    render = ViewNeTIPipeline.__call__
+
+    def recording(self, *args, eager=False, **kwargs):
+        seen.append(eager)
+        return render(self, *args, eager=eager, **kwargs)
+
+    monkeypatch.setattr(ViewNeTIPipeline, "__call__", recording)
+    timings: dict = {}
+    images = engine.render([Camera(orbit_pose(0.0, 25.0, 3.6), 40.0, 64, 64)], steps=1, timings=timings)
+    assert len(images) == 1 and seen == [True]
+    assert timings["eager"] == 0.0  # "eager" reports a compiled engine's fallback, not a choice of --compile off
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
@@ -147,10 +174,10 @@ def test_cuda_a_render_through_the_replayed_unet_equals_the_plain_render():
     from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import Engine
 
-    engine = Engine.load(device="cuda", compile=False)  # the toy model; the UNet as compile_base_model leaves it
+    engine = Engine.load(device="cuda", compile=False)  # the toy model, uncompiled
     base, pipeline = engine.base, engine.pipeline
-    graphed = GraphedUNet(base.unet)
-    base.eager["unet"] = graphed  # what pipeline(eager=True) runs, as on a compiled engine
+    graphed = base.eager["unet"]
+    assert isinstance(graphed, GraphedUNet)  # what Engine.load gives an uncompiled CUDA engine to render with
     _, mapper = engine.object_mapper(None)
     cams = [Camera(orbit_pose(a, 25.0, 3.6), 40.0, 96, 64) for a in (0.0, 120.0)]
     plain = pipeline(cams, mapper, seed=3, steps=10, guidance=2.0, output="latent", eager=False)
