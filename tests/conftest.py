@@ -23,3 +23,20 @@ def tiny_base(tiny_model_dir):
     from viewneti_backend.base_model import load_base_model
 
     return load_base_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture
+def eager_flags(monkeypatch):
+    """The ``eager`` argument of every ViewNeTIPipeline render from here on, in call order: which
+    modules (compiled or uncompiled) the engine chose for it."""
+    from viewneti_backend.pipeline import ViewNeTIPipeline
+
+    seen: list[bool] = []
+    render = ViewNeTIPipeline.__call__
+
+    def recording(self, *args, eager=False, **kwargs):
+        seen.append(eager)
+        return render(self, *args, eager=eager, **kwargs)
+
+    monkeypatch.setattr(ViewNeTIPipeline, "__call__", recording)
+    return seen

@@ -391,8 +391,7 @@ class Engine:
                 timings=timings,
             )
             try:
-                # an uncompiled engine always runs the uncompiled modules (on CUDA: the graph-replayed UNet)
-                images = run(eager=eager or not self.compiled)
+                images = run(eager=self.runs_uncompiled(shape))
             except (InputError, Cancelled, MemoryError):
                 raise
             except Exception as exc:
@@ -412,6 +411,12 @@ class Engine:
             for i, im in zip(idxs, images):
                 out[i] = im
         return out  # type: ignore[return-value]
+
+    def runs_uncompiled(self, shape: RenderShape) -> bool:
+        """Whether a render of this shape runs the uncompiled modules (on CUDA: the graph-replayed UNet):
+        always on an uncompiled engine; on a compiled one until the shape's graphs are ready, rather
+        than compiling them in the request (minutes at SD 2 scale)."""
+        return not self.compiled or shape not in self.ready_shapes
 
     def _free_uncompiled_graphs(self) -> None:
         """Out of GPU memory: drop the uncompiled UNet's recorded CUDA graphs (each holds a forward's
@@ -546,13 +551,15 @@ class Engine:
             preview = None
             if preview_every and (step % preview_every == 0 or step == total):
                 mapper = trainer.object_mappers[0].eval()
+                guidance = self.sampling.guidance
                 preview = self.pipeline(
                     [preview_cam],
                     mapper,
                     seed=seed,
                     steps=self.sampling.steps,
-                    guidance=self.sampling.guidance,
+                    guidance=guidance,
                     use_cache=False,
+                    eager=self.runs_uncompiled(RenderShape(1, preview_cam.width, preview_cam.height, guidance != 1.0)),
                     should_stop=should_stop,  # a cancel during a preview stops at its next denoising step
                 )[0]
                 mapper.train()

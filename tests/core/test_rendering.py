@@ -84,6 +84,24 @@ def test_invert_saves_a_token_that_renders_and_survives_reload(engine, tiny_mode
     assert not engine.has_object("my_obj")
 
 
+def test_inversion_previews_run_uncompiled_until_their_size_is_compiled(engine, monkeypatch, eager_flags):
+    """A compiled engine's preview at a size with no compiled graph must not compile it inside the job."""
+    from viewneti_backend.render_shape import RenderShape
+
+    ref = engine.render([cam(30)], None, seed=0, steps=2)[0]
+    eager_flags.clear()
+    monkeypatch.setattr(engine, "compile_mode", "reduce-overhead")  # compiled, with no shape ready yet
+    monkeypatch.setattr(engine, "_compiled_training_sizes", set())  # this engine is shared by the module's tests
+    engine.invert([ref], [cam(30)], "preview_a", steps=2, preview_every=1, on_progress=lambda p: None)
+    assert eager_flags == [True, True]
+    width, height = engine.training_size(ref)
+    monkeypatch.setattr(engine, "ready_shapes", {RenderShape(1, width, height, engine.sampling.guidance != 1.0)})
+    engine.invert([ref], [cam(30)], "preview_b", steps=2, preview_every=1, on_progress=lambda p: None)
+    assert eager_flags == [True, True, False, False]  # compiled now: the compiled graphs
+    for name in ("preview_a", "preview_b"):
+        engine.delete_object(name)
+
+
 def test_invert_takes_training_options_from_a_config_without_changing_it(engine, monkeypatch):
     import viewneti_backend.engine as engine_module
 

@@ -147,25 +147,16 @@ def test_a_render_out_of_gpu_memory_drops_the_recorded_graphs(monkeypatch):
     assert graphed.recorded == 0 and graphed.records == 1  # plain from now on: no record, no new OOM
 
 
-def test_an_uncompiled_engine_renders_through_the_uncompiled_modules(monkeypatch):
+def test_an_uncompiled_engine_renders_through_the_uncompiled_modules(eager_flags):
     """On CUDA those hold the graph-replayed UNet (Engine.load); on the CPU they are the plain ones."""
     from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import Engine
-    from viewneti_backend.pipeline import ViewNeTIPipeline
 
     engine = Engine.load(device="cpu", compile="off")
     assert "unet" not in engine.base.eager  # the CPU has no CUDA graphs: the plain UNet
-    seen: list[bool] = []
-    render = ViewNeTIPipeline.__call__
-
-    def recording(self, *args, eager=False, **kwargs):
-        seen.append(eager)
-        return render(self, *args, eager=eager, **kwargs)
-
-    monkeypatch.setattr(ViewNeTIPipeline, "__call__", recording)
     timings: dict = {}
     images = engine.render([Camera(orbit_pose(0.0, 25.0, 3.6), 40.0, 64, 64)], steps=1, timings=timings)
-    assert len(images) == 1 and seen == [True]
+    assert len(images) == 1 and eager_flags == [True]
     assert timings["eager"] == 0.0  # "eager" reports a compiled engine's fallback, not a choice of --compile off
 
 
