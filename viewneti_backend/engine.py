@@ -374,7 +374,8 @@ class Engine:
             if should_stop is not None and should_stop():  # before each per-size batch (a cheap point to stop)
                 raise Cancelled(f"stopped before the {width}x{height} views")
             shape = RenderShape(len(idxs), width, height, guidance != 1.0)
-            eager = self.compiled and shape not in self.ready_shapes
+            uncompiled = self.runs_uncompiled(shape)
+            eager = self.compiled and uncompiled  # a compiled engine's fallback: reported, then compiled
             if timings is not None:
                 timings["eager"] = float(eager)
             run = functools.partial(
@@ -391,7 +392,7 @@ class Engine:
                 timings=timings,
             )
             try:
-                images = run(eager=self.runs_uncompiled(shape))
+                images = run(eager=uncompiled)
             except (InputError, Cancelled, MemoryError):
                 raise
             except Exception as exc:
