@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import BENCH_DIR, REPO, command_line, machine, output_path, percentile, stats, write_json
+from viewneti_backend.compile_modes import COMPILE_CHOICES
 
 
 def orbit(az: float, el: float = 20.0, radius: float = 4.0) -> list[list[float]]:
@@ -181,6 +182,13 @@ def main() -> None:
         default=None,
         help="passed to the server (default: the server's own default)",
     )
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_CHOICES,
+        default=None,
+        help="passed to the server (default: the server's own default, compiled on CUDA); "
+        "off: every render runs uncompiled, its UNet replayed from CUDA graphs",
+    )
     args = p.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="server-gpu-"))
@@ -210,6 +218,8 @@ def main() -> None:
     cmd = [sys.executable, "-m", "server", "--port", str(args.port), "--data-dir", str(work / "data")]
     if model:
         cmd += ["--model", model]
+    if args.compile is not None:
+        cmd += ["--compile", args.compile]
     if args.compile_processes is not None:
         cmd += ["--compile-processes", str(args.compile_processes)]
     log_path = work / "server.log"
@@ -318,7 +328,7 @@ def main() -> None:
     report["server_log_compile_lines"] = [
         line.strip()
         for line in log_path.read_text().splitlines()
-        if "compil" in line or "ready" in line or "failed" in line
+        if "compil" in line or "ready" in line or "failed" in line or "first-use" in line
     ][-20:]
     save()
     print_table(report)
@@ -340,9 +350,14 @@ def print_table(report: dict) -> None:
     )
     print(f"  vs one-by-one renders: {s['vs_single_renders']}")
     n = report["new_size_first_request"]
+    compiled = (
+        f"compiled in the background in {report['new_size_compile_s']} s"
+        if report.get("compiled_shapes_at_end")
+        else "not compiled (an uncompiled server)"
+    )
     print(
-        f"new size: first request {n['client_p50_ms']} ms, compiled in the background in "
-        f"{report['new_size_compile_s']} s, then {report['new_size_after_compile']['client_p50_ms']} ms"
+        f"new size: first request {n['client_p50_ms']} ms, {compiled}, "
+        f"then {report['new_size_after_compile']['client_p50_ms']} ms"
     )
     during = report.get("while_new_size_compiles")
     if during:

@@ -25,6 +25,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from PIL import Image
+
 from viewneti_backend import limits
 from viewneti_backend.errors import Cancelled, InputError
 from viewneti_backend.progress import Progress
@@ -32,7 +34,7 @@ from viewneti_backend.sampling_defaults import SamplingDefaults
 
 from .compiler import BackgroundCompiler
 from .errors import ApiError, NotReady, ShuttingDown, Superseded
-from .images import decode_image_bytes, encode_png, png_base64
+from .images import RESPONSE_TYPES, decode_image_bytes, encode_png, encode_response_image, png_base64
 from .jobs import InvertSpec, Job, JobStore, SequenceSpec
 
 log = logging.getLogger("viewneti.server")
@@ -269,12 +271,16 @@ class Worker:
                 self._store.set_state(j, "error", error=f"the model failed to load: {self.load_error}")
             return
         sampling = capped_sampling(info.get("sampling_defaults"), self._max_steps)
+        compiled, primes = getattr(engine, "compiled", False), getattr(engine, "primes_first_use", False)
+        shapes = self._warmup_shapes(engine) if compiled or primes else []
+        if primes:
+            self._prime_first_use(engine, shapes, sampling)
         with self._cv:
             self.engine, self.info, self.objects, self.sampling = engine, info, objects, sampling
             self.state = "ready"
         log.info("model ready in %.1fs: %s", time.perf_counter() - t0, ", ".join(f"{k}={v}" for k, v in info.items()))
-        if getattr(engine, "compiled", False):
-            self._start_compiler(engine)
+        if compiled:
+            self._start_compiler(engine, shapes)
         while True:
             with self._cv:
                 while not self._stopping and not self._tasks and not self._jobs:
@@ -306,18 +312,47 @@ class Worker:
                     job, "interrupted", error="the server shut down while this job was running; submit it again"
                 )
 
-    def _start_compiler(self, engine: Any) -> None:
+    def _warmup_shapes(self, engine: Any) -> list[Any]:
+        """The render shapes to get ready before users ask: ``--warmup``, else the engine's defaults."""
         from viewneti_backend.render_shape import RenderShape
 
         try:
-            shapes = (
-                engine.default_warmup_shapes()
-                if self._warmup is None
-                else [RenderShape.parse(label) for label in self._warmup]
-            )
+            if self._warmup is None:
+                return engine.default_warmup_shapes()
+            return [RenderShape.parse(label) for label in self._warmup]
         except InputError as exc:
             log.error("--warmup: %s; compiling nothing ahead", exc)
-            shapes = []
+            return []
+
+    def _prime_first_use(self, engine: Any, shapes: list[Any], sampling: SamplingDefaults) -> None:
+        """Before reporting ready, pay the first-use costs the first renders would pay (on CUDA: a new
+        pose's encodings at the live and normal step counts, the uncompiled UNet and decoder at the
+        warm-up shapes, Engine.prime_first_use; the image encoders at those sizes). A failure here costs
+        only that speed."""
+        steps = (sampling.live_steps, sampling.steps)
+        try:
+            t0 = time.perf_counter()
+            engine.prime_first_use(shapes, steps)
+            for shape in shapes:  # the responses' image encoders: ~15 ms the first time at a size, ~4 after
+                blank = Image.new("RGB", (shape.width, shape.height))
+                for media_type in RESPONSE_TYPES:
+                    encode_response_image(blank, media_type)
+            seconds = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory: serving matters more
+            log.warning(
+                "could not run the first renders' first-use work ahead (%s: %s); the first requests will pay it",
+                type(exc).__name__,
+                exc,
+            )
+            return
+        log.info(
+            "first-use work done ahead in %.1fs: new-pose encodings at %s steps; uncompiled renders at %s",
+            seconds,
+            " and ".join(str(n) for n in dict.fromkeys(steps)),
+            ", ".join(s.label() for s in shapes) or "no shape",
+        )
+
+    def _start_compiler(self, engine: Any, shapes: list[Any]) -> None:
         self.compiler = BackgroundCompiler(
             engine, compile_new_shapes=self._compile_new_shapes, processes=self._compile_processes
         )

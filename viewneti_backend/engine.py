@@ -25,7 +25,7 @@ from PIL import Image
 from . import __version__
 from .base_model import Backbone, compile_base_model, load_base_model
 from .camera_rig import CameraRig, range_warnings, rig_from_mapper_config
-from .cameras import Camera
+from .cameras import Camera, orbit_pose
 from .compile_modes import resolve_compile_mode
 from .compile_warmer import WarmProcess
 from .data import Scene
@@ -238,6 +238,38 @@ class Engine:
         if self.sequence_batch > 1:
             shapes.append(RenderShape(self.sequence_batch, native, view_h))
         return list(dict.fromkeys(shapes))
+
+    @property
+    def primes_first_use(self) -> bool:
+        """Whether :meth:`prime_first_use` is worth running before serving: on CUDA, where a first use
+        at a shape builds cuDNN attention plans and picks cuBLAS kernels, and a kernel's first launch
+        loads it (on the CPU there is nothing to pay ahead, and the renders it would run cost seconds)."""
+        return self.base.device.type == "cuda"
+
+    def prime_first_use(self, shapes: Sequence[RenderShape], steps: Sequence[int]) -> float:
+        """Pay, before the first request, what the first renders of a fresh process pay on first use.
+
+        Until a shape is compiled (minutes at SD 2 scale) its renders run the uncompiled modules, and
+        the first call at each shape and batch is slow: on an H100 a new 704x512 view took 1165 ms
+        against 434 ms for the next, and a new-pose text phase 122 against 53 ms (cuDNN attention plans;
+        ``gpu_bench --profile first-use``); the first 768x576 view after start took 2.17 s. This
+        computes one new pose's encodings at each step count in ``steps`` (the mappers of the default
+        object and the view, the text encoder at that batch), and runs the uncompiled UNet (one plain
+        call: the warm-up before :class:`GraphedUNet` records) and decoder once at each shape, with
+        blank conditioning. Nothing is cached. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        name = self.default_object
+        mapper = self.object_mapper(name)[1] if name is not None else None
+        shape = shapes[0] if shapes else RenderShape(1, self.base.native_size, self.base.native_size)
+        camera = Camera(orbit_pose(30.0, 20.0, 4.0), 40.0, shape.width, shape.height)
+        if self.pipeline.view_mapper is not None:
+            camera = self.mapper_cameras([camera])[0]
+        for n in dict.fromkeys(steps):
+            self.pipeline.run_encodings(camera, mapper, n)
+        for shape in dict.fromkeys(shapes):
+            guidance = 2.0 if shape.cfg else 1.0
+            self.pipeline.run_graphs(shape.views, shape.width, shape.height, guidance, steps=1, eager=True)
+        return time.perf_counter() - t0
 
     def warmup(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 8) -> None:
         """Compile the render graphs of single views at these sizes before the first user request."""

@@ -103,7 +103,7 @@ class ViewNeTIPipeline:
         )
 
     def _compute_packed(
-        self, cameras: Sequence[Camera], object_mapper: NeTIMapper, timesteps: torch.Tensor, with_view: bool
+        self, cameras: Sequence[Camera], object_mapper: NeTIMapper | None, timesteps: torch.Tensor, with_view: bool
     ) -> torch.Tensor:
         """All T x L encodings of every camera in one text-encoder call -> [B, T, 2*L*S, D]."""
         b, n_t, n_l = len(cameras), len(timesteps), self.base.num_layers
@@ -236,8 +236,11 @@ class ViewNeTIPipeline:
         return latents
 
     @torch.no_grad()
-    def run_graphs(self, batch: int, width: int, height: int, guidance: float, steps: int = 2) -> None:
-        """Run the compiled UNet and decoder once at one shape with blank conditioning (compiles that shape).
+    def run_graphs(
+        self, batch: int, width: int, height: int, guidance: float, steps: int = 2, *, eager: bool = False
+    ) -> None:
+        """Run the compiled UNet and decoder once at one shape with blank conditioning (compiles that shape);
+        with ``eager``, the uncompiled ones (pays that shape's first-use costs: see Engine.prime_first_use).
 
         The inputs go through the same code as a render (scheduler, noise, CFG concat, decode), so the
         compiled graphs' guards match a real request exactly; no mapper, cache or text encoder is touched,
@@ -247,8 +250,18 @@ class ViewNeTIPipeline:
         uncond = self._uncond_packed()
         cond = torch.zeros((steps, batch, *uncond.shape[1:]), device=self.base.device, dtype=self.base.dtype)
         latents = self.initial_latents(0, batch, height, width, float(scheduler.init_noise_sigma))
-        latents = self.denoise(cond, latents, scheduler, guidance)
-        self.decode_tensor(latents)
+        latents = self.denoise(cond, latents, scheduler, guidance, eager=eager)
+        self.decode_tensor(latents, eager=eager)
+        if self.base.device.type == "cuda":
+            torch.cuda.synchronize(self.base.device)
+
+    @torch.no_grad()
+    def run_encodings(self, camera: Camera, object_mapper: NeTIMapper | None, steps: int) -> None:
+        """Compute one new pose's encodings at ``steps`` steps as a render does (mappers, injection, the
+        text encoder at steps x layers prompts), and drop them: nothing is cached."""
+        scheduler = self.base.sampling_scheduler(self.sampler)
+        scheduler.set_timesteps(steps, device=self.base.device)
+        self._compute_packed([camera], object_mapper, scheduler.timesteps, self.view_mapper is not None)
         if self.base.device.type == "cuda":
             torch.cuda.synchronize(self.base.device)
 

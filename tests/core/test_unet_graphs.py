@@ -160,6 +160,51 @@ def test_an_uncompiled_engine_renders_through_the_uncompiled_modules(eager_flags
     assert timings["eager"] == 0.0  # "eager" reports a compiled engine's fallback, not a choice of --compile off
 
 
+def test_first_use_work_done_ahead_warms_each_shape_and_text_batch(monkeypatch):
+    """Engine.prime_first_use (the server runs it before it reports ready, on CUDA): one new pose's
+    encodings at each step count, through the mappers of the default object and the view as a render
+    computes them (the text encoder at that batch), and the uncompiled UNet once (plain: the warm-up
+    GraphedUNet needs before it records) and decoder once at each shape, so a user's first render at a
+    warm-up shape records at its first step instead of paying a plain first call."""
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.engine import Engine
+    from viewneti_backend.render_shape import RenderShape
+
+    engine = Engine.load(device="cpu", compile="off")
+    assert not engine.primes_first_use  # the CPU has no first-use cost worth paying ahead
+    graphed = CpuGraphedUNet(engine.base.unet)
+    engine.base.eager["unet"] = graphed
+    text_rows: list[tuple[int, int]] = []  # (prompts, placeholder tokens injected) per text-encoder call
+    encode = engine.base.text.encode
+
+    def counting_encode(ids, injections=None):
+        text_rows.append((len(ids), len(injections or {})))
+        return encode(ids, injections)
+
+    monkeypatch.setattr(engine.base.text, "encode", counting_encode)
+    decoded: list[tuple] = []
+    decoder = engine.base.vae.decoder
+    monkeypatch.setattr(
+        decoder, "forward", lambda z, *a, f=decoder.forward, **k: decoded.append(tuple(z.shape)) or f(z, *a, **k)
+    )
+    seconds = engine.prime_first_use(
+        [RenderShape(1, 64, 64), RenderShape(3, 64, 48, False), RenderShape(1, 64, 64)], (2, 3, 2)
+    )
+    assert seconds > 0.0
+    n_layers = engine.base.num_layers
+    # each step count once with both tokens injected (object and view), then the unconditional prompt
+    # (computed once, kept for every render)
+    assert text_rows == [(2 * n_layers, 2), (3 * n_layers, 2), (1, 0)]
+    assert graphed.records == 0 and engine.base.unet.training is False
+    f, c = engine.base.vae_scale_factor, engine.base.latent_channels
+    # latents [batch, C, h, w]; CFG doubles the UNet's batch
+    assert {key[0] for key in graphed._warmed} == {(2, c, 64 // f, 64 // f), (3, c, 48 // f, 64 // f)}
+    assert decoded == [(1, c, 64 // f, 64 // f), (3, c, 48 // f, 64 // f)]
+    assert engine.pipeline.cached_encodings == 0  # nothing user-visible cached
+    engine.render([Camera(orbit_pose(0.0, 25.0, 3.6), 40.0, 64, 64)], steps=2, guidance=2.0)
+    assert graphed.records == 1 and graphed.recorded == 1  # its first step recorded: the warm-up was done ahead
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_cuda_a_render_through_the_replayed_unet_equals_the_plain_render():
     from viewneti_backend.cameras import Camera, orbit_pose

@@ -388,3 +388,72 @@ def test_a_frame_of_a_job_deleted_while_it_is_asked_for_is_a_404(tmp_path):
         r = c.get(f"/v1/jobs/{job_id}/frames/0")
         assert r.status_code == 404, r.text
         assert f"job {job_id} was deleted" in r.json()["error"]
+
+
+class PrimingEngine(FakeEngine):
+    """Like an Engine on CUDA: has first-use work to do before serving (Engine.prime_first_use)."""
+
+    primes_first_use = True
+
+    def __init__(self, *args, fail: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail, self.primed = fail, []
+        self.release = threading.Event()
+
+    def default_warmup_shapes(self):
+        from viewneti_backend.render_shape import RenderShape
+
+        return [RenderShape(1, 32, 32), RenderShape(4, 64, 48)]
+
+    def prime_first_use(self, shapes, steps) -> float:
+        self.primed.append(([s.label() for s in shapes], tuple(steps)))
+        assert self.release.wait(10)
+        if self.fail:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return 0.5
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_worker_does_the_first_renders_first_use_work_before_ready(tmp_path, caplog, monkeypatch, fail):
+    """On CUDA the worker runs the engine's first-use work (text encoder at the live and normal step
+    counts, uncompiled renders at the warm-up shapes) before it reports ready; --warmup names the
+    shapes; a failure there is logged and the server serves anyway."""
+    import server.worker
+
+    encoded: list[tuple] = []
+    real_encode = server.worker.encode_response_image
+    monkeypatch.setattr(
+        server.worker,
+        "encode_response_image",
+        lambda img, media_type: encoded.append((img.size, media_type)) or real_encode(img, media_type),
+    )
+    engine = PrimingEngine(tmp_path / "lib", step_s=0.0, fail=fail)
+    w = Worker(lambda: engine, JobStore(tmp_path / "jobs", EventHub()), warmup=None, max_steps=4)
+    with caplog.at_level("INFO", logger="viewneti.server"):
+        w.start()
+        deadline = time.monotonic() + 10
+        while not engine.primed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert w.state == "loading"  # not ready while it runs
+        engine.release.set()
+        while w.state != "ready" and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert w.state == "ready"
+    # the model's live_steps 2 and steps 5, capped by the server's max steps (4)
+    assert engine.primed == [(["32x32", "64x48x4"], (2, 4))]
+    assert ("could not run the first renders' first-use work ahead" in caplog.text) == fail
+    assert ("first-use work done ahead" in caplog.text) != fail
+    # then the response encoders at those sizes, in every format a client may ask for
+    sizes = [(32, 32), (32, 32), (64, 48), (64, 48)]
+    assert encoded == ([] if fail else list(zip(sizes, ["image/png", "image/jpeg"] * 2)))
+    assert w.submit_render(RenderTask([_cam()], None, 0, 2, 2.0)).result(10)[0].size == (32, 32)
+    w.stop()
+    engine2 = PrimingEngine(tmp_path / "lib2", step_s=0.0)
+    engine2.release.set()
+    w2 = Worker(lambda: engine2, JobStore(tmp_path / "jobs2", EventHub()), warmup=["48x48"], max_steps=4)
+    w2.start()
+    while w2.state != "ready" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine2.primed == [(["48x48"], (2, 4))]  # --warmup's shapes
+    w2.stop()
