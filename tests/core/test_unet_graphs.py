@@ -205,6 +205,27 @@ def test_first_use_work_done_ahead_warms_each_shape_and_text_batch(monkeypatch):
     assert graphed.records == 1 and graphed.recorded == 1  # its first step recorded: the warm-up was done ahead
 
 
+def test_first_use_work_without_objects_or_view_mapper(monkeypatch):
+    """A fresh SD 2 user has no object yet, and a plain diffusers model no view-mapper: the encodings
+    are still computed at each step count, without injections (a render would fail without an object
+    anyway; the text encoder's first use at that batch is what there is to pay)."""
+    from viewneti_backend.engine import Engine
+    from viewneti_backend.render_shape import RenderShape
+
+    engine = Engine.load(device="cpu", compile="off")
+    monkeypatch.setattr(Engine, "default_object", property(lambda self: None))
+    engine.pipeline.view_mapper = None
+    rows: list[tuple[int, int]] = []
+    encode = engine.base.text.encode
+    monkeypatch.setattr(
+        engine.base.text,
+        "encode",
+        lambda ids, injections=None: rows.append((len(ids), len(injections or {}))) or encode(ids, injections),
+    )
+    engine.prime_first_use([RenderShape(1, 64, 64)], (2,))
+    assert rows == [(2 * engine.base.num_layers, 0), (1, 0)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_cuda_a_render_through_the_replayed_unet_equals_the_plain_render():
     from viewneti_backend.cameras import Camera, orbit_pose
