@@ -258,8 +258,12 @@ class Engine:
         call: the warm-up before :class:`GraphedUNet` records) and decoder once at each shape, with
         blank conditioning. Nothing is cached. Returns the seconds it took."""
         t0 = time.perf_counter()
-        name = self.default_object
-        mapper = self.object_mapper(name)[1] if name is not None else None
+        mapper = None
+        if self.default_object is not None:
+            try:
+                mapper = self.object_mapper(None)[1]
+            except InputError as exc:  # an object that cannot load: its renders will say so; priming goes on
+                log.warning("first-use work without the default object's mapper: %s", exc)
         shape = shapes[0] if shapes else RenderShape(1, self.base.native_size, self.base.native_size)
         camera = Camera(orbit_pose(30.0, 20.0, 4.0), 40.0, shape.width, shape.height)
         if self.pipeline.view_mapper is not None:

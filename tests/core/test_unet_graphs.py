@@ -205,16 +205,30 @@ def test_first_use_work_done_ahead_warms_each_shape_and_text_batch(monkeypatch):
     assert graphed.records == 1 and graphed.recorded == 1  # its first step recorded: the warm-up was done ahead
 
 
-def test_first_use_work_without_objects_or_view_mapper(monkeypatch):
-    """A fresh SD 2 user has no object yet, and a plain diffusers model no view-mapper: the encodings
-    are still computed at each step count, without injections (a render would fail without an object
-    anyway; the text encoder's first use at that batch is what there is to pay)."""
+@pytest.mark.parametrize("case", ["no object, no view-mapper", "object that cannot load"])
+def test_first_use_work_without_a_usable_object_or_view_mapper(monkeypatch, case):
+    """A fresh SD 2 user has no object yet, a plain diffusers model no view-mapper, and a library may
+    hold an object that no longer loads: the encodings are still computed at each step count, with
+    whatever mappers there are (the text encoder's first use at that batch is what there is to pay), and
+    the UNet is still warmed."""
     from viewneti_backend.engine import Engine
+    from viewneti_backend.errors import InputError
     from viewneti_backend.render_shape import RenderShape
 
     engine = Engine.load(device="cpu", compile="off")
-    monkeypatch.setattr(Engine, "default_object", property(lambda self: None))
-    engine.pipeline.view_mapper = None
+    if case == "object that cannot load":
+
+        def broken(name):
+            raise InputError("object 'x' was trained on another base model: invert it again")
+
+        monkeypatch.setattr(engine, "object_mapper", broken)
+        injected = 1  # the view token
+    else:
+        monkeypatch.setattr(Engine, "default_object", property(lambda self: None))
+        engine.pipeline.view_mapper = None
+        injected = 0
+    graphed = CpuGraphedUNet(engine.base.unet)
+    engine.base.eager["unet"] = graphed
     rows: list[tuple[int, int]] = []
     encode = engine.base.text.encode
     monkeypatch.setattr(
@@ -223,7 +237,8 @@ def test_first_use_work_without_objects_or_view_mapper(monkeypatch):
         lambda ids, injections=None: rows.append((len(ids), len(injections or {}))) or encode(ids, injections),
     )
     engine.prime_first_use([RenderShape(1, 64, 64)], (2,))
-    assert rows == [(2 * engine.base.num_layers, 0), (1, 0)]
+    assert rows == [(2 * engine.base.num_layers, injected), (1, 0)]
+    assert len(graphed._warmed) == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
