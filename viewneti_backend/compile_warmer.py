@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t1 = time.perf_counter()
         try:
             shape = RenderShape.parse(label)
-            pipeline.run_graphs(shape.views, shape.width, shape.height, 2.0 if shape.cfg else 1.0)
+            pipeline.run_graphs(shape)
         except Exception as exc:  # noqa: BLE001 - reported to the server, which then compiles in-process
             _reply(label=label, error=f"{type(exc).__name__}: {exc}")
             continue

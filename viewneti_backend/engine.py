@@ -209,9 +209,8 @@ class Engine:
             from torch._dynamo.utils import counters
 
             before = dict(counters["inductor"])
-            guidance = 2.0 if shape.cfg else 1.0
             for _ in range(2):  # the first call compiles; the second records the CUDA graph
-                self.pipeline.run_graphs(shape.views, shape.width, shape.height, guidance)
+                self.pipeline.run_graphs(shape)
             self.ready_shapes.add(shape)
             if cache_stats is not None:
                 after = counters["inductor"]
@@ -271,8 +270,7 @@ class Engine:
         for n in dict.fromkeys(steps):
             self.pipeline.run_encodings(camera, mapper, n)
         for shape in dict.fromkeys(shapes):
-            guidance = 2.0 if shape.cfg else 1.0
-            self.pipeline.run_graphs(shape.views, shape.width, shape.height, guidance, steps=1, eager=True)
+            self.pipeline.run_graphs(shape, steps=1, eager=True)
         return time.perf_counter() - t0
 
     def warmup(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 8) -> None:
@@ -409,7 +407,7 @@ class Engine:
         for (width, height), idxs in groups.items():
             if should_stop is not None and should_stop():  # before each per-size batch (a cheap point to stop)
                 raise Cancelled(f"stopped before the {width}x{height} views")
-            shape = RenderShape(len(idxs), width, height, guidance != 1.0)
+            shape = RenderShape.of_render(len(idxs), width, height, guidance)
             uncompiled = self.runs_uncompiled(shape)
             eager = self.compiled and uncompiled  # a compiled engine's fallback: reported, then compiled
             if timings is not None:
@@ -589,6 +587,7 @@ class Engine:
             if preview_every and (step % preview_every == 0 or step == total):
                 mapper = trainer.object_mappers[0].eval()
                 guidance = self.sampling.guidance
+                shape = RenderShape.of_render(1, preview_cam.width, preview_cam.height, guidance)
                 preview = self.pipeline(
                     [preview_cam],
                     mapper,
@@ -596,7 +595,7 @@ class Engine:
                     steps=self.sampling.steps,
                     guidance=guidance,
                     use_cache=False,
-                    eager=self.runs_uncompiled(RenderShape(1, preview_cam.width, preview_cam.height, guidance != 1.0)),
+                    eager=self.runs_uncompiled(shape),
                     should_stop=should_stop,  # a cancel during a preview stops at its next denoising step
                 )[0]
                 mapper.train()

@@ -23,6 +23,7 @@ from .cameras import Camera
 from .errors import Cancelled, InputError
 from .images import to_pil
 from .mapper import NeTIMapper
+from .render_shape import RenderShape
 from .text_conditioning import OBJECT_PROMPT, VIEW_OBJECT_PROMPT, Injection
 
 
@@ -235,25 +236,28 @@ class ViewNeTIPipeline:
                 on_step(i + 1, steps)
         return latents
 
+    def _sync(self) -> None:
+        """Wait for the GPU (timings and warm-ups must include its work); nothing to wait for on the CPU."""
+        if self.base.device.type == "cuda":
+            torch.cuda.synchronize(self.base.device)
+
     @torch.no_grad()
-    def run_graphs(
-        self, batch: int, width: int, height: int, guidance: float, steps: int = 2, *, eager: bool = False
-    ) -> None:
+    def run_graphs(self, shape: RenderShape, steps: int = 2, *, eager: bool = False) -> None:
         """Run the compiled UNet and decoder once at one shape with blank conditioning (compiles that shape);
         with ``eager``, the uncompiled ones (pays that shape's first-use costs: see Engine.prime_first_use).
 
         The inputs go through the same code as a render (scheduler, noise, CFG concat, decode), so the
         compiled graphs' guards match a real request exactly; no mapper, cache or text encoder is touched,
         which lets a background thread do this while the worker renders."""
+        guidance = 2.0 if shape.cfg else 1.0  # any guidance but 1 takes the same (CFG) path
         scheduler = self.base.sampling_scheduler(self.sampler)
         scheduler.set_timesteps(steps, device=self.base.device)
         uncond = self._uncond_packed()
-        cond = torch.zeros((steps, batch, *uncond.shape[1:]), device=self.base.device, dtype=self.base.dtype)
-        latents = self.initial_latents(0, batch, height, width, float(scheduler.init_noise_sigma))
+        cond = torch.zeros((steps, shape.views, *uncond.shape[1:]), device=self.base.device, dtype=self.base.dtype)
+        latents = self.initial_latents(0, shape.views, shape.height, shape.width, float(scheduler.init_noise_sigma))
         latents = self.denoise(cond, latents, scheduler, guidance, eager=eager)
         self.decode_tensor(latents, eager=eager)
-        if self.base.device.type == "cuda":
-            torch.cuda.synchronize(self.base.device)
+        self._sync()
 
     @torch.no_grad()
     def run_encodings(self, camera: Camera, object_mapper: NeTIMapper | None, steps: int) -> None:
@@ -262,8 +266,7 @@ class ViewNeTIPipeline:
         scheduler = self.base.sampling_scheduler(self.sampler)
         scheduler.set_timesteps(steps, device=self.base.device)
         self._compute_packed([camera], object_mapper, scheduler.timesteps, self.view_mapper is not None)
-        if self.base.device.type == "cuda":
-            torch.cuda.synchronize(self.base.device)
+        self._sync()
 
     @overload
     def __call__(
@@ -330,7 +333,6 @@ class ViewNeTIPipeline:
             raise InputError("all cameras of one render call must have the same width and height")
         if steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
-        sync = (lambda: torch.cuda.synchronize(self.base.device)) if self.base.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         scheduler = self.base.sampling_scheduler(self.sampler)
         scheduler.set_timesteps(steps, device=self.base.device)
@@ -338,18 +340,18 @@ class ViewNeTIPipeline:
         cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key, use_cache).to(
             self.base.dtype
         )
-        sync()
+        self._sync()
         t1 = time.perf_counter()
         latents = self.initial_latents(seed, len(cameras), height, width, float(scheduler.init_noise_sigma))
         latents = self.denoise(
             cond, latents, scheduler, guidance, eager=eager, should_stop=should_stop, on_step=on_step
         )
-        sync()
+        self._sync()
         t2 = time.perf_counter()
         if output != "latent" and should_stop is not None and should_stop():  # the VAE decode is not cut
             raise Cancelled(f"stopped after step {steps} of {steps}, before decoding")
         result = latents if output == "latent" else self.decode(latents, eager)
-        sync()
+        self._sync()
         t3 = time.perf_counter()
         if timings is not None:
             timings.update(encode=(t1 - t0) * 1e3, denoise=(t2 - t1) * 1e3, decode=(t3 - t2) * 1e3)

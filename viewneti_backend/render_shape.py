@@ -16,6 +16,11 @@ class RenderShape:
     height: int
     cfg: bool = True
 
+    @classmethod
+    def of_render(cls, views: int, width: int, height: int, guidance: float) -> RenderShape:
+        """The shape a render of ``views`` cameras at this size runs at: guidance 1 skips the CFG batch."""
+        return cls(views, width, height, guidance != 1.0)
+
     def label(self) -> str:
         return (
             f"{self.width}x{self.height}"
