@@ -8,7 +8,7 @@ rendered alone or in a batch (every view starts from the seed's noise).
 
 from __future__ import annotations
 
-import time
+import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
@@ -23,8 +23,10 @@ from .cameras import Camera
 from .errors import Cancelled, InputError
 from .images import to_pil
 from .mapper import NeTIMapper
+from .phase_clock import PhaseClock
 from .render_shape import RenderShape
 from .text_conditioning import OBJECT_PROMPT, VIEW_OBJECT_PROMPT, Injection
+from .transfer import to_device
 
 
 def encode_conditions(
@@ -82,6 +84,7 @@ class ViewNeTIPipeline:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._uncond: torch.Tensor | None = None
+        self._schedulers: dict[tuple[str, int], tuple[Any, bool]] = {}  # (sampler, steps) -> (scheduler, begins at 0)
 
     # -- conditioning ----------------------------------------------------------------------------
     def _uncond_packed(self) -> torch.Tensor:
@@ -114,7 +117,7 @@ class ViewNeTIPipeline:
         if with_view:
             if self.camera_param is None:  # set together with the view-mapper
                 raise InputError("no view-mapper is loaded: load one (--view-mapper) or render without view control")
-            feats = self.camera_param.features(cameras).to(self.base.device).repeat_interleave(n_t * n_l, dim=0)
+            feats = to_device(self.camera_param.features(cameras), self.base.device).repeat_interleave(n_t * n_l, dim=0)
         k, v = encode_conditions(self.base, ids, t, l, object_mapper, self.view_mapper if with_view else None, feats)
         s, d = k.shape[1], k.shape[2]
         packed = pack_layer_encodings(k.view(b * n_t, n_l, s, d), v.view(b * n_t, n_l, s, d))
@@ -139,7 +142,7 @@ class ViewNeTIPipeline:
             raise InputError("no view-mapper is loaded: load one (--view-mapper) or render without view control")
         if not use_cache or cache_key is None:
             return self._compute_packed(cameras, object_mapper, timesteps, with_view).transpose(0, 1)
-        tkey = tuple(int(t) for t in timesteps)
+        tkey = tuple(timesteps.tolist())  # one read of the device tensor, not one per step
         keys = [
             (
                 cache_key,
@@ -182,7 +185,27 @@ class ViewNeTIPipeline:
         f, c = self.base.vae_scale_factor, self.base.latent_channels
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         noise = torch.randn(1, c, height // f, width // f, generator=gen, dtype=torch.float32)
-        return (noise.expand(batch, -1, -1, -1) * sigma).to(self.base.device, self.base.dtype).contiguous()
+        # pinned + non-blocking: a plain copy would wait for the text encoder queued before it
+        return to_device((noise.expand(batch, -1, -1, -1) * sigma).contiguous(), self.base.device).to(self.base.dtype)
+
+    def scheduler(self, steps: int) -> Any:
+        """A fresh sampling scheduler set to ``steps`` steps, starting at the first.
+
+        A copy of one prepared per (sampler, steps): building it from its config costs about half a
+        millisecond of host time, paid while the GPU waits. The begin index spares the scheduler's first
+        step a device search for the timestep (a GPU sync in the middle of the sampling loop)."""
+        key = (self.sampler, int(steps))
+        if key not in self._schedulers:
+            prepared = self.base.sampling_scheduler(self.sampler)
+            prepared.set_timesteps(steps, device=self.base.device)
+            first = prepared.timesteps[:1]
+            # The search picks the second of two equal first timesteps; begin there only when it is alone.
+            self._schedulers[key] = (prepared, int((prepared.timesteps == first).sum()) == 1)
+        prepared, begins_at_first = self._schedulers[key]
+        scheduler = copy.deepcopy(prepared)
+        if begins_at_first and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        return scheduler
 
     def _modules(self, eager: bool) -> tuple[Any, Any]:
         """(UNet, VAE decoder) to run: the compiled ones, or with ``eager`` the uncompiled originals."""
@@ -250,8 +273,7 @@ class ViewNeTIPipeline:
         compiled graphs' guards match a real request exactly; no mapper, cache or text encoder is touched,
         which lets a background thread do this while the worker renders."""
         guidance = 2.0 if shape.cfg else 1.0  # any guidance but 1 takes the same (CFG) path
-        scheduler = self.base.sampling_scheduler(self.sampler)
-        scheduler.set_timesteps(steps, device=self.base.device)
+        scheduler = self.scheduler(steps)
         uncond = self._uncond_packed()
         cond = torch.zeros((steps, shape.views, *uncond.shape[1:]), device=self.base.device, dtype=self.base.dtype)
         latents = self.initial_latents(0, shape.views, shape.height, shape.width, float(scheduler.init_noise_sigma))
@@ -263,9 +285,8 @@ class ViewNeTIPipeline:
     def run_encodings(self, camera: Camera, object_mapper: NeTIMapper | None, steps: int) -> None:
         """Compute one new pose's encodings at ``steps`` steps as a render does (mappers, injection, the
         text encoder at steps x layers prompts), and drop them: nothing is cached."""
-        scheduler = self.base.sampling_scheduler(self.sampler)
-        scheduler.set_timesteps(steps, device=self.base.device)
-        self._compute_packed([camera], object_mapper, scheduler.timesteps, self.view_mapper is not None)
+        timesteps = self.scheduler(steps).timesteps
+        self._compute_packed([camera], object_mapper, timesteps, self.view_mapper is not None)
         self._sync()
 
     @overload
@@ -333,26 +354,24 @@ class ViewNeTIPipeline:
             raise InputError("all cameras of one render call must have the same width and height")
         if steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
-        t0 = time.perf_counter()
-        scheduler = self.base.sampling_scheduler(self.sampler)
-        scheduler.set_timesteps(steps, device=self.base.device)
+        # No waiting for the GPU between phases: the host queues the denoise loop while the text encoder runs.
+        clock = PhaseClock(self.base.device)
+        scheduler = self.scheduler(steps)
         timesteps = scheduler.timesteps
         cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key, use_cache).to(
             self.base.dtype
         )
-        self._sync()
-        t1 = time.perf_counter()
+        clock.mark()
         latents = self.initial_latents(seed, len(cameras), height, width, float(scheduler.init_noise_sigma))
         latents = self.denoise(
             cond, latents, scheduler, guidance, eager=eager, should_stop=should_stop, on_step=on_step
         )
-        self._sync()
-        t2 = time.perf_counter()
+        clock.mark()
         if output != "latent" and should_stop is not None and should_stop():  # the VAE decode is not cut
             raise Cancelled(f"stopped after step {steps} of {steps}, before decoding")
-        result = latents if output == "latent" else self.decode(latents, eager)
-        self._sync()
-        t3 = time.perf_counter()
+        result = latents if output == "latent" else self.decode(latents, eager)  # images: read back to the host
+        clock.mark()
         if timings is not None:
-            timings.update(encode=(t1 - t0) * 1e3, denoise=(t2 - t1) * 1e3, decode=(t3 - t2) * 1e3)
+            encode, denoise, decode = clock.phases_ms()
+            timings.update(encode=encode, denoise=denoise, decode=decode)
         return result

@@ -2,6 +2,9 @@
 (training graph), render again, and agreement with the eager path. Needs a CUDA GPU (run on the
 device machine); CI has none, so these are skipped there with that reason."""
 
+import functools
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -35,6 +38,22 @@ def test_compiled_render_matches_eager(engines):
     for x, y in zip(a, b):
         assert _psnr(x, y) > 30.0, _psnr(x, y)
     assert _psnr(a[0], a[1]) < 30.0, "two poses rendered the same image"
+
+
+def test_render_phases_are_timed_on_the_gpu_and_add_up_to_the_wall_time(engines):
+    """Phase boundaries are CUDA events (no sync between phases); each phase covers its GPU work."""
+    compiled, _ = engines
+    cam = Camera(orbit_pose(77.0, 25.0, 3.6), 40.0, 64, 64)
+    _, mapper = compiled.object_mapper(None)
+    render = functools.partial(compiled.pipeline, [cam], mapper, seed=1, steps=6, guidance=2.0, use_cache=False)
+    render()  # this size's graphs exist before timing
+    timings: dict = {}
+    t0 = time.perf_counter()
+    render(timings=timings)
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    phases = [timings[k] for k in ("encode", "denoise", "decode")]
+    assert all(ms > 0 for ms in phases), timings
+    assert 0.8 * wall_ms < sum(phases) <= wall_ms, (timings, wall_ms)
 
 
 def test_compiled_engine_inverts_then_renders(engines):

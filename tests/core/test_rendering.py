@@ -1,5 +1,8 @@
 """Rendering, persistence and errors through the engine (the server's and CLI's entry point)."""
 
+import functools
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -60,8 +63,49 @@ def test_render_can_be_stopped_at_a_step_boundary(engine):
 
 def test_timings_are_reported(engine):
     timings = {}
-    engine.render([cam(0)], None, steps=3, timings=timings)
+    t0 = time.perf_counter()
+    engine.render([cam(33)], None, steps=3, timings=timings)
+    wall_ms = (time.perf_counter() - t0) * 1e3
     assert set(timings) >= {"encode", "denoise", "decode"}
+    phases = [timings[k] for k in ("encode", "denoise", "decode")]
+    assert all(ms > 0 for ms in phases) and sum(phases) <= wall_ms
+
+
+@pytest.mark.parametrize("sampler", ["dpmsolver++", "euler", "ddim"])
+def test_sampling_loop_never_searches_for_its_timestep(engine, monkeypatch, sampler):
+    """The prepared scheduler starts at its first step: the timestep search (a GPU sync in the middle of the
+    loop on CUDA) is never run, and the latents are bitwise those of a fresh scheduler, which searches."""
+    from viewneti_backend.pipeline import ViewNeTIPipeline
+
+    pipe = ViewNeTIPipeline(engine.base, engine.pipeline.view_mapper, sampler=sampler)
+    _, mapper = engine.object_mapper(None)
+    with_view, c = pipe.view_mapper is not None, cam(10)
+    fresh = engine.base.sampling_scheduler(sampler)
+    fresh.set_timesteps(5)
+    cond = pipe.view_encodings([c], mapper, fresh.timesteps, with_view, use_cache=False).to(engine.base.dtype)
+    noise = pipe.initial_latents(2, 1, c.height, c.width, float(fresh.init_noise_sigma))
+    searched = pipe.denoise(cond, noise, fresh, 7.5)
+    if hasattr(type(fresh), "index_for_timestep"):
+
+        def no_search(self, *args, **kwargs):
+            raise AssertionError("the sampling loop searched for its timestep")
+
+        monkeypatch.setattr(type(fresh), "index_for_timestep", no_search)
+    else:  # DDIM computes its step from the timestep itself
+        assert sampler == "ddim"
+    render = functools.partial(pipe, [c], mapper, seed=2, steps=5, guidance=7.5, with_view=with_view)
+    first, again = render(output="latent", use_cache=False), render(output="latent", use_cache=False)
+    assert torch.equal(pipe.scheduler(5).timesteps, fresh.timesteps)
+    assert torch.equal(first, searched) and torch.equal(again, searched)
+
+
+def test_prepared_schedulers_are_independent_copies(engine):
+    pipe = engine.pipeline
+    a, b = pipe.scheduler(4), pipe.scheduler(4)
+    assert a is not b and a.timesteps is not b.timesteps
+    sample = torch.zeros(1, 4, 8, 8)
+    a.step(torch.ones_like(sample), a.timesteps[0], sample)  # advances a's state only
+    assert a.step_index == 1 and b.step_index in (None, 0) and b.begin_index == 0
 
 
 def test_invert_saves_a_token_that_renders_and_survives_reload(engine, tiny_model_dir):
