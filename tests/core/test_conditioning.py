@@ -201,3 +201,41 @@ def test_cudnn_attention_is_only_preferred_on_cuda():
     before = torch._C._get_sdp_priority_order()
     assert prefer_cudnn_attention(torch.device("cpu")) is False
     assert torch._C._get_sdp_priority_order() == before
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_text_encoder_stays_causal_under_each_attention_implementation(tiny_model_dir, implementation):
+    """SDPA gets ``is_causal`` (its kernels skip the masked half), other implementations the explicit mask;
+    either way a token changes only the encodings at and after its position, and both agree."""
+    from viewneti_backend.base_model import load_base_model
+
+    base = load_base_model(tiny_model_dir, device="cpu")
+    text = base.text
+    ids = text.tokenize(["a photo of a cat on a mat"])
+    other = ids.clone()
+    other[0, 5] = ids[0, 2]  # another word at position 5
+    reference, _ = text.encode(ids)
+    base.text_encoder.set_attn_implementation(implementation)
+    assert text.sdpa_causal == (implementation == "sdpa")
+    keys, _ = text.encode(ids)
+    keys_other, _ = text.encode(other)
+    assert torch.allclose(keys, reference, atol=1e-5)  # the same maths as the default (SDPA) path
+    assert torch.equal(keys[:, :5], keys_other[:, :5])  # nothing before position 5 sees it
+    assert not torch.allclose(keys[:, 5:], keys_other[:, 5:])
+
+
+def test_sdpa_text_encoder_masks_by_is_causal_not_by_a_mask_tensor(tiny_base, monkeypatch):
+    import torch.nn.functional as F
+
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    assert tiny_base.text.sdpa_causal
+    tiny_base.text.encode(tiny_base.text.tokenize(["a photo of a cat"]))
+    assert calls and all(mask is None and causal is True for mask, causal in calls), calls
