@@ -53,6 +53,9 @@ RESULTS_COMMANDS = [
     ("cpu_render", "--threads 2 --n 20 --invert-steps 10", {"invert_steps": 10, "n": 20}),
     ("cpu_render", "--threads 2 --n 12 --invert-steps 2 --model copy", {"invert_steps": 2, "model": "copy"}),
     ("server_overhead", "--n 30 --threads 1", {"n": 30, "steps": 30}),
+    ("gpu_render_options", "--out $OUT/gpu_render_options.json", {"sections": "timeline,fp8-unet,fp8-text"}),
+    ("gpu_render_options", "--out $OUT/ab_before_1.json --sections none --repeats 10", {"repeats": 10}),
+    ("gpu_render_options", "--out $OUT/gpu_text_phase.json --sections text-phase", {"sections": "text-phase"}),
 ]
 
 

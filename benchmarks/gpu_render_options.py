@@ -1,0 +1,360 @@
+"""Where a compiled render's GPU time goes, and what FP8 GEMMs would change (a probe for issue 19).
+
+    python -m benchmarks.gpu_render_options --out benchmarks/gpu_render_options.json
+
+The view (768x576, 30 steps) and the live preview (512x512, 8 steps) are rendered as the server does
+(SD 2.1-sized random weights, bf16, ``compile_base_model``: CUDA graphs, fused q/k/v, cuDNN attention
+first), then:
+
+* ``timeline``: a profiler trace of one new-pose render of each, split into idle gaps between kernels
+  (``gpu_timeline.py``): is the GPU waiting for the host anywhere (syncs between phases, the
+  scheduler, the mappers), or is a render its kernels? Plus the kernels by category of a cached view.
+* ``fp8-unet``: the same renders with every linear layer of the UNet's transformer blocks computing in
+  FP8 (e4m3, per-row activation scales taken on the fly, per-output-channel weight scales; the
+  convolutions stay bf16), compiled the same way: time of the denoise phase, and how far its latents
+  and image move from the bf16 render's. This **changes the maths**; it is measured to decide whether
+  an opt-in FP8 mode is worth building, not used by the library.
+* ``fp8-text``: the new-pose text phase (480 and 128 prompts) with the CLIP blocks eager bf16,
+  compiled bf16, and compiled with FP8 linears; the keys' relative error against bf16.
+
+Alone (no model compiled, a minute or less):
+
+* ``text-attention``: one CLIP block's attention at the text phase's shapes, the explicit additive causal
+  mask against ``is_causal``, under each SDPA backend;
+* ``text-phase``: the whole new-pose text phase with either mask, under the server's SDPA order.
+
+``--smoke`` runs tiny widths on any device to check the script (times nothing real). Results and the
+commands as run: RESULTS.md §1 and the log, session 18.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.common import command_line, log, machine, output_path, sync, timed, write_json
+from benchmarks.gpu_bench import profile_gpu, profile_timeline
+from benchmarks.sd21 import sd21_base_model
+from viewneti_backend.base_model import compile_base_model
+from viewneti_backend.camera_features import make_parameterization
+from viewneti_backend.cameras import Camera, orbit_pose
+from viewneti_backend.pipeline import ViewNeTIPipeline
+from viewneti_backend.text_conditioning import _text_transformer
+from viewneti_backend.training import new_mapper
+
+E4M3_MAX = 448.0
+
+
+class Fp8Linear(nn.Module):
+    """``nn.Linear`` computed as an FP8 (e4m3) GEMM: weights quantised once per output channel,
+    activations per row on every call; output and bias in the activation's dtype."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / E4M3_MAX  # [out, 1]
+        self.weight_fp8: torch.Tensor
+        self.weight_scale: torch.Tensor
+        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
+        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out]
+        self.bias: torch.Tensor | None = linear.bias
+        self.out_features = linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        scale = rows.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12) / E4M3_MAX  # [M, 1]
+        x8 = (rows.float() / scale).to(torch.float8_e4m3fn)
+        out = torch._scaled_mm(  # pyright: ignore[reportPrivateImportUsage]  the FP8 GEMM has no public name yet
+            x8,
+            self.weight_fp8.t(),
+            scale_a=scale,
+            scale_b=self.weight_scale,
+            bias=None if self.bias is None else self.bias.to(x.dtype),
+            out_dtype=x.dtype,
+        )
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def to_fp8_linears(module: nn.Module, inside: tuple[type, ...] | None = None) -> int:
+    """Swap the ``nn.Linear`` layers of ``module`` (only those under a module of a type in ``inside``,
+    if given) whose widths FP8 GEMMs take (multiples of 16) for :class:`Fp8Linear`; returns how many."""
+    swapped = 0
+    scopes = [m for m in module.modules() if inside is None or isinstance(m, inside)]
+    for scope in scopes:
+        for name, child in list(scope.named_modules()):
+            if not name or not isinstance(child, nn.Linear) or child.in_features % 16 or child.out_features % 16:
+                continue
+            parent = scope.get_submodule(name.rsplit(".", 1)[0]) if "." in name else scope
+            setattr(parent, name.rsplit(".", 1)[-1], Fp8Linear(child))
+            swapped += 1
+    return swapped
+
+
+def _images_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float((((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2).mean())
+    return float("inf") if mse == 0 else -10 * math.log10(mse)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="benchmarks/gpu_render_options.json")
+    ap.add_argument(
+        "--sections",
+        default="timeline,fp8-unet,fp8-text",
+        help="comma-separated: timeline, fp8-unet, fp8-text (after the bf16 renders are timed); or text-attention "
+        "or text-phase alone (no renders); 'none': the bf16 renders only",
+    )
+    ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
+    ap.add_argument("--smoke", action="store_true", help="tiny widths on any device: checks the script only")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sections = set(args.sections.split(","))
+    if not args.smoke:
+        assert torch.cuda.is_available(), "this probe needs a CUDA GPU (use --smoke to check the script on a CPU)"
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    view_wh, live_wh = ((768, 576), (512, 512)) if not args.smoke else ((128, 96), (64, 64))
+    out = output_path(args.out)
+    report: dict[str, Any] = {"command": command_line(), "machine": machine(), "torch": torch.__version__}
+
+    def save() -> None:
+        write_json(out, report)
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if sections == {"text-attention"}:  # needs no model
+        report["text_attention"] = text_attention_probe(dev, 64 if args.smoke else 1024, heads=16)
+        save()
+        return
+    if sections == {"text-phase"}:  # the eager text encoder only
+        report["text_phase"] = text_phase_probe(dev, args.smoke)
+        save()
+        return
+    base = sd21_base_model(dev, torch.bfloat16, tiny=args.smoke)
+    base.unet.to(memory_format=torch.channels_last)
+    cams = [Camera(orbit_pose(a, e, 4.0), 40.0, *view_wh) for a in range(0, 360, 30) for e in (10, 30, 50)]
+    torch.manual_seed(1)
+    vm = new_mapper(base, "view", make_parameterization("anchor-pose-13d").fit(cams)).to(dev).eval()
+    om = new_mapper(base, "object").to(dev).eval()
+    vm.requires_grad_(False)
+    om.requires_grad_(False)
+    plain_unet = base.unet
+    compile_base_model(base, "reduce-overhead", text_encoder_for_training=False)  # what Engine.load does
+    bf16_unet = base.unet
+    pipe = ViewNeTIPipeline(base, vm)
+    view = Camera(orbit_pose(35.0, 25.0, 4.0), 40.0, *view_wh)
+    live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, *live_wh)
+    jobs = {"view": (view, 30), "live": (live, 8)}
+
+    def render(cam: Camera, steps: int, new_pose: bool, timings: dict | None = None, output: str = "pil"):
+        if new_pose:
+            pipe.clear_cache()
+        return pipe([cam], om, seed=0, steps=steps, guidance=7.5, object_key="obj", timings=timings, output=output)  # pyright: ignore[reportCallIssue, reportArgumentType]  output is one of the overloads' literals
+
+    def time_renders(label: str) -> dict:
+        row: dict = {}
+        t0 = time.perf_counter()
+        for cam, steps in jobs.values():  # compile + warm-up
+            render(cam, steps, False)
+            render(cam, steps, False)
+        row["warmup_s"] = time.perf_counter() - t0
+        for job, (cam, steps) in jobs.items():
+            phases: dict = {}
+            render(cam, steps, False)  # the previous job's new-pose renders emptied the encoding cache
+            render(cam, steps, False, phases)
+            row[job] = {
+                "new_pose_ms": timed(lambda c=cam, s=steps: render(c, s, True), repeats=args.repeats)[0] * 1e3,
+                "same_pose_ms": timed(lambda c=cam, s=steps: render(c, s, False), repeats=args.repeats)[0] * 1e3,
+                "same_pose_phases_ms": phases,
+            }
+            log(
+                f"{label} {job}: new {row[job]['new_pose_ms']:.1f} ms, same {row[job]['same_pose_ms']:.1f} ms, "
+                f"phases { ({k: round(v, 1) for k, v in phases.items()}) }"
+            )
+        return row
+
+    report["bf16"] = time_renders("bf16")
+    save()
+    reference = {job: render(cam, steps, False, output="latent") for job, (cam, steps) in jobs.items()}
+    reference_img = {job: np.asarray(render(cam, steps, False)[0]) for job, (cam, steps) in jobs.items()}
+
+    if "timeline" in sections and dev == "cuda":
+        folder = out.parent
+        tl: dict = {}
+        for job, (cam, steps) in jobs.items():
+            tl[f"{job}_new_pose"] = profile_timeline(
+                lambda c=cam, s=steps: render(c, s, True),
+                f"{job} new pose",
+                1,
+                folder / f"render_timeline_{job}.json.gz",
+            )
+        tl["view_same_pose_kernels"] = profile_gpu(lambda: render(view, 30, False), "view 768x576, same pose")
+        report["timeline"] = tl
+        save()
+
+    if "fp8-unet" in sections:
+        from diffusers.models.attention import BasicTransformerBlock
+
+        fp8 = copy.deepcopy(plain_unet)
+        report["fp8_unet_linears"] = to_fp8_linears(fp8, (BasicTransformerBlock,))
+        base.unet = torch.compile(fp8, mode="reduce-overhead", fullgraph=False, dynamic=False)
+        try:
+            row = time_renders("fp8 UNet linears")
+            for job, (cam, steps) in jobs.items():
+                lat = render(cam, steps, False, output="latent")
+                row[job]["latents_rel_error_vs_bf16"] = _rel(lat, reference[job])
+                row[job]["image_psnr_vs_bf16_db"] = _images_psnr(
+                    np.asarray(render(cam, steps, False)[0]), reference_img[job]
+                )
+                log(
+                    f"fp8 {job}: latents rel. error {row[job]['latents_rel_error_vs_bf16']:.3g}, PSNR {row[job]['image_psnr_vs_bf16_db']:.1f} dB"
+                )
+            report["fp8_unet"] = row
+        except Exception as exc:  # noqa: BLE001  a probe: record what failed and go on
+            report["fp8_unet"] = f"{type(exc).__name__}: {exc}"[:500]
+            log(f"fp8 UNet failed: {report['fp8_unet']}")
+        finally:
+            base.unet = bf16_unet
+        save()
+
+    if "fp8-text" in sections:
+        tm = _text_transformer(base.text_encoder)
+        eager_encoder = tm.encoder
+        variants: dict[str, Any] = {"eager bf16": eager_encoder}
+        variants["compiled bf16"] = torch.compile(eager_encoder, dynamic=False)
+        fp8_encoder = copy.deepcopy(eager_encoder)
+        report["fp8_text_linears"] = to_fp8_linears(fp8_encoder)
+        variants["compiled fp8"] = torch.compile(fp8_encoder, dynamic=False)
+        text: dict = {}
+        for steps in (30, 8):
+            timesteps = torch.linspace(999, 0, steps).long()
+
+            def encode(t=timesteps):
+                return pipe.view_encodings([view], om, t, use_cache=False)
+
+            row: dict[str, Any] = {"rows": steps * base.num_layers}
+            keys_ref = None
+            for label, encoder in variants.items():
+                tm.encoder = encoder
+                try:
+                    keys = encode()
+                    keys_ref = keys if keys_ref is None else keys_ref
+                    row[label] = {
+                        "ms": timed(encode, repeats=10, warmup=2)[0] * 1e3,
+                        "rel_error_vs_eager": _rel(keys, keys_ref),
+                    }
+                    log(
+                        f"text {row['rows']} rows, {label}: {row[label]['ms']:.1f} ms, rel. error {row[label]['rel_error_vs_eager']:.3g}"
+                    )
+                except Exception as exc:  # noqa: BLE001  a probe: record what failed and go on
+                    row[label] = f"{type(exc).__name__}: {exc}"[:500]
+                    log(f"text {label} failed: {row[label]}")
+                finally:
+                    tm.encoder = eager_encoder
+            text[f"{steps}_steps"] = row
+        report["fp8_text"] = text
+        save()
+    if "text-attention" in sections:
+        report["text_attention"] = text_attention_probe(dev, base.text.embedding_dim, heads=16)
+        save()
+    sync()
+    log(f"wrote {out}")
+
+
+def text_phase_probe(dev: str, smoke: bool) -> dict:
+    """The new-pose text phase (every (t, l) encoding of one camera) at 8 and 30 steps, with the CLIP
+    attention masked by SDPA's ``is_causal`` (the library's path) and by the explicit additive mask, under
+    the server's process-wide SDPA order: time and kernels by category."""
+    from unittest import mock
+
+    from viewneti_backend.attention import prefer_cudnn_attention
+    from viewneti_backend.text_conditioning import TextConditioner
+
+    base = sd21_base_model(dev, torch.bfloat16, tiny=smoke)
+    prefer_cudnn_attention(base.device)
+    wh = (128, 96) if smoke else (768, 576)
+    cams = [Camera(orbit_pose(a, e, 4.0), 40.0, *wh) for a in range(0, 360, 30) for e in (10, 30, 50)]
+    torch.manual_seed(1)
+    vm = new_mapper(base, "view", make_parameterization("anchor-pose-13d").fit(cams)).to(dev).eval()
+    om = new_mapper(base, "object").to(dev).eval()
+    pipe = ViewNeTIPipeline(base, vm)
+    cam = Camera(orbit_pose(35.0, 25.0, 4.0), 40.0, *wh)
+    out: dict = {}
+    for steps in (8, 30):
+        timesteps = pipe.scheduler(steps).timesteps
+
+        def encode(t=timesteps):
+            return pipe.view_encodings([cam], om, t, use_cache=False)
+
+        row: dict = {"rows": steps * base.num_layers}
+        reference = None
+        for label, causal in (("is_causal", True), ("additive mask", False)):
+            with mock.patch.object(TextConditioner, "sdpa_causal", property(lambda self, c=causal: c)):
+                keys = encode()
+                reference = keys if reference is None else reference
+                ms = timed(encode, repeats=20, warmup=3)[0] * 1e3
+                row[label] = {"ms": ms, "rel_error_vs_is_causal": _rel(keys, reference)}
+                log(f"text phase {row['rows']} rows, {label}: {ms:.1f} ms")
+                if dev == "cuda":
+                    row[label]["kernels"] = profile_gpu(encode, f"text phase {row['rows']} rows, {label}", top=6)
+        out[f"{steps}_steps"] = row
+    return out
+
+
+def text_attention_probe(dev: str, width: int, heads: int, seq: int = 77) -> dict:
+    """One CLIP block's attention at the text phase's batches (8 and 30 steps x 16 layers), bf16: the
+    explicit additive causal mask the library passes vs ``is_causal``, under each SDPA backend."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    d = width // heads
+    causal = torch.full((seq, seq), torch.finfo(torch.bfloat16).min, device=dev, dtype=torch.bfloat16).triu(1)
+    backends = {
+        "default order": None,
+        "cudnn": [SDPBackend.CUDNN_ATTENTION],
+        "flash": [SDPBackend.FLASH_ATTENTION],
+        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+        "math": [SDPBackend.MATH],
+    }
+    out: dict = {}
+    for rows in (128, 480):
+        q, k, v = (torch.randn(rows, heads, seq, d, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=causal[None, None].float())
+        row: dict = {}
+        for mask_kind in ("additive mask", "is_causal"):
+            kwargs: dict[str, Any] = (
+                {"attn_mask": causal[None, None]} if mask_kind == "additive mask" else {"is_causal": True}
+            )
+            for label, order in backends.items():
+                key = f"{mask_kind}, {label}"
+                try:
+                    with sdpa_kernel(order) if order is not None else contextlib.nullcontext():
+                        fn = lambda q=q, k=k, v=v, kw=kwargs: F.scaled_dot_product_attention(q, k, v, **kw)  # noqa: E731
+                        err = _rel(fn(), ref)
+                        ms = timed(fn, repeats=20, warmup=3)[0] * 1e3
+                    row[key] = {"ms": ms, "rel_error_vs_fp32": err}
+                    log(
+                        f"text attention {rows} rows, {key}: {ms:.3f} ms (x23 layers: {23 * ms:.1f} ms), rel. error {err:.2g}"
+                    )
+                except RuntimeError as exc:  # a backend that does not take these inputs
+                    row[key] = f"{type(exc).__name__}: {exc}"[:200]
+        out[f"{rows}_rows"] = row
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""benchmarks/gpu_render_options.py: the FP8 linear it times computes what nn.Linear does (to FP8
+precision), the swap counts each layer once, and the model-free sections run end to end with --smoke."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.gpu_render_options import Fp8Linear, to_fp8_linears
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fp8_linear_matches_the_linear_to_fp8_precision():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    x = torch.randn(3, 5, 64)
+    exact = linear(x)
+    approx = Fp8Linear(linear)(x)
+    assert approx.shape == exact.shape
+    rel = float((approx - exact).norm() / exact.norm())
+    assert 1e-4 < rel < 0.06, rel  # e4m3 keeps 3 mantissa bits: close, but not the same maths
+
+
+def test_fp8_swap_replaces_each_eligible_linear_once_and_only_inside_the_scope():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Sequential(nn.Linear(32, 48), nn.GELU(), nn.Linear(48, 32))
+            self.odd = nn.Linear(32, 10)  # widths FP8 GEMMs do not take: left alone
+
+    block = Block()
+    model = nn.ModuleDict({"block": block, "head": nn.Linear(32, 16)})
+    assert to_fp8_linears(model, (Block,)) == 2
+    assert isinstance(block.inner[0], Fp8Linear) and isinstance(block.inner[2], Fp8Linear)
+    assert isinstance(block.odd, nn.Linear) and isinstance(model["head"], nn.Linear)
+    assert to_fp8_linears(model) == 1  # the head; the block's layers are already swapped
+
+
+def test_model_free_sections_run_with_smoke(tmp_path):
+    for section in ("text-attention", "text-phase"):
+        out = tmp_path / f"{section}.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_render_options",
+            "--smoke",
+            "--sections",
+            section,
+            "--out",
+            str(out),
+        ]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
+        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        report = json.loads(out.read_text())
+        key = section.replace("-", "_")
+        if section == "text-attention":
+            row = report[key]["480_rows"]
+            assert row["is_causal, math"]["ms"] > 0 and row["additive mask, math"]["rel_error_vs_fp32"] < 0.01
+        else:
+            row = report[key]["30_steps"]
+            assert row["rows"] % 30 == 0 and row["additive mask"]["rel_error_vs_is_causal"] < 0.02
