@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -41,6 +42,7 @@ def test_fp8_swap_replaces_each_eligible_linear_once_and_only_inside_the_scope()
     assert to_fp8_linears(model) == 1  # the head; the block's layers are already swapped
 
 
+@pytest.mark.slow
 def test_model_free_sections_run_with_smoke(tmp_path):
     for section in ("text-attention", "text-phase"):
         out = tmp_path / f"{section}.json"
