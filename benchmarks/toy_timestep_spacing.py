@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             for setting in settings:
                 steps = setting.steps
-                # the engine builds its sampler from this dict on every render (base_model.sampling_scheduler)
+                # every render takes its scheduler from this dict as it is then (ViewNeTIPipeline.scheduler)
                 engine.base.scheduler_config["timestep_spacing"] = setting.spacing
                 row["settings"][setting.key] = {
                     "viewneti_mode5": score_views(

@@ -84,7 +84,7 @@ class ViewNeTIPipeline:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._uncond: torch.Tensor | None = None
-        self._schedulers: dict[tuple[str, int], tuple[Any, bool]] = {}  # (sampler, steps) -> (scheduler, begins at 0)
+        self._schedulers: dict[tuple[str, int, str], tuple[Any, bool]] = {}  # see scheduler()
 
     # -- conditioning ----------------------------------------------------------------------------
     def _uncond_packed(self) -> torch.Tensor:
@@ -191,10 +191,11 @@ class ViewNeTIPipeline:
     def scheduler(self, steps: int) -> Any:
         """A fresh sampling scheduler set to ``steps`` steps, starting at the first.
 
-        A copy of one prepared per (sampler, steps): building it from its config costs about half a
-        millisecond of host time, paid while the GPU waits. The begin index spares the scheduler's first
-        step a device search for the timestep (a GPU sync in the middle of the sampling loop)."""
-        key = (self.sampler, int(steps))
+        A copy of one prepared per (sampler, steps, the base model's scheduler config as it is now: a caller
+        may change it between renders): building it from its config costs about half a millisecond of host
+        time, paid while the GPU waits. The begin index spares the scheduler's first step a device search for
+        the timestep (a GPU sync in the middle of the sampling loop)."""
+        key = (self.sampler, int(steps), repr(sorted(self.base.scheduler_config.items())))
         if key not in self._schedulers:
             prepared = self.base.sampling_scheduler(self.sampler)
             prepared.set_timesteps(steps, device=self.base.device)

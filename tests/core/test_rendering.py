@@ -99,6 +99,17 @@ def test_sampling_loop_never_searches_for_its_timestep(engine, monkeypatch, samp
     assert torch.equal(first, searched) and torch.equal(again, searched)
 
 
+def test_prepared_schedulers_follow_the_scheduler_config_as_it_is_now(engine, monkeypatch):
+    """Callers (benchmarks/toy_timestep_spacing.py) change the base model's scheduler config between renders:
+    the prepared copies must not keep serving the old schedule."""
+    pipe = engine.pipeline
+    monkeypatch.setitem(engine.base.scheduler_config, "timestep_spacing", "leading")
+    leading = pipe.scheduler(4).timesteps.tolist()
+    monkeypatch.setitem(engine.base.scheduler_config, "timestep_spacing", "trailing")
+    trailing = pipe.scheduler(4).timesteps.tolist()
+    assert leading != trailing and trailing[0] == engine.base.num_train_timesteps - 1
+
+
 def test_prepared_schedulers_are_independent_copies(engine):
     pipe = engine.pipeline
     a, b = pipe.scheduler(4), pipe.scheduler(4)
