@@ -10,8 +10,9 @@ import torch
 class PhaseClock:
     """Marks at phase boundaries; ``phases_ms()`` gives the time between consecutive marks.
 
-    Waiting for the GPU at each boundary (to read the host clock) would leave the GPU idle while the
-    host prepares the next phase: a few milliseconds a render, measured in session 18 (RESULTS.md §6).
+    Waiting for the GPU at each boundary (to read the host clock) leaves the GPU idle while the host
+    prepares the next phase. Under the profiler that idle time was visible; on an idle host the wall
+    time did not change measurably (RESULTS.md §1, session 18), so this matters when the host is busy.
     On CUDA each mark is an event recorded on the current stream, read once the last one is done. The
     first mark is taken with the GPU idle (a render starts after the previous one's images reached the
     host), so the phases add up to the wall time of the render. On the CPU, where work runs as it is

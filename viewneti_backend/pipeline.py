@@ -8,7 +8,6 @@ rendered alone or in a batch (every view starts from the seed's noise).
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
@@ -84,7 +83,6 @@ class ViewNeTIPipeline:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._uncond: torch.Tensor | None = None
-        self._schedulers: dict[tuple[str, int, str], tuple[Any, bool]] = {}  # see scheduler()
 
     # -- conditioning ----------------------------------------------------------------------------
     def _uncond_packed(self) -> torch.Tensor:
@@ -189,22 +187,14 @@ class ViewNeTIPipeline:
         return to_device((noise.expand(batch, -1, -1, -1) * sigma).contiguous(), self.base.device).to(self.base.dtype)
 
     def scheduler(self, steps: int) -> Any:
-        """A fresh sampling scheduler set to ``steps`` steps, starting at the first.
-
-        A copy of one prepared per (sampler, steps, the base model's scheduler config as it is now: a caller
-        may change it between renders): building it from its config costs about half a millisecond of host
-        time, paid while the GPU waits. The begin index spares the scheduler's first step a device search for
-        the timestep (a GPU sync in the middle of the sampling loop)."""
-        key = (self.sampler, int(steps), repr(sorted(self.base.scheduler_config.items())))
-        if key not in self._schedulers:
-            prepared = self.base.sampling_scheduler(self.sampler)
-            prepared.set_timesteps(steps, device=self.base.device)
-            first = prepared.timesteps[:1]
-            # The search picks the second of two equal first timesteps; begin there only when it is alone.
-            self._schedulers[key] = (prepared, int((prepared.timesteps == first).sum()) == 1)
-        prepared, begins_at_first = self._schedulers[key]
-        scheduler = copy.deepcopy(prepared)
-        if begins_at_first and hasattr(scheduler, "set_begin_index"):
+        """A fresh sampling scheduler set to ``steps`` steps, from the base model's scheduler config as it
+        is now, told to begin at its first step: its first step then skips the device search for the
+        timestep (a GPU sync inside the sampling loop). That search picks the second of two equal first
+        timesteps, so the begin index is set only when the first one is alone (the same steps either way)."""
+        scheduler = self.base.sampling_scheduler(self.sampler)
+        scheduler.set_timesteps(steps, device=self.base.device)
+        timesteps = scheduler.timesteps.tolist()  # at a render's start, before any of its GPU work
+        if hasattr(scheduler, "set_begin_index") and timesteps.count(timesteps[0]) == 1:
             scheduler.set_begin_index(0)
         return scheduler
 

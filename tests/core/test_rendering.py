@@ -73,7 +73,7 @@ def test_timings_are_reported(engine):
 
 @pytest.mark.parametrize("sampler", ["dpmsolver++", "euler", "ddim"])
 def test_sampling_loop_never_searches_for_its_timestep(engine, monkeypatch, sampler):
-    """The prepared scheduler starts at its first step: the timestep search (a GPU sync in the middle of the
+    """The render's scheduler starts at its first step: the timestep search (a GPU sync in the middle of the
     loop on CUDA) is never run, and the latents are bitwise those of a fresh scheduler, which searches."""
     from viewneti_backend.pipeline import ViewNeTIPipeline
 
@@ -99,9 +99,9 @@ def test_sampling_loop_never_searches_for_its_timestep(engine, monkeypatch, samp
     assert torch.equal(first, searched) and torch.equal(again, searched)
 
 
-def test_prepared_schedulers_follow_the_scheduler_config_as_it_is_now(engine, monkeypatch):
+def test_schedulers_follow_the_scheduler_config_as_it_is_now(engine, monkeypatch):
     """Callers (benchmarks/toy_timestep_spacing.py) change the base model's scheduler config between renders:
-    the prepared copies must not keep serving the old schedule."""
+    each render's scheduler must use the schedule of that moment."""
     pipe = engine.pipeline
     monkeypatch.setitem(engine.base.scheduler_config, "timestep_spacing", "leading")
     leading = pipe.scheduler(4).timesteps.tolist()
@@ -110,7 +110,7 @@ def test_prepared_schedulers_follow_the_scheduler_config_as_it_is_now(engine, mo
     assert leading != trailing and trailing[0] == engine.base.num_train_timesteps - 1
 
 
-def test_prepared_schedulers_are_independent_copies(engine):
+def test_each_render_gets_its_own_scheduler(engine):
     pipe = engine.pipeline
     a, b = pipe.scheduler(4), pipe.scheduler(4)
     assert a is not b and a.timesteps is not b.timesteps
