@@ -74,6 +74,14 @@ class CallTask:
     future: Future = field(default_factory=Future)
 
 
+@dataclass
+class PrimeTask:
+    """Pay one render shape's first-use work (Engine.prime_shapes) while the worker has nothing else
+    to do: the shape a client asked to compile, so its first render does not pay it."""
+
+    shape: Any
+
+
 def capped_sampling(reported: object, max_steps: int) -> SamplingDefaults:
     """The loaded model's recommended settings (its engine info's ``sampling_defaults``), steps capped
     at the server's --max-steps; an engine that reports none, or nonsense, gets SD 2's values."""
@@ -120,7 +128,10 @@ class Worker:
         self._tasks: deque[RenderTask | CallTask] = deque()
         self._jobs: deque[Job] = deque()
         self._sessions: dict[str, RenderTask] = {}
-        self._current: RenderTask | CallTask | Job | None = None
+        self._current: RenderTask | CallTask | Job | PrimeTask | None = None
+        # shapes to prime when idle (POST /v1/compile, on CUDA) and every shape primed or queued for it
+        self._to_prime: deque[PrimeTask] = deque()
+        self._primed: set[Any] = set()
         self._stopping = False
         self.engine: Any = None
         self.state = "loading"  # loading | ready | failed | stopped
@@ -277,27 +288,32 @@ class Worker:
             self._prime_first_use(engine, shapes, sampling)
         with self._cv:
             self.engine, self.info, self.objects, self.sampling = engine, info, objects, sampling
+            self._primed.update(shapes if primes else ())
             self.state = "ready"
         log.info("model ready in %.1fs: %s", time.perf_counter() - t0, ", ".join(f"{k}={v}" for k, v in info.items()))
         if compiled:
             self._start_compiler(engine, shapes)
         while True:
             with self._cv:
-                while not self._stopping and not self._tasks and not self._jobs:
+                while not self._stopping and not self._tasks and not self._jobs and not self._to_prime:
                     self._cv.wait()
                 if self._stopping:
                     leftover, self._jobs = list(self._jobs), deque()
                     break
                 if self._tasks:
-                    item: RenderTask | CallTask | Job = self._tasks.popleft()
-                else:
+                    item: RenderTask | CallTask | Job | PrimeTask = self._tasks.popleft()
+                elif self._jobs:
                     item = self._jobs[0]
+                else:  # nothing a user waits for: the lowest priority
+                    item = self._to_prime.popleft()
                 self._current = item
             try:
                 if isinstance(item, RenderTask):
                     self._run_render(item)
                 elif isinstance(item, CallTask):
                     self._run_call(item)
+                elif isinstance(item, PrimeTask):
+                    self._run_prime(item)
                 else:
                     self._run_job_unit(item)
             except BaseException:  # noqa: BLE001 - the worker must survive anything
@@ -367,8 +383,40 @@ class Worker:
         return None if self.compiler is None else self.compiler.status()
 
     def request_compile(self, shape: Any) -> bool:
-        """Compile a shape in the background (e.g. the add-on's resolution); False if nothing to do."""
+        """Compile a shape in the background (e.g. the add-on's resolution); False if nothing to do.
+
+        On CUDA the worker also pays the shape's first-use work (the uncompiled UNet's plain call, cuDNN
+        plans, the decoder) once it has nothing else to do, as it did for the warm-up shapes before
+        ready: renders there run uncompiled until the compile is done, and the first one would pay it
+        (0.94 against 0.45 s for the next, 640x480 on an H100, benchmarks/RESULTS.md section 6)."""
+        with self._cv:
+            if getattr(self.engine, "primes_first_use", False) and shape not in self._primed:
+                self._primed.add(shape)
+                self._to_prime.append(PrimeTask(shape))
+                self._cv.notify_all()
         return self.compiler is not None and self.compiler.request(shape, warmup=True)
+
+    def _run_prime(self, task: PrimeTask) -> None:
+        """The first-use work of one shape (see request_compile); a failure costs only that speed."""
+        label = task.shape.label()
+        try:
+            seconds = self.engine.prime_shapes([task.shape])
+            blank = Image.new("RGB", (task.shape.width, task.shape.height))
+            for media_type in RESPONSE_TYPES:
+                encode_response_image(blank, media_type)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory: the render will say so itself
+            log.warning(
+                "could not run the first-use work of %s ahead (%s: %s); its first render will pay it",
+                label,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        log.info(
+            "first-use work of %s done ahead in %.2fs (renders there run uncompiled until it is compiled)",
+            label,
+            seconds,
+        )
 
     def _serve_pending_tasks(self) -> None:
         """Run the queued renders/library calls now (called between two steps of a long job)."""

@@ -269,8 +269,23 @@ class Engine:
             camera = self.mapper_cameras([camera])[0]
         for n in dict.fromkeys(steps):
             self.pipeline.run_encodings(camera, mapper, n)
-        for shape in dict.fromkeys(shapes):
-            self.pipeline.run_graphs(shape, steps=1, eager=True)
+        self.prime_shapes(shapes)
+        return time.perf_counter() - t0
+
+    def prime_shapes(self, shapes: Sequence[RenderShape]) -> float:
+        """Run the uncompiled UNet (one plain call: the warm-up before :class:`GraphedUNet` records) and
+        decoder once at each shape that renders uncompiled, with blank conditioning, so that the first
+        render there records at its first step instead of paying a plain first call and the shape's
+        cuDNN plans (the server does this for the sizes a client asks it to compile: ``POST /v1/compile``).
+        Returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.idle.clear()  # like a render: a background compile waits meanwhile (server/compiler.py)
+        try:
+            for shape in dict.fromkeys(shapes):
+                if self.runs_uncompiled(shape):
+                    self.pipeline.run_graphs(shape, steps=1, eager=True)
+        finally:
+            self.idle.set()
         return time.perf_counter() - t0
 
     def warmup(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 8) -> None:

@@ -205,6 +205,33 @@ def test_first_use_work_done_ahead_warms_each_shape_and_text_batch(monkeypatch):
     assert graphed.records == 1 and graphed.recorded == 1  # its first step recorded: the warm-up was done ahead
 
 
+def test_priming_a_shape_warms_only_shapes_that_still_render_uncompiled(monkeypatch):
+    """Engine.prime_shapes (the server's worker runs it for a shape a client asked to compile, on
+    CUDA): the uncompiled UNet's plain call and the decoder once at each shape that renders uncompiled,
+    none at a shape whose compiled graphs are ready; a background compile waits meanwhile (idle cleared)."""
+    from viewneti_backend.engine import Engine
+    from viewneti_backend.render_shape import RenderShape
+
+    engine = Engine.load(device="cpu", compile="off")
+    graphed = CpuGraphedUNet(engine.base.unet)
+    engine.base.eager["unet"] = graphed
+    compiled_already = RenderShape(1, 64, 48)
+    monkeypatch.setattr(engine, "runs_uncompiled", lambda shape: shape != compiled_already)
+    idle_during: list[bool] = []
+    decoder = engine.base.vae.decoder
+    monkeypatch.setattr(
+        decoder,
+        "forward",
+        lambda z, *a, f=decoder.forward, **k: idle_during.append(engine.idle.is_set()) or f(z, *a, **k),
+    )
+    seconds = engine.prime_shapes([RenderShape(2, 64, 64), compiled_already, RenderShape(2, 64, 64)])
+    assert seconds > 0.0 and engine.idle.is_set()
+    f, c = engine.base.vae_scale_factor, engine.base.latent_channels
+    assert {key[0] for key in graphed._warmed} == {(4, c, 64 // f, 64 // f)}  # 2 views, CFG doubles the batch
+    assert idle_during == [False]  # one decode, at the one uncompiled shape, with the compile held back
+    assert graphed.records == 0 and engine.pipeline.cached_encodings == 0
+
+
 @pytest.mark.parametrize("case", ["no object, no view-mapper", "object that cannot load"])
 def test_first_use_work_without_a_usable_object_or_view_mapper(monkeypatch, case):
     """A fresh SD 2 user has no object yet, a plain diffusers model no view-mapper, and a library may

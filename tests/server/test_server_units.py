@@ -399,6 +399,18 @@ class PrimingEngine(FakeEngine):
         super().__init__(*args, **kwargs)
         self.fail, self.primed = fail, []
         self.release = threading.Event()
+        self.order: list[tuple] = []  # renders and prime_shapes calls, in the order the worker made them
+        self.fail_shapes = threading.Event()
+
+    def render(self, *args, **kwargs):
+        self.order.append(("render",))
+        return super().render(*args, **kwargs)
+
+    def prime_shapes(self, shapes) -> float:
+        self.order.append(("prime", [s.label() for s in shapes]))
+        if self.fail_shapes.is_set():
+            raise RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return 0.25
 
     def default_warmup_shapes(self):
         from viewneti_backend.render_shape import RenderShape
@@ -456,4 +468,54 @@ def test_worker_does_the_first_renders_first_use_work_before_ready(tmp_path, cap
     while w2.state != "ready" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine2.primed == [(["48x48"], (2, 4))]  # --warmup's shapes
+    w2.stop()
+
+
+def test_a_shape_asked_to_compile_gets_its_first_use_work_when_the_worker_has_nothing_else(tmp_path, caplog):
+    """POST /v1/compile on CUDA (a priming engine): the worker runs Engine.prime_shapes for that shape
+    once, at the lowest priority (a render queued meanwhile goes first), so that the first render there,
+    uncompiled until the compile is done, does not pay the shape's first use. Warm-up shapes (primed
+    before ready) and a shape asked for again are not primed again; a failure is logged and serving
+    goes on. An engine with nothing to prime (the CPU) queues nothing."""
+    from viewneti_backend.render_shape import RenderShape
+
+    engine = PrimingEngine(tmp_path / "lib", step_s=0.0)
+    engine.release.set()
+    order = engine.order
+    w = Worker(lambda: engine, JobStore(tmp_path / "jobs", EventHub()), warmup=None, max_steps=4)
+    w.start()
+    deadline = time.monotonic() + 10
+    while w.state != "ready" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate = threading.Event()
+    busy = w.submit_call(lambda e: gate.wait(10))
+    with caplog.at_level("INFO", logger="viewneti.server"):
+        assert w.request_compile(RenderShape(1, 48, 40)) is False  # no compiler here: nothing to compile
+        w.request_compile(RenderShape(1, 48, 40))  # asked again
+        w.request_compile(RenderShape(4, 64, 48))  # a warm-up shape: primed before ready
+        rendered = w.submit_render(RenderTask([_cam()], None, 0, 2, 2.0))
+        gate.set()
+        assert busy.result(10) is True and rendered.result(10)[0].size == (32, 32)
+        while len(order) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert order == [("render",), ("prime", ["48x40"])]
+        while "first-use work of 48x40 done ahead" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "first-use work of 48x40 done ahead in 0.25s" in caplog.text
+        engine.fail_shapes.set()
+        w.request_compile(RenderShape(1, 56, 40))
+        while "could not run the first-use work of 56x40" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "CUDA out of memory" in caplog.text
+    assert w.submit_render(RenderTask([_cam()], None, 0, 2, 2.0)).result(10)[0].size == (32, 32)
+    assert order[-2:] == [("prime", ["56x40"]), ("render",)]
+    w.stop()
+
+    plain = FakeEngine(tmp_path / "lib2", step_s=0.0)
+    w2 = Worker(lambda: plain, JobStore(tmp_path / "jobs2", EventHub()), max_steps=4)
+    w2.start()
+    while w2.state != "ready" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w2.request_compile(RenderShape(1, 48, 40)) is False
+    assert not w2._to_prime and not w2._primed  # nothing queued on an engine without first-use work
     w2.stop()
