@@ -47,4 +47,7 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
     assert seq["frames"] == 4 and seq["sequence_batch"] == 1
     assert [d["max_abs_diff"] for d in seq["vs_single_renders"]] == [0, 0, 0, 0]
     assert report["new_size_first_request"]["n"] == 1 and report["new_size_after_compile"]["n"] == 3
-    assert "server start -> ready" in run.stdout
+    asked = report["asked_size"]
+    assert asked["size"] == "56x40" and asked["compile_status"] == "eager"  # the CPU server does not compile
+    assert asked["first_use_done_s"] is None and asked["first_request"]["n"] == 1
+    assert "server start -> ready" in run.stdout and "size asked for by POST /v1/compile (56x40" in run.stdout
