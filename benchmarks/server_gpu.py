@@ -9,6 +9,8 @@ so does compilation on first use. Sections:
   (the log says what compiled when; until then those sizes render uncompiled);
 - first request at the native view size right after ready (while its graph still compiles);
 - live 512x512 (8 steps) and view 768x576 (30 steps), new pose / same pose, PNG and JPEG;
+- the camera moves during a refinement: a live request that supersedes a view of the same session in
+  flight (as the add-on's live mode sends them), timed from the client of the live request;
 - a 24-frame sequence job at 768x576 (frames batched per UNet call), and whether its frames match
   one-by-one renders;
 - a request at a size nobody warmed up (640x480): served uncompiled at once, compiled in the background
@@ -36,6 +38,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -135,6 +138,32 @@ def wait_compiled(client: Client, shapes: list[str], timeout: float) -> dict:
             return health
         time.sleep(0.25)
     raise RuntimeError(f"shapes {shapes} did not compile in {timeout:.0f} s: {health.get('compiled_shapes')}")
+
+
+def superseded_renders(client: Client, port: int, view: tuple, live: tuple, n: int, delay_s: float) -> dict:
+    """``n`` times: a view request (new pose, session "bench") on a second connection, then ``delay_s``
+    later a live request (new pose, same session) that supersedes it; the live requests are timed."""
+    other = Client(port)
+    statuses: list[int] = []
+    times: list[float] = []
+    for k in range(n):
+        slow = {**render_body(80.0 + 7.0 * k, *view), "session": "bench"}
+        fast = {**render_body(83.5 + 7.0 * k, *live), "session": "bench"}
+        thread = threading.Thread(
+            target=lambda body=slow: statuses.append(other.call("POST", "/v1/render", body, "image/png")[0])
+        )
+        thread.start()
+        time.sleep(delay_s)
+        times.append(timed_renders(client, [fast], "image/png")["client_p50_ms"])
+        thread.join()
+    ms = stats(times)
+    return {
+        "n": n,
+        "delay_ms": round(delay_s * 1e3),
+        "client_p50_ms": round(ms["p50"], 1),
+        "client_max_ms": round(ms["max"], 1),
+        "superseded_statuses": statuses,  # 409: the view was cut; 200: it finished before the live request came
+    }
 
 
 def wait_log_line(log_path: Path, text: str, timeout: float) -> float:
@@ -273,6 +302,10 @@ def main() -> None:
         report["renders"] = rows
         save()
 
+        # the camera moves during a refinement: what the user waits for the live frame of the new pose
+        report["live_after_superseded_view"] = superseded_renders(client, args.port, view, live, n, delay_s=0.15)
+        save()
+
         cams = [
             {"camera_to_anchor": orbit(360.0 * k / args.frames), "fov_y_deg": 40.0, "width": view[0], "height": view[1]}
             for k in range(args.frames)
@@ -376,6 +409,11 @@ def print_table(report: dict) -> None:
         print(
             f"{name:58s} {row['client_p50_ms']:10.1f} {row['client_min_ms']:7.1f} {row['client_max_ms']:7.1f}  {split}"
         )
+    c = report["live_after_superseded_view"]
+    print(
+        f"live request superseding a view {c['delay_ms']} ms into it: p50 {c['client_p50_ms']} ms "
+        f"(max {c['client_max_ms']}), the views answered {c['superseded_statuses']}"
+    )
     s = report["sequence"]
     print(
         f"\nsequence {s['frames']} x {s['size']}, {s['steps']} steps: {s['seconds']} s ({s['ms_per_frame']} ms a frame)"

@@ -24,6 +24,7 @@ from .images import to_pil
 from .mapper import NeTIMapper
 from .phase_clock import PhaseClock
 from .render_shape import RenderShape
+from .step_pacer import StepPacer
 from .text_conditioning import OBJECT_PROMPT, VIEW_OBJECT_PROMPT, Injection
 from .transfer import to_device
 
@@ -230,10 +231,15 @@ class ViewNeTIPipeline:
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
-        """The sampling loop: ``cond`` [T, B, ...] packed encodings, ``latents`` [B, C, h, w] initial noise."""
+        """The sampling loop: ``cond`` [T, B, ...] packed encodings, ``latents`` [B, C, h, w] initial noise.
+
+        A loop that can be stopped or reports progress keeps the host at most ``step_pacer.STEPS_AHEAD``
+        steps ahead of the GPU (:class:`StepPacer`): a stop then leaves that much GPU work at most, and
+        ``on_step(k, steps)`` says that the GPU has done step k (the last ones are reported as issued)."""
         unet = self._modules(eager)[0]
         timesteps, steps = scheduler.timesteps, len(scheduler.timesteps)
         use_cfg = guidance != 1.0
+        pacer = StepPacer(self.base.device) if should_stop is not None or on_step is not None else None
         uncond = self._uncond_packed().to(self.base.dtype).expand(latents.shape[0], -1, -1) if use_cfg else None
         for i, t in enumerate(timesteps):
             if should_stop is not None and should_stop():
@@ -246,8 +252,13 @@ class ViewNeTIPipeline:
                 pred_u, pred_c = pred.chunk(2)
                 pred = pred_u + guidance * (pred_c - pred_u)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]  # pyright: ignore[reportArgumentType]  as above
-            if on_step is not None:
-                on_step(i + 1, steps)
+            if pacer is not None:
+                for k in pacer.issued(i + 1):
+                    if on_step is not None:
+                        on_step(k, steps)
+        if pacer is not None and on_step is not None:
+            for k in pacer.rest():
+                on_step(k, steps)
         return latents
 
     def _sync(self) -> None:

@@ -43,6 +43,9 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
     assert rows["live_64x64_3steps_png_new_pose"]["media_type"] == "image/png"
     assert rows["live_64x64_3steps_jpeg_new_pose"]["media_type"] == "image/jpeg"
     assert all(row["n"] == 2 and row["client_p50_ms"] > 0 for row in rows.values())
+    cut = report["live_after_superseded_view"]
+    assert cut["n"] == 2 and cut["client_p50_ms"] > 0 and len(cut["superseded_statuses"]) == 2
+    assert set(cut["superseded_statuses"]) <= {200, 409}  # cut, or done before the live request came
     seq = report["sequence"]
     assert seq["frames"] == 4 and seq["sequence_batch"] == 1
     assert [d["max_abs_diff"] for d in seq["vs_single_renders"]] == [0, 0, 0, 0]
