@@ -17,6 +17,12 @@ first), then:
 * ``fp8-text``: the new-pose text phase (480 and 128 prompts) with the CLIP blocks eager bf16,
   compiled bf16, and compiled with FP8 linears; the keys' relative error against bf16.
 
+* ``cancel``: a new-pose view stopped ``--cancel-after-ms`` into it (as the server cuts a refinement when
+  a live request of the same session arrives), then a new-pose live render: the time from the stop to
+  that live frame, and the stoppable renders' own times, with the host at most
+  ``step_pacer.STEPS_AHEAD`` (2) steps ahead of the GPU against unbounded (the code before session 19),
+  alternating.
+
 Alone (no model compiled, a minute or less):
 
 * ``text-attention``: one CLIP block's attention at the text phase's shapes, the explicit additive causal
@@ -43,9 +49,11 @@ from torch import nn
 from benchmarks.common import command_line, log, machine, output_path, sync, timed, write_json
 from benchmarks.gpu_bench import profile_gpu, profile_timeline
 from benchmarks.sd21 import sd21_base_model
+from viewneti_backend import step_pacer
 from viewneti_backend.base_model import compile_base_model
 from viewneti_backend.camera_features import make_parameterization
 from viewneti_backend.cameras import Camera, orbit_pose
+from viewneti_backend.errors import Cancelled
 from viewneti_backend.pipeline import ViewNeTIPipeline
 from viewneti_backend.text_conditioning import _text_transformer
 from viewneti_backend.training import new_mapper
@@ -113,10 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sections",
         default="timeline,fp8-unet,fp8-text",
-        help="comma-separated: timeline, fp8-unet, fp8-text (after the bf16 renders are timed); or text-attention "
+        help="comma-separated: timeline, fp8-unet, fp8-text, cancel (after the bf16 renders are timed); or text-attention "
         "or text-phase alone (no renders); 'none': the bf16 renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
+    ap.add_argument(
+        "--cancel-after-ms", type=float, default=150.0, help="cancel: when the view is stopped, after its start"
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny widths on any device: checks the script only")
     return ap
 
@@ -160,10 +171,27 @@ def main(argv: list[str] | None = None) -> None:
     live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, *live_wh)
     jobs = {"view": (view, 30), "live": (live, 8)}
 
-    def render(cam: Camera, steps: int, new_pose: bool, timings: dict | None = None, output: str = "pil"):
+    def render(
+        cam: Camera,
+        steps: int,
+        new_pose: bool,
+        timings: dict | None = None,
+        output: str = "pil",
+        should_stop: Any = None,
+    ):
         if new_pose:
             pipe.clear_cache()
-        return pipe([cam], om, seed=0, steps=steps, guidance=7.5, object_key="obj", timings=timings, output=output)  # pyright: ignore[reportCallIssue, reportArgumentType]  output is one of the overloads' literals
+        return pipe(  # pyright: ignore[reportCallIssue]  output is one of the overloads' literals
+            [cam],
+            om,
+            seed=0,
+            steps=steps,
+            guidance=7.5,
+            object_key="obj",
+            timings=timings,
+            output=output,  # pyright: ignore[reportArgumentType]
+            should_stop=should_stop,
+        )
 
     def time_renders(label: str) -> dict:
         row: dict = {}
@@ -204,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
             )
         tl["view_same_pose_kernels"] = profile_gpu(lambda: render(view, 30, False), "view 768x576, same pose")
         report["timeline"] = tl
+        save()
+
+    if "cancel" in sections:
+        report["cancel"] = cancel_probe(render, view, live, args.cancel_after_ms / 1e3, args.repeats)
         save()
 
     if "fp8-unet" in sections:
@@ -273,6 +305,50 @@ def main(argv: list[str] | None = None) -> None:
         save()
     sync()
     log(f"wrote {out}")
+
+
+def cancel_probe(render, view: Camera, live: Camera, delay_s: float, repeats: int) -> dict:
+    """Paced (the host at most STEPS_AHEAD steps ahead) against unbounded, alternating twice: a stoppable
+    new-pose view and live render's time, and a new-pose view stopped ``delay_s`` into it followed by a
+    new-pose live render (the time from the stop to the live frame: the work of the stopped view still
+    queued on the GPU, plus the live render)."""
+    paced = step_pacer.STEPS_AHEAD
+    variants = {"paced": paced, "unbounded": 10**6}
+    never = lambda: False  # noqa: E731  stoppable, never stopped: the server's renders are always stoppable
+    out: dict[str, Any] = {"steps_ahead": paced, "delay_ms": delay_s * 1e3, "runs": []}
+    try:
+        for _ in range(2):
+            for label, ahead in variants.items():
+                step_pacer.STEPS_AHEAD = ahead
+                run: dict[str, Any] = {"variant": label}
+                run["view_new_pose_ms"] = timed(lambda: render(view, 30, True, should_stop=never), repeats)[0] * 1e3
+                run["live_new_pose_ms"] = timed(lambda: render(live, 8, True, should_stop=never), repeats)[0] * 1e3
+                to_frame, to_seen, stopped_at = [], [], []
+                for _ in range(repeats):
+                    sync()
+                    deadline = time.perf_counter() + delay_s
+                    try:
+                        render(view, 30, True, should_stop=lambda d=deadline: time.perf_counter() >= d)
+                        stopped_at.append(None)
+                    except Cancelled as exc:
+                        stopped_at.append(str(exc))
+                    seen = time.perf_counter()
+                    render(live, 8, True, should_stop=never)  # images: on the host when it returns
+                    done = time.perf_counter()
+                    to_seen.append((seen - deadline) * 1e3)
+                    to_frame.append((done - deadline) * 1e3)
+                run["stop_to_live_frame_ms"] = float(np.median(to_frame))
+                run["stop_to_cancelled_ms"] = float(np.median(to_seen))
+                run["stopped"] = stopped_at
+                log(
+                    f"cancel, {label}: view {run['view_new_pose_ms']:.1f} ms, live {run['live_new_pose_ms']:.1f} ms, "
+                    f"stop -> live frame {run['stop_to_live_frame_ms']:.1f} ms (stop seen after "
+                    f"{run['stop_to_cancelled_ms']:.1f} ms; {stopped_at[0]})"
+                )
+                out["runs"].append(run)
+    finally:
+        step_pacer.STEPS_AHEAD = paced
+    return out
 
 
 def text_phase_probe(dev: str, smoke: bool) -> dict:
