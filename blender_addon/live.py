@@ -7,8 +7,8 @@ come back through a queue, so a tick never waits on the network.
 Policy: a change starts a quiet period (`debounce` seconds); every further change restarts it; only
 when the camera has been still for that long is the *latest* request sent. At most `max_in_flight`
 requests run at once (the server cuts an older request of the same session when a newer one
-arrives, so a second one in flight costs nothing), and a result older than one already shown is
-dropped.
+arrives, at its next denoising step, with at most two steps of it left to run on a GPU), and a result
+older than one already shown is dropped.
 
 Refinement (as Cycles' viewport does): once a live render of a pose has been shown and the camera
 has stayed at that pose for a further `refine_delay` seconds, the pose's full-quality request is sent
