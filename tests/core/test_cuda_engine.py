@@ -102,3 +102,30 @@ def test_loss_readback_waits_for_its_own_step_only():
     )
     torch.cuda.synchronize()
     assert readback.ready()
+
+
+def test_a_stoppable_render_is_paced_on_the_gpu_with_the_same_latents(engines):
+    """On CUDA a render that can be stopped or reports progress waits for its steps' CUDA events
+    (step_pacer; the order of the waits is tested on the CPU with fake events): the latents are bitwise
+    those of the same render unpaced, every step is reported once, in order, and a stop still stops."""
+    from viewneti_backend.errors import Cancelled
+
+    compiled, _ = engines
+    pipe = compiled.pipeline
+    _, mapper = compiled.object_mapper(None)
+    cams = [Camera(orbit_pose(30.0, 25.0, 3.6), 40.0, 64, 64)]
+    plain = pipe(cams, mapper, seed=5, steps=12, guidance=2.0, output="latent")
+    reported: list[int] = []
+    paced = pipe(
+        cams, mapper, seed=5, steps=12, guidance=2.0, output="latent", on_step=lambda k, total: reported.append(k)
+    )
+    assert torch.equal(plain, paced), f"max |diff| {(plain - paced).abs().max().item()}"
+    assert reported == list(range(1, 13))
+    checks: list[int] = []
+
+    def stop_at_5() -> bool:
+        checks.append(1)
+        return len(checks) > 5
+
+    with pytest.raises(Cancelled, match="stopped at step 5 of 12"):
+        pipe(cams, mapper, seed=5, steps=12, guidance=2.0, output="latent", should_stop=stop_at_5)
