@@ -30,7 +30,7 @@ Alone (no model compiled, a minute or less):
 * ``text-phase``: the whole new-pose text phase with either mask, under the server's SDPA order.
 
 ``--smoke`` runs tiny widths on any device to check the script (times nothing real). Results and the
-commands as run: RESULTS.md §1 and the log, session 18.
+commands as run: RESULTS.md §1 and the log, sessions 18 and 19.
 """
 
 from __future__ import annotations

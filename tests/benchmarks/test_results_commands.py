@@ -56,6 +56,11 @@ RESULTS_COMMANDS = [
     ("gpu_render_options", "--out $OUT/gpu_render_options.json", {"sections": "timeline,fp8-unet,fp8-text"}),
     ("gpu_render_options", "--out $OUT/ab_before_1.json --sections none --repeats 10", {"repeats": 10}),
     ("gpu_render_options", "--out $OUT/gpu_text_phase.json --sections text-phase", {"sections": "text-phase"}),
+    (
+        "gpu_render_options",
+        "--out $OUT/gpu_render_options_cancel.json --sections cancel --repeats 3",
+        {"sections": "cancel", "repeats": 3, "cancel_after_ms": 150.0},
+    ),
 ]
 
 
