@@ -82,6 +82,15 @@ class PrimeTask:
     shape: Any
 
 
+def _prime_image_encoders(shapes: list[Any]) -> None:
+    """Encode a blank image of each shape's size in every response format: ~15 ms the first time at a
+    size, ~4 after (part of a shape's first-use work)."""
+    for shape in shapes:
+        blank = Image.new("RGB", (shape.width, shape.height))
+        for media_type in RESPONSE_TYPES:
+            encode_response_image(blank, media_type)
+
+
 def capped_sampling(reported: object, max_steps: int) -> SamplingDefaults:
     """The loaded model's recommended settings (its engine info's ``sampling_defaults``), steps capped
     at the server's --max-steps; an engine that reports none, or nonsense, gets SD 2's values."""
@@ -349,10 +358,7 @@ class Worker:
         try:
             t0 = time.perf_counter()
             engine.prime_first_use(shapes, steps)
-            for shape in shapes:  # the responses' image encoders: ~15 ms the first time at a size, ~4 after
-                blank = Image.new("RGB", (shape.width, shape.height))
-                for media_type in RESPONSE_TYPES:
-                    encode_response_image(blank, media_type)
+            _prime_image_encoders(shapes)
             seconds = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory: serving matters more
             log.warning(
@@ -401,9 +407,7 @@ class Worker:
         label = task.shape.label()
         try:
             seconds = self.engine.prime_shapes([task.shape])
-            blank = Image.new("RGB", (task.shape.width, task.shape.height))
-            for media_type in RESPONSE_TYPES:
-                encode_response_image(blank, media_type)
+            _prime_image_encoders([task.shape])
         except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory: the render will say so itself
             log.warning(
                 "could not run the first-use work of %s ahead (%s: %s); its first render will pay it",
