@@ -20,11 +20,16 @@ first), then:
 * ``nchw``: the same renders with the UNet and the VAE decoder in the default (NCHW) memory layout
   instead of channels-last, compiled the same way. Channels-last was chosen on eager timings; compiled,
   inductor's group-norm kernels read channels-last tensors with strided loads.
+* ``tunableop``: the same build with PyTorch's TunableOp on: each cuBLAS GEMM shape is timed over
+  cuBLAS/cuBLASLt's algorithms on first use and the fastest kept (results in ``tunableop_results.csv``
+  beside ``--out``); convolutions stay cuDNN's.
 * ``max-autotune``: the UNet and the VAE decoder compiled in ``max-autotune`` mode (inductor times Triton
   GEMM/convolution templates against cuBLAS/cuDNN for every shape and keeps the fastest, and tries more
-  configurations of its own kernels; CUDA graphs as before).
+  configurations of its own kernels; CUDA graphs as before). Session 20 (H100): 9 shapes were tuned in
+  the ~195 s left of a 10-minute call (5-9 s of timing each, plus compiling), and at 768x576 the UNet
+  has 71 distinct GEMM/convolution shapes and the decoder 16: a build needs a call of its own.
 
-  Both run one job at a time (``--variant-jobs``): compile time, render times against the shipped build
+  Each runs one job at a time (``--jobs``): compile time, render times against the shipped build
   in the same run, and how far the latents and image move from its (other kernels, same maths: rounding).
 
 * ``cancel``: a new-pose view stopped ``--cancel-after-ms`` into it (as the server cuts a refinement when
@@ -40,7 +45,7 @@ Alone (no model compiled, a minute or less):
 * ``text-phase``: the whole new-pose text phase with either mask, under the server's SDPA order.
 
 ``--smoke`` runs tiny widths on any device to check the script (times nothing real). Results and the
-commands as run: RESULTS.md §1 and the log, sessions 18 and 19.
+commands as run: RESULTS.md §1 and the log, sessions 18 to 20.
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sections",
         default="timeline,fp8-unet,fp8-text",
-        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, max-autotune, cancel (after the bf16 renders are timed); or text-attention "
+        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, tunableop, max-autotune, cancel (after the bf16 renders are timed); or text-attention "
         "or text-phase alone (no renders); 'none': the bf16 renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
@@ -139,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cancel-after-ms", type=float, default=150.0, help="cancel: when the view is stopped, after its start"
     )
     ap.add_argument(
-        "--variant-jobs",
+        "--jobs",
         default="view,live",
-        help="nchw, max-autotune: which renders to compile and time, in this order (view, live)",
+        help="which renders the timed rows, the timeline, FP8 and the builds (nchw, tunableop, max-autotune) use, "
+        "in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny widths on any device: checks the script only")
     return ap
@@ -184,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     pipe = ViewNeTIPipeline(base, vm)
     view = Camera(orbit_pose(35.0, 25.0, 4.0), 40.0, *view_wh)
     live = Camera(orbit_pose(10.0, 20.0, 4.0), 40.0, *live_wh)
-    jobs = {"view": (view, 30), "live": (live, 8)}
+    all_jobs = {"view": (view, 30), "live": (live, 8)}
+    jobs = {job: all_jobs[job] for job in args.jobs.split(",")}
 
     def render(
         cam: Camera,
@@ -263,8 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         variant_unet = torch.compile(unet, mode=mode, fullgraph=False, dynamic=False)
         variant_decoder = torch.compile(decoder, mode=mode, fullgraph=False, dynamic=False)
         try:
-            for job in args.variant_jobs.split(","):
-                cam, steps = jobs[job]
+            for job, (cam, steps) in jobs.items():
                 base.unet, base.vae.decoder = variant_unet, variant_decoder
                 row: dict[str, Any] = {}
                 t0 = time.perf_counter()
@@ -310,8 +316,30 @@ def main(argv: list[str] | None = None) -> None:
         nchw_decoder.to(memory_format=torch.contiguous_format)
         build_variant("nchw", "NCHW", nchw_unet, nchw_decoder, "reduce-overhead")
         del nchw_unet, nchw_decoder
+    if "tunableop" in sections:
+        # cuBLAS GEMMs tuned per shape by PyTorch's TunableOp (on the first call of each shape, in the eager
+        # warm-up before the CUDA graphs are recorded); copies of the modules so that dynamo compiles and
+        # records afresh. The shipped build's recorded graphs keep their kernels, so its same-pose renders
+        # stay the baseline; new-pose renders of both get tuned text-encoder GEMMs.
+        tunable: Any = None
+        if dev == "cuda":
+            from torch.cuda import tunable
+
+            tunable.set_filename(str(out.parent / "tunableop_results.csv"))
+            tunable.set_max_tuning_duration(30)
+            tunable.enable(True)
+            tunable.tuning_enable(True)
+        unet_copy, decoder_copy = copy.deepcopy(plain_unet), copy.deepcopy(base.eager["vae_decoder"])
+        build_variant("tunableop", "TunableOp", unet_copy, decoder_copy, "reduce-overhead")
+        if tunable is not None:
+            report["tunableop"]["tuned_shapes"] = len(tunable.get_results())
+            tunable.write_file()
+            tunable.enable(False)
+        del unet_copy, decoder_copy
+        save()
     if "max-autotune" in sections:
-        build_variant("max_autotune", "max-autotune", plain_unet, base.eager["vae_decoder"], "max-autotune")
+        unet_copy, decoder_copy = copy.deepcopy(plain_unet), copy.deepcopy(base.eager["vae_decoder"])
+        build_variant("max_autotune", "max-autotune", unet_copy, decoder_copy, "max-autotune")
 
     if "fp8-unet" in sections:
         from diffusers.models.attention import BasicTransformerBlock

@@ -42,24 +42,19 @@ def test_fp8_swap_replaces_each_eligible_linear_once_and_only_inside_the_scope()
     assert to_fp8_linears(model) == 1  # the head; the block's layers are already swapped
 
 
+def run_smoke(out: Path, *args: str) -> dict:
+    """Run the script with --smoke and these arguments; its JSON report."""
+    cmd = [sys.executable, "-m", "benchmarks.gpu_render_options", "--smoke", *args, "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_model_free_sections_run_with_smoke(tmp_path):
     for section in ("text-attention", "text-phase"):
-        out = tmp_path / f"{section}.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.gpu_render_options",
-            "--smoke",
-            "--sections",
-            section,
-            "--out",
-            str(out),
-        ]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
-        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
-        report = json.loads(out.read_text())
+        report = run_smoke(tmp_path / f"{section}.json", "--sections", section)
         key = section.replace("-", "_")
         if section == "text-attention":
             row = report[key]["480_rows"]
@@ -71,16 +66,11 @@ def test_model_free_sections_run_with_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_build_variant_sections_run_with_smoke(tmp_path):
-    """Each variant (NCHW layout, max-autotune) is compiled, timed against the shipped build in the same
-    run, and the shipped build is restored after (on the CPU the latents barely move)."""
-    out = tmp_path / "variants.json"
-    cmd = [sys.executable, "-m", "benchmarks.gpu_render_options", "--smoke", "--sections", "nchw,max-autotune"]
-    cmd += ["--variant-jobs", "live", "--repeats", "1", "--out", str(out)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(out.read_text())
-    for key in ("nchw", "max_autotune"):
+    """Each build (NCHW layout, TunableOp, max-autotune) is compiled, timed against the shipped build in the
+    same run, and the shipped build is restored after (on the CPU the latents barely move)."""
+    sections = "nchw,tunableop,max-autotune"
+    report = run_smoke(tmp_path / "variants.json", "--sections", sections, "--jobs", "live", "--repeats", "1")
+    for key in ("nchw", "tunableop", "max_autotune"):
         assert set(report[key]) == {"live"}, report[key]
         live = report[key]["live"]
         assert live["compile_s"] > 0 and live["same_pose_ms"] > 0 and live["shipped_same_pose_ms"] > 0

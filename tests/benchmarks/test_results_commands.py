@@ -61,6 +61,11 @@ RESULTS_COMMANDS = [
         "--out $OUT/gpu_render_options_cancel.json --sections cancel --repeats 3",
         {"sections": "cancel", "repeats": 3, "cancel_after_ms": 150.0},
     ),
+    (  # session 20's run, with --variant-jobs renamed --jobs
+        "gpu_render_options",
+        "--out $OUT/gpu_render_options_variants.json --sections nchw,max-autotune --jobs view,live --repeats 3",
+        {"sections": "nchw,max-autotune", "jobs": "view,live", "repeats": 3},
+    ),
 ]
 
 
