@@ -23,6 +23,11 @@ first), then:
 * ``tunableop``: the same build with PyTorch's TunableOp on: each cuBLAS GEMM shape is timed over
   cuBLAS/cuBLASLt's algorithms on first use and the fastest kept (results in ``tunableop_results.csv``
   beside ``--out``); convolutions stay cuDNN's.
+* ``inductor-options``: the shipped build (CUDA graphs) with inductor options added
+  (``--inductor-options``, e.g. ``triton.persistent_reductions=False``). A cached view spends 34 ms in
+  inductor's fused kernels, and its group norms over channels-last tensors are the suspects: one
+  (``triton_per_fused_..._native_group_norm_silu_11``, 4 calls a step) took 63 us a call in session 18,
+  where one pass over a 768x576 level's tensor (4.4 MB) takes about 1.5 us at the H100's bandwidth.
 * ``max-autotune``: the UNet and the VAE decoder compiled in ``max-autotune`` mode (inductor times Triton
   GEMM/convolution templates against cuBLAS/cuDNN for every shape and keeps the fastest, and tries more
   configurations of its own kernels; CUDA graphs as before). Session 20 (H100): 9 shapes were tuned in
@@ -121,6 +126,25 @@ def to_fp8_linears(module: nn.Module, inside: tuple[type, ...] | None = None) ->
     return swapped
 
 
+def parse_inductor_options(text: str) -> dict[str, Any]:
+    """'a.b=False,c=3' -> {'a.b': False, 'c': 3}: inductor config values as torch.compile(options=...) takes them."""
+    import torch._inductor.config as inductor_config
+
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--inductor-options: '{item}' is not KEY=VALUE")
+        if name not in inductor_config.get_config_copy():
+            raise SystemExit(f"--inductor-options: inductor has no option '{name}'")
+        value: Any = {"true": True, "false": False}.get(raw.lower(), raw)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = int(raw)
+        options[name] = value
+    return options
+
+
 def _images_psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float((((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2).mean())
     return float("inf") if mse == 0 else -10 * math.log10(mse)
@@ -136,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sections",
         default="timeline,fp8-unet,fp8-text",
-        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, tunableop, max-autotune, cancel (after the bf16 renders are timed); or text-attention "
+        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, tunableop, inductor-options, max-autotune, cancel (after the bf16 renders are timed); or text-attention "
         "or text-phase alone (no renders); 'none': the bf16 renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
@@ -144,9 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--cancel-after-ms", type=float, default=150.0, help="cancel: when the view is stopped, after its start"
     )
     ap.add_argument(
+        "--inductor-options",
+        default="triton.persistent_reductions=False",
+        help="inductor-options: comma-separated inductor config KEY=VALUE (True/False/int/str) added to "
+        "reduce-overhead's CUDA graphs",
+    )
+    ap.add_argument(
         "--jobs",
         default="view,live",
-        help="which renders the timed rows, the timeline, FP8 and the builds (nchw, tunableop, max-autotune) use, "
+        help="which renders the timed rows, the timeline, FP8 and the builds (nchw, tunableop, inductor-options, "
+        "max-autotune) use, "
         "in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny widths on any device: checks the script only")
@@ -262,13 +293,15 @@ def main(argv: list[str] | None = None) -> None:
 
     compiled_decoder = base.vae.decoder
 
-    def build_variant(key: str, label: str, unet: nn.Module, decoder: nn.Module, mode: str) -> None:
+    def build_variant(
+        key: str, label: str, unet: nn.Module, decoder: nn.Module, mode: str | None, options: dict | None = None
+    ) -> None:
         """Render with another build of the UNet and decoder (same weights, same maths, other kernels), one
         job at a time: compile time, render times against the shipped build in the same run, and how far
-        the latents and image move from it (rounding only)."""
-        report[key] = {}
-        variant_unet = torch.compile(unet, mode=mode, fullgraph=False, dynamic=False)
-        variant_decoder = torch.compile(decoder, mode=mode, fullgraph=False, dynamic=False)
+        the latents and image move from it (rounding only). ``options``: inductor options instead of a mode."""
+        report[key] = {"options": options} if options else {}
+        variant_unet = torch.compile(unet, mode=mode, options=options, fullgraph=False, dynamic=False)
+        variant_decoder = torch.compile(decoder, mode=mode, options=options, fullgraph=False, dynamic=False)
         try:
             for job, (cam, steps) in jobs.items():
                 base.unet, base.vae.decoder = variant_unet, variant_decoder
@@ -337,6 +370,12 @@ def main(argv: list[str] | None = None) -> None:
             tunable.enable(False)
         del unet_copy, decoder_copy
         save()
+    if "inductor-options" in sections:
+        # reduce-overhead is {"triton.cudagraphs": True}; these options are added to it
+        options = {"triton.cudagraphs": True, **parse_inductor_options(args.inductor_options)}
+        unet_copy, decoder_copy = copy.deepcopy(plain_unet), copy.deepcopy(base.eager["vae_decoder"])
+        build_variant("inductor_options", f"inductor {args.inductor_options}", unet_copy, decoder_copy, None, options)
+        del unet_copy, decoder_copy
     if "max-autotune" in sections:
         unet_copy, decoder_copy = copy.deepcopy(plain_unet), copy.deepcopy(base.eager["vae_decoder"])
         build_variant("max_autotune", "max-autotune", unet_copy, decoder_copy, "max-autotune")

@@ -66,12 +66,24 @@ def test_model_free_sections_run_with_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_build_variant_sections_run_with_smoke(tmp_path):
-    """Each build (NCHW layout, TunableOp, max-autotune) is compiled, timed against the shipped build in the
+    """Each build (NCHW layout, TunableOp, inductor options, max-autotune) is compiled, timed against the shipped build in the
     same run, and the shipped build is restored after (on the CPU the latents barely move)."""
-    sections = "nchw,tunableop,max-autotune"
+    sections = "nchw,tunableop,inductor-options,max-autotune"
     report = run_smoke(tmp_path / "variants.json", "--sections", sections, "--jobs", "live", "--repeats", "1")
-    for key in ("nchw", "tunableop", "max_autotune"):
-        assert set(report[key]) == {"live"}, report[key]
+    for key in ("nchw", "tunableop", "inductor_options", "max_autotune"):
+        assert set(report[key]) - {"options"} == {"live"}, report[key]
         live = report[key]["live"]
         assert live["compile_s"] > 0 and live["same_pose_ms"] > 0 and live["shipped_same_pose_ms"] > 0
         assert live["latents_rel_error_vs_shipped"] < 0.05
+    assert report["inductor_options"]["options"] == {"triton.cudagraphs": True, "triton.persistent_reductions": False}
+
+
+def test_inductor_options_parse_to_typed_values_and_unknown_names_are_refused():
+    from benchmarks.gpu_render_options import parse_inductor_options
+
+    got = parse_inductor_options("triton.persistent_reductions=False, triton.multi_kernel=1,split_reductions=true")
+    assert got == {"triton.persistent_reductions": False, "triton.multi_kernel": 1, "split_reductions": True}
+    with pytest.raises(SystemExit, match="no option 'triton.no_such_option'"):
+        parse_inductor_options("triton.no_such_option=1")
+    with pytest.raises(SystemExit, match="not KEY=VALUE"):
+        parse_inductor_options("split_reductions")
