@@ -68,15 +68,18 @@ def tune_inductor_for_diffusion() -> None:
 
 
 def _category(name: str) -> str:
+    """A kernel's category by its name. Inductor's kernels come first: their names list the ops they fused
+    (``triton_per_fused_add_clone_convolution_div_native_group_norm_silu_11`` is a group norm, not a
+    convolution; before session 20 such kernels were counted as convolutions)."""
     n = name.lower()
+    if n.startswith("triton"):
+        return "fused element-wise / norm (inductor)"
     if any(k in n for k in ("flash", "fmha", "attention", "sdpa")):
         return "attention (SDPA)"
     if any(k in n for k in ("conv", "implicit_convolve", "cudnn", "winograd", "nchw", "nhwc")):
         return "convolution"
     if any(k in n for k in ("gemm", "cutlass", "nvjet", "xmma", "matmul", "sm90", "splitk", "cublas")):
         return "matmul (GEMM)"
-    if n.startswith("triton"):
-        return "fused element-wise / norm (inductor)"
     if "norm" in n:
         return "normalisation (eager)"
     if "memcpy" in n or "memset" in n:
@@ -114,6 +117,14 @@ def profile_gpu(fn, label: str, top: int = 12) -> dict:
         "kernel_launches": int(sum(e.count for e in kernels)),
         "by_category_ms": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
         "top_kernels": [{"name": e.key[:90], "ms": getattr(e, attr) / 1e3, "calls": e.count} for e in ranked],
+        "top_kernels_by_category": {
+            cat: [
+                {"name": e.key[:120], "ms": getattr(e, attr) / 1e3, "calls": e.count}
+                for e in sorted(kernels, key=lambda e: -getattr(e, attr))
+                if _category(e.key) == cat
+            ][:5]
+            for cat in cats
+        },
     }
     log(
         f"profile {label}: wall {wall_ms:.0f} ms, GPU busy {busy_ms:.0f} ms ({100 * busy_ms / wall_ms:.0f}%), "

@@ -119,3 +119,32 @@ def test_first_use_probe_times_three_calls_per_order_and_without_graphs():
     assert report["flash, efficient, math"]["text_rows"] == 3 * base.num_layers
     assert len(report["process order, UNet without CUDA graphs"]["render_ms"]) == 3
     assert base.eager["unet"] is graphed  # put back after the plain run
+
+
+@pytest.mark.parametrize(
+    "kernel,category",
+    [  # names from session 18's profile of a cached 768x576 view (H100)
+        (
+            "triton_per_fused_add_clone_convolution_div_native_group_norm_silu_11",
+            "fused element-wise / norm (inductor)",
+        ),
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x128x64_warpgro", "convolution"),
+        ("nvjet_sm90_tst_128x224_64x4_2x1_v_bz_coopA_bias_TNT", "matmul (GEMM)"),
+        (
+            "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1x1x",
+            "attention (SDPA)",
+        ),
+        (
+            "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16>",
+            "normalisation (eager)",
+        ),
+        ("Memcpy DtoD (Device -> Device)", "memcpy / memset"),
+        ("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl", "element-wise / other (eager)"),
+    ],
+)
+def test_kernels_are_filed_by_what_they_compute(kernel, category):
+    """Inductor names a kernel after every op it fused: a group norm fused with a convolution's bias is an
+    inductor kernel, not a convolution (session 18's breakdown filed such kernels as convolutions)."""
+    from benchmarks.gpu_bench import _category
+
+    assert _category(kernel) == category
