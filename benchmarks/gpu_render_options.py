@@ -20,9 +20,6 @@ first), then:
 * ``nchw``: the same renders with the UNet and the VAE decoder in the default (NCHW) memory layout
   instead of channels-last, compiled the same way. Channels-last was chosen on eager timings; compiled,
   inductor's group-norm kernels read channels-last tensors with strided loads.
-* ``tunableop``: the same build with PyTorch's TunableOp on: each cuBLAS GEMM shape is timed over
-  cuBLAS/cuBLASLt's algorithms on first use and the fastest kept (results in ``tunableop_results.csv``
-  beside ``--out``); convolutions stay cuDNN's.
 * ``inductor-options``: the shipped build (CUDA graphs) with inductor options added
   (``--inductor-options``, e.g. ``triton.persistent_reductions=False``). A cached view spends 34 ms in
   inductor's fused kernels, and its group norms over channels-last tensors are the suspects: one
@@ -160,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sections",
         default="timeline,fp8-unet,fp8-text",
-        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, tunableop, inductor-options, max-autotune, cancel (after the bf16 renders are timed); or text-attention "
+        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, cancel (after the bf16 renders are timed); or text-attention "
         "or text-phase alone (no renders); 'none': the bf16 renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
@@ -176,8 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--jobs",
         default="view,live",
-        help="which renders the timed rows, the timeline, FP8 and the builds (nchw, tunableop, inductor-options, "
-        "max-autotune) use, "
+        help="which renders the timed rows, the timeline, FP8 and the builds (nchw, inductor-options, max-autotune) use, "
         "in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny widths on any device: checks the script only")
@@ -349,27 +345,6 @@ def main(argv: list[str] | None = None) -> None:
         nchw_decoder.to(memory_format=torch.contiguous_format)
         build_variant("nchw", "NCHW", nchw_unet, nchw_decoder, "reduce-overhead")
         del nchw_unet, nchw_decoder
-    if "tunableop" in sections:
-        # cuBLAS GEMMs tuned per shape by PyTorch's TunableOp (on the first call of each shape, in the eager
-        # warm-up before the CUDA graphs are recorded); copies of the modules so that dynamo compiles and
-        # records afresh. The shipped build's recorded graphs keep their kernels, so its same-pose renders
-        # stay the baseline; new-pose renders of both get tuned text-encoder GEMMs.
-        tunable: Any = None
-        if dev == "cuda":
-            from torch.cuda import tunable
-
-            tunable.set_filename(str(out.parent / "tunableop_results.csv"))
-            tunable.set_max_tuning_duration(30)
-            tunable.enable(True)
-            tunable.tuning_enable(True)
-        unet_copy, decoder_copy = copy.deepcopy(plain_unet), copy.deepcopy(base.eager["vae_decoder"])
-        build_variant("tunableop", "TunableOp", unet_copy, decoder_copy, "reduce-overhead")
-        if tunable is not None:
-            report["tunableop"]["tuned_shapes"] = len(tunable.get_results())
-            tunable.write_file()
-            tunable.enable(False)
-        del unet_copy, decoder_copy
-        save()
     if "inductor-options" in sections:
         # reduce-overhead is {"triton.cudagraphs": True}; these options are added to it
         options = {"triton.cudagraphs": True, **parse_inductor_options(args.inductor_options)}
