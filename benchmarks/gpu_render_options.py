@@ -42,6 +42,8 @@ first), then:
 
 Alone (no model compiled, a minute or less):
 
+* ``group-norm``: SiLU(GroupNorm(x)) at the UNet's and the decoder's shapes of a 768x576 view, eager and
+  compiled under several inductor option sets, channels-last and contiguous: time and bandwidth;
 * ``text-attention``: one CLIP block's attention at the text phase's shapes, the explicit additive causal
   mask against ``is_causal``, under each SDPA backend;
 * ``text-phase``: the whole new-pose text phase with either mask, under the server's SDPA order.
@@ -157,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sections",
         default="timeline,fp8-unet,fp8-text",
-        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, cancel (after the bf16 renders are timed); or text-attention "
-        "or text-phase alone (no renders); 'none': the bf16 renders only",
+        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, cancel (after the "
+        "bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders); 'none': the bf16 "
+        "renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
     ap.add_argument(
@@ -197,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.backends.cudnn.allow_tf32 = True
     if sections == {"text-attention"}:  # needs no model
         report["text_attention"] = text_attention_probe(dev, 64 if args.smoke else 1024, heads=16)
+        save()
+        return
+    if sections == {"group-norm"}:  # needs no model
+        report["group_norm"] = group_norm_probe(dev, args.smoke, args.repeats)
         save()
         return
     if sections == {"text-phase"}:  # the eager text encoder only
@@ -465,6 +472,84 @@ def cancel_probe(render, view: Camera, live: Camera, delay_s: float, repeats: in
                 out["runs"].append(run)
     finally:
         step_pacer.STEPS_AHEAD = paced
+    return out
+
+
+GROUP_NORM_OPTION_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "persistent reductions off": {"triton.persistent_reductions": False},
+    "multi-kernel": {"triton.multi_kernel": 1},
+}
+
+
+def group_norm_probe(dev: str, smoke: bool, repeats: int) -> dict:
+    """SiLU(GroupNorm(x)), as each resnet of the UNet and the VAE decoder starts, alone: eager and compiled
+    under several inductor option sets, channels-last (what the models run) and contiguous, at the shapes
+    of a 768x576 view (UNet, batch 2 for CFG) and its decode. Time per call and the bandwidth it reaches
+    (one read of x, one write of the output): are inductor's group norms far off the GPU's bandwidth?"""
+    import torch.nn.functional as F
+
+    if smoke:
+        shapes = {"unet 64ch": (2, 64, 9, 12), "decoder 32ch": (1, 32, 24, 32)}
+    else:
+        shapes = {
+            "unet 320ch 96x72": (2, 320, 72, 96),
+            "unet 640ch 48x36": (2, 640, 36, 48),
+            "unet 1280ch 24x18": (2, 1280, 18, 24),
+            "unet 1280ch 12x9": (2, 1280, 9, 12),
+            "decoder 512ch 96x72": (1, 512, 72, 96),
+            "decoder 512ch 192x144": (1, 512, 144, 192),
+            "decoder 256ch 384x288": (1, 256, 288, 384),
+            "decoder 128ch 768x576": (1, 128, 576, 768),
+        }
+    groups = 8 if smoke else 32
+
+    def gn_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.silu(F.group_norm(x, groups, weight, bias, 1e-5))
+
+    def per_call_us(fn, *inputs) -> float:
+        for _ in range(3):
+            fn(*inputs)
+        if dev != "cuda":
+            return timed(lambda: fn(*inputs), repeats=max(repeats, 3))[0] * 1e6
+        n = 50
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn(*inputs)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e3 / n
+
+    out: dict[str, Any] = {}
+    for label, shape in shapes.items():
+        row: dict[str, Any] = {"shape": list(shape)}
+        for layout, fmt in (("channels-last", torch.channels_last), ("contiguous", torch.contiguous_format)):
+            torch.manual_seed(0)
+            x = torch.randn(shape, device=dev, dtype=torch.bfloat16).contiguous(memory_format=fmt)
+            weight = torch.randn(shape[1], device=dev, dtype=torch.bfloat16)
+            bias = torch.randn(shape[1], device=dev, dtype=torch.bfloat16)
+            reference = gn_silu(x, weight, bias)
+            moved = 2 * x.numel() * x.element_size()
+            variants: dict[str, Any] = {"eager": gn_silu}
+            for name, options in GROUP_NORM_OPTION_SETS.items():
+                variants[f"compiled, {name}"] = options
+            for name, variant in variants.items():
+                key = f"{layout}, {name}"
+                try:
+                    if isinstance(variant, dict):
+                        torch._dynamo.reset()  # a fresh compile under these options
+                        fn = torch.compile(gn_silu, dynamic=False, options=variant or None)
+                    else:
+                        fn = variant
+                    err = float((fn(x, weight, bias).float() - reference.float()).abs().max())
+                    us = per_call_us(fn, x, weight, bias)
+                    row[key] = {"us": us, "gb_per_s": moved / us / 1e3, "max_abs_diff_vs_eager": err}
+                    log(f"group norm {label}, {key}: {us:.1f} us ({moved / us / 1e3:.0f} GB/s), max diff {err:.3g}")
+                except Exception as exc:  # noqa: BLE001  a probe: record what failed and go on
+                    row[key] = f"{type(exc).__name__}: {exc}"[:300]
+                    log(f"group norm {label}, {key} failed: {row[key]}")
+        out[label] = row
     return out
 
 

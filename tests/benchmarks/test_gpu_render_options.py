@@ -53,10 +53,15 @@ def run_smoke(out: Path, *args: str) -> dict:
 
 @pytest.mark.slow
 def test_model_free_sections_run_with_smoke(tmp_path):
-    for section in ("text-attention", "text-phase"):
+    for section in ("text-attention", "text-phase", "group-norm"):
         report = run_smoke(tmp_path / f"{section}.json", "--sections", section)
         key = section.replace("-", "_")
-        if section == "text-attention":
+        if section == "group-norm":  # every shape, layout and build timed, each the same maths as eager
+            for row in report[key].values():
+                timings = [v for k, v in row.items() if k != "shape"]
+                assert len(timings) == 2 * 4 and all(isinstance(v, dict) for v in timings), row
+                assert all(v["us"] > 0 and v["max_abs_diff_vs_eager"] < 0.1 for v in timings), row
+        elif section == "text-attention":
             row = report[key]["480_rows"]
             assert row["is_causal, math"]["ms"] > 0 and row["additive mask, math"]["rel_error_vs_fp32"] < 0.01
         else:
