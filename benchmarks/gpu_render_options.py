@@ -18,8 +18,7 @@ first), then:
   compiled bf16, and compiled with FP8 linears; the keys' relative error against bf16.
 
 * ``nchw``: the same renders with the UNet and the VAE decoder in the default (NCHW) memory layout
-  instead of channels-last, compiled the same way. Channels-last was chosen on eager timings; compiled,
-  inductor's group-norm kernels read channels-last tensors with strided loads.
+  instead of channels-last, compiled the same way (channels-last had been chosen on eager timings).
 * ``inductor-options``: the shipped build (CUDA graphs) with inductor options added
   (``--inductor-options``, e.g. ``triton.persistent_reductions=False``). A cached view spends 34 ms in
   inductor's fused kernels, and its group norms over channels-last tensors are the suspects: one
@@ -249,6 +248,13 @@ def main(argv: list[str] | None = None) -> None:
             should_stop=should_stop,
         )
 
+    def new_and_same_pose_ms(cam: Camera, steps: int) -> dict[str, float]:
+        """Median render time at a new pose (encoding cache emptied) and at the same pose."""
+        return {
+            "new_pose_ms": timed(lambda: render(cam, steps, True), repeats=args.repeats)[0] * 1e3,
+            "same_pose_ms": timed(lambda: render(cam, steps, False), repeats=args.repeats)[0] * 1e3,
+        }
+
     def time_renders(label: str) -> dict:
         row: dict = {}
         t0 = time.perf_counter()
@@ -260,11 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             phases: dict = {}
             render(cam, steps, False)  # the previous job's new-pose renders emptied the encoding cache
             render(cam, steps, False, phases)
-            row[job] = {
-                "new_pose_ms": timed(lambda c=cam, s=steps: render(c, s, True), repeats=args.repeats)[0] * 1e3,
-                "same_pose_ms": timed(lambda c=cam, s=steps: render(c, s, False), repeats=args.repeats)[0] * 1e3,
-                "same_pose_phases_ms": phases,
-            }
+            row[job] = {**new_and_same_pose_ms(cam, steps), "same_pose_phases_ms": phases}
             log(
                 f"{label} {job}: new {row[job]['new_pose_ms']:.1f} ms, same {row[job]['same_pose_ms']:.1f} ms, "
                 f"phases { ({k: round(v, 1) for k, v in phases.items()}) }"
@@ -297,12 +299,21 @@ def main(argv: list[str] | None = None) -> None:
     compiled_decoder = base.vae.decoder
 
     def build_variant(
-        key: str, label: str, unet: nn.Module, decoder: nn.Module, mode: str | None, options: dict | None = None
+        key: str,
+        label: str,
+        mode: str | None,
+        options: dict | None = None,
+        memory_format: torch.memory_format = torch.channels_last,
     ) -> None:
         """Render with another build of the UNet and decoder (same weights, same maths, other kernels), one
         job at a time: compile time, render times against the shipped build in the same run, and how far
-        the latents and image move from it (rounding only). ``options``: inductor options instead of a mode."""
+        the latents and image move from it (rounding only). ``options``: inductor options instead of a mode.
+        The modules are copies, so that dynamo compiles and records them afresh."""
         report[key] = {"options": options} if options else {}
+        unet: Any = copy.deepcopy(plain_unet)  # Any: Module.to's stubs lack memory_format
+        decoder: Any = copy.deepcopy(base.eager["vae_decoder"])
+        unet.to(memory_format=memory_format)
+        decoder.to(memory_format=memory_format)
         variant_unet = torch.compile(unet, mode=mode, options=options, fullgraph=False, dynamic=False)
         variant_decoder = torch.compile(decoder, mode=mode, options=options, fullgraph=False, dynamic=False)
         try:
@@ -315,21 +326,14 @@ def main(argv: list[str] | None = None) -> None:
                 row["compile_s"] = time.perf_counter() - t0
                 phases: dict = {}
                 render(cam, steps, False, phases)
-                row["new_pose_ms"] = timed(lambda c=cam, s=steps: render(c, s, True), repeats=args.repeats)[0] * 1e3
-                row["same_pose_ms"] = timed(lambda c=cam, s=steps: render(c, s, False), repeats=args.repeats)[0] * 1e3
-                row["same_pose_phases_ms"] = phases
+                row.update(new_and_same_pose_ms(cam, steps), same_pose_phases_ms=phases)
                 lat = render(cam, steps, False, output="latent")
                 row["latents_rel_error_vs_shipped"] = _rel(lat, reference[job])
                 row["image_psnr_vs_shipped_db"] = _images_psnr(
                     np.asarray(render(cam, steps, False)[0]), reference_img[job]
                 )
                 base.unet, base.vae.decoder = bf16_unet, compiled_decoder  # the A/B that counts: same run
-                row["shipped_new_pose_ms"] = (
-                    timed(lambda c=cam, s=steps: render(c, s, True), repeats=args.repeats)[0] * 1e3
-                )
-                row["shipped_same_pose_ms"] = (
-                    timed(lambda c=cam, s=steps: render(c, s, False), repeats=args.repeats)[0] * 1e3
-                )
+                row.update({f"shipped_{k}": v for k, v in new_and_same_pose_ms(cam, steps).items()})
                 log(
                     f"{label} {job}: compiled in {row['compile_s']:.0f} s; new {row['new_pose_ms']:.1f} / same "
                     f"{row['same_pose_ms']:.1f} ms against shipped {row['shipped_new_pose_ms']:.1f} / "
@@ -347,20 +351,13 @@ def main(argv: list[str] | None = None) -> None:
         save()
 
     if "nchw" in sections:
-        nchw_unet = copy.deepcopy(plain_unet).to(memory_format=torch.contiguous_format)
-        nchw_decoder: Any = copy.deepcopy(base.eager["vae_decoder"])  # Module.to's stubs lack memory_format
-        nchw_decoder.to(memory_format=torch.contiguous_format)
-        build_variant("nchw", "NCHW", nchw_unet, nchw_decoder, "reduce-overhead")
-        del nchw_unet, nchw_decoder
+        build_variant("nchw", "NCHW", "reduce-overhead", memory_format=torch.contiguous_format)
     if "inductor-options" in sections:
         # reduce-overhead is {"triton.cudagraphs": True}; these options are added to it
         options = {"triton.cudagraphs": True, **parse_inductor_options(args.inductor_options)}
-        unet_copy, decoder_copy = copy.deepcopy(plain_unet), copy.deepcopy(base.eager["vae_decoder"])
-        build_variant("inductor_options", f"inductor {args.inductor_options}", unet_copy, decoder_copy, None, options)
-        del unet_copy, decoder_copy
+        build_variant("inductor_options", f"inductor {args.inductor_options}", None, options)
     if "max-autotune" in sections:
-        unet_copy, decoder_copy = copy.deepcopy(plain_unet), copy.deepcopy(base.eager["vae_decoder"])
-        build_variant("max_autotune", "max-autotune", unet_copy, decoder_copy, "max-autotune")
+        build_variant("max_autotune", "max-autotune", "max-autotune")
 
     if "fp8-unet" in sections:
         from diffusers.models.attention import BasicTransformerBlock
@@ -531,17 +528,15 @@ def group_norm_probe(dev: str, smoke: bool, repeats: int) -> dict:
             bias = torch.randn(shape[1], device=dev, dtype=torch.bfloat16)
             reference = gn_silu(x, weight, bias)
             moved = 2 * x.numel() * x.element_size()
-            variants: dict[str, Any] = {"eager": gn_silu}
-            for name, options in GROUP_NORM_OPTION_SETS.items():
-                variants[f"compiled, {name}"] = options
-            for name, variant in variants.items():
+            builds: dict[str, dict | None] = {"eager": None}
+            builds.update({f"compiled, {name}": options for name, options in GROUP_NORM_OPTION_SETS.items()})
+            for name, options in builds.items():
                 key = f"{layout}, {name}"
                 try:
-                    if isinstance(variant, dict):
+                    fn = gn_silu
+                    if options is not None:
                         torch._dynamo.reset()  # a fresh compile under these options
-                        fn = torch.compile(gn_silu, dynamic=False, options=variant or None)
-                    else:
-                        fn = variant
+                        fn = torch.compile(gn_silu, dynamic=False, options=options or None)
                     err = float((fn(x, weight, bias).float() - reference.float()).abs().max())
                     us = per_call_us(fn, x, weight, bias)
                     row[key] = {"us": us, "gb_per_s": moved / us / 1e3, "max_abs_diff_vs_eager": err}
