@@ -20,10 +20,13 @@ first), then:
 * ``nchw``: the same renders with the UNet and the VAE decoder in the default (NCHW) memory layout
   instead of channels-last, compiled the same way (channels-last had been chosen on eager timings).
 * ``inductor-options``: the shipped build (CUDA graphs) with inductor options added
-  (``--inductor-options``, e.g. ``triton.persistent_reductions=False``). A cached view spends 34 ms in
-  inductor's fused kernels, and its group norms over channels-last tensors are the suspects: one
-  (``triton_per_fused_..._native_group_norm_silu_11``, 4 calls a step) took 63 us a call in session 18,
-  where one pass over a 768x576 level's tensor (4.4 MB) takes about 1.5 us at the H100's bandwidth.
+  (``--inductor-options``, e.g. ``coordinate_descent_tuning=True``). A cached view spends 85 ms in
+  inductor's fused kernels (session 21, H100), 47 ms of it in the UNet's group norms over channels-last
+  tensors: the largest (``triton_per_fused_..._native_group_norm_silu_11``, 4 calls a step) takes 64 us a
+  call, where reading and writing its tensors (4.4 M bf16 values, two in and two out) takes about 12 us at
+  the H100's bandwidth. ``triton.persistent_reductions=False`` made the view slower (session 21).
+* ``split-group-norm``: the shipped build with every group norm computing its statistics as two plain
+  sums (``viewneti_backend.group_norm``; the same function, other float32 rounding).
 * ``max-autotune``: the UNet and the VAE decoder compiled in ``max-autotune`` mode (inductor times Triton
   GEMM/convolution templates against cuBLAS/cuDNN for every shape and keeps the fastest, and tries more
   configurations of its own kernels; CUDA graphs as before). Session 20 (H100): 9 shapes were tuned in
@@ -42,7 +45,8 @@ first), then:
 Alone (no model compiled, a minute or less):
 
 * ``group-norm``: SiLU(GroupNorm(x)) at the UNet's and the decoder's shapes of a 768x576 view, eager and
-  compiled under several inductor option sets, channels-last and contiguous: time and bandwidth;
+  compiled under several inductor option sets, and the same maths with its statistics written as two
+  plain sums, channels-last and contiguous: kernel time (CUDA-graph replay) and bandwidth;
 * ``text-attention``: one CLIP block's attention at the text phase's shapes, the explicit additive causal
   mask against ``is_causal``, under each SDPA backend;
 * ``text-phase``: the whole new-pose text phase with either mask, under the server's SDPA order.
@@ -58,6 +62,7 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -72,6 +77,7 @@ from viewneti_backend.base_model import compile_base_model
 from viewneti_backend.camera_features import make_parameterization
 from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.errors import Cancelled
+from viewneti_backend.group_norm import split_stats_group_norm, use_split_stats_group_norm
 from viewneti_backend.pipeline import ViewNeTIPipeline
 from viewneti_backend.text_conditioning import _text_transformer
 from viewneti_backend.training import new_mapper
@@ -158,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sections",
         default="timeline,fp8-unet,fp8-text",
-        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, cancel (after the "
-        "bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders); 'none': the bf16 "
+        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, split-group-norm, "
+        "cancel (after the "
+        "bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; group-norm also goes with the others); 'none': the bf16 "
         "renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
@@ -168,14 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--inductor-options",
-        default="triton.persistent_reductions=False",
+        default="coordinate_descent_tuning=True,max_autotune_pointwise=True",
         help="inductor-options: comma-separated inductor config KEY=VALUE (True/False/int/str) added to "
         "reduce-overhead's CUDA graphs",
     )
     ap.add_argument(
         "--jobs",
         default="view,live",
-        help="which renders the timed rows, the timeline, FP8 and the builds (nchw, inductor-options, max-autotune) use, "
+        help="which renders the timed rows, the timeline, FP8 and the builds (nchw, inductor-options, max-autotune, "
+        "split-group-norm) use, "
         "in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny widths on any device: checks the script only")
@@ -201,10 +209,11 @@ def main(argv: list[str] | None = None) -> None:
         report["text_attention"] = text_attention_probe(dev, 64 if args.smoke else 1024, heads=16)
         save()
         return
-    if sections == {"group-norm"}:  # needs no model
+    if "group-norm" in sections:  # needs no model; first, as it resets dynamo between its builds
         report["group_norm"] = group_norm_probe(dev, args.smoke, args.repeats)
         save()
-        return
+        if sections == {"group-norm"}:
+            return
     if sections == {"text-phase"}:  # the eager text encoder only
         report["text_phase"] = text_phase_probe(dev, args.smoke)
         save()
@@ -304,16 +313,20 @@ def main(argv: list[str] | None = None) -> None:
         mode: str | None,
         options: dict | None = None,
         memory_format: torch.memory_format = torch.channels_last,
+        prepare: Callable[[nn.Module], object] | None = None,
     ) -> None:
         """Render with another build of the UNet and decoder (same weights, same maths, other kernels), one
         job at a time: compile time, render times against the shipped build in the same run, and how far
         the latents and image move from it (rounding only). ``options``: inductor options instead of a mode.
-        The modules are copies, so that dynamo compiles and records them afresh."""
+        The modules are copies, so that dynamo compiles and records them afresh; ``prepare`` changes each
+        copy in place before it is compiled."""
         report[key] = {"options": options} if options else {}
         unet: Any = copy.deepcopy(plain_unet)  # Any: Module.to's stubs lack memory_format
         decoder: Any = copy.deepcopy(base.eager["vae_decoder"])
         unet.to(memory_format=memory_format)
         decoder.to(memory_format=memory_format)
+        if prepare is not None:
+            report[key]["prepared"] = {"unet": prepare(unet), "decoder": prepare(decoder)}
         variant_unet = torch.compile(unet, mode=mode, options=options, fullgraph=False, dynamic=False)
         variant_decoder = torch.compile(decoder, mode=mode, options=options, fullgraph=False, dynamic=False)
         try:
@@ -358,6 +371,10 @@ def main(argv: list[str] | None = None) -> None:
         build_variant("inductor_options", f"inductor {args.inductor_options}", None, options)
     if "max-autotune" in sections:
         build_variant("max_autotune", "max-autotune", "max-autotune")
+    if "split-group-norm" in sections:
+        build_variant(
+            "split_group_norm", "group norms as split sums", "reduce-overhead", prepare=use_split_stats_group_norm
+        )
 
     if "fp8-unet" in sections:
         from diffusers.models.attention import BasicTransformerBlock
@@ -476,6 +493,7 @@ GROUP_NORM_OPTION_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "persistent reductions off": {"triton.persistent_reductions": False},
     "multi-kernel": {"triton.multi_kernel": 1},
+    "tuned block sizes": {"max_autotune_pointwise": True, "coordinate_descent_tuning": True},
 }
 
 
@@ -504,16 +522,31 @@ def group_norm_probe(dev: str, smoke: bool, repeats: int) -> dict:
     def gn_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.silu(F.group_norm(x, groups, weight, bias, 1e-5))
 
+    def gn_silu_split_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.silu(split_stats_group_norm(x, groups, weight, bias, 1e-5))
+
     def per_call_us(fn, *inputs) -> float:
         for _ in range(3):
             fn(*inputs)
         if dev != "cuda":
             return timed(lambda: fn(*inputs), repeats=max(repeats, 3))[0] * 1e6
+        # n calls recorded into one CUDA graph and replayed: kernel time alone, as in the compiled
+        # render's graphs. Timed call by call from Python, a small tensor's time is the host's dispatch
+        # (tens of us a call), not the kernel's.
         n = 50
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(n):
+                fn(*inputs)
+        graph.replay()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(n):
-            fn(*inputs)
+        graph.replay()
         end.record()
         end.synchronize()
         return start.elapsed_time(end) * 1e3 / n
@@ -528,15 +561,15 @@ def group_norm_probe(dev: str, smoke: bool, repeats: int) -> dict:
             bias = torch.randn(shape[1], device=dev, dtype=torch.bfloat16)
             reference = gn_silu(x, weight, bias)
             moved = 2 * x.numel() * x.element_size()
-            builds: dict[str, dict | None] = {"eager": None}
-            builds.update({f"compiled, {name}": options for name, options in GROUP_NORM_OPTION_SETS.items()})
-            for name, options in builds.items():
+            builds: dict[str, tuple[Any, dict | None]] = {"eager": (gn_silu, None)}
+            builds.update({f"compiled, {name}": (gn_silu, opts) for name, opts in GROUP_NORM_OPTION_SETS.items()})
+            builds["compiled, split statistics"] = (gn_silu_split_stats, {})
+            for name, (fn, options) in builds.items():
                 key = f"{layout}, {name}"
                 try:
-                    fn = gn_silu
                     if options is not None:
                         torch._dynamo.reset()  # a fresh compile under these options
-                        fn = torch.compile(gn_silu, dynamic=False, options=options or None)
+                        fn = torch.compile(fn, dynamic=False, options=options or None)
                     err = float((fn(x, weight, bias).float() - reference.float()).abs().max())
                     us = per_call_us(fn, x, weight, bias)
                     row[key] = {"us": us, "gb_per_s": moved / us / 1e3, "max_abs_diff_vs_eager": err}

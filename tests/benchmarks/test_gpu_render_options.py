@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.gpu_render_options import Fp8Linear, to_fp8_linears
+from benchmarks.gpu_render_options import GROUP_NORM_OPTION_SETS, Fp8Linear, to_fp8_linears
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,9 @@ def test_model_free_sections_run_with_smoke(tmp_path):
         if section == "group-norm":  # every shape, layout and build timed, each the same maths as eager
             for row in report[key].values():
                 timings = [v for k, v in row.items() if k != "shape"]
-                assert len(timings) == 2 * 4 and all(isinstance(v, dict) for v in timings), row
+                assert len(timings) == 2 * (2 + len(GROUP_NORM_OPTION_SETS)) and all(
+                    isinstance(v, dict) for v in timings
+                ), row
                 assert all(v["us"] > 0 and v["max_abs_diff_vs_eager"] < 0.1 for v in timings), row
         elif section == "text-attention":
             row = report[key]["480_rows"]
@@ -71,16 +73,22 @@ def test_model_free_sections_run_with_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_build_variant_sections_run_with_smoke(tmp_path):
-    """Each build (NCHW layout, inductor options, max-autotune) is compiled, timed against the shipped build in the
-    same run, and the shipped build is restored after (on the CPU the latents barely move)."""
-    sections = "nchw,inductor-options,max-autotune"
+    """Each build (NCHW layout, inductor options, max-autotune, split group norms) is compiled, timed against the
+    shipped build in the same run, and the shipped build is restored after (on the CPU the latents barely move)."""
+    sections = "nchw,inductor-options,max-autotune,split-group-norm"
     report = run_smoke(tmp_path / "variants.json", "--sections", sections, "--jobs", "live", "--repeats", "1")
-    for key in ("nchw", "inductor_options", "max_autotune"):
-        assert set(report[key]) - {"options"} == {"live"}, report[key]
+    for key in ("nchw", "inductor_options", "max_autotune", "split_group_norm"):
+        assert set(report[key]) - {"options", "prepared"} == {"live"}, report[key]
         live = report[key]["live"]
         assert live["compile_s"] > 0 and live["same_pose_ms"] > 0 and live["shipped_same_pose_ms"] > 0
         assert live["latents_rel_error_vs_shipped"] < 0.05
-    assert report["inductor_options"]["options"] == {"triton.cudagraphs": True, "triton.persistent_reductions": False}
+    assert report["inductor_options"]["options"] == {
+        "triton.cudagraphs": True,
+        "coordinate_descent_tuning": True,
+        "max_autotune_pointwise": True,
+    }
+    prepared = report["split_group_norm"]["prepared"]  # every group norm of the UNet and the decoder switched
+    assert prepared["unet"] > 0 and prepared["decoder"] > 0, prepared
 
 
 def test_inductor_options_parse_to_typed_values_and_unknown_names_are_refused():

@@ -66,6 +66,30 @@ RESULTS_COMMANDS = [
         "--out $OUT/gpu_render_options_variants.json --sections nchw,max-autotune --jobs view,live --repeats 3",
         {"sections": "nchw,max-autotune", "jobs": "view,live", "repeats": 3},
     ),
+    ("gpu_render_options", "--out $OUT/gpu_group_norm.json --sections group-norm", {"sections": "group-norm"}),
+    (  # session 21's run (its --inductor-options was picked from the group-norm run: persistent reductions off)
+        "gpu_render_options",
+        "--out $OUT/gpu_render_options_builds.json --sections timeline,inductor-options --jobs view --repeats 3 "
+        "--inductor-options triton.persistent_reductions=False",
+        {
+            "sections": "timeline,inductor-options",
+            "jobs": "view",
+            "inductor_options": "triton.persistent_reductions=False",
+        },
+    ),
+    (  # run next (one call each): the split group norms, model-free and in whole renders ...
+        "gpu_render_options",
+        "--out $OUT/gpu_render_options_split_gn.json --sections group-norm,split-group-norm --jobs view,live --repeats 3",
+        {"sections": "group-norm,split-group-norm", "jobs": "view,live"},
+    ),
+    (  # ... and inductor's tuned block sizes (the default --inductor-options)
+        "gpu_render_options",
+        "--out $OUT/gpu_render_options_tuned.json --sections inductor-options --jobs view --repeats 3",
+        {
+            "sections": "inductor-options",
+            "inductor_options": "coordinate_descent_tuning=True,max_autotune_pointwise=True",
+        },
+    ),
 ]
 
 
