@@ -7,10 +7,14 @@ H100 (120 calls of the largest at 64 us, about a fifth of the memory bandwidth; 
 
 :class:`SplitStatsGroupNorm` computes the same function with the statistics written as two plain
 sums: first over a group's channels (contiguous in memory), then over the pixels, with the variance
-from the sum of squares (of the values less a shift near the mean). Only the order of the float32 additions changes (the kind of difference
-any other kernel choice makes). Contiguous (NCHW) inputs and inputs of other ranks take
-``nn.GroupNorm``'s own path. :func:`use_split_stats_group_norm` switches a model's group norms in
-place; the weights and state-dict keys stay as they were.
+from sums of squares of the values less a shift near the mean. Only the order of the float32
+additions changes (the kind of difference any other kernel choice makes). It does so only where
+inductor compiles it; run eagerly, and for contiguous (NCHW) inputs or other ranks, it is
+``F.group_norm`` (ATen's one kernel, where the split form would be a dozen).
+
+:func:`use_split_stats_group_norm` switches a model's group norms in place (weights and state-dict
+keys stay). ``compile_base_model`` does so for the UNet and the VAE when the environment says
+``VIEWNETI_GROUP_NORM=split``: an experiment until it is measured faster on a GPU (RESULTS section 1).
 """
 
 from __future__ import annotations
@@ -50,10 +54,16 @@ def split_stats_group_norm(
 
 
 class SplitStatsGroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` that normalizes channels-last 4-D inputs with :func:`split_stats_group_norm`."""
+    """``nn.GroupNorm`` that, when compiled, normalizes channels-last 4-D inputs with
+    :func:`split_stats_group_norm`."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002  nn.GroupNorm's argument name
-        if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last) and input.shape[1] > 1:
+        if (
+            torch.compiler.is_compiling()
+            and input.dim() == 4
+            and input.shape[1] > 1
+            and input.is_contiguous(memory_format=torch.channels_last)
+        ):
             return split_stats_group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
@@ -68,3 +78,17 @@ def use_split_stats_group_norm(model: nn.Module) -> int:
             module.__class__ = SplitStatsGroupNorm
             count += 1
     return count
+
+
+GROUP_NORM_ENV = "VIEWNETI_GROUP_NORM"
+GROUP_NORM_CHOICES = ("native", "split")
+
+
+def split_group_norm_requested() -> bool:
+    """Whether ``VIEWNETI_GROUP_NORM`` asks for the split form (``split``); ``native`` or unset: no."""
+    import os
+
+    value = os.environ.get(GROUP_NORM_ENV, "").strip().lower() or "native"
+    if value not in GROUP_NORM_CHOICES:
+        raise ValueError(f"{GROUP_NORM_ENV}={value!r}: set it to one of {', '.join(GROUP_NORM_CHOICES)}, or unset it")
+    return value == "split"

@@ -1,6 +1,7 @@
 """SplitStatsGroupNorm (viewneti_backend/group_norm.py) computes nn.GroupNorm's function: hand-worked
-values, random channels-last inputs in float32 and bfloat16, inputs whose mean dwarfs their spread,
-the compiled form, and the in-place switch of a model's group norms."""
+values, random channels-last inputs in float32 and bfloat16, inputs whose mean dwarfs their spread, and
+gradients; the split form runs only where inductor compiles it; the in-place switch of a model's group
+norms, and compile_base_model's switch by VIEWNETI_GROUP_NORM."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import torch
 from torch import nn
 
 from viewneti_backend import group_norm
-from viewneti_backend.group_norm import SplitStatsGroupNorm, split_stats_group_norm, use_split_stats_group_norm
+from viewneti_backend.group_norm import (
+    GROUP_NORM_ENV,
+    SplitStatsGroupNorm,
+    split_group_norm_requested,
+    split_stats_group_norm,
+    use_split_stats_group_norm,
+)
 
 
 def channels_last(shape, scale=1.0, offset=0.0, dtype=torch.float32, seed=0) -> torch.Tensor:
@@ -68,16 +75,22 @@ def test_a_mean_far_above_the_spread_keeps_float32_accuracy():
     assert (out - reference).abs().max() < 1e-4
 
 
-def test_other_layouts_and_ranks_take_group_norms_own_path():
+def test_eager_calls_and_other_layouts_take_group_norms_own_kernel():
     norm = nn.GroupNorm(4, 8)
     with torch.no_grad():
         norm.weight.normal_()
     split = SplitStatsGroupNorm(4, 8)
     split.load_state_dict(norm.state_dict())
-    for x in (torch.randn(2, 8, 5, 6), torch.randn(2, 8, 7), torch.randn(2, 8, 3, 4, 5)):
-        assert torch.equal(split(x), norm(x))
-    x = channels_last((2, 8, 5, 6))
-    torch.testing.assert_close(split(x), norm(x), rtol=1e-5, atol=1e-5)
+    inputs = (channels_last((2, 8, 5, 6)), torch.randn(2, 8, 5, 6), torch.randn(2, 8, 7), torch.randn(2, 8, 3, 4, 5))
+    with mock.patch.object(group_norm, "split_stats_group_norm", wraps=split_stats_group_norm) as split_form:
+        for x in inputs:
+            assert torch.equal(split(x), norm(x))
+    assert split_form.call_count == 0
+    with mock.patch("torch.compiler.is_compiling", return_value=True):  # as inductor traces it
+        with mock.patch.object(group_norm, "split_stats_group_norm", wraps=split_stats_group_norm) as split_form:
+            for x in inputs:
+                torch.testing.assert_close(split(x), norm(x), rtol=1e-5, atol=1e-5)
+    assert split_form.call_count == 1  # the channels-last 4-D input only
 
 
 def test_switching_a_model_keeps_its_weights_names_and_outputs():
@@ -91,17 +104,65 @@ def test_switching_a_model_keeps_its_weights_names_and_outputs():
     assert use_split_stats_group_norm(model) == 0  # already switched
     assert list(model.state_dict()) == keys
     assert isinstance(model[1], SplitStatsGroupNorm) and isinstance(model[4], SplitStatsGroupNorm)
-    with mock.patch.object(group_norm, "split_stats_group_norm", wraps=split_stats_group_norm) as split:
-        after = model(x)
+    with mock.patch("torch.compiler.is_compiling", return_value=True):
+        with mock.patch.object(group_norm, "split_stats_group_norm", wraps=split_stats_group_norm) as split:
+            after = model(x)
     assert split.call_count == 2  # both norms saw channels-last inputs and took the split path
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_form_matches_eager():
+def test_compiled_it_is_the_split_form_with_group_norms_values_and_gradients():
     norm = SplitStatsGroupNorm(8, 32)
-    x = channels_last((2, 32, 6, 8))
-    compiled = torch.compile(lambda t: nn.functional.silu(norm(t)), dynamic=False)
-    torch.testing.assert_close(compiled(x), nn.functional.silu(norm(x)), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    graphs: list[torch.fx.GraphModule] = []
+
+    def recording_backend(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def run(fn):
+        x = channels_last((2, 32, 6, 8)).requires_grad_(True)
+        out = nn.functional.silu(fn(x))
+        out.square().sum().backward()
+        assert x.grad is not None
+        return out.detach(), x.grad
+
+    compiled_out, compiled_grad = run(torch.compile(norm, backend=recording_backend, dynamic=False))
+    eager_out, eager_grad = run(norm)  # eager: F.group_norm
+    targets = " ".join(str(node.target) for gm in graphs for node in gm.graph.nodes)
+    assert "group_norm" not in targets and "sum" in targets, targets
+    torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_the_environment_switch_and_a_wrong_value(monkeypatch):
+    monkeypatch.delenv(GROUP_NORM_ENV, raising=False)
+    assert not split_group_norm_requested()
+    monkeypatch.setenv(GROUP_NORM_ENV, "native")
+    assert not split_group_norm_requested()
+    monkeypatch.setenv(GROUP_NORM_ENV, "Split")
+    assert split_group_norm_requested()
+    monkeypatch.setenv(GROUP_NORM_ENV, "fast")
+    with pytest.raises(ValueError, match="VIEWNETI_GROUP_NORM='fast': set it to one of native, split"):
+        split_group_norm_requested()
+
+
+def test_compile_base_model_switches_the_unet_and_vae_only_when_asked(tiny_model_dir, monkeypatch):
+    from viewneti_backend.base_model import compile_base_model, load_base_model
+
+    def group_norm_types(base):
+        unet = base.eager.get("unet", base.unet)
+        modules = [*unet.modules(), *base.eager.get("vae_decoder", base.vae.decoder).modules()]
+        return {type(m).__name__ for m in modules if isinstance(m, nn.GroupNorm)}
+
+    monkeypatch.delenv(GROUP_NORM_ENV, raising=False)
+    base = compile_base_model(load_base_model(tiny_model_dir, device="cpu"), text_encoder_for_training=False)
+    assert group_norm_types(base) == {"GroupNorm"}
+    monkeypatch.setenv(GROUP_NORM_ENV, "split")
+    base = compile_base_model(load_base_model(tiny_model_dir, device="cpu"), text_encoder_for_training=False)
+    assert group_norm_types(base) == {"SplitStatsGroupNorm"}
 
 
 def test_channels_that_do_not_split_into_the_groups_are_refused():
