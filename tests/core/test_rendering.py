@@ -117,6 +117,30 @@ def test_each_render_gets_its_own_scheduler(engine):
     sample = torch.zeros(1, 4, 8, 8)
     a.step(torch.ones_like(sample), a.timesteps[0], sample)  # advances a's state only
     assert a.step_index == 1 and b.step_index in (None, 0) and b.begin_index == 0
+    c = pipe.scheduler(4)  # copied from the same unused template: a's step did not reach it
+    assert c.step_index in (None, 0) and c.begin_index == 0 and torch.equal(c.timesteps, b.timesteps)
+
+
+def test_schedulers_are_built_once_per_step_count_and_copied(engine, monkeypatch):
+    from viewneti_backend import pipeline as pipeline_module
+    from viewneti_backend.pipeline import ViewNeTIPipeline
+
+    pipe = ViewNeTIPipeline(engine.base, engine.pipeline.view_mapper)
+    built = []
+    original = type(engine.base).sampling_scheduler
+    monkeypatch.setattr(
+        type(engine.base), "sampling_scheduler", lambda self, name: built.append(name) or original(self, name)
+    )
+    first = [pipe.scheduler(4).timesteps.tolist() for _ in range(3)]
+    assert len(built) == 1 and first[0] == first[1] == first[2]
+    pipe.scheduler(5)
+    assert len(built) == 2
+    monkeypatch.setattr(pipeline_module, "MAX_SCHEDULER_TEMPLATES", 2)
+    pipe.scheduler(6)  # a third step count: the least recently used (4) is dropped
+    pipe.scheduler(5)
+    assert len(built) == 3
+    pipe.scheduler(4)
+    assert len(built) == 4
 
 
 def test_invert_saves_a_token_that_renders_and_survives_reload(engine, tiny_model_dir):
