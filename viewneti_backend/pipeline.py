@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
@@ -89,6 +90,7 @@ class ViewNeTIPipeline:
         self.sampler = sampler
         self.cache_size = cache_size
         self._schedulers: OrderedDict[tuple, Any] = OrderedDict()  # unused schedulers, copied per render
+        self._schedulers_lock = threading.Lock()
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._uncond: torch.Tensor | None = None
 
@@ -204,19 +206,21 @@ class ViewNeTIPipeline:
         scheduler is the same state for a quarter of the host time of building it (0.23 against
         0.95 ms on a 2-core CPU), time a render's GPU would otherwise idle before its first kernel."""
         key = (self.sampler, int(steps), json.dumps(self.base.scheduler_config, sort_keys=True, default=str))
-        template = self._schedulers.get(key)
+        with self._schedulers_lock:  # the server's compile thread (run_graphs) asks too
+            template = self._schedulers.get(key)
+            if template is not None:
+                self._schedulers.move_to_end(key)
         if template is None:
             template = self.base.sampling_scheduler(self.sampler)
             template.set_timesteps(steps, device=self.base.device)
             timesteps = template.timesteps.tolist()  # at a render's start, before any of its GPU work
             if hasattr(template, "set_begin_index") and timesteps.count(timesteps[0]) == 1:
                 template.set_begin_index(0)
-            self._schedulers[key] = template
-            while len(self._schedulers) > MAX_SCHEDULER_TEMPLATES:
-                self._schedulers.popitem(last=False)
-        else:
-            self._schedulers.move_to_end(key)
-        return copy.deepcopy(template)
+            with self._schedulers_lock:
+                self._schedulers[key] = template
+                while len(self._schedulers) > MAX_SCHEDULER_TEMPLATES:
+                    self._schedulers.popitem(last=False)
+        return copy.deepcopy(template)  # templates are never stepped: copying one needs no lock
 
     def _modules(self, eager: bool) -> tuple[Any, Any]:
         """(UNet, VAE decoder) to run: the compiled ones, or with ``eager`` the uncompiled originals."""

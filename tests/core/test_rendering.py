@@ -143,6 +143,31 @@ def test_schedulers_are_built_once_per_step_count_and_copied(engine, monkeypatch
     assert len(built) == 4
 
 
+def test_schedulers_asked_from_two_threads_at_once(engine):
+    """The server's compile thread (run_graphs) and its worker both ask for schedulers, also while old
+    templates are being dropped: every caller gets a scheduler of its step count, none an error."""
+    import threading
+
+    from viewneti_backend.pipeline import MAX_SCHEDULER_TEMPLATES, ViewNeTIPipeline
+
+    pipe = ViewNeTIPipeline(engine.base, engine.pipeline.view_mapper)
+    errors, counts = [], list(range(1, 3 * MAX_SCHEDULER_TEMPLATES))
+
+    def ask(order):
+        try:
+            for steps in order * 3:
+                assert len(pipe.scheduler(steps).timesteps) == steps
+        except Exception as exc:  # noqa: BLE001  reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(counts[::step],)) for step in (1, -1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
 def test_invert_saves_a_token_that_renders_and_survives_reload(engine, tiny_model_dir):
     ref = engine.render([cam(30)], None, seed=0, steps=5)[0]
     events = []
