@@ -165,9 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections",
         default="timeline,fp8-unet,fp8-text",
         help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, split-group-norm, "
-        "cancel (after the "
-        "bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; group-norm also goes with the others); 'none': the bf16 "
-        "renders only",
+        "cancel (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
+        "group-norm also goes with the others); 'none': the bf16 renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
     ap.add_argument(

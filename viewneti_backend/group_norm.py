@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+GROUP_NORM_ENV = "VIEWNETI_GROUP_NORM"
+GROUP_NORM_CHOICES = ("native", "split")
+
 
 def split_stats_group_norm(
     x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
@@ -78,10 +81,6 @@ def use_split_stats_group_norm(model: nn.Module) -> int:
             module.__class__ = SplitStatsGroupNorm
             count += 1
     return count
-
-
-GROUP_NORM_ENV = "VIEWNETI_GROUP_NORM"
-GROUP_NORM_CHOICES = ("native", "split")
 
 
 def split_group_norm_requested() -> bool:

@@ -203,8 +203,8 @@ class ViewNeTIPipeline:
         timesteps, so the begin index is set only when the first one is alone (the same steps either way).
 
         Built once per (sampler, steps, config) and copied for each render: a copy of the unused
-        scheduler is the same state for a quarter of the host time of building it (0.23 against
-        0.95 ms on a 2-core CPU), time a render's GPU would otherwise idle before its first kernel."""
+        scheduler is the same state for about a quarter of the host time (0.28 against 1.09 ms a render on
+        a 2-core CPU, RESULTS log, session 21), time a render's GPU would otherwise idle before its first kernel."""
         key = (self.sampler, int(steps), json.dumps(self.base.scheduler_config, sort_keys=True, default=str))
         with self._schedulers_lock:  # the server's compile thread (run_graphs) asks too
             template = self._schedulers.get(key)
