@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -28,11 +29,22 @@ T_START = time.perf_counter()
 
 
 # ---- command line and output ---------------------------------------------------------------------
+def kernel_choice_env() -> dict[str, str]:
+    """The environment variables set for this run that choose the library's kernels (they change timings,
+    so a report's command must carry them). Only these: others, such as the server's token, stay out."""
+    from viewneti_backend.attention import SDPA_ENV
+    from viewneti_backend.group_norm import GROUP_NORM_ENV
+
+    return {name: os.environ[name] for name in (GROUP_NORM_ENV, SDPA_ENV) if name in os.environ}
+
+
 def command_line() -> str:
-    """The command that reproduces this run, as a user types it: ``python -m benchmarks.NAME ARGS``."""
+    """The command that reproduces this run, as a user types it: ``[VIEWNETI_...=X] python -m benchmarks.NAME
+    ARGS``, with the kernel-choosing variables of :func:`kernel_choice_env` in front."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     prog = ["-m", spec.name] if spec is not None else [os.path.relpath(sys.argv[0], REPO)]
-    return " ".join(["python", *prog, *sys.argv[1:]])
+    env = [f"{name}={shlex.quote(value)}" for name, value in kernel_choice_env().items()]
+    return " ".join([*env, "python", *prog, shlex.join(sys.argv[1:])]).rstrip()
 
 
 def int_list(text: str) -> list[int]:

@@ -201,7 +201,7 @@ def pixels(data: bytes):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="CPU check of the script on the toy model (tiny sizes)")
     p.add_argument("--model", default=None, help="model folder (default: write SD 2.1-sized random weights)")
@@ -231,7 +231,11 @@ def main() -> None:
         help="passed to the server (default: the server's own default, compiled on CUDA); "
         "off: every render runs uncompiled, its UNet replayed from CUDA graphs",
     )
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="server-gpu-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+SDPA_ENV = "VIEWNETI_SDPA"  # "default": keep torch's SDPA backend order (prefer_cudnn_attention)
+
 
 class PerLayerCrossAttnProcessor:
     """SDPA cross-attention whose keys/values come from this layer's slice of a packed encoding."""
@@ -153,7 +155,7 @@ def prefer_cudnn_attention(device: torch.device) -> bool:
     """
     import os
 
-    if device.type != "cuda" or os.environ.get("VIEWNETI_SDPA", "") == "default":
+    if device.type != "cuda" or os.environ.get(SDPA_ENV, "") == "default":
         return False
     if torch.cuda.get_device_capability(device) < (9, 0) or not torch.backends.cudnn.is_available():
         return False

@@ -248,7 +248,7 @@ def compile_base_model(
     """
     prefer_cudnn_attention(base.device)
     fuse_self_attention_projections(base.unet)
-    if split_group_norm_requested():  # VIEWNETI_GROUP_NORM=split: an experiment (group_norm.py)
+    if split_group_norm_requested():  # the default; VIEWNETI_GROUP_NORM=native keeps inductor's (group_norm.py)
         use_split_stats_group_norm(base.unet)
         if vae:
             use_split_stats_group_norm(base.vae)

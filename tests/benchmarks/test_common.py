@@ -7,6 +7,7 @@ import statistics
 import pytest
 
 from benchmarks.common import (
+    command_line,
     int_list,
     machine,
     output_path,
@@ -78,3 +79,21 @@ def test_machine_names_the_host_python_and_torch():
     m = machine()
     assert m["python"] == platform.python_version() and m["host"] == platform.node()
     assert m["cores"] and m["torch_threads"] >= 1 and m["torch"]
+
+
+def test_command_line_carries_the_kernel_choices_but_not_the_token(monkeypatch):
+    """A report's command reproduces its timings: the variables that choose kernels come first, quoted;
+    the server's access token, also a VIEWNETI_ variable, never lands in a report."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["benchmarks/server_gpu.py", "--out", "a b.json"])
+    for name in ("VIEWNETI_GROUP_NORM", "VIEWNETI_SDPA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VIEWNETI_TOKEN", "secret")
+    plain = command_line()
+    assert plain.startswith("python ") and plain.endswith("--out 'a b.json'") and "secret" not in plain
+    monkeypatch.setenv("VIEWNETI_GROUP_NORM", "native")
+    monkeypatch.setenv("VIEWNETI_SDPA", "default")
+    assert command_line() == "VIEWNETI_GROUP_NORM=native VIEWNETI_SDPA=default " + plain
+    monkeypatch.setenv("VIEWNETI_GROUP_NORM", "split it")
+    assert command_line().startswith("VIEWNETI_GROUP_NORM='split it' ")

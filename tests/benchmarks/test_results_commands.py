@@ -77,18 +77,28 @@ RESULTS_COMMANDS = [
             "inductor_options": "triton.persistent_reductions=False",
         },
     ),
-    (  # run next (one call each): the split group norms, model-free and in whole renders ...
+    (  # session 22's runs: the split group norms (then the split build's name, its shipped build inductor's) ...
         "gpu_render_options",
         "--out $OUT/gpu_render_options_split_gn.json --sections group-norm,split-group-norm --jobs view,live --repeats 3",
         {"sections": "group-norm,split-group-norm", "jobs": "view,live"},
     ),
-    (  # ... and inductor's tuned block sizes (the default --inductor-options)
+    (  # ... inductor's tuned block sizes (the default --inductor-options) ...
         "gpu_render_options",
         "--out $OUT/gpu_render_options_tuned.json --sections inductor-options --jobs view --repeats 3",
         {
             "sections": "inductor-options",
             "inductor_options": "coordinate_descent_tuning=True,max_autotune_pointwise=True",
         },
+    ),
+    (  # ... and the server with each group norm (VIEWNETI_GROUP_NORM=split / native in front)
+        "server_gpu",
+        "--out benchmarks/server_gpu_split_gn.json --work /tmp/w --repeats 6 --compile-processes 3 --busy-s 30",
+        {"repeats": 6, "compile_processes": 3, "busy_s": 30.0},
+    ),
+    (  # run next: the build that shipped before session 22, against today's shipped one
+        "gpu_render_options",
+        "--out $OUT/gpu_render_options_native_gn.json --sections native-group-norm --jobs view,live --repeats 3",
+        {"sections": "native-group-norm", "jobs": "view,live", "repeats": 3},
     ),
 ]
 
