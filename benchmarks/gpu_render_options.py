@@ -43,6 +43,10 @@ first), then:
   that live frame, and the stoppable renders' own times, with the host at most
   ``step_pacer.STEPS_AHEAD`` (2) steps ahead of the GPU against unbounded (the code before session 19),
   alternating.
+* ``sequence-batch``: the view at each of ``--sequence-batches`` frames per UNet call (distinct poses,
+  encodings cached, as a sequence's frames after its one text-encoder call): compile time, time per
+  frame and peak GPU memory, to choose the engine's ``sequence_batch`` (4 since session 12, not timed
+  against other sizes).
 
 Alone (no model compiled, a minute or less):
 
@@ -71,7 +75,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import command_line, log, machine, output_path, sync, timed, write_json
+from benchmarks.common import command_line, int_list, log, machine, output_path, sync, timed, write_json
 from benchmarks.gpu_bench import profile_gpu, profile_timeline
 from benchmarks.sd21 import sd21_base_model
 from viewneti_backend import step_pacer
@@ -167,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections",
         default="timeline,fp8-unet,fp8-text",
         help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, native-group-norm, "
-        "cancel (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
+        "cancel, sequence-batch (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
         "group-norm also goes with the others); 'none': the bf16 renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
@@ -186,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="which renders the timed rows, the timeline, FP8 and the builds (nchw, inductor-options, max-autotune, "
         "native-group-norm) use, "
         "in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
+    )
+    ap.add_argument(
+        "--sequence-batches",
+        type=int_list,
+        default=[1, 4, 8],
+        help="sequence-batch: comma-separated frames per UNet call to time (each new one compiles once)",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny widths on any device: checks the script only")
     return ap
@@ -305,6 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     if "cancel" in sections:
         report["cancel"] = cancel_probe(render, view, live, args.cancel_after_ms / 1e3, args.repeats)
         save()
+
+    if "sequence-batch" in sections:
+        frames = [
+            Camera(orbit_pose(35.0 + 15 * i, 25.0, 4.0), 40.0, *view_wh) for i in range(max(args.sequence_batches))
+        ]
+        report["sequence_batch"] = {}  # filled and saved one batch size at a time: a cut run keeps its rows
+        sequence_batch_probe(pipe, om, frames, 30, args.sequence_batches, args.repeats, report["sequence_batch"], save)
 
     compiled_decoder = base.vae.decoder
 
@@ -444,6 +461,51 @@ def main(argv: list[str] | None = None) -> None:
         save()
     sync()
     log(f"wrote {out}")
+
+
+def sequence_batch_probe(
+    pipe: ViewNeTIPipeline,
+    object_mapper: Any,
+    frames: list[Camera],
+    steps: int,
+    batches: list[int],
+    repeats: int,
+    out: dict[str, Any],
+    save: Callable[[], None],
+) -> None:
+    """Frames per UNet call against time per frame, into ``out`` (``save`` after each batch size): each size's
+    first two renders compile (and record the CUDA graphs), then the median of ``repeats`` renders of its
+    first ``b`` frames, encodings cached."""
+    out.update(steps=steps, size=f"{frames[0].width}x{frames[0].height}")
+    cuda = torch.cuda.is_available()
+    for b in batches:
+        cams = frames[:b]
+
+        def run(c=cams):
+            return pipe(c, object_mapper, seed=0, steps=steps, guidance=7.5, object_key="obj", output="latent")
+
+        row: dict[str, Any] = {}
+        try:
+            t0 = time.perf_counter()
+            run()
+            run()
+            sync()
+            row["compile_s"] = time.perf_counter() - t0
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            ms = timed(run, repeats=repeats)[0] * 1e3
+            row.update(ms=ms, ms_per_frame=ms / b)
+            if cuda:
+                row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            log(
+                f"sequence batch {b}: {ms:.1f} ms, {ms / b:.1f} ms a frame, compiled in {row['compile_s']:.0f} s"
+                + (f", peak {row['peak_gib']:.1f} GiB" if cuda else "")
+            )
+        except Exception as exc:  # noqa: BLE001  a probe: record what failed (e.g. out of memory) and go on
+            row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            log(f"sequence batch {b} failed: {row['error']}")
+        out[str(b)] = row
+        save()
 
 
 def cancel_probe(render, view: Camera, live: Camera, delay_s: float, repeats: int) -> dict:

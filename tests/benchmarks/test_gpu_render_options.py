@@ -91,6 +91,29 @@ def test_build_variant_sections_run_with_smoke(tmp_path):
     assert prepared["unet"] > 0 and prepared["decoder"] > 0, prepared
 
 
+@pytest.mark.slow
+def test_sequence_batch_section_times_each_batch_per_frame(tmp_path):
+    """Each asked batch size is compiled, then timed: its whole render and per frame (the ratio of the two)."""
+    report = run_smoke(
+        tmp_path / "seq.json",
+        "--sections",
+        "sequence-batch",
+        "--jobs",
+        "live",
+        "--repeats",
+        "1",
+        "--sequence-batches",
+        "1,3",
+    )
+    rows = report["sequence_batch"]
+    assert rows["steps"] == 30 and set(rows) == {"steps", "size", "1", "3"}, rows
+    for b in (1, 3):
+        row = rows[str(b)]
+        assert "error" not in row, row
+        assert row["compile_s"] > 0 and row["ms"] > 0
+        assert row["ms_per_frame"] == pytest.approx(row["ms"] / b)
+
+
 def test_inductor_options_parse_to_typed_values_and_unknown_names_are_refused():
     from benchmarks.gpu_render_options import parse_inductor_options
 

@@ -95,7 +95,12 @@ RESULTS_COMMANDS = [
         "--out benchmarks/server_gpu_split_gn.json --work /tmp/w --repeats 6 --compile-processes 3 --busy-s 30",
         {"repeats": 6, "compile_processes": 3, "busy_s": 30.0},
     ),
-    (  # run next: the build that shipped before session 22, against today's shipped one
+    (  # run next: frames per UNet call for sequences (the engine's sequence_batch) ...
+        "gpu_render_options",
+        "--out $OUT/gpu_render_options_sequence_batch.json --sections sequence-batch --jobs view --repeats 3",
+        {"sections": "sequence-batch", "jobs": "view", "sequence_batches": [1, 4, 8]},
+    ),
+    (  # ... and the build that shipped before session 22, against today's shipped one
         "gpu_render_options",
         "--out $OUT/gpu_render_options_native_gn.json --sections native-group-norm --jobs view,live --repeats 3",
         {"sections": "native-group-norm", "jobs": "view,live", "repeats": 3},
