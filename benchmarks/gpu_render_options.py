@@ -19,9 +19,6 @@ first), then:
 
 * ``nchw``: the same renders with the UNet and the VAE decoder in the default (NCHW) memory layout
   instead of channels-last, compiled the same way (channels-last had been chosen on eager timings).
-* ``nchw-decoder``: the UNet channels-last as shipped, the VAE decoder alone NCHW: compiled, group norms
-  alone ran about twice as fast on contiguous tensors as on channels-last ones (session 22), and the
-  decode is 11.4 of a view's 319 ms and 6.7 of a live frame's 63 ms through the server (H200).
 * ``inductor-options``: the shipped build (CUDA graphs) with inductor options added
   (``--inductor-options``, e.g. ``coordinate_descent_tuning=True``). A cached view spends 85 ms in
   inductor's fused kernels (session 21, H100), 47 ms of it in the UNet's group norms over channels-last
@@ -61,7 +58,7 @@ Alone (no model compiled, a minute or less):
 * ``text-phase``: the whole new-pose text phase with either mask, under the server's SDPA order.
 
 ``--smoke`` runs tiny widths on any device to check the script (times nothing real). Results and the
-commands as run: RESULTS.md §1 and the log, sessions 18 to 20.
+commands as run: RESULTS.md §1 and the log, sessions 18 to 22.
 """
 
 from __future__ import annotations
@@ -173,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sections",
         default="timeline,fp8-unet,fp8-text",
-        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, nchw-decoder, inductor-options, max-autotune, "
-        "native-group-norm, "
+        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, native-group-norm, "
         "cancel, sequence-batch (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
         "group-norm also goes with the others); 'none': the bf16 renders only",
     )
@@ -191,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--jobs",
         default="view,live",
-        help="which renders the timed rows, the timeline, FP8 and the builds (nchw, nchw-decoder, inductor-options, "
-        "max-autotune, native-group-norm) use, in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
+        help="which renders the timed rows, the timeline, FP8 and the builds (nchw, inductor-options, max-autotune, "
+        "native-group-norm) use, "
+        "in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
     )
     ap.add_argument(
         "--sequence-batches",
@@ -335,23 +332,17 @@ def main(argv: list[str] | None = None) -> None:
         options: dict | None = None,
         memory_format: torch.memory_format = torch.channels_last,
         prepare: Callable[[nn.Module], object] | None = None,
-        decoder_memory_format: torch.memory_format | None = None,
     ) -> None:
         """Render with another build of the UNet and decoder (same weights, same maths, other kernels), one
         job at a time: compile time, render times against the shipped build in the same run, and how far
         the latents and image move from it (rounding only). ``options``: inductor options instead of a mode.
         The modules are copies, so that dynamo compiles and records them afresh; ``prepare`` changes each
-        copy in place before it is compiled. ``decoder_memory_format``: the decoder's own layout (default:
-        ``memory_format``); a contiguous decoder also gets its input made contiguous (the latents come
-        channels-last from the UNet and the VAE's post-quant convolution)."""
+        copy in place before it is compiled."""
         report[key] = {"options": options} if options else {}
         unet: Any = copy.deepcopy(plain_unet)  # Any: Module.to's stubs lack memory_format
         decoder: Any = copy.deepcopy(base.eager["vae_decoder"])
         unet.to(memory_format=memory_format)
-        decoder_format = memory_format if decoder_memory_format is None else decoder_memory_format
-        decoder.to(memory_format=decoder_format)
-        if decoder_format == torch.contiguous_format:
-            decoder = ContiguousInput(decoder)
+        decoder.to(memory_format=memory_format)
         if prepare is not None:
             report[key]["prepared"] = {"unet": prepare(unet), "decoder": prepare(decoder)}
         variant_unet = torch.compile(unet, mode=mode, options=options, fullgraph=False, dynamic=False)
@@ -392,8 +383,6 @@ def main(argv: list[str] | None = None) -> None:
 
     if "nchw" in sections:
         build_variant("nchw", "NCHW", "reduce-overhead", memory_format=torch.contiguous_format)
-    if "nchw-decoder" in sections:
-        build_variant("nchw_decoder", "NCHW decoder", "reduce-overhead", decoder_memory_format=torch.contiguous_format)
     if "inductor-options" in sections:
         # reduce-overhead is {"triton.cudagraphs": True}; these options are added to it
         options = {"triton.cudagraphs": True, **parse_inductor_options(args.inductor_options)}
@@ -472,18 +461,6 @@ def main(argv: list[str] | None = None) -> None:
         save()
     sync()
     log(f"wrote {out}")
-
-
-class ContiguousInput(nn.Module):
-    """A module run on a contiguous (NCHW) copy of its input: a channels-last tensor would make its first
-    convolution, and so the rest, channels-last whatever the weights' layout."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.contiguous())
 
 
 def sequence_batch_probe(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.gpu_render_options import GROUP_NORM_OPTION_SETS, ContiguousInput, Fp8Linear, to_fp8_linears
+from benchmarks.gpu_render_options import GROUP_NORM_OPTION_SETS, Fp8Linear, to_fp8_linears
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,16 +40,6 @@ def test_fp8_swap_replaces_each_eligible_linear_once_and_only_inside_the_scope()
     assert isinstance(block.inner[0], Fp8Linear) and isinstance(block.inner[2], Fp8Linear)
     assert isinstance(block.odd, nn.Linear) and isinstance(model["head"], nn.Linear)
     assert to_fp8_linears(model) == 1  # the head; the block's layers are already swapped
-
-
-def test_a_contiguous_decoder_runs_nchw_on_channels_last_latents():
-    """Without the wrapper a channels-last input makes the convolutions channels-last whatever the weights."""
-    conv = nn.Conv2d(4, 8, 3, padding=1)
-    z = torch.randn(1, 4, 6, 5).contiguous(memory_format=torch.channels_last)
-    assert conv(z).is_contiguous(memory_format=torch.channels_last) and not conv(z).is_contiguous()
-    out = ContiguousInput(conv)(z)
-    assert out.is_contiguous()
-    torch.testing.assert_close(out, conv(z))
 
 
 def run_smoke(out: Path, *args: str) -> dict:
@@ -83,11 +73,11 @@ def test_model_free_sections_run_with_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_build_variant_sections_run_with_smoke(tmp_path):
-    """Each build (NCHW layout, NCHW decoder, inductor options, max-autotune, native group norms) is compiled, timed against the
+    """Each build (NCHW layout, inductor options, max-autotune, native group norms) is compiled, timed against the
     shipped build in the same run, and the shipped build is restored after (on the CPU the latents barely move)."""
-    sections = "nchw,nchw-decoder,inductor-options,max-autotune,native-group-norm"
+    sections = "nchw,inductor-options,max-autotune,native-group-norm"
     report = run_smoke(tmp_path / "variants.json", "--sections", sections, "--jobs", "live", "--repeats", "1")
-    for key in ("nchw", "nchw_decoder", "inductor_options", "max_autotune", "native_group_norm"):
+    for key in ("nchw", "inductor_options", "max_autotune", "native_group_norm"):
         assert set(report[key]) - {"options", "prepared"} == {"live"}, report[key]
         live = report[key]["live"]
         assert live["compile_s"] > 0 and live["same_pose_ms"] > 0 and live["shipped_same_pose_ms"] > 0

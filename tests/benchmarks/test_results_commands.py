@@ -100,11 +100,6 @@ RESULTS_COMMANDS = [
         "--out $OUT/gpu_render_options_sequence_batch.json --sections sequence-batch --jobs view --repeats 3",
         {"sections": "sequence-batch", "jobs": "view", "sequence_batches": [1, 4, 8]},
     ),
-    (  # ... the VAE decoder alone in NCHW ...
-        "gpu_render_options",
-        "--out $OUT/gpu_render_options_nchw_decoder.json --sections nchw-decoder --jobs view,live --repeats 3",
-        {"sections": "nchw-decoder", "jobs": "view,live", "repeats": 3},
-    ),
     (  # ... and the build that shipped before session 22, against today's shipped one
         "gpu_render_options",
         "--out $OUT/gpu_render_options_native_gn.json --sections native-group-norm --jobs view,live --repeats 3",
