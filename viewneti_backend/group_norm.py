@@ -14,7 +14,7 @@ inductor compiles it; run eagerly, and for contiguous (NCHW) inputs or other ran
 
 :func:`use_split_stats_group_norm` switches a model's group norms in place (weights and state-dict
 keys stay). ``compile_base_model`` does so for the UNet and the VAE by default: through the server on
-an H200, views 2-3 % faster, sequences 6 % (RESULTS section 6). ``VIEWNETI_GROUP_NORM=native`` keeps
+an H200, views about 2 % faster, live frames 3 %, sequences 6 % (RESULTS section 6). ``VIEWNETI_GROUP_NORM=native`` keeps
 inductor's own group norm.
 """
 
