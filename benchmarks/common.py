@@ -95,12 +95,13 @@ def toy_engine(model: str | None = None, device: str = "cpu", **load: Any) -> It
 
 
 def machine() -> dict:
-    """The host, Python, the CPU and its cores, torch's threads and version, for a report."""
+    """The host, Python, the CPU and its cores, torch's threads and version, and the GPU (when CUDA
+    has one: a report's numbers depend on which card ran them), for a report."""
     import platform
 
     import torch
 
-    return {
+    info = {
         "host": platform.node(),
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
@@ -108,6 +109,9 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
 # ---- timing, FLOPs, memory -----------------------------------------------------------------------

@@ -12,7 +12,10 @@ so does compilation on first use. Sections:
 - the camera moves during a refinement: a live request that supersedes a view of the same session in
   flight (as the add-on's live mode sends them), timed from the client of the live request;
 - a 24-frame sequence job at 768x576 (frames batched per UNet call), and whether its frames match
-  one-by-one renders;
+  one-by-one renders; then the same job again while live renders (a new pose each, as a camera being
+  dragged) are sent one after another (the last section): what the live preview costs while a camera
+  path renders (they are served between the denoising steps of the frames' render), and what they cost
+  the job;
 - a request at a size nobody warmed up (640x480): served uncompiled at once, compiled in the background
   (by helper processes first, ``--compile-processes``), while live renders and more requests at the new
   size go on and are timed: what compiling costs the user who keeps working;
@@ -192,6 +195,34 @@ def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float
     return seconds, state
 
 
+def live_during_sequence(client: Client, port: int, cameras: list[dict], steps: int, live: tuple) -> dict:
+    """A sequence job submitted on a second connection, and live renders (a new pose each) sent one after
+    another on ``client`` until it ends: the live renders' client times and the job's seconds."""
+    other = Client(port)
+    t0 = time.perf_counter()
+    status, job = other.json("POST", "/v1/jobs/sequence", {"cameras": cameras, "steps": steps, "guidance": 7.5})
+    if status != 202:
+        raise RuntimeError(f"sequence failed: {status} {job}")
+    times: list[float] = []
+    state: dict = {}
+    while True:
+        _, state = other.json("GET", f"/v1/jobs/{job['job_id']}")
+        if state["state"] in ("done", "error", "cancelled", "interrupted"):
+            break
+        az = 200.0 + 3.0 * len(times)
+        times.append(timed_renders(client, [render_body(az, *live)], "image/png")["client_p50_ms"])
+    seconds = time.perf_counter() - t0
+    if state["state"] != "done":
+        raise RuntimeError(f"sequence ended {state['state']}: {state.get('error')}")
+    return {
+        "frames": len(cameras),
+        "sequence_seconds": round(seconds, 2),
+        "live_requests": len(times),
+        "live_client_p50_ms": p50_ms(times),
+        "live_client_max_ms": round(max(times), 1) if times else None,
+    }
+
+
 def pixels(data: bytes):
     import io
 
@@ -314,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
             {"camera_to_anchor": orbit(360.0 * k / args.frames), "fov_y_deg": 40.0, "width": view[0], "height": view[1]}
             for k in range(args.frames)
         ]
-        run_sequence(client, cams[:4], view[2])  # warm the sequence path (batched shape compiled at start)
+        batch = max(1, int(health.get("sequence_batch") or 1))
+        run_sequence(client, cams[:batch], view[2])  # warm the sequence path (batched shape compiled at start)
         seconds, state = run_sequence(client, cams, view[2])
         report["sequence"] = {
             "frames": args.frames,
@@ -388,6 +420,12 @@ def main(argv: list[str] | None = None) -> None:
             else None,
             "first_request": timed_renders(client, [render_body(70.0, aw, ah, view[2])], "image/png"),
         }
+        save()
+
+        # last (a failure here loses no other row): the user keeps moving the camera while a camera path
+        # renders; new poses, so neither the job nor the live renders find cached encodings
+        moved = [{**c, "camera_to_anchor": orbit(360.0 * k / args.frames + 7.5)} for k, c in enumerate(cams)]
+        report["live_during_sequence"] = live_during_sequence(client, args.port, moved, view[2], live)
     finally:
         proc.terminate()
         try:
@@ -423,6 +461,12 @@ def print_table(report: dict) -> None:
         f"\nsequence {s['frames']} x {s['size']}, {s['steps']} steps: {s['seconds']} s ({s['ms_per_frame']} ms a frame)"
     )
     print(f"  vs one-by-one renders: {s['vs_single_renders']}")
+    d = report.get("live_during_sequence")
+    if d:
+        print(
+            f"  again with {d['live_requests']} live renders sent meanwhile: {d['sequence_seconds']} s; the live "
+            f"renders p50 {d['live_client_p50_ms']} ms (max {d['live_client_max_ms']})"
+        )
     n = report["new_size_first_request"]
     compiled = (
         f"compiled in the background in {report['new_size_compile_s']} s"

@@ -2,10 +2,10 @@
 
 Engine methods are not thread-safe, so every engine call happens on this thread. Order of work:
 pending renders (and small library calls such as deletes) first, in arrival order; then the oldest
-active job, one unit at a time (a sequence frame, or a whole inversion), so that live renders
-interleave with long sequences. During an inversion, pending renders are served between two
-optimisation steps (from the job's progress callback, on this same thread), so live mode keeps
-working while a token is being fitted.
+active job, one unit at a time (a batch of sequence frames, or a whole inversion). Inside a unit,
+pending renders are served between two denoising steps of the frames' render, or between two
+optimisation steps of an inversion (from the engine's step/progress callback, on this same thread), so
+live mode keeps working while a camera path renders or a token is being fitted.
 
 Live supersede: a render carries an optional session key. A newer render of the same session fails
 the older one with ``Superseded`` (HTTP 409): at once if it is still queued, or at the next
@@ -30,6 +30,7 @@ from PIL import Image
 from viewneti_backend import limits
 from viewneti_backend.errors import Cancelled, InputError
 from viewneti_backend.progress import Progress
+from viewneti_backend.render_shape import RenderShape
 from viewneti_backend.sampling_defaults import SamplingDefaults
 
 from .compiler import BackgroundCompiler
@@ -99,6 +100,26 @@ def capped_sampling(reported: object, max_steps: int) -> SamplingDefaults:
     except ValueError:
         d = SamplingDefaults()
     return replace(d, steps=min(d.steps, max_steps), live_steps=min(d.live_steps, max_steps))
+
+
+def sequence_unit(remaining: int, batch: int, compiled: Callable[[int], bool]) -> tuple[int, int]:
+    """How the next frames of a sequence render: (frames taken, views in the engine call).
+
+    A full ``batch`` while that many frames are left. The last k < batch frames take the cheapest shape
+    that is compiled (``compiled(views)``; an uncompiled shape costs seconds at SD 2 scale): k views if
+    that shape is; else one frame a call while at most half a batch is left and single views are; else
+    the full batch, padded with copies of the last camera (their images are dropped; every view of a
+    batch starts from the same noise, so the kept frames are those of any batch of that size); else k
+    views, uncompiled."""
+    if remaining >= batch:
+        return batch, batch
+    if compiled(remaining):
+        return remaining, remaining
+    if remaining <= batch // 2 and compiled(1):
+        return 1, 1
+    if compiled(batch):
+        return remaining, batch
+    return remaining, remaining
 
 
 def _fail(future: Future, exc: BaseException) -> None:
@@ -339,8 +360,6 @@ class Worker:
 
     def _warmup_shapes(self, engine: Any) -> list[Any]:
         """The render shapes to get ready before users ask: ``--warmup``, else the engine's defaults."""
-        from viewneti_backend.render_shape import RenderShape
-
         try:
             if self._warmup is None:
                 return engine.default_warmup_shapes()
@@ -556,15 +575,21 @@ class Worker:
 
     def _sequence_frame(self, job: Job, spec: SequenceSpec, should_stop: Callable[[], bool]) -> None:
         """Render the next frames of a sequence in one engine call (``engine.sequence_batch`` views per
-        UNet call; their poses in one text-encoder call), then hand them to the frame writer, which
-        encodes and stores them while the worker renders the next ones (or serves live renders)."""
+        UNet call, see :func:`sequence_unit`; their poses in one text-encoder call), serving pending live
+        renders between its denoising steps, then hand them to the frame writer, which encodes and stores
+        them while the worker renders the next ones."""
         run = job.run
         if run.write_error is not None:  # an earlier frame could not be stored: render no more
             raise run.write_error
         i = run.next_index
         n = max(1, int(getattr(self.engine, "sequence_batch", 1)))
-        batch = list(spec.cameras[i : i + n])
-        images = self.engine.render(batch, spec.object, spec.seed, spec.steps, spec.guidance, should_stop=should_stop)
+        take, views = sequence_unit(len(spec.cameras) - i, n, self._compiled_views(spec.cameras[i], spec.guidance))
+        batch = list(spec.cameras[i : i + take])
+        padded = batch + [batch[-1]] * (views - take)
+        on_step = self._serve_between_steps if self._serve_during_jobs else None
+        images = self.engine.render(
+            padded, spec.object, spec.seed, spec.steps, spec.guidance, should_stop=should_stop, on_step=on_step
+        )[:take]
         run.next_index = i + len(batch)
         last = run.next_index >= job.total
         frames = list(spec.frames[i : i + len(batch)])
@@ -574,6 +599,18 @@ class Worker:
                 w.result()  # re-raises a failed write: the job ends 'error', not 'done'
             run.writes.clear()
             self._finish_job(job, "done", result={"frames": list(job.frames_done)}, eta_s=0.0)
+
+    def _compiled_views(self, camera: Any, guidance: float) -> Callable[[int], bool]:
+        """Whether a render of that many views at this camera's size runs compiled (never, on an engine
+        that does not compile)."""
+        runs_uncompiled = getattr(self.engine, "runs_uncompiled", None)
+        if runs_uncompiled is None:
+            return lambda views: False
+        return lambda views: not runs_uncompiled(RenderShape.of_render(views, camera.width, camera.height, guidance))
+
+    def _serve_between_steps(self, step: int, steps: int) -> None:
+        """A sequence render's step callback: the GPU has done ``step``; serve what waits meanwhile."""
+        self._serve_pending_tasks()
 
     def _write_frames(self, job: Job, first: int, frames: list[int], images: list[Any]) -> None:
         """Encode and store frames (frame-writer thread). The first failure is kept in ``run.write_error``:

@@ -11,13 +11,14 @@ ships that way, and the same layout works for SD 2 folders.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -51,6 +52,9 @@ log = logging.getLogger("viewneti.engine")
 
 # a compiled shape whose graphs failed this many renders is given up: it renders eager from then on
 MAX_COMPILED_FAILURES = 2
+# frames of a sequence job per UNet call on a GPU (the last frames may take a compiled shape instead:
+# server/worker.py sequence_unit)
+SEQUENCE_BATCH_CUDA = 8
 
 
 def embedded_model_dir() -> Path:
@@ -128,9 +132,10 @@ class Engine:
         self.train_long_side = train_long_side
         self.sampling = sampling or SamplingDefaults()  # the model's recommended steps/guidance
         self.compile_mode: str | None = None  # set by load(); None = eager
-        # views per UNet call in a sequence job: on a GPU several frames fill it far better than one;
-        # on a CPU one frame per call keeps live renders interleaving with the job
-        self.sequence_batch = 4 if base.device.type == "cuda" else 1
+        # views per UNet call in a sequence job: on a GPU several frames fill it far better than one (8:
+        # 224 ms a 768x576 frame against 237 at 4 and 318 at 1, H100, RESULTS.md §1); on a CPU a larger
+        # batch gains nothing. Live renders are served between the steps of a batch (server/worker.py).
+        self.sequence_batch = SEQUENCE_BATCH_CUDA if base.device.type == "cuda" else 1
         self.background = reference_background(model)  # behind the transparent parts of a reference
         # A view-mapper trained in another camera frame (DTU) carries a rig: user cameras (anchor frame)
         # are mapped through it before they reach the mapper (camera_rig.py).
@@ -146,6 +151,8 @@ class Engine:
         # not starve a render of the GIL (measured: an eager 768x576 view took 19 s instead of ~1 s)
         self.idle = threading.Event()
         self.idle.set()
+        self._busy_depth = 0  # renders running now: one served between the steps of another makes two
+        self._busy_lock = threading.Lock()
         self.on_uncompiled_shape: Callable[[RenderShape], None] | None = None
         # label -> {"count", "last_error", "gave_up"}: compiled renders that raised and were redone eager
         self.compiled_failures: dict[str, dict] = {}
@@ -279,14 +286,26 @@ class Engine:
         cuDNN plans (the server does this for the sizes a client asks it to compile: ``POST /v1/compile``).
         Returns the seconds it took."""
         t0 = time.perf_counter()
-        self.idle.clear()  # like a render: a background compile waits meanwhile (server/compiler.py)
-        try:
+        with self.busy():  # like a render: a background compile waits meanwhile (server/compiler.py)
             for shape in dict.fromkeys(shapes):
                 if self.runs_uncompiled(shape):
                     self.pipeline.run_graphs(shape, steps=1, eager=True)
-        finally:
-            self.idle.set()
         return time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Keep :attr:`idle` cleared while this runs. Re-entrant: a live render that the server serves
+        between two steps of a sequence's render must not set it while the outer render goes on."""
+        with self._busy_lock:
+            self._busy_depth += 1
+            self.idle.clear()
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy_depth -= 1
+                if self._busy_depth == 0:
+                    self.idle.set()
 
     def warmup(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 8) -> None:
         """Compile the render graphs of single views at these sizes before the first user request."""
@@ -374,8 +393,7 @@ class Engine:
         ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`).
         ``warnings``, if given, is extended with :meth:`render_warnings` (the render still happens).
         ``use_rig=False``: the cameras are already in the view-mapper's own frame (DTU evaluation)."""
-        self.idle.clear()  # a background compile waits while this runs (server/compiler.py)
-        try:
+        with self.busy():  # a background compile waits while this runs (server/compiler.py)
             return self._render(
                 cameras,
                 object_name,
@@ -389,8 +407,6 @@ class Engine:
                 warnings=warnings,
                 use_rig=use_rig,
             )
-        finally:
-            self.idle.set()
 
     def _render(
         self,

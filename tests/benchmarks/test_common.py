@@ -81,6 +81,16 @@ def test_machine_names_the_host_python_and_torch():
     assert m["cores"] and m["torch_threads"] >= 1 and m["torch"]
 
 
+def test_machine_names_the_gpu_when_cuda_has_one(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H200")
+    assert machine()["gpu"] == "NVIDIA H200"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "gpu" not in machine()
+
+
 def test_command_line_carries_the_kernel_choices_but_not_the_token(monkeypatch):
     """A report's command reproduces its timings: the variables that choose kernels come first, quoted;
     the server's access token, also a VIEWNETI_ variable, never lands in a report."""

@@ -129,3 +129,26 @@ def test_a_stoppable_render_is_paced_on_the_gpu_with_the_same_latents(engines):
 
     with pytest.raises(Cancelled, match="stopped at step 5 of 12"):
         pipe(cams, mapper, seed=5, steps=12, guidance=2.0, output="latent", should_stop=stop_at_5)
+
+
+def test_a_render_between_the_steps_of_another_through_the_compiled_graphs(engines):
+    """The server serves a live frame between two denoising steps of a sequence's frames: both renders
+    replay the compiled UNet (CUDA graph trees; here the same graph, the case where the inner replay
+    reuses the outer's memory) and each gives bitwise the latents it gives alone."""
+    compiled, _ = engines
+    pipe = compiled.pipeline
+    _, mapper = compiled.object_mapper(None)
+    outer_cams = [Camera(orbit_pose(50.0, 25.0, 3.6), 40.0, 64, 64)]
+    inner_cams = [Camera(orbit_pose(140.0, 25.0, 3.6), 40.0, 64, 64)]
+    render = functools.partial(pipe, object_mapper=mapper, steps=8, guidance=2.0, output="latent")
+    outer_alone, inner_alone = render(outer_cams, seed=2), render(inner_cams, seed=9)
+    inner: list[torch.Tensor] = []
+
+    def on_step(step: int, steps: int) -> None:
+        if step in (3, 6):
+            inner.append(render(inner_cams, seed=9, should_stop=lambda: False))
+
+    outer = render(outer_cams, seed=2, should_stop=lambda: False, on_step=on_step)
+    assert len(inner) == 2
+    assert torch.equal(outer, outer_alone), f"max |diff| {(outer - outer_alone).abs().max().item()}"
+    assert all(torch.equal(x, inner_alone) for x in inner)

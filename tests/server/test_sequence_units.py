@@ -1,0 +1,159 @@
+"""How a sequence job cuts its frames into engine calls (``sequence_unit``), and live renders served
+between the denoising steps of those calls, on the worker with the fake engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from fake_engine import FakeEngine
+from PIL import Image
+
+from server.events import EventHub
+from server.jobs import JobStore, SequenceSpec
+from server.worker import RenderTask, Worker, sequence_unit
+from viewneti_backend.cameras import Camera, orbit_pose
+from viewneti_backend.render_shape import RenderShape
+
+
+def compiled_views(*views: int):
+    return lambda v: v in views
+
+
+@pytest.mark.parametrize(
+    "remaining,batch,compiled,expected",
+    [
+        (20, 8, (), (8, 8)),  # a full batch whatever is compiled
+        (8, 8, (8,), (8, 8)),
+        (3, 8, (3, 8), (3, 3)),  # three left and that shape compiled: three views
+        (4, 8, (1, 8), (1, 1)),  # half a batch left: one compiled single view a call
+        (5, 8, (1, 8), (5, 8)),  # more than half: the compiled batch, padded with three copies
+        (2, 8, (8,), (2, 8)),  # single views not compiled: padded
+        (2, 8, (), (2, 2)),  # nothing compiled (an eager engine): just the frames left
+        (1, 1, (), (1, 1)),  # the CPU: one frame a call
+        (3, 4, (1,), (3, 3)),  # neither k nor the batch compiled, more than half left: k uncompiled
+    ],
+)
+def test_sequence_unit(remaining, batch, compiled, expected):
+    assert sequence_unit(remaining, batch, compiled_views(*compiled)) == expected
+
+
+class CountingEngine(FakeEngine):
+    """A fake engine that batches ``sequence_batch`` frames, says which views are compiled, and logs
+    when each render call starts and ends."""
+
+    def __init__(self, *args, compiled: tuple[int, ...] = (), batch: int = 4, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sequence_batch = batch
+        self.compiled_views = compiled
+        self.log: list[tuple[str, int]] = []
+        self.step_seen = threading.Event()
+
+    def runs_uncompiled(self, shape: RenderShape) -> bool:
+        return shape.views not in self.compiled_views
+
+    def render(self, cameras, *args, on_step=None, **kwargs):
+        self.log.append(("start", len(cameras)))
+
+        def step(k, n):
+            self.step_seen.set()
+            if on_step is not None:
+                on_step(k, n)
+
+        try:
+            return super().render(cameras, *args, on_step=step, **kwargs)
+        finally:
+            self.log.append(("end", len(cameras)))
+
+
+def _cams(n: int, size: int = 32) -> tuple[Camera, ...]:
+    return tuple(Camera(orbit_pose(15.0 * k, 10.0, 4.0), 40.0, size, size) for k in range(n))
+
+
+def _worker(tmp_path, engine):
+    store = JobStore(tmp_path / "jobs", EventHub())
+    w = Worker(lambda: engine, store)
+    w.start()
+    deadline = time.monotonic() + 10
+    while w.state != "ready" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w.state == "ready"
+    return w, store
+
+
+def _sequence(store, cams, steps=2):
+    spec = SequenceSpec(cams, tuple(range(100, 100 + len(cams))), None, 4, steps, 2.0)
+    return store.create("sequence", len(cams), {}, spec=spec)
+
+
+def _wait_state(job, states=("done", "error", "cancelled"), timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while job.state not in states and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return job.state
+
+
+@pytest.mark.parametrize(
+    "compiled,calls",
+    [((1, 4), [4, 4, 1, 1]), ((4,), [4, 4, 4]), ((), [4, 4, 2])],
+    ids=["singles-compiled", "batch-compiled-only", "nothing-compiled"],
+)
+def test_the_last_frames_take_a_compiled_shape_and_keep_their_own_images(tmp_path, compiled, calls):
+    engine = CountingEngine(tmp_path / "lib", step_s=0.0, compiled=compiled, batch=4)
+    w, store = _worker(tmp_path, engine)
+    try:
+        cams = _cams(10)
+        job = _sequence(store, cams)
+        w.submit_job(job)
+        assert _wait_state(job) == "done", job.error
+        assert [n for what, n in engine.log if what == "start"] == calls
+        assert job.frames_done == list(range(100, 110))
+        alone = FakeEngine(tmp_path / "lib2", step_s=0.0)
+        for k, cam in enumerate(cams):  # a padded call's copies were dropped: frame k is camera k's view
+            path = store.frame_path(job, 100 + k)
+            assert path is not None
+            with Image.open(path) as im:
+                got = np.asarray(im.convert("RGB"))
+            want = np.asarray(alone.render([cam], None, 4, 2, 2.0)[0])
+            assert np.array_equal(got, want), f"frame {k}"
+    finally:
+        w.stop()
+
+
+def test_a_live_render_is_served_between_the_steps_of_a_sequence_batch(tmp_path):
+    engine = CountingEngine(tmp_path / "lib", step_s=0.05, batch=4)
+    w, store = _worker(tmp_path, engine)
+    try:
+        job = _sequence(store, _cams(4), steps=20)  # one engine call of 4 views, ~1 s
+        w.submit_job(job)
+        assert engine.step_seen.wait(10)
+        live = RenderTask([_cams(1)[0]], None, 0, 2, 2.0)
+        w.submit_render(live)
+        assert live.future.result(10)[0].size == (32, 32)
+        assert engine.log[:3] == [("start", 4), ("start", 1), ("end", 1)], engine.log  # inside the batch
+        assert job.state == "running" and job.frames_done == []
+        assert _wait_state(job) == "done"
+    finally:
+        w.stop()
+
+
+def test_without_serving_during_jobs_a_live_render_waits_for_the_batch(tmp_path):
+    engine = CountingEngine(tmp_path / "lib", step_s=0.02, batch=4)
+    store = JobStore(tmp_path / "jobs", EventHub())
+    w = Worker(lambda: engine, store, serve_renders_during_jobs=False)
+    w.start()
+    try:
+        while w.state != "ready":
+            time.sleep(0.01)
+        job = _sequence(store, _cams(4), steps=10)
+        w.submit_job(job)
+        assert engine.step_seen.wait(10)
+        live = RenderTask([_cams(1)[0]], None, 0, 2, 2.0)
+        w.submit_render(live)
+        live.future.result(10)
+        assert engine.log[:3] == [("start", 4), ("end", 4), ("start", 1)], engine.log
+        assert _wait_state(job) == "done"
+    finally:
+        w.stop()
