@@ -95,10 +95,20 @@ RESULTS_COMMANDS = [
         "--out benchmarks/server_gpu_split_gn.json --work /tmp/w --repeats 6 --compile-processes 3 --busy-s 30",
         {"repeats": 6, "compile_processes": 3, "busy_s": 30.0},
     ),
-    (  # run next: frames per UNet call for sequences (the engine's sequence_batch) ...
+    (  # session 23 (H100): frames per UNet call for sequences (the engine's sequence_batch) ...
         "gpu_render_options",
         "--out $OUT/gpu_render_options_sequence_batch.json --sections sequence-batch --jobs view --repeats 3",
         {"sections": "sequence-batch", "jobs": "view", "sequence_batches": [1, 4, 8]},
+    ),
+    (  # session 23 (H100): the server with 8 frames a UNet call, cut by its call's limit ...
+        "server_gpu",
+        "--out $OUT/server_gpu_seq8.json --work /tmp/w --repeats 6 --compile-processes 3 --busy-s 30",
+        {"repeats": 6, "compile_processes": 3, "busy_s": 30.0, "frames": 24},
+    ),
+    (  # ... and on the CPU, live renders while a sequence renders (here and on e56d5f3's server)
+        "server_gpu",
+        "--smoke --frames 24 --repeats 3 --out /tmp/cmp2_after.json",
+        {"smoke": True, "frames": 24, "repeats": 3},
     ),
     (  # ... and the build that shipped before session 22, against today's shipped one
         "gpu_render_options",
