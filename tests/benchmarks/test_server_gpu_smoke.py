@@ -50,6 +50,7 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
     assert seq["frames"] == 4 and seq["sequence_batch"] == 1
     assert [d["max_abs_diff"] for d in seq["vs_single_renders"]] == [0, 0, 0, 0]
     during = report["live_during_sequence"]  # on the CPU a 4-frame job may end before the first live render
+    assert "error" not in during, during
     assert during["frames"] == 4 and during["sequence_seconds"] > 0 and during["live_requests"] >= 0
     assert (during["live_client_p50_ms"] is None) == (during["live_requests"] == 0)
     assert report["new_size_first_request"]["n"] == 1 and report["new_size_after_compile"]["n"] == 3
