@@ -28,7 +28,7 @@ from typing import Any
 from PIL import Image
 
 from viewneti_backend import limits
-from viewneti_backend.errors import Cancelled, InputError
+from viewneti_backend.errors import Cancelled, InputError, is_out_of_memory
 from viewneti_backend.progress import Progress
 from viewneti_backend.render_shape import RenderShape
 from viewneti_backend.sampling_defaults import SamplingDefaults
@@ -587,9 +587,15 @@ class Worker:
         batch = list(spec.cameras[i : i + take])
         padded = batch + [batch[-1]] * (views - take)
         on_step = self._serve_between_steps if self._serve_during_jobs else None
-        images = self.engine.render(
-            padded, spec.object, spec.seed, spec.steps, spec.guidance, should_stop=should_stop, on_step=on_step
-        )[:take]
+        try:
+            images = self.engine.render(
+                padded, spec.object, spec.seed, spec.steps, spec.guidance, should_stop=should_stop, on_step=on_step
+            )[:take]
+        except Exception as exc:
+            if not is_out_of_memory(exc) or views == 1:
+                raise
+            self._halve_sequence_batch(views)
+            return  # the same frames again, fewer at a time (the job's next unit)
         run.next_index = i + len(batch)
         last = run.next_index >= job.total
         frames = list(spec.frames[i : i + len(batch)])
@@ -599,6 +605,14 @@ class Worker:
                 w.result()  # re-raises a failed write: the job ends 'error', not 'done'
             run.writes.clear()
             self._finish_job(job, "done", result={"frames": list(job.frames_done)}, eta_s=0.0)
+
+    def _halve_sequence_batch(self, views: int) -> None:
+        """A sequence's batch of ``views`` ran out of GPU memory (a large size, or a GPU shared with other
+        work): from now on render half as many frames a call, and say so in /v1/health."""
+        smaller = max(1, views // 2)
+        log.warning("out of GPU memory rendering %d sequence frames at once: %d a call from now on", views, smaller)
+        self.engine.sequence_batch = smaller
+        self.info = {**self.info, "sequence_batch": smaller}
 
     def _compiled_views(self, camera: Any, guidance: float) -> Callable[[int], bool]:
         """Whether a render of that many views at this camera's size runs compiled (never, on an engine

@@ -30,7 +30,7 @@ from .cameras import Camera, orbit_pose
 from .compile_modes import resolve_compile_mode
 from .compile_warmer import WarmProcess
 from .data import Scene
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, is_out_of_memory
 from .limits import (  # noqa: F401 - the inversion defaults are re-exported for callers
     CPU_INVERT_STEPS,
     CPU_SECONDS_PER_INVERT_STEP,
@@ -461,9 +461,9 @@ class Engine:
             except (InputError, Cancelled, MemoryError):
                 raise
             except Exception as exc:
-                if _is_out_of_memory(exc):
+                if is_out_of_memory(exc):
                     self._free_uncompiled_graphs()
-                if eager or _is_out_of_memory(exc):
+                if eager or is_out_of_memory(exc):  # an eager retry of an OOM would only fail again, slower
                     raise
                 self._compiled_render_failed(shape, exc)
                 if timings is not None:
@@ -637,8 +637,3 @@ class Engine:
         entry = self.library.save(name, mapper, steps=steps, source=source)
         self.pipeline.forget(name)
         return entry
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError (an eager retry would only fail again, slower)."""
-    return type(exc).__name__ == "OutOfMemoryError"

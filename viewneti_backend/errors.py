@@ -22,3 +22,8 @@ class IncompatibleModelError(InputError):
 
 class Cancelled(Exception):
     """A render or job stopped at a step boundary because its caller asked it to."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, recognised without importing torch (the server's worker is torch-free)."""
+    return type(exc).__name__ == "OutOfMemoryError"

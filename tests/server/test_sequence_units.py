@@ -157,3 +157,54 @@ def test_without_serving_during_jobs_a_live_render_waits_for_the_batch(tmp_path)
         assert _wait_state(job) == "done"
     finally:
         w.stop()
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named as torch's: the worker recognises it by name (it does not import torch)."""
+
+
+class SmallGpuEngine(CountingEngine):
+    """Runs out of memory on any render of more than ``fits`` views."""
+
+    def __init__(self, *args, fits: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fits = fits
+
+    def render(self, cameras, *args, **kwargs):
+        if len(cameras) > self.fits:
+            self.log.append(("oom", len(cameras)))
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return super().render(cameras, *args, **kwargs)
+
+
+def test_a_batch_out_of_gpu_memory_is_rendered_again_with_half_as_many_frames(tmp_path):
+    engine = SmallGpuEngine(tmp_path / "lib", step_s=0.0, batch=8, fits=2)
+    w, store = _worker(tmp_path, engine)
+    try:
+        assert w.info["sequence_batch"] == 8
+        cams = _cams(5)
+        job = _sequence(store, cams)
+        w.submit_job(job)
+        assert _wait_state(job) == "done", job.error
+        assert [(what, n) for what, n in engine.log if what != "end"] == [
+            ("oom", 5),  # five frames left: all of them at once (nothing is compiled on this engine)
+            ("start", 2),  # half of what did not fit, from now on
+            ("start", 2),
+            ("start", 1),
+        ]
+        assert job.frames_done == list(range(100, 105))
+        assert engine.sequence_batch == 2 and w.info["sequence_batch"] == 2  # /v1/health says so
+    finally:
+        w.stop()
+
+
+def test_a_single_frame_out_of_gpu_memory_ends_the_job_with_an_error(tmp_path):
+    engine = SmallGpuEngine(tmp_path / "lib", step_s=0.0, batch=4, fits=0)
+    w, store = _worker(tmp_path, engine)
+    try:
+        job = _sequence(store, _cams(3))
+        w.submit_job(job)
+        assert _wait_state(job) == "error"
+        assert "OutOfMemoryError" in (job.error or "") and engine.sequence_batch == 1
+    finally:
+        w.stop()
