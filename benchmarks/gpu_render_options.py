@@ -45,8 +45,8 @@ first), then:
   alternating.
 * ``sequence-batch``: the view at each of ``--sequence-batches`` frames per UNet call (distinct poses,
   encodings cached, as a sequence's frames after its one text-encoder call): compile time, time per
-  frame and peak GPU memory, to choose the engine's ``sequence_batch`` (4 since session 12, not timed
-  against other sizes).
+  frame and peak GPU memory, to choose the engine's ``sequence_batch`` (4 from session 12, 8 since session
+  23 on this probe's H100 numbers).
 
 Alone (no model compiled, a minute or less):
 

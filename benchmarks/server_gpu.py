@@ -178,6 +178,11 @@ def wait_log_line(log_path: Path, text: str, timeout: float) -> float:
     raise RuntimeError(f"the server's log has no {text!r} after {timeout:.0f} s")
 
 
+# a job's final states as GET /v1/jobs/{id} reports them (server/jobs.py TERMINAL_STATES; this script is a
+# client and imports nothing from the server)
+JOB_ENDED = ("done", "error", "cancelled", "interrupted")
+
+
 def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float, dict]:
     t0 = time.perf_counter()
     status, job = client.json("POST", "/v1/jobs/sequence", {"cameras": cameras, "steps": steps, "guidance": 7.5})
@@ -185,7 +190,7 @@ def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float
         raise RuntimeError(f"sequence failed: {status} {job}")
     while True:
         _, state = client.json("GET", f"/v1/jobs/{job['job_id']}")
-        if state["state"] in ("done", "error", "cancelled", "interrupted"):
+        if state["state"] in JOB_ENDED:
             break
         time.sleep(0.01)
     seconds = time.perf_counter() - t0
@@ -206,7 +211,7 @@ def live_during_sequence(client: Client, port: int, cameras: list[dict], steps: 
     state: dict = {}
     while True:
         _, state = other.json("GET", f"/v1/jobs/{job['job_id']}")
-        if state["state"] in ("done", "error", "cancelled", "interrupted"):
+        if state["state"] in JOB_ENDED:
             break
         az = 200.0 + 3.0 * len(times)
         times.append(timed_renders(client, [render_body(az, *live)], "image/png")["client_p50_ms"])
@@ -429,7 +434,6 @@ def main(argv: list[str] | None = None) -> None:
             else None,
             "first_request": timed_renders(client, [render_body(70.0, aw, ah, view[2])], "image/png"),
         }
-
     finally:
         proc.terminate()
         try:
