@@ -224,6 +224,7 @@ def live_during_sequence(client: Client, port: int, cameras: list[dict], steps: 
         "live_requests": len(times),
         "live_client_p50_ms": p50_ms(times),
         "live_client_max_ms": round(max(times), 1) if times else None,
+        "server_phase_ms": state.get("phase_ms"),
     }
 
 
@@ -359,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": round(seconds, 2),
             "ms_per_frame": round(seconds * 1e3 / args.frames, 1),
             "sequence_batch": health.get("sequence_batch"),
+            # the job's GPU time by phase, summed over its renders (text encoder, denoise, VAE decode)
+            "server_phase_ms": state.get("phase_ms"),
         }
         # frames of the job against one-by-one renders of the same cameras (same seed)
         diffs = []
@@ -468,6 +471,7 @@ def print_table(report: dict) -> None:
     print(
         f"\nsequence {s['frames']} x {s['size']}, {s['steps']} steps: {s['seconds']} s ({s['ms_per_frame']} ms a frame)"
     )
+    print(f"  server split (ms, all frames): {s.get('server_phase_ms')}")
     print(f"  vs one-by-one renders: {s['vs_single_renders']}")
     d = report.get("live_during_sequence")
     if d and "error" in d:

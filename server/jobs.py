@@ -142,6 +142,9 @@ class Job:
     # single render of its cameras sends as X-Warnings (Engine.render_warnings), an inversion's those of
     # its cameras at the training size (Engine.invert_warnings)
     warnings: list[str] = field(default_factory=list)
+    # sequence: the GPU time of its renders so far by phase (ms: "encode", "denoise", "decode"), summed over
+    # its engine calls as X-Timings-Ms gives one render's; where a job's time went, from the server's side
+    phase_ms: dict[str, float] | None = None
     # -- runtime only (not persisted) ---------------------------------------------------------------
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     spec: JobSpec | None = field(default=None, repr=False)  # None for the records read back at startup
@@ -167,12 +170,14 @@ class Job:
         "name",
         "request_id",
         "warnings",
+        "phase_ms",
     )
 
     def public(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self._PUBLIC}
         d["frames_done"] = list(self.frames_done)
         d["warnings"] = list(self.warnings)
+        d["phase_ms"] = None if self.phase_ms is None else dict(self.phase_ms)
         return d
 
     @property

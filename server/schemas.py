@@ -354,6 +354,14 @@ class JobOut(BaseModel):
             "inversion's at the training size, so a photo-sized reference is no size warning)"
         ),
     )
+    phase_ms: dict[str, float] | None = Field(
+        default=None,
+        description=(
+            "a sequence's GPU time so far by phase, in ms: 'encode' (text encoder), 'denoise', 'decode' (VAE), "
+            "summed over the frames rendered (X-Timings-Ms of a render, for the whole job); null before its first "
+            "frames and for inversions"
+        ),
+    )
 
 
 class JobsOut(BaseModel):

@@ -29,7 +29,7 @@ from PIL import Image
 
 from viewneti_backend import limits
 from viewneti_backend.errors import Cancelled, InputError, is_out_of_memory
-from viewneti_backend.progress import Progress
+from viewneti_backend.progress import RENDER_PHASES, Progress
 from viewneti_backend.render_shape import RenderShape
 from viewneti_backend.sampling_defaults import SamplingDefaults
 
@@ -587,9 +587,17 @@ class Worker:
         batch = list(spec.cameras[i : i + take])
         padded = batch + [batch[-1]] * (views - take)
         on_step = self._serve_between_steps if self._serve_during_jobs else None
+        timings: dict[str, float] = {}
         try:
             images = self.engine.render(
-                padded, spec.object, spec.seed, spec.steps, spec.guidance, should_stop=should_stop, on_step=on_step
+                padded,
+                spec.object,
+                spec.seed,
+                spec.steps,
+                spec.guidance,
+                should_stop=should_stop,
+                on_step=on_step,
+                timings=timings,
             )[:take]
         except Exception as exc:
             if not is_out_of_memory(exc) or views == 1:
@@ -597,6 +605,8 @@ class Worker:
             self._halve_sequence_batch(views)
             return  # the same frames again, fewer at a time (the job's next unit)
         run.next_index = i + len(batch)
+        so_far = job.phase_ms or {}
+        job.phase_ms = {k: round(so_far.get(k, 0.0) + float(timings.get(k, 0.0)), 1) for k in RENDER_PHASES}
         last = run.next_index >= job.total
         frames = list(spec.frames[i : i + len(batch)])
         run.writes.append(self._frame_writer.submit(self._write_frames, job, i, frames, images))

@@ -26,6 +26,7 @@ from .errors import Cancelled, InputError
 from .images import to_pil
 from .mapper import NeTIMapper
 from .phase_clock import PhaseClock
+from .progress import RENDER_PHASES
 from .render_shape import RenderShape
 from .step_pacer import StepPacer
 from .text_conditioning import OBJECT_PROMPT, VIEW_OBJECT_PROMPT, Injection
@@ -397,6 +398,5 @@ class ViewNeTIPipeline:
         result = latents if output == "latent" else self.decode(latents, eager)  # images: read back to the host
         clock.mark()
         if timings is not None:
-            encode, denoise, decode = clock.phases_ms()
-            timings.update(encode=encode, denoise=denoise, decode=decode)
+            timings.update(zip(RENDER_PHASES, clock.phases_ms(), strict=True))
         return result

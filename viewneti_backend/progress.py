@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
 Phase = Literal["compiling", "training"]
 
+# A render's timed phases (ms), in order: the text encoder, the denoising loop, the VAE decode. The engine
+# fills a render's ``timings`` with them; the server sends them as X-Timings-Ms and sums a sequence's.
+RENDER_PHASES = ("encode", "denoise", "decode")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Progress:

@@ -48,10 +48,12 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
     assert set(cut["superseded_statuses"]) <= {200, 409}  # cut, or done before the live request came
     seq = report["sequence"]
     assert seq["frames"] == 4 and seq["sequence_batch"] == 1
+    assert set(seq["server_phase_ms"]) == {"encode", "denoise", "decode"} and seq["server_phase_ms"]["denoise"] > 0
     assert [d["max_abs_diff"] for d in seq["vs_single_renders"]] == [0, 0, 0, 0]
     during = report["live_during_sequence"]  # on the CPU a 4-frame job may end before the first live render
     assert "error" not in during, during
     assert during["frames"] == 4 and during["sequence_seconds"] > 0 and during["live_requests"] >= 0
+    assert during["server_phase_ms"]["denoise"] > 0
     assert (during["live_client_p50_ms"] is None) == (during["live_requests"] == 0)
     assert report["new_size_first_request"]["n"] == 1 and report["new_size_after_compile"]["n"] == 3
     asked = report["asked_size"]

@@ -110,6 +110,9 @@ def test_the_last_frames_take_a_compiled_shape_and_keep_their_own_images(tmp_pat
         assert _wait_state(job) == "done", job.error
         assert [n for what, n in engine.log if what == "start"] == calls
         assert job.frames_done == list(range(100, 110))
+        # each call's phase timings (the fake's encode and decode take 0.1 ms a call), summed over the job
+        assert job.phase_ms is not None and job.phase_ms["encode"] == pytest.approx(0.1 * len(calls))
+        assert job.phase_ms["decode"] == pytest.approx(0.1 * len(calls)) and job.phase_ms["denoise"] >= 0.0
         alone = FakeEngine(tmp_path / "lib2", step_s=0.0)
         for k, cam in enumerate(cams):  # a padded call's copies were dropped: frame k is camera k's view
             path = store.frame_path(job, 100 + k)
@@ -193,6 +196,7 @@ def test_a_batch_out_of_gpu_memory_is_rendered_again_with_half_as_many_frames(tm
             ("start", 1),
         ]
         assert job.frames_done == list(range(100, 105))
+        assert job.phase_ms is not None and job.phase_ms["encode"] == pytest.approx(0.3)  # the 3 calls that rendered
         assert engine.sequence_batch == 2 and w.info["sequence_batch"] == 2  # /v1/health says so
     finally:
         w.stop()

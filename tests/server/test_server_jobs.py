@@ -36,6 +36,8 @@ def test_sequence_job_writes_frames_and_streams_events(client):
         assert np.array_equal(png_array(fr.content), png_array(live.content))
     st = client.get(f"/v1/jobs/{job['job_id']}").json()
     assert st["state"] == "done" and st["frames_done"] == [10, 11, 12] and st["step"] == 3
+    # where the job's time went, summed over its renders (one frame a call on the CPU)
+    assert set(st["phase_ms"]) == {"encode", "denoise", "decode"} and all(v > 0 for v in st["phase_ms"].values())
     assert client.get(f"/v1/jobs/{job['job_id']}/frames/13").status_code == 404
     # a late subscriber gets the replay of the finished job
     replay = read_events(client, job["job_id"])
