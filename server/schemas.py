@@ -358,8 +358,8 @@ class JobOut(BaseModel):
         default=None,
         description=(
             "a sequence's GPU time so far by phase, in ms: 'encode' (text encoder), 'denoise', 'decode' (VAE), "
-            "summed over the frames rendered (X-Timings-Ms of a render, for the whole job); null before its first "
-            "frames and for inversions"
+            "summed over the frames rendered (X-Timings-Ms of a render, for the whole job; renders served between "
+            "its denoising steps count in 'denoise'); null before its first frames and for inversions"
         ),
     )
 
