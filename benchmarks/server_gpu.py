@@ -26,6 +26,9 @@ GPU (the numbers in RESULTS.md): SD 2.1-sized random weights written to a diffus
 
     python -m benchmarks.server_gpu --out benchmarks/server_gpu.json
 
+On a machine with a cold compile cache the warm-up alone takes about five minutes; a run that must fit a
+time limit can time only what it came for (``--sections sequence``, say) after it.
+
 CPU smoke run of the same script on the toy model (what the test suite runs)::
 
     python -m benchmarks.server_gpu --smoke --out /tmp/server_gpu.json
@@ -42,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import BENCH_DIR, REPO, command_line, machine, output_path, percentile, stats, write_json
@@ -237,6 +241,18 @@ def pixels(data: bytes):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
+# what can be timed after the cold start, the first view and the warm-up, in the order they run
+SECTIONS = ("renders", "superseded", "sequence", "new-size", "asked-size")
+
+
+def parse_sections(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown or [text]}: choose from {', '.join(SECTIONS)}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="CPU check of the script on the toy model (tiny sizes)")
@@ -261,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="passed to the server (default: the server's own default)",
     )
     p.add_argument(
+        "--sections",
+        type=parse_sections,
+        default=SECTIONS,
+        help=f"comma-separated sections to time after the cold start and the warm-up ({','.join(SECTIONS)}; "
+        "default: all): a cold GPU machine needs about five minutes for the warm-up alone, so a run limited "
+        "in time can time the rows it came for",
+    )
+    p.add_argument(
         "--compile",
         choices=COMPILE_CHOICES,
         default=None,
@@ -280,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         live, view, new_size, asked_size = (512, 512, 8), (768, 576, 30), (640, 480), (704, 528)
     out = output_path(args.out)
-    report: dict = {"command": command_line(), "machine": machine()}
+    report: dict = {"command": command_line(), "machine": machine(), "sections": list(args.sections)}
 
     def save() -> None:  # after every section: a run stopped by a time limit keeps what it measured
         write_json(out, report)
@@ -328,115 +352,25 @@ def main(argv: list[str] | None = None) -> None:
         report["compiled_shapes"] = health.get("compiled_shapes")
         save()
 
-        rows: dict = {}
         n = args.repeats
-        for accept, tag in (("image/png", "png"), ("image/jpeg", "jpeg")):
-            for (w, h, steps), name in ((live, "live"), (view, "view")):
-                same = [render_body(30.0, w, h, steps)] * (n + 1)
-                # poses no earlier row used (the server caches text encodings per pose)
-                offset = 0.0 if tag == "png" else 3.5
-                new = [render_body(40.0 + offset + 7.0 * k, w, h, steps) for k in range(n + 1)]
-                timed_renders(client, same[:1], accept)  # encodings of 'same' cached; warm
-                rows[f"{name}_{w}x{h}_{steps}steps_{tag}_new_pose"] = timed_renders(client, new[1:], accept)
-                rows[f"{name}_{w}x{h}_{steps}steps_{tag}_same_pose"] = timed_renders(client, same[1:], accept)
-        report["renders"] = rows
-        save()
+        if "renders" in args.sections:
+            time_render_rows(client, report, live, view, n)
+            save()
 
-        # the camera moves during a refinement: what the user waits for the live frame of the new pose
-        report["live_after_superseded_view"] = superseded_renders(client, args.port, view, live, n, delay_s=0.15)
-        save()
+        if "superseded" in args.sections:
+            # the camera moves during a refinement: what the user waits for the live frame of the new pose
+            report["live_after_superseded_view"] = superseded_renders(client, args.port, view, live, n, delay_s=0.15)
+            save()
 
-        cams = [
-            {"camera_to_anchor": orbit(360.0 * k / args.frames), "fov_y_deg": 40.0, "width": view[0], "height": view[1]}
-            for k in range(args.frames)
-        ]
-        batch = max(1, int(health.get("sequence_batch") or 1))
-        run_sequence(client, cams[:batch], view[2])  # warm the sequence path (batched shape compiled at start)
-        seconds, state = run_sequence(client, cams, view[2])
-        report["sequence"] = {
-            "frames": args.frames,
-            "size": f"{view[0]}x{view[1]}",
-            "steps": view[2],
-            "seconds": round(seconds, 2),
-            "ms_per_frame": round(seconds * 1e3 / args.frames, 1),
-            "sequence_batch": health.get("sequence_batch"),
-            # the job's GPU time by phase, summed over its renders (text encoder, denoise, VAE decode)
-            "server_phase_ms": state.get("phase_ms"),
-        }
-        # frames of the job against one-by-one renders of the same cameras (same seed)
-        diffs = []
-        for k in range(min(4, args.frames)):
-            _, _, frame, _ = client.call("GET", f"/v1/jobs/{state['job_id']}/frames/{k}", accept="image/png")
-            _, _, single, _ = client.call(
-                "POST", "/v1/render", {"camera": cams[k], "seed": 0, "steps": view[2], "guidance": 7.5}, "image/png"
-            )
-            d = abs(pixels(frame) - pixels(single))
-            diffs.append(
-                {"frame": k, "max_abs_diff": int(d.max()), "fraction_differing": round(float((d > 0).mean()), 5)}
-            )
-        report["sequence"]["vs_single_renders"] = diffs
-        save()
+        if "sequence" in args.sections:
+            time_sequences(client, report, args, view, live, save)
 
-        # the user keeps moving the camera while a camera path renders (new poses, so neither the job nor
-        # the live renders find cached encodings); before the new-size section, which on a machine with a
-        # cold compile cache can outlast a 10-minute call. A failure here is recorded, not fatal.
-        moved = [{**c, "camera_to_anchor": orbit(360.0 * k / args.frames + 7.5)} for k, c in enumerate(cams)]
-        try:
-            report["live_during_sequence"] = live_during_sequence(client, args.port, moved, view[2], live)
-        except (RuntimeError, OSError, http.client.HTTPException) as exc:
-            report["live_during_sequence"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        save()
+        if "new-size" in args.sections:
+            health = time_new_size(client, report, args, health, new_size, live, view)
+            save()
 
-        # a size nobody warmed up: answered uncompiled at once, compiled in the background
-        w, h = new_size
-        body = render_body(50.0, w, h, view[2])
-        t0 = time.perf_counter()
-        report["new_size_first_request"] = timed_renders(client, [body], "image/png")
-        label = f"{w}x{h}"
-        if health.get("compiled_shapes"):
-            # keep working while it compiles: live renders (already compiled) and more at the new size
-            live_ms, new_ms = [], []
-            k = 0
-            while True:
-                _, state = client.json("GET", "/v1/health")
-                shapes = state["compiled_shapes"]
-                if label in shapes["ready"] or label in shapes["failed"] or time.perf_counter() - t0 > args.busy_s:
-                    break
-                live_ms.append(timed_renders(client, [render_body(60.0 + k, live[0], live[1], live[2])], "image/png"))
-                if k % 5 == 4:
-                    new_ms.append(timed_renders(client, [render_body(60.0 + k, w, h, view[2])], "image/png"))
-                k += 1
-            report["while_new_size_compiles"] = {
-                "live_requests": len(live_ms),
-                "live_client_p50_ms": p50_ms([r["client_p50_ms"] for r in live_ms]),
-                "live_client_max_ms": max((r["client_max_ms"] for r in live_ms), default=None),
-                "new_size_requests": len(new_ms),
-                "new_size_client_p50_ms": p50_ms([r["client_p50_ms"] for r in new_ms]),
-            }
-            health = wait_compiled(client, [label], timeout=1200)
-        report["new_size_compile_s"] = round(time.perf_counter() - t0, 1)
-        report["compiled_shapes_at_end"] = health.get("compiled_shapes")
-        timed_renders(client, [body], "image/png")  # first compiled call records the CUDA graph
-        report["new_size_after_compile"] = timed_renders(client, [body] * 3, "image/png")
-        save()
-
-        # a size the client asked to compile first (the add-on's resolution): on CUDA the server does its
-        # first-use work while idle, so the first request there (still uncompiled) does not pay it
-        aw, ah = asked_size
-        asked = f"{aw}x{ah}"
-        status, answer = client.json("POST", "/v1/compile", {"width": aw, "height": ah})
-        if status != 202:
-            raise RuntimeError(f"POST /v1/compile {asked}: {status} {answer}")
-        primes = str(report["health_at_ready"].get("device", "")).startswith("cuda")
-        report["asked_size"] = {
-            "size": asked,
-            "compile_status": answer["status"],
-            # from the request to the server's log line saying it is done (None: nothing to do on a CPU)
-            "first_use_done_s": wait_log_line(log_path, f"first-use work of {asked} done ahead", 60)
-            if primes
-            else None,
-            "first_request": timed_renders(client, [render_body(70.0, aw, ah, view[2])], "image/png"),
-        }
+        if "asked-size" in args.sections:
+            time_asked_size(client, report, log_path, asked_size, view)
     finally:
         proc.terminate()
         try:
@@ -452,27 +386,149 @@ def main(argv: list[str] | None = None) -> None:
     print_table(report)
 
 
+def time_render_rows(client: Client, report: dict, live: tuple, view: tuple, n: int) -> None:
+    """Live and view renders, new pose and same pose, in PNG and JPEG."""
+    rows: dict = {}
+    for accept, tag in (("image/png", "png"), ("image/jpeg", "jpeg")):
+        for (w, h, steps), name in ((live, "live"), (view, "view")):
+            same = [render_body(30.0, w, h, steps)] * (n + 1)
+            # poses no earlier row used (the server caches text encodings per pose)
+            offset = 0.0 if tag == "png" else 3.5
+            new = [render_body(40.0 + offset + 7.0 * k, w, h, steps) for k in range(n + 1)]
+            timed_renders(client, same[:1], accept)  # encodings of 'same' cached; warm
+            rows[f"{name}_{w}x{h}_{steps}steps_{tag}_new_pose"] = timed_renders(client, new[1:], accept)
+            rows[f"{name}_{w}x{h}_{steps}steps_{tag}_same_pose"] = timed_renders(client, same[1:], accept)
+    report["renders"] = rows
+
+
+def time_sequences(
+    client: Client, report: dict, args: argparse.Namespace, view: tuple, live: tuple, save: Callable[[], None]
+) -> None:
+    """A sequence job at the view size, its frames against one-by-one renders, then the same job while
+    live renders are sent."""
+    health = client.json("GET", "/v1/health")[1]
+    cams = [
+        {"camera_to_anchor": orbit(360.0 * k / args.frames), "fov_y_deg": 40.0, "width": view[0], "height": view[1]}
+        for k in range(args.frames)
+    ]
+    batch = max(1, int(health.get("sequence_batch") or 1))
+    run_sequence(client, cams[:batch], view[2])  # warm the sequence path (batched shape compiled at start)
+    seconds, state = run_sequence(client, cams, view[2])
+    report["sequence"] = {
+        "frames": args.frames,
+        "size": f"{view[0]}x{view[1]}",
+        "steps": view[2],
+        "seconds": round(seconds, 2),
+        "ms_per_frame": round(seconds * 1e3 / args.frames, 1),
+        "sequence_batch": health.get("sequence_batch"),
+        # the job's GPU time by phase, summed over its renders (text encoder, denoise, VAE decode)
+        "server_phase_ms": state.get("phase_ms"),
+    }
+    # frames of the job against one-by-one renders of the same cameras (same seed)
+    diffs = []
+    for k in range(min(4, args.frames)):
+        _, _, frame, _ = client.call("GET", f"/v1/jobs/{state['job_id']}/frames/{k}", accept="image/png")
+        _, _, single, _ = client.call(
+            "POST", "/v1/render", {"camera": cams[k], "seed": 0, "steps": view[2], "guidance": 7.5}, "image/png"
+        )
+        d = abs(pixels(frame) - pixels(single))
+        diffs.append({"frame": k, "max_abs_diff": int(d.max()), "fraction_differing": round(float((d > 0).mean()), 5)})
+    report["sequence"]["vs_single_renders"] = diffs
+    save()
+
+    # the user keeps moving the camera while a camera path renders (new poses, so neither the job nor the
+    # live renders find cached encodings); before the new-size section, which on a machine with a cold
+    # compile cache can outlast a 10-minute call. A failure here is recorded, not fatal.
+    moved = [{**c, "camera_to_anchor": orbit(360.0 * k / args.frames + 7.5)} for k, c in enumerate(cams)]
+    try:
+        report["live_during_sequence"] = live_during_sequence(client, args.port, moved, view[2], live)
+    except (RuntimeError, OSError, http.client.HTTPException) as exc:
+        report["live_during_sequence"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    save()
+
+
+def time_new_size(
+    client: Client, report: dict, args: argparse.Namespace, health: dict, new_size: tuple, live: tuple, view: tuple
+) -> dict:
+    """A size nobody warmed up: answered uncompiled at once, compiled in the background while live renders
+    and more requests at the new size go on. Returns the health once it is compiled."""
+    w, h = new_size
+    body = render_body(50.0, w, h, view[2])
+    t0 = time.perf_counter()
+    report["new_size_first_request"] = timed_renders(client, [body], "image/png")
+    label = f"{w}x{h}"
+    if health.get("compiled_shapes"):
+        live_ms, new_ms = [], []
+        k = 0
+        while True:
+            _, state = client.json("GET", "/v1/health")
+            shapes = state["compiled_shapes"]
+            if label in shapes["ready"] or label in shapes["failed"] or time.perf_counter() - t0 > args.busy_s:
+                break
+            live_ms.append(timed_renders(client, [render_body(60.0 + k, live[0], live[1], live[2])], "image/png"))
+            if k % 5 == 4:
+                new_ms.append(timed_renders(client, [render_body(60.0 + k, w, h, view[2])], "image/png"))
+            k += 1
+        report["while_new_size_compiles"] = {
+            "live_requests": len(live_ms),
+            "live_client_p50_ms": p50_ms([r["client_p50_ms"] for r in live_ms]),
+            "live_client_max_ms": max((r["client_max_ms"] for r in live_ms), default=None),
+            "new_size_requests": len(new_ms),
+            "new_size_client_p50_ms": p50_ms([r["client_p50_ms"] for r in new_ms]),
+        }
+        health = wait_compiled(client, [label], timeout=1200)
+    report["new_size_compile_s"] = round(time.perf_counter() - t0, 1)
+    report["compiled_shapes_at_end"] = health.get("compiled_shapes")
+    timed_renders(client, [body], "image/png")  # first compiled call records the CUDA graph
+    report["new_size_after_compile"] = timed_renders(client, [body] * 3, "image/png")
+    return health
+
+
+def time_asked_size(client: Client, report: dict, log_path: Path, asked_size: tuple, view: tuple) -> None:
+    """A size the client asked to compile first (the add-on's resolution): on CUDA the server does its
+    first-use work while idle, so the first request there (still uncompiled) does not pay it."""
+    aw, ah = asked_size
+    asked = f"{aw}x{ah}"
+    status, answer = client.json("POST", "/v1/compile", {"width": aw, "height": ah})
+    if status != 202:
+        raise RuntimeError(f"POST /v1/compile {asked}: {status} {answer}")
+    primes = str(report["health_at_ready"].get("device", "")).startswith("cuda")
+    report["asked_size"] = {
+        "size": asked,
+        "compile_status": answer["status"],
+        # from the request to the server's log line saying it is done (None: nothing to do on a CPU)
+        "first_use_done_s": wait_log_line(log_path, f"first-use work of {asked} done ahead", 60) if primes else None,
+        "first_request": timed_renders(client, [render_body(70.0, aw, ah, view[2])], "image/png"),
+    }
+
+
 def print_table(report: dict) -> None:
+    """The report as text; sections that were not run (``--sections``) are left out."""
     print(f"\nserver start -> ready {report['ready_s']} s, warm-up shapes compiled at {report['warmup_compiled_s']} s")
     f = report["first_view_after_ready"]
     print(f"first view right after ready: {f['client_p50_ms']} ms (server {f['server_p50_ms']})")
-    print(f"\n{'request':58s} {'client p50':>10s} {'min':>7s} {'max':>7s}  server split (p50 ms)")
-    for name, row in report["renders"].items():
-        split = {k: v for k, v in row["server_p50_ms"].items() if k != "total"}
+    if "renders" in report:
+        print(f"\n{'request':58s} {'client p50':>10s} {'min':>7s} {'max':>7s}  server split (p50 ms)")
+        for name, row in report["renders"].items():
+            split = {k: v for k, v in row["server_p50_ms"].items() if k != "total"}
+            print(
+                f"{name:58s} {row['client_p50_ms']:10.1f} {row['client_min_ms']:7.1f} {row['client_max_ms']:7.1f}  "
+                f"{split}"
+            )
+    c = report.get("live_after_superseded_view")
+    if c:
         print(
-            f"{name:58s} {row['client_p50_ms']:10.1f} {row['client_min_ms']:7.1f} {row['client_max_ms']:7.1f}  {split}"
+            f"live request superseding a view {c['delay_ms']} ms into it: p50 {c['client_p50_ms']} ms "
+            f"(max {c['client_max_ms']}), the views answered {c['superseded_statuses']}"
         )
-    c = report["live_after_superseded_view"]
-    print(
-        f"live request superseding a view {c['delay_ms']} ms into it: p50 {c['client_p50_ms']} ms "
-        f"(max {c['client_max_ms']}), the views answered {c['superseded_statuses']}"
-    )
-    s = report["sequence"]
-    print(
-        f"\nsequence {s['frames']} x {s['size']}, {s['steps']} steps: {s['seconds']} s ({s['ms_per_frame']} ms a frame)"
-    )
-    print(f"  server split (ms, all frames): {s.get('server_phase_ms')}")
-    print(f"  vs one-by-one renders: {s['vs_single_renders']}")
+    s = report.get("sequence")
+    if s:
+        print(
+            f"\nsequence {s['frames']} x {s['size']}, {s['steps']} steps: {s['seconds']} s "
+            f"({s['ms_per_frame']} ms a frame)"
+        )
+        print(f"  server split (ms, all frames): {s.get('server_phase_ms')}")
+        print(f"  vs one-by-one renders: {s['vs_single_renders']}")
     d = report.get("live_during_sequence")
     if d and "error" in d:
         print(f"  again with live renders sent meanwhile: failed, {d['error']}")
@@ -481,16 +537,17 @@ def print_table(report: dict) -> None:
             f"  again with {d['live_requests']} live renders sent meanwhile: {d['sequence_seconds']} s; the live "
             f"renders p50 {d['live_client_p50_ms']} ms (max {d['live_client_max_ms']})"
         )
-    n = report["new_size_first_request"]
-    compiled = (
-        f"compiled in the background in {report['new_size_compile_s']} s"
-        if report.get("compiled_shapes_at_end")
-        else "not compiled (an uncompiled server)"
-    )
-    print(
-        f"new size: first request {n['client_p50_ms']} ms, {compiled}, "
-        f"then {report['new_size_after_compile']['client_p50_ms']} ms"
-    )
+    n = report.get("new_size_first_request")
+    if n:
+        compiled = (
+            f"compiled in the background in {report['new_size_compile_s']} s"
+            if report.get("compiled_shapes_at_end")
+            else "not compiled (an uncompiled server)"
+        )
+        print(
+            f"new size: first request {n['client_p50_ms']} ms, {compiled}, "
+            f"then {report['new_size_after_compile']['client_p50_ms']} ms"
+        )
     during = report.get("while_new_size_compiles")
     if during:
         print(
@@ -499,12 +556,13 @@ def print_table(report: dict) -> None:
             f"(max {during['live_client_max_ms']}), {during['new_size_requests']} at the new size "
             f"p50 {during['new_size_client_p50_ms']} ms"
         )
-    a = report["asked_size"]
-    primed = "" if a["first_use_done_s"] is None else f", its first-use work done {a['first_use_done_s']} s after"
-    print(
-        f"size asked for by POST /v1/compile ({a['size']}, {a['compile_status']}{primed}): "
-        f"first request {a['first_request']['client_p50_ms']} ms"
-    )
+    a = report.get("asked_size")
+    if a:
+        primed = "" if a["first_use_done_s"] is None else f", its first-use work done {a['first_use_done_s']} s after"
+        print(
+            f"size asked for by POST /v1/compile ({a['size']}, {a['compile_status']}{primed}): "
+            f"first request {a['first_request']['client_p50_ms']} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -21,15 +21,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_server_gpu_smoke_runs_every_section(tmp_path):
+def run_smoke(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "server_gpu.json"
     cmd = [sys.executable, "-m", "benchmarks.server_gpu", "--smoke", "--out", str(out), "--work", str(tmp_path / "w")]
-    cmd += ["--repeats", "2", "--frames", "4", "--port", str(free_port())]
+    cmd += ["--repeats", "2", "--frames", "4", "--port", str(free_port()), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}  # an $OUT would redirect --out
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    report = json.loads(out.read_text())
+    return run, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_server_gpu_smoke_runs_every_section(tmp_path):
+    run, report = run_smoke(tmp_path)
+    assert report["sections"] == ["renders", "superseded", "sequence", "new-size", "asked-size"]
     assert report["command"].startswith("python -m benchmarks.server_gpu --smoke")
     assert {"host", "python", "cores", "torch"} <= set(report["machine"])
     assert report["ready_s"] > 0 and report["first_view_after_ready"]["n"] == 1
@@ -60,3 +65,13 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
     assert asked["size"] == "56x40" and asked["compile_status"] == "eager"  # the CPU server does not compile
     assert asked["first_use_done_s"] is None and asked["first_request"]["n"] == 1
     assert "server start -> ready" in run.stdout and "size asked for by POST /v1/compile (56x40" in run.stdout
+
+
+@pytest.mark.slow
+def test_server_gpu_times_only_the_sections_asked_for(tmp_path):
+    """``--sections sequence``: what a GPU run short of time came for, after the cold start and warm-up."""
+    run, report = run_smoke(tmp_path, "--sections", "sequence")
+    assert report["sections"] == ["sequence"]
+    assert report["sequence"]["frames"] == 4 and report["live_during_sequence"]["frames"] == 4
+    assert not {"renders", "live_after_superseded_view", "new_size_first_request", "asked_size"} & set(report)
+    assert "sequence 4 x 64x48" in run.stdout and "POST /v1/compile" not in run.stdout
