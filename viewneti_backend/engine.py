@@ -391,6 +391,8 @@ class Engine:
         """Novel views of an object; cameras of different sizes are rendered in per-size batches.
 
         ``steps``/``guidance`` left as ``None`` take the model's recommended values (:attr:`sampling`).
+        ``timings``, if given, gets each phase's milliseconds (``progress.RENDER_PHASES``), summed over the
+        per-size batches, and ``eager``: 1.0 if a batch ran uncompiled on a compiled engine.
         ``warnings``, if given, is extended with :meth:`render_warnings` (the render still happens).
         ``use_rig=False``: the cameras are already in the view-mapper's own frame (DTU evaluation)."""
         with self.busy():  # a background compile waits while this runs (server/compiler.py)
@@ -441,8 +443,7 @@ class Engine:
             shape = RenderShape.of_render(len(idxs), width, height, guidance)
             uncompiled = self.runs_uncompiled(shape)
             eager = self.compiled and uncompiled  # a compiled engine's fallback: reported, then compiled
-            if timings is not None:
-                timings["eager"] = float(eager)
+            part: dict | None = None if timings is None else {"eager": float(eager)}  # this size's batch
             run = functools.partial(
                 self.pipeline,
                 [cameras[i] for i in idxs],
@@ -454,7 +455,7 @@ class Engine:
                 object_key=name,
                 should_stop=should_stop,
                 on_step=on_step,
-                timings=timings,
+                timings=part,
             )
             try:
                 images = run(eager=uncompiled)
@@ -466,14 +467,19 @@ class Engine:
                 if eager or is_out_of_memory(exc):  # an eager retry of an OOM would only fail again, slower
                     raise
                 self._compiled_render_failed(shape, exc)
-                if timings is not None:
-                    timings["eager"] = 1.0
+                if part is not None:
+                    part["eager"] = 1.0
                 images = run(eager=True)  # same maths: the user gets the image, not an error
             finally:
                 # reported once this render is over, not before it: the compile it starts (helper processes
                 # that load the model and autotune on the same GPU) would slow the render that waits now
                 if eager and self.on_uncompiled_shape is not None:
                     self.on_uncompiled_shape(shape)
+            if timings is not None and part is not None:  # phases summed over the sizes; eager if any was
+                for key, value in part.items():
+                    timings[key] = (
+                        max(timings.get(key, 0.0), value) if key == "eager" else timings.get(key, 0.0) + value
+                    )
             for i, im in zip(idxs, images):
                 out[i] = im
         return out  # type: ignore[return-value]

@@ -71,6 +71,25 @@ def test_timings_are_reported(engine):
     assert all(ms > 0 for ms in phases) and sum(phases) <= wall_ms
 
 
+def test_timings_of_several_sizes_are_summed(engine, monkeypatch):
+    """One engine call per size batch: each phase adds up over the batches instead of keeping the last."""
+    cls = type(engine.pipeline)
+    real = cls.__call__
+    fixed = {"encode": 1.5, "denoise": 10.0, "decode": 2.5}
+
+    def call(self, *args, timings=None, **kwargs):
+        images = real(self, *args, timings=timings, **kwargs)
+        if timings is not None:
+            timings.update(fixed)
+        return images
+
+    monkeypatch.setattr(cls, "__call__", call)
+    timings: dict = {}
+    images = engine.render([cam(10), cam(20).with_size(48, 32), cam(30)], None, steps=2, timings=timings)
+    assert [im.size for im in images] == [(64, 64), (48, 32), (64, 64)]
+    assert timings == {"eager": 0.0, **{k: 2 * v for k, v in fixed.items()}}
+
+
 @pytest.mark.parametrize("sampler", ["dpmsolver++", "euler", "ddim"])
 def test_sampling_loop_never_searches_for_its_timestep(engine, monkeypatch, sampler):
     """The render's scheduler starts at its first step: the timestep search (a GPU sync in the middle of the
