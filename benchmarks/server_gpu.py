@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
             save()
 
         if "sequence" in args.sections:
-            time_sequences(client, report, args, view, live, save)
+            time_sequences(client, report, args, health, view, live, save)
 
         if "new-size" in args.sections:
             health = time_new_size(client, report, args, health, new_size, live, view)
@@ -424,11 +424,16 @@ def time_render_rows(client: Client, report: dict, live: tuple, view: tuple, n: 
 
 
 def time_sequences(
-    client: Client, report: dict, args: argparse.Namespace, view: tuple, live: tuple, save: Callable[[], None]
+    client: Client,
+    report: dict,
+    args: argparse.Namespace,
+    health: dict,
+    view: tuple,
+    live: tuple,
+    save: Callable[[], None],
 ) -> None:
     """A sequence job at the view size, its frames against one-by-one renders, then the same job while
-    live renders are sent."""
-    health = client.json("GET", "/v1/health")[1]
+    live renders are sent (``health``: the server's, once the warm-up shapes compiled)."""
     cams = [
         {"camera_to_anchor": orbit(360.0 * k / args.frames), "fov_y_deg": 40.0, "width": view[0], "height": view[1]}
         for k in range(args.frames)
