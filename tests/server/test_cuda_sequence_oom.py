@@ -19,6 +19,7 @@ from server.jobs import JobStore, SequenceSpec
 from server.worker import Worker
 from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.engine import Engine
+from viewneti_backend.evaluation import masked_psnr
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU: the caching allocator's out-of-memory path"
@@ -35,12 +36,6 @@ def _extra_bytes(engine: Engine, cameras: list[Camera]) -> int:
     engine.render(cameras, None, SEED, STEPS, GUIDANCE)
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - before
-
-
-def _psnr(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mse = ((a - b) ** 2).mean() / 255.0**2
-    return float("inf") if mse == 0 else -10 * np.log10(mse)
 
 
 def test_a_sequence_batch_out_of_gpu_memory_renders_again_with_fewer_frames(tmp_path):
@@ -87,11 +82,11 @@ def test_a_sequence_batch_out_of_gpu_memory_renders_again_with_fewer_frames(tmp_
             assert path is not None
             with Image.open(path) as im:
                 frame = np.asarray(im.convert("RGB"))
-            assert _psnr(frame, singles[k]) > 30.0, (k, _psnr(frame, singles[k]))
-        assert _psnr(singles[0], singles[4]) < 30.0, "two poses rendered the same image"
+            assert masked_psnr(frame, singles[k]) > 30.0, (k, masked_psnr(frame, singles[k]))
+        assert masked_psnr(singles[0], singles[4]) < 30.0, "two poses rendered the same image"
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         worker.stop()
     # with the GPU's memory back, a full batch renders again (plain UNet: its graphs were dropped)
     again = engine.render(cams, None, SEED, STEPS, GUIDANCE)
-    assert all(_psnr(a, s) > 30.0 for a, s in zip(again, singles))
+    assert all(masked_psnr(a, s) > 30.0 for a, s in zip(again, singles))
