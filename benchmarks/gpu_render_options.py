@@ -509,18 +509,18 @@ def sequence_batch_probe(
 
 
 def cancel_probe(render, view: Camera, live: Camera, delay_s: float, repeats: int) -> dict:
-    """Paced (the host at most STEPS_AHEAD steps, or QUEUED_MS of them, ahead) against unbounded, alternating twice: a stoppable
+    """Paced (the host at most STEPS_AHEAD steps ahead) against unbounded, alternating twice: a stoppable
     new-pose view and live render's time, and a new-pose view stopped ``delay_s`` into it followed by a
     new-pose live render (the time from the stop to the live frame: the work of the stopped view still
     queued on the GPU, plus the live render)."""
-    paced, queued_ms = step_pacer.STEPS_AHEAD, step_pacer.QUEUED_MS
-    variants = {"paced": (paced, queued_ms), "unbounded": (10**6, float("inf"))}
+    paced = step_pacer.STEPS_AHEAD
+    variants = {"paced": paced, "unbounded": 10**6}
     never = lambda: False  # noqa: E731  stoppable, never stopped: the server's renders are always stoppable
-    out: dict[str, Any] = {"steps_ahead": paced, "queued_ms": queued_ms, "delay_ms": delay_s * 1e3, "runs": []}
+    out: dict[str, Any] = {"steps_ahead": paced, "delay_ms": delay_s * 1e3, "runs": []}
     try:
         for _ in range(2):
-            for label, (ahead, queued) in variants.items():
-                step_pacer.STEPS_AHEAD, step_pacer.QUEUED_MS = ahead, queued
+            for label, ahead in variants.items():
+                step_pacer.STEPS_AHEAD = ahead
                 run: dict[str, Any] = {"variant": label}
                 run["view_new_pose_ms"] = timed(lambda: render(view, 30, True, should_stop=never), repeats)[0] * 1e3
                 run["live_new_pose_ms"] = timed(lambda: render(live, 8, True, should_stop=never), repeats)[0] * 1e3
@@ -548,7 +548,7 @@ def cancel_probe(render, view: Camera, live: Camera, delay_s: float, repeats: in
                 )
                 out["runs"].append(run)
     finally:
-        step_pacer.STEPS_AHEAD, step_pacer.QUEUED_MS = paced, queued_ms
+        step_pacer.STEPS_AHEAD = paced
     return out
 
 

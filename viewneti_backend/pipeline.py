@@ -258,8 +258,7 @@ class ViewNeTIPipeline:
         """The sampling loop: ``cond`` [T, B, ...] packed encodings, ``latents`` [B, C, h, w] initial noise.
 
         A loop that can be stopped or reports progress keeps the host at most ``step_pacer.STEPS_AHEAD``
-        steps (one, once a step is known to be long) ahead of the GPU (:class:`StepPacer`): a stop, or a
-        render served from ``on_step``, then waits for that much GPU work at most, and
+        steps ahead of the GPU (:class:`StepPacer`): a stop then leaves that much GPU work at most, and
         ``on_step(k, steps)`` says that the GPU has done step k (the last ones are reported as issued)."""
         unet = self._modules(eager)[0]
         timesteps, steps = scheduler.timesteps, len(scheduler.timesteps)
