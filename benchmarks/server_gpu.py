@@ -50,6 +50,7 @@ from pathlib import Path
 
 from benchmarks.common import BENCH_DIR, REPO, command_line, machine, output_path, percentile, stats, write_json
 from viewneti_backend.compile_modes import COMPILE_CHOICES
+from viewneti_backend.progress import RENDER_PHASES
 
 
 def orbit(az: float, el: float = 20.0, radius: float = 4.0) -> list[list[float]]:
@@ -227,29 +228,42 @@ def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float
 
 def live_during_sequence(client: Client, port: int, cameras: list[dict], steps: int, live: tuple) -> dict:
     """A sequence job submitted on a second connection, and live renders (a new pose each) sent one after
-    another on ``client`` until it ends: the live renders' client times and the job's seconds."""
+    another on ``client`` until it ends: the live renders' client times and the job's seconds.
+
+    ``live_server_p50_ms`` is the live renders' server split (``X-Timings-Ms``); its ``outside_phases`` is
+    ``total`` less ``queue``, the phases and ``image``: mostly the job's steps that were on the GPU ahead of
+    the live render's first kernel (its phases are timed by CUDA events that run after them), plus the
+    server's own 1-4 ms a request."""
     other = Client(port)
     t0 = time.perf_counter()
     status, job = other.json("POST", "/v1/jobs/sequence", {"cameras": cameras, "steps": steps, "guidance": 7.5})
     if status != 202:
         raise RuntimeError(f"sequence failed: {status} {job}")
     times: list[float] = []
+    splits: list[dict[str, float]] = []
     state: dict = {}
     while True:
         _, state = other.json("GET", f"/v1/jobs/{job['job_id']}")
         if state["state"] in JOB_ENDED:
             break
         az = 200.0 + 3.0 * len(times)
-        times.append(timed_renders(client, [render_body(az, *live)], "image/png")["client_p50_ms"])
+        row = timed_renders(client, [render_body(az, *live)], "image/png")
+        times.append(row["client_p50_ms"])
+        split = dict(row["server_p50_ms"])  # one request: its own split
+        outside = sum(split.get(k, 0.0) for k in ("queue", *RENDER_PHASES, "image"))
+        split["outside_phases"] = split.get("total", 0.0) - outside
+        splits.append(split)
     seconds = time.perf_counter() - t0
     if state["state"] != "done":
         raise RuntimeError(f"sequence ended {state['state']}: {state.get('error')}")
+    keys = sorted({k for s in splits for k in s})
     return {
         "frames": len(cameras),
         "sequence_seconds": round(seconds, 2),
         "live_requests": len(times),
         "live_client_p50_ms": p50_ms(times),
         "live_client_max_ms": round(max(times), 1) if times else None,
+        "live_server_p50_ms": {k: p50_ms([s[k] for s in splits if k in s]) for k in keys},
         "server_phase_ms": state.get("phase_ms"),
     }
 
@@ -564,6 +578,7 @@ def print_table(report: dict) -> None:
             f"  again with {d['live_requests']} live renders sent meanwhile: {d['sequence_seconds']} s; the live "
             f"renders p50 {d['live_client_p50_ms']} ms (max {d['live_client_max_ms']})"
         )
+        print(f"  their server split (p50 ms): {d.get('live_server_p50_ms')}")
     n = report.get("new_size_first_request")
     if n:
         compiled = (

@@ -60,6 +60,12 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
     assert during["frames"] == 4 and during["sequence_seconds"] > 0 and during["live_requests"] >= 0
     assert during["server_phase_ms"]["denoise"] > 0
     assert (during["live_client_p50_ms"] is None) == (during["live_requests"] == 0)
+    split = during["live_server_p50_ms"]  # where the live renders' time went, incl. work queued ahead of them
+    if during["live_requests"]:
+        assert {"queue", "encode", "denoise", "decode", "image", "total", "outside_phases"} <= set(split)
+        assert -1.0 < split["outside_phases"] < split["total"], split
+    else:
+        assert split == {}
     assert report["new_size_first_request"]["n"] == 1 and report["new_size_after_compile"]["n"] == 3
     asked = report["asked_size"]
     assert asked["size"] == "56x40" and asked["compile_status"] == "eager"  # the CPU server does not compile
