@@ -13,8 +13,10 @@ so does compilation on first use. Sections:
   flight (as the add-on's live mode sends them), timed from the client of the live request;
 - a 24-frame sequence job at 768x576 (frames batched per UNet call), and whether its frames match
   one-by-one renders; then the same job again while live renders (a new pose each, as a camera being
-  dragged) are sent one after another: what the live preview costs while a camera path renders (they
-  are served between the denoising steps of the frames' render), and what they cost the job;
+  dragged) are sent one after another, and once more with a random pause after each (as the add-on sends
+  them, once the camera has been still for its Live Delay): what the live preview costs while a camera
+  path renders (they are served between the denoising steps of the frames' render), and what they cost
+  the job;
 - a request at a size nobody warmed up (640x480): served uncompiled at once, compiled in the background
   (by helper processes first, ``--compile-processes``), while live renders and more requests at the new
   size go on and are timed: what compiling costs the user who keeps working;
@@ -40,6 +42,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -226,9 +229,23 @@ def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float
     return seconds, state
 
 
-def live_during_sequence(client: Client, port: int, cameras: list[dict], steps: int, live: tuple) -> dict:
+# Pauses between the live renders of the second run during a job. The add-on sends a live request once
+# the camera has been still for its Live Delay, at a time that has nothing to do with the job's steps;
+# renders sent back to back instead arrive at the same point of the job's step each time (RESULTS.md §6).
+LIVE_PAUSE_S = (0.05, 0.25)
+
+
+def live_during_sequence(
+    client: Client,
+    port: int,
+    cameras: list[dict],
+    steps: int,
+    live: tuple,
+    pause_s: tuple[float, float] | None = None,
+) -> dict:
     """A sequence job submitted on a second connection, and live renders (a new pose each) sent one after
-    another on ``client`` until it ends: the live renders' client times and the job's seconds.
+    another on ``client`` until it ends (with ``pause_s``, after a random pause in that range, seeded):
+    the live renders' client times and the job's seconds.
 
     ``live_server_p50_ms`` is the live renders' server split (``X-Timings-Ms``); its ``outside_phases`` is
     ``total`` less ``queue``, the phases and ``image``: mostly the job's steps that were on the GPU ahead of
@@ -242,6 +259,7 @@ def live_during_sequence(client: Client, port: int, cameras: list[dict], steps: 
     times: list[float] = []
     splits: list[dict[str, float]] = []
     state: dict = {}
+    pauses = random.Random(0)
     while True:
         _, state = other.json("GET", f"/v1/jobs/{job['job_id']}")
         if state["state"] in JOB_ENDED:
@@ -253,12 +271,15 @@ def live_during_sequence(client: Client, port: int, cameras: list[dict], steps: 
         outside = sum(split.get(k, 0.0) for k in ("queue", *RENDER_PHASES, "image"))
         split["outside_phases"] = split.get("total", 0.0) - outside
         splits.append(split)
+        if pause_s is not None:
+            time.sleep(pauses.uniform(*pause_s))
     seconds = time.perf_counter() - t0
     if state["state"] != "done":
         raise RuntimeError(f"sequence ended {state['state']}: {state.get('error')}")
     keys = sorted({k for s in splits for k in s})
     return {
         "frames": len(cameras),
+        "pause_s": list(pause_s) if pause_s is not None else None,
         "sequence_seconds": round(seconds, 2),
         "live_requests": len(times),
         "live_client_p50_ms": p50_ms(times),
@@ -486,6 +507,15 @@ def time_sequences(
     except (RuntimeError, OSError, http.client.HTTPException) as exc:
         report["live_during_sequence"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
     save()
+    # again with pauses between the live renders (as the add-on sends them; other poses again)
+    moved = [{**c, "camera_to_anchor": orbit(360.0 * k / args.frames + 15.0)} for k, c in enumerate(cams)]
+    try:
+        report["live_during_sequence_paused"] = live_during_sequence(
+            client, args.port, moved, view[2], live, LIVE_PAUSE_S
+        )
+    except (RuntimeError, OSError, http.client.HTTPException) as exc:
+        report["live_during_sequence_paused"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    save()
 
 
 def time_new_size(
@@ -570,15 +600,17 @@ def print_table(report: dict) -> None:
         )
         print(f"  server split (ms, all frames): {s.get('server_phase_ms')}")
         print(f"  vs one-by-one renders: {s['vs_single_renders']}")
-    d = report.get("live_during_sequence")
-    if d and "error" in d:
-        print(f"  again with live renders sent meanwhile: failed, {d['error']}")
-    elif d:
-        print(
-            f"  again with {d['live_requests']} live renders sent meanwhile: {d['sequence_seconds']} s; the live "
-            f"renders p50 {d['live_client_p50_ms']} ms (max {d['live_client_max_ms']})"
-        )
-        print(f"  their server split (p50 ms): {d.get('live_server_p50_ms')}")
+    for key in ("live_during_sequence", "live_during_sequence_paused"):
+        d = report.get(key)
+        how = "one after another" if key == "live_during_sequence" else "with random pauses"
+        if d and "error" in d:
+            print(f"  again with live renders sent {how}: failed, {d['error']}")
+        elif d:
+            print(
+                f"  again with {d['live_requests']} live renders sent {how}: {d['sequence_seconds']} s; the live "
+                f"renders p50 {d['live_client_p50_ms']} ms (max {d['live_client_max_ms']})"
+            )
+            print(f"    their server split (p50 ms): {d.get('live_server_p50_ms')}")
     n = report.get("new_size_first_request")
     if n:
         compiled = (

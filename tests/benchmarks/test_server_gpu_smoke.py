@@ -66,6 +66,10 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
         assert -1.0 < split["outside_phases"] < split["total"], split
     else:
         assert split == {}
+    paused = report["live_during_sequence_paused"]  # the same with pauses, as the add-on sends live requests
+    assert "error" not in paused, paused
+    assert during["pause_s"] is None and paused["pause_s"] == [0.05, 0.25]
+    assert paused["frames"] == 4 and paused["server_phase_ms"]["denoise"] > 0
     assert report["new_size_first_request"]["n"] == 1 and report["new_size_after_compile"]["n"] == 3
     asked = report["asked_size"]
     assert asked["size"] == "56x40" and asked["compile_status"] == "eager"  # the CPU server does not compile
@@ -79,5 +83,6 @@ def test_server_gpu_times_only_the_sections_asked_for(tmp_path):
     run, report = run_smoke(tmp_path, "--sections", "sequence")
     assert report["sections"] == ["sequence"]
     assert report["sequence"]["frames"] == 4 and report["live_during_sequence"]["frames"] == 4
+    assert report["live_during_sequence_paused"]["frames"] == 4
     assert not {"renders", "live_after_superseded_view", "new_size_first_request", "asked_size"} & set(report)
     assert "sequence 4 x 64x48" in run.stdout and "POST /v1/compile" not in run.stdout
