@@ -112,16 +112,14 @@ class VIEWNETI_AddonPreferences(bpy.types.AddonPreferences):
 
 
 class DefaultPrefs:
-    """Stand-in when the add-on's preferences are unavailable (module used outside an enabled add-on)."""
+    """Stand-in when the add-on's preferences are unavailable (module used outside an enabled add-on):
+    each preference at its default, read from its property above (one definition of each default)."""
 
-    backend_url = DEFAULT_URL
-    token = ""
-    timeout = 120.0
-    live_debounce = 0.25
-    refine_delay = 1.0
-    backend_command = ""
-    backend_workdir = ""
-    backend_token_auto = True
+    def __getattr__(self, name):
+        prop = VIEWNETI_AddonPreferences.__annotations__.get(name)
+        if prop is None:
+            raise AttributeError(f"the add-on has no preference named {name!r}")
+        return prop.keywords["default"]
 
 
 def prefs(context=None):

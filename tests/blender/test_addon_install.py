@@ -9,7 +9,7 @@ import zipfile
 import addon_utils
 import bpy
 import pytest
-from addon_testutil import PACKAGE, ROOT
+from addon_testutil import PACKAGE, ROOT, addon_module
 
 pytestmark = pytest.mark.blender
 
@@ -56,6 +56,20 @@ def test_installed_and_enabled(addon, scene):
     assert "VIEWNETI_PT_main" in _our_types() and "VIEWNETI_OT_render_view" in _our_types()
     assert scene.viewneti.resolution == 64 and scene.viewneti.object_name == ""
     assert scene.camera.data.viewneti.use_seed is False
+
+
+def test_the_stand_in_preferences_are_the_registered_defaults(addon):
+    """Outside an enabled add-on ``prefs()`` answers with ``DefaultPrefs``: every preference at the default
+    Blender registered for it (read from the property definitions, not a second copy of each value)."""
+    props = addon_module("properties")
+    stand_in = props.DefaultPrefs()
+    registered = bpy.context.preferences.addons[PACKAGE].preferences.bl_rna.properties
+    names = list(props.VIEWNETI_AddonPreferences.__annotations__)
+    assert {"backend_url", "token", "timeout", "live_debounce", "refine_delay", "backend_token_auto"} <= set(names)
+    for name in names:
+        assert getattr(stand_in, name) == registered[name].default, name
+    assert stand_in.live_debounce == 0.25 and stand_in.backend_url == "http://127.0.0.1:7860"
+    assert not hasattr(stand_in, "no_such_preference")
 
 
 def test_register_unregister_twice_leaves_no_residue(addon, monkeypatch):
