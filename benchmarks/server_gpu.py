@@ -229,7 +229,7 @@ def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float
     return seconds, state
 
 
-# Pauses between the live renders of the second run during a job. The add-on sends a live request once
+# Pauses between the live renders of the paused run during a job. The add-on sends a live request once
 # the camera has been still for its Live Delay, at a time that has nothing to do with the job's steps;
 # renders sent back to back instead arrive at the same point of the job's step each time (RESULTS.md §6).
 LIVE_PAUSE_S = (0.05, 0.25)
@@ -501,21 +501,17 @@ def time_sequences(
     # the user keeps moving the camera while a camera path renders (new poses, so neither the job nor the
     # live renders find cached encodings); before the new-size section, which on a machine with a cold
     # compile cache can outlast a 10-minute call. A failure here is recorded, not fatal.
-    moved = [{**c, "camera_to_anchor": orbit(360.0 * k / args.frames + 7.5)} for k, c in enumerate(cams)]
-    try:
-        report["live_during_sequence"] = live_during_sequence(client, args.port, moved, view[2], live)
-    except (RuntimeError, OSError, http.client.HTTPException) as exc:
-        report["live_during_sequence"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-    save()
-    # again with pauses between the live renders (as the add-on sends them; other poses again)
-    moved = [{**c, "camera_to_anchor": orbit(360.0 * k / args.frames + 15.0)} for k, c in enumerate(cams)]
-    try:
-        report["live_during_sequence_paused"] = live_during_sequence(
-            client, args.port, moved, view[2], live, LIVE_PAUSE_S
-        )
-    except (RuntimeError, OSError, http.client.HTTPException) as exc:
-        report["live_during_sequence_paused"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-    save()
+    # Sent back to back, then with pauses between them (as the add-on sends them), other poses each time.
+    for key, shift, pause_s in (
+        ("live_during_sequence", 7.5, None),
+        ("live_during_sequence_paused", 15.0, LIVE_PAUSE_S),
+    ):
+        moved = [{**c, "camera_to_anchor": orbit(360.0 * k / args.frames + shift)} for k, c in enumerate(cams)]
+        try:
+            report[key] = live_during_sequence(client, args.port, moved, view[2], live, pause_s)
+        except (RuntimeError, OSError, http.client.HTTPException) as exc:
+            report[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        save()
 
 
 def time_new_size(
@@ -602,7 +598,7 @@ def print_table(report: dict) -> None:
         print(f"  vs one-by-one renders: {s['vs_single_renders']}")
     for key in ("live_during_sequence", "live_during_sequence_paused"):
         d = report.get(key)
-        how = "one after another" if key == "live_during_sequence" else "with random pauses"
+        how = "with random pauses" if key.endswith("_paused") else "one after another"
         if d and "error" in d:
             print(f"  again with live renders sent {how}: failed, {d['error']}")
         elif d:
