@@ -5,7 +5,9 @@ pending renders (and small library calls such as deletes) first, in arrival orde
 active job, one unit at a time (a batch of sequence frames, or a whole inversion). Inside a unit,
 pending renders are served between two denoising steps of the frames' render, or between two
 optimisation steps of an inversion (from the engine's step/progress callback, on this same thread), so
-live mode keeps working while a camera path renders or a token is being fitted.
+live mode keeps working while a camera path renders or a token is being fitted. For a while after a
+render ends (``LOCKSTEP_AFTER_RENDER_S``), a sequence's steps are issued in lockstep with the GPU, so the
+next live render waits for at most the one step of the job in progress.
 
 Live supersede: a render carries an optional session key. A newer render of the same session fails
 the older one with ``Superseded`` (HTTP 409): at once if it is still queued, or at the next
@@ -39,6 +41,12 @@ from .images import RESPONSE_TYPES, decode_image_bytes, encode_png, encode_respo
 from .jobs import InvertSpec, Job, JobStore, SequenceSpec
 
 log = logging.getLogger("viewneti.server")
+
+# For this long after a render ends, a sequence job's denoising steps are issued in lockstep with the GPU
+# (none ahead): the next live render, likely while the user is moving the camera, then waits for at most
+# the job's step in progress, not for the two queued behind it (~120 ms at 768x576 x 8 frames on an H100;
+# RESULTS.md section 6, session 26). The job's GPU idles ~2 ms a step meanwhile, and never otherwise.
+LOCKSTEP_AFTER_RENDER_S = 2.0
 
 
 class ClientGone(ApiError):
@@ -158,6 +166,7 @@ class Worker:
         self._tasks: deque[RenderTask | CallTask] = deque()
         self._jobs: deque[Job] = deque()
         self._sessions: dict[str, RenderTask] = {}
+        self._render_ended = -float("inf")  # time.monotonic() when the last render ended
         self._current: RenderTask | CallTask | Job | PrimeTask | None = None
         # shapes to prime when idle (POST /v1/compile, on CUDA) and every shape primed or queued for it
         self._to_prime: deque[PrimeTask] = deque()
@@ -485,6 +494,7 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - goes back to the request handler
             _fail(task.future, exc)
         finally:
+            self._render_ended = time.monotonic()
             with self._cv:
                 self._forget_session(task)
 
@@ -586,7 +596,8 @@ class Worker:
         take, views = sequence_unit(len(spec.cameras) - i, n, self._compiled_views(spec.cameras[i], spec.guidance))
         batch = list(spec.cameras[i : i + take])
         padded = batch + [batch[-1]] * (views - take)
-        on_step = self._serve_between_steps if self._serve_during_jobs else None
+        serves = self._serve_during_jobs
+        on_step, lockstep = (self._serve_between_steps, self._render_recently) if serves else (None, None)
         timings: dict[str, float] = {}
         try:
             images = self.engine.render(
@@ -597,6 +608,7 @@ class Worker:
                 spec.guidance,
                 should_stop=should_stop,
                 on_step=on_step,
+                lockstep=lockstep,
                 timings=timings,
             )[:take]
         except Exception as exc:
@@ -631,6 +643,10 @@ class Worker:
         if runs_uncompiled is None:
             return lambda views: False
         return lambda views: not runs_uncompiled(RenderShape.of_render(views, camera.width, camera.height, guidance))
+
+    def _render_recently(self) -> bool:
+        """Whether a render ended less than ``LOCKSTEP_AFTER_RENDER_S`` ago (a job's steps go in lockstep)."""
+        return time.monotonic() - self._render_ended < LOCKSTEP_AFTER_RENDER_S
 
     def _serve_between_steps(self, step: int, steps: int) -> None:
         """A sequence render's step callback: the GPU has done ``step``; serve what waits meanwhile."""

@@ -384,6 +384,7 @@ class Engine:
         with_view: bool = True,
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        lockstep: Callable[[], bool] | None = None,
         timings: dict | None = None,
         warnings: list[str] | None = None,
         use_rig: bool = True,
@@ -394,7 +395,9 @@ class Engine:
         ``timings``, if given, gets each phase's milliseconds (``progress.RENDER_PHASES``), summed over the
         per-size batches, and ``eager``: 1.0 if a batch ran uncompiled on a compiled engine.
         ``warnings``, if given, is extended with :meth:`render_warnings` (the render still happens).
-        ``use_rig=False``: the cameras are already in the view-mapper's own frame (DTU evaluation)."""
+        ``use_rig=False``: the cameras are already in the view-mapper's own frame (DTU evaluation).
+        ``lockstep()`` true: no denoising step is issued ahead of the GPU (``step_pacer.StepPacer``),
+        so that a render served from ``on_step`` waits for at most one step of this one."""
         with self.busy():  # a background compile waits while this runs (server/compiler.py)
             return self._render(
                 cameras,
@@ -405,6 +408,7 @@ class Engine:
                 with_view,
                 should_stop=should_stop,
                 on_step=on_step,
+                lockstep=lockstep,
                 timings=timings,
                 warnings=warnings,
                 use_rig=use_rig,
@@ -421,6 +425,7 @@ class Engine:
         *,
         should_stop: Callable[[], bool] | None,
         on_step: Callable[[int, int], None] | None,
+        lockstep: Callable[[], bool] | None,
         timings: dict | None,
         warnings: list[str] | None,
         use_rig: bool,
@@ -455,6 +460,7 @@ class Engine:
                 object_key=name,
                 should_stop=should_stop,
                 on_step=on_step,
+                lockstep=lockstep,
                 timings=part,
             )
             try:

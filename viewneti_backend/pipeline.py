@@ -254,16 +254,19 @@ class ViewNeTIPipeline:
         eager: bool = False,
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        lockstep: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """The sampling loop: ``cond`` [T, B, ...] packed encodings, ``latents`` [B, C, h, w] initial noise.
 
         A loop that can be stopped or reports progress keeps the host at most ``step_pacer.STEPS_AHEAD``
-        steps ahead of the GPU (:class:`StepPacer`): a stop then leaves that much GPU work at most, and
-        ``on_step(k, steps)`` says that the GPU has done step k (the last ones are reported as issued)."""
+        steps ahead of the GPU (:class:`StepPacer`; none while ``lockstep()`` is true): a stop, or a render
+        served from ``on_step``, then waits for that much GPU work at most, and ``on_step(k, steps)`` says
+        that the GPU has done step k (the last ones are reported as issued)."""
         unet = self._modules(eager)[0]
         timesteps, steps = scheduler.timesteps, len(scheduler.timesteps)
         use_cfg = guidance != 1.0
-        pacer = StepPacer(self.base.device) if should_stop is not None or on_step is not None else None
+        paced = should_stop is not None or on_step is not None
+        pacer = StepPacer(self.base.device, lockstep=lockstep) if paced else None
         uncond = self._uncond_packed().to(self.base.dtype).expand(latents.shape[0], -1, -1) if use_cfg else None
         for i, t in enumerate(timesteps):
             if should_stop is not None and should_stop():
@@ -329,6 +332,7 @@ class ViewNeTIPipeline:
         use_cache: bool = True,
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        lockstep: Callable[[], bool] | None = None,
         timings: dict | None = None,
         output: Literal["pil"] = "pil",
         eager: bool = False,
@@ -348,6 +352,7 @@ class ViewNeTIPipeline:
         use_cache: bool = True,
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        lockstep: Callable[[], bool] | None = None,
         timings: dict | None = None,
         output: Literal["latent"],
         eager: bool = False,
@@ -367,6 +372,7 @@ class ViewNeTIPipeline:
         use_cache: bool = True,
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        lockstep: Callable[[], bool] | None = None,
         timings: dict | None = None,
         output: str = "pil",
         eager: bool = False,
@@ -390,7 +396,14 @@ class ViewNeTIPipeline:
         clock.mark()
         latents = self.initial_latents(seed, len(cameras), height, width, float(scheduler.init_noise_sigma))
         latents = self.denoise(
-            cond, latents, scheduler, guidance, eager=eager, should_stop=should_stop, on_step=on_step
+            cond,
+            latents,
+            scheduler,
+            guidance,
+            eager=eager,
+            should_stop=should_stop,
+            on_step=on_step,
+            lockstep=lockstep,
         )
         clock.mark()
         if output != "latent" and should_stop is not None and should_stop():  # the VAE decode is not cut

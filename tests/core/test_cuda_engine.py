@@ -107,7 +107,8 @@ def test_loss_readback_waits_for_its_own_step_only():
 def test_a_stoppable_render_is_paced_on_the_gpu_with_the_same_latents(engines):
     """On CUDA a render that can be stopped or reports progress waits for its steps' CUDA events
     (step_pacer; the order of the waits is tested on the CPU with fake events): the latents are bitwise
-    those of the same render unpaced, every step is reported once, in order, and a stop still stops."""
+    those of the same render unpaced, every step is reported once, in order (in lockstep, with the GPU
+    idle: no step queued), and a stop still stops."""
     from viewneti_backend.errors import Cancelled
 
     compiled, _ = engines
@@ -121,6 +122,19 @@ def test_a_stoppable_render_is_paced_on_the_gpu_with_the_same_latents(engines):
     )
     assert torch.equal(plain, paced), f"max |diff| {(plain - paced).abs().max().item()}"
     assert reported == list(range(1, 13))
+    idle_when_reported: list[bool] = []  # in lockstep, nothing is left queued when a step is reported
+    locked = pipe(
+        cams,
+        mapper,
+        seed=5,
+        steps=12,
+        guidance=2.0,
+        output="latent",
+        on_step=lambda k, total: idle_when_reported.append(torch.cuda.current_stream().query()),
+        lockstep=lambda: True,
+    )
+    assert torch.equal(plain, locked), f"max |diff| {(plain - locked).abs().max().item()}"
+    assert idle_when_reported == [True] * 12
     checks: list[int] = []
 
     def stop_at_5() -> bool:

@@ -53,3 +53,26 @@ def test_busy_is_reentrant_and_ends_idle_after_an_error(engine):
             assert not engine.idle.is_set(), "the inner end must not mark the engine idle"
             raise RuntimeError("inner")
     assert engine.idle.is_set()
+
+
+def test_the_engine_hands_lockstep_to_the_step_pacer(engine, monkeypatch):
+    """``Engine.render(lockstep=...)`` reaches the pacer of the denoising loop (which asks it at each step
+    on CUDA: tests/core/test_step_pacer.py); a render without one gets none."""
+    from viewneti_backend import pipeline as pipeline_module
+    from viewneti_backend.step_pacer import StepPacer
+
+    given = []
+
+    class RecordingPacer(StepPacer):
+        def __init__(self, device, ahead=None, event_factory=None, lockstep=None):
+            given.append(lockstep)
+            super().__init__(device, ahead, event_factory, lockstep)
+
+    monkeypatch.setattr(pipeline_module, "StepPacer", RecordingPacer)
+
+    def lockstep():
+        return True
+
+    engine.render([cam()], None, seed=1, steps=2, on_step=lambda k, n: None, lockstep=lockstep)
+    engine.render([cam()], None, seed=1, steps=2, should_stop=lambda: False)
+    assert given == [lockstep, None]

@@ -54,6 +54,21 @@ def test_ahead_zero_waits_for_each_step_and_the_cpu_never_waits():
         StepPacer(torch.device("cpu"), ahead=-1)
 
 
+def test_in_lockstep_no_step_stays_ahead_and_it_is_asked_at_each_step():
+    """``lockstep()`` true: the step just issued is waited for, with every one before it (a render served
+    from on_step then waits for no queued step); false again: back to ``ahead``."""
+    log: list = []
+    now = iter([False, False, False, True, False, False])
+    pacer = StepPacer(torch.device("cuda"), ahead=2, event_factory=lambda: FakeEvent(log), lockstep=lambda: next(now))
+    reported = [pacer.issued(k) for k in range(1, 7)]
+    assert reported == [[], [], [1], [2, 3, 4], [], []]
+    issued_then_waited = [("record", k) for k in (1, 2, 3)] + [("wait", 1), ("record", 4)]
+    assert log == issued_then_waited + [("wait", k) for k in (2, 3, 4)] + [("record", 5), ("record", 6)]
+    assert pacer.rest() == [5, 6]
+    cpu = StepPacer(torch.device("cpu"), lockstep=lambda: True)  # nothing to wait for on the CPU
+    assert [cpu.issued(k) for k in (1, 2)] == [[1], [2]]
+
+
 def test_a_stoppable_render_is_paced_and_reports_every_step_once_in_order(tiny_base, monkeypatch):
     """Through the pipeline's loop (fake events standing in for CUDA's): with should_stop or on_step the
     host waits for step k once step k + STEPS_AHEAD is issued, on_step reports each step once, in order,
@@ -66,8 +81,8 @@ def test_a_stoppable_render_is_paced_and_reports_every_step_once_in_order(tiny_b
     log: list = []
     real_init = StepPacer.__init__
 
-    def fake_events(self, device, ahead=None, event_factory=None):
-        real_init(self, device, ahead, lambda: FakeEvent(log))
+    def fake_events(self, device, ahead=None, event_factory=None, lockstep=None):
+        real_init(self, device, ahead, lambda: FakeEvent(log), lockstep)
 
     monkeypatch.setattr(step_pacer.StepPacer, "__init__", fake_events)
     text = tiny_base.text
@@ -100,3 +115,18 @@ def test_a_stoppable_render_is_paced_and_reports_every_step_once_in_order(tiny_b
         pipe(cam, mapper, seed=1, steps=6, guidance=2.0, with_view=False, output="latent", should_stop=stop_after_three)
     in_flight = [k for kind, k in log if kind == "record" and ("wait", k) not in log]
     assert in_flight == [2, 3] and len(in_flight) <= STEPS_AHEAD
+
+    log.clear()  # in lockstep: each step waited for before the next is issued, the same latents
+    locked = pipe(
+        cam,
+        mapper,
+        seed=1,
+        steps=3,
+        guidance=2.0,
+        with_view=False,
+        output="latent",
+        on_step=on_step,
+        lockstep=lambda: True,
+    )
+    assert log == [(kind, k) for k in (1, 2, 3) for kind in ("record", "wait")]
+    assert torch.equal(locked, pipe(cam, mapper, seed=1, steps=3, guidance=2.0, with_view=False, output="latent"))

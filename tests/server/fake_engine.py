@@ -36,6 +36,7 @@ class FakeEngine:
         # views per render call in sequence jobs, as a GPU engine batches them
         self.sequence_batch = int(os.environ.get("VIEWNETI_FAKE_SEQUENCE_BATCH", "1"))
         self.render_calls: list[int] = []  # views per call, for tests
+        self.lockstep_seen: list[bool] = []  # lockstep() at each step of calls given one, for tests
         load_s = float(os.environ.get("VIEWNETI_FAKE_LOAD_S", "0"))
         if load_s:
             time.sleep(load_s)
@@ -111,6 +112,7 @@ class FakeEngine:
         *,
         should_stop=None,
         on_step=None,
+        lockstep=None,
         timings=None,
         warnings=None,
         use_rig=True,
@@ -124,6 +126,8 @@ class FakeEngine:
         for i in range(steps):
             if should_stop is not None and should_stop():
                 raise Cancelled("stopped")
+            if lockstep is not None:
+                self.lockstep_seen.append(bool(lockstep()))
             time.sleep(self.step_s)
             if on_step:
                 on_step(i + 1, steps)

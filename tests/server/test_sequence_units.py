@@ -11,6 +11,7 @@ import pytest
 from fake_engine import FakeEngine
 from PIL import Image
 
+from server import worker as worker_module
 from server.events import EventHub
 from server.jobs import JobStore, SequenceSpec
 from server.worker import RenderTask, Worker, sequence_unit
@@ -125,16 +126,24 @@ def test_the_last_frames_take_a_compiled_shape_and_keep_their_own_images(tmp_pat
         w.stop()
 
 
+def _live_render_during_a_job(w, store, engine, steps, delay_s=0.0):
+    """A sequence job of 4 frames (one engine call), then, once its first step ran and ``delay_s`` more,
+    a live render: the job and the live render's images."""
+    job = _sequence(store, _cams(4), steps=steps)
+    w.submit_job(job)
+    assert engine.step_seen.wait(10)
+    time.sleep(delay_s)
+    live = RenderTask([_cams(1)[0]], None, 0, 2, 2.0)
+    w.submit_render(live)
+    return job, live.future.result(10)
+
+
 def test_a_live_render_is_served_between_the_steps_of_a_sequence_batch(tmp_path):
     engine = CountingEngine(tmp_path / "lib", step_s=0.05, batch=4)
     w, store = _worker(tmp_path, engine)
     try:
-        job = _sequence(store, _cams(4), steps=20)  # one engine call of 4 views, ~1 s
-        w.submit_job(job)
-        assert engine.step_seen.wait(10)
-        live = RenderTask([_cams(1)[0]], None, 0, 2, 2.0)
-        w.submit_render(live)
-        assert live.future.result(10)[0].size == (32, 32)
+        job, images = _live_render_during_a_job(w, store, engine, steps=20)  # the job: ~1 s
+        assert images[0].size == (32, 32)
         assert engine.log[:3] == [("start", 4), ("start", 1), ("end", 1)], engine.log  # inside the batch
         assert job.state == "running" and job.frames_done == []
         assert _wait_state(job) == "done"
@@ -150,14 +159,31 @@ def test_without_serving_during_jobs_a_live_render_waits_for_the_batch(tmp_path)
     try:
         while w.state != "ready":
             time.sleep(0.01)
-        job = _sequence(store, _cams(4), steps=10)
-        w.submit_job(job)
-        assert engine.step_seen.wait(10)
-        live = RenderTask([_cams(1)[0]], None, 0, 2, 2.0)
-        w.submit_render(live)
-        live.future.result(10)
+        job, _ = _live_render_during_a_job(w, store, engine, steps=10)
         assert engine.log[:3] == [("start", 4), ("end", 4), ("start", 1)], engine.log
+        assert engine.lockstep_seen == []  # nothing served between its steps: never in lockstep
         assert _wait_state(job) == "done"
+    finally:
+        w.stop()
+
+
+def test_a_job_runs_in_lockstep_for_a_while_after_a_render(tmp_path, monkeypatch):
+    """A job's steps are issued in lockstep with the GPU (the engine's ``lockstep()``) only for
+    LOCKSTEP_AFTER_RENDER_S after a render ended: before the first live render, no; right after it,
+    yes; once that time has passed with no other render, no again."""
+    monkeypatch.setattr(worker_module, "LOCKSTEP_AFTER_RENDER_S", 0.3)
+    engine = CountingEngine(tmp_path / "lib", step_s=0.02, batch=4)
+    w, store = _worker(tmp_path, engine)
+    try:
+        job, _ = _live_render_during_a_job(w, store, engine, steps=60, delay_s=0.1)  # the job: ~1.2 s
+        assert _wait_state(job) == "done"
+        seen = engine.lockstep_seen
+        assert len(seen) == 60  # the job's steps only: a live render is never paced in lockstep
+        first_on = seen.index(True)
+        last_on = len(seen) - 1 - seen[::-1].index(True)
+        assert first_on > 0 and not any(seen[:first_on])  # off until the live render ended
+        assert all(seen[first_on : last_on + 1])  # on, without a gap, while it was recent
+        assert last_on < len(seen) - 1 and not any(seen[last_on + 1 :])  # and off again after 0.3 s
     finally:
         w.stop()
 
