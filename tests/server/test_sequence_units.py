@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,11 @@ def test_a_single_frame_out_of_gpu_memory_ends_the_job_with_an_error(tmp_path):
         assert "OutOfMemoryError" in (job.error or "") and engine.sequence_batch == 1
     finally:
         w.stop()
+
+
+def test_the_docs_quote_the_lockstep_time():
+    """README and server/API.md name LOCKSTEP_AFTER_RENDER_S with its value, kept in step with the code."""
+    root = Path(__file__).resolve().parents[2]
+    quote = f"(`LOCKSTEP_AFTER_RENDER_S`, {worker_module.LOCKSTEP_AFTER_RENDER_S:g} s)"
+    for doc in ("README.md", "server/API.md"):
+        assert quote in " ".join((root / doc).read_text().split()), doc
