@@ -23,6 +23,9 @@ so does compilation on first use. Sections:
 - a size a client asked to compile first (``POST /v1/compile``, as the Blender add-on does for its scene's
   resolution, 704x528): on CUDA the server does its first-use work while idle, so its first request,
   still uncompiled, does not pay it.
+- an inversion of two 512x512 references (``--invert-steps``, after a 2-step one that compiles the
+  training graph), alone, then while live renders are sent one after another and with random pauses, as
+  for the sequence: what the live preview costs while a token is fitted, and what it costs the inversion.
 
 GPU (the numbers in RESULTS.md): SD 2.1-sized random weights written to a diffusers folder first::
 
@@ -39,6 +42,7 @@ CPU smoke run of the same script on the toy model (what the test suite runs)::
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -214,19 +218,23 @@ def follow_events(port: int, job_id: str) -> str:
         conn.close()
 
 
-def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float, dict]:
-    """A sequence job, timed from its POST to its final event on the job's event stream (what the add-on
-    waits for; polling the record every few ms would add requests no user sends)."""
+def run_job(client: Client, path: str, body: dict) -> tuple[float, dict]:
+    """A job (``POST path``), timed from its POST to its final event on the job's event stream (what the
+    add-on waits for; polling the record every few ms would add requests no user sends)."""
     t0 = time.perf_counter()
-    status, job = client.json("POST", "/v1/jobs/sequence", {"cameras": cameras, "steps": steps, "guidance": 7.5})
+    status, job = client.json("POST", path, body)
     if status != 202:
-        raise RuntimeError(f"sequence failed: {status} {job}")
+        raise RuntimeError(f"{path} failed: {status} {job}")
     follow_events(client.port, job["job_id"])
     seconds = time.perf_counter() - t0
     _, state = client.json("GET", f"/v1/jobs/{job['job_id']}")
     if state["state"] != "done":
-        raise RuntimeError(f"sequence ended {state['state']}: {state.get('error')}")
+        raise RuntimeError(f"{path} job ended {state['state']}: {state.get('error')}")
     return seconds, state
+
+
+def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float, dict]:
+    return run_job(client, "/v1/jobs/sequence", {"cameras": cameras, "steps": steps, "guidance": 7.5})
 
 
 # Pauses between the live renders of the paused run during a job. The add-on sends a live request once
@@ -235,27 +243,27 @@ def run_sequence(client: Client, cameras: list[dict], steps: int) -> tuple[float
 LIVE_PAUSE_S = (0.05, 0.25)
 
 
-def live_during_sequence(
+def live_during_job(
     client: Client,
     port: int,
-    cameras: list[dict],
-    steps: int,
+    path: str,
+    body: dict,
     live: tuple,
     pause_s: tuple[float, float] | None = None,
 ) -> dict:
-    """A sequence job submitted on a second connection, and live renders (a new pose each) sent one after
-    another on ``client`` until it ends (with ``pause_s``, after a random pause in that range, seeded):
-    the live renders' client times and the job's seconds.
+    """A job (``POST path`` with ``body``) submitted on a second connection, and live renders (a new pose
+    each) sent one after another on ``client`` until it ends (with ``pause_s``, after a random pause in
+    that range, seeded): the live renders' client times and the job's seconds.
 
     ``live_server_p50_ms`` is the live renders' server split (``X-Timings-Ms``); its ``outside_phases`` is
-    ``total`` less ``queue``, the phases and ``image``: mostly the job's steps that were on the GPU ahead of
+    ``total`` less ``queue``, the phases and ``image``: mostly the job's work that was on the GPU ahead of
     the live render's first kernel (its phases are timed by CUDA events that run after them), plus the
     server's own 1-4 ms a request."""
     other = Client(port)
     t0 = time.perf_counter()
-    status, job = other.json("POST", "/v1/jobs/sequence", {"cameras": cameras, "steps": steps, "guidance": 7.5})
+    status, job = other.json("POST", path, body)
     if status != 202:
-        raise RuntimeError(f"sequence failed: {status} {job}")
+        raise RuntimeError(f"{path} failed: {status} {job}")
     times: list[float] = []
     splits: list[dict[str, float]] = []
     state: dict = {}
@@ -275,18 +283,31 @@ def live_during_sequence(
             time.sleep(pauses.uniform(*pause_s))
     seconds = time.perf_counter() - t0
     if state["state"] != "done":
-        raise RuntimeError(f"sequence ended {state['state']}: {state.get('error')}")
+        raise RuntimeError(f"{path} job ended {state['state']}: {state.get('error')}")
     keys = sorted({k for s in splits for k in s})
     return {
-        "frames": len(cameras),
         "pause_s": list(pause_s) if pause_s is not None else None,
-        "sequence_seconds": round(seconds, 2),
+        "job_seconds": round(seconds, 2),
         "live_requests": len(times),
         "live_client_p50_ms": p50_ms(times),
         "live_client_max_ms": round(max(times), 1) if times else None,
         "live_server_p50_ms": {k: p50_ms([s[k] for s in splits if k in s]) for k in keys},
         "server_phase_ms": state.get("phase_ms"),
     }
+
+
+def live_during_sequence(
+    client: Client,
+    port: int,
+    cameras: list[dict],
+    steps: int,
+    live: tuple,
+    pause_s: tuple[float, float] | None = None,
+) -> dict:
+    """:func:`live_during_job` for a sequence job of ``cameras``."""
+    body = {"cameras": cameras, "steps": steps, "guidance": 7.5}
+    row = live_during_job(client, port, "/v1/jobs/sequence", body, live, pause_s)
+    return {"frames": len(cameras), "sequence_seconds": row.pop("job_seconds"), **row}
 
 
 def pixels(data: bytes):
@@ -299,7 +320,7 @@ def pixels(data: bytes):
 
 
 # what can be timed after the cold start, the first view and the warm-up, in the order they run
-SECTIONS = ("renders", "superseded", "sequence", "new-size", "asked-size")
+SECTIONS = ("renders", "superseded", "sequence", "new-size", "asked-size", "inversion")
 
 
 def parse_sections(text: str) -> tuple[str, ...]:
@@ -320,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=int, default=10, help="requests per timed row")
     p.add_argument("--frames", type=int, default=24, help="frames of the sequence job")
+    p.add_argument(
+        "--invert-steps", type=int, default=None, help="steps of each timed inversion (default: 100; --smoke: 3)"
+    )
     p.add_argument("--port", type=int, default=7871)
     p.add_argument(
         "--busy-s",
@@ -357,9 +381,11 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="server-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.smoke:
-        live, view, new_size, asked_size = (64, 64, 3), (64, 48, 4), (48, 32), (56, 40)
+        live, view, new_size, asked_size, ref_size = (64, 64, 3), (64, 48, 4), (48, 32), (56, 40), (64, 64)
     else:
-        live, view, new_size, asked_size = (512, 512, 8), (768, 576, 30), (640, 480), (704, 528)
+        live, view, new_size, asked_size, ref_size = (512, 512, 8), (768, 576, 30), (640, 480), (704, 528), (512, 512)
+    if args.invert_steps is None:
+        args.invert_steps = 3 if args.smoke else 100
     out = output_path(args.out)
     report: dict = {"command": command_line(), "machine": machine(), "sections": list(args.sections)}
 
@@ -428,6 +454,10 @@ def main(argv: list[str] | None = None) -> None:
 
         if "asked-size" in args.sections:
             time_asked_size(client, report, log_path, asked_size, view)
+            save()
+
+        if "inversion" in args.sections:
+            time_inversion(client, report, args, live, ref_size)
     finally:
         proc.terminate()
         try:
@@ -569,6 +599,71 @@ def time_asked_size(client: Client, report: dict, log_path: Path, asked_size: tu
     }
 
 
+def time_inversion(client: Client, report: dict, args: argparse.Namespace, live: tuple, ref_size: tuple) -> None:
+    """An inversion (the panel's "invert a reference"), alone and then while live renders are sent, back
+    to back and with pauses: what the live preview costs while a token is fitted (served between two
+    optimisation steps) and what it costs the inversion. References: two views of the built-in object
+    rendered by the server at the training size; a first short inversion compiles the training graph.
+    Each new object is deleted after its run."""
+    w, h = ref_size
+    cams = [{"camera_to_anchor": orbit(az), "fov_y_deg": 40.0, "width": w, "height": h} for az in (0.0, 90.0)]
+    images = []
+    for cam in cams:
+        status, _, png, _ = client.call(
+            "POST", "/v1/render", {"camera": cam, "seed": 0, "steps": live[2], "guidance": 7.5}, "image/png"
+        )
+        if status != 200:
+            raise RuntimeError(f"reference render failed: {status} {png[:300]!r}")
+        images.append(base64.b64encode(png).decode())
+    tag = f"{os.getpid()}-{int(time.time())}"  # a --work folder reused by another run keeps no name clash
+
+    def body(name: str, steps: int) -> dict:
+        return {"name": f"bench-{name}-{tag}", "images": images, "cameras": cams, "steps": steps, "preview_every": 0}
+
+    def delete(b: dict) -> None:
+        status, answer = client.json("DELETE", f"/v1/objects/{b['name']}")
+        if status != 204:
+            raise RuntimeError(f"DELETE /v1/objects/{b['name']}: {status} {answer}")
+
+    first = body("first", 2)
+    first_s, _ = run_job(client, "/v1/jobs/invert", first)  # compiles the training graph on a GPU
+    delete(first)
+    alone = body("alone", args.invert_steps)
+    seconds, _ = run_job(client, "/v1/jobs/invert", alone)
+    delete(alone)
+    report["inversion"] = {
+        "images": len(images),
+        "size": f"{w}x{h}",
+        "steps": args.invert_steps,
+        "first_2_steps_s": round(first_s, 1),
+        "seconds": round(seconds, 2),
+        "ms_per_step": round(seconds * 1e3 / args.invert_steps, 1),
+    }
+    for key, pause_s in (("live_during_inversion", None), ("live_during_inversion_paused", LIVE_PAUSE_S)):
+        b = body(key.replace("_", "-"), args.invert_steps)
+        try:
+            row = live_during_job(client, args.port, "/v1/jobs/invert", b, live, pause_s)
+            del row["server_phase_ms"]  # a sequence's; an inversion reports none
+            report[key] = {"steps": args.invert_steps, **row}
+            delete(b)
+        except (RuntimeError, OSError, http.client.HTTPException) as exc:
+            report[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def print_live_during(d: dict | None, key: str) -> None:
+    """One live-during-a-job row of the table (nothing for a section that did not run)."""
+    how = "with random pauses" if key.endswith("_paused") else "one after another"
+    if d and "error" in d:
+        print(f"  again with live renders sent {how}: failed, {d['error']}")
+    elif d:
+        seconds = d.get("sequence_seconds", d.get("job_seconds"))
+        print(
+            f"  again with {d['live_requests']} live renders sent {how}: {seconds} s; the live "
+            f"renders p50 {d['live_client_p50_ms']} ms (max {d['live_client_max_ms']})"
+        )
+        print(f"    their server split (p50 ms): {d.get('live_server_p50_ms')}")
+
+
 def print_table(report: dict) -> None:
     """The report as text; sections that were not run (``--sections``) are left out."""
     print(f"\nserver start -> ready {report['ready_s']} s, warm-up shapes compiled at {report['warmup_compiled_s']} s")
@@ -597,16 +692,7 @@ def print_table(report: dict) -> None:
         print(f"  server split (ms, all frames): {s.get('server_phase_ms')}")
         print(f"  vs one-by-one renders: {s['vs_single_renders']}")
     for key in ("live_during_sequence", "live_during_sequence_paused"):
-        d = report.get(key)
-        how = "with random pauses" if key.endswith("_paused") else "one after another"
-        if d and "error" in d:
-            print(f"  again with live renders sent {how}: failed, {d['error']}")
-        elif d:
-            print(
-                f"  again with {d['live_requests']} live renders sent {how}: {d['sequence_seconds']} s; the live "
-                f"renders p50 {d['live_client_p50_ms']} ms (max {d['live_client_max_ms']})"
-            )
-            print(f"    their server split (p50 ms): {d.get('live_server_p50_ms')}")
+        print_live_during(report.get(key), key)
     n = report.get("new_size_first_request")
     if n:
         compiled = (
@@ -633,6 +719,14 @@ def print_table(report: dict) -> None:
             f"size asked for by POST /v1/compile ({a['size']}, {a['compile_status']}{primed}): "
             f"first request {a['first_request']['client_p50_ms']} ms"
         )
+    inv = report.get("inversion")
+    if inv:
+        print(
+            f"\ninversion of {inv['images']} x {inv['size']}, {inv['steps']} steps: {inv['seconds']} s "
+            f"({inv['ms_per_step']} ms a step; the first, 2 steps: {inv['first_2_steps_s']} s)"
+        )
+    for key in ("live_during_inversion", "live_during_inversion_paused"):
+        print_live_during(report.get(key), key)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def run_smoke(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess,
 @pytest.mark.slow
 def test_server_gpu_smoke_runs_every_section(tmp_path):
     run, report = run_smoke(tmp_path)
-    assert report["sections"] == ["renders", "superseded", "sequence", "new-size", "asked-size"]
+    assert report["sections"] == ["renders", "superseded", "sequence", "new-size", "asked-size", "inversion"]
     assert report["command"].startswith("python -m benchmarks.server_gpu --smoke")
     assert {"host", "python", "cores", "torch"} <= set(report["machine"])
     assert report["ready_s"] > 0 and report["first_view_after_ready"]["n"] == 1
@@ -75,6 +75,14 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
     assert asked["size"] == "56x40" and asked["compile_status"] == "eager"  # the CPU server does not compile
     assert asked["first_use_done_s"] is None and asked["first_request"]["n"] == 1
     assert "server start -> ready" in run.stdout and "size asked for by POST /v1/compile (56x40" in run.stdout
+    inv = report["inversion"]  # two 64x64 references rendered by the server, 3 steps (the --smoke default)
+    assert inv["images"] == 2 and inv["size"] == "64x64" and inv["steps"] == 3 and inv["seconds"] > 0
+    for key, pause_s in (("live_during_inversion", None), ("live_during_inversion_paused", [0.05, 0.25])):
+        row = report[key]
+        assert "error" not in row, row
+        assert row["steps"] == 3 and row["pause_s"] == pause_s and row["job_seconds"] > 0
+        assert (row["live_client_p50_ms"] is None) == (row["live_requests"] == 0)
+    assert "inversion of 2 x 64x64, 3 steps" in run.stdout
 
 
 @pytest.mark.slow
