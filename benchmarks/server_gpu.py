@@ -292,7 +292,8 @@ def live_during_job(
         "live_client_p50_ms": p50_ms(times),
         "live_client_max_ms": round(max(times), 1) if times else None,
         "live_server_p50_ms": {k: p50_ms([s[k] for s in splits if k in s]) for k in keys},
-        "server_phase_ms": state.get("phase_ms"),
+        # the job's GPU time by phase, where the job reports it (a sequence does, an inversion does not)
+        **({"server_phase_ms": state["phase_ms"]} if state.get("phase_ms") is not None else {}),
     }
 
 
@@ -650,13 +651,15 @@ def time_inversion(
     for key, pause_s in (("live_during_inversion", None), ("live_during_inversion_paused", LIVE_PAUSE_S)):
         b = body(key.replace("_", "-"), args.invert_steps)
         try:
-            row = live_during_job(client, args.port, "/v1/jobs/invert", b, live, pause_s)
-            del row["server_phase_ms"]  # a sequence's; an inversion reports none
-            report[key] = {"steps": args.invert_steps, **row}
-            delete(b)
+            report[key] = {
+                "steps": args.invert_steps,
+                **live_during_job(client, args.port, "/v1/jobs/invert", b, live, pause_s),
+            }
         except (RuntimeError, OSError, http.client.HTTPException) as exc:
             report[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         save()
+        if "error" not in report[key]:  # a failed inversion added no object
+            delete(b)
 
 
 def print_live_during(d: dict | None, key: str) -> None:

@@ -82,6 +82,7 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
         assert "error" not in row, row
         assert row["steps"] == 3 and row["pause_s"] == pause_s and row["job_seconds"] > 0
         assert (row["live_client_p50_ms"] is None) == (row["live_requests"] == 0)
+        assert "server_phase_ms" not in row  # an inversion reports no render phases
     assert "inversion of 2 x 64x64, 3 steps" in run.stdout
 
 
