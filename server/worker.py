@@ -686,6 +686,7 @@ class Worker:
             seed=spec.seed,
             on_progress=on_progress,
             should_stop=should_stop,
+            lockstep=self._render_recently if self._serve_during_jobs else None,
             preview_every=spec.preview_every,
         )
         self.objects = list(self.engine.list_objects())  # before 'done': JobStore.create's name check needs it

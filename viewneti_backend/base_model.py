@@ -230,6 +230,32 @@ def assemble_base_model(
     )
 
 
+def prepare_thread_for_cuda_graph_trees() -> None:
+    """Set up this thread's CUDA-graph-tree state, which compiled (``reduce-overhead``) modules need.
+
+    Inductor keeps its CUDA graph trees in thread-local storage that it sets up in the thread that
+    imports it (and copies into autograd's threads). torch before 2.13 (2.11 here) asserts when a
+    compiled module first runs on any other thread: the server records its render graphs on the
+    compiler thread and then runs an inversion's first training step on its worker thread, which
+    failed with a bare ``AssertionError``. Newer torch sets the state up on first use by itself; this
+    does the same ahead of time for older ones, and nothing where the thread has it already."""
+    import threading
+    from collections import defaultdict
+
+    from torch._inductor import cudagraph_trees as trees
+
+    if hasattr(trees.local, "tree_manager_containers") or torch._C._is_key_in_tls("tree_manager_containers"):
+        return
+    initialize = getattr(trees, "_initialize_tls", None)  # torch >= 2.13: what its get_obj does itself
+    if initialize is not None:
+        initialize(trees.local)
+        return
+    trees.local.tree_manager_containers = {}
+    trees.local.tree_manager_locks = defaultdict(threading.Lock)
+    torch._C._stash_obj_in_tls("tree_manager_containers", trees.local.tree_manager_containers)
+    torch._C._stash_obj_in_tls("tree_manager_locks", trees.local.tree_manager_locks)
+
+
 def compile_base_model(
     base: Backbone, mode: str = "reduce-overhead", vae: bool = True, text_encoder_for_training: bool = True
 ) -> Backbone:

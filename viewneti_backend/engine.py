@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import __version__
-from .base_model import Backbone, compile_base_model, load_base_model
+from .base_model import Backbone, compile_base_model, load_base_model, prepare_thread_for_cuda_graph_trees
 from .camera_rig import CameraRig, range_warnings, rig_from_mapper_config
 from .cameras import Camera, orbit_pose
 from .compile_modes import resolve_compile_mode
@@ -215,6 +215,7 @@ class Engine:
         if self.compiled and shape not in self.ready_shapes:
             from torch._dynamo.utils import counters
 
+            self._graphs_on_this_thread()
             before = dict(counters["inductor"])
             for _ in range(2):  # the first call compiles; the second records the CUDA graph
                 self.pipeline.run_graphs(shape)
@@ -300,12 +301,19 @@ class Engine:
             self._busy_depth += 1
             self.idle.clear()
         try:
+            self._graphs_on_this_thread()
             yield
         finally:
             with self._busy_lock:
                 self._busy_depth -= 1
                 if self._busy_depth == 0:
                     self.idle.set()
+
+    def _graphs_on_this_thread(self) -> None:
+        """Compiled CUDA graphs may first run on the calling thread (the server compiles on one thread,
+        renders and inverts on another): give it the state they need (``prepare_thread_for_cuda_graph_trees``)."""
+        if self.compiled and self.base.device.type == "cuda":
+            prepare_thread_for_cuda_graph_trees()
 
     def warmup(self, sizes: Sequence[tuple[int, int]] = ((512, 512),), steps: int = 8) -> None:
         """Compile the render graphs of single views at these sizes before the first user request."""
@@ -574,6 +582,7 @@ class Engine:
         seed: int = 0,
         on_progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        lockstep: Callable[[], bool] | None = None,
         preview_every: int = 0,
         config: TrainConfig | None = None,
         source: dict | None = None,
@@ -583,6 +592,8 @@ class Engine:
         ``config`` sets training options (e.g. ``augmentation_pool``); mode, steps and seed come from
         the arguments, and the size from the reference image unless the config sets one. ``source``
         (e.g. ``{"views": [0]}``) is stored with the token, so ``viewneti eval`` can leave those views out.
+        While ``lockstep()`` is true, ``on_progress`` sees a step with no training step queued behind it
+        (``Trainer.train``), so a render served from it waits for none.
         """
         validate_token_name(name)
         if self.library.exists(name):
@@ -606,6 +617,7 @@ class Engine:
         )
         size = (width, height)
         compiling = self.compile_mode is not None and size not in self._compiled_training_sizes
+        self._graphs_on_this_thread()
         if on_progress is not None and compiling:
             # step 1 will compile the training graph first: say so, since no step completes for minutes
             on_progress(Progress(step=0, total=steps, phase="compiling"))
@@ -644,7 +656,8 @@ class Engine:
                 mapper.train()
             on_progress(Progress(step=step, total=total, loss=loss, eta_s=eta, phase="training", preview=preview))
 
-        trainer.train(on_step=report, should_stop=should_stop, progress=False)  # Cancelled propagates: nothing saved
+        # Cancelled propagates: nothing saved
+        trainer.train(on_step=report, should_stop=should_stop, progress=False, lockstep=lockstep)
         mapper = trainer.object_mappers[0].eval().requires_grad_(False)
         entry = self.library.save(name, mapper, steps=steps, source=source)
         self.pipeline.forget(name)

@@ -502,7 +502,12 @@ class Trainer:
         on_step: Callable[[int, int, float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         progress: bool = True,
+        lockstep: Callable[[], bool] | None = None,
     ) -> TrainResult:
+        """Run the optimisation to ``config.steps``. ``on_step(step, total, loss)`` sees each step once,
+        in order; while ``lockstep()`` is true it sees a step with nothing queued behind it on the GPU, so
+        that work done in it (a live render the server serves there) does not first wait for the next
+        training step."""
         from tqdm.auto import tqdm
 
         c, acc = self.config, self.accelerator
@@ -523,6 +528,8 @@ class Trainer:
         # after the loss, not for the whole stream): the host prepares step k+2 while the GPU runs
         # step k+1, so the GPU never waits for Python. Callbacks, the progress bar and ``losses``
         # therefore see step k once step k+1 is queued (or training ends); checkpoints flush it first.
+        # While ``lockstep()`` is true a step is read back at once instead: the GPU idles while the host
+        # prepares the next step, and what ``on_step`` queues runs without waiting for a training step.
         pending: tuple[int, ScalarReadback] | None = None
 
         def finish(done: tuple[int, ScalarReadback] | None) -> None:
@@ -554,6 +561,9 @@ class Trainer:
             self.step += 1
             finish(pending)
             pending = (self.step, ScalarReadback(running))
+            if lockstep is not None and lockstep():
+                finish(pending)
+                pending = None
             if self.output_dir and c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
                 finish(pending)
                 pending = None

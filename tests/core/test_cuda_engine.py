@@ -3,6 +3,7 @@
 device machine); CI has none, so these are skipped there with that reason."""
 
 import functools
+import threading
 import time
 
 import numpy as np
@@ -74,6 +75,61 @@ def test_compiled_engine_inverts_then_renders(engines):
     single = compiled.render([cam], "cuda_probe", seed=1, steps=10, guidance=2.0)[0]
     assert _psnr(views[0], single) > 30.0
     assert np.asarray(single).std() > 1.0
+
+
+def test_an_inversion_in_lockstep_reports_each_step_with_the_gpu_idle(engines):
+    """While ``lockstep()`` is true (the server: a live render ended recently), each optimisation step
+    is reported with no training step queued behind it, so a render served from the progress callback
+    starts at once (the order is tested on the CPU in test_training.py)."""
+    compiled, _ = engines
+    cam = Camera(orbit_pose(60.0, 25.0, 3.6), 40.0, 64, 64)
+    reference = compiled.render([cam], seed=0, steps=10, guidance=2.0)[0]
+    idle: list[bool] = []
+
+    def on_progress(p) -> None:
+        if p.phase == "training":
+            idle.append(torch.cuda.current_stream().query())
+
+    compiled.invert([reference], [cam], "cuda_lockstep", steps=6, on_progress=on_progress, lockstep=lambda: True)
+    assert idle == [True] * 6
+
+
+def test_compiled_graphs_run_first_on_threads_other_than_the_main_one(engines):
+    """The server records render graphs on its compiler thread, then renders and inverts on its worker
+    thread: a compiled module's first run on a thread that did not import inductor (an inversion's
+    training graph there) failed with a bare AssertionError on torch 2.11 (cudagraph trees' TLS)."""
+    from viewneti_backend.render_shape import RenderShape
+    from viewneti_backend.training import TrainConfig
+
+    compiled, _ = engines
+    cam = Camera(orbit_pose(100.0, 25.0, 3.6), 40.0, 48, 48)  # a size no other test compiles
+    reference = compiled.render([cam.with_size(64, 64)], seed=0, steps=10, guidance=2.0)[0]
+    out: dict = {}
+
+    def on_thread(name, fn):
+        def run():
+            try:
+                out[name] = fn()
+            except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+                out[name] = exc
+
+        t = threading.Thread(target=run, name=name)
+        t.start()
+        t.join(600)
+
+    on_thread("compiler", lambda: compiled.compile_shape(RenderShape(1, 48, 48)))
+    assert not isinstance(out["compiler"], BaseException), repr(out["compiler"])
+    assert RenderShape(1, 48, 48) in compiled.ready_shapes
+    worker_calls = lambda: (  # noqa: E731
+        compiled.render([cam], seed=1, steps=10, guidance=2.0)[0],
+        compiled.invert([reference], [cam], "thread_probe", steps=3, config=TrainConfig(width=48, height=48)),
+        compiled.render([cam], "thread_probe", seed=1, steps=10, guidance=2.0)[0],
+    )
+    on_thread("worker", worker_calls)
+    assert not isinstance(out["worker"], BaseException), repr(out["worker"])
+    before, entry, after = out["worker"]
+    assert entry["name"] == "thread_probe" and before.size == after.size == (48, 48)
+    assert np.asarray(after).std() > 1.0
 
 
 def test_compiled_engine_prefers_cudnn_attention_on_hopper(engines):

@@ -177,6 +177,39 @@ def test_each_step_is_reported_once_in_order_with_its_loss(tiny_base, tiny_model
     assert [loss for _, _, loss in seen] == trainer.losses and all(np.isfinite(trainer.losses))
 
 
+@pytest.mark.parametrize(
+    "on_steps,order",
+    [
+        ((), "Q1 Q2 R1 Q3 R2 Q4 R3 R4"),  # one step late: step k reported once step k+1 is queued
+        ((2, 3), "Q1 Q2 R1 R2 Q3 R3 Q4 R4"),  # in lockstep after steps 2 and 3 only
+        ((1, 2, 3, 4), "Q1 R1 Q2 R2 Q3 R3 Q4 R4"),  # always: nothing queued when a step is reported
+    ],
+    ids=["never", "steps-2-3", "always"],
+)
+def test_in_lockstep_a_step_is_reported_before_the_next_is_queued(tiny_base, tiny_model_dir, on_steps, order):
+    """While ``lockstep()`` is true (asked after each step is queued), that step is read back and
+    reported at once, before the next step's work is queued: what on_step queues (a live render) waits
+    for no training step. The losses are those of the run without it."""
+    reference = make_trainer(5, tiny_base, tiny_model_dir, steps=4)
+    reference.train(progress=False)
+    trainer = make_trainer(5, tiny_base, tiny_model_dir, steps=4)
+    events: list[str] = []
+    loss_on = trainer.loss_on
+
+    def queued(batches):
+        events.append(f"Q{trainer.step + 1}")
+        return loss_on(batches)
+
+    trainer.loss_on = queued  # type: ignore[method-assign]
+    trainer.train(
+        progress=False,
+        on_step=lambda step, total, loss: events.append(f"R{step}"),
+        lockstep=lambda: trainer.step in on_steps,
+    )
+    assert " ".join(events) == order
+    assert trainer.losses == reference.losses
+
+
 def test_optimizer_state_roundtrips_through_safetensors(tmp_path):
     p = torch.nn.Parameter(torch.randn(4))
     opt = torch.optim.AdamW([p], lr=0.1)

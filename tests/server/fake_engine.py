@@ -156,13 +156,27 @@ class FakeEngine:
         width, height = size_for_long_side(reference_size[0], reference_size[1], NATIVE)
         return self.render_warnings([c.with_size(width, height) for c in cameras])
 
-    def invert(self, images, cameras, name, steps, *, seed=0, on_progress=None, should_stop=None, preview_every=0):
+    def invert(
+        self,
+        images,
+        cameras,
+        name,
+        steps,
+        *,
+        seed=0,
+        on_progress=None,
+        should_stop=None,
+        lockstep=None,
+        preview_every=0,
+    ):
         if self.has_object(name):
             raise InputError(f"an object named {name!r} already exists")
         t0 = time.perf_counter()
         for i in range(steps):
             if should_stop is not None and should_stop():
                 raise Cancelled("stopped")
+            if lockstep is not None:
+                self.lockstep_seen.append(bool(lockstep()))
             time.sleep(self.step_s)
             if on_progress:
                 step = i + 1

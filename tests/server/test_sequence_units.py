@@ -3,6 +3,7 @@ between the denoising steps of those calls, on the worker with the fake engine."
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 
 from server import worker as worker_module
 from server.events import EventHub
-from server.jobs import JobStore, SequenceSpec
+from server.jobs import InvertSpec, JobStore, SequenceSpec
 from server.worker import RenderTask, Worker, sequence_unit
 from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.render_shape import RenderShape
@@ -237,6 +238,37 @@ def test_a_single_frame_out_of_gpu_memory_ends_the_job_with_an_error(tmp_path):
         w.submit_job(job)
         assert _wait_state(job) == "error"
         assert "OutOfMemoryError" in (job.error or "") and engine.sequence_batch == 1
+    finally:
+        w.stop()
+
+
+def test_an_inversion_runs_in_lockstep_for_a_while_after_a_render(tmp_path, monkeypatch):
+    """The same window for an inversion's optimisation steps (the engine's ``lockstep()`` at each step):
+    off before the live render, on right after it, off again once LOCKSTEP_AFTER_RENDER_S has passed."""
+    monkeypatch.setattr(worker_module, "LOCKSTEP_AFTER_RENDER_S", 0.3)
+    engine = CountingEngine(tmp_path / "lib", step_s=0.02)
+    w, store = _worker(tmp_path, engine)
+    try:
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), (200, 40, 40)).save(buf, "PNG")
+        spec = InvertSpec(_cams(1), seed=0, preview_every=0, max_pixels=10**6)
+        job = store.create("invert", 60, {}, name="probe", spec=spec, references=[buf.getvalue()])
+        w.submit_job(job)
+        deadline = time.monotonic() + 10
+        while job.step < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        live = RenderTask([_cams(1)[0]], None, 0, 2, 2.0)
+        w.submit_render(live)
+        assert live.future.result(10)[0].size == (32, 32)
+        assert _wait_state(job) == "done", job.error
+        seen = engine.lockstep_seen
+        assert len(seen) == 60  # the inversion's steps only
+        first_on = seen.index(True)
+        last_on = len(seen) - 1 - seen[::-1].index(True)
+        assert first_on > 0 and not any(seen[:first_on])
+        assert all(seen[first_on : last_on + 1])
+        assert last_on < len(seen) - 1 and not any(seen[last_on + 1 :])
     finally:
         w.stop()
 
