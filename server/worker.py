@@ -6,8 +6,8 @@ active job, one unit at a time (a batch of sequence frames, or a whole inversion
 pending renders are served between two denoising steps of the frames' render, or between two
 optimisation steps of an inversion (from the engine's step/progress callback, on this same thread), so
 live mode keeps working while a camera path renders or a token is being fitted. For a while after a
-render ends (``LOCKSTEP_AFTER_RENDER_S``), a sequence's steps are issued in lockstep with the GPU, so the
-next live render waits for at most the one step of the job in progress.
+render ends (``LOCKSTEP_AFTER_RENDER_S``), a job's steps (denoising or optimisation) are issued in
+lockstep with the GPU, so the next live render waits for at most the one step of the job in progress.
 
 Live supersede: a render carries an optional session key. A newer render of the same session fails
 the older one with ``Superseded`` (HTTP 409): at once if it is still queued, or at the next
@@ -42,10 +42,12 @@ from .jobs import InvertSpec, Job, JobStore, SequenceSpec
 
 log = logging.getLogger("viewneti.server")
 
-# For this long after a render ends, a sequence job's denoising steps are issued in lockstep with the GPU
-# (none ahead): the next live render, likely while the user is moving the camera, then waits for at most
-# the job's step in progress, not for the two queued behind it (~120 ms at 768x576 x 8 frames on an H100;
-# RESULTS.md section 6, session 26). The job's GPU idles ~2 ms a step meanwhile, and never otherwise.
+# For this long after a render ends, a job's steps are issued in lockstep with the GPU (none ahead): the
+# next live render, likely while the user is moving the camera, then waits for at most the job's step in
+# progress, not for those queued behind it: two denoising steps of a sequence (~120 ms at 768x576 x 8
+# frames on an H100; RESULTS.md section 6, session 26), or the next optimisation step of an inversion
+# (~75 ms at 512x512 on an H200; session 27). Meanwhile the GPU idles while the host issues each step
+# (~2 ms of a sequence's 59-ms step, ~5 ms of an inversion's 113-ms step), and never otherwise.
 LOCKSTEP_AFTER_RENDER_S = 2.0
 
 

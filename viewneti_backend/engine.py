@@ -518,8 +518,12 @@ class Engine:
 
     def _compiled_render_failed(self, shape: RenderShape, exc: Exception) -> None:
         """A compiled graph raised inside torch (seen on an H200: an assertion in CUDA-graph trees'
-        bookkeeping, pytorch#175557): drop this thread's CUDA-graph trees so the graphs re-record, and
-        after :data:`MAX_COMPILED_FAILURES` at one shape render it eager from then on."""
+        bookkeeping, pytorch#175557): drop the calling thread's CUDA-graph trees, and after
+        :data:`MAX_COMPILED_FAILURES` at one shape render it eager from then on.
+
+        CUDA-graph trees are per thread, and a graph belongs to the tree of the thread that first ran
+        it: graphs first run here re-record; those the server's compiler thread recorded (its render
+        graphs) replay as before, since that thread's trees cannot be reset from this one."""
         label = shape.label()
         entry = self.compiled_failures.setdefault(label, {"count": 0, "last_error": "", "gave_up": False})
         entry["count"] += 1
@@ -531,13 +535,13 @@ class Engine:
             "compiled render at %s failed (%d time(s)); rendering it eager%s",
             label,
             entry["count"],
-            " from now on" if entry["gave_up"] else " this once and re-recording its CUDA graphs",
+            " from now on" if entry["gave_up"] else " this once",
             exc_info=exc,
         )
         if self.base.device.type == "cuda":
             from torch._inductor.cudagraph_trees import reset_cudagraph_trees
 
-            reset_cudagraph_trees()  # this thread's trees only; the next compiled call records afresh
+            reset_cudagraph_trees()  # this thread's trees only (see the docstring)
 
     def render_warnings(self, cameras: Sequence[Camera], *, with_view: bool = True, use_rig: bool = True) -> list[str]:
         """What a user should know before trusting these renders: sizes far above the model's native
