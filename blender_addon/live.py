@@ -10,6 +10,9 @@ requests run at once (the server cuts an older request of the same session when 
 arrives, at its next denoising step, with at most two steps of it left to run on a GPU), and a result
 older than one already shown is dropped.
 
+While `held` (the backend cannot render for a while: it compiles an inversion's training graph on
+the thread that renders), nothing is sent; the latest pose goes as soon as it is released.
+
 Refinement (as Cycles' viewport does): once a live render of a pose has been shown and the camera
 has stayed at that pose for a further `refine_delay` seconds, the pose's full-quality request is sent
 once (unless it equals the live one). It is shown only if the camera is still at that pose when it
@@ -60,6 +63,7 @@ class LiveController:
         self._threads = []
         self.requests_sent = 0
         self.stopped = False
+        self.held = False  # set by the shell while the backend cannot render (see the module docstring)
 
     @property
     def busy(self):
@@ -119,7 +123,7 @@ class LiveController:
             if not newest.refined and newest.error is None and newest.key == self._last_key:
                 self._shown_at = self._clock()
         self._threads = [t for t in self._threads if t.is_alive()]
-        if self.stopped or self._in_flight >= self.max_in_flight:
+        if self.stopped or self.held or self._in_flight >= self.max_in_flight:
             return finished
         if self._pending is not None and self._clock() - self._changed_at >= self.debounce:
             key, request = self._pending

@@ -9,7 +9,10 @@ from .properties import prefs
 from .status import format_seconds
 
 STATE_ICONS = {"OK": "CHECKMARK", "DOWN": "ERROR", "ERROR": "ERROR", "UNKNOWN": "QUESTION"}
-COMPILING_TEXT = "Compiling the training graph (first inversion at this size): a few minutes"
+COMPILING_TEXT = (
+    "Compiling the training graph (first inversion at this size): up to a few minutes; "
+    "live renders wait until it is done"
+)
 
 
 def _wrapped(layout, text, context, icon="NONE"):

@@ -89,12 +89,17 @@ class LiveMode:
     """Live mode as a part of the session: the controller and the scene whose active camera it follows."""
 
     REFINING = "Live: refining…"
+    HELD = (
+        "Live paused: the backend is compiling the training graph of the inversion (its first at this "
+        "size; up to a few minutes). The preview resumes when that is done"
+    )
 
     def __init__(self, controller, scene_name):
         self.controller = controller
         self.scene_name = scene_name
         self._refining = False
         self._status_before_refining = ""
+        self._status_before_held = ""
 
     @property
     def running(self):
@@ -120,10 +125,26 @@ class LiveMode:
                     self.controller.observe(key, (camera.name, request), (camera.name, full))
             except ValueError as exc:
                 set_status(scene, f"Live paused: {exc}")
+        self._hold_while_training_compiles(scene)
         for result in self.controller.tick():
             camera_name, request = result.request
             show_render(scene, camera_name, request, result.value, result.error)
         self._show_refining(scene)
+
+    def _hold_while_training_compiles(self, scene):
+        """Send nothing while this session's inversion compiles its training graph: the backend renders
+        on the thread that compiles, so a live request would wait minutes (and time out) instead of a
+        frame. The latest pose goes once the job reports its first training step."""
+        job = SESSION.job.job if SESSION.job is not None else None
+        held = job is not None and not job.finished and job.phase == "compiling"
+        if held == self.controller.held:
+            return
+        self.controller.held = held
+        if held:
+            self._status_before_held = scene.viewneti.status_message
+            set_status(scene, self.HELD)
+        elif scene.viewneti.status_message == self.HELD:
+            set_status(scene, self._status_before_held)
 
     def _show_refining(self, scene):
         """ "Live: refining…" while the current pose's refinement runs; if the camera moves on before it

@@ -342,3 +342,68 @@ def test_live_refines_a_still_camera_against_the_real_server(live_scene, monkeyp
         assert len(sent) == count + 1
     finally:
         renders.stop_live()
+
+
+# -- held while the backend compiles an inversion's training graph --------------------------------
+
+
+def test_a_held_controller_sends_nothing_then_the_latest_pose():
+    clock, render = FakeClock(), RecordingRender()
+    live = refiner(clock, render)
+    assert show(live, clock, 1) == [("image for live 1", False)]
+    live.held = True
+    clock.now += 5  # the refinement of pose 1 would be due: not while held
+    assert live.tick() == [] and render.calls == ["live 1"]
+    for pose in (2, 3):  # the camera moves on meanwhile
+        live.observe(("pose", pose), f"live {pose}", f"full {pose}")
+        clock.now += 1
+        assert live.tick() == []
+    assert render.calls == ["live 1"] and live.busy  # the latest pose waits
+    live.held = False
+    live.tick()
+    assert [r.value for r in settle(live)] == ["image for live 3"]
+    assert render.calls == ["live 1", "live 3"]
+
+
+def test_live_pauses_while_this_sessions_inversion_compiles(scene, monkeypatch):
+    """The shell holds live requests while the job reports phase "compiling" (the backend renders on
+    the thread that compiles: a request would wait minutes), says so in the status line, and sends the
+    latest pose once the job reports training."""
+    from types import SimpleNamespace
+
+    renders, connection, session = addon_module("renders"), addon_module("connection"), addon_module("session")
+    from blender_addon.images import encode_png
+
+    sent = []
+
+    class Client:
+        def render(self, request, accept=None):
+            sent.append(request)
+            w, h = request["camera"]["width"], request["camera"]["height"]
+            return RenderResult(encode_png(w, h, bytes([20, 30, 200, 255]) * (w * h)), seed=request["seed"])
+
+    monkeypatch.setattr(connection, "make_client", lambda context=None: Client())
+    addon_prefs().live_debounce = 0.0
+    addon_prefs().refine_delay = 0.0
+    connection.apply_backend(scene, {"native_size": 64}, [], announce=False)
+    job = SimpleNamespace(finished=False, phase="compiling")
+    assert renders.start_live(scene) is None
+    session.SESSION.job = SimpleNamespace(job=job, step=lambda: None, interval=lambda: None, shutdown=lambda: None)
+    try:
+        camera = scene.camera
+        for _ in range(3):
+            camera.location.x += 0.05
+            bpy.context.view_layer.update()
+            renders.live_step()
+        time.sleep(0.05)
+        renders.live_step()
+        assert sent == [] and scene.viewneti.status_message == renders.LiveMode.HELD
+        job.phase = "training"
+        renders.live_step()
+        wait_for(lambda: sent)
+        assert len(sent) == 1  # one request, for the pose the camera is at now
+        assert sent[0]["camera"] == renders.build_render_request(scene, camera, live=True)["camera"]
+        assert scene.viewneti.status_message != renders.LiveMode.HELD
+    finally:
+        session.SESSION.job = None
+        renders.stop_live()
