@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=ServerConfig.compile_processes,
         metavar="N",
         help="helper processes that compile render shapes ahead, several at once, so that compiling does "
-        "not slow down the renders the server answers meanwhile; each loads its own copy of the model "
+        "not slow down the renders the server answers meanwhile, and then, on GPUs with enough memory, the "
+        "training graphs of inversions at the likely first sizes; each loads its own copy of the model "
         f"(GPU and CPU memory). 0: compile inside the server only (default {ServerConfig.compile_processes})",
     )
     m.add_argument(

@@ -25,7 +25,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
+
+from viewneti_backend.compile_warmer import TRAINING_LABEL_PREFIX
 
 log = logging.getLogger("viewneti.server")
 
@@ -80,6 +83,7 @@ class BackgroundCompiler:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._warm_queue: queue.Queue[Any] = queue.Queue()
         self._warming: dict[Any, _Warming] = {}
+        self._training: dict[str, str] = {}  # training size label -> queued, compiling, done, or the error
         self._helpers: list[Any] = []
         factory = getattr(engine, "compile_warmer", None)
         if processes > 0 and callable(factory):
@@ -89,9 +93,18 @@ class BackgroundCompiler:
             for i, h in enumerate(self._helpers)
         ]
 
-    def start(self, warmup: list[Any]) -> None:
+    def start(self, warmup: list[Any], training: Sequence[Any] = ()) -> None:
+        """Compile the ``warmup`` shapes; then, in the helper processes only (none: nothing), the
+        ``training`` sizes (``TrainingSize``): they fill the on-disk caches, and the first inversion at
+        such a size compiles its training graphs from them (``status()["training_ahead"]``)."""
         for shape in warmup:
             self.request(shape, warmup=True)
+        if self._helpers:
+            with self._cv:
+                for size in training:
+                    self._warming[size] = _Warming()
+                    self._training[size.label()] = "queued"
+                    self._warm_queue.put(size)
         for t in self._helper_threads:
             t.start()
         self._thread.start()
@@ -133,6 +146,7 @@ class BackgroundCompiler:
                 "failed": dict(self._failed),
                 "seconds": dict(self._times),
                 "helper_processes": len(self._helpers),
+                "training_ahead": {k.removeprefix(TRAINING_LABEL_PREFIX): v for k, v in self._training.items()},
                 # compiled renders that raised inside torch and were redone eager (engine.compiled_failures)
                 "render_failures": {k: dict(v) for k, v in getattr(self._engine, "compiled_failures", {}).items()},
             }
@@ -147,14 +161,33 @@ class BackgroundCompiler:
             if shape is None or self._stopping:
                 return
             warming = self._warming[shape]
+            label = shape.label()
+            training = label in self._training
+            if training:
+                with self._cv:
+                    self._training[label] = "compiling"
             try:
-                reply = helper.warm(shape.label())
+                reply = helper.warm(label)
                 warming.seconds = float(reply.get("seconds", 0.0)) + float(reply.get("load_s", 0.0))
-            except Exception as exc:  # noqa: BLE001 - the shape is then compiled in this process
+            except Exception as exc:  # noqa: BLE001 - a shape is then compiled in this process
                 if not self._stopping:
-                    log.warning("compile helper: %s; compiling %s in the server instead", exc, shape.label())
+                    instead = (
+                        "the first inversion there compiles it" if training else f"compiling {label} in the server"
+                    )
+                    log.warning("compile helper: %s; %s instead", exc, instead)
                 warming.error = str(exc)
+            else:
+                if training:
+                    log.info(
+                        "compiled the training graphs of %s ahead in a helper in %.1f s (the first inversion "
+                        "at that size compiles them from the cache)",
+                        label.removeprefix(TRAINING_LABEL_PREFIX),
+                        warming.seconds,
+                    )
             finally:
+                if training:
+                    with self._cv:
+                        self._training[label] = "done" if warming.error is None else f"failed: {warming.error}"
                 warming.done.set()
 
     def _run(self) -> None:

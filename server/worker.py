@@ -30,6 +30,7 @@ from typing import Any
 from PIL import Image
 
 from viewneti_backend import limits
+from viewneti_backend.compile_warmer import TrainingSize
 from viewneti_backend.errors import Cancelled, InputError, is_out_of_memory
 from viewneti_backend.progress import RENDER_PHASES, Progress
 from viewneti_backend.render_shape import RenderShape
@@ -409,10 +410,18 @@ class Worker:
             engine, compile_new_shapes=self._compile_new_shapes, processes=self._compile_processes
         )
         engine.on_uncompiled_shape = self.compiler.request
-        self.compiler.start(shapes)
+        warm_training: Callable[[], list[tuple[int, int]]] | None = getattr(engine, "training_warmup_sizes", None)
+        training = [TrainingSize(w, h) for w, h in warm_training()] if warm_training is not None else []
+        self.compiler.start(shapes, training=training)
         log.info(
-            "serving now; compiling in the background: %s (until then those sizes render eager)",
+            "serving now; compiling in the background: %s (until then those sizes render eager)%s",
             ", ".join(s.label() for s in shapes) or "nothing ahead (new sizes compile on first use)",
+            (
+                "; then, in the helper processes, the training graphs of inversions at "
+                + ", ".join(f"{t.width}x{t.height}" for t in training)
+                if training and self._compile_processes > 0
+                else ""
+            ),
         )
 
     def compile_status(self) -> dict[str, Any] | None:

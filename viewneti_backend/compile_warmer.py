@@ -7,11 +7,15 @@ and compiles the same shape the same way fills inductor's on-disk caches (FX gra
 autograd cache, Triton kernels) without touching the server's GIL; the server then compiles that
 shape itself in seconds from the caches, and only that short part competes with its renders.
 
-The helper is ``python -m viewneti_backend.compile_warmer`` with the engine's model, device, dtype and
-compile mode; it reads one shape label per line on stdin (``768x576x4``, see
-:class:`.render_shape.RenderShape`) and answers each with one JSON line on stdout, prefixed
-:data:`REPLY_PREFIX` (anything else it prints is ignored). The parent side, :class:`WarmProcess`, is
-stdlib-only.
+The same holds for an inversion's training graphs (the first inversion at a size compiled them for
+125 s on an H200, 21 s from the caches): a label ``train:512x384`` (:class:`TrainingSize`) runs one
+optimisation step of a throwaway token there (``Engine.compile_training``).
+
+The helper is ``python -m viewneti_backend.compile_warmer`` with the engine's model, view-mapper, device,
+dtype and compile mode; it reads one label per line on stdin (``768x576x4``, see
+:class:`.render_shape.RenderShape`, or ``train:512x384``) and answers each with one JSON line on stdout,
+prefixed :data:`REPLY_PREFIX` (anything else it prints is ignored). The parent side,
+:class:`WarmProcess`, is stdlib-only.
 """
 
 from __future__ import annotations
@@ -24,15 +28,37 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 REPLY_PREFIX = "viewneti-warm "
+TRAINING_LABEL_PREFIX = "train:"
 # The helper (and the compile workers it starts, which inherit it) yields the CPU to the server: renders
 # that run uncompiled meanwhile launch their kernels from the server's Python thread (measured on an H100:
 # a 768x576 view right after start took 4.2 s next to three full-priority helpers, 2.1 s alone).
 HELPER_NICENESS = 10
 _REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+@dataclass(frozen=True)
+class TrainingSize:
+    """An inversion's training size (width, height) whose training graphs a helper compiles ahead."""
+
+    width: int
+    height: int
+
+    def label(self) -> str:
+        return f"{TRAINING_LABEL_PREFIX}{self.width}x{self.height}"
+
+    @classmethod
+    def parse(cls, label: str) -> TrainingSize:
+        """``train:512x384`` -> TrainingSize(512, 384); ValueError for anything else."""
+        size = label.removeprefix(TRAINING_LABEL_PREFIX)
+        parts = size.split("x")
+        if size == label or len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"not a training size label (train:WIDTHxHEIGHT): {label!r}")
+        return cls(int(parts[0]), int(parts[1]))
 
 
 class WarmError(RuntimeError):
@@ -51,10 +77,13 @@ class WarmProcess:
         dtype: str,
         mode: str,
         *,
+        view_mapper: str | None = None,
         env: dict[str, str] | None = None,
         log: IO[str] | None = None,
     ) -> None:
         self._args = ["--model", model, "--device", device, "--dtype", dtype, "--mode", mode]
+        if view_mapper is not None:
+            self._args += ["--view-mapper", view_mapper]
         self._env = env
         self._log = log
         self._lock = threading.Lock()
@@ -127,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", required=True)
     parser.add_argument("--dtype", required=True)
     parser.add_argument("--mode", required=True, help="torch.compile mode, as the server's engine uses it")
+    parser.add_argument("--view-mapper", default=None, help="the server engine's view-mapper (default: the model's)")
     args = parser.parse_args(argv)
     if hasattr(os, "nice"):  # POSIX; Windows has no niceness and keeps the default priority
         try:
@@ -135,16 +165,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
 
     t0 = time.perf_counter()
-    from .base_model import compile_base_model, load_base_model
-    from .pipeline import ViewNeTIPipeline
+    import tempfile
+
+    from .engine import Engine
     from .render_shape import RenderShape
 
-    pipeline, load_error = None, None
+    library = tempfile.TemporaryDirectory(prefix="viewneti-warm-")  # an engine needs one; nothing is saved
+    engine, load_error = None, None
     try:
-        base = load_base_model(args.model, device=args.device, dtype=args.dtype)
-        compile_base_model(base, args.mode)  # exactly what Engine.load does: same graphs, same cache keys
-        pipeline = ViewNeTIPipeline(base)
-        pipeline.prepare()
+        # exactly what the server's Engine.load does: same graphs, same cache keys
+        engine = Engine.load(
+            args.model,
+            view_mapper=args.view_mapper,
+            device=args.device,
+            dtype=args.dtype,
+            library_dir=library.name,
+            compile=args.mode,
+        )
     except Exception as exc:  # noqa: BLE001 - answered to every request, so the server says why
         load_error = f"could not load the model: {type(exc).__name__}: {exc}"
     load_s = time.perf_counter() - t0
@@ -152,18 +189,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         label = line.strip()
         if not label:
             continue
-        if pipeline is None:
+        if engine is None:
             _reply(label=label, error=load_error)
             continue
         t1 = time.perf_counter()
         try:
-            shape = RenderShape.parse(label)
-            pipeline.run_graphs(shape)
+            if label.startswith(TRAINING_LABEL_PREFIX):
+                size = TrainingSize.parse(label)
+                engine.compile_training(size.width, size.height)
+            else:
+                engine.pipeline.run_graphs(RenderShape.parse(label))
         except Exception as exc:  # noqa: BLE001 - reported to the server, which then compiles in-process
             _reply(label=label, error=f"{type(exc).__name__}: {exc}")
             continue
         _reply(label=label, seconds=round(time.perf_counter() - t1, 2), load_s=round(load_s, 2))
         load_s = 0.0
+    library.cleanup()
     return 0
 
 

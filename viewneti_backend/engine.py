@@ -101,6 +101,12 @@ def bundled_view_mapper(model: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+# A compile helper that compiles a training graph ahead holds a copy of the model and a training step's
+# activations (9-15 GiB at SD 2 scale, benchmarks/RESULTS.md section 1) next to the server and the other
+# helpers: only on GPUs with at least this much memory (an H100 has 80, a 24-GiB card would run short).
+TRAINING_AHEAD_MIN_GPU_GIB = 40
+
+
 def training_size(native_size: int, image_size: tuple[int, int], long_side: int = 512) -> tuple[int, int]:
     """The size a model trains at on images of this size: long side min(native, 512) (the paper trains
     SD 2.1 at 512x384), the images' aspect, multiples of 8. Inversion and `viewneti pretrain` share it."""
@@ -132,6 +138,7 @@ class Engine:
         self.train_long_side = train_long_side
         self.sampling = sampling or SamplingDefaults()  # the model's recommended steps/guidance
         self.compile_mode: str | None = None  # set by load(); None = eager
+        self.view_mapper_path: str | None = None  # set by load(): where the view-mapper came from
         # views per UNet call in a sequence job: on a GPU several frames fill it far better than one (8:
         # 224 ms a 768x576 frame against 237 at 4 and 318 at 1, H100, RESULTS.md §1); on a CPU a larger
         # batch gains nothing. Live renders are served between the steps of a batch (server/worker.py).
@@ -191,6 +198,7 @@ class Engine:
         sampling = SamplingDefaults.for_model(model)  # viewneti/sampling.json, else SD 2's 7.5 / 30
         engine = cls(base, vm, library, model=model, view_mapper_name=name, sampling=sampling)
         engine.compile_mode = compile_mode
+        engine.view_mapper_path = None if vm_path is None else str(vm_path)
         if compile_mode is not None:
             engine.pipeline.prepare()  # the unconditional encoding, before any background compile reads it
         return engine
@@ -227,13 +235,15 @@ class Engine:
         return time.perf_counter() - t0
 
     def compile_warmer(self) -> WarmProcess:
-        """A helper process that compiles this engine's render shapes into torch's on-disk caches, so
-        that :meth:`compile_shape` afterwards costs seconds of this process's time, not a minute of
-        GIL-holding Python (see :mod:`.compile_warmer`)."""
+        """A helper process that compiles this engine's render shapes (and training sizes) into torch's
+        on-disk caches, so that :meth:`compile_shape` (the first inversion) afterwards costs seconds of
+        this process's time, not a minute of GIL-holding Python (see :mod:`.compile_warmer`)."""
         if self.compile_mode is None:
             raise InputError("this engine is not compiled (compile off): there is nothing to warm")
         dtype = str(self.base.dtype).removeprefix("torch.")
-        return WarmProcess(self.model, str(self.base.device), dtype, self.compile_mode)
+        return WarmProcess(
+            self.model, str(self.base.device), dtype, self.compile_mode, view_mapper=self.view_mapper_path
+        )
 
     def default_warmup_shapes(self) -> list[RenderShape]:
         """What a user asks for first: the live preview (square, at most 512), the model's native view
@@ -576,6 +586,67 @@ class Engine:
         """Long side = min(native, 512) (the paper trains SD 2 at 512x384), aspect kept, multiples of 8."""
         return training_size(self.base.native_size, image.size, self.train_long_side)
 
+    def _inversion_trainer(
+        self,
+        images: Sequence[Image.Image],
+        cameras: Sequence[Camera],
+        name: str,
+        steps: int,
+        seed: int,
+        config: TrainConfig | None,
+    ) -> tuple[Trainer, list[Camera]]:
+        """The mode-5 trainer of an inversion and its cameras at the training size: one construction for
+        :meth:`invert` and :meth:`compile_training`, so both run (and compile) the same graphs."""
+        width, height = self.training_size(images[0])
+        options = config or TrainConfig()
+        width, height = options.width or width, options.height or height
+        cfg = dataclasses.replace(options, mode=5, steps=steps, seed=seed, width=width, height=height)
+        cams = [c.with_size(width, height) for c in self.mapper_cameras(cameras)]
+        scene = Scene(name, [flatten_reference(im, self.background) for im in images], cams)
+        trainer = Trainer(
+            cfg,
+            self.base,
+            [scene],
+            view_mapper=self.pipeline.view_mapper,
+            device=str(self.base.device) if self.base.device.type == "cpu" else None,
+        )
+        return trainer, cams
+
+    def training_warmup_sizes(self) -> list[tuple[int, int]]:
+        """The training sizes worth compiling ahead in a helper process (:meth:`compile_training`): those of
+        the references a user most likely inverts first, a square one (a live render, a cropped photo)
+        and one of the model's native view's aspect (4:3: SD 2.1's 512x384). None on an engine that
+        cannot invert or does not compile, or on a GPU with less than ``TRAINING_AHEAD_MIN_GPU_GIB``."""
+        if self.compile_mode is None or self.pipeline.view_mapper is None:
+            return []
+        if self.base.device.type == "cuda":
+            import torch
+
+            total = torch.cuda.get_device_properties(self.base.device).total_memory
+            if total < TRAINING_AHEAD_MIN_GPU_GIB * 2**30:
+                return []
+        native = self.base.native_size
+        refs = [(native, native), (native, max(8, native * 3 // 4))]
+        return list(dict.fromkeys(training_size(native, ref, self.train_long_side) for ref in refs))
+
+    def compile_training(self, width: int, height: int) -> float:
+        """Compile an inversion's training graphs at this training size ahead of the first inversion
+        there: one optimisation step of a throwaway token on a blank reference, nothing saved. In a
+        compile helper (:mod:`.compile_warmer`) this fills torch's on-disk caches, so the server's first
+        inversion at that size compiles from them (21 s instead of 125 s on an H200). Returns seconds."""
+        if self.pipeline.view_mapper is None:
+            raise InputError("inversion needs a view-mapper: start the engine with one (--view-mapper)")
+        t0 = time.perf_counter()
+        if self.compile_mode is not None and (width, height) not in self._compiled_training_sizes:
+            self._graphs_on_this_thread()
+            blank = Image.new("RGB", (width, height), self.background)
+            camera = Camera(orbit_pose(0.0, 20.0, 4.0), 40.0, width, height)
+            config = TrainConfig(width=width, height=height)
+            trainer, _ = self._inversion_trainer([blank], [camera], "compile-training", 1, 0, config)
+            trainer.train(progress=False)
+            self._compiled_training_sizes.add((width, height))
+        return time.perf_counter() - t0
+
     def invert(
         self,
         images: Sequence[Image.Image],
@@ -606,20 +677,8 @@ class Engine:
             raise InputError("inversion needs a view-mapper: start the engine with one (--view-mapper)")
         if not images or len(images) != len(cameras):
             raise InputError(f"give one camera per reference image ({len(images)} images, {len(cameras)} cameras)")
-        width, height = self.training_size(images[0])
-        options = config or TrainConfig()
-        width, height = options.width or width, options.height or height
-        cfg = dataclasses.replace(options, mode=5, steps=steps, seed=seed, width=width, height=height)
-        cams = [c.with_size(width, height) for c in self.mapper_cameras(cameras)]
-        scene = Scene(name, [flatten_reference(im, self.background) for im in images], cams)
-        trainer = Trainer(
-            cfg,
-            self.base,
-            [scene],
-            view_mapper=self.pipeline.view_mapper,
-            device=str(self.base.device) if self.base.device.type == "cpu" else None,
-        )
-        size = (width, height)
+        trainer, cams = self._inversion_trainer(images, cameras, name, steps, seed, config)
+        size = (cams[0].width, cams[0].height)
         compiling = self.compile_mode is not None and size not in self._compiled_training_sizes
         self._graphs_on_this_thread()
         if on_progress is not None and compiling:

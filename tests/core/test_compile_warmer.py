@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from viewneti_backend.compile_warmer import HELPER_NICENESS, WarmError, WarmProcess
+from viewneti_backend.compile_warmer import HELPER_NICENESS, TrainingSize, WarmError, WarmProcess
 from viewneti_backend.render_shape import RenderShape
 
 
@@ -63,3 +63,57 @@ def test_an_uncompiled_engine_has_no_helper():
     engine = Engine.load(device="cpu", compile="off")
     with pytest.raises(InputError, match="not compiled"):
         engine.compile_warmer()
+
+
+def test_training_size_labels_round_trip_and_bad_ones_fail():
+    assert TrainingSize(512, 384).label() == "train:512x384"
+    assert TrainingSize.parse("train:512x384") == TrainingSize(512, 384)
+    for bad in ("512x384", "train:512", "train:0x384", "train:axb", "train:512x384x2"):
+        with pytest.raises(ValueError, match="train:WIDTHxHEIGHT"):
+            TrainingSize.parse(bad)
+
+
+def test_training_sizes_to_compile_ahead():
+    """A square reference's and a native 4:3 view's training sizes, on a compiled engine with a
+    view-mapper only (the toy model: native 64)."""
+    from viewneti_backend.engine import Engine
+
+    assert Engine.load(device="cpu", compile="default").training_warmup_sizes() == [(64, 64), (64, 48)]
+    assert Engine.load(device="cpu", compile="off").training_warmup_sizes() == []
+
+
+@pytest.mark.slow
+def test_after_the_helper_compiled_a_training_size_the_first_inversion_compiles_from_the_cache(tmp_path, monkeypatch):
+    """The helper's one throwaway optimisation step (Engine.compile_training) compiles the same graphs as
+    the server's first inversion at that size: the inversion then finds them all in the on-disk cache."""
+    from PIL import Image
+    from torch._dynamo.utils import counters
+
+    from viewneti_backend.cameras import Camera, orbit_pose
+    from viewneti_backend.engine import Engine
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # the helper inherits it
+    engine = Engine.load(device="cpu", compile="default", library_dir=tmp_path / "lib")
+    helper = engine.compile_warmer()
+    try:
+        reply = helper.warm(TrainingSize(64, 48).label())
+        assert reply["label"] == "train:64x48" and reply["seconds"] > 0
+    finally:
+        helper.close()
+    reference = Image.new("RGB", (64, 48), (180, 60, 40))
+    camera = Camera(orbit_pose(30.0, 20.0, 4.0), 40.0, 64, 48)
+    before = dict(counters["inductor"])
+    entry = engine.invert([reference], [camera], "warmed", steps=1)
+    after = counters["inductor"]
+    hits, misses = (int(after.get(k, 0)) - int(before.get(k, 0)) for k in ("fxgraph_cache_hit", "fxgraph_cache_miss"))
+    assert entry["name"] == "warmed" and (64, 48) in engine.compiled_training_sizes
+    assert hits >= 1 and misses == 0, (hits, misses)  # nothing compiled again in this process
+
+
+def test_the_api_doc_quotes_the_gpu_memory_for_training_ahead():
+    from pathlib import Path
+
+    from viewneti_backend.engine import TRAINING_AHEAD_MIN_GPU_GIB
+
+    api = " ".join((Path(__file__).resolve().parents[2] / "server" / "API.md").read_text().split())
+    assert f"only on GPUs with at least {TRAINING_AHEAD_MIN_GPU_GIB} GiB" in api

@@ -275,3 +275,87 @@ def test_an_idle_helper_exits_and_comes_back_for_the_next_shape():
     _wait(lambda: RenderShape(1, 48, 48) in engine.ready_shapes)
     assert ("warm-done", "48x48") in engine.log and ("server", "48x48", True) in engine.log
     compiler.stop()
+
+
+def test_helpers_compile_training_sizes_after_the_warmup_shapes():
+    """Training sizes go to the helpers only, after the warm-up shapes, and never to compile_shape (the
+    first inversion compiles from the cache); health's training_ahead follows them."""
+    from viewneti_backend.compile_warmer import TrainingSize
+
+    engine = _WarmableEngine()
+    compiler = BackgroundCompiler(engine, processes=1)
+    helper = engine.helpers[0]
+    compiler.start([RenderShape(1, 64, 64)], training=[TrainingSize(64, 48)])
+    assert compiler.status()["training_ahead"] == {"64x48": "queued"}
+    helper.release.set()
+    _wait(lambda: compiler.status()["training_ahead"] == {"64x48": "done"})
+    warmed = [label for what, label, *_ in engine.log if what == "warm-start"]
+    assert warmed == ["64x64", "train:64x48"]
+    assert [e[1] for e in engine.log if e[0] == "server"] == ["64x64"]
+    compiler.stop()
+
+
+def test_a_training_size_a_helper_cannot_compile_is_reported():
+    from viewneti_backend.compile_warmer import TrainingSize
+
+    engine = _WarmableEngine(fail_helpers=True)
+    compiler = BackgroundCompiler(engine, processes=1)
+    engine.helpers[0].release.set()
+    compiler.start([], training=[TrainingSize(64, 48)])
+    _wait(lambda: compiler.status()["training_ahead"]["64x48"].startswith("failed: helper died"))
+    compiler.stop()
+
+
+def test_without_helpers_no_training_size_is_compiled_ahead():
+    from viewneti_backend.compile_warmer import TrainingSize
+
+    engine = _CompilingEngine()
+    compiler = BackgroundCompiler(engine, processes=0)
+    compiler.start([RenderShape(1, 64, 64)], training=[TrainingSize(64, 48)])
+    _wait(lambda: RenderShape(1, 64, 64) in engine.ready_shapes)
+    assert compiler.status()["training_ahead"] == {}
+    compiler.stop()
+
+
+def test_the_worker_has_the_engines_training_sizes_compiled_ahead(tmp_path):
+    """A compiled engine's training_warmup_sizes reach the helpers once the model is ready; health's
+    compiled_shapes says how far they are."""
+    from fake_engine import FakeEngine
+
+    from server.events import EventHub
+    from server.jobs import JobStore
+    from server.worker import Worker
+
+    class CompiledFakeEngine(FakeEngine):
+        compiled = True
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.ready_shapes: set = set()
+            self.idle = threading.Event()
+            self.idle.set()
+            self.log: list = []
+
+        def default_warmup_shapes(self) -> list:
+            return [RenderShape(1, 32, 32)]
+
+        def compile_shape(self, shape, cache_stats=None) -> float:
+            self.ready_shapes.add(shape)
+            return 0.0
+
+        def training_warmup_sizes(self) -> list:
+            return [(32, 24)]
+
+        def compile_warmer(self) -> _FakeHelper:
+            helper = _FakeHelper(self.log)
+            helper.release.set()
+            return helper
+
+    engine = CompiledFakeEngine(tmp_path / "lib", step_s=0.0)
+    w = Worker(lambda: engine, JobStore(tmp_path / "jobs", EventHub()), compile_processes=1)
+    w.start()
+    try:
+        _wait(lambda: (w.compile_status() or {}).get("training_ahead") == {"32x24": "done"})
+        assert [label for what, label in engine.log if what == "warm-start"] == ["32x32", "train:32x24"]
+    finally:
+        w.stop()
