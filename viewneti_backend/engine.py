@@ -103,8 +103,9 @@ def bundled_view_mapper(model: str) -> Path | None:
 
 # A compile helper that compiles a training graph ahead holds a copy of the model and a training step's
 # activations (9-15 GiB at SD 2 scale, benchmarks/RESULTS.md section 1) next to the server and the other
-# helpers: only on GPUs with at least this much memory (an H100 has 80, a 24-GiB card would run short).
-TRAINING_AHEAD_MIN_GPU_GIB = 40
+# helpers (two by default, both possibly doing this at once): only on GPUs with at least this much memory
+# (80-GiB H100s and A100s, 141-GiB H200s; not yet measured, so kept well clear of 40-48-GiB cards).
+TRAINING_AHEAD_MIN_GPU_GIB = 64
 
 
 def training_size(native_size: int, image_size: tuple[int, int], long_side: int = 512) -> tuple[int, int]:
