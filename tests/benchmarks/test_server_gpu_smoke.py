@@ -77,6 +77,7 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
     assert "server start -> ready" in run.stdout and "size asked for by POST /v1/compile (56x40" in run.stdout
     inv = report["inversion"]  # two 64x64 references rendered by the server, 3 steps (the --smoke default)
     assert inv["images"] == 2 and inv["size"] == "64x64" and inv["steps"] == 3 and inv["seconds"] > 0
+    assert inv["training_ahead"] == {} and inv["training_ahead_done_s"] is None  # a CPU server compiles none
     for key, pause_s in (("live_during_inversion", None), ("live_during_inversion_paused", [0.05, 0.25])):
         row = report[key]
         assert "error" not in row, row
@@ -95,3 +96,22 @@ def test_server_gpu_times_only_the_sections_asked_for(tmp_path):
     assert report["live_during_sequence_paused"]["frames"] == 4
     assert not {"renders", "live_after_superseded_view", "new_size_first_request", "asked_size"} & set(report)
     assert "sequence 4 x 64x48" in run.stdout and "POST /v1/compile" not in run.stdout
+
+
+def test_the_inversion_section_waits_for_the_training_sizes_compiled_ahead(monkeypatch):
+    """On a GPU server the helpers compile training sizes ahead; the section times the first inversion
+    once they are done (or failed), as health's training_ahead says."""
+    from benchmarks import server_gpu
+
+    states = [{"512x512": "queued"}, {"512x512": "compiling"}, {"512x512": "done", "512x384": "failed: oom"}]
+
+    class Client:
+        def json(self, method, path):
+            assert (method, path) == ("GET", "/v1/health")
+            return 200, {"compiled_shapes": {"training_ahead": states.pop(0) if len(states) > 1 else states[0]}}
+
+    monkeypatch.setattr(server_gpu.time, "sleep", lambda s: None)
+    assert server_gpu.wait_training_ahead(Client(), timeout=5) == {"512x512": "done", "512x384": "failed: oom"}
+    states[:] = [{"512x512": "compiling"}]
+    with pytest.raises(RuntimeError, match="not compiled ahead"):
+        server_gpu.wait_training_ahead(Client(), timeout=0.2)
