@@ -105,8 +105,11 @@ def test_the_inversion_section_waits_for_the_training_sizes_compiled_ahead(monke
 
     states = [{"512x512": "queued"}, {"512x512": "compiling"}, {"512x512": "done", "512x384": "failed: oom"}]
 
-    class Client:
-        def json(self, method, path):
+    class Client(server_gpu.Client):  # answers health from ``states``; connects nowhere
+        def __init__(self) -> None:
+            super().__init__(port=9)
+
+        def json(self, method, path, body=None):
             assert (method, path) == ("GET", "/v1/health")
             return 200, {"compiled_shapes": {"training_ahead": states.pop(0) if len(states) > 1 else states[0]}}
 
