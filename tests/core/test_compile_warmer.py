@@ -110,10 +110,11 @@ def test_after_the_helper_compiled_a_training_size_the_first_inversion_compiles_
     assert hits >= 1 and misses == 0, (hits, misses)  # nothing compiled again in this process
 
 
-def test_the_api_doc_quotes_the_gpu_memory_for_training_ahead():
+def test_the_docs_quote_the_gpu_memory_for_training_ahead():
     from pathlib import Path
 
-    from viewneti_backend.engine import TRAINING_AHEAD_MIN_GPU_GIB
+    from viewneti_backend.engine import TRAINING_AHEAD_MIN_GPU_GIB as gib
 
-    api = " ".join((Path(__file__).resolve().parents[2] / "server" / "API.md").read_text().split())
-    assert f"only on GPUs with at least {TRAINING_AHEAD_MIN_GPU_GIB} GiB" in api
+    root = Path(__file__).resolve().parents[2]
+    for doc, quote in (("server/API.md", f"only on GPUs with at least {gib} GiB"), ("README.md", f"GPUs of {gib} GiB")):
+        assert quote in " ".join((root / doc).read_text().split()), doc
