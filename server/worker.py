@@ -413,15 +413,13 @@ class Worker:
         warm_training: Callable[[], list[tuple[int, int]]] | None = getattr(engine, "training_warmup_sizes", None)
         training = [TrainingSize(w, h) for w, h in warm_training()] if warm_training is not None else []
         self.compiler.start(shapes, training=training)
+        ahead = list(self.compiler.status()["training_ahead"])  # empty where no helper takes them
         log.info(
             "serving now; compiling in the background: %s (until then those sizes render eager)%s",
             ", ".join(s.label() for s in shapes) or "nothing ahead (new sizes compile on first use)",
-            (
-                "; then, in the helper processes, the training graphs of inversions at "
-                + ", ".join(f"{t.width}x{t.height}" for t in training)
-                if training and self._compile_processes > 0
-                else ""
-            ),
+            f"; then, in the helper processes, the training graphs of inversions at {', '.join(ahead)}"
+            if ahead
+            else "",
         )
 
     def compile_status(self) -> dict[str, Any] | None:

@@ -598,6 +598,8 @@ class Engine:
     ) -> tuple[Trainer, list[Camera]]:
         """The mode-5 trainer of an inversion and its cameras at the training size: one construction for
         :meth:`invert` and :meth:`compile_training`, so both run (and compile) the same graphs."""
+        if self.pipeline.view_mapper is None:
+            raise InputError("inversion needs a view-mapper: start the engine with one (--view-mapper)")
         width, height = self.training_size(images[0])
         options = config or TrainConfig()
         width, height = options.width or width, options.height or height
@@ -635,8 +637,6 @@ class Engine:
         there: one optimisation step of a throwaway token on a blank reference, nothing saved. In a
         compile helper (:mod:`.compile_warmer`) this fills torch's on-disk caches, so the server's first
         inversion at that size compiles from them (21 s instead of 125 s on an H200). Returns seconds."""
-        if self.pipeline.view_mapper is None:
-            raise InputError("inversion needs a view-mapper: start the engine with one (--view-mapper)")
         t0 = time.perf_counter()
         if self.compile_mode is not None and (width, height) not in self._compiled_training_sizes:
             self._graphs_on_this_thread()
@@ -674,8 +674,6 @@ class Engine:
         validate_token_name(name)
         if self.library.exists(name):
             raise InputError(f"an object named '{name}' already exists: choose another name or delete it first")
-        if self.pipeline.view_mapper is None:
-            raise InputError("inversion needs a view-mapper: start the engine with one (--view-mapper)")
         if not images or len(images) != len(cameras):
             raise InputError(f"give one camera per reference image ({len(images)} images, {len(cameras)} cameras)")
         trainer, cams = self._inversion_trainer(images, cameras, name, steps, seed, config)
