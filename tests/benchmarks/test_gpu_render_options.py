@@ -59,7 +59,9 @@ def test_model_free_sections_run_with_smoke(tmp_path):
         if section == "group-norm":  # every shape, layout and build timed, each the same maths as eager
             for row in report[key].values():
                 timings = [v for k, v in row.items() if k != "shape"]
-                assert len(timings) == 2 * (2 + len(GROUP_NORM_OPTION_SETS)) and all(
+                # eager, split, the option sets in both layouts; the Triton statistics channels-last only
+                assert "channels-last, compiled, triton statistics" in row, row
+                assert len(timings) == 2 * (2 + len(GROUP_NORM_OPTION_SETS)) + 1 and all(
                     isinstance(v, dict) for v in timings
                 ), row
                 assert all(v["us"] > 0 and v["max_abs_diff_vs_eager"] < 0.1 for v in timings), row
@@ -75,9 +77,9 @@ def test_model_free_sections_run_with_smoke(tmp_path):
 def test_build_variant_sections_run_with_smoke(tmp_path):
     """Each build (NCHW layout, inductor options, max-autotune, native group norms) is compiled, timed against the
     shipped build in the same run, and the shipped build is restored after (on the CPU the latents barely move)."""
-    sections = "nchw,inductor-options,max-autotune,native-group-norm"
+    sections = "nchw,inductor-options,max-autotune,native-group-norm,triton-group-norm"
     report = run_smoke(tmp_path / "variants.json", "--sections", sections, "--jobs", "live", "--repeats", "1")
-    for key in ("nchw", "inductor_options", "max_autotune", "native_group_norm"):
+    for key in ("nchw", "inductor_options", "max_autotune", "native_group_norm", "triton_group_norm"):
         assert set(report[key]) - {"options", "prepared"} == {"live"}, report[key]
         live = report[key]["live"]
         assert live["compile_s"] > 0 and live["same_pose_ms"] > 0 and live["shipped_same_pose_ms"] > 0
@@ -87,8 +89,9 @@ def test_build_variant_sections_run_with_smoke(tmp_path):
         "coordinate_descent_tuning": True,
         "max_autotune_pointwise": True,
     }
-    prepared = report["native_group_norm"]["prepared"]  # every group norm of the UNet and the decoder switched back
-    assert prepared["unet"] > 0 and prepared["decoder"] > 0, prepared
+    for key in ("native_group_norm", "triton_group_norm"):  # every group norm of the UNet and decoder switched
+        prepared = report[key]["prepared"]
+        assert prepared["unet"] > 0 and prepared["decoder"] > 0, prepared
 
 
 @pytest.mark.slow
