@@ -29,9 +29,6 @@ first), then:
   (``viewneti_backend.group_norm``; the same function, other float32 rounding) that ships since session 22
   (measured then as ``split-group-norm`` against this build as the shipped one: view 359.9 / 313.6
   against 366.3 / 318.7 ms on an H200).
-* ``triton-group-norm``: the shipped build with its group norms' statistics from the Triton kernel of
-  ``viewneti_backend.group_norm_triton`` (one read of the tensor in hundreds of programs; the normalizing
-  left to inductor), ``VIEWNETI_GROUP_NORM=triton``.
 * ``max-autotune``: the UNet and the VAE decoder compiled in ``max-autotune`` mode (inductor times Triton
   GEMM/convolution templates against cuBLAS/cuDNN for every shape and keeps the fastest, and tries more
   configurations of its own kernels; CUDA graphs as before). Session 20 (H100): 9 shapes were tuned in
@@ -55,8 +52,9 @@ Alone (no model compiled, a minute or less):
 
 * ``group-norm``: SiLU(GroupNorm(x)) at the UNet's and the decoder's shapes of a 768x576 view, eager and
   compiled under several inductor option sets, and the same maths with its statistics written as two
-  plain sums, channels-last and contiguous, and (channels-last) with them from the Triton kernel of
-  ``triton-group-norm``: kernel time (CUDA-graph replay) and bandwidth;
+  plain sums, channels-last and contiguous: kernel time (CUDA-graph replay) and bandwidth
+  (``--group-norm-builds`` picks some of the builds; session 28 timed a Triton kernel's statistics
+  here, commit 44d14a1);
 * ``text-attention``: one CLIP block's attention at the text phase's shapes, the explicit additive causal
   mask against ``is_causal``, under each SDPA backend;
 * ``text-phase``: the whole new-pose text phase with either mask, under the server's SDPA order.
@@ -87,13 +85,7 @@ from viewneti_backend.base_model import compile_base_model
 from viewneti_backend.camera_features import make_parameterization
 from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.errors import Cancelled
-from viewneti_backend.group_norm import (
-    partial_sums_group_norm,
-    split_stats_group_norm,
-    use_group_norm,
-    use_native_group_norm,
-)
-from viewneti_backend.group_norm_triton import channel_partial_sums, channel_partial_sums_reference, strip_rows
+from viewneti_backend.group_norm import split_stats_group_norm, use_native_group_norm
 from viewneti_backend.pipeline import ViewNeTIPipeline
 from viewneti_backend.text_conditioning import _text_transformer
 from viewneti_backend.training import new_mapper
@@ -181,7 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections",
         default="timeline,fp8-unet,fp8-text",
         help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, native-group-norm, "
-        "triton-group-norm, "
         "cancel, sequence-batch (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
         "group-norm also goes with the others); 'none': the bf16 renders only",
     )
@@ -199,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         default="view,live",
         help="which renders the timed rows, the timeline, FP8 and the builds (nchw, inductor-options, max-autotune, "
-        "native-group-norm, triton-group-norm) use, "
+        "native-group-norm) use, "
         "in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
     )
     ap.add_argument(
@@ -211,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--group-norm-builds",
         default="",
-        help="group-norm: comma-separated builds to time (eager, split statistics, triton statistics, or the name of "
+        help="group-norm: comma-separated builds to time (eager, split statistics, or the name of "
         "an inductor option set: default, persistent reductions off, multi-kernel, tuned block sizes); empty: all",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny widths on any device: checks the script only")
@@ -238,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         save()
         return
     if "group-norm" in sections:  # needs no model; first, as it resets dynamo between its builds
-        only = {name.strip() for name in args.group_norm_builds.split(",") if name.strip()}
-        report["group_norm"] = group_norm_probe(dev, args.smoke, args.repeats, only or None)
+        only = parse_group_norm_builds(args.group_norm_builds)
+        report["group_norm"] = group_norm_probe(dev, args.smoke, args.repeats, only)
         save()
         if sections == {"group-norm"}:
             return
@@ -411,13 +402,6 @@ def main(argv: list[str] | None = None) -> None:
         build_variant(
             "native_group_norm", "inductor's own group norms", "reduce-overhead", prepare=use_native_group_norm
         )
-    if "triton-group-norm" in sections:
-        build_variant(
-            "triton_group_norm",
-            "Triton group-norm statistics",
-            "reduce-overhead",
-            prepare=lambda m: use_group_norm(m, "triton"),
-        )
 
     if "fp8-unet" in sections:
         from diffusers.models.attention import BasicTransformerBlock
@@ -585,6 +569,17 @@ GROUP_NORM_OPTION_SETS: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_group_norm_builds(text: str) -> set[str] | None:
+    """``--group-norm-builds``: the names asked for (None: all); an unknown name exits with the known ones."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    known = {"eager", "split statistics", *GROUP_NORM_OPTION_SETS}
+    if names - known:
+        raise SystemExit(
+            f"--group-norm-builds: no build {', '.join(sorted(names - known))}; choose from {', '.join(sorted(known))}"
+        )
+    return names or None
+
+
 def group_norm_probe(dev: str, smoke: bool, repeats: int, only: set[str] | None = None) -> dict:
     """SiLU(GroupNorm(x)), as each resnet of the UNet and the VAE decoder starts, alone: eager and compiled
     under several inductor option sets, channels-last (what the models run) and contiguous, at the shapes
@@ -612,16 +607,6 @@ def group_norm_probe(dev: str, smoke: bool, repeats: int, only: set[str] | None 
 
     def gn_silu_split_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.silu(split_stats_group_norm(x, groups, weight, bias, 1e-5))
-
-    def reference_partial_sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, c, h, w = x.shape
-        return channel_partial_sums_reference(x, strip_rows(b, h * w, c))
-
-    # the Triton kernel's statistics on CUDA; elsewhere (--smoke on a CPU) its torch reference
-    partial_sums = channel_partial_sums if dev == "cuda" else reference_partial_sums
-
-    def gn_silu_partial_sums(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return F.silu(partial_sums_group_norm(x, groups, weight, bias, 1e-5, partial_sums))
 
     def per_call_us(fn, *inputs) -> float:
         for _ in range(3):
@@ -662,8 +647,6 @@ def group_norm_probe(dev: str, smoke: bool, repeats: int, only: set[str] | None 
             builds: dict[str, tuple[Any, dict | None]] = {"eager": (gn_silu, None)}
             builds.update({f"compiled, {name}": (gn_silu, opts) for name, opts in GROUP_NORM_OPTION_SETS.items()})
             builds["compiled, split statistics"] = (gn_silu_split_stats, {})
-            if layout == "channels-last":  # the kernel reads channels-last memory
-                builds["compiled, triton statistics"] = (gn_silu_partial_sums, {})
             for name, (fn, options) in builds.items():
                 if only is not None and name.removeprefix("compiled, ") not in only:
                     continue

@@ -19,7 +19,7 @@ import torch
 
 from .attention import fuse_self_attention_projections, install_per_layer_processors, prefer_cudnn_attention
 from .errors import InputError
-from .group_norm import requested_group_norm, use_group_norm
+from .group_norm import split_group_norm_requested, use_split_stats_group_norm
 from .text_conditioning import TextConditioner
 from .unet_graphs import GraphedUNet
 
@@ -274,10 +274,10 @@ def compile_base_model(
     """
     prefer_cudnn_attention(base.device)
     fuse_self_attention_projections(base.unet)
-    group_norm = requested_group_norm()  # VIEWNETI_GROUP_NORM (group_norm.py)
-    use_group_norm(base.unet, group_norm)
-    if vae:
-        use_group_norm(base.vae, group_norm)
+    if split_group_norm_requested():  # the default; VIEWNETI_GROUP_NORM=native keeps inductor's (group_norm.py)
+        use_split_stats_group_norm(base.unet)
+        if vae:
+            use_split_stats_group_norm(base.vae)
     import torch._dynamo
 
     # A server compiles several shapes (sizes x batch) over its life; each is one more cache entry.

@@ -15,15 +15,11 @@ from viewneti_backend import group_norm
 from viewneti_backend.group_norm import (
     GROUP_NORM_ENV,
     SplitStatsGroupNorm,
-    TritonStatsGroupNorm,
-    partial_sums_group_norm,
-    requested_group_norm,
+    split_group_norm_requested,
     split_stats_group_norm,
-    use_group_norm,
     use_native_group_norm,
     use_split_stats_group_norm,
 )
-from viewneti_backend.group_norm_triton import channel_partial_sums_reference, strip_rows
 
 
 def channels_last(shape, scale=1.0, offset=0.0, dtype=torch.float32, seed=0) -> torch.Tensor:
@@ -147,17 +143,16 @@ def test_compiled_it_is_the_split_form_with_group_norms_values_and_gradients():
 
 def test_the_environment_switch_and_a_wrong_value(monkeypatch):
     monkeypatch.delenv(GROUP_NORM_ENV, raising=False)
-    assert requested_group_norm() == group_norm.GROUP_NORM_DEFAULT
+    assert split_group_norm_requested()  # the default: measured faster through the server (RESULTS section 6)
     monkeypatch.setenv(GROUP_NORM_ENV, "")
-    assert requested_group_norm() == group_norm.GROUP_NORM_DEFAULT
-    for value, choice in (("native", "native"), ("Split", "split"), (" triton ", "triton")):
-        monkeypatch.setenv(GROUP_NORM_ENV, value)
-        assert requested_group_norm() == choice
+    assert split_group_norm_requested()
+    monkeypatch.setenv(GROUP_NORM_ENV, "native")
+    assert not split_group_norm_requested()
+    monkeypatch.setenv(GROUP_NORM_ENV, "Split")
+    assert split_group_norm_requested()
     monkeypatch.setenv(GROUP_NORM_ENV, "fast")
-    with pytest.raises(ValueError, match="VIEWNETI_GROUP_NORM='fast': set it to one of native, split, triton"):
-        requested_group_norm()
-    with pytest.raises(ValueError, match="group norm 'fast': choose one of native, split, triton"):
-        use_group_norm(nn.GroupNorm(2, 4), "fast")
+    with pytest.raises(ValueError, match="VIEWNETI_GROUP_NORM='fast': set it to one of native, split"):
+        split_group_norm_requested()
 
 
 def test_compile_base_model_switches_the_unet_and_vae_unless_told_native(tiny_model_dir, monkeypatch):
@@ -171,133 +166,11 @@ def test_compile_base_model_switches_the_unet_and_vae_unless_told_native(tiny_mo
     monkeypatch.setenv(GROUP_NORM_ENV, "native")
     base = compile_base_model(load_base_model(tiny_model_dir, device="cpu"), text_encoder_for_training=False)
     assert group_norm_types(base) == {"GroupNorm"}
-    monkeypatch.setenv(GROUP_NORM_ENV, "split")
+    monkeypatch.delenv(GROUP_NORM_ENV, raising=False)
     base = compile_base_model(load_base_model(tiny_model_dir, device="cpu"), text_encoder_for_training=False)
     assert group_norm_types(base) == {"SplitStatsGroupNorm"}
-    monkeypatch.setenv(GROUP_NORM_ENV, "triton")
-    base = compile_base_model(load_base_model(tiny_model_dir, device="cpu"), text_encoder_for_training=False)
-    assert group_norm_types(base) == {"TritonStatsGroupNorm"}
 
 
 def test_channels_that_do_not_split_into_the_groups_are_refused():
     with pytest.raises(ValueError, match="do not split"):
         split_stats_group_norm(channels_last((1, 6, 2, 2)), 4, None, None, 1e-5)
-
-
-def test_partial_sums_hand_worked():
-    # one image, 2 channels, 3 pixels, strips of 2 pixels (the second strip is 1 pixel).
-    # channel 0: 1, 5, 2 (shift 1); channel 1: 10, 15, 11 (shift 10)
-    x = torch.tensor([[1.0, 5.0, 2.0], [10.0, 15.0, 11.0]]).reshape(1, 2, 1, 3)
-    partials, shift = channel_partial_sums_reference(x.contiguous(memory_format=torch.channels_last), rows=2)
-    torch.testing.assert_close(shift, torch.tensor([[1.0, 10.0]]))
-    # strip 0: channel 0 less 1 is 0, 4 (sum 4, squares 16); channel 1 less 10 is 0, 5 (5, 25).
-    # strip 1: channel 0: 1 (1, 1); channel 1: 1 (1, 1).
-    expected = torch.tensor([[[[4.0, 5.0], [16.0, 25.0]], [[1.0, 1.0], [1.0, 1.0]]]])
-    torch.testing.assert_close(partials, expected)
-
-
-def test_group_statistics_from_channel_sums_hand_worked():
-    # the values of test_hand_worked_values, from per-channel partial sums: group 0 holds channels
-    # 0-1 (1, 3 | 5, 7: channel means 2 and 6, each variance 1; between-channel variance 4: total 5)
-    x = torch.tensor([[[[1.0, 3.0]], [[5.0, 7.0]], [[2.0, 2.0]], [[2.0, 6.0]]]]).contiguous(
-        memory_format=torch.channels_last
-    )
-    out = partial_sums_group_norm(x, 2, None, None, 0.0, lambda t: channel_partial_sums_reference(t, 1))
-    s5, s3 = 5**0.5, 3**0.5
-    expected = torch.tensor([[[[-3 / s5, -1 / s5]], [[1 / s5, 3 / s5]], [[-1 / s3, -1 / s3]], [[-1 / s3, 3 / s3]]]])
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "shape,groups,rows,scale,offset",
-    [((2, 64, 9, 12), 32, 32, 1.0, 0.0), ((1, 32, 24, 32), 8, 96, 2.0, 0.5), ((2, 64, 5, 7), 32, 32, 1.0, 100.0)],
-)
-def test_group_norm_from_partial_sums_matches_group_norm(shape, groups, rows, scale, offset):
-    x = channels_last(shape, scale=scale, offset=offset)
-    weight, bias = torch.randn(shape[1]), torch.randn(shape[1])
-    out = partial_sums_group_norm(x, groups, weight, bias, 1e-5, lambda t: channel_partial_sums_reference(t, rows))
-    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
-    reference = nn.functional.group_norm(x.double(), groups, weight.double(), bias.double(), 1e-5).float()
-    assert (out - reference).abs().max() < 2e-4  # float32, even at mean 100 and spread 1 (the shift)
-
-
-def test_strips_cover_the_pixels_in_whole_blocks():
-    from viewneti_backend.group_norm_triton import BLOCK_CHANNELS, BLOCK_PIXELS, TARGET_PROGRAMS
-
-    for batch, pixels, channels in ((2, 96 * 72, 320), (2, 12 * 9, 1280), (1, 768 * 576, 128), (16, 4096, 640)):
-        rows = strip_rows(batch, pixels, channels)
-        assert rows % BLOCK_PIXELS == 0 and rows >= BLOCK_PIXELS
-        programs = batch * -(-pixels // rows) * -(-channels // BLOCK_CHANNELS)
-        assert programs <= TARGET_PROGRAMS or rows == BLOCK_PIXELS
-    # 2 images x 5 channel blocks: 51 strips of 6912 pixels, 136 rows each, rounded up to 160 (44 strips)
-    assert strip_rows(2, 96 * 72, 320) == 160
-    assert strip_rows(2, 12 * 9, 1280) == 32  # 40 programs a strip already: the smallest strip
-
-
-def test_the_triton_statistics_are_taken_only_for_renders_on_the_kernels_device(monkeypatch):
-    """Dispatch of TritonStatsGroupNorm, run on the CPU by declaring the CPU the kernel's device and
-    giving it the torch reference as its kernel: compiled and without a gradient it takes the partial
-    sums; with a gradient, eagerly, or below the size threshold, the split form / group norm's own."""
-    from viewneti_backend import group_norm_triton
-
-    calls: list[tuple[int, ...]] = []
-
-    def reference_kernel(x):
-        calls.append(tuple(x.shape))
-        return channel_partial_sums_reference(x, 32)
-
-    monkeypatch.setattr(TritonStatsGroupNorm, "kernel_device_type", "cpu")
-    monkeypatch.setattr(group_norm_triton, "triton_available", lambda: True)
-    monkeypatch.setattr(group_norm_triton, "channel_partial_sums", reference_kernel)
-    norm = nn.GroupNorm(8, 32)
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
-    use_group_norm(norm, "triton")
-    x = channels_last((2, 32, 6, 8))
-    expected = nn.functional.group_norm(x, 8, norm.weight, norm.bias, norm.eps)
-    with torch.no_grad():
-        torch.testing.assert_close(norm(x), expected)  # eager: group norm's own kernel
-        assert calls == []
-        compiled = torch.compile(norm, dynamic=False)
-        torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
-        assert calls, "the compiled render did not take the partial sums"
-    calls.clear()
-    torch._dynamo.reset()
-    grad_x = x.clone().requires_grad_(True)
-    out = torch.compile(norm, dynamic=False)(grad_x)  # training: the split form, which has a backward
-    out.sum().backward()
-    assert calls == [] and grad_x.grad is not None
-    torch._dynamo.reset()
-    monkeypatch.setattr(group_norm, "TRITON_MIN_VALUES", x.numel() + 1)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.compile(norm, dynamic=False)(x), expected, rtol=1e-5, atol=1e-5)
-    assert calls == []  # below the threshold
-
-
-def test_the_triton_kernel_matches_its_reference_in_the_interpreter():
-    """The kernel itself, run by Triton's CPU interpreter (a subprocess: the interpreter is chosen when
-    triton is imported). CI's CPU torch comes without triton; the CUDA test in test_cuda_engine.py runs
-    the same kernel compiled on a GPU."""
-    import importlib.util
-    import subprocess
-    import sys
-
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed (CPU builds of torch come without it); CUDA runs cover the kernel")
-    script = """
-import torch
-from viewneti_backend.group_norm_triton import channel_partial_sums, channel_partial_sums_reference
-for shape, rows in (((2, 320, 9, 12), 32), ((1, 128, 20, 30), 64), ((2, 96, 5, 7), 32)):
-    x = (torch.randn(shape) * 0.5 + 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    partials, shift = channel_partial_sums(x, rows)
-    ref_partials, ref_shift = channel_partial_sums_reference(x, rows)
-    torch.testing.assert_close(shift, ref_shift, rtol=0, atol=1e-6)
-    torch.testing.assert_close(partials, ref_partials, rtol=1e-5, atol=1e-3)
-print("ok")
-"""
-    import os
-
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
