@@ -32,10 +32,11 @@ T_START = time.perf_counter()
 def kernel_choice_env() -> dict[str, str]:
     """The environment variables set for this run that choose the library's kernels (they change timings,
     so a report's command must carry them). Only these: others, such as the server's token, stay out."""
-    from viewneti_backend.attention import SDPA_ENV
+    from viewneti_backend.attention import KEYS_AHEAD_ENV, SDPA_ENV
     from viewneti_backend.group_norm import GROUP_NORM_ENV
 
-    return {name: os.environ[name] for name in (GROUP_NORM_ENV, SDPA_ENV) if name in os.environ}
+    names = (GROUP_NORM_ENV, KEYS_AHEAD_ENV, SDPA_ENV)
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def command_line() -> str:

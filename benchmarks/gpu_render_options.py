@@ -29,6 +29,10 @@ first), then:
   (``viewneti_backend.group_norm``; the same function, other float32 rounding) that ships since session 22
   (measured then as ``split-group-norm`` against this build as the shipped one: view 359.9 / 313.6
   against 366.3 / 318.7 ms on an H200).
+* ``keys-ahead``: the shipped build with each render's cross-attention keys and values projected for all
+  its steps before the denoising loop (``VIEWNETI_KEYS_AHEAD=1``, ``viewneti_backend.attention``): 32 GEMMs
+  of 4-6 us a step (2 x 77 rows each) become one GEMM per layer on all the steps' rows (RESULTS.md section
+  1, "Tiny GEMMs": ~4.5 ms of a 30-step view on an H100).
 * ``max-autotune``: the UNet and the VAE decoder compiled in ``max-autotune`` mode (inductor times Triton
   GEMM/convolution templates against cuBLAS/cuDNN for every shape and keeps the fastest, and tries more
   configurations of its own kernels; CUDA graphs as before). Session 20 (H100): 9 shapes were tuned in
@@ -173,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections",
         default="timeline,fp8-unet,fp8-text",
         help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, native-group-norm, "
+        "keys-ahead, "
         "cancel, sequence-batch (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
         "group-norm also goes with the others); 'none': the bf16 renders only",
     )
@@ -402,6 +407,44 @@ def main(argv: list[str] | None = None) -> None:
         build_variant(
             "native_group_norm", "inductor's own group norms", "reduce-overhead", prepare=use_native_group_norm
         )
+
+    if "keys-ahead" in sections:
+        # the same compiled UNet, its cross-attention keys/values projected before the loop
+        # (VIEWNETI_KEYS_AHEAD; the UNet compiles one more graph per shape, for that input)
+        report["keys_ahead"] = {}
+        try:
+            if not pipe.keys_ahead_possible:
+                raise ValueError("this UNet's cross-attention layers take no pre-projected keys/values")
+            for job, (cam, steps) in jobs.items():
+                pipe.keys_ahead = True
+                row: dict[str, Any] = {}
+                t0 = time.perf_counter()
+                render(cam, steps, False)
+                render(cam, steps, False)
+                row["compile_s"] = time.perf_counter() - t0
+                phases = {}
+                render(cam, steps, False, phases)
+                row.update(new_and_same_pose_ms(cam, steps), same_pose_phases_ms=phases)
+                row["latents_rel_error_vs_shipped"] = _rel(render(cam, steps, False, output="latent"), reference[job])
+                row["image_psnr_vs_shipped_db"] = _images_psnr(
+                    np.asarray(render(cam, steps, False)[0]), reference_img[job]
+                )
+                pipe.keys_ahead = False
+                row.update({f"shipped_{k}": v for k, v in new_and_same_pose_ms(cam, steps).items()})
+                log(
+                    f"keys ahead {job}: new {row['new_pose_ms']:.1f} / same {row['same_pose_ms']:.1f} ms against "
+                    f"{row['shipped_new_pose_ms']:.1f} / {row['shipped_same_pose_ms']:.1f} ms in the loop; phases "
+                    f"{ ({k: round(v, 1) for k, v in phases.items()}) }; latents rel. error "
+                    f"{row['latents_rel_error_vs_shipped']:.3g}, PSNR {row['image_psnr_vs_shipped_db']:.1f} dB"
+                )
+                report["keys_ahead"][job] = row
+                save()
+        except Exception as exc:  # noqa: BLE001  a probe: record what failed and go on
+            report["keys_ahead"]["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            log(f"keys ahead failed: {report['keys_ahead']['error']}")
+        finally:
+            pipe.keys_ahead = False
+        save()
 
     if "fp8-unet" in sections:
         from diffusers.models.attention import BasicTransformerBlock

@@ -8,10 +8,19 @@ UNet stays a pure function of its inputs (compile- and gradient-checkpointing-fr
 
 A plain ``[B, S, D]`` encoding is also accepted and used for keys and values of every layer, so a
 patched UNet still runs stock prompts.
+
+Renders may also pass the layers' keys and values already projected (``to_k`` / ``to_v`` applied):
+:func:`project_layer_encodings` computes them for all of a render's steps in one GEMM per layer
+before its denoising loop, instead of 2 x L small GEMMs inside every step (RESULTS.md section 1,
+"Tiny GEMMs"). That format is ``[B, R, W]`` (``W``: the greatest common divisor of the layers'
+widths, :class:`ProjectedLayout`): each layer's keys, then each layer's values, ``S x inner_dim``
+values each, back to back, so that a layer's block is one contiguous view.
+The same numbers, computed in other batches (rounding only). ``VIEWNETI_KEYS_AHEAD=1`` turns it on.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -19,13 +28,39 @@ import torch.nn.functional as F
 from torch import nn
 
 SDPA_ENV = "VIEWNETI_SDPA"  # "default": keep torch's SDPA backend order (prefer_cudnn_attention)
+KEYS_AHEAD_ENV = "VIEWNETI_KEYS_AHEAD"  # "1": renders project cross-attention keys/values before the loop
+
+
+def keys_ahead_requested() -> bool:
+    """Whether renders pass pre-projected keys/values (``VIEWNETI_KEYS_AHEAD``: ``1`` yes; unset or ``0`` no)."""
+    import os
+
+    value = os.environ.get(KEYS_AHEAD_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{KEYS_AHEAD_ENV}={value!r}: set it to 1 (on) or 0 (off), or unset it")
+    return value == "1"
 
 
 class PerLayerCrossAttnProcessor:
     """SDPA cross-attention whose keys/values come from this layer's slice of a packed encoding."""
 
-    def __init__(self, layer_index: int, num_layers: int, seq_len: int):
+    def __init__(self, layer_index: int, num_layers: int, seq_len: int, layout: ProjectedLayout | None = None):
         self.layer_index, self.num_layers, self.seq_len = layer_index, num_layers, seq_len
+        self.layout = layout  # where this layer's pre-projected keys/values sit (None: not supported)
+
+    def projected(self, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This layer's already projected keys and values [B, S, inner], if the input is in that format."""
+        layout = self.layout
+        if layout is None or not layout.holds(encoder_hidden_states):
+            return None
+        flat = encoder_hidden_states.flatten(1)
+        key_start, value_start, width = layout.blocks[self.layer_index]
+        size = self.seq_len * width
+        b = flat.shape[0]
+        return (
+            flat[:, key_start : key_start + size].view(b, self.seq_len, width),
+            flat[:, value_start : value_start + size].view(b, self.seq_len, width),
+        )
 
     def split(self, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, n, l = self.seq_len, encoder_hidden_states.shape[1], self.layer_index
@@ -50,13 +85,17 @@ class PerLayerCrossAttnProcessor:
         batch = hidden_states.shape[0]
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        keys_states, values_states = self.split(encoder_hidden_states)
-        if attn.norm_cross:
-            keys_states = attn.norm_encoder_hidden_states(keys_states)
-            values_states = attn.norm_encoder_hidden_states(values_states)
         query = attn.to_q(hidden_states)
-        key = attn.to_k(keys_states)
-        value = attn.to_v(values_states)
+        projected = self.projected(encoder_hidden_states)
+        if projected is not None:
+            key, value = projected
+        else:
+            keys_states, values_states = self.split(encoder_hidden_states)
+            if attn.norm_cross:
+                keys_states = attn.norm_encoder_hidden_states(keys_states)
+                values_states = attn.norm_encoder_hidden_states(values_states)
+            key = attn.to_k(keys_states)
+            value = attn.to_v(values_states)
         head_dim = key.shape[-1] // attn.heads
         query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
         key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
@@ -83,9 +122,12 @@ class PerLayerCrossAttnProcessor:
 def _section_rank(name: str) -> tuple:
     """Sort key that follows a UNet2DConditionModel forward: down blocks, mid block, up blocks."""
     parts = name.split(".")
-    section = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}.get(parts[0], 3)
-    numbers = tuple(int(p) for p in parts if p.isdigit())
-    return (section,) + numbers
+    sections = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    # a wrapper's prefix (torch.compile's ``_orig_mod.``, say) comes before the section
+    at = next((i for i, p in enumerate(parts) if p in sections), None)
+    if at is None:
+        return (3,) + tuple(int(p) for p in parts if p.isdigit())
+    return (sections[parts[at]],) + tuple(int(p) for p in parts[at:] if p.isdigit())
 
 
 def cross_attention_layer_names(unet: nn.Module) -> list[str]:
@@ -94,15 +136,81 @@ def cross_attention_layer_names(unet: nn.Module) -> list[str]:
     return sorted(names, key=_section_rank)
 
 
+class ProjectedLayout:
+    """Where each cross-attention layer's projected keys and values sit in the pre-projected format:
+    ``blocks[l] = (key_start, value_start, inner_dim)`` in a sample's flattened values."""
+
+    def __init__(self, inner_dims: list[int], seq_len: int):
+        self.seq_len = seq_len
+        self.inner_dims = list(inner_dims)
+        per_sample = seq_len * sum(inner_dims)
+        starts = [seq_len * sum(inner_dims[:l]) for l in range(len(inner_dims))]
+        self.blocks = [(start, per_sample + start, width) for start, width in zip(starts, inner_dims)]
+        self.values = 2 * per_sample  # per sample: all keys, then all values
+        self.width = math.gcd(*inner_dims)  # 64 for SD 2 (320, 640, 1280)
+        self.rows = self.values // self.width
+
+    def holds(self, encoder_hidden_states: torch.Tensor) -> bool:
+        return tuple(encoder_hidden_states.shape[1:]) == (self.rows, self.width)
+
+    @staticmethod
+    def of(layers: list[Any], seq_len: int, encoding_width: int) -> ProjectedLayout | None:
+        """The layout of these cross-attention layers, or None where keys/values cannot be projected
+        ahead: a cross-attention norm (it would run before the projection), keys and values of other
+        widths, or a layout the packed encodings' shapes (``encoding_width`` wide) could be taken for."""
+        dims = [int(layer.to_k.out_features) for layer in layers]
+        if not dims or any(getattr(layer, "norm_cross", None) for layer in layers):
+            return None
+        if [int(layer.to_v.out_features) for layer in layers] != dims:
+            return None
+        layout = ProjectedLayout(dims, seq_len)
+        if layout.width == encoding_width and layout.rows in (seq_len, 2 * len(dims) * seq_len):
+            return None
+        return layout
+
+
 def install_per_layer_processors(unet: nn.Module, seq_len: int) -> int:
     """Install a :class:`PerLayerCrossAttnProcessor` on every cross-attention layer; returns L."""
     names = cross_attention_layer_names(unet)
     if not names:
         raise ValueError("this UNet has no cross-attention layers (attn2): not a Stable-Diffusion-architecture model")
     modules: dict[str, Any] = dict(unet.named_modules())  # Any: diffusers Attention layers, duck-typed (set_processor)
+    layers = [modules[name] for name in names]
+    layout = ProjectedLayout.of(layers, seq_len, int(layers[0].to_k.in_features))
     for index, name in enumerate(names):
-        modules[name].set_processor(PerLayerCrossAttnProcessor(index, len(names), seq_len))
+        modules[name].set_processor(PerLayerCrossAttnProcessor(index, len(names), seq_len, layout))
     return len(names)
+
+
+def cross_attention_layers(unet: nn.Module) -> list[Any]:
+    """The cross-attention modules in the order the forward pass calls them (a compiled UNet's too)."""
+    modules: dict[str, Any] = dict(unet.named_modules())
+    return [modules[name] for name in cross_attention_layer_names(unet)]
+
+
+def projected_layout(layers: list[Any]) -> ProjectedLayout | None:
+    """The pre-projected layout these layers' processors take (None: they take none, or none installed)."""
+    processor = layers[0].processor if layers else None
+    return processor.layout if isinstance(processor, PerLayerCrossAttnProcessor) else None
+
+
+def project_layer_encodings(layers: list[Any], packed: torch.Tensor) -> torch.Tensor:
+    """Packed per-layer encodings [N, 2*L*S, D] -> the layers' projected keys/values [N, R, W]
+    (:class:`ProjectedLayout`).
+
+    One ``to_k`` and one ``to_v`` call per layer (``layers``: :func:`cross_attention_layers`) over all N
+    rows (a render's steps x views), with the layers' own linear layers, uncompiled."""
+    layout = projected_layout(layers)
+    if layout is None:
+        raise ValueError("this UNet's cross-attention layers take no pre-projected keys/values")
+    n, s, num_layers = packed.shape[0], layout.seq_len, len(layers)
+    if packed.shape[1] != 2 * num_layers * s:
+        raise ValueError(f"expected packed encodings of {2 * num_layers * s} rows, got {packed.shape[1]}")
+    keys, values = [], []
+    for index, layer in enumerate(layers):
+        keys.append(layer.to_k(packed[:, index * s : (index + 1) * s]).flatten(1))
+        values.append(layer.to_v(packed[:, (num_layers + index) * s : (num_layers + index + 1) * s]).flatten(1))
+    return torch.cat(keys + values, dim=1).view(n, layout.rows, layout.width)
 
 
 def pack_layer_encodings(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,14 @@ from typing import Any, Literal, overload
 import torch
 from PIL import Image
 
-from .attention import pack_layer_encodings, pack_plain_encoding
+from .attention import (
+    cross_attention_layers,
+    keys_ahead_requested,
+    pack_layer_encodings,
+    pack_plain_encoding,
+    project_layer_encodings,
+    projected_layout,
+)
 from .base_model import Backbone
 from .camera_features import CameraParameterization, parameterization_from_config
 from .cameras import Camera
@@ -94,6 +101,12 @@ class ViewNeTIPipeline:
         self._schedulers_lock = threading.Lock()
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._uncond: torch.Tensor | None = None
+        self._uncond_projected: torch.Tensor | None = None
+        # Project the cross-attention keys/values of all steps before the denoising loop (attention.py),
+        # where the UNet's processors take them: VIEWNETI_KEYS_AHEAD=1.
+        self._cross_layers = cross_attention_layers(base.unet)
+        self.keys_ahead_possible = projected_layout(self._cross_layers) is not None
+        self.keys_ahead = keys_ahead_requested() and self.keys_ahead_possible
 
     # -- conditioning ----------------------------------------------------------------------------
     def _uncond_packed(self) -> torch.Tensor:
@@ -103,9 +116,31 @@ class ViewNeTIPipeline:
             self._uncond = pack_plain_encoding(plain, self.base.num_layers)
         return self._uncond
 
+    @torch.no_grad()
+    def _uncond_for_steps(self) -> torch.Tensor:
+        """The unconditional encoding in the form the UNet gets at each step (see :meth:`_step_conditions`)."""
+        uncond = self._uncond_packed().to(self.base.dtype)
+        if not self.keys_ahead:
+            return uncond
+        if self._uncond_projected is None or self._uncond_projected.dtype != self.base.dtype:
+            self._uncond_projected = project_layer_encodings(self._cross_layers, uncond)
+        return self._uncond_projected
+
+    def _step_conditions(self, cond: torch.Tensor, use_cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the UNet gets at each step: ``cond`` [T, B, ...] and the unconditional encoding (None
+        without CFG), as packed encodings, or with :attr:`keys_ahead` as projected keys/values (all the
+        steps' in one GEMM per layer; the unconditional one, the same for every render, once)."""
+        uncond = self._uncond_for_steps() if use_cfg else None
+        if not self.keys_ahead:
+            return cond, uncond
+        t, b = cond.shape[:2]
+        flat = cond.reshape(t * b, *cond.shape[2:]).to(self.base.dtype)
+        projected = project_layer_encodings(self._cross_layers, flat)
+        return projected.view(t, b, *projected.shape[1:]), uncond
+
     def prepare(self) -> None:
         """Compute what every render shares (the unconditional encoding) now rather than on first use."""
-        self._uncond_packed()
+        self._uncond_for_steps()
 
     def prompt(self, with_view: bool) -> str:
         t = self.base.text
@@ -267,7 +302,9 @@ class ViewNeTIPipeline:
         use_cfg = guidance != 1.0
         paced = should_stop is not None or on_step is not None
         pacer = StepPacer(self.base.device, lockstep=lockstep) if paced else None
-        uncond = self._uncond_packed().to(self.base.dtype).expand(latents.shape[0], -1, -1) if use_cfg else None
+        cond, uncond = self._step_conditions(cond, use_cfg)
+        if uncond is not None:
+            uncond = uncond.expand(latents.shape[0], -1, -1)
         for i, t in enumerate(timesteps):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped at step {i} of {steps}")

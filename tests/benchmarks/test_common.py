@@ -97,7 +97,7 @@ def test_command_line_carries_the_kernel_choices_but_not_the_token(monkeypatch):
     import sys
 
     monkeypatch.setattr(sys, "argv", ["benchmarks/server_gpu.py", "--out", "a b.json"])
-    for name in ("VIEWNETI_GROUP_NORM", "VIEWNETI_SDPA"):
+    for name in ("VIEWNETI_GROUP_NORM", "VIEWNETI_KEYS_AHEAD", "VIEWNETI_SDPA"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("VIEWNETI_TOKEN", "secret")
     plain = command_line()
@@ -105,5 +105,8 @@ def test_command_line_carries_the_kernel_choices_but_not_the_token(monkeypatch):
     monkeypatch.setenv("VIEWNETI_GROUP_NORM", "native")
     monkeypatch.setenv("VIEWNETI_SDPA", "default")
     assert command_line() == "VIEWNETI_GROUP_NORM=native VIEWNETI_SDPA=default " + plain
+    monkeypatch.setenv("VIEWNETI_KEYS_AHEAD", "1")
+    assert command_line() == "VIEWNETI_GROUP_NORM=native VIEWNETI_KEYS_AHEAD=1 VIEWNETI_SDPA=default " + plain
+    monkeypatch.delenv("VIEWNETI_KEYS_AHEAD")
     monkeypatch.setenv("VIEWNETI_GROUP_NORM", "split it")
     assert command_line().startswith("VIEWNETI_GROUP_NORM='split it' ")

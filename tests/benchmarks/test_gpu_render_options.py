@@ -130,3 +130,13 @@ def test_group_norm_builds_are_picked_by_name():
     assert parse_group_norm_builds("default, split statistics") == {"default", "split statistics"}
     with pytest.raises(SystemExit, match="no build triton statistics; choose from default, eager"):
         parse_group_norm_builds("default,triton statistics")
+
+
+@pytest.mark.slow
+def test_keys_ahead_section_times_it_against_the_loop(tmp_path):
+    """The keys-ahead rows: compiled, timed against keys projected in the loop in the same run, and the
+    latents of the two within rounding."""
+    report = run_smoke(tmp_path / "ka.json", "--sections", "keys-ahead", "--jobs", "live", "--repeats", "1")
+    live = report["keys_ahead"]["live"]
+    assert live["compile_s"] > 0 and live["same_pose_ms"] > 0 and live["shipped_same_pose_ms"] > 0
+    assert live["latents_rel_error_vs_shipped"] < 0.02
