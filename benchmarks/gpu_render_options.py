@@ -33,6 +33,9 @@ first), then:
   its steps before the denoising loop (``VIEWNETI_KEYS_AHEAD=1``, ``viewneti_backend.attention``): 32 GEMMs
   of 4-6 us a step (2 x 77 rows each) become one GEMM per layer on all the steps' rows (RESULTS.md section
   1, "Tiny GEMMs": ~4.5 ms of a 30-step view on an H100).
+* ``fused-time-projections``: the shipped build with the resnets' time-embedding projections in one GEMM
+  a step (``viewneti_backend.time_projections``: ~22 GEMMs of 4-6 us on 2 rows, ~4 ms of a 30-step view on
+  an H100, RESULTS.md section 1, "Tiny GEMMs").
 * ``max-autotune``: the UNet and the VAE decoder compiled in ``max-autotune`` mode (inductor times Triton
   GEMM/convolution templates against cuBLAS/cuDNN for every shape and keeps the fastest, and tries more
   configurations of its own kernels; CUDA graphs as before). Session 20 (H100): 9 shapes were tuned in
@@ -92,6 +95,7 @@ from viewneti_backend.errors import Cancelled
 from viewneti_backend.group_norm import split_stats_group_norm, use_native_group_norm
 from viewneti_backend.pipeline import ViewNeTIPipeline
 from viewneti_backend.text_conditioning import _text_transformer
+from viewneti_backend.time_projections import fuse_time_embedding_projections
 from viewneti_backend.training import new_mapper
 
 E4M3_MAX = 448.0
@@ -177,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections",
         default="timeline,fp8-unet,fp8-text",
         help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, native-group-norm, "
-        "keys-ahead, "
+        "keys-ahead, fused-time-projections, "
         "cancel, sequence-batch (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
         "group-norm also goes with the others); 'none': the bf16 renders only",
     )
@@ -195,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         default="view,live",
         help="which renders the timed rows, the timeline, FP8 and the builds (nchw, inductor-options, max-autotune, "
-        "native-group-norm) use, "
+        "native-group-norm, fused-time-projections, keys-ahead) use, "
         "in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
     )
     ap.add_argument(
@@ -408,6 +412,13 @@ def main(argv: list[str] | None = None) -> None:
             "native_group_norm", "inductor's own group norms", "reduce-overhead", prepare=use_native_group_norm
         )
 
+    if "fused-time-projections" in sections:
+        build_variant(
+            "fused_time_projections",
+            "time-embedding projections in one GEMM",
+            "reduce-overhead",
+            prepare=fuse_time_embedding_projections,
+        )
     if "keys-ahead" in sections:
         # the same compiled UNet, its cross-attention keys/values projected before the loop
         # (VIEWNETI_KEYS_AHEAD; the UNet compiles one more graph per shape, for that input)

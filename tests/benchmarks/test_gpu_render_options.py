@@ -75,9 +75,9 @@ def test_model_free_sections_run_with_smoke(tmp_path):
 def test_build_variant_sections_run_with_smoke(tmp_path):
     """Each build (NCHW layout, inductor options, max-autotune, native group norms) is compiled, timed against the
     shipped build in the same run, and the shipped build is restored after (on the CPU the latents barely move)."""
-    sections = "nchw,inductor-options,max-autotune,native-group-norm"
+    sections = "nchw,inductor-options,max-autotune,native-group-norm,fused-time-projections"
     report = run_smoke(tmp_path / "variants.json", "--sections", sections, "--jobs", "live", "--repeats", "1")
-    for key in ("nchw", "inductor_options", "max_autotune", "native_group_norm"):
+    for key in ("nchw", "inductor_options", "max_autotune", "native_group_norm", "fused_time_projections"):
         assert set(report[key]) - {"options", "prepared"} == {"live"}, report[key]
         live = report[key]["live"]
         assert live["compile_s"] > 0 and live["same_pose_ms"] > 0 and live["shipped_same_pose_ms"] > 0
@@ -89,6 +89,7 @@ def test_build_variant_sections_run_with_smoke(tmp_path):
     }
     prepared = report["native_group_norm"]["prepared"]  # every group norm of the UNet and the decoder switched back
     assert prepared["unet"] > 0 and prepared["decoder"] > 0, prepared
+    assert report["fused_time_projections"]["prepared"]["unet"] > 0  # the UNet's resnets; the decoder has none
 
 
 @pytest.mark.slow
