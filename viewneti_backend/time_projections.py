@@ -9,7 +9,9 @@ stacked), and each resnet's ``time_emb_proj`` take its columns of that: the same
 kernel. State-dict keys and parameters stay (the stacked copy is a non-persistent buffer).
 
 Only for UNets where the time embedding feeds the resnets alone: no class or added embeddings and
-no activation after it (SD 1.x / 2.x); others are left as they are.
+no activation after it (SD 1.x / 2.x); others are left as they are. ``compile_base_model`` does not
+apply it yet: it waits for a GPU timing (``benchmarks/gpu_render_options.py --sections
+fused-time-projections``, against the shipped build in one run).
 """
 
 from __future__ import annotations
