@@ -343,31 +343,16 @@ def main(argv: list[str] | None = None) -> None:
 
     compiled_decoder = base.vae.decoder
 
-    def build_variant(
-        key: str,
-        label: str,
-        mode: str | None,
-        options: dict | None = None,
-        memory_format: torch.memory_format = torch.channels_last,
-        prepare: Callable[[nn.Module], object] | None = None,
+    def time_against_shipped(
+        key: str, label: str, use_variant: Callable[[], None], use_shipped: Callable[[], None]
     ) -> None:
-        """Render with another build of the UNet and decoder (same weights, same maths, other kernels), one
-        job at a time: compile time, render times against the shipped build in the same run, and how far
-        the latents and image move from it (rounding only). ``options``: inductor options instead of a mode.
-        The modules are copies, so that dynamo compiles and records them afresh; ``prepare`` changes each
-        copy in place before it is compiled."""
-        report[key] = {"options": options} if options else {}
-        unet: Any = copy.deepcopy(plain_unet)  # Any: Module.to's stubs lack memory_format
-        decoder: Any = copy.deepcopy(base.eager["vae_decoder"])
-        unet.to(memory_format=memory_format)
-        decoder.to(memory_format=memory_format)
-        if prepare is not None:
-            report[key]["prepared"] = {"unet": prepare(unet), "decoder": prepare(decoder)}
-        variant_unet = torch.compile(unet, mode=mode, options=options, fullgraph=False, dynamic=False)
-        variant_decoder = torch.compile(decoder, mode=mode, options=options, fullgraph=False, dynamic=False)
+        """Render each job with a variant (``use_variant()`` switches to it, ``use_shipped()`` back): its
+        compile time, its render times against the shipped build in the same run, and how far the latents
+        and image move from the shipped build's (rounding only). Rows go to ``report[key]``."""
+        report.setdefault(key, {})
         try:
             for job, (cam, steps) in jobs.items():
-                base.unet, base.vae.decoder = variant_unet, variant_decoder
+                use_variant()
                 row: dict[str, Any] = {}
                 t0 = time.perf_counter()
                 render(cam, steps, False)  # compile (and autotune), record the CUDA graphs
@@ -381,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
                 row["image_psnr_vs_shipped_db"] = _images_psnr(
                     np.asarray(render(cam, steps, False)[0]), reference_img[job]
                 )
-                base.unet, base.vae.decoder = bf16_unet, compiled_decoder  # the A/B that counts: same run
+                use_shipped()  # the A/B that counts: same run
                 row.update({f"shipped_{k}": v for k, v in new_and_same_pose_ms(cam, steps).items()})
                 log(
                     f"{label} {job}: compiled in {row['compile_s']:.0f} s; new {row['new_pose_ms']:.1f} / same "
@@ -396,8 +381,37 @@ def main(argv: list[str] | None = None) -> None:
             report[key]["error"] = f"{type(exc).__name__}: {exc}"[:500]
             log(f"{label} failed: {report[key]['error']}")
         finally:
-            base.unet, base.vae.decoder = bf16_unet, compiled_decoder
+            use_shipped()
         save()
+
+    def build_variant(
+        key: str,
+        label: str,
+        mode: str | None,
+        options: dict | None = None,
+        memory_format: torch.memory_format = torch.channels_last,
+        prepare: Callable[[nn.Module], object] | None = None,
+    ) -> None:
+        """:func:`time_against_shipped` for another build of the UNet and decoder (same weights, same maths,
+        other kernels). ``options``: inductor options instead of a mode. The modules are copies, so that
+        dynamo compiles and records them afresh; ``prepare`` changes each copy in place before it is compiled."""
+        report[key] = {"options": options} if options else {}
+        unet: Any = copy.deepcopy(plain_unet)  # Any: Module.to's stubs lack memory_format
+        decoder: Any = copy.deepcopy(base.eager["vae_decoder"])
+        unet.to(memory_format=memory_format)
+        decoder.to(memory_format=memory_format)
+        if prepare is not None:
+            report[key]["prepared"] = {"unet": prepare(unet), "decoder": prepare(decoder)}
+        variant_unet = torch.compile(unet, mode=mode, options=options, fullgraph=False, dynamic=False)
+        variant_decoder = torch.compile(decoder, mode=mode, options=options, fullgraph=False, dynamic=False)
+
+        def use_variant() -> None:
+            base.unet, base.vae.decoder = variant_unet, variant_decoder
+
+        def use_shipped() -> None:
+            base.unet, base.vae.decoder = bf16_unet, compiled_decoder
+
+        time_against_shipped(key, label, use_variant, use_shipped)
 
     if "nchw" in sections:
         build_variant("nchw", "NCHW", "reduce-overhead", memory_format=torch.contiguous_format)
@@ -422,40 +436,16 @@ def main(argv: list[str] | None = None) -> None:
     if "keys-ahead" in sections:
         # the same compiled UNet, its cross-attention keys/values projected before the loop
         # (VIEWNETI_KEYS_AHEAD; the UNet compiles one more graph per shape, for that input)
-        report["keys_ahead"] = {}
-        try:
-            if not pipe.keys_ahead_possible:
-                raise ValueError("this UNet's cross-attention layers take no pre-projected keys/values")
-            for job, (cam, steps) in jobs.items():
-                pipe.keys_ahead = True
-                row: dict[str, Any] = {}
-                t0 = time.perf_counter()
-                render(cam, steps, False)
-                render(cam, steps, False)
-                row["compile_s"] = time.perf_counter() - t0
-                phases = {}
-                render(cam, steps, False, phases)
-                row.update(new_and_same_pose_ms(cam, steps), same_pose_phases_ms=phases)
-                row["latents_rel_error_vs_shipped"] = _rel(render(cam, steps, False, output="latent"), reference[job])
-                row["image_psnr_vs_shipped_db"] = _images_psnr(
-                    np.asarray(render(cam, steps, False)[0]), reference_img[job]
-                )
-                pipe.keys_ahead = False
-                row.update({f"shipped_{k}": v for k, v in new_and_same_pose_ms(cam, steps).items()})
-                log(
-                    f"keys ahead {job}: new {row['new_pose_ms']:.1f} / same {row['same_pose_ms']:.1f} ms against "
-                    f"{row['shipped_new_pose_ms']:.1f} / {row['shipped_same_pose_ms']:.1f} ms in the loop; phases "
-                    f"{ ({k: round(v, 1) for k, v in phases.items()}) }; latents rel. error "
-                    f"{row['latents_rel_error_vs_shipped']:.3g}, PSNR {row['image_psnr_vs_shipped_db']:.1f} dB"
-                )
-                report["keys_ahead"][job] = row
-                save()
-        except Exception as exc:  # noqa: BLE001  a probe: record what failed and go on
-            report["keys_ahead"]["error"] = f"{type(exc).__name__}: {exc}"[:500]
-            log(f"keys ahead failed: {report['keys_ahead']['error']}")
-        finally:
-            pipe.keys_ahead = False
-        save()
+        if pipe.keys_ahead_possible:
+            time_against_shipped(
+                "keys_ahead",
+                "keys ahead",
+                lambda: setattr(pipe, "keys_ahead", True),
+                lambda: setattr(pipe, "keys_ahead", False),
+            )
+        else:
+            report["keys_ahead"] = {"error": "this UNet's cross-attention layers take no pre-projected keys/values"}
+            save()
 
     if "fp8-unet" in sections:
         from diffusers.models.attention import BasicTransformerBlock

@@ -142,7 +142,6 @@ class ProjectedLayout:
 
     def __init__(self, inner_dims: list[int], seq_len: int):
         self.seq_len = seq_len
-        self.inner_dims = list(inner_dims)
         per_sample = seq_len * sum(inner_dims)
         starts = [seq_len * sum(inner_dims[:l]) for l in range(len(inner_dims))]
         self.blocks = [(start, per_sample + start, width) for start, width in zip(starts, inner_dims)]
@@ -171,20 +170,18 @@ class ProjectedLayout:
 
 def install_per_layer_processors(unet: nn.Module, seq_len: int) -> int:
     """Install a :class:`PerLayerCrossAttnProcessor` on every cross-attention layer; returns L."""
-    names = cross_attention_layer_names(unet)
-    if not names:
+    layers = cross_attention_layers(unet)
+    if not layers:
         raise ValueError("this UNet has no cross-attention layers (attn2): not a Stable-Diffusion-architecture model")
-    modules: dict[str, Any] = dict(unet.named_modules())  # Any: diffusers Attention layers, duck-typed (set_processor)
-    layers = [modules[name] for name in names]
     layout = ProjectedLayout.of(layers, seq_len, int(layers[0].to_k.in_features))
-    for index, name in enumerate(names):
-        modules[name].set_processor(PerLayerCrossAttnProcessor(index, len(names), seq_len, layout))
-    return len(names)
+    for index, layer in enumerate(layers):
+        layer.set_processor(PerLayerCrossAttnProcessor(index, len(layers), seq_len, layout))
+    return len(layers)
 
 
 def cross_attention_layers(unet: nn.Module) -> list[Any]:
     """The cross-attention modules in the order the forward pass calls them (a compiled UNet's too)."""
-    modules: dict[str, Any] = dict(unet.named_modules())
+    modules: dict[str, Any] = dict(unet.named_modules())  # Any: diffusers Attention layers, duck-typed
     return [modules[name] for name in cross_attention_layer_names(unet)]
 
 

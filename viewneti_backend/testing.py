@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -81,18 +81,7 @@ def build_tiny_pipeline(
         norm_num_groups=8,
         sample_size=sample_size,
     )
-    unet = UNet2DConditionModel(
-        sample_size=sample_size // 4,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=text_width,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
+    unet = UNet2DConditionModel(**tiny_unet_config(sample_size // 4, text_width))
     scheduler = DDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -234,3 +223,19 @@ def build_dtu_view_mapper(model: str | Path, out: str | Path, *, rig: bool = Tru
         )
     )
     return mapper.save_pretrained(out)
+
+
+def tiny_unet_config(sample_size: int, cross_attention_dim: int) -> dict[str, Any]:
+    """The tiny model's UNet2DConditionModel arguments (SD's block layout at 16-32 channels)."""
+    return dict(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )

@@ -11,6 +11,7 @@ import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from torch import nn
 
+from viewneti_backend.testing import tiny_unet_config
 from viewneti_backend.time_projections import (
     FusedTimestepEmbedding,
     can_fuse_time_embedding_projections,
@@ -19,20 +20,8 @@ from viewneti_backend.time_projections import (
 
 
 def tiny_unet(**overrides) -> UNet2DConditionModel:
-    config = dict(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=24,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
     torch.manual_seed(0)
-    return UNet2DConditionModel(**{**config, **overrides}).eval()
+    return UNet2DConditionModel(**{**tiny_unet_config(8, 24), **overrides}).eval()
 
 
 def test_output_gradients_and_state_dict_stay():
