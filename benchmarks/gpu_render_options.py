@@ -29,13 +29,17 @@ first), then:
   (``viewneti_backend.group_norm``; the same function, other float32 rounding) that ships since session 22
   (measured then as ``split-group-norm`` against this build as the shipped one: view 359.9 / 313.6
   against 366.3 / 318.7 ms on an H200).
-* ``keys-ahead``: the shipped build with each render's cross-attention keys and values projected for all
-  its steps before the denoising loop (``VIEWNETI_KEYS_AHEAD=1``, ``viewneti_backend.attention``): 32 GEMMs
-  of 4-6 us a step (2 x 77 rows each) become one GEMM per layer on all the steps' rows (RESULTS.md section
-  1, "Tiny GEMMs": ~4.5 ms of a 30-step view on an H100).
-* ``fused-time-projections``: the shipped build with the resnets' time-embedding projections in one GEMM
-  a step (``viewneti_backend.time_projections``: ~22 GEMMs of 4-6 us on 2 rows, ~4 ms of a 30-step view on
-  an H100, RESULTS.md section 1, "Tiny GEMMs").
+* ``keys-in-loop``: the shipped build with each render's cross-attention keys and values projected inside
+  every step (``VIEWNETI_KEYS_AHEAD=0``, ``viewneti_backend.attention``) instead of for all its steps
+  before the denoising loop (shipped since session 29, measured then as ``keys-ahead`` against this build
+  as the shipped one: H100, view 370.2 / 323.2 against 381.8 / 332.9 ms, live 75.4 / 62.1 against
+  77.2 / 63.2 ms): 32 GEMMs of 4-6 us a step (2 x 77 rows each) instead of one GEMM per layer on all the
+  steps' rows (RESULTS.md section 1, "Tiny GEMMs").
+* ``separate-time-projections``: the shipped build with each resnet projecting the time embedding itself,
+  ~22 GEMMs of 4-6 us on 2 rows a step, instead of ``viewneti_backend.time_projections``' one GEMM (shipped
+  since session 29, measured then as ``fused-time-projections`` against this build: H100, view 371.0 /
+  322.0 against 381.1 / 331.0 ms, live 75.6 / 61.7 against 77.2 / 63.0 ms).
+* ``small-gemms``: both of the above at once: the build that shipped before session 29.
 * ``max-autotune``: the UNet and the VAE decoder compiled in ``max-autotune`` mode (inductor times Triton
   GEMM/convolution templates against cuBLAS/cuDNN for every shape and keeps the fastest, and tries more
   configurations of its own kernels; CUDA graphs as before). Session 20 (H100): 9 shapes were tuned in
@@ -95,7 +99,7 @@ from viewneti_backend.errors import Cancelled
 from viewneti_backend.group_norm import split_stats_group_norm, use_native_group_norm
 from viewneti_backend.pipeline import ViewNeTIPipeline
 from viewneti_backend.text_conditioning import _text_transformer
-from viewneti_backend.time_projections import fuse_time_embedding_projections
+from viewneti_backend.time_projections import unfuse_time_embedding_projections
 from viewneti_backend.training import new_mapper
 
 E4M3_MAX = 448.0
@@ -174,6 +178,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
 
+# What --sections takes: the ones after the bf16 renders, then those that need no render (alone).
+SECTIONS = (
+    "timeline", "fp8-unet", "fp8-text", "nchw", "inductor-options", "max-autotune", "native-group-norm",
+    "keys-in-loop", "separate-time-projections", "small-gemms", "cancel", "sequence-batch",
+    "text-attention", "text-phase", "group-norm",
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/gpu_render_options.json")
@@ -181,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections",
         default="timeline,fp8-unet,fp8-text",
         help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, native-group-norm, "
-        "keys-ahead, fused-time-projections, "
+        "keys-in-loop, separate-time-projections, small-gemms, "
         "cancel, sequence-batch (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
         "group-norm also goes with the others); 'none': the bf16 renders only",
     )
@@ -199,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         default="view,live",
         help="which renders the timed rows, the timeline, FP8 and the builds (nchw, inductor-options, max-autotune, "
-        "native-group-norm, fused-time-projections, keys-ahead) use, "
+        "native-group-norm, separate-time-projections, keys-in-loop, small-gemms) use, "
         "in this order: view (768x576, 30 steps), live (512x512, 8 steps)",
     )
     ap.add_argument(
@@ -220,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sections = set(args.sections.split(","))
+    sections = {name.strip() for name in args.sections.split(",")}
+    if unknown := sorted(sections - set(SECTIONS) - {"none"}):
+        raise SystemExit(f"no section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}, or none")
     if not args.smoke:
         assert torch.cuda.is_available(), "this probe needs a CUDA GPU (use --smoke to check the script on a CPU)"
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -391,10 +405,12 @@ def main(argv: list[str] | None = None) -> None:
         options: dict | None = None,
         memory_format: torch.memory_format = torch.channels_last,
         prepare: Callable[[nn.Module], object] | None = None,
+        keys_ahead: bool | None = None,
     ) -> None:
         """:func:`time_against_shipped` for another build of the UNet and decoder (same weights, same maths,
         other kernels). ``options``: inductor options instead of a mode. The modules are copies, so that
-        dynamo compiles and records them afresh; ``prepare`` changes each copy in place before it is compiled."""
+        dynamo compiles and records them afresh; ``prepare`` changes each copy in place before it is compiled;
+        ``keys_ahead``: whether its renders project the keys/values ahead (None: as shipped)."""
         report[key] = {"options": options} if options else {}
         unet: Any = copy.deepcopy(plain_unet)  # Any: Module.to's stubs lack memory_format
         decoder: Any = copy.deepcopy(base.eager["vae_decoder"])
@@ -405,11 +421,15 @@ def main(argv: list[str] | None = None) -> None:
         variant_unet = torch.compile(unet, mode=mode, options=options, fullgraph=False, dynamic=False)
         variant_decoder = torch.compile(decoder, mode=mode, options=options, fullgraph=False, dynamic=False)
 
+        shipped_keys_ahead = pipe.keys_ahead
+
         def use_variant() -> None:
             base.unet, base.vae.decoder = variant_unet, variant_decoder
+            pipe.keys_ahead = shipped_keys_ahead if keys_ahead is None else keys_ahead
 
         def use_shipped() -> None:
             base.unet, base.vae.decoder = bf16_unet, compiled_decoder
+            pipe.keys_ahead = shipped_keys_ahead
 
         time_against_shipped(key, label, use_variant, use_shipped)
 
@@ -426,25 +446,33 @@ def main(argv: list[str] | None = None) -> None:
             "native_group_norm", "inductor's own group norms", "reduce-overhead", prepare=use_native_group_norm
         )
 
-    if "fused-time-projections" in sections:
+    if "separate-time-projections" in sections:
         build_variant(
-            "fused_time_projections",
-            "time-embedding projections in one GEMM",
+            "separate_time_projections",
+            "time-embedding projections one by one",
             "reduce-overhead",
-            prepare=fuse_time_embedding_projections,
+            prepare=unfuse_time_embedding_projections,
         )
-    if "keys-ahead" in sections:
-        # the same compiled UNet, its cross-attention keys/values projected before the loop
-        # (VIEWNETI_KEYS_AHEAD; the UNet compiles one more graph per shape, for that input)
-        if pipe.keys_ahead_possible:
+    if "small-gemms" in sections:
+        build_variant(
+            "small_gemms",
+            "keys in the loop and time-embedding projections one by one",
+            "reduce-overhead",
+            prepare=unfuse_time_embedding_projections,
+            keys_ahead=False,
+        )
+    if "keys-in-loop" in sections:
+        # the same compiled UNet, its cross-attention keys/values projected in every step
+        # (VIEWNETI_KEYS_AHEAD=0; the UNet compiles one more graph per shape, for that input)
+        if pipe.keys_ahead:
             time_against_shipped(
-                "keys_ahead",
-                "keys ahead",
-                lambda: setattr(pipe, "keys_ahead", True),
+                "keys_in_loop",
+                "keys in the loop",
                 lambda: setattr(pipe, "keys_ahead", False),
+                lambda: setattr(pipe, "keys_ahead", True),
             )
         else:
-            report["keys_ahead"] = {"error": "this UNet's cross-attention layers take no pre-projected keys/values"}
+            report["keys_in_loop"] = {"error": "the shipped renders do not project keys/values ahead here"}
             save()
 
     if "fp8-unet" in sections:

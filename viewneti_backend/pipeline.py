@@ -103,7 +103,7 @@ class ViewNeTIPipeline:
         self._uncond: torch.Tensor | None = None
         self._uncond_projected: torch.Tensor | None = None
         # Project the cross-attention keys/values of all steps before the denoising loop (attention.py),
-        # where the UNet's processors take them: VIEWNETI_KEYS_AHEAD=1.
+        # where the UNet's processors take them (the default; VIEWNETI_KEYS_AHEAD=0: in the loop).
         self._cross_layers = cross_attention_layers(base.unet)
         self.keys_ahead_possible = projected_layout(self._cross_layers) is not None
         self.keys_ahead = keys_ahead_requested() and self.keys_ahead_possible

@@ -9,9 +9,11 @@ stacked), and each resnet's ``time_emb_proj`` take its columns of that: the same
 kernel. State-dict keys and parameters stay (the stacked copy is a non-persistent buffer).
 
 Only for UNets where the time embedding feeds the resnets alone: no class or added embeddings and
-no activation after it (SD 1.x / 2.x); others are left as they are. ``compile_base_model`` does not
-apply it yet: it waits for a GPU timing (``benchmarks/gpu_render_options.py --sections
-fused-time-projections``, against the shipped build in one run).
+no activation after it (SD 1.x / 2.x); others are left as they are. ``compile_base_model`` applies it
+since session 29 (H100, against the build without it in one run: 10.1 / 9.0 ms off a new / same-pose
+768x576 view, 1.6 / 1.3 ms off a live frame; ``benchmarks/gpu_render_options.py --sections
+separate-time-projections`` times the build without it). :func:`unfuse_time_embedding_projections` undoes
+it (the stacked copy does not follow later changes to the resnets' weights).
 """
 
 from __future__ import annotations
@@ -92,4 +94,22 @@ def fuse_time_embedding_projections(unet: nn.Module) -> int:
         projection.start = start
         start += projection.out_features
         resnet.skip_time_act = True  # the SiLU ran once, before the fused projection
+    return len(resnets)
+
+
+def unfuse_time_embedding_projections(unet: nn.Module) -> int:
+    """Undo :func:`fuse_time_embedding_projections` in place: each resnet projects the time embedding
+    itself again, with its own (possibly since changed) weights; returns how many were unfused."""
+    embedding: Any = getattr(unet, "time_embedding", None)
+    if not isinstance(embedding, FusedTimestepEmbedding):
+        return 0
+    embedding = unet.time_embedding  # Any again (the class is swapped below)
+    resnets = [r for r in _resnets_with_projections(unet) if type(r.time_emb_proj) is _ProjectionColumns]
+    for resnet in resnets:
+        projection: Any = resnet.time_emb_proj
+        del projection.start
+        projection.__class__ = nn.Linear
+        resnet.skip_time_act = False
+    del embedding.fused_weight, embedding.fused_bias
+    embedding.__class__ = TimestepEmbedding
     return len(resnets)

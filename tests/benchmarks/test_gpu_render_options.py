@@ -75,9 +75,9 @@ def test_model_free_sections_run_with_smoke(tmp_path):
 def test_build_variant_sections_run_with_smoke(tmp_path):
     """Each build (NCHW layout, inductor options, max-autotune, native group norms) is compiled, timed against the
     shipped build in the same run, and the shipped build is restored after (on the CPU the latents barely move)."""
-    sections = "nchw,inductor-options,max-autotune,native-group-norm,fused-time-projections"
+    sections = "nchw,inductor-options,max-autotune,native-group-norm,separate-time-projections"
     report = run_smoke(tmp_path / "variants.json", "--sections", sections, "--jobs", "live", "--repeats", "1")
-    for key in ("nchw", "inductor_options", "max_autotune", "native_group_norm", "fused_time_projections"):
+    for key in ("nchw", "inductor_options", "max_autotune", "native_group_norm", "separate_time_projections"):
         assert set(report[key]) - {"options", "prepared"} == {"live"}, report[key]
         live = report[key]["live"]
         assert live["compile_s"] > 0 and live["same_pose_ms"] > 0 and live["shipped_same_pose_ms"] > 0
@@ -89,7 +89,9 @@ def test_build_variant_sections_run_with_smoke(tmp_path):
     }
     prepared = report["native_group_norm"]["prepared"]  # every group norm of the UNet and the decoder switched back
     assert prepared["unet"] > 0 and prepared["decoder"] > 0, prepared
-    assert report["fused_time_projections"]["prepared"]["unet"] > 0  # the UNet's resnets; the decoder has none
+    # the shipped UNet's resnets unfused in the copy; the decoder has none
+    prepared = report["separate_time_projections"]["prepared"]
+    assert prepared["unet"] > 0 and prepared["decoder"] == 0, prepared
 
 
 @pytest.mark.slow
@@ -134,10 +136,17 @@ def test_group_norm_builds_are_picked_by_name():
 
 
 @pytest.mark.slow
-def test_keys_ahead_section_times_it_against_the_loop(tmp_path):
-    """The keys-ahead rows: compiled, timed against keys projected in the loop in the same run, and the
-    latents of the two within rounding."""
-    report = run_smoke(tmp_path / "ka.json", "--sections", "keys-ahead", "--jobs", "live", "--repeats", "1")
-    live = report["keys_ahead"]["live"]
+def test_keys_in_loop_section_times_it_against_keys_ahead(tmp_path):
+    """The keys-in-loop rows: compiled, timed against the shipped keys projected ahead in the same run, and
+    the latents of the two within rounding."""
+    report = run_smoke(tmp_path / "ka.json", "--sections", "keys-in-loop", "--jobs", "live", "--repeats", "1")
+    live = report["keys_in_loop"]["live"]
     assert live["compile_s"] > 0 and live["same_pose_ms"] > 0 and live["shipped_same_pose_ms"] > 0
     assert live["latents_rel_error_vs_shipped"] < 0.02
+
+
+def test_unknown_sections_are_refused_before_any_work():
+    from benchmarks.gpu_render_options import main
+
+    with pytest.raises(SystemExit, match="no section fused-time-projections, keys-ahead; choose from timeline,"):
+        main(["--sections", "keys-ahead,nchw,fused-time-projections", "--smoke"])

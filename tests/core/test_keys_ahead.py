@@ -76,12 +76,13 @@ def test_unet_output_is_the_same_from_projected_keys_and_values(tiny_base):
 
 @pytest.fixture
 def pipelines(tiny_model_dir, monkeypatch):
-    """The tiny model's pipeline twice: keys/values in the loop (the default), and projected ahead."""
+    """The tiny model's pipeline twice: keys/values in the loop (VIEWNETI_KEYS_AHEAD=0), and projected
+    ahead (the default)."""
     from viewneti_backend.engine import Engine
 
-    monkeypatch.delenv(KEYS_AHEAD_ENV, raising=False)
+    monkeypatch.setenv(KEYS_AHEAD_ENV, "0")
     plain = Engine.load(tiny_model_dir, device="cpu", compile=False)
-    monkeypatch.setenv(KEYS_AHEAD_ENV, "1")
+    monkeypatch.delenv(KEYS_AHEAD_ENV)
     ahead = Engine.load(tiny_model_dir, device="cpu", compile=False)
     return plain, ahead
 
@@ -100,11 +101,11 @@ def test_a_render_is_the_same_with_keys_ahead(pipelines):
 
 
 def test_the_environment_switch(monkeypatch):
-    for value, on in (("", False), ("0", False), ("1", True), (" 1 ", True)):
+    for value, on in (("", True), ("0", False), (" 0 ", False), ("1", True), (" 1 ", True)):
         monkeypatch.setenv(KEYS_AHEAD_ENV, value)
         assert keys_ahead_requested() is on
     monkeypatch.delenv(KEYS_AHEAD_ENV)
-    assert not keys_ahead_requested()
+    assert keys_ahead_requested()  # on by default
     monkeypatch.setenv(KEYS_AHEAD_ENV, "yes")
     with pytest.raises(ValueError, match="VIEWNETI_KEYS_AHEAD='yes': set it to 1 \\(on\\) or 0 \\(off\\)"):
         keys_ahead_requested()
