@@ -35,6 +35,9 @@ def run_smoke(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess,
 def test_server_gpu_smoke_runs_every_section(tmp_path):
     run, report = run_smoke(tmp_path)
     assert report["sections"] == ["renders", "superseded", "sequence", "new-size", "asked-size", "inversion"]
+    # waited for the training graphs compiled ahead (none on a CPU server); each section notes their state
+    assert report["training_ahead_done_s"] is None
+    assert report["training_ahead_at"] == {s: {} for s in report["sections"]}
     assert report["command"].startswith("python -m benchmarks.server_gpu --smoke")
     assert {"host", "python", "cores", "torch"} <= set(report["machine"])
     assert report["ready_s"] > 0 and report["first_view_after_ready"]["n"] == 1
@@ -90,8 +93,9 @@ def test_server_gpu_smoke_runs_every_section(tmp_path):
 @pytest.mark.slow
 def test_server_gpu_times_only_the_sections_asked_for(tmp_path):
     """``--sections sequence``: what a GPU run short of time came for, after the cold start and warm-up."""
-    run, report = run_smoke(tmp_path, "--sections", "sequence")
+    run, report = run_smoke(tmp_path, "--sections", "sequence", "--training-ahead", "during")
     assert report["sections"] == ["sequence"]
+    assert "training_ahead_done_s" not in report and report["training_ahead_at"] == {"sequence": {}}
     assert report["sequence"]["frames"] == 4 and report["live_during_sequence"]["frames"] == 4
     assert report["live_during_sequence_paused"]["frames"] == 4
     assert not {"renders", "live_after_superseded_view", "new_size_first_request", "asked_size"} & set(report)
