@@ -54,6 +54,12 @@ first), then:
   that live frame, and the stoppable renders' own times, with the host at most
   ``step_pacer.STEPS_AHEAD`` (2) steps ahead of the GPU against unbounded (the code before session 19),
   alternating.
+* ``text-overlap``: how much of a new pose's text phase the GPU could run alongside a render's denoising
+  (maths unchanged; the question before moving a render's text encoding for later steps onto a second
+  CUDA stream). The text phase of another pose (mappers, injection, the text encoder at steps x layers
+  prompts) is queued on a side stream, then a same-pose render on the main one, against the two one
+  after the other. In a session 21 trace of a view, 133 ms of the UNet's 364 ms of kernels ran fewer
+  blocks than the GPU has SMs (convolutions at 0.7-0.9 of a wave): room another stream's kernels could fill.
 * ``sequence-batch``: the view at each of ``--sequence-batches`` frames per UNet call (distinct poses,
   encodings cached, as a sequence's frames after its one text-encoder call): compile time, time per
   frame and peak GPU memory, to choose the engine's ``sequence_batch`` (4 from session 12, 8 since session
@@ -97,6 +103,7 @@ from viewneti_backend.camera_features import make_parameterization
 from viewneti_backend.cameras import Camera, orbit_pose
 from viewneti_backend.errors import Cancelled
 from viewneti_backend.group_norm import split_stats_group_norm, use_native_group_norm
+from viewneti_backend.mapper import NeTIMapper
 from viewneti_backend.pipeline import ViewNeTIPipeline
 from viewneti_backend.text_conditioning import _text_transformer
 from viewneti_backend.time_projections import unfuse_time_embedding_projections
@@ -181,9 +188,50 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # What --sections takes: the ones after the bf16 renders, then those that need no render (alone).
 SECTIONS = (
     "timeline", "fp8-unet", "fp8-text", "nchw", "inductor-options", "max-autotune", "native-group-norm",
-    "keys-in-loop", "separate-time-projections", "small-gemms", "cancel", "sequence-batch",
+    "keys-in-loop", "separate-time-projections", "small-gemms", "cancel", "text-overlap", "sequence-batch",
     "text-attention", "text-phase", "group-norm",
 )  # fmt: skip
+
+
+def text_overlap_probe(
+    pipe: ViewNeTIPipeline,
+    om: NeTIMapper,
+    cam: Camera,
+    other: Camera,
+    steps: int,
+    repeats: int,
+    render: Callable[[Camera, int, bool], object],
+) -> dict[str, float]:
+    """Median times (ms): ``other``'s text phase alone, ``cam``'s same-pose render alone, and the text phase
+    queued on a side CUDA stream just before the render on the main one (on a CPU, one after the other:
+    the code path only). ``saved_ms``: what overlapping them gains over running them in turn."""
+    timesteps = pipe.scheduler(steps).timesteps
+    cuda = pipe.base.device.type == "cuda"
+
+    def render_same_pose() -> None:
+        render(cam, steps, False)
+
+    side = torch.cuda.Stream(pipe.base.device) if cuda else None
+
+    def text_phase() -> None:  # not cached: every call computes it, and the render's cache entry stays
+        pipe.view_encodings([other], om, timesteps, use_cache=False)
+
+    def overlapped() -> None:
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(pipe.base.device))
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            text_phase()
+        render_same_pose()  # the render's encodings are cached: its text phase is empty
+        sync()
+
+    row = {
+        "text_phase_ms": timed(text_phase, repeats=repeats)[0] * 1e3,
+        "same_pose_ms": timed(render_same_pose, repeats=repeats)[0] * 1e3,  # its warm-up call fills the cache
+    }
+    row["serial_ms"] = row["text_phase_ms"] + row["same_pose_ms"]
+    row["overlapped_ms"] = timed(overlapped, repeats=repeats)[0] * 1e3
+    row["saved_ms"] = row["serial_ms"] - row["overlapped_ms"]
+    return row
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="timeline,fp8-unet,fp8-text",
         help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, native-group-norm, "
         "keys-in-loop, separate-time-projections, small-gemms, "
-        "cancel, sequence-batch (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
+        "cancel, text-overlap, sequence-batch (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
         "group-norm also goes with the others); 'none': the bf16 renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
@@ -347,6 +395,19 @@ def main(argv: list[str] | None = None) -> None:
     if "cancel" in sections:
         report["cancel"] = cancel_probe(render, view, live, args.cancel_after_ms / 1e3, args.repeats)
         save()
+
+    if "text-overlap" in sections:
+        report["text_overlap"] = {}
+        for job, (cam, steps) in jobs.items():
+            other = Camera(orbit_pose(200.0, 15.0, 4.0), 40.0, cam.width, cam.height)
+            row = text_overlap_probe(pipe, om, cam, other, steps, args.repeats, render)
+            report["text_overlap"][job] = row
+            log(
+                f"text overlap {job}: text phase {row['text_phase_ms']:.1f} + same-pose render "
+                f"{row['same_pose_ms']:.1f} = {row['serial_ms']:.1f} ms one after the other, "
+                f"{row['overlapped_ms']:.1f} ms overlapped (saves {row['saved_ms']:.1f} ms)"
+            )
+            save()
 
     if "sequence-batch" in sections:
         frames = [

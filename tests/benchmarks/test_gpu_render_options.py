@@ -150,3 +150,14 @@ def test_unknown_sections_are_refused_before_any_work():
 
     with pytest.raises(SystemExit, match="no section fused-time-projections, keys-ahead; choose from timeline,"):
         main(["--sections", "keys-ahead,nchw,fused-time-projections", "--smoke"])
+
+
+@pytest.mark.slow
+def test_text_overlap_section_times_the_text_phase_beside_a_render(tmp_path):
+    """The text-overlap rows: another pose's text phase alone, a same-pose render alone, and both queued
+    together (on the CPU one after the other: the code path only, no overlap to expect)."""
+    report = run_smoke(tmp_path / "to.json", "--sections", "text-overlap", "--jobs", "live", "--repeats", "1")
+    row = report["text_overlap"]["live"]
+    assert row["text_phase_ms"] > 0 and row["same_pose_ms"] > 0 and row["overlapped_ms"] > 0
+    assert row["serial_ms"] == pytest.approx(row["text_phase_ms"] + row["same_pose_ms"])
+    assert row["saved_ms"] == pytest.approx(row["serial_ms"] - row["overlapped_ms"])
