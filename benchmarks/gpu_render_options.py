@@ -3,8 +3,8 @@
     python -m benchmarks.gpu_render_options --out benchmarks/gpu_render_options.json
 
 The view (768x576, 30 steps) and the live preview (512x512, 8 steps) are rendered as the server does
-(SD 2.1-sized random weights, bf16, ``compile_base_model``: CUDA graphs, fused q/k/v, cuDNN attention
-first), then:
+(SD 2.1-sized random weights, bf16, ``compile_base_model``: CUDA graphs, fused q/k/v and time-embedding
+projections, cuDNN attention first; keys/values projected before the loop), then:
 
 * ``timeline``: a profiler trace of one new-pose render of each, split into idle gaps between kernels
   (``gpu_timeline.py``): is the GPU waiting for the host anywhere (syncs between phases, the
