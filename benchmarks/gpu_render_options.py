@@ -240,10 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sections",
         default="timeline,fp8-unet,fp8-text",
-        help="comma-separated: timeline, fp8-unet, fp8-text, nchw, inductor-options, max-autotune, native-group-norm, "
-        "keys-in-loop, separate-time-projections, small-gemms, "
-        "cancel, text-overlap, sequence-batch (after the bf16 renders are timed); or text-attention, text-phase or group-norm alone (no renders; "
-        "group-norm also goes with the others); 'none': the bf16 renders only",
+        help=f"comma-separated, from: {', '.join(SECTIONS)}. Those before text-attention run after the bf16 "
+        "renders are timed; text-attention, text-phase or group-norm alone need no renders (group-norm also goes "
+        "with the others); 'none': the bf16 renders only",
     )
     ap.add_argument("--repeats", type=int, default=5, help="renders per timed row (the median is reported)")
     ap.add_argument(

@@ -172,10 +172,15 @@ def wait_training_ahead(client: Client, timeout: float) -> dict:
     ahead: dict = {}
     while time.monotonic() < deadline:
         ahead = training_ahead_state(client)
-        if all(v not in ("queued", "compiling") for v in ahead.values()):
+        if not training_ahead_pending(ahead):
             return ahead
         time.sleep(0.5)
     raise RuntimeError(f"training sizes not compiled ahead in {timeout:.0f} s: {ahead}")
+
+
+def training_ahead_pending(ahead: dict) -> bool:
+    """Whether any training size of ``training_ahead_state`` is still queued or compiling."""
+    return any(v in ("queued", "compiling") for v in ahead.values())
 
 
 def training_ahead_state(client: Client) -> dict:
@@ -731,7 +736,7 @@ def print_table(report: dict) -> None:
     print(f"\nserver start -> ready {report['ready_s']} s, warm-up shapes compiled at {report['warmup_compiled_s']} s")
     if report.get("training_ahead_done_s") is not None:
         print(f"training graphs compiled ahead by the helpers at {report['training_ahead_done_s']} s; timed after that")
-    busy = {k: v for k, v in report.get("training_ahead_at", {}).items() if "compiling" in v.values()}
+    busy = [k for k, v in report.get("training_ahead_at", {}).items() if training_ahead_pending(v)]
     if busy:
         print(f"sections begun while the helpers compiled training graphs: {', '.join(busy)}")
     f = report["first_view_after_ready"]

@@ -100,10 +100,9 @@ def fuse_time_embedding_projections(unet: nn.Module) -> int:
 def unfuse_time_embedding_projections(unet: nn.Module) -> int:
     """Undo :func:`fuse_time_embedding_projections` in place: each resnet projects the time embedding
     itself again, with its own (possibly since changed) weights; returns how many were unfused."""
-    embedding: Any = getattr(unet, "time_embedding", None)
-    if not isinstance(embedding, FusedTimestepEmbedding):
+    if not isinstance(getattr(unet, "time_embedding", None), FusedTimestepEmbedding):
         return 0
-    embedding = unet.time_embedding  # Any again (the class is swapped below)
+    embedding: Any = unet.time_embedding  # Any: its class is swapped below
     resnets = [r for r in _resnets_with_projections(unet) if type(r.time_emb_proj) is _ProjectionColumns]
     for resnet in resnets:
         projection: Any = resnet.time_emb_proj

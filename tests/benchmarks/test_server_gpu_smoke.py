@@ -122,3 +122,20 @@ def test_the_inversion_section_waits_for_the_training_sizes_compiled_ahead(monke
     states[:] = [{"512x512": "compiling"}]
     with pytest.raises(RuntimeError, match="not compiled ahead"):
         server_gpu.wait_training_ahead(Client(), timeout=0.2)
+
+
+def test_the_table_names_sections_begun_while_training_graphs_were_pending(capsys):
+    """Queued counts as pending as much as compiling: both mean the helpers were not done."""
+    from benchmarks import server_gpu
+
+    assert server_gpu.training_ahead_pending({"512x512": "queued"})
+    assert server_gpu.training_ahead_pending({"512x512": "done", "512x384": "compiling"})
+    assert not server_gpu.training_ahead_pending({"512x512": "done", "512x384": "failed: oom"})
+    report = {
+        "ready_s": 1.0,
+        "warmup_compiled_s": 2.0,
+        "first_view_after_ready": {"client_p50_ms": 3.0, "server_p50_ms": {}},
+        "training_ahead_at": {"renders": {"512x512": "queued"}, "sequence": {"512x512": "done"}},
+    }
+    server_gpu.print_table(report)
+    assert "sections begun while the helpers compiled training graphs: renders\n" in capsys.readouterr().out
