@@ -60,10 +60,6 @@ projections, cuDNN attention first; keys/values projected before the loop), then
   prompts) is queued on a side stream, then a same-pose render on the main one, against the two one
   after the other. In a session 21 trace of a view, 133 ms of the UNet's 364 ms of kernels ran fewer
   blocks than the GPU has SMs (convolutions at 0.7-0.9 of a wave): room another stream's kernels could fill.
-* ``text-beside``: the shipped build with a new pose's later encodings computed on a side stream beside
-  the denoising loop (``text_beside.py``, ``VIEWNETI_TEXT_BESIDE=1``: the first chunk of steps before the
-  loop, the others queued with its first step), with the default chunks and with a first chunk of 1 and
-  of 4 steps, against one text-encoder call before the loop, in the same run (same graphs, no compile).
 * ``sequence-batch``: the view at each of ``--sequence-batches`` frames per UNet call (distinct poses,
   encodings cached, as a sequence's frames after its one text-encoder call): compile time, time per
   frame and peak GPU memory, to choose the engine's ``sequence_batch`` (4 from session 12, 8 since session
@@ -89,7 +85,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -193,8 +188,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # What --sections takes: the ones after the bf16 renders, then those that need no render (alone).
 SECTIONS = (
     "timeline", "fp8-unet", "fp8-text", "nchw", "inductor-options", "max-autotune", "native-group-norm",
-    "keys-in-loop", "separate-time-projections", "small-gemms", "cancel", "text-overlap", "text-beside",
-    "sequence-batch", "text-attention", "text-phase", "group-norm",
+    "keys-in-loop", "separate-time-projections", "small-gemms", "cancel", "text-overlap", "sequence-batch",
+    "text-attention", "text-phase", "group-norm",
 )  # fmt: skip
 
 
@@ -526,20 +521,6 @@ def main(argv: list[str] | None = None) -> None:
             prepare=unfuse_time_embedding_projections,
             keys_ahead=False,
         )
-    if "text-beside" in sections:
-        # the same compiled graphs; a new pose's later encodings on a side stream (text_beside.py), with
-        # the default chunks and with a first chunk of 1 and of 4 steps
-        def use_text_beside(on: bool, head: int | None) -> None:
-            pipe.text_beside, pipe.text_head = on, head
-
-        for head in (None, 1, 4):
-            time_against_shipped(
-                "text_beside" if head is None else f"text_beside_head_{head}",
-                "text beside the loop" + ("" if head is None else f", first chunk {head} step(s)"),
-                functools.partial(use_text_beside, True, head),
-                functools.partial(use_text_beside, False, None),
-            )
-
     if "keys-in-loop" in sections:
         # the same compiled UNet, its cross-attention keys/values projected in every step
         # (VIEWNETI_KEYS_AHEAD=0; the UNet compiles one more graph per shape, for that input)

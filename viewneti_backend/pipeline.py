@@ -8,7 +8,6 @@ rendered alone or in a batch (every view starts from the seed's noise).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import threading
@@ -37,7 +36,6 @@ from .phase_clock import PhaseClock
 from .progress import RENDER_PHASES
 from .render_shape import RenderShape
 from .step_pacer import StepPacer
-from .text_beside import ChunkedConditions, Rest, step_chunks, text_beside_requested
 from .text_conditioning import OBJECT_PROMPT, VIEW_OBJECT_PROMPT, Injection
 from .transfer import to_device
 
@@ -64,15 +62,6 @@ def encode_conditions(
         word, bypass = view_mapper(timesteps, layers, camera_features)
         injections[base.text.view_token_id] = Injection(word, bypass, view_mapper.config.alpha)
     return base.text.encode(input_ids.to(base.device), injections)
-
-
-def _recorded(stream: torch.cuda.Stream | None) -> torch.cuda.Event | None:
-    """An event recorded on ``stream`` now (None without a stream: the work is done when this runs)."""
-    if stream is None:
-        return None
-    event = torch.cuda.Event()
-    event.record(stream)
-    return event
 
 
 def layer_grid(timesteps: torch.Tensor, num_layers: int, repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,11 +100,6 @@ class ViewNeTIPipeline:
         self._schedulers: OrderedDict[tuple, Any] = OrderedDict()  # unused schedulers, copied per render
         self._schedulers_lock = threading.Lock()
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        # cache entries a side stream may still be computing: the event to wait for (text_beside.py)
-        self._pending: dict[tuple, torch.cuda.Event] = {}
-        self._stream: torch.cuda.Stream | None = None  # the side stream, made on first use
-        self.text_beside = text_beside_requested(base.device)
-        self.text_head: int | None = None  # steps of its first chunk (None: text_beside.step_chunks' default)
         self._uncond: torch.Tensor | None = None
         self._uncond_projected: torch.Tensor | None = None
         # Project the cross-attention keys/values of all steps before the denoising loop (attention.py),
@@ -183,32 +167,6 @@ class ViewNeTIPipeline:
         packed = pack_layer_encodings(k.view(b * n_t, n_l, s, d), v.view(b * n_t, n_l, s, d))
         return packed.view(b, n_t, 2 * n_l * s, d)
 
-    @staticmethod
-    def _cache_key(cache_key: str, with_view: bool, tkey: tuple, cam: Camera) -> tuple:
-        return (
-            cache_key,
-            with_view,
-            tkey,
-            cam.camera_to_anchor.round(9).tobytes() if with_view else b"",
-            cam.intrinsics_key() if with_view else (),
-        )
-
-    def _cache_trim(self, keep: int = 1) -> None:
-        """Drop the least recently used encodings beyond ``cache_size`` (keeping the ``keep`` last used)."""
-        while len(self._cache) > max(self.cache_size, keep):
-            old, _ = self._cache.popitem(last=False)
-            self._pending.pop(old, None)
-
-    def _cache_get(self, key: tuple) -> torch.Tensor:
-        """A cached encoding, once the current stream waits for it if a side stream still computes it."""
-        self._cache.move_to_end(key)
-        event = self._pending.get(key)
-        if event is not None:
-            torch.cuda.current_stream(self.base.device).wait_event(event)
-            if event.query():
-                del self._pending[key]
-        return self._cache[key]
-
     @torch.no_grad()
     def view_encodings(
         self,
@@ -229,96 +187,37 @@ class ViewNeTIPipeline:
         if not use_cache or cache_key is None:
             return self._compute_packed(cameras, object_mapper, timesteps, with_view).transpose(0, 1)
         tkey = tuple(timesteps.tolist())  # one read of the device tensor, not one per step
-        keys = [self._cache_key(cache_key, with_view, tkey, cam) for cam in cameras]
+        keys = [
+            (
+                cache_key,
+                with_view,
+                tkey,
+                cam.camera_to_anchor.round(9).tobytes() if with_view else b"",
+                cam.intrinsics_key() if with_view else (),
+            )
+            for cam in cameras
+        ]
         todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
-        computed = {}
         if todo:
             first = {k: keys.index(k) for k in todo}
             packed = self._compute_packed([cameras[first[k]] for k in todo], object_mapper, timesteps, with_view)
-            computed = {key: packed[j] for j, key in enumerate(todo)}
-        out = [computed[key] if key in computed else self._cache_get(key) for key in keys]
-        self._cache.update(computed)
-        for key in keys:  # the order of use decides what the cache drops first
+            for j, key in enumerate(todo):
+                self._cache[key] = packed[j]
+        out = []
+        for key in keys:
             self._cache.move_to_end(key)
-        self._cache_trim(keep=len(set(keys)))
+            out.append(self._cache[key])
+        while len(self._cache) > max(self.cache_size, len(set(keys))):
+            self._cache.popitem(last=False)
         return torch.stack(out, dim=1)
-
-    def _side_stream(self) -> torch.cuda.Stream:
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(self.base.device)
-        return self._stream
-
-    def _unet_form(self, cond: torch.Tensor) -> torch.Tensor:
-        """Encodings [n, B, ...] in the form the UNet takes (see :meth:`_step_conditions`), in its dtype."""
-        return self._step_conditions(cond.to(self.base.dtype), use_cfg=False)[0]
-
-    @torch.no_grad()
-    def chunked_encodings(
-        self,
-        camera: Camera,
-        object_mapper: NeTIMapper,
-        timesteps: torch.Tensor,
-        chunks: Sequence[tuple[int, int]],
-        with_view: bool = True,
-        cache_key: str | None = None,
-        use_cache: bool = True,
-    ) -> ChunkedConditions:
-        """One view's step conditions in ``chunks`` of steps (:mod:`.text_beside`). A new pose computes
-        the first chunk's encodings now and the others on a side CUDA stream once the loop's first step
-        is queued (on a CPU, in turn); a cached pose is cut into the same chunks, so both give the same
-        bytes. The cache gets the new pose's encodings once they are all computed."""
-        if with_view and self.view_mapper is None:
-            raise InputError("no view-mapper is loaded: load one (--view-mapper) or render without view control")
-        device = self.base.device
-        key = None
-        if use_cache and cache_key is not None:
-            key = self._cache_key(cache_key, with_view, tuple(timesteps.tolist()), camera)
-            if key in self._cache:
-                full = self._cache_get(key)[:, None]  # [T, 1, ...]
-                return ChunkedConditions(chunks, [self._unet_form(full[a:b]) for a, b in chunks], device)
-        a0, b0 = chunks[0]
-        head = self._compute_packed([camera], object_mapper, timesteps[a0:b0], with_view)  # [1, n, ...]
-
-        def queue_rest() -> Rest:
-            side = self._side_stream() if device.type == "cuda" else None
-            if side is None:
-                return compute_rest(None)
-            main = torch.cuda.current_stream(device)
-            side.wait_stream(main)  # after all the render has queued so far
-            try:
-                return compute_rest(side)
-            except BaseException:
-                main.wait_stream(side)  # a failure halfway: nothing may overtake what was queued
-                raise
-
-        def compute_rest(side: torch.cuda.Stream | None) -> Rest:
-            packed, parts = [head], []
-            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                for a, b in chunks[1:]:
-                    chunk = self._compute_packed([camera], object_mapper, timesteps[a:b], with_view)
-                    packed.append(chunk)
-                    parts.append((self._unet_form(chunk.transpose(0, 1)), _recorded(side)))
-                if key is not None:
-                    self._cache[key] = torch.cat(packed, dim=1)[0]
-                    self._cache_trim()
-                last = _recorded(side)
-            if key is not None and last is not None:
-                self._pending[key] = last
-            return parts, last
-
-        return ChunkedConditions(
-            chunks, [self._unet_form(head.transpose(0, 1))] + [None] * (len(chunks) - 1), device, queue_rest
-        )
 
     def forget(self, cache_key: str) -> None:
         """Drop cached encodings of one object (it was deleted or re-trained)."""
         for key in [k for k in self._cache if k[0] == cache_key]:
             del self._cache[key]
-            self._pending.pop(key, None)
 
     def clear_cache(self) -> None:
         self._cache.clear()
-        self._pending.clear()
 
     @property
     def cached_encodings(self) -> int:
@@ -382,7 +281,7 @@ class ViewNeTIPipeline:
     @torch.no_grad()
     def denoise(
         self,
-        cond: torch.Tensor | ChunkedConditions,
+        cond: torch.Tensor,
         latents: torch.Tensor,
         scheduler,
         guidance: float,
@@ -392,8 +291,7 @@ class ViewNeTIPipeline:
         on_step: Callable[[int, int], None] | None = None,
         lockstep: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
-        """The sampling loop: ``cond`` [T, B, ...] packed encodings (or :meth:`chunked_encodings`),
-        ``latents`` [B, C, h, w] initial noise.
+        """The sampling loop: ``cond`` [T, B, ...] packed encodings, ``latents`` [B, C, h, w] initial noise.
 
         A loop that can be stopped or reports progress keeps the host at most ``step_pacer.STEPS_AHEAD``
         steps ahead of the GPU (:class:`StepPacer`; none while ``lockstep()`` is true): a stop, or a render
@@ -404,37 +302,24 @@ class ViewNeTIPipeline:
         use_cfg = guidance != 1.0
         paced = should_stop is not None or on_step is not None
         pacer = StepPacer(self.base.device, lockstep=lockstep) if paced else None
-        if isinstance(cond, ChunkedConditions):
-            chunked: ChunkedConditions | None = cond
-            uncond = self._uncond_for_steps() if use_cfg else None
-        else:
-            chunked = None
-            cond, uncond = self._step_conditions(cond, use_cfg)
-        if len(cond) != steps:
-            raise ValueError(f"conditions for {len(cond)} steps, the schedule has {steps}")
+        cond, uncond = self._step_conditions(cond, use_cfg)
         if uncond is not None:
             uncond = uncond.expand(latents.shape[0], -1, -1)
-        try:
-            for i, t in enumerate(timesteps):
-                if should_stop is not None and should_stop():
-                    raise Cancelled(f"stopped at step {i} of {steps}")
-                model_in = torch.cat([latents, latents]) if use_cfg else latents
-                model_in = scheduler.scale_model_input(model_in, t)  # pyright: ignore[reportArgumentType]  DDIMScheduler annotates timestep int; diffusers' own pipelines pass this tensor
-                ehs = torch.cat([uncond, cond[i]]) if uncond is not None else cond[i]
-                pred = unet(model_in, t, encoder_hidden_states=ehs, return_dict=False)[0]
-                if chunked is not None and i == 0:
-                    chunked.start_rest()  # the GPU has this step to run while the host queues the text encoder
-                if use_cfg:
-                    pred_u, pred_c = pred.chunk(2)
-                    pred = pred_u + guidance * (pred_c - pred_u)
-                latents = scheduler.step(pred, t, latents, return_dict=False)[0]  # pyright: ignore[reportArgumentType]  as above
-                if pacer is not None:
-                    for k in pacer.issued(i + 1):
-                        if on_step is not None:
-                            on_step(k, steps)
-        finally:
-            if chunked is not None:
-                chunked.settle()  # nothing queued after this render can overtake its side-stream work
+        for i, t in enumerate(timesteps):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped at step {i} of {steps}")
+            model_in = torch.cat([latents, latents]) if use_cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)  # pyright: ignore[reportArgumentType]  DDIMScheduler annotates timestep int; diffusers' own pipelines pass this tensor
+            ehs = torch.cat([uncond, cond[i]]) if uncond is not None else cond[i]
+            pred = unet(model_in, t, encoder_hidden_states=ehs, return_dict=False)[0]
+            if use_cfg:
+                pred_u, pred_c = pred.chunk(2)
+                pred = pred_u + guidance * (pred_c - pred_u)
+            latents = scheduler.step(pred, t, latents, return_dict=False)[0]  # pyright: ignore[reportArgumentType]  as above
+            if pacer is not None:
+                for k in pacer.issued(i + 1):
+                    if on_step is not None:
+                        on_step(k, steps)
         if pacer is not None and on_step is not None:
             for k in pacer.rest():
                 on_step(k, steps)
@@ -542,15 +427,9 @@ class ViewNeTIPipeline:
         clock = PhaseClock(self.base.device)
         scheduler = self.scheduler(steps)
         timesteps = scheduler.timesteps
-        chunks = step_chunks(steps, self.text_head) if self.text_beside and len(cameras) == 1 else []
-        if len(chunks) > 1:  # a new pose's later encodings beside the loop (text_beside.py)
-            cond: torch.Tensor | ChunkedConditions = self.chunked_encodings(
-                cameras[0], object_mapper, timesteps, chunks, with_view, object_key, use_cache
-            )
-        else:
-            cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key, use_cache).to(
-                self.base.dtype
-            )
+        cond = self.view_encodings(cameras, object_mapper, timesteps, with_view, object_key, use_cache).to(
+            self.base.dtype
+        )
         clock.mark()
         latents = self.initial_latents(seed, len(cameras), height, width, float(scheduler.init_noise_sigma))
         latents = self.denoise(
