@@ -179,12 +179,12 @@ def wait_training_ahead(client: Client, timeout: float) -> dict:
 
 
 def training_ahead_pending(ahead: dict) -> bool:
-    """Whether any training size of ``training_ahead_state`` is still queued or compiling."""
-    return any(v in ("queued", "compiling") for v in ahead.values())
+    """Whether any training size of ``training_ahead_state`` is still queued, compiling or paused."""
+    return any(v in ("queued", "compiling", "paused") for v in ahead.values())
 
 
 def training_ahead_state(client: Client) -> dict:
-    """``compiled_shapes.training_ahead`` now: {training size: queued | compiling | done | failed: ...}."""
+    """``compiled_shapes.training_ahead`` now: {training size: queued | compiling | paused | done | failed: ...}."""
     _, health = client.json("GET", "/v1/health")
     return (health.get("compiled_shapes") or {}).get("training_ahead") or {}
 

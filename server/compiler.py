@@ -15,6 +15,10 @@ into torch's on-disk caches, several shapes at once; this thread then compiles i
 those caches in seconds, pausing at its next Python call whenever the engine renders (``engine.idle``
 cleared), for at most ``MAX_PAUSE_S`` at a time so that nothing can wait on it forever. If a helper
 fails, the shape is compiled here from scratch (slower, same result).
+
+After the warm-up shapes the helpers compile the training graphs of likely first inversions (optional
+work, minutes of CPU and then a training step on the GPU): a helper doing that is stopped (SIGSTOP)
+while the engine renders and goes on once no render has run for ``RESUME_AFTER_IDLE_S``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,21 @@ log = logging.getLogger("viewneti.server")
 
 MAX_PAUSE_S = 30.0
 HELPER_IDLE_S = 120.0  # a helper idle this long exits and frees its copy of the model
+# A helper compiling an inversion's training graphs ahead is stopped while the engine renders, and goes on
+# once no render has run for this long (the next camera move of a user at work is usually sooner).
+RESUME_AFTER_IDLE_S = 1.0
+PAUSE_TRAINING_AHEAD_ENV = "VIEWNETI_PAUSE_TRAINING_AHEAD"  # "0": training-ahead helpers run beside renders
+
+
+def pause_training_ahead_requested() -> bool:
+    """Whether training-ahead helpers stop while the engine renders (``VIEWNETI_PAUSE_TRAINING_AHEAD``:
+    unset or ``1`` yes, ``0`` no)."""
+    import os
+
+    value = os.environ.get(PAUSE_TRAINING_AHEAD_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{PAUSE_TRAINING_AHEAD_ENV}={value!r}: set it to 1 (on) or 0 (off), or unset it")
+    return value != "0"
 
 
 def _yield_to_renders(idle: threading.Event):
@@ -64,13 +83,22 @@ class BackgroundCompiler:
         compile_new_shapes: bool = True,
         processes: int = 0,
         helper_idle_s: float = HELPER_IDLE_S,
+        pause_training_ahead: bool | None = None,
+        resume_after_idle_s: float = RESUME_AFTER_IDLE_S,
         name: str = "viewneti-compiler",
     ) -> None:
         """``processes``: helper processes that compile shapes ahead into the on-disk caches (0: none,
         everything compiles in this process; engines without ``compile_warmer`` get none). A helper
         with nothing to compile for ``helper_idle_s`` exits (its copy of the model freed) and starts
-        again for the next shape."""
+        again for the next shape. ``pause_training_ahead`` (default: :func:`pause_training_ahead_requested`):
+        a helper compiling training graphs ahead is stopped while the engine renders (its ``rendering``
+        event), until no render has run for ``resume_after_idle_s``; helpers compiling render shapes never
+        are (renders at those shapes wait for them)."""
         self._helper_idle_s = helper_idle_s
+        if pause_training_ahead is None:
+            pause_training_ahead = pause_training_ahead_requested()
+        self._resume_after_idle_s = resume_after_idle_s
+        self._training_helpers: dict[Any, str] = {}  # helper -> the training label it compiles now
         self._engine = engine
         self._compile_new = compile_new_shapes
         self._cv = threading.Condition()
@@ -92,6 +120,18 @@ class BackgroundCompiler:
             threading.Thread(target=self._helper_loop, args=(h,), name=f"{name}-helper-{i}", daemon=True)
             for i, h in enumerate(self._helpers)
         ]
+        rendering, idle = getattr(engine, "rendering", None), getattr(engine, "idle", None)
+        if (
+            self._helpers
+            and pause_training_ahead
+            and isinstance(rendering, threading.Event)
+            and isinstance(idle, threading.Event)
+        ):
+            self._helper_threads.append(
+                threading.Thread(
+                    target=self._pause_training_ahead, args=(rendering, idle), name=f"{name}-pauser", daemon=True
+                )
+            )
 
     def start(self, warmup: list[Any], training: Sequence[Any] = ()) -> None:
         """Compile the ``warmup`` shapes; then, in the helper processes only (none: nothing), the
@@ -166,6 +206,7 @@ class BackgroundCompiler:
             if training:
                 with self._cv:
                     self._training[label] = "compiling"
+                    self._training_helpers[helper] = label
             try:
                 reply = helper.warm(label)
                 warming.seconds = float(reply.get("seconds", 0.0)) + float(reply.get("load_s", 0.0))
@@ -187,8 +228,36 @@ class BackgroundCompiler:
             finally:
                 if training:
                     with self._cv:
+                        self._training_helpers.pop(helper, None)
                         self._training[label] = "done" if warming.error is None else f"failed: {warming.error}"
+                    resume = getattr(helper, "resume", None)
+                    if callable(resume):  # paused after its reply came: idle now, and never stopped when idle
+                        resume()
                 warming.done.set()
+
+    def _pause_training_ahead(self, rendering: threading.Event, idle: threading.Event) -> None:
+        """Stop the helpers that compile training graphs while the engine renders: their compiling and
+        their training step on the GPU would slow the renders (the user's camera moves) for the minutes
+        after a start. They go on once no render has run for ``resume_after_idle_s``."""
+        while not self._stopping:
+            if not rendering.wait(1.0):  # asks whether to stop once a second while nothing renders
+                continue
+            paused: list[Any] = []
+            while not self._stopping:
+                with self._cv:  # under the lock: a helper leaves _training_helpers only under it
+                    for helper, label in self._training_helpers.items():
+                        pause = getattr(helper, "pause", None)
+                        if helper not in paused and callable(pause) and pause():
+                            paused.append(helper)
+                            self._training[label] = "paused"
+                if idle.wait(0.25) and not rendering.wait(self._resume_after_idle_s):
+                    break  # no render for resume_after_idle_s
+            with self._cv:
+                for helper in paused:
+                    helper.resume()
+                    label = self._training_helpers.get(helper)
+                    if label is not None and self._training.get(label) == "paused":
+                        self._training[label] = "compiling"
 
     def _run(self) -> None:
         idle = getattr(self._engine, "idle", None)

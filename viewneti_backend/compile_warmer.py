@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -88,6 +89,8 @@ class WarmProcess:
         self._log = log
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
+        self._signal_lock = threading.Lock()  # not _lock: warm() holds that for the whole compile
+        self._paused: subprocess.Popen[str] | None = None
 
     def _start(self) -> subprocess.Popen[str]:
         env = dict(os.environ if self._env is None else self._env)
@@ -127,7 +130,38 @@ class WarmProcess:
             raise WarmError(f"the compile helper could not compile {label}: {reply['error']}")
         return reply
 
+    def pause(self) -> bool:
+        """Stop the helper process where it is (SIGSTOP) until :meth:`resume`: neither its compiling (CPU)
+        nor its GPU work competes with the server's renders meanwhile. False where nothing was stopped:
+        no process running, already paused, or no SIGSTOP (Windows). A :meth:`warm` call waits meanwhile."""
+        stop = getattr(signal, "SIGSTOP", None)
+        with self._signal_lock:
+            proc = self._proc
+            if stop is None or self._paused is not None or proc is None or proc.poll() is not None:
+                return False
+            try:
+                proc.send_signal(stop)
+            except ProcessLookupError:
+                return False
+            self._paused = proc
+            return True
+
+    @property
+    def paused(self) -> bool:
+        return self._paused is not None
+
+    def resume(self) -> None:
+        """Let a paused helper go on (SIGCONT); nothing if it is not paused."""
+        with self._signal_lock:
+            proc, self._paused = self._paused, None
+            if proc is not None and proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGCONT)  # pyright: ignore[reportAttributeAccessIssue]  POSIX: set with SIGSTOP
+                except ProcessLookupError:
+                    pass
+
     def close(self, timeout: float = 5.0) -> None:
+        self.resume()  # a stopped process would never read the end of its input
         with self._lock:
             proc, self._proc = self._proc, None
         if proc is None:

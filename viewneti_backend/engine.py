@@ -159,6 +159,8 @@ class Engine:
         # not starve a render of the GIL (measured: an eager 768x576 view took 19 s instead of ~1 s)
         self.idle = threading.Event()
         self.idle.set()
+        # the same as a flag to wait for: set while a render runs (the server pauses optional helper work)
+        self.rendering = threading.Event()
         self._busy_depth = 0  # renders running now: one served between the steps of another makes two
         self._busy_lock = threading.Lock()
         self.on_uncompiled_shape: Callable[[RenderShape], None] | None = None
@@ -306,11 +308,13 @@ class Engine:
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
-        """Keep :attr:`idle` cleared while this runs. Re-entrant: a live render that the server serves
-        between two steps of a sequence's render must not set it while the outer render goes on."""
+        """Keep :attr:`idle` cleared (and :attr:`rendering` set) while this runs. Re-entrant: a live render
+        that the server serves between two steps of a sequence's render must not set it while the outer
+        render goes on."""
         with self._busy_lock:
             self._busy_depth += 1
             self.idle.clear()
+            self.rendering.set()
         try:
             self._graphs_on_this_thread()
             yield
@@ -318,6 +322,7 @@ class Engine:
             with self._busy_lock:
                 self._busy_depth -= 1
                 if self._busy_depth == 0:
+                    self.rendering.clear()
                     self.idle.set()
 
     def _graphs_on_this_thread(self) -> None:

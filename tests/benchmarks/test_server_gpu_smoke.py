@@ -130,6 +130,7 @@ def test_the_table_names_sections_begun_while_training_graphs_were_pending(capsy
 
     assert server_gpu.training_ahead_pending({"512x512": "queued"})
     assert server_gpu.training_ahead_pending({"512x512": "done", "512x384": "compiling"})
+    assert server_gpu.training_ahead_pending({"512x512": "done", "512x384": "paused"})  # stopped during renders
     assert not server_gpu.training_ahead_pending({"512x512": "done", "512x384": "failed: oom"})
     report = {
         "ready_s": 1.0,

@@ -118,3 +118,31 @@ def test_the_docs_quote_the_gpu_memory_for_training_ahead():
     root = Path(__file__).resolve().parents[2]
     for doc, quote in (("server/API.md", f"only on GPUs with at least {gib} GiB"), ("README.md", f"GPUs of {gib} GiB")):
         assert quote in " ".join((root / doc).read_text().split()), doc
+
+
+def _process_state(pid: int) -> str:
+    """The kernel's one-letter state of a process (T: stopped), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process state from /proc (Linux)")
+def test_a_paused_helper_is_stopped_until_resumed_and_still_closes(tmp_path):
+    helper = WarmProcess(str(tmp_path / "no-such-model"), "cpu", "float32", "default")
+    try:
+        assert helper.pause() is False and not helper.paused  # no process yet: nothing to stop
+        with pytest.raises(WarmError):
+            helper.warm("64x64")  # started; now waits for the next label
+        proc = helper._proc
+        assert proc is not None
+        assert helper.pause() is True and helper.paused
+        assert helper.pause() is False  # once
+        assert _process_state(proc.pid) == "T"
+        helper.resume()
+        assert not helper.paused and _process_state(proc.pid) in ("S", "R")
+        with pytest.raises(WarmError, match="could not load the model"):  # it answers again
+            helper.warm("64x48")
+        assert helper.pause() is True
+    finally:
+        helper.close()  # resumed first: it reads the end of its input and exits by itself
+    assert proc.returncode == 0

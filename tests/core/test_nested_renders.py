@@ -45,14 +45,15 @@ def test_a_render_between_the_steps_of_another_equals_both_renders_alone(engine,
 
 
 def test_busy_is_reentrant_and_ends_idle_after_an_error(engine):
-    assert engine.idle.is_set()
+    assert engine.idle.is_set() and not engine.rendering.is_set()
     with pytest.raises(RuntimeError, match="inner"):
         with engine.busy():
             with engine.busy():
-                assert not engine.idle.is_set()
+                assert not engine.idle.is_set() and engine.rendering.is_set()
             assert not engine.idle.is_set(), "the inner end must not mark the engine idle"
+            assert engine.rendering.is_set()
             raise RuntimeError("inner")
-    assert engine.idle.is_set()
+    assert engine.idle.is_set() and not engine.rendering.is_set()
 
 
 def test_the_engine_hands_lockstep_to_the_step_pacer(engine, monkeypatch):

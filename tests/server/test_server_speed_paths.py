@@ -359,3 +359,100 @@ def test_the_worker_has_the_engines_training_sizes_compiled_ahead(tmp_path):
         assert [label for what, label in engine.log if what == "warm-start"] == ["32x32", "train:32x24"]
     finally:
         w.stop()
+
+
+class _PausableHelper(_FakeHelper):
+    """A fake helper that records pause/resume as a WarmProcess would do them (SIGSTOP/SIGCONT)."""
+
+    def __init__(self, log: list) -> None:
+        super().__init__(log)
+        self.stopped = False
+
+    def pause(self) -> bool:
+        if self.stopped:
+            return False
+        self.stopped = True
+        self.log.append(("pause",))
+        return True
+
+    def resume(self) -> None:
+        if self.stopped:
+            self.stopped = False
+            self.log.append(("resume",))
+
+
+class _RenderingEngine(_WarmableEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rendering = threading.Event()
+        self.pausable: list[_PausableHelper] = []
+
+    def compile_warmer(self) -> _PausableHelper:
+        helper = _PausableHelper(self.log)
+        self.helpers.append(helper)
+        self.pausable.append(helper)
+        return helper
+
+    def render_begins(self) -> None:
+        self.idle.clear()
+        self.rendering.set()
+
+    def render_ends(self) -> None:
+        self.rendering.clear()
+        self.idle.set()
+
+
+def test_training_ahead_helpers_stop_while_the_engine_renders():
+    """A helper compiling training graphs is stopped while a render runs (health: paused) and goes on once
+    no render has run for resume_after_idle_s; a helper compiling a render shape is never stopped."""
+    from viewneti_backend.compile_warmer import TrainingSize
+
+    engine = _RenderingEngine()
+    compiler = BackgroundCompiler(engine, processes=2, pause_training_ahead=True, resume_after_idle_s=0.3)
+    compiler.start([RenderShape(1, 64, 64)], training=[TrainingSize(64, 48)])
+    _wait(lambda: compiler.status()["training_ahead"] == {"64x48": "compiling"})
+    _wait(lambda: sum(1 for e in engine.log if e[0] == "warm-start") == 2)  # one on 64x64, one training
+    engine.render_begins()
+    _wait(lambda: compiler.status()["training_ahead"] == {"64x48": "paused"})
+    assert sum(h.stopped for h in engine.pausable) == 1  # the training one only
+    engine.render_ends()
+    time.sleep(0.1)
+    engine.render_begins()  # the next render within resume_after_idle_s: still paused
+    time.sleep(0.4)
+    assert compiler.status()["training_ahead"] == {"64x48": "paused"}
+    engine.render_ends()
+    _wait(lambda: compiler.status()["training_ahead"] == {"64x48": "compiling"})
+    assert not any(h.stopped for h in engine.pausable)
+    assert engine.log.count(("pause",)) == 1 and engine.log.count(("resume",)) == 1
+    for h in engine.helpers:
+        h.release.set()
+    _wait(lambda: compiler.status()["training_ahead"] == {"64x48": "done"})
+    engine.render_begins()  # nothing compiles training graphs now: nothing to stop
+    time.sleep(0.4)
+    engine.render_ends()
+    assert engine.log.count(("pause",)) == 1
+    compiler.stop()
+
+
+def test_training_ahead_helpers_can_be_left_running_beside_renders(monkeypatch):
+    from server.compiler import PAUSE_TRAINING_AHEAD_ENV, pause_training_ahead_requested
+    from viewneti_backend.compile_warmer import TrainingSize
+
+    monkeypatch.setenv(PAUSE_TRAINING_AHEAD_ENV, "0")
+    assert not pause_training_ahead_requested()
+    engine = _RenderingEngine()
+    compiler = BackgroundCompiler(engine, processes=1, resume_after_idle_s=0.1)  # the switch: off
+    compiler.start([], training=[TrainingSize(64, 48)])
+    _wait(lambda: compiler.status()["training_ahead"] == {"64x48": "compiling"})
+    engine.render_begins()
+    time.sleep(0.5)
+    assert compiler.status()["training_ahead"] == {"64x48": "compiling"} and ("pause",) not in engine.log
+    engine.render_ends()
+    engine.helpers[0].release.set()
+    compiler.stop()
+    for value, on in (("", True), ("1", True), (" 0 ", False)):
+        monkeypatch.setenv(PAUSE_TRAINING_AHEAD_ENV, value)
+        assert pause_training_ahead_requested() is on
+    monkeypatch.setenv(PAUSE_TRAINING_AHEAD_ENV, "no")
+    with pytest.raises(ValueError, match="VIEWNETI_PAUSE_TRAINING_AHEAD='no': set it to 1"):
+        pause_training_ahead_requested()
