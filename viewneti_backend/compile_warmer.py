@@ -87,9 +87,9 @@ class WarmProcess:
             self._args += ["--view-mapper", view_mapper]
         self._env = env
         self._log = log
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one warm() at a time: held for the whole compile
+        self._state_lock = threading.Lock()  # _proc and _paused: held for moments, so close() never waits
         self._proc: subprocess.Popen[str] | None = None
-        self._signal_lock = threading.Lock()  # not _lock: warm() holds that for the whole compile
         self._paused: subprocess.Popen[str] | None = None
 
     def _start(self) -> subprocess.Popen[str]:
@@ -109,9 +109,10 @@ class WarmProcess:
     def warm(self, label: str) -> dict[str, Any]:
         """Compile one shape in the helper; returns its reply (``seconds``, ``load_s`` on first use)."""
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._proc = self._start()
-            proc = self._proc
+            with self._state_lock:
+                if self._proc is None or self._proc.poll() is not None:
+                    self._proc = self._start()
+                proc = self._proc
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(label + "\n")
@@ -124,7 +125,7 @@ class WarmProcess:
                     if line.startswith(REPLY_PREFIX):
                         reply = json.loads(line[len(REPLY_PREFIX) :])
                         break
-            except (BrokenPipeError, OSError) as exc:
+            except (OSError, ValueError) as exc:  # ValueError: close() closed its input meanwhile
                 raise WarmError(f"the compile helper is gone ({exc})") from None
         if reply.get("error"):
             raise WarmError(f"the compile helper could not compile {label}: {reply['error']}")
@@ -135,7 +136,7 @@ class WarmProcess:
         nor its GPU work competes with the server's renders meanwhile. False where nothing was stopped:
         no process running, already paused, or no SIGSTOP (Windows). A :meth:`warm` call waits meanwhile."""
         stop = getattr(signal, "SIGSTOP", None)
-        with self._signal_lock:
+        with self._state_lock:
             proc = self._proc
             if stop is None or self._paused is not None or proc is None or proc.poll() is not None:
                 return False
@@ -152,7 +153,7 @@ class WarmProcess:
 
     def resume(self) -> None:
         """Let a paused helper go on (SIGCONT); nothing if it is not paused."""
-        with self._signal_lock:
+        with self._state_lock:
             proc, self._paused = self._paused, None
             if proc is not None and proc.poll() is None:
                 try:
@@ -161,8 +162,10 @@ class WarmProcess:
                     pass
 
     def close(self, timeout: float = 5.0) -> None:
+        """End the helper: it exits after the shape it is compiling, or is killed after ``timeout``
+        seconds (a :meth:`warm` call in progress then raises :class:`WarmError`)."""
         self.resume()  # a stopped process would never read the end of its input
-        with self._lock:
+        with self._state_lock:
             proc, self._proc = self._proc, None
         if proc is None:
             return

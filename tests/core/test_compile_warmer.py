@@ -126,6 +126,16 @@ def _process_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
+def _settled_state(pid: int, stopped: bool) -> str:
+    """The process state once a signal sent to it took effect (signals are delivered asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + 5.0
+    while (_process_state(pid) == "T") != stopped and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _process_state(pid)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process state from /proc (Linux)")
 def test_a_paused_helper_is_stopped_until_resumed_and_still_closes(tmp_path):
     helper = WarmProcess(str(tmp_path / "no-such-model"), "cpu", "float32", "default")
@@ -137,12 +147,42 @@ def test_a_paused_helper_is_stopped_until_resumed_and_still_closes(tmp_path):
         assert proc is not None
         assert helper.pause() is True and helper.paused
         assert helper.pause() is False  # once
-        assert _process_state(proc.pid) == "T"
+        assert _settled_state(proc.pid, stopped=True) == "T"
         helper.resume()
-        assert not helper.paused and _process_state(proc.pid) in ("S", "R")
+        assert not helper.paused and _settled_state(proc.pid, stopped=False) in ("S", "R")
         with pytest.raises(WarmError, match="could not load the model"):  # it answers again
             helper.warm("64x48")
         assert helper.pause() is True
     finally:
         helper.close()  # resumed first: it reads the end of its input and exits by itself
     assert proc.returncode == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pauses with SIGSTOP (POSIX)")
+def test_close_does_not_wait_for_a_compile_in_progress(tmp_path):
+    """The server's stop closes helpers with timeout=0: a helper mid-compile is killed at once, and the
+    warm() call waiting on it raises, instead of close() waiting for the compile (minutes)."""
+    import threading
+    import time
+
+    helper = WarmProcess(str(tmp_path / "no-such-model"), "cpu", "float32", "default")
+    with pytest.raises(WarmError):
+        helper.warm("64x64")  # started
+    assert helper.pause()  # a stopped helper stands in for one busy compiling: it answers nothing
+    errors: list[Exception] = []
+
+    def warm() -> None:
+        try:
+            helper.warm("64x48")
+        except WarmError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=warm)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive()  # waiting for an answer
+    t0 = time.perf_counter()
+    helper.close(timeout=0)
+    assert time.perf_counter() - t0 < 5.0
+    thread.join(10)
+    assert not thread.is_alive() and len(errors) == 1 and "exited" in str(errors[0])
