@@ -242,13 +242,13 @@ class BackgroundCompiler:
         while not self._stopping:
             if not rendering.wait(1.0):  # asks whether to stop once a second while nothing renders
                 continue
-            paused: list[Any] = []
+            paused: set[Any] = set()
             while not self._stopping:
                 with self._cv:  # under the lock: a helper leaves _training_helpers only under it
                     for helper, label in self._training_helpers.items():
                         pause = getattr(helper, "pause", None)
-                        if helper not in paused and callable(pause) and pause():
-                            paused.append(helper)
+                        if callable(pause) and pause():  # False for one paused already
+                            paused.add(helper)
                             self._training[label] = "paused"
                 if idle.wait(0.25) and not rendering.wait(self._resume_after_idle_s):
                     break  # no render for resume_after_idle_s
