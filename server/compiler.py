@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from viewneti_backend.compile_warmer import TRAINING_LABEL_PREFIX
+from viewneti_backend.switches import env_switch
 
 log = logging.getLogger("viewneti.server")
 
@@ -47,12 +48,7 @@ PAUSE_TRAINING_AHEAD_ENV = "VIEWNETI_PAUSE_TRAINING_AHEAD"  # "0": training-ahea
 def pause_training_ahead_requested() -> bool:
     """Whether training-ahead helpers stop while the engine renders (``VIEWNETI_PAUSE_TRAINING_AHEAD``:
     unset or ``1`` yes, ``0`` no)."""
-    import os
-
-    value = os.environ.get(PAUSE_TRAINING_AHEAD_ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{PAUSE_TRAINING_AHEAD_ENV}={value!r}: set it to 1 (on) or 0 (off), or unset it")
-    return value != "0"
+    return env_switch(PAUSE_TRAINING_AHEAD_ENV)
 
 
 def _yield_to_renders(idle: threading.Event):

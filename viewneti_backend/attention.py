@@ -30,18 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .switches import env_switch
+
 SDPA_ENV = "VIEWNETI_SDPA"  # "default": keep torch's SDPA backend order (prefer_cudnn_attention)
 KEYS_AHEAD_ENV = "VIEWNETI_KEYS_AHEAD"  # "0": renders project cross-attention keys/values in the loop
 
 
 def keys_ahead_requested() -> bool:
     """Whether renders pass pre-projected keys/values (``VIEWNETI_KEYS_AHEAD``: unset or ``1`` yes; ``0`` no)."""
-    import os
-
-    value = os.environ.get(KEYS_AHEAD_ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{KEYS_AHEAD_ENV}={value!r}: set it to 1 (on) or 0 (off), or unset it")
-    return value != "0"
+    return env_switch(KEYS_AHEAD_ENV)
 
 
 class PerLayerCrossAttnProcessor:

@@ -109,3 +109,17 @@ def test_the_environment_switch(monkeypatch):
     monkeypatch.setenv(KEYS_AHEAD_ENV, "yes")
     with pytest.raises(ValueError, match="VIEWNETI_KEYS_AHEAD='yes': set it to 1 \\(on\\) or 0 \\(off\\)"):
         keys_ahead_requested()
+
+
+def test_env_switch_reads_one_rule_with_its_default(monkeypatch):
+    from viewneti_backend.switches import env_switch
+
+    monkeypatch.delenv("VIEWNETI_TEST_SWITCH", raising=False)
+    assert env_switch("VIEWNETI_TEST_SWITCH") is True and env_switch("VIEWNETI_TEST_SWITCH", default=False) is False
+    monkeypatch.setenv("VIEWNETI_TEST_SWITCH", " 1 ")
+    assert env_switch("VIEWNETI_TEST_SWITCH", default=False) is True
+    monkeypatch.setenv("VIEWNETI_TEST_SWITCH", "0")
+    assert env_switch("VIEWNETI_TEST_SWITCH") is False
+    monkeypatch.setenv("VIEWNETI_TEST_SWITCH", "on")
+    with pytest.raises(ValueError, match="VIEWNETI_TEST_SWITCH='on': set it to 1 \\(on\\) or 0 \\(off\\), or unset it"):
+        env_switch("VIEWNETI_TEST_SWITCH")
