@@ -19,6 +19,7 @@ code path only).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import threading
@@ -53,8 +54,6 @@ def _median(values: list[float]) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from PIL import Image  # noqa: F401  (the renders return PIL images: imported before timing)
-
     from viewneti_backend.cameras import Camera, orbit_pose
     from viewneti_backend.engine import Engine
     from viewneti_backend.render_shape import RenderShape
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             f"compiled the live shape in {report['compile_s']} s; the helper is {'done' if done.is_set() else 'working'}"
         )
 
-    cameras = iter(Camera(orbit_pose(float(a % 360), 20.0, 4.0), 40.0, *size) for a in range(10**6))
+    cameras = (Camera(orbit_pose(float(a % 360), 20.0, 4.0), 40.0, *size) for a in itertools.count())
     rows: list[dict[str, Any]] = []
 
     def one_round(state: str) -> None:
@@ -126,9 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if not done.is_set():
             report["helper_cut_at_s"] = round(time.perf_counter() - t_start, 1)
-            helper.close(timeout=0)
+        helper.close(timeout=0)  # killed if still compiling: its warm() then raises and the thread ends
     done.wait(30)
-    helper.close()
     for _ in range(2):
         one_round("alone")
     report["helper"] = helper_report
